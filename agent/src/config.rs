@@ -1,0 +1,130 @@
+//! The agent's TOML config, validated before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dbfleet_common::config::{ConfigError, load_toml};
+use dbfleet_common::tls::TlsPaths;
+use dbfleet_proto::model::{MysqlAddress, Name};
+use serde::Deserialize;
+
+/// Environment variable that overrides `mysql.password_file`.
+pub const PASSWORD_FILE_ENV: &str = "DBFLEET_MYSQL_PASSWORD_FILE";
+
+/// `dbfleet-agent --config FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This host's name; its certificate must be `dbfleet://agent/HOST`.
+    pub host: String,
+    /// The replication cluster this host belongs to.
+    pub cluster: String,
+    /// gRPC address coordinators call (state, later commands and votes).
+    pub listen: SocketAddr,
+    /// Every coordinator, `host:port`; the agent reports to each.
+    pub coordinators: Vec<String>,
+    /// Longest time between two reports.
+    #[serde(default = "default_report_interval", with = "humantime_serde")]
+    pub report_interval: Duration,
+    /// How often mysqld is observed; a change is reported at once.
+    #[serde(default = "default_collect_interval", with = "humantime_serde")]
+    pub collect_interval: Duration,
+    /// How often certificate files are checked for changes.
+    #[serde(default = "default_cert_reload", with = "humantime_serde")]
+    pub cert_reload_interval: Duration,
+    /// How long a graceful stop may take.
+    #[serde(default = "default_shutdown", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// The local server.
+    pub mysql: MysqlConfig,
+    /// Certificates.
+    pub tls: TlsPaths,
+}
+
+/// How to reach the local mysqld.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlConfig {
+    /// `host:port` of mysqld, as replicas reach it.
+    pub address: String,
+    /// Account the agent uses.
+    pub user: String,
+    /// File holding the password (mode 0600); never put it in the config.
+    pub password_file: PathBuf,
+    /// Deadline for connecting.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Deadline for one observation's queries.
+    #[serde(default = "default_query_timeout", with = "humantime_serde")]
+    pub query_timeout: Duration,
+}
+
+fn default_report_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_collect_interval() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_cert_reload() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_shutdown() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_query_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl AgentConfig {
+    /// Loads and validates `path`; `password_file_override` (from the
+    /// environment) replaces `mysql.password_file`.
+    pub fn load(
+        path: &Path,
+        password_file_override: Option<PathBuf>,
+    ) -> Result<AgentConfig, ConfigError> {
+        let mut c: AgentConfig = load_toml(path)?;
+        if let Some(p) = password_file_override {
+            c.mysql.password_file = p;
+        }
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            reason,
+        };
+        Name::parse(&c.host).map_err(|r| invalid("host", r))?;
+        Name::parse(&c.cluster).map_err(|r| invalid("cluster", r))?;
+        if c.coordinators.is_empty() {
+            return Err(invalid(
+                "coordinators",
+                "list at least one coordinator host:port".into(),
+            ));
+        }
+        for (i, a) in c.coordinators.iter().enumerate() {
+            MysqlAddress::parse(a).map_err(|r| invalid(&format!("coordinators[{i}]"), r))?;
+        }
+        MysqlAddress::parse(&c.mysql.address).map_err(|r| invalid("mysql.address", r))?;
+        if c.mysql.user.is_empty() {
+            return Err(invalid("mysql.user", "must not be empty".into()));
+        }
+        if c.report_interval < Duration::from_millis(100) {
+            return Err(invalid("report_interval", "must be at least 100ms".into()));
+        }
+        if c.collect_interval < Duration::from_millis(50) || c.collect_interval > c.report_interval
+        {
+            return Err(invalid(
+                "collect_interval",
+                "must be between 50ms and report_interval".into(),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// The parsed mysql address (validated by `load`).
+    pub fn mysql_address(&self) -> MysqlAddress {
+        MysqlAddress::parse(&self.mysql.address).expect("validated in AgentConfig::load")
+    }
+}

@@ -1,0 +1,155 @@
+//! `dbfleet-agent`: watches the local mysqld, reports its state to every
+//! coordinator, and serves coordinators' calls.
+//!
+//! `main.rs` parses arguments, sets up logging and binds the listener;
+//! [`run`] is the whole agent.
+
+pub mod collector;
+pub mod config;
+pub mod mysql;
+pub mod reporter;
+pub mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbfleet_common::authz::AuthorizeLayer;
+use dbfleet_common::config::{ConfigError, read_secret};
+use dbfleet_common::identity::{Identity, Role};
+use dbfleet_common::tls::{TlsContext, TlsError, tls_incoming};
+use dbfleet_common::{shutdown, systemd};
+use dbfleet_proto::model::Name;
+use dbfleet_proto::pb::agent_service_server::AgentServiceServer;
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::collector::ReportIdentity;
+use crate::config::AgentConfig;
+use crate::mysql::observer::{MysqlTarget, Observer};
+use crate::service::AgentApi;
+
+/// Why the agent cannot start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The config or the password file is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The certificates are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The certificate is not this host's.
+    #[error(
+        "certificate identity is {actual} but the config says host = {expected:?}; issue a certificate for dbfleet://agent/{expected}"
+    )]
+    WrongIdentity {
+        /// The configured host.
+        expected: String,
+        /// What the certificate says.
+        actual: String,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(String),
+}
+
+/// Everything checked before start: config values, password file,
+/// certificates and their identity. `check-config` runs exactly this.
+pub fn check(config: &AgentConfig) -> Result<(Arc<TlsContext>, MysqlTarget), AgentError> {
+    let tls = TlsContext::load(&config.tls)?;
+    let want = Identity::new(Role::Agent, config.host.clone());
+    if tls.identity() != want {
+        return Err(AgentError::WrongIdentity {
+            expected: config.host.clone(),
+            actual: tls.identity().to_string(),
+        });
+    }
+    let password = read_secret(&config.mysql.password_file)?;
+    let target = MysqlTarget {
+        address: config.mysql_address(),
+        user: config.mysql.user.clone(),
+        password,
+        connect_timeout: config.mysql.connect_timeout,
+        query_timeout: config.mysql.query_timeout,
+    };
+    Ok((tls, target))
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(
+    config: AgentConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let (tls, target) = check(&config)?;
+    tls.spawn_reloader(config.cert_reload_interval, shutdown.clone());
+    let (tx, rx) = watch::channel(None);
+    let id = ReportIdentity {
+        host: Name::parse(&config.host).expect("validated in AgentConfig::load"),
+        cluster: Name::parse(&config.cluster).expect("validated in AgentConfig::load"),
+        instance: format!("{:016x}", rand::rng().random::<u64>()),
+        mysql_address: config.mysql_address(),
+    };
+    info!(
+        host = config.host,
+        cluster = config.cluster,
+        instance = id.instance,
+        "agent starting"
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(collector::run(
+        Observer::new(target),
+        id,
+        config.collect_interval,
+        config.report_interval,
+        tx,
+        shutdown.clone(),
+    ));
+    for addr in &config.coordinators {
+        tasks.spawn(reporter::report_to(
+            addr.clone(),
+            tls.clone(),
+            rx.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let incoming = tls_incoming(listener, tls, shutdown.clone());
+    let server = tonic::transport::Server::builder()
+        .layer(AuthorizeLayer::new(service::policy))
+        .add_service(AgentServiceServer::new(AgentApi { reports: rx }))
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let mut server = tokio::spawn(server);
+    systemd::notify_ready();
+    systemd::spawn_watchdog(shutdown.clone());
+
+    let result = tokio::select! {
+        r = &mut server => {
+            shutdown.cancel();
+            match r {
+                Ok(Ok(())) => Err(AgentError::Serve("server stopped unexpectedly".into())),
+                Ok(Err(e)) => Err(AgentError::Serve(e.to_string())),
+                Err(e) => Err(AgentError::Serve(e.to_string())),
+            }
+        }
+        _ = shutdown.cancelled() => Ok(()),
+    };
+    systemd::notify_stopping();
+    let deadline = config.shutdown_timeout;
+    if !shutdown::within(deadline, "agent tasks", async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    {
+        tasks.abort_all();
+    }
+    if !server.is_finished()
+        && !shutdown::within(Duration::from_secs(1), "gRPC server", &mut server).await
+    {
+        server.abort();
+        warn!("connections cut at the shutdown deadline");
+    }
+    info!("agent stopped");
+    result
+}

@@ -1,0 +1,70 @@
+//! Entry point: arguments, logging, listener, then `dbfleet_agent::run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dbfleet_agent::config::{AgentConfig, PASSWORD_FILE_ENV};
+use dbfleet_common::telemetry::{self, LogFormat};
+use dbfleet_common::tls::{bind, install_crypto_provider};
+use tokio_util::sync::CancellationToken;
+
+/// The dbfleet agent.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, env = "DBFLEET_AGENT_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log line format: human or json.
+    #[arg(long, default_value = "human", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the config file, password file and certificates, then exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    install_crypto_provider();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dbfleet-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let path = cli
+        .config
+        .context("no config file: pass --config FILE or set DBFLEET_AGENT_CONFIG")?;
+    let override_pw = std::env::var_os(PASSWORD_FILE_ENV).map(PathBuf::from);
+    let config = AgentConfig::load(&path, override_pw)?;
+    if let Some(Command::CheckConfig) = cli.command {
+        dbfleet_agent::check(&config)?;
+        println!(
+            "{}: ok (agent {} in cluster {})",
+            path.display(),
+            config.host,
+            config.cluster
+        );
+        return Ok(());
+    }
+    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    rt.block_on(async {
+        let listener = bind(config.listen).await?;
+        let shutdown = CancellationToken::new();
+        dbfleet_common::shutdown::cancel_on_signals(shutdown.clone());
+        dbfleet_agent::run(config, listener, shutdown).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,5 @@
+//! Everything the agent knows about talking to mysqld: the flavor
+//! differences and the observer that keeps one connection open.
+
+pub mod flavor;
+pub mod observer;

@@ -1,0 +1,257 @@
+//! Every SQL difference between MariaDB and MySQL, in one place.
+//!
+//! The observer asks the flavor which statement to run and how to read its
+//! result; nothing else in the agent knows that MariaDB says
+//! `Master_Host` and MySQL 8 says `Source_Host`.
+
+use std::collections::HashMap;
+
+use dbfleet_proto::model::{Flavor, IoThread, MysqlAddress, Replication};
+
+/// Detects the flavor from `SELECT VERSION()`.
+pub fn detect(version: &str) -> Flavor {
+    if version.to_ascii_lowercase().contains("mariadb") {
+        Flavor::MariaDb
+    } else {
+        Flavor::MySql
+    }
+}
+
+/// Global variables read on every observation. Names a flavor lacks are
+/// simply absent from the result.
+pub const VARIABLES: &[&str] = &[
+    "version",
+    "server_id",
+    "server_uuid",
+    "read_only",
+    "super_read_only",
+    "log_bin",
+    "binlog_format",
+    "gtid_executed",
+    "gtid_current_pos",
+    "gtid_binlog_pos",
+    "gtid_slave_pos",
+    "rpl_semi_sync_master_enabled",
+    "rpl_semi_sync_slave_enabled",
+    "rpl_semi_sync_source_enabled",
+    "rpl_semi_sync_replica_enabled",
+];
+
+/// Global status values read on every observation.
+pub const STATUS: &[&str] = &[
+    "Rpl_semi_sync_master_status",
+    "Rpl_semi_sync_slave_status",
+    "Rpl_semi_sync_source_status",
+    "Rpl_semi_sync_replica_status",
+];
+
+/// `SHOW GLOBAL VARIABLES WHERE Variable_name IN (...)` for `names`.
+pub fn show_where(kind: &str, names: &[&str]) -> String {
+    let list: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+    format!(
+        "SHOW GLOBAL {kind} WHERE Variable_name IN ({})",
+        list.join(",")
+    )
+}
+
+/// Session settings that keep the agent's own queries from waiting on
+/// locks or running long.
+pub fn session_setup(flavor: Flavor) -> &'static [&'static str] {
+    match flavor {
+        Flavor::MariaDb => &[
+            "SET SESSION lock_wait_timeout = 2",
+            "SET SESSION max_statement_time = 5",
+        ],
+        Flavor::MySql => &[
+            "SET SESSION lock_wait_timeout = 2",
+            "SET SESSION max_execution_time = 5000",
+        ],
+    }
+}
+
+/// The replica status statement.
+pub fn replica_status_sql(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::MariaDb => "SHOW SLAVE STATUS",
+        Flavor::MySql => "SHOW REPLICA STATUS",
+    }
+}
+
+/// A result row as column name → text (NULL as `None`).
+pub type Row = HashMap<String, Option<String>>;
+
+fn text<'a>(row: &'a Row, name: &str) -> &'a str {
+    row.get(name).and_then(|v| v.as_deref()).unwrap_or("")
+}
+
+/// Reads one replica status row; `Err` names the column that is unusable.
+pub fn parse_replica_status(flavor: Flavor, row: &Row) -> Result<Replication, String> {
+    let (host, port, io, sql, lag, received) = match flavor {
+        Flavor::MariaDb => (
+            "Master_Host",
+            "Master_Port",
+            "Slave_IO_Running",
+            "Slave_SQL_Running",
+            "Seconds_Behind_Master",
+            "Gtid_IO_Pos",
+        ),
+        Flavor::MySql => (
+            "Source_Host",
+            "Source_Port",
+            "Replica_IO_Running",
+            "Replica_SQL_Running",
+            "Seconds_Behind_Source",
+            "Retrieved_Gtid_Set",
+        ),
+    };
+    let port: u16 = text(row, port)
+        .parse()
+        .map_err(|_| format!("{port} is {:?}, not a port", text(row, port)))?;
+    let io_thread = match text(row, io) {
+        "Yes" => IoThread::Running,
+        "Connecting" | "Preparing" => IoThread::Connecting,
+        _ => IoThread::Stopped,
+    };
+    let seconds_behind = row
+        .get(lag)
+        .and_then(|v| v.as_deref())
+        .and_then(|v| v.parse().ok());
+    let auto_position = match flavor {
+        Flavor::MariaDb => matches!(text(row, "Using_Gtid"), "Slave_Pos" | "Current_Pos"),
+        Flavor::MySql => text(row, "Auto_Position") == "1",
+    };
+    Ok(Replication {
+        source: MysqlAddress {
+            host: text(row, host).to_string(),
+            port,
+        },
+        io_thread,
+        sql_running: text(row, sql) == "Yes",
+        last_io_error: text(row, "Last_IO_Error").to_string(),
+        last_sql_error: text(row, "Last_SQL_Error").to_string(),
+        seconds_behind,
+        auto_position,
+        received_gtid: text(row, received).replace('\n', ""),
+    })
+}
+
+/// Variable names of the semi-sync switches and their live state, in the
+/// order (source enabled, replica enabled, source status, replica status).
+pub fn semi_sync_names(flavor: Flavor, vars: &HashMap<String, String>) -> [&'static str; 4] {
+    // MySQL 8.0.26+ with the new plugins says source/replica; older plugins
+    // and MariaDB say master/slave.
+    if flavor == Flavor::MySql && vars.contains_key("rpl_semi_sync_source_enabled") {
+        [
+            "rpl_semi_sync_source_enabled",
+            "rpl_semi_sync_replica_enabled",
+            "Rpl_semi_sync_source_status",
+            "Rpl_semi_sync_replica_status",
+        ]
+    } else {
+        [
+            "rpl_semi_sync_master_enabled",
+            "rpl_semi_sync_slave_enabled",
+            "Rpl_semi_sync_master_status",
+            "Rpl_semi_sync_slave_status",
+        ]
+    }
+}
+
+/// Interprets ON/OFF/1/0 as the server prints booleans.
+pub fn on(v: Option<&String>) -> bool {
+    matches!(
+        v.map(|s| s.to_ascii_uppercase()).as_deref(),
+        Some("ON" | "1" | "YES" | "TRUE")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pairs: &[(&str, Option<&str>)]) -> Row {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect()
+    }
+
+    #[test]
+    fn detects_flavors() {
+        assert_eq!(detect("10.11.19-MariaDB-0+deb12u1"), Flavor::MariaDb);
+        assert_eq!(detect("8.0.39"), Flavor::MySql);
+        assert_eq!(detect("8.4.2-log"), Flavor::MySql);
+    }
+
+    #[test]
+    fn parses_mysql_replica_status_fixture() {
+        // Columns as printed by MySQL 8.4 SHOW REPLICA STATUS.
+        let r = row(&[
+            ("Source_Host", Some("10.0.0.5")),
+            ("Source_Port", Some("3306")),
+            ("Replica_IO_Running", Some("Connecting")),
+            ("Replica_SQL_Running", Some("Yes")),
+            ("Seconds_Behind_Source", None),
+            ("Last_IO_Error", Some("error connecting to source")),
+            ("Last_SQL_Error", Some("")),
+            ("Auto_Position", Some("1")),
+            (
+                "Retrieved_Gtid_Set",
+                Some(
+                    "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5,\n4e11fa47-71ca-11e1-9e33-c80aa9429562:1-2",
+                ),
+            ),
+        ]);
+        let rep = parse_replica_status(Flavor::MySql, &r).unwrap();
+        assert_eq!(rep.source.to_string(), "10.0.0.5:3306");
+        assert_eq!(rep.io_thread, IoThread::Connecting);
+        assert!(rep.sql_running && rep.auto_position);
+        assert_eq!(rep.seconds_behind, None);
+        assert!(!rep.received_gtid.contains('\n'));
+    }
+
+    #[test]
+    fn parses_mariadb_replica_status_fixture() {
+        let r = row(&[
+            ("Master_Host", Some("127.0.0.11")),
+            ("Master_Port", Some("3306")),
+            ("Slave_IO_Running", Some("Yes")),
+            ("Slave_SQL_Running", Some("No")),
+            ("Seconds_Behind_Master", Some("12")),
+            ("Using_Gtid", Some("Slave_Pos")),
+            ("Gtid_IO_Pos", Some("0-1-42")),
+            ("Last_SQL_Error", Some("Duplicate entry '1'")),
+        ]);
+        let rep = parse_replica_status(Flavor::MariaDb, &r).unwrap();
+        assert_eq!(rep.io_thread, IoThread::Running);
+        assert!(!rep.sql_running);
+        assert_eq!(rep.seconds_behind, Some(12));
+        assert_eq!(rep.received_gtid, "0-1-42");
+        assert_eq!(rep.last_sql_error, "Duplicate entry '1'");
+        let bad = row(&[("Master_Port", Some("x"))]);
+        assert!(
+            parse_replica_status(Flavor::MariaDb, &bad)
+                .unwrap_err()
+                .contains("Master_Port")
+        );
+    }
+
+    #[test]
+    fn semi_sync_names_follow_the_plugin() {
+        let mut vars = HashMap::new();
+        assert_eq!(
+            semi_sync_names(Flavor::MySql, &vars)[0],
+            "rpl_semi_sync_master_enabled"
+        );
+        vars.insert("rpl_semi_sync_source_enabled".to_string(), "ON".to_string());
+        assert_eq!(
+            semi_sync_names(Flavor::MySql, &vars)[0],
+            "rpl_semi_sync_source_enabled"
+        );
+        assert_eq!(
+            semi_sync_names(Flavor::MariaDb, &vars)[0],
+            "rpl_semi_sync_master_enabled"
+        );
+        assert!(on(Some(&"ON".to_string())) && !on(Some(&"OFF".to_string())) && !on(None));
+    }
+}

@@ -1,0 +1,167 @@
+//! The CLI's view of the coordinators: its config file and the calls it
+//! makes, trying each coordinator in turn.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbfleet_common::config::{ConfigError, load_toml};
+use dbfleet_common::identity::Role;
+use dbfleet_common::tls::{self, TlsContext, TlsError, TlsPaths};
+use dbfleet_proto::pb;
+use dbfleet_proto::pb::admin_service_client::AdminServiceClient;
+use serde::{Deserialize, Serialize};
+
+/// Environment variable naming the CLI config file.
+pub const CONFIG_ENV: &str = "DBFLEET_CONFIG";
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `dbfleet --config FILE` (or `DBFLEET_CONFIG`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CliConfig {
+    /// Coordinator addresses, `host:port`, tried in order.
+    pub coordinators: Vec<String>,
+    /// The operator's (or viewer's) certificates.
+    pub tls: CliTls,
+}
+
+/// TLS paths as written in the CLI config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CliTls {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// Our certificate.
+    pub cert: PathBuf,
+    /// Our key.
+    pub key: PathBuf,
+}
+
+/// Why a CLI call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The config file is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The certificates are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// No config given.
+    #[error("no CLI config: pass --config FILE or set {CONFIG_ENV}")]
+    NoConfig,
+    /// Every coordinator failed; each failure is listed.
+    #[error("no coordinator answered: {}", .0.join("; "))]
+    NoCoordinator(Vec<String>),
+    /// A coordinator answered with an error that retrying elsewhere would not fix.
+    #[error("{address}: {status}")]
+    Refused {
+        /// Which coordinator.
+        address: String,
+        /// Its answer.
+        status: String,
+    },
+}
+
+/// A connected CLI: config plus TLS material.
+#[derive(Debug, Clone)]
+pub struct Client {
+    config: CliConfig,
+    tls: Arc<TlsContext>,
+}
+
+impl Client {
+    /// Loads the CLI config and certificates.
+    pub fn from_file(path: Option<&Path>) -> Result<Client, ClientError> {
+        let path = path.ok_or(ClientError::NoConfig)?;
+        let config: CliConfig = load_toml(path)?;
+        let tls = TlsContext::load(&TlsPaths {
+            ca: config.tls.ca.clone(),
+            cert: config.tls.cert.clone(),
+            key: config.tls.key.clone(),
+        })?;
+        Ok(Client { config, tls })
+    }
+
+    fn admin(&self, address: &str) -> AdminServiceClient<tonic::transport::Channel> {
+        AdminServiceClient::new(tls::channel(
+            self.tls.clone(),
+            address,
+            Role::Coordinator,
+            Duration::from_secs(3),
+        ))
+    }
+
+    /// Runs a call against the first coordinator that answers.
+    async fn read<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(AdminServiceClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut failures = Vec::new();
+        for address in &self.config.coordinators {
+            match tokio::time::timeout(CALL_TIMEOUT, call(self.admin(address))).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) if is_refusal(&s) => {
+                    return Err(ClientError::Refused {
+                        address: address.clone(),
+                        status: describe(&s),
+                    });
+                }
+                Ok(Err(s)) => failures.push(format!("{address}: {}", describe(&s))),
+                Err(_) => failures.push(format!("{address}: no answer within {CALL_TIMEOUT:?}")),
+            }
+        }
+        Err(ClientError::NoCoordinator(failures))
+    }
+
+    /// Clusters, optionally one.
+    pub async fn list_clusters(
+        &self,
+        cluster: Option<&str>,
+    ) -> Result<pb::ListClustersResponse, ClientError> {
+        let req = pb::ListClustersRequest {
+            cluster: cluster.unwrap_or_default().to_string(),
+        };
+        self.read(|mut c| {
+            let req = req.clone();
+            async move { c.list_clusters(req).await }
+        })
+        .await
+    }
+
+    /// Registered agents.
+    pub async fn list_agents(&self) -> Result<pb::ListAgentsResponse, ClientError> {
+        self.read(|mut c| async move { c.list_agents(pb::ListAgentsRequest {}).await })
+            .await
+    }
+}
+
+/// Answers that another coordinator would give just the same.
+fn is_refusal(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::InvalidArgument
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+            | tonic::Code::NotFound
+            | tonic::Code::FailedPrecondition
+    )
+}
+
+/// A status as one readable line, including the transport cause.
+pub fn describe(s: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut out = format!("{:?}: {}", s.code(), s.message());
+    let mut src = s.source();
+    while let Some(e) = src {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = e.source();
+    }
+    out
+}

@@ -1,0 +1,10 @@
+//! The `dbfleet` operator CLI as a library: talking to coordinators,
+//! rendering status, issuing certificates, and the local sandbox fleet.
+//!
+//! The integration tests start their fleets through [`sandbox`], so what a
+//! newcomer runs and what the tests run is the same code.
+
+pub mod cert;
+pub mod client;
+pub mod sandbox;
+pub mod status;

@@ -1,0 +1,291 @@
+//! `dbfleet`: the operator CLI. Parses arguments and hands each command to
+//! the library; exit codes are part of the contract (see docs/cli.md).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dbfleet_cli::client::{CONFIG_ENV, Client, ClientError};
+use dbfleet_cli::sandbox::{self, Binaries, Fleet, SandboxSpec};
+use dbfleet_cli::{cert, status};
+use dbfleet_common::identity::Role;
+
+/// Exit code when no coordinator answered.
+const EXIT_NO_COORDINATOR: u8 = 3;
+
+/// Operate a dbfleet fleet.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// CLI config file (coordinator addresses, certificates).
+    #[arg(long, env = CONFIG_ENV, global = true)]
+    config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "table", global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show clusters, members, roles and problems.
+    Status {
+        /// Only this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Show registered agents and whether they report.
+    Agents,
+    /// Manage certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// A complete local fleet for trying dbfleet out.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Create a certificate authority in DIR.
+    Init {
+        /// Directory for ca.pem and ca.key.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue ROLE-NAME.pem and ROLE-NAME.key, signed by the CA in DIR.
+    Issue {
+        /// Directory holding the CA; the new files go there too.
+        #[arg(long)]
+        dir: PathBuf,
+        /// What the holder is.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Host name, coordinator id or person.
+        #[arg(long)]
+        name: String,
+        /// IP address the holder serves on (repeatable).
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+        /// DNS name the holder serves on (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxCommand {
+    /// Start a sandbox fleet in the background.
+    Up(UpArgs),
+    /// Stop the sandbox's processes and remove its directory.
+    Down {
+        /// Sandbox directory.
+        #[arg(long, default_value = "dbfleet-sandbox")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Sandbox directory (must not exist).
+    #[arg(long, default_value = "dbfleet-sandbox")]
+    dir: PathBuf,
+    /// Number of replicas.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// Number of coordinators.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    coordinators: u8,
+    /// First three octets of the sandbox's loopback addresses.
+    #[arg(long, default_value = "127.0.0", value_parser = parse_base)]
+    base: [u8; 3],
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s)
+        .ok_or_else(|| format!("unknown role {s:?}; use agent, coordinator, operator or viewer"))
+}
+
+fn parse_base(s: &str) -> Result<[u8; 3], String> {
+    let parts: Vec<u8> = s
+        .split('.')
+        .map(|p| p.parse::<u8>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{s:?} is not three octets like 127.0.0"))?;
+    match parts.as_slice() {
+        [127, b, c] => Ok([127, *b, *c]),
+        _ => Err(format!("{s:?}: the sandbox lives on loopback; use 127.X.Y")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    dbfleet_common::tls::install_crypto_provider();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dbfleet: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dbfleet: {e:#}");
+            match e.downcast_ref::<ClientError>() {
+                Some(ClientError::NoCoordinator(_)) => ExitCode::from(EXIT_NO_COORDINATOR),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Status { cluster } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let resp = client.list_clusters(cluster.as_deref()).await?;
+            let json = status::to_json(&resp);
+            match cli.output {
+                Output::Json => print_json(&json)?,
+                Output::Table => print!("{}", status::to_table(&json)),
+            }
+        }
+        Command::Agents => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let resp = client.list_agents().await?;
+            let agents: Vec<serde_json::Value> = resp
+                .agents
+                .iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "host": a.host, "cluster": a.cluster, "connected": a.connected,
+                        "last_report_age_ms": a.last_report_age_ms, "agent_version": a.agent_version,
+                        "registered_at_unix_ms": a.registered_at_unix_ms,
+                    })
+                })
+                .collect();
+            match cli.output {
+                Output::Json => print_json(&serde_json::json!({ "agents": agents }))?,
+                Output::Table => {
+                    println!(
+                        "{:<20} {:<16} {:<10} LAST REPORT",
+                        "HOST", "CLUSTER", "CONNECTED"
+                    );
+                    for a in &resp.agents {
+                        let age = a
+                            .last_report_age_ms
+                            .map_or("never".into(), |ms| format!("{ms}ms ago"));
+                        println!(
+                            "{:<20} {:<16} {:<10} {age}",
+                            a.host,
+                            a.cluster,
+                            if a.connected { "yes" } else { "no" }
+                        );
+                    }
+                }
+            }
+        }
+        Command::Cert(CertCommand::Init { dir }) => {
+            let path = cert::init(&dir)?;
+            println!("created CA {}", path.display());
+        }
+        Command::Cert(CertCommand::Issue {
+            dir,
+            role,
+            name,
+            ip,
+            dns,
+            days,
+        }) => {
+            let files = cert::issue(&dir, role, &name, &ip, &dns, days)?;
+            println!(
+                "issued dbfleet://{role}/{name}: {} (key {})",
+                files.cert.display(),
+                files.key.display()
+            );
+        }
+        Command::Sandbox(SandboxCommand::Up(args)) => sandbox_up(args, cli.output).await?,
+        Command::Sandbox(SandboxCommand::Down { dir }) => {
+            let report = sandbox::down(&dir)?;
+            match cli.output {
+                Output::Json => print_json(
+                    &serde_json::json!({ "stopped": report.stopped, "skipped": report.skipped }),
+                )?,
+                Output::Table => println!(
+                    "stopped {}; removed {}",
+                    report.stopped.join(", "),
+                    dir.display()
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let bins = Binaries::find(exe.parent().unwrap_or(std::path::Path::new(".")))?;
+    let spec = SandboxSpec {
+        dir: args.dir.clone(),
+        replicas: args.replicas,
+        coordinators: usize::from(args.coordinators),
+        base: args.base,
+        cluster: "main".into(),
+        report_interval: Duration::from_secs(1),
+        agent_timeout: Duration::from_secs(5),
+        bins,
+    };
+    if output == Output::Table {
+        eprintln!("starting a sandbox in {} ...", args.dir.display());
+    }
+    let fleet = Fleet::up(spec).await?;
+    // Dropping the fleet on failure tears it down; success detaches it.
+    fleet.wait_healthy(Duration::from_secs(90)).await?;
+    let config = fleet.cli_config();
+    let info = fleet.info.clone();
+    let dir = fleet.dir.clone();
+    fleet.detach();
+    match output {
+        Output::Json => print_json(&info)?,
+        Output::Table => {
+            println!(
+                "sandbox is up in {}: cluster {} with {} members, {} coordinator(s)",
+                dir.display(),
+                info.cluster,
+                info.members.len(),
+                info.coordinators.len()
+            );
+            println!();
+            println!("try:");
+            println!("  export DBFLEET_CONFIG={}", config.display());
+            println!("  dbfleet status");
+            println!("  dbfleet status --output json");
+            println!(
+                "  mariadb -h {} -P {} -u {} -p  # password in {}/sandbox.json",
+                info.members[0].address,
+                info.members[0].mysql_port,
+                info.app_user,
+                dir.display()
+            );
+            println!("  dbfleet sandbox down --dir {}", args.dir.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,785 @@
+//! `dbfleet sandbox up|down`: a complete local fleet on 127.x.y.z addresses
+//! (a MariaDB primary and replicas, one agent each, coordinators,
+//! certificates), started in the background so a newcomer can watch it
+//! work; and the same fleet for the integration tests.
+//!
+//! `up` checks everything it can before starting anything (directory,
+//! binaries, free addresses) and tears down whatever it started if a later
+//! step fails, so it never leaves a half-started fleet. `down` stops only
+//! processes whose pid file is in the sandbox and whose command line
+//! names the sandbox directory.
+
+pub mod mariadb;
+pub mod process;
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use dbfleet_common::certs::{self, LeafRequest};
+use dbfleet_common::identity::Role;
+use dbfleet_proto::pb;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use serde::{Deserialize, Serialize};
+
+use self::mariadb::{Credentials, Server};
+use crate::client::{CliConfig, CliTls, Client};
+
+/// Default port of every mysqld (each has its own address).
+pub const MYSQL_PORT: u16 = 3306;
+/// Default agent gRPC port.
+pub const AGENT_PORT: u16 = 7100;
+/// Agent metrics port (mysqld_exporter's).
+pub const METRICS_PORT: u16 = 9104;
+/// Coordinator gRPC port.
+pub const COORDINATOR_PORT: u16 = 7200;
+/// Name of the operator certificate the sandbox issues for the CLI.
+pub const OPERATOR: &str = "sandbox";
+
+/// Why the sandbox could not be brought up or down.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The directory is taken.
+    #[error(
+        "{0} already exists: a sandbox may be running there (stop it with `dbfleet sandbox down --dir {0}`), or choose another --dir"
+    )]
+    Exists(String),
+    /// Not a sandbox directory.
+    #[error("{0} is not a dbfleet sandbox (no sandbox.json or run/ inside); refusing to touch it")]
+    NotASandbox(String),
+    /// A program is missing.
+    #[error("{program} not found (looked in {looked}): {fix}")]
+    Missing {
+        /// The program.
+        program: String,
+        /// Where it was looked for.
+        looked: String,
+        /// How to get it.
+        fix: String,
+    },
+    /// An address is in use.
+    #[error(
+        "{0} is already in use (another sandbox, a test fleet or a mysqld?); stop whatever listens there or pick another --base"
+    )]
+    AddressInUse(SocketAddr),
+    /// A MariaDB step failed.
+    #[error("{0}")]
+    Mariadb(String),
+    /// A file operation failed.
+    #[error("{path}: {message}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The error.
+        message: String,
+    },
+    /// Certificates could not be made.
+    #[error(transparent)]
+    Cert(#[from] certs::CertError),
+    /// The fleet did not become healthy in time.
+    #[error("the fleet did not become healthy within {timeout:?}; last status: {last}")]
+    Unhealthy {
+        /// How long we waited.
+        timeout: Duration,
+        /// What was wrong at the end.
+        last: String,
+    },
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl SandboxError {
+    fn io(path: &Path, e: impl std::fmt::Display) -> SandboxError {
+        SandboxError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The programs a sandbox runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `dbfleet-agent`.
+    pub agent: PathBuf,
+    /// `dbfleet-coordinator`.
+    pub coordinator: PathBuf,
+    /// `mariadbd`.
+    pub mariadbd: PathBuf,
+    /// `mariadb-install-db`.
+    pub install_db: PathBuf,
+}
+
+/// Environment variable naming the directory holding `mariadbd` and
+/// `mariadb-install-db` (default: PATH, then /usr/sbin and /usr/bin).
+pub const MARIADB_BINDIR_ENV: &str = "DBFLEET_MARIADB_BINDIR";
+
+const SETUP_FIX: &str = "install Debian's mariadb-server package: `sudo apt-get install mariadb-server`, or run `./scripts/setup`";
+
+fn find_in(dirs: &[PathBuf], name: &str, fix: &str) -> Result<PathBuf, SandboxError> {
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| SandboxError::Missing {
+            program: name.to_string(),
+            looked: dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            fix: fix.to_string(),
+        })
+}
+
+impl Binaries {
+    /// Finds the dbfleet binaries in `dbfleet_dir` and MariaDB's where
+    /// [`MARIADB_BINDIR_ENV`] or the usual places say.
+    pub fn find(dbfleet_dir: &Path) -> Result<Binaries, SandboxError> {
+        let mariadb_dirs: Vec<PathBuf> = match std::env::var_os(MARIADB_BINDIR_ENV) {
+            Some(d) => vec![PathBuf::from(d)],
+            None => {
+                let mut v: Vec<PathBuf> = std::env::var_os("PATH")
+                    .map(|p| std::env::split_paths(&p).collect())
+                    .unwrap_or_default();
+                v.extend(["/usr/sbin", "/usr/bin"].map(PathBuf::from));
+                v.dedup();
+                v
+            }
+        };
+        let build_fix = "build the workspace first: `cargo build --workspace`";
+        Ok(Binaries {
+            agent: find_in(&[dbfleet_dir.to_path_buf()], "dbfleet-agent", build_fix)?,
+            coordinator: find_in(
+                &[dbfleet_dir.to_path_buf()],
+                "dbfleet-coordinator",
+                build_fix,
+            )?,
+            mariadbd: find_in(&mariadb_dirs, "mariadbd", SETUP_FIX)?,
+            install_db: find_in(&mariadb_dirs, "mariadb-install-db", SETUP_FIX)?,
+        })
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The sandbox directory (must not exist).
+    pub dir: PathBuf,
+    /// Number of replicas.
+    pub replicas: usize,
+    /// Number of coordinators (1 or 2).
+    pub coordinators: usize,
+    /// First three octets of every address, e.g. [127, 0, 0].
+    pub base: [u8; 3],
+    /// Cluster name.
+    pub cluster: String,
+    /// Agents' report interval.
+    pub report_interval: Duration,
+    /// Coordinators' agent timeout.
+    pub agent_timeout: Duration,
+    /// Programs to run.
+    pub bins: Binaries,
+}
+
+/// One member as written to `sandbox.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Host name.
+    pub host: String,
+    /// mysqld IP address.
+    pub address: String,
+    /// mysqld port.
+    pub mysql_port: u16,
+    /// Agent gRPC `ip:port`.
+    pub agent_address: String,
+    /// Agent metrics `ip:port`.
+    pub metrics_address: String,
+}
+
+/// One coordinator as written to `sandbox.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoordinatorInfo {
+    /// Coordinator id.
+    pub id: String,
+    /// gRPC `ip:port`.
+    pub address: String,
+}
+
+/// `D/sandbox.json`, for scripts; documented in `docs/cli.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxFile {
+    /// Cluster name.
+    pub cluster: String,
+    /// Members; the first is the initial primary.
+    pub members: Vec<MemberInfo>,
+    /// Coordinators.
+    pub coordinators: Vec<CoordinatorInfo>,
+    /// Application account.
+    pub app_user: String,
+    /// Its password.
+    pub app_password: String,
+    /// The database it owns.
+    pub app_database: String,
+}
+
+fn ip(base: [u8; 3], last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(base[0], base[1], base[2], last)
+}
+
+fn password() -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
+}
+
+fn quoted(p: &Path) -> String {
+    serde_json::to_string(&p.to_string_lossy()).unwrap_or_default()
+}
+
+/// A running sandbox. Dropping it stops every process it started and
+/// removes its directory, unless [`Fleet::detach`] was called.
+#[derive(Debug)]
+pub struct Fleet {
+    /// The sandbox directory.
+    pub dir: PathBuf,
+    /// What `sandbox.json` says.
+    pub info: SandboxFile,
+    /// The servers.
+    pub servers: Vec<Server>,
+    /// Account passwords.
+    pub credentials: Credentials,
+    spec: SandboxSpec,
+    children: Vec<(String, Child)>,
+    detached: bool,
+}
+
+impl Fleet {
+    /// Builds and starts the whole fleet; on any failure stops what it
+    /// started and removes the directory.
+    pub async fn up(spec: SandboxSpec) -> Result<Fleet, SandboxError> {
+        if spec.replicas > 20 || !(1..=2).contains(&spec.coordinators) {
+            return Err(SandboxError::Usage(
+                "--replicas must be 0-20 and --coordinators 1 or 2".into(),
+            ));
+        }
+        if spec.dir.exists() {
+            return Err(SandboxError::Exists(spec.dir.display().to_string()));
+        }
+        let servers: Vec<Server> = (0..=spec.replicas)
+            .map(|i| {
+                let host = format!("db{}", i + 1);
+                let addr = ip(spec.base, 11 + i as u8);
+                Server {
+                    dir: spec.dir.join(&host),
+                    socket: PathBuf::from(format!("/tmp/dbfleet-{addr}-{MYSQL_PORT}.sock")),
+                    host,
+                    ip: addr,
+                    port: MYSQL_PORT,
+                    server_id: i as u32 + 1,
+                    read_only: i > 0,
+                }
+            })
+            .collect();
+        let info = SandboxFile {
+            cluster: spec.cluster.clone(),
+            members: servers
+                .iter()
+                .map(|s| MemberInfo {
+                    host: s.host.clone(),
+                    address: s.ip.to_string(),
+                    mysql_port: s.port,
+                    agent_address: format!("{}:{AGENT_PORT}", s.ip),
+                    metrics_address: format!("{}:{METRICS_PORT}", s.ip),
+                })
+                .collect(),
+            coordinators: (0..spec.coordinators)
+                .map(|i| CoordinatorInfo {
+                    id: format!("c{}", i + 1),
+                    address: format!("{}:{COORDINATOR_PORT}", ip(spec.base, 21 + i as u8)),
+                })
+                .collect(),
+            app_user: mariadb::APP_USER.into(),
+            app_password: String::new(),
+            app_database: mariadb::APP_DATABASE.into(),
+        };
+        check_addresses_free(&info)?;
+        fs::create_dir_all(&spec.dir).map_err(|e| SandboxError::io(&spec.dir, e))?;
+        let dir = fs::canonicalize(&spec.dir).map_err(|e| SandboxError::io(&spec.dir, e))?;
+        let credentials = Credentials {
+            root: password(),
+            agent: password(),
+            repl: password(),
+            app: password(),
+        };
+        let mut fleet = Fleet {
+            dir,
+            info: SandboxFile {
+                app_password: credentials.app.clone(),
+                ..info
+            },
+            servers,
+            credentials,
+            spec,
+            children: Vec::new(),
+            detached: false,
+        };
+        // On error the fleet is dropped here, which tears down what started.
+        fleet.build().await?;
+        Ok(fleet)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    async fn build(&mut self) -> Result<(), SandboxError> {
+        for sub in ["logs", "run", "certs", "secrets"] {
+            fs::create_dir_all(self.path(sub)).map_err(|e| SandboxError::io(&self.path(sub), e))?;
+        }
+        self.write_certs()?;
+        let secret = self.path("secrets/agent-mysql.password");
+        certs::write_file(&secret, self.credentials.agent.as_bytes(), 0o600, false)?;
+        certs::write_file(
+            &self.path("secrets/credentials.json"),
+            serde_json::json!({
+                "root": self.credentials.root, "dbfleet_agent": self.credentials.agent,
+                "dbfleet_repl": self.credentials.repl, "app": self.credentials.app,
+            })
+            .to_string()
+            .as_bytes(),
+            0o600,
+            false,
+        )?;
+
+        for s in self.servers.clone() {
+            let log = self.path(&format!("logs/install-{}.log", s.host));
+            mariadb::install(&self.spec.bins.install_db, &s, &log)?;
+            self.start_mariadbd(&s.host)?;
+        }
+        for s in self.servers.clone() {
+            let log = self.path(&format!("logs/mariadbd-{}.log", s.host));
+            let name = format!("mariadbd-{}", s.host);
+            let child = &mut self
+                .children
+                .iter_mut()
+                .find(|(n, _)| *n == name)
+                .expect("every server was started above")
+                .1;
+            let root = mariadb::wait_ready(&s, child, &log, Duration::from_secs(60)).await?;
+            mariadb::bootstrap(root, &self.credentials).await?;
+        }
+        for replica in &self.servers[1..] {
+            mariadb::replicate_from(replica, &self.servers[0], &self.credentials).await?;
+        }
+        for c in self.info.coordinators.clone() {
+            self.write_coordinator_config(&c)?;
+            self.start_coordinator(&c.id)?;
+        }
+        // Agents report to every coordinator from their first second; let
+        // the coordinators listen first so nobody logs a needless retry.
+        for c in self.info.coordinators.clone() {
+            self.wait_listening(
+                &format!("coordinator-{}", c.id),
+                &c.address,
+                Duration::from_secs(30),
+            )
+            .await?;
+        }
+        for m in self.info.members.clone() {
+            self.write_agent_config(&m)?;
+            self.start_agent(&m.host)?;
+        }
+        self.write_cli_config()?;
+        let json = serde_json::to_string_pretty(&self.info)
+            .map_err(|e| SandboxError::io(&self.path("sandbox.json"), e))?;
+        certs::write_file(&self.path("sandbox.json"), json.as_bytes(), 0o600, false)?;
+        Ok(())
+    }
+
+    fn write_certs(&self) -> Result<(), SandboxError> {
+        let certs_dir = self.path("certs");
+        certs::init_ca(&certs_dir)?;
+        for s in &self.servers {
+            let mut req = LeafRequest::new(Role::Agent, s.host.clone());
+            req.ips.push(s.ip.into());
+            certs::issue_leaf(&certs_dir, &certs_dir, &req)?;
+        }
+        for c in &self.info.coordinators {
+            let mut req = LeafRequest::new(Role::Coordinator, c.id.clone());
+            let ip: SocketAddr = c
+                .address
+                .parse()
+                .map_err(|_| SandboxError::Usage(c.address.clone()))?;
+            req.ips.push(ip.ip());
+            certs::issue_leaf(&certs_dir, &certs_dir, &req)?;
+        }
+        certs::issue_leaf(
+            &certs_dir,
+            &certs_dir,
+            &LeafRequest::new(Role::Operator, OPERATOR),
+        )?;
+        Ok(())
+    }
+
+    fn tls_block(&self, role: Role, name: &str) -> String {
+        let stem = certs::leaf_stem(role, name);
+        let certs_dir = self.path("certs");
+        format!(
+            "[tls]\nca = {}\ncert = {}\nkey = {}\n",
+            quoted(&certs_dir.join(certs::CA_CERT)),
+            quoted(&certs_dir.join(format!("{stem}.pem"))),
+            quoted(&certs_dir.join(format!("{stem}.key"))),
+        )
+    }
+
+    fn write_coordinator_config(&self, c: &CoordinatorInfo) -> Result<(), SandboxError> {
+        let path = self.path(&format!("coordinator-{}.toml", c.id));
+        let text = format!(
+            "# Written by `dbfleet sandbox up`.\nid = {id:?}\nlisten = {addr:?}\ndata_dir = {data}\n\n[topology]\nagent_timeout = {timeout:?}\n\n{tls}",
+            id = c.id,
+            addr = c.address,
+            data = quoted(&self.path(&format!("{}/data", c.id))),
+            timeout = humantime::format_duration(self.spec.agent_timeout).to_string(),
+            tls = self.tls_block(Role::Coordinator, &c.id),
+        );
+        fs::write(&path, text).map_err(|e| SandboxError::io(&path, e))
+    }
+
+    fn write_agent_config(&self, m: &MemberInfo) -> Result<(), SandboxError> {
+        let path = self.path(&format!("agent-{}.toml", m.host));
+        let coordinators: Vec<String> = self
+            .info
+            .coordinators
+            .iter()
+            .map(|c| format!("{:?}", c.address))
+            .collect();
+        let text = format!(
+            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\n\n[mysql]\naddress = \"{ip}:{port}\"\nuser = {user:?}\npassword_file = {pw}\n\n{tls}",
+            host = m.host,
+            cluster = self.info.cluster,
+            listen = m.agent_address,
+            coords = coordinators.join(", "),
+            interval = humantime::format_duration(self.spec.report_interval).to_string(),
+            collect = humantime::format_duration(self.spec.report_interval / 2).to_string(),
+            ip = m.address,
+            port = m.mysql_port,
+            user = mariadb::AGENT_USER,
+            pw = quoted(&self.path("secrets/agent-mysql.password")),
+            tls = self.tls_block(Role::Agent, &m.host),
+        );
+        fs::write(&path, text).map_err(|e| SandboxError::io(&path, e))
+    }
+
+    fn write_cli_config(&self) -> Result<(), SandboxError> {
+        let stem = certs::leaf_stem(Role::Operator, OPERATOR);
+        let cfg = CliConfig {
+            coordinators: self
+                .info
+                .coordinators
+                .iter()
+                .map(|c| c.address.clone())
+                .collect(),
+            tls: CliTls {
+                ca: self.path("certs").join(certs::CA_CERT),
+                cert: self.path("certs").join(format!("{stem}.pem")),
+                key: self.path("certs").join(format!("{stem}.key")),
+            },
+        };
+        let text =
+            toml::to_string(&cfg).map_err(|e| SandboxError::io(&self.path("dbfleet.toml"), e))?;
+        let path = self.path("dbfleet.toml");
+        fs::write(
+            &path,
+            format!(
+                "# Written by `dbfleet sandbox up`; use with DBFLEET_CONFIG={}\n{text}",
+                path.display()
+            ),
+        )
+        .map_err(|e| SandboxError::io(&path, e))
+    }
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        program: PathBuf,
+        args: Vec<String>,
+    ) -> Result<(), SandboxError> {
+        let log = self.path(&format!("logs/{name}.log"));
+        let pidfile = self.path(&format!("run/{name}.pid"));
+        let child = process::spawn(&program, &args, &log, &pidfile)
+            .map_err(|e| SandboxError::io(&program, e))?;
+        self.children.retain(|(n, _)| n != name);
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+
+    /// Waits until `address` accepts TCP connections, failing early if the
+    /// process `name` exits (its log says why).
+    pub async fn wait_listening(
+        &mut self,
+        name: &str,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<(), SandboxError> {
+        let start = Instant::now();
+        loop {
+            if tokio::net::TcpStream::connect(address).await.is_ok() {
+                return Ok(());
+            }
+            if let Some((_, child)) = self.children.iter_mut().find(|(n, _)| n == name)
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(SandboxError::Mariadb(format!(
+                    "{name} exited ({status}); see {}",
+                    self.dir.join(format!("logs/{name}.log")).display()
+                )));
+            }
+            if start.elapsed() > timeout {
+                return Err(SandboxError::Unhealthy {
+                    timeout,
+                    last: format!("{name} is not listening on {address}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts (or restarts after a stop) the mariadbd of `host`.
+    pub fn start_mariadbd(&mut self, host: &str) -> Result<(), SandboxError> {
+        let s = self.server(host)?.clone();
+        let name = format!("mariadbd-{host}");
+        let args = mariadb::args(
+            &s,
+            &self.path(&format!("run/{name}.pid")),
+            &self.path(&format!("logs/{name}.log")),
+        );
+        self.spawn(&name, self.spec.bins.mariadbd.clone(), args)
+    }
+
+    /// Starts (or restarts) the agent of `host`.
+    pub fn start_agent(&mut self, host: &str) -> Result<(), SandboxError> {
+        let cfg = self.path(&format!("agent-{host}.toml"));
+        let args = vec!["--config".into(), cfg.display().to_string()];
+        self.spawn(&format!("agent-{host}"), self.spec.bins.agent.clone(), args)
+    }
+
+    /// Starts (or restarts) coordinator `id`.
+    pub fn start_coordinator(&mut self, id: &str) -> Result<(), SandboxError> {
+        let cfg = self.path(&format!("coordinator-{id}.toml"));
+        let args = vec!["--config".into(), cfg.display().to_string()];
+        self.spawn(
+            &format!("coordinator-{id}"),
+            self.spec.bins.coordinator.clone(),
+            args,
+        )
+    }
+
+    /// The server named `host`.
+    pub fn server(&self, host: &str) -> Result<&Server, SandboxError> {
+        self.servers
+            .iter()
+            .find(|s| s.host == host)
+            .ok_or_else(|| SandboxError::Usage(format!("no member {host}")))
+    }
+
+    /// Pid of a running process of this fleet (e.g. `agent-db1`).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
+    }
+
+    /// Stops one process gracefully (SIGTERM, SIGKILL after `grace`).
+    pub fn stop(&mut self, name: &str, grace: Duration) {
+        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.children.remove(i);
+            let pid = child.id();
+            process::stop(pid, grace, &mut || matches!(child.try_wait(), Ok(Some(_))));
+            let _ = child.wait();
+            let _ = fs::remove_file(self.path(&format!("run/{name}.pid")));
+        }
+    }
+
+    /// Kills one process with SIGKILL and reaps it.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.children.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A CLI client with the sandbox's operator certificate.
+    pub fn client(&self) -> Result<Client, crate::client::ClientError> {
+        Client::from_file(Some(&self.path("dbfleet.toml")))
+    }
+
+    /// Path of the CLI config.
+    pub fn cli_config(&self) -> PathBuf {
+        self.path("dbfleet.toml")
+    }
+
+    /// Waits until `done` holds for the status, or fails with the last
+    /// status seen (or the last error) after `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&pb::ListClustersResponse) -> bool,
+    ) -> Result<pb::ListClustersResponse, SandboxError> {
+        let client = self
+            .client()
+            .map_err(|e| SandboxError::Usage(e.to_string()))?;
+        let start = Instant::now();
+        loop {
+            let last = match client.list_clusters(None).await {
+                Ok(r) if done(&r) => return Ok(r),
+                Ok(r) => describe_status(&r),
+                Err(e) => e.to_string(),
+            };
+            if start.elapsed() > timeout {
+                return Err(SandboxError::Unhealthy {
+                    timeout,
+                    last: format!("({what}) {last}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the cluster is healthy: db1 the writable primary,
+    /// every replica read-only and replicating, no problems.
+    pub async fn wait_healthy(&self, timeout: Duration) -> Result<(), SandboxError> {
+        let members = self.servers.len();
+        self.wait_for(timeout, "healthy", |r| healthy(r, members))
+            .await
+            .map(|_| ())
+    }
+
+    /// Leaves the processes running and the directory in place (for
+    /// `sandbox up`, whose fleet outlives the command).
+    pub fn detach(mut self) {
+        self.detached = true;
+    }
+
+    /// Stops every process this fleet started and removes its directory.
+    pub fn teardown(&mut self) {
+        let mut names: Vec<String> = self.children.iter().map(|(n, _)| n.clone()).collect();
+        names.sort_by_key(|n| process::stop_rank(n));
+        for n in names {
+            self.stop(&n, Duration::from_secs(10));
+        }
+        for s in &self.servers {
+            let _ = fs::remove_file(&s.socket);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.teardown();
+        }
+    }
+}
+
+/// Problems and member states in one line, for failure messages.
+pub fn describe_status(r: &pb::ListClustersResponse) -> String {
+    let j = crate::status::to_json(r);
+    serde_json::to_string(&j).unwrap_or_default()
+}
+
+/// The sandbox's health rule, also used by tests.
+pub fn healthy(r: &pb::ListClustersResponse, members: usize) -> bool {
+    let [c] = r.clusters.as_slice() else {
+        return false;
+    };
+    c.problems.is_empty()
+        && c.primary == "db1"
+        && c.members.len() == members
+        && c.members.iter().all(|m| {
+            m.reporting
+                && m.reachable
+                && if m.host == "db1" {
+                    m.writable
+                } else {
+                    !m.writable && m.io_running && m.sql_running
+                }
+        })
+}
+
+fn check_addresses_free(info: &SandboxFile) -> Result<(), SandboxError> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for m in &info.members {
+        let ip: Ipv4Addr = m
+            .address
+            .parse()
+            .map_err(|_| SandboxError::Usage(m.address.clone()))?;
+        addrs.push(SocketAddr::from((ip, m.mysql_port)));
+        addrs.push(SocketAddr::from((ip, AGENT_PORT)));
+        addrs.push(SocketAddr::from((ip, METRICS_PORT)));
+    }
+    for c in &info.coordinators {
+        addrs.push(
+            c.address
+                .parse()
+                .map_err(|_| SandboxError::Usage(c.address.clone()))?,
+        );
+    }
+    for a in addrs {
+        TcpListener::bind(a).map_err(|_| SandboxError::AddressInUse(a))?;
+    }
+    Ok(())
+}
+
+/// What `down` did.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    /// Processes stopped.
+    pub stopped: Vec<String>,
+    /// Pid files whose process was already gone or not ours.
+    pub skipped: Vec<String>,
+}
+
+/// Stops the sandbox in `dir` by its pid files and removes the directory.
+pub fn down(dir: &Path) -> Result<DownReport, SandboxError> {
+    if !dir.exists() {
+        return Err(SandboxError::Io {
+            path: dir.display().to_string(),
+            message: "no such directory; nothing to stop".into(),
+        });
+    }
+    let dir = fs::canonicalize(dir).map_err(|e| SandboxError::io(dir, e))?;
+    if !dir.join("sandbox.json").exists() && !dir.join("run").is_dir() {
+        return Err(SandboxError::NotASandbox(dir.display().to_string()));
+    }
+    let mut report = DownReport::default();
+    let mut files = process::pidfiles(&dir.join("run"));
+    files.sort_by_key(|(n, _)| process::stop_rank(n));
+    for (name, path) in files {
+        match process::read_pid(&path) {
+            Some(pid) if process::alive(pid) && process::belongs_to(pid, &dir) => {
+                process::stop(pid, Duration::from_secs(20), &mut || false);
+                report.stopped.push(name);
+            }
+            _ => report.skipped.push(name),
+        }
+    }
+    if let Ok(text) = fs::read_to_string(dir.join("sandbox.json"))
+        && let Ok(info) = serde_json::from_str::<SandboxFile>(&text)
+    {
+        for m in info.members {
+            let _ = fs::remove_file(format!("/tmp/dbfleet-{}-{}.sock", m.address, m.mysql_port));
+        }
+    }
+    fs::remove_dir_all(&dir).map_err(|e| SandboxError::io(&dir, e))?;
+    Ok(report)
+}

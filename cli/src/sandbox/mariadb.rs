@@ -1,0 +1,255 @@
+//! Real MariaDB servers for the sandbox: a fresh datadir per member, a
+//! config with GTID replication, binlogs and semi-sync, the accounts the
+//! fleet needs, and replication from the primary.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+
+use super::SandboxError;
+
+/// Account the agents use.
+pub const AGENT_USER: &str = "dbfleet_agent";
+/// Account replicas use to connect to their source.
+pub const REPL_USER: &str = "dbfleet_repl";
+/// The ordinary application account.
+pub const APP_USER: &str = "app";
+/// The application's database.
+pub const APP_DATABASE: &str = "app";
+
+/// Passwords of the sandbox's accounts (random per sandbox).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// root@localhost.
+    pub root: String,
+    /// [`AGENT_USER`].
+    pub agent: String,
+    /// [`REPL_USER`].
+    pub repl: String,
+    /// [`APP_USER`].
+    pub app: String,
+}
+
+/// One mysqld of the sandbox.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Member name (db1, db2, ...).
+    pub host: String,
+    /// Address it listens on.
+    pub ip: Ipv4Addr,
+    /// Port it listens on.
+    pub port: u16,
+    /// Unique server_id.
+    pub server_id: u32,
+    /// Its directory (datadir is `dir/data`).
+    pub dir: PathBuf,
+    /// Unix socket (short path, under /tmp, unique per address and port).
+    pub socket: PathBuf,
+    /// Starts read-only (replicas).
+    pub read_only: bool,
+}
+
+impl Server {
+    /// The datadir.
+    pub fn datadir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The server's option file.
+    pub fn cnf(&self) -> PathBuf {
+        self.dir.join("my.cnf")
+    }
+
+    /// TCP options for `user`.
+    pub fn tcp_opts(&self, user: &str, password: &str) -> OptsBuilder {
+        OptsBuilder::default()
+            .ip_or_hostname(self.ip.to_string())
+            .tcp_port(self.port)
+            .user(Some(user))
+            .pass(Some(password))
+            .prefer_socket(false)
+    }
+}
+
+fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Creates the datadir with `mariadb-install-db` and writes the option file.
+pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxError> {
+    fs::create_dir_all(s.dir.clone()).map_err(|e| SandboxError::io(&s.dir, e))?;
+    let mut cmd = Command::new(install_db);
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", s.datadir().display()))
+        .arg("--auth-root-authentication-method=normal")
+        .arg("--skip-test-db")
+        .arg("--innodb-log-file-size=16M")
+        .arg("--innodb-data-file-path=ibdata1:10M:autoextend");
+    if running_as_root() {
+        cmd.arg("--user=root");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| SandboxError::Mariadb(format!("cannot run {}: {e}", install_db.display())))?;
+    let _ = fs::write(log, [&out.stdout[..], &out.stderr[..]].concat());
+    if !out.status.success() {
+        return Err(SandboxError::Mariadb(format!(
+            "mariadb-install-db failed for {} ({}); see {}",
+            s.host,
+            out.status,
+            log.display()
+        )));
+    }
+    let user = if running_as_root() {
+        "user = root\n"
+    } else {
+        ""
+    };
+    let read_only = if s.read_only { "ON" } else { "OFF" };
+    let cnf = format!(
+        "# Written by `dbfleet sandbox up` for {host}.\n\
+         [mariadbd]\n\
+         {user}\
+         datadir = {datadir}\n\
+         socket = {socket}\n\
+         bind-address = {ip}\n\
+         port = {port}\n\
+         server_id = {server_id}\n\
+         log_basename = {host}\n\
+         log_bin = ON\n\
+         binlog_format = ROW\n\
+         log_slave_updates = ON\n\
+         gtid_strict_mode = ON\n\
+         read_only = {read_only}\n\
+         skip_name_resolve = ON\n\
+         slave_net_timeout = 10\n\
+         rpl_semi_sync_master_enabled = ON\n\
+         rpl_semi_sync_slave_enabled = ON\n\
+         rpl_semi_sync_master_timeout = 2000\n\
+         innodb_buffer_pool_size = 32M\n\
+         innodb_log_file_size = 16M\n\
+         innodb_data_file_path = ibdata1:10M:autoextend\n\
+         performance_schema = OFF\n\
+         max_connections = 100\n",
+        host = s.host,
+        datadir = s.datadir().display(),
+        socket = s.socket.display(),
+        ip = s.ip,
+        port = s.port,
+        server_id = s.server_id,
+    );
+    fs::write(s.cnf(), cnf).map_err(|e| SandboxError::io(&s.cnf(), e))
+}
+
+/// The arguments that start this server's mariadbd.
+pub fn args(s: &Server, pidfile: &Path, log: &Path) -> Vec<String> {
+    vec![
+        format!("--defaults-file={}", s.cnf().display()),
+        format!("--pid-file={}", pidfile.display()),
+        format!("--log-error={}", log.display()),
+    ]
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// Waits until root can log in over the socket; fails early if the
+/// process died, quoting its error log.
+pub async fn wait_ready(
+    s: &Server,
+    child: &mut Child,
+    log: &Path,
+    timeout: Duration,
+) -> Result<Conn, SandboxError> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(SandboxError::Mariadb(format!(
+                "mariadbd for {} exited ({status}): {}",
+                s.host,
+                log_tail(log)
+            )));
+        }
+        let opts = OptsBuilder::default()
+            .socket(Some(s.socket.to_string_lossy().into_owned()))
+            .user(Some("root"));
+        if let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(2), Conn::new(opts)).await {
+            return Ok(conn);
+        }
+        if start.elapsed() > timeout {
+            return Err(SandboxError::Mariadb(format!(
+                "mariadbd for {} did not accept connections within {timeout:?}: {}",
+                s.host,
+                log_tail(log)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates the accounts and the application database without writing
+/// them to the binlog (every member gets the same ones, so there is
+/// nothing to replicate), then gives root a password.
+pub async fn bootstrap(mut root: Conn, creds: &Credentials) -> Result<(), SandboxError> {
+    let statements = [
+        "SET SESSION sql_log_bin = 0".to_string(),
+        format!(
+            "CREATE USER '{AGENT_USER}'@'%' IDENTIFIED BY '{}'",
+            creds.agent
+        ),
+        format!("GRANT ALL PRIVILEGES ON *.* TO '{AGENT_USER}'@'%' WITH GRANT OPTION"),
+        format!(
+            "CREATE USER '{REPL_USER}'@'%' IDENTIFIED BY '{}'",
+            creds.repl
+        ),
+        format!("GRANT REPLICATION SLAVE ON *.* TO '{REPL_USER}'@'%'"),
+        format!("CREATE DATABASE {APP_DATABASE}"),
+        format!("CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{}'", creds.app),
+        format!("GRANT ALL PRIVILEGES ON {APP_DATABASE}.* TO '{APP_USER}'@'%'"),
+        format!(
+            "ALTER USER 'root'@'localhost' IDENTIFIED BY '{}'",
+            creds.root
+        ),
+    ];
+    for sql in &statements {
+        // The statement may carry a password: say which step failed, not what it was.
+        let step = sql.split(" IDENTIFIED").next().unwrap_or(sql);
+        root.query_drop(sql)
+            .await
+            .map_err(|e| SandboxError::Mariadb(format!("bootstrap step `{step}` failed: {e}")))?;
+    }
+    let _ = root.disconnect().await;
+    Ok(())
+}
+
+/// Points `replica` at `primary` with GTID auto-positioning and starts it.
+pub async fn replicate_from(
+    replica: &Server,
+    primary: &Server,
+    creds: &Credentials,
+) -> Result<(), SandboxError> {
+    let mut conn = Conn::new(replica.tcp_opts(AGENT_USER, &creds.agent))
+        .await
+        .map_err(|e| SandboxError::Mariadb(format!("connect to {}: {e}", replica.host)))?;
+    let sql = format!(
+        "CHANGE MASTER TO MASTER_HOST='{}', MASTER_PORT={}, MASTER_USER='{REPL_USER}', \
+         MASTER_PASSWORD='{}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
+        primary.ip, primary.port, creds.repl
+    );
+    conn.query_drop(sql).await.map_err(|e| {
+        SandboxError::Mariadb(format!("CHANGE MASTER on {} failed: {e}", replica.host))
+    })?;
+    conn.query_drop("START SLAVE").await.map_err(|e| {
+        SandboxError::Mariadb(format!("START SLAVE on {} failed: {e}", replica.host))
+    })?;
+    let _ = conn.disconnect().await;
+    Ok(())
+}

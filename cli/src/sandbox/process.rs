@@ -1,0 +1,117 @@
+//! Background processes of a sandbox: started detached with a log file and
+//! a pid file, and stopped only after checking that the pid still belongs
+//! to this sandbox (a recycled pid is never signalled).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Starts `program` in its own process group (so the operator's Ctrl-C in
+/// the shell that ran `sandbox up` does not reach it), output appended to
+/// `log`, pid written to `pidfile`.
+pub fn spawn(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    pidfile: &Path,
+) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot start {}: {e}", program.display()))
+        })?;
+    fs::write(pidfile, format!("{}\n", child.id()))?;
+    Ok(child)
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// True when the command line of `pid` mentions `dir` (every sandbox
+/// process is started with a path inside its directory).
+pub fn belongs_to(pid: u32, dir: &Path) -> bool {
+    let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+    cmdline.contains(&*dir.to_string_lossy())
+}
+
+/// Reads a pid file.
+pub fn read_pid(pidfile: &Path) -> Option<u32> {
+    fs::read_to_string(pidfile).ok()?.trim().parse().ok()
+}
+
+/// Sends `signal` to `pid`, ignoring a process that is already gone.
+pub fn signal(pid: u32, signal: Signal) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(p), signal);
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`; returns once the process is gone.
+pub fn stop(pid: u32, grace: Duration, reap: &mut dyn FnMut() -> bool) {
+    signal(pid, Signal::SIGTERM);
+    let start = Instant::now();
+    let mut killed = false;
+    loop {
+        if reap() || !alive(pid) {
+            return;
+        }
+        if !killed && start.elapsed() > grace {
+            signal(pid, Signal::SIGKILL);
+            killed = true;
+        }
+        if start.elapsed() > grace + Duration::from_secs(10) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every `*.pid` file in `run_dir`, as (name, path).
+pub fn pidfiles(run_dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pid"))
+        .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Stop order: agents first (so nothing reports a half-stopped fleet),
+/// then coordinators, then the servers.
+pub fn stop_rank(name: &str) -> u8 {
+    if name.starts_with("agent-") {
+        0
+    } else if name.starts_with("coordinator-") {
+        1
+    } else {
+        2
+    }
+}

@@ -1,0 +1,281 @@
+//! `dbfleet status`: the fleet as a table for people and as JSON for
+//! scripts. The JSON shape is a contract documented in `docs/cli.md`; add
+//! fields, never rename or remove them.
+
+use std::fmt::Write;
+
+use dbfleet_proto::pb;
+use serde::Serialize;
+
+/// The `--output json` document.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    /// Which coordinator answered.
+    pub coordinator: String,
+    /// Every cluster.
+    pub clusters: Vec<ClusterJson>,
+}
+
+/// One cluster.
+#[derive(Debug, Serialize)]
+pub struct ClusterJson {
+    /// Cluster name.
+    pub name: String,
+    /// The primary's host, or null when none is known.
+    pub primary: Option<String>,
+    /// Members in name order.
+    pub members: Vec<MemberJson>,
+    /// Problems; empty when healthy.
+    pub problems: Vec<ProblemJson>,
+    /// Lag above this is a problem.
+    pub max_lag_seconds: u64,
+}
+
+/// One member.
+#[derive(Debug, Serialize)]
+pub struct MemberJson {
+    /// Host name.
+    pub host: String,
+    /// "primary", "replica" or "unknown".
+    pub role: &'static str,
+    /// Accepts writes (read_only off), as last observed.
+    pub writable: bool,
+    /// The agent reports and reaches mysqld.
+    pub reachable: bool,
+    /// The agent reported within the agent timeout.
+    pub reporting: bool,
+    /// Executed GTID set.
+    pub gtid_executed: String,
+    /// Replication lag, null when unknown or not a replica.
+    pub lag_seconds: Option<u64>,
+    /// Replication IO thread running.
+    pub io_running: bool,
+    /// Replication SQL thread running.
+    pub sql_running: bool,
+    /// mysqld address.
+    pub mysql_address: String,
+    /// The source it replicates from, null when not a replica.
+    pub source: Option<String>,
+    /// Server version.
+    pub version: String,
+    /// Age of the last report in milliseconds, null when never reported.
+    pub last_report_age_ms: Option<u64>,
+}
+
+/// One problem.
+#[derive(Debug, Serialize)]
+pub struct ProblemJson {
+    /// Stable kind, e.g. "replica-io-stopped".
+    pub kind: String,
+    /// Host concerned, null for cluster-wide problems.
+    pub host: Option<String>,
+    /// Human explanation.
+    pub message: String,
+}
+
+fn role_name(role: i32) -> &'static str {
+    match pb::MemberRole::try_from(role) {
+        Ok(pb::MemberRole::Primary) => "primary",
+        Ok(pb::MemberRole::Replica) => "replica",
+        _ => "unknown",
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Converts the coordinator's answer to the JSON contract.
+pub fn to_json(resp: &pb::ListClustersResponse) -> StatusJson {
+    StatusJson {
+        coordinator: resp.coordinator_id.clone(),
+        clusters: resp
+            .clusters
+            .iter()
+            .map(|c| ClusterJson {
+                name: c.name.clone(),
+                primary: non_empty(&c.primary),
+                members: c
+                    .members
+                    .iter()
+                    .map(|m| MemberJson {
+                        host: m.host.clone(),
+                        role: role_name(m.role),
+                        writable: m.writable,
+                        reachable: m.reachable,
+                        reporting: m.reporting,
+                        gtid_executed: m.gtid_executed.clone(),
+                        lag_seconds: m.lag_seconds,
+                        io_running: m.io_running,
+                        sql_running: m.sql_running,
+                        mysql_address: m.mysql_address.clone(),
+                        source: non_empty(&m.source),
+                        version: m.version.clone(),
+                        last_report_age_ms: m.last_report_age_ms,
+                    })
+                    .collect(),
+                problems: c
+                    .problems
+                    .iter()
+                    .map(|p| ProblemJson {
+                        kind: p.kind.clone(),
+                        host: non_empty(&p.host),
+                        message: p.message.clone(),
+                    })
+                    .collect(),
+                max_lag_seconds: c.policy.as_ref().map_or(0, |p| p.max_lag_seconds),
+            })
+            .collect(),
+    }
+}
+
+/// Renders a tree per cluster, aligned for reading at a glance.
+pub fn to_table(s: &StatusJson) -> String {
+    let mut out = String::new();
+    if s.clusters.is_empty() {
+        let _ = writeln!(out, "no clusters yet (coordinator {})", s.coordinator);
+    }
+    for c in &s.clusters {
+        let health = if c.problems.is_empty() {
+            "healthy"
+        } else {
+            "PROBLEMS"
+        };
+        let _ = writeln!(
+            out,
+            "cluster {}  primary {}  {}  (coordinator {})",
+            c.name,
+            c.primary.as_deref().unwrap_or("-"),
+            health,
+            s.coordinator
+        );
+        let rows: Vec<[String; 7]> = c
+            .members
+            .iter()
+            .map(|m| {
+                let problems = c
+                    .problems
+                    .iter()
+                    .filter(|p| p.host.as_deref() == Some(&m.host))
+                    .count();
+                let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+                let replica = m.role == "replica";
+                [
+                    m.host.clone(),
+                    m.role.to_string(),
+                    if !m.reachable {
+                        "unreachable".into()
+                    } else if m.writable {
+                        "writable".into()
+                    } else {
+                        "read-only".into()
+                    },
+                    if m.gtid_executed.is_empty() {
+                        "-".into()
+                    } else {
+                        m.gtid_executed.clone()
+                    },
+                    m.lag_seconds.map_or("-".into(), |l| format!("{l}s")),
+                    if replica {
+                        format!("{}/{}", yes_no(m.io_running), yes_no(m.sql_running))
+                    } else {
+                        "-".into()
+                    },
+                    if problems == 0 {
+                        String::new()
+                    } else {
+                        format!("{problems} problem(s)")
+                    },
+                ]
+            })
+            .collect();
+        let header = ["HOST", "ROLE", "STATE", "GTID", "LAG", "IO/SQL", ""];
+        let mut widths = header.map(str::len);
+        for r in &rows {
+            for (w, cell) in widths.iter_mut().zip(r) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        let line = |cells: [&str; 7]| {
+            let mut l = String::new();
+            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                if i + 1 == cells.len() {
+                    l.push_str(cell);
+                } else {
+                    let _ = write!(l, "{cell:<w$}  ");
+                }
+            }
+            l.trim_end().to_string()
+        };
+        let _ = writeln!(out, "   {}", line(header));
+        for (i, r) in rows.iter().enumerate() {
+            let branch = if i + 1 == rows.len() {
+                "└─"
+            } else {
+                "├─"
+            };
+            let cells = [&*r[0], &*r[1], &*r[2], &*r[3], &*r[4], &*r[5], &*r[6]];
+            let _ = writeln!(out, "{branch} {}", line(cells));
+        }
+        for p in &c.problems {
+            let _ = writeln!(
+                out,
+                "   ! {} {}: {}",
+                p.host.as_deref().unwrap_or("cluster"),
+                p.kind,
+                p.message
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_contract_fields() {
+        let resp = pb::ListClustersResponse {
+            coordinator_id: "c1".into(),
+            clusters: vec![pb::ClusterView {
+                name: "main".into(),
+                primary: String::new(),
+                members: vec![pb::MemberView {
+                    host: "db1".into(),
+                    role: pb::MemberRole::Replica as i32,
+                    ..Default::default()
+                }],
+                problems: vec![pb::Problem {
+                    kind: "no-writable".into(),
+                    host: String::new(),
+                    message: "x".into(),
+                }],
+                policy: None,
+            }],
+        };
+        let v = serde_json::to_value(to_json(&resp)).unwrap();
+        assert!(v["clusters"][0]["primary"].is_null());
+        let m = &v["clusters"][0]["members"][0];
+        for f in [
+            "host",
+            "role",
+            "writable",
+            "reachable",
+            "gtid_executed",
+            "lag_seconds",
+            "io_running",
+            "sql_running",
+        ] {
+            assert!(m.get(f).is_some(), "missing {f}");
+        }
+        assert_eq!(m["role"], "replica");
+        assert!(m["lag_seconds"].is_null());
+        assert!(v["clusters"][0]["problems"][0]["host"].is_null());
+        let table = to_table(&to_json(&resp));
+        assert!(
+            table.contains("cluster main") && table.contains("no-writable"),
+            "{table}"
+        );
+    }
+}

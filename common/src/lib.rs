@@ -1,0 +1,14 @@
+//! Infrastructure the three dbfleet binaries share, so none of them repeats
+//! another: mTLS with certificate identities and per-RPC authorization,
+//! certificate issuance, config and secret loading, telemetry, shutdown,
+//! systemd notification and reconnect backoff. No domain logic lives here.
+
+pub mod authz;
+pub mod backoff;
+pub mod certs;
+pub mod config;
+pub mod identity;
+pub mod shutdown;
+pub mod systemd;
+pub mod telemetry;
+pub mod tls;

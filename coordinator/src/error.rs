@@ -1,0 +1,78 @@
+//! The coordinator's errors: why it cannot start, and why an RPC failed
+//! (mapped to gRPC codes by an exhaustive match, so a new variant forces a
+//! decision about what the caller should do).
+
+use dbfleet_common::config::ConfigError;
+use dbfleet_common::tls::TlsError;
+use dbfleet_proto::model::ProtocolError;
+
+use crate::store::StoreError;
+
+/// Why the coordinator cannot start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config file is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The certificates are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The certificate does not match the configured id.
+    #[error(
+        "certificate identity is {actual} but the config says id = {expected:?}; issue a certificate for dbfleet://coordinator/{expected}"
+    )]
+    WrongIdentity {
+        /// The configured id.
+        expected: String,
+        /// What the certificate says.
+        actual: String,
+    },
+    /// The store cannot be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(String),
+}
+
+/// Why one RPC failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The message failed validation.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// An agent reported about a host other than its own.
+    #[error("agent {identity} may only report about itself, not about {claimed:?}")]
+    ForeignHost {
+        /// The certificate name.
+        identity: String,
+        /// The host in the report.
+        claimed: String,
+    },
+    /// A durable write failed; nothing was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The agent to forget is still connected.
+    #[error("agent {0} is still reporting; stop it before forgetting it")]
+    AgentStillReporting(String),
+    /// No such agent.
+    #[error("no agent named {0} is registered")]
+    UnknownAgent(String),
+    /// The coordinator is shutting down.
+    #[error("coordinator is shutting down")]
+    ShuttingDown,
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(e: ServiceError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ServiceError::Protocol(p) => p.into(),
+            ServiceError::ForeignHost { .. } => tonic::Status::permission_denied(msg),
+            ServiceError::Store(_) => tonic::Status::unavailable(msg),
+            ServiceError::AgentStillReporting(_) => tonic::Status::failed_precondition(msg),
+            ServiceError::UnknownAgent(_) => tonic::Status::not_found(msg),
+            ServiceError::ShuttingDown => tonic::Status::unavailable(msg),
+        }
+    }
+}

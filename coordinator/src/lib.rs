@@ -1,0 +1,132 @@
+//! `dbfleet-coordinator`: receives every agent's reports, keeps the fleet's
+//! desired state durable in sled, derives each cluster's topology and
+//! problems, and serves the admin API to operators.
+//!
+//! `main.rs` only parses arguments, sets up logging and binds the listener;
+//! [`run`] is the whole server, so tests and embedders start it the same way.
+
+pub mod config;
+pub mod error;
+pub mod fleet;
+pub mod service;
+pub mod store;
+pub mod topology;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbfleet_common::authz::AuthorizeLayer;
+use dbfleet_common::identity::{Identity, Role};
+use dbfleet_common::tls::{TlsContext, tls_incoming};
+use dbfleet_common::{shutdown, systemd};
+use dbfleet_proto::pb::admin_service_server::AdminServiceServer;
+use dbfleet_proto::pb::report_service_server::ReportServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::CoordinatorConfig;
+use crate::error::StartError;
+use crate::fleet::{Fleet, FleetRules};
+use crate::service::admin::AdminApi;
+use crate::service::report::ReportApi;
+use crate::store::{SledStore, Store};
+
+/// How often the derived primaries are compared with the remembered ones.
+const PRIMARY_OBSERVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checks everything `run` would need except the listener: config values,
+/// certificates and identity, and that the store opens.
+pub fn check(config: &CoordinatorConfig) -> Result<Arc<TlsContext>, StartError> {
+    let tls = TlsContext::load(&config.tls)?;
+    let want = Identity::new(Role::Coordinator, config.id.clone());
+    if tls.identity() != want {
+        return Err(StartError::WrongIdentity {
+            expected: config.id.clone(),
+            actual: tls.identity().to_string(),
+        });
+    }
+    Ok(tls)
+}
+
+/// Runs the coordinator until `shutdown` is cancelled, then stops within
+/// the configured deadline.
+pub async fn run(
+    config: CoordinatorConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let tls = check(&config)?;
+    let data_dir = config.data_dir.clone();
+    let store: Arc<dyn Store> = Arc::new(
+        tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
+            .await
+            .map_err(|e| StartError::Serve(e.to_string()))??,
+    );
+    let fleet = Arc::new(Fleet::load(
+        store,
+        FleetRules {
+            agent_timeout: config.topology.agent_timeout,
+            default_max_lag_seconds: config.topology.default_max_lag_seconds,
+        },
+    )?);
+    tls.spawn_reloader(config.cert_reload_interval, shutdown.clone());
+    spawn_primary_observer(fleet.clone(), shutdown.clone());
+
+    let report = ReportApi {
+        fleet: fleet.clone(),
+        coordinator_id: config.id.clone(),
+        cancel: shutdown.clone(),
+    };
+    let admin = AdminApi {
+        fleet,
+        coordinator_id: config.id.clone(),
+    };
+    let addr = listener.local_addr().ok();
+    let incoming = tls_incoming(listener, tls, shutdown.clone());
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .layer(AuthorizeLayer::new(service::policy))
+        .add_service(ReportServiceServer::new(report))
+        .add_service(AdminServiceServer::new(admin))
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let mut server = tokio::spawn(server);
+    info!(id = config.id, ?addr, "coordinator serving");
+    systemd::notify_ready();
+    systemd::spawn_watchdog(shutdown.clone());
+
+    tokio::select! {
+        r = &mut server => {
+            // The server ended on its own: that is a failure, not a stop.
+            shutdown.cancel();
+            return match r {
+                Ok(Ok(())) => Err(StartError::Serve("server stopped unexpectedly".into())),
+                Ok(Err(e)) => Err(StartError::Serve(e.to_string())),
+                Err(e) => Err(StartError::Serve(e.to_string())),
+            };
+        }
+        _ = shutdown.cancelled() => {}
+    }
+    systemd::notify_stopping();
+    if !shutdown::within(config.shutdown_timeout, "gRPC server", &mut server).await {
+        server.abort();
+        warn!("connections cut at the shutdown deadline");
+    }
+    info!("coordinator stopped");
+    Ok(())
+}
+
+fn spawn_primary_observer(fleet: Arc<Fleet>, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(PRIMARY_OBSERVE_INTERVAL) => {}
+            }
+            if let Err(e) = fleet.remember_primaries().await {
+                warn!(error = %e, "cannot persist the observed primaries; will retry");
+            }
+        }
+    });
+}

@@ -1,0 +1,64 @@
+//! Entry point: arguments, logging, listener, then `dbfleet_coordinator::run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dbfleet_common::telemetry::{self, LogFormat};
+use dbfleet_common::tls::{bind, install_crypto_provider};
+use dbfleet_coordinator::config::CoordinatorConfig;
+use tokio_util::sync::CancellationToken;
+
+/// The dbfleet coordinator.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, env = "DBFLEET_COORDINATOR_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log line format: human or json.
+    #[arg(long, default_value = "human", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the config file and certificates, then exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    install_crypto_provider();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dbfleet-coordinator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let path = cli
+        .config
+        .context("no config file: pass --config FILE or set DBFLEET_COORDINATOR_CONFIG")?;
+    let config = CoordinatorConfig::load(&path)?;
+    if let Some(Command::CheckConfig) = cli.command {
+        dbfleet_coordinator::check(&config)?;
+        println!("{}: ok (coordinator {})", path.display(), config.id);
+        return Ok(());
+    }
+    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    rt.block_on(async {
+        let listener = bind(config.listen).await?;
+        let shutdown = CancellationToken::new();
+        dbfleet_common::shutdown::cancel_on_signals(shutdown.clone());
+        dbfleet_coordinator::run(config, listener, shutdown).await?;
+        Ok(())
+    })
+}

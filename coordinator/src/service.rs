@@ -1,0 +1,41 @@
+//! The coordinator's gRPC services and who may call them.
+
+pub(crate) mod admin;
+pub(crate) mod report;
+
+use dbfleet_common::identity::Role;
+
+/// Per-RPC authorization of the coordinator, deny by default: agents may
+/// only stream reports; viewers, operators and coordinators may read;
+/// only operators may change anything.
+pub fn policy(path: &str) -> Option<&'static [Role]> {
+    const READERS: &[Role] = &[Role::Operator, Role::Viewer, Role::Coordinator];
+    match path {
+        "/dbfleet.v1.ReportService/StreamReports" => Some(&[Role::Agent]),
+        "/dbfleet.v1.AdminService/ListClusters" | "/dbfleet.v1.AdminService/ListAgents" => {
+            Some(READERS)
+        }
+        "/dbfleet.v1.AdminService/SetClusterPolicy" | "/dbfleet.v1.AdminService/ForgetAgent" => {
+            Some(&[Role::Operator])
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_operator_only_and_unknown_paths_denied() {
+        let w = policy("/dbfleet.v1.AdminService/SetClusterPolicy").unwrap();
+        assert_eq!(w, &[Role::Operator]);
+        assert!(
+            !policy("/dbfleet.v1.AdminService/ListClusters")
+                .unwrap()
+                .contains(&Role::Agent)
+        );
+        assert!(policy("/dbfleet.v1.AdminService/DropEverything").is_none());
+        assert!(policy("/dbfleet.v1.AgentService/GetState").is_none());
+    }
+}

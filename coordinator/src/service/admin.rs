@@ -1,0 +1,59 @@
+//! `AdminService`: what operators and viewers see and change.
+
+use std::sync::Arc;
+
+use dbfleet_proto::model::{self, ClusterPolicyChange};
+use dbfleet_proto::pb;
+use dbfleet_proto::pb::admin_service_server::AdminService;
+use tonic::{Request, Response, Status};
+
+use crate::error::ServiceError;
+use crate::fleet::Fleet;
+
+/// The admin API.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminApi {
+    pub(crate) fleet: Arc<Fleet>,
+    pub(crate) coordinator_id: String,
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn list_clusters(
+        &self,
+        request: Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        let only = model::cluster_filter(request.get_ref()).map_err(ServiceError::from)?;
+        Ok(Response::new(pb::ListClustersResponse {
+            clusters: self.fleet.cluster_views(only.as_ref()),
+            coordinator_id: self.coordinator_id.clone(),
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: self.fleet.agent_views(),
+        }))
+    }
+
+    async fn set_cluster_policy(
+        &self,
+        request: Request<pb::SetClusterPolicyRequest>,
+    ) -> Result<Response<pb::ClusterPolicy>, Status> {
+        let change =
+            ClusterPolicyChange::try_from(request.into_inner()).map_err(ServiceError::from)?;
+        Ok(Response::new(self.fleet.set_policy(change).await?))
+    }
+
+    async fn forget_agent(
+        &self,
+        request: Request<pb::ForgetAgentRequest>,
+    ) -> Result<Response<pb::ForgetAgentResponse>, Status> {
+        let host = model::forget_agent_host(request.get_ref()).map_err(ServiceError::from)?;
+        self.fleet.forget_agent(&host).await?;
+        Ok(Response::new(pb::ForgetAgentResponse { forgotten: true }))
+    }
+}

@@ -1,0 +1,81 @@
+//! `ReportService`: the stream every agent keeps open to this coordinator.
+
+use std::sync::Arc;
+
+use dbfleet_common::identity::request_identity;
+use dbfleet_proto::model::Report;
+use dbfleet_proto::pb;
+use dbfleet_proto::pb::report_service_server::ReportService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::error::ServiceError;
+use crate::fleet::Fleet;
+
+/// Receives agent reports.
+#[derive(Debug, Clone)]
+pub(crate) struct ReportApi {
+    pub(crate) fleet: Arc<Fleet>,
+    pub(crate) coordinator_id: String,
+    pub(crate) cancel: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl ReportService for ReportApi {
+    type StreamReportsStream = ReceiverStream<Result<pb::ReportAck, Status>>;
+
+    async fn stream_reports(
+        &self,
+        request: Request<Streaming<pb::AgentReport>>,
+    ) -> Result<Response<Self::StreamReportsStream>, Status> {
+        let identity = request_identity(&request)?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        let fleet = self.fleet.clone();
+        let cancel = self.cancel.clone();
+        let coordinator_id = self.coordinator_id.clone();
+        tokio::spawn(async move {
+            let host = identity.name;
+            let mut guard = None;
+            loop {
+                let next = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    m = inbound.message() => m,
+                };
+                let message = match next {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(host, error = %status, "report stream ended");
+                        break;
+                    }
+                };
+                let sequence = message.sequence;
+                let accepted = match Report::try_from(message) {
+                    Ok(report) => fleet.accept_report(&host, report).await,
+                    Err(e) => Err(ServiceError::from(e)),
+                };
+                if let Err(e) = accepted {
+                    warn!(host, error = %e, "report refused; closing the stream");
+                    let _ = tx.send(Err(e.into())).await;
+                    break;
+                }
+                if guard.is_none() {
+                    guard = Some(fleet.stream_opened(&host));
+                }
+                let ack = pb::ReportAck {
+                    sequence,
+                    coordinator_id: coordinator_id.clone(),
+                };
+                if tx.send(Ok(ack)).await.is_err() {
+                    break;
+                }
+            }
+            drop(guard);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,653 @@
+//! Validated domain types for the messages a receiver acts on.
+//!
+//! Receivers convert with `TryFrom<pb::X>`, which names the offending field in
+//! a [`ProtocolError`]; senders convert back with the infallible `From`. Types
+//! are precise where the wire is loose: a reachable server always has a flavor
+//! and a version, a replica always has a source address.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::pb;
+
+/// A message that failed validation; answered with `INVALID_ARGUMENT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A required field was absent or empty.
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    /// A field was present but its value is not acceptable.
+    #[error("invalid field `{field}`: {reason}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `mysql.replication.source_port`.
+        field: &'static str,
+        /// What is wrong with it, in words an operator can act on.
+        reason: String,
+    },
+}
+
+impl ProtocolError {
+    fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        ProtocolError::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<ProtocolError> for tonic::Status {
+    fn from(e: ProtocolError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+/// A host or cluster name: what certificates, configs and logs call a thing.
+///
+/// Restricted to `[A-Za-z0-9._-]`, 1 to 63 characters, so it is safe in a
+/// certificate URI, a file name and a metric label alike.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(String);
+
+impl Name {
+    /// Checks `s` against the naming rule; the error says which rule failed.
+    pub fn parse(s: &str) -> Result<Name, String> {
+        if s.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if s.len() > 63 {
+            return Err(format!("{s:?} is longer than 63 characters"));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "{s:?} contains {c:?}; use letters, digits, '.', '_' and '-' only"
+            ));
+        }
+        Ok(Name(s.to_string()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Name {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Name::parse(s)
+    }
+}
+
+fn name_field(field: &'static str, value: &str) -> Result<Name, ProtocolError> {
+    if value.is_empty() {
+        return Err(ProtocolError::Missing(field));
+    }
+    Name::parse(value).map_err(|r| ProtocolError::invalid(field, r))
+}
+
+/// A MySQL endpoint as replicas dial it: host (name or IP) and TCP port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MysqlAddress {
+    /// Host name or IP address, compared case-insensitively.
+    pub host: String,
+    /// TCP port, never 0.
+    pub port: u16,
+}
+
+impl MysqlAddress {
+    /// Parses `host:port` (IPv6 as `[addr]:port`).
+    pub fn parse(s: &str) -> Result<MysqlAddress, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not host:port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{s:?} has no host"));
+        }
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?} has no valid port"))?;
+        if port == 0 {
+            return Err(format!("{s:?} has port 0"));
+        }
+        Ok(MysqlAddress {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// True when both name the same endpoint (host compared without case).
+    pub fn same_endpoint(&self, other: &MysqlAddress) -> bool {
+        self.port == other.port && self.host.eq_ignore_ascii_case(&other.host)
+    }
+}
+
+impl fmt::Display for MysqlAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The server family; every SQL difference in the agent hangs off it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flavor {
+    /// MariaDB 10.6 and later (domain-server-seq GTIDs, `SHOW SLAVE STATUS`).
+    MariaDb,
+    /// MySQL 8.0 and 8.4 (UUID GTID sets, `SHOW REPLICA STATUS`).
+    MySql,
+}
+
+impl Flavor {
+    /// Lower-case name used in tables, JSON and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavor::MariaDb => "mariadb",
+            Flavor::MySql => "mysql",
+        }
+    }
+}
+
+impl From<Flavor> for pb::Flavor {
+    fn from(f: Flavor) -> Self {
+        match f {
+            Flavor::MariaDb => pb::Flavor::Mariadb,
+            Flavor::MySql => pb::Flavor::Mysql,
+        }
+    }
+}
+
+/// The replication IO thread as the server reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoThread {
+    /// Not running (`Slave_IO_Running: No`).
+    Stopped,
+    /// Trying to connect to its source (`Connecting`).
+    Connecting,
+    /// Connected and receiving (`Yes`).
+    Running,
+}
+
+impl From<IoThread> for pb::IoThreadState {
+    fn from(s: IoThread) -> Self {
+        match s {
+            IoThread::Stopped => pb::IoThreadState::Stopped,
+            IoThread::Connecting => pb::IoThreadState::Connecting,
+            IoThread::Running => pb::IoThreadState::Running,
+        }
+    }
+}
+
+/// GTID positions; which ones are filled depends on the flavor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GtidState {
+    /// Every transaction this server has (MySQL gtid_executed, MariaDB gtid_current_pos).
+    pub executed: String,
+    /// MariaDB gtid_current_pos.
+    pub current_pos: String,
+    /// MariaDB gtid_binlog_pos.
+    pub binlog_pos: String,
+    /// MariaDB gtid_slave_pos.
+    pub slave_pos: String,
+}
+
+/// A configured replication channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    /// The source this replica dials.
+    pub source: MysqlAddress,
+    /// IO thread state.
+    pub io_thread: IoThread,
+    /// SQL (applier) thread running.
+    pub sql_running: bool,
+    /// Last IO error text, empty when none.
+    pub last_io_error: String,
+    /// Last SQL error text, empty when none.
+    pub last_sql_error: String,
+    /// Lag in seconds; `None` when the server does not know it.
+    pub seconds_behind: Option<u64>,
+    /// GTID auto-positioning in use.
+    pub auto_position: bool,
+    /// GTIDs the IO thread has received.
+    pub received_gtid: String,
+}
+
+/// Semi-synchronous replication switches and their live state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SemiSync {
+    /// Source side enabled.
+    pub source_enabled: bool,
+    /// Source side currently waiting for acks (not fallen back to async).
+    pub source_active: bool,
+    /// Replica side enabled.
+    pub replica_enabled: bool,
+    /// Replica side currently acknowledging.
+    pub replica_active: bool,
+}
+
+/// Binary log settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Binlog {
+    /// `log_bin` on.
+    pub enabled: bool,
+    /// `binlog_format`.
+    pub format: String,
+}
+
+/// What a reachable server looked like at one observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerState {
+    /// `@@version`.
+    pub version: String,
+    /// Detected family.
+    pub flavor: Flavor,
+    /// `@@server_id`.
+    pub server_id: u32,
+    /// `@@server_uuid` (MySQL only; empty on MariaDB).
+    pub server_uuid: String,
+    /// `@@read_only`.
+    pub read_only: bool,
+    /// `@@super_read_only` (MySQL); equals `read_only` on MariaDB.
+    pub super_read_only: bool,
+    /// GTID positions.
+    pub gtid: GtidState,
+    /// Present when configured as a replica.
+    pub replication: Option<Replication>,
+    /// Semi-sync state.
+    pub semi_sync: SemiSync,
+    /// Binary log settings.
+    pub binlog: Binlog,
+}
+
+impl ServerState {
+    /// Accepts ordinary writes: neither read_only nor super_read_only.
+    pub fn writable(&self) -> bool {
+        !self.read_only && !self.super_read_only
+    }
+}
+
+/// Either a fresh observation of the server or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MysqlObservation {
+    /// The agent could not query mysqld.
+    Unreachable {
+        /// The reason, free of credentials.
+        error: String,
+    },
+    /// The agent queried mysqld successfully.
+    Reachable(Box<ServerState>),
+}
+
+/// One validated agent report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Reporting host; checked against the certificate by the coordinator.
+    pub host: Name,
+    /// Cluster the host belongs to.
+    pub cluster: Name,
+    /// Per-process nonce of the agent.
+    pub agent_instance: String,
+    /// Per-process report counter.
+    pub sequence: u64,
+    /// Agent clock at observation, Unix ms.
+    pub observed_at_unix_ms: i64,
+    /// Agent build version.
+    pub agent_version: String,
+    /// Where replicas reach this server.
+    pub mysql_address: MysqlAddress,
+    /// The observation itself.
+    pub mysql: MysqlObservation,
+}
+
+impl TryFrom<pb::AgentReport> for Report {
+    type Error = ProtocolError;
+
+    fn try_from(m: pb::AgentReport) -> Result<Self, Self::Error> {
+        let host = name_field("host", &m.host)?;
+        let cluster = name_field("cluster", &m.cluster)?;
+        if m.agent_instance.is_empty() {
+            return Err(ProtocolError::Missing("agent_instance"));
+        }
+        if m.mysql_address.is_empty() {
+            return Err(ProtocolError::Missing("mysql_address"));
+        }
+        let mysql_address = MysqlAddress::parse(&m.mysql_address)
+            .map_err(|r| ProtocolError::invalid("mysql_address", r))?;
+        let mysql = m.mysql.ok_or(ProtocolError::Missing("mysql"))?;
+        let mysql = if mysql.reachable {
+            MysqlObservation::Reachable(Box::new(server_state(mysql)?))
+        } else {
+            MysqlObservation::Unreachable { error: mysql.error }
+        };
+        Ok(Report {
+            host,
+            cluster,
+            agent_instance: m.agent_instance,
+            sequence: m.sequence,
+            observed_at_unix_ms: m.observed_at_unix_ms,
+            agent_version: m.agent_version,
+            mysql_address,
+            mysql,
+        })
+    }
+}
+
+fn server_state(m: pb::MysqlState) -> Result<ServerState, ProtocolError> {
+    let flavor = match pb::Flavor::try_from(m.flavor) {
+        Ok(pb::Flavor::Mariadb) => Flavor::MariaDb,
+        Ok(pb::Flavor::Mysql) => Flavor::MySql,
+        Ok(pb::Flavor::Unspecified) => return Err(ProtocolError::Missing("mysql.flavor")),
+        Err(_) => {
+            return Err(ProtocolError::invalid(
+                "mysql.flavor",
+                format!("unknown value {}", m.flavor),
+            ));
+        }
+    };
+    if m.version.is_empty() {
+        return Err(ProtocolError::Missing("mysql.version"));
+    }
+    let replication = m.replication.map(replication).transpose()?;
+    let gtid = m.gtid.unwrap_or_default();
+    let semi = m.semi_sync.unwrap_or_default();
+    let binlog = m.binlog.unwrap_or_default();
+    Ok(ServerState {
+        version: m.version,
+        flavor,
+        server_id: m.server_id,
+        server_uuid: m.server_uuid,
+        read_only: m.read_only,
+        super_read_only: m.super_read_only,
+        gtid: GtidState {
+            executed: gtid.executed,
+            current_pos: gtid.current_pos,
+            binlog_pos: gtid.binlog_pos,
+            slave_pos: gtid.slave_pos,
+        },
+        replication,
+        semi_sync: SemiSync {
+            source_enabled: semi.source_enabled,
+            source_active: semi.source_active,
+            replica_enabled: semi.replica_enabled,
+            replica_active: semi.replica_active,
+        },
+        binlog: Binlog {
+            enabled: binlog.enabled,
+            format: binlog.format,
+        },
+    })
+}
+
+fn replication(r: pb::ReplicationStatus) -> Result<Replication, ProtocolError> {
+    if r.source_host.is_empty() {
+        return Err(ProtocolError::Missing("mysql.replication.source_host"));
+    }
+    let port = u16::try_from(r.source_port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| {
+            ProtocolError::invalid(
+                "mysql.replication.source_port",
+                format!("{} is not a TCP port (1-65535)", r.source_port),
+            )
+        })?;
+    let io_thread = match pb::IoThreadState::try_from(r.io_thread) {
+        Ok(pb::IoThreadState::Stopped) => IoThread::Stopped,
+        Ok(pb::IoThreadState::Connecting) => IoThread::Connecting,
+        Ok(pb::IoThreadState::Running) => IoThread::Running,
+        Ok(pb::IoThreadState::Unspecified) => {
+            return Err(ProtocolError::Missing("mysql.replication.io_thread"));
+        }
+        Err(_) => {
+            return Err(ProtocolError::invalid(
+                "mysql.replication.io_thread",
+                format!("unknown value {}", r.io_thread),
+            ));
+        }
+    };
+    Ok(Replication {
+        source: MysqlAddress {
+            host: r.source_host,
+            port,
+        },
+        io_thread,
+        sql_running: r.sql_running,
+        last_io_error: r.last_io_error,
+        last_sql_error: r.last_sql_error,
+        seconds_behind: r.seconds_behind,
+        auto_position: r.auto_position,
+        received_gtid: r.received_gtid,
+    })
+}
+
+impl From<Report> for pb::AgentReport {
+    fn from(r: Report) -> Self {
+        let mysql = match r.mysql {
+            MysqlObservation::Unreachable { error } => pb::MysqlState {
+                reachable: false,
+                error,
+                ..Default::default()
+            },
+            MysqlObservation::Reachable(s) => {
+                let s = *s;
+                pb::MysqlState {
+                    reachable: true,
+                    error: String::new(),
+                    version: s.version,
+                    flavor: pb::Flavor::from(s.flavor) as i32,
+                    server_id: s.server_id,
+                    server_uuid: s.server_uuid,
+                    read_only: s.read_only,
+                    super_read_only: s.super_read_only,
+                    gtid: Some(pb::GtidState {
+                        executed: s.gtid.executed,
+                        current_pos: s.gtid.current_pos,
+                        binlog_pos: s.gtid.binlog_pos,
+                        slave_pos: s.gtid.slave_pos,
+                    }),
+                    replication: s.replication.map(|r| pb::ReplicationStatus {
+                        source_host: r.source.host,
+                        source_port: u32::from(r.source.port),
+                        io_thread: pb::IoThreadState::from(r.io_thread) as i32,
+                        sql_running: r.sql_running,
+                        last_io_error: r.last_io_error,
+                        last_sql_error: r.last_sql_error,
+                        seconds_behind: r.seconds_behind,
+                        auto_position: r.auto_position,
+                        received_gtid: r.received_gtid,
+                    }),
+                    semi_sync: Some(pb::SemiSyncState {
+                        source_enabled: s.semi_sync.source_enabled,
+                        source_active: s.semi_sync.source_active,
+                        replica_enabled: s.semi_sync.replica_enabled,
+                        replica_active: s.semi_sync.replica_active,
+                    }),
+                    binlog: Some(pb::BinlogState {
+                        enabled: s.binlog.enabled,
+                        format: s.binlog.format,
+                    }),
+                }
+            }
+        };
+        pb::AgentReport {
+            host: r.host.0,
+            cluster: r.cluster.0,
+            agent_instance: r.agent_instance,
+            sequence: r.sequence,
+            observed_at_unix_ms: r.observed_at_unix_ms,
+            agent_version: r.agent_version,
+            mysql_address: r.mysql_address.to_string(),
+            mysql: Some(mysql),
+        }
+    }
+}
+
+/// A validated policy change for one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterPolicyChange {
+    /// The cluster to change.
+    pub cluster: Name,
+    /// Replica lag above which the coordinator flags a problem.
+    pub max_lag_seconds: u64,
+}
+
+impl TryFrom<pb::SetClusterPolicyRequest> for ClusterPolicyChange {
+    type Error = ProtocolError;
+
+    fn try_from(m: pb::SetClusterPolicyRequest) -> Result<Self, Self::Error> {
+        let cluster = name_field("cluster", &m.cluster)?;
+        if m.max_lag_seconds == 0 {
+            return Err(ProtocolError::invalid(
+                "max_lag_seconds",
+                "must be at least 1 second",
+            ));
+        }
+        Ok(ClusterPolicyChange {
+            cluster,
+            max_lag_seconds: m.max_lag_seconds,
+        })
+    }
+}
+
+/// Validates the host of a `ForgetAgent` request.
+pub fn forget_agent_host(m: &pb::ForgetAgentRequest) -> Result<Name, ProtocolError> {
+    name_field("host", &m.host)
+}
+
+/// Validates an optional cluster filter (empty means all clusters).
+pub fn cluster_filter(m: &pb::ListClustersRequest) -> Result<Option<Name>, ProtocolError> {
+    if m.cluster.is_empty() {
+        Ok(None)
+    } else {
+        name_field("cluster", &m.cluster).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Report {
+        Report {
+            host: Name::parse("db1").unwrap(),
+            cluster: Name::parse("main").unwrap(),
+            agent_instance: "abc".into(),
+            sequence: 7,
+            observed_at_unix_ms: 1,
+            agent_version: "0.1.0".into(),
+            mysql_address: MysqlAddress::parse("127.0.0.11:3306").unwrap(),
+            mysql: MysqlObservation::Reachable(Box::new(ServerState {
+                version: "10.11.19-MariaDB".into(),
+                flavor: Flavor::MariaDb,
+                server_id: 1,
+                server_uuid: String::new(),
+                read_only: true,
+                super_read_only: true,
+                gtid: GtidState {
+                    executed: "0-1-5".into(),
+                    ..Default::default()
+                },
+                replication: Some(Replication {
+                    source: MysqlAddress::parse("127.0.0.12:3306").unwrap(),
+                    io_thread: IoThread::Running,
+                    sql_running: true,
+                    last_io_error: String::new(),
+                    last_sql_error: String::new(),
+                    seconds_behind: Some(0),
+                    auto_position: true,
+                    received_gtid: "0-1-5".into(),
+                }),
+                semi_sync: SemiSync::default(),
+                binlog: Binlog {
+                    enabled: true,
+                    format: "ROW".into(),
+                },
+            })),
+        }
+    }
+
+    #[test]
+    fn report_round_trips() {
+        let r = sample();
+        let back = Report::try_from(pb::AgentReport::from(r.clone())).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let mut m = pb::AgentReport::from(sample());
+        m.host = "db 1".into();
+        let e = Report::try_from(m).unwrap_err();
+        assert!(e.to_string().contains("`host`"), "{e}");
+
+        let mut m = pb::AgentReport::from(sample());
+        m.mysql
+            .as_mut()
+            .unwrap()
+            .replication
+            .as_mut()
+            .unwrap()
+            .source_port = 70000;
+        let e = Report::try_from(m).unwrap_err();
+        assert!(
+            e.to_string().contains("mysql.replication.source_port"),
+            "{e}"
+        );
+
+        let mut m = pb::AgentReport::from(sample());
+        m.mysql.as_mut().unwrap().flavor = 0;
+        assert_eq!(
+            Report::try_from(m).unwrap_err(),
+            ProtocolError::Missing("mysql.flavor")
+        );
+
+        let mut m = pb::AgentReport::from(sample());
+        m.mysql = None;
+        assert_eq!(
+            Report::try_from(m).unwrap_err(),
+            ProtocolError::Missing("mysql")
+        );
+    }
+
+    #[test]
+    fn unreachable_needs_no_server_fields() {
+        let m = pb::AgentReport {
+            mysql: Some(pb::MysqlState {
+                reachable: false,
+                error: "connection refused".into(),
+                ..Default::default()
+            }),
+            ..pb::AgentReport::from(sample())
+        };
+        let r = Report::try_from(m).unwrap();
+        assert!(matches!(r.mysql, MysqlObservation::Unreachable { .. }));
+    }
+
+    #[test]
+    fn names_and_addresses() {
+        assert!(Name::parse("db-1.example_x").is_ok());
+        assert!(Name::parse("").is_err());
+        assert!(Name::parse(&"a".repeat(64)).is_err());
+        assert!(Name::parse("a/b").is_err());
+        let a = MysqlAddress::parse("DB1:3306").unwrap();
+        assert!(a.same_endpoint(&MysqlAddress::parse("db1:3306").unwrap()));
+        assert!(MysqlAddress::parse("db1").is_err());
+        assert!(MysqlAddress::parse("db1:0").is_err());
+        assert_eq!(
+            MysqlAddress::parse("[::1]:3306").unwrap().to_string(),
+            "[::1]:3306"
+        );
+    }
+}
