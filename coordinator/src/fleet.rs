@@ -269,6 +269,7 @@ impl Fleet {
                     .as_ref()
                     .map(|(_, r)| r.agent_instance.clone())
                     .unwrap_or_default(),
+                last_sequence: e.last.as_ref().map_or(0, |(_, r)| r.sequence),
             })
             .collect()
     }

@@ -1,1 +1,235 @@
+//! Harness for real-process tests: real `mariadbd` servers, real agents and
+//! coordinators, real mTLS.
+//!
+//! Every test fleet is a sandbox (the same code as `dbfleet sandbox up`) on
+//! its own loopback block `127.1.N.0/24`, where N is a slot claimed with an
+//! exclusive file lock, so tests never collide with each other or with a
+//! developer's sandbox on 127.0.0.x. Dropping the fleet (also on panic)
+//! stops every process; a slot left behind by a killed test run is cleaned
+//! up by the next test that claims it.
 
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use dbfleet_cli::sandbox::{self, Binaries, Fleet, SandboxError, SandboxSpec};
+use dbfleet_proto::pb;
+use mysql_async::prelude::Queryable;
+use nix::fcntl::{Flock, FlockArg};
+
+/// Report interval of test agents: short, so conditions settle quickly.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(500);
+/// Agent timeout of test coordinators.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Patience for any awaited condition; generous for loaded CI machines.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+const SLOTS_DIR: &str = "/tmp/dbfleet-it";
+
+/// The directory holding the workspace's binaries (target/debug).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary has a path");
+    // target/debug/deps/<test> -> target/debug
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    assert!(
+        dir.join("dbfleet-agent").is_file() && dir.join("dbfleet").is_file(),
+        "binaries missing in {}: run `cargo build --workspace --bins` first (the README's test command does)",
+        dir.display()
+    );
+    dir
+}
+
+/// Path of one workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// An exclusive claim on an address block `127.1.N.0/24` and a scratch
+/// directory; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct Slot {
+    /// N.
+    pub n: u8,
+    /// Scratch directory of this slot (short, for unix socket paths).
+    pub dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl Slot {
+    /// Claims the first free slot, cleaning up what a killed earlier run
+    /// may have left in it.
+    pub fn claim() -> Slot {
+        fs::create_dir_all(SLOTS_DIR).expect("create slot directory");
+        for n in 1..=250u8 {
+            let file =
+                File::create(format!("{SLOTS_DIR}/slot-{n}.lock")).expect("create lock file");
+            let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+                continue;
+            };
+            let dir = PathBuf::from(format!("{SLOTS_DIR}/{n}"));
+            if dir.exists() {
+                for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let _ = sandbox::down(&entry.path());
+                }
+                let _ = fs::remove_dir_all(&dir);
+            }
+            fs::create_dir_all(&dir).expect("create slot scratch directory");
+            return Slot {
+                n,
+                dir,
+                _lock: lock,
+            };
+        }
+        panic!("no free test slot in {SLOTS_DIR}");
+    }
+
+    /// The slot's address prefix.
+    pub fn base(&self) -> [u8; 3] {
+        [127, 1, self.n]
+    }
+
+    /// An address in the slot's block.
+    pub fn ip(&self, last: u8) -> String {
+        format!("127.1.{}.{last}", self.n)
+    }
+}
+
+/// A running test fleet; derefs to the sandbox [`Fleet`].
+#[derive(Debug)]
+pub struct TestFleet {
+    fleet: Option<Fleet>,
+    /// The slot it runs in (dropped after the fleet).
+    pub slot: Slot,
+}
+
+impl std::ops::Deref for TestFleet {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        self.fleet.as_ref().expect("fleet present until drop")
+    }
+}
+
+impl std::ops::DerefMut for TestFleet {
+    fn deref_mut(&mut self) -> &mut Fleet {
+        self.fleet.as_mut().expect("fleet present until drop")
+    }
+}
+
+impl Drop for TestFleet {
+    fn drop(&mut self) {
+        // Stop the processes before the slot lock is released.
+        drop(self.fleet.take());
+    }
+}
+
+/// Installs the crypto provider (idempotent); every test calls it first.
+pub fn init() {
+    dbfleet_common::tls::install_crypto_provider();
+}
+
+impl TestFleet {
+    /// Starts a primary with `replicas` replicas, one agent each and
+    /// `coordinators` coordinators, and waits until it is healthy.
+    pub async fn start(replicas: usize, coordinators: usize) -> TestFleet {
+        init();
+        let slot = Slot::claim();
+        let bins = Binaries::find(&bin_dir()).expect("binaries");
+        let spec = SandboxSpec {
+            dir: slot.dir.join("fleet"),
+            replicas,
+            coordinators,
+            base: slot.base(),
+            cluster: "main".into(),
+            report_interval: REPORT_INTERVAL,
+            agent_timeout: AGENT_TIMEOUT,
+            bins,
+        };
+        let fleet = match Fleet::up(spec).await {
+            Ok(f) => f,
+            Err(e) => panic!("fleet did not start: {e}"),
+        };
+        if let Err(e) = fleet.wait_healthy(PATIENCE).await {
+            panic!("fleet did not become healthy: {e}");
+        }
+        TestFleet {
+            fleet: Some(fleet),
+            slot,
+        }
+    }
+
+    /// Runs SQL on `host` as the agent account (which has all privileges).
+    pub async fn sql(&self, host: &str, statement: &str) -> Result<(), mysql_async::Error> {
+        let s = self.server(host).expect("known host");
+        let mut conn = mysql_async::Conn::new(
+            s.tcp_opts(sandbox::mariadb::AGENT_USER, &self.credentials.agent),
+        )
+        .await?;
+        conn.query_drop(statement).await?;
+        conn.disconnect().await
+    }
+
+    /// Runs the real `dbfleet` CLI against this fleet.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("dbfleet"))
+            .args(args)
+            .env("DBFLEET_CONFIG", self.cli_config())
+            .output()
+            .expect("run dbfleet")
+    }
+
+    /// `dbfleet status --output json`, parsed; panics with stderr on failure.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "--output", "json"]);
+        assert!(
+            out.status.success(),
+            "dbfleet status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON parses")
+    }
+
+    /// Waits for `done` on the coordinators' view, panicking with the last
+    /// view after [`PATIENCE`].
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&pb::ClusterView) -> bool,
+    ) -> pb::ClusterView {
+        let r = self
+            .wait_for(PATIENCE, what, |r| r.clusters.first().is_some_and(&done))
+            .await
+            .unwrap_or_else(|e: SandboxError| panic!("{e}"));
+        r.clusters.into_iter().next().expect("checked above")
+    }
+
+    /// Every log file of the fleet concatenated (for secret scans).
+    pub fn all_logs(&self) -> String {
+        let mut out = String::new();
+        for e in fs::read_dir(self.dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            out.push_str(&fs::read_to_string(e.path()).unwrap_or_default());
+        }
+        out
+    }
+}
+
+/// The member named `host` in a view.
+pub fn member<'a>(c: &'a pb::ClusterView, host: &str) -> &'a pb::MemberView {
+    c.members
+        .iter()
+        .find(|m| m.host == host)
+        .unwrap_or_else(|| panic!("no member {host} in {c:?}"))
+}
+
+/// Whether `c` lists a problem of `kind` for `host`.
+pub fn has_problem(c: &pb::ClusterView, kind: &str, host: &str) -> bool {
+    c.problems.iter().any(|p| p.kind == kind && p.host == host)
+}

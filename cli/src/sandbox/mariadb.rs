@@ -60,6 +60,11 @@ impl Server {
         self.dir.join("data")
     }
 
+    /// Its private temporary directory.
+    pub fn tmpdir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
     /// The server's option file.
     pub fn cnf(&self) -> PathBuf {
         self.dir.join("my.cnf")
@@ -82,10 +87,13 @@ fn running_as_root() -> bool {
 
 /// Creates the datadir with `mariadb-install-db` and writes the option file.
 pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxError> {
-    fs::create_dir_all(s.dir.clone()).map_err(|e| SandboxError::io(&s.dir, e))?;
+    // A private tmpdir: concurrent bootstraps in one /tmp collide on
+    // temporary table file names.
+    fs::create_dir_all(s.tmpdir()).map_err(|e| SandboxError::io(&s.tmpdir(), e))?;
     let mut cmd = Command::new(install_db);
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", s.datadir().display()))
+        .arg(format!("--tmpdir={}", s.tmpdir().display()))
         .arg("--auth-root-authentication-method=normal")
         .arg("--skip-test-db")
         .arg("--innodb-log-file-size=16M")
@@ -99,10 +107,10 @@ pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxE
     let _ = fs::write(log, [&out.stdout[..], &out.stderr[..]].concat());
     if !out.status.success() {
         return Err(SandboxError::Mariadb(format!(
-            "mariadb-install-db failed for {} ({}); see {}",
+            "mariadb-install-db failed for {} ({}): {}",
             s.host,
             out.status,
-            log.display()
+            log_tail(log)
         )));
     }
     let user = if running_as_root() {
@@ -116,6 +124,7 @@ pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxE
          [mariadbd]\n\
          {user}\
          datadir = {datadir}\n\
+         tmpdir = {tmpdir}\n\
          socket = {socket}\n\
          bind-address = {ip}\n\
          port = {port}\n\
@@ -138,6 +147,7 @@ pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxE
          max_connections = 100\n",
         host = s.host,
         datadir = s.datadir().display(),
+        tmpdir = s.tmpdir().display(),
         socket = s.socket.display(),
         ip = s.ip,
         port = s.port,
