@@ -233,3 +233,112 @@ pub fn member<'a>(c: &'a pb::ClusterView, host: &str) -> &'a pb::MemberView {
 pub fn has_problem(c: &pb::ClusterView, kind: &str, host: &str) -> bool {
     c.problems.iter().any(|p| p.kind == kind && p.host == host)
 }
+
+/// A throwaway PKI for authorization tests: the fleet's CA, a foreign CA,
+/// and leaf certificates on demand (expired ones too).
+#[derive(Debug)]
+pub struct TestPki {
+    /// Directory of the fleet CA and its leaves.
+    pub dir: PathBuf,
+    /// Directory of an unrelated CA.
+    pub foreign: PathBuf,
+}
+
+impl TestPki {
+    /// Creates both CAs under `root`.
+    pub fn new(root: &Path) -> TestPki {
+        let dir = root.join("pki");
+        let foreign = root.join("foreign-pki");
+        dbfleet_common::certs::init_ca(&dir).unwrap();
+        dbfleet_common::certs::init_ca(&foreign).unwrap();
+        TestPki { dir, foreign }
+    }
+
+    /// Issues `role/name` from the fleet CA (or the foreign one), valid
+    /// from `valid_from` (relative to now) for `valid_for`.
+    pub fn issue(
+        &self,
+        role: dbfleet_common::identity::Role,
+        name: &str,
+        ips: &[&str],
+        foreign: bool,
+        expired: bool,
+    ) -> dbfleet_common::tls::TlsPaths {
+        use dbfleet_common::certs::{LeafRequest, issue_leaf};
+        let mut req = LeafRequest::new(role, name);
+        req.ips = ips.iter().map(|i| i.parse().unwrap()).collect();
+        if expired {
+            req.valid_from = -time::Duration::days(3);
+            req.valid_for = Duration::from_secs(24 * 3600);
+        }
+        let ca_dir = if foreign { &self.foreign } else { &self.dir };
+        let out = self.dir.join(format!(
+            "{}{}",
+            if foreign { "foreign-" } else { "" },
+            if expired { "expired" } else { "valid" }
+        ));
+        let stem = dbfleet_common::certs::leaf_stem(role, name);
+        let files = if out.join(format!("{stem}.pem")).exists() {
+            dbfleet_common::certs::LeafFiles {
+                cert: out.join(format!("{stem}.pem")),
+                key: out.join(format!("{stem}.key")),
+            }
+        } else {
+            issue_leaf(ca_dir, &out, &req).unwrap()
+        };
+        dbfleet_common::tls::TlsPaths {
+            // Clients trust the fleet CA, so only the server's verdict on
+            // the client certificate is under test.
+            ca: self.dir.join(dbfleet_common::certs::CA_CERT),
+            cert: files.cert,
+            key: files.key,
+        }
+    }
+}
+
+/// A process started by a test, killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    /// The child.
+    pub child: std::process::Child,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program` with `args`, output to `log`.
+    pub fn start(program: &Path, args: &[String], log: PathBuf) -> Proc {
+        let pidfile = log.with_extension("pid");
+        let child = sandbox::process::spawn(program, args, &log, &pidfile).expect("spawn");
+        Proc { child, log }
+    }
+
+    /// Waits until `address` accepts connections; panics with the log if
+    /// the process exits first.
+    pub async fn wait_listening(&mut self, address: &str) {
+        let start = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(address).await.is_err() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "process exited ({st}): {}",
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(start.elapsed() < PATIENCE, "{address} never listened");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the process to exit and returns its log.
+    pub fn wait_exit(&mut self) -> (std::process::ExitStatus, String) {
+        let st = self.child.wait().expect("wait");
+        (st, fs::read_to_string(&self.log).unwrap_or_default())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,166 @@
+//! Bad configuration refuses to start, with a message that names the
+//! problem and the fix, and never shows a secret.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use dbfleet_common::identity::Role;
+use dbfleet_integration_tests::{Proc, Slot, TestPki, bin, init};
+
+fn q(p: &std::path::Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+struct Files {
+    slot: Slot,
+    pki: TestPki,
+}
+
+fn files() -> Files {
+    init();
+    let slot = Slot::claim();
+    let pki = TestPki::new(&slot.dir);
+    Files { slot, pki }
+}
+
+fn agent_config(f: &Files, host: &str, extra: &str) -> std::path::PathBuf {
+    let paths = f.pki.issue(Role::Agent, "db1", &[], false, false);
+    let pw = f.slot.dir.join("pw");
+    if !pw.exists() {
+        dbfleet_common::certs::write_file(&pw, b"sup3r-secret-pw", 0o600, false).unwrap();
+    }
+    let cfg = f.slot.dir.join(format!("agent-{host}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "host = {host:?}\ncluster = \"main\"\nlisten = \"{}:7100\"\ncoordinators = [\"{}:7200\"]\n{extra}\n[mysql]\naddress = \"{}:3306\"\nuser = \"dbfleet_agent\"\npassword_file = {}\n[tls]\nca = {}\ncert = {}\nkey = {}\n",
+            f.slot.ip(11),
+            f.slot.ip(21),
+            f.slot.ip(11),
+            q(&pw),
+            q(&paths.ca),
+            q(&paths.cert),
+            q(&paths.key)
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn check(program: &str, cfg: &std::path::Path) -> (bool, String) {
+    let out = Command::new(bin(program))
+        .args(["--config", &cfg.display().to_string(), "check-config"])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn agent_check_config_accepts_good_and_names_what_is_wrong() {
+    let f = files();
+    let (ok, out) = check("dbfleet-agent", &agent_config(&f, "db1", ""));
+    assert!(ok, "{out}");
+
+    let (ok, out) = check(
+        "dbfleet-agent",
+        &agent_config(&f, "db1", "report_intervall = \"1s\""),
+    );
+    assert!(!ok && out.contains("report_intervall"), "{out}");
+
+    let (ok, out) = check(
+        "dbfleet-agent",
+        &agent_config(&f, "db1", "collect_interval = \"5s\""),
+    );
+    assert!(!ok && out.contains("collect_interval"), "{out}");
+
+    let (ok, out) = check("dbfleet-agent", &agent_config(&f, "db9", ""));
+    assert!(
+        !ok && out.contains("dbfleet://agent/db9"),
+        "wrong certificate must be named: {out}"
+    );
+
+    let cfg = agent_config(&f, "db1", "");
+    std::fs::set_permissions(
+        f.slot.dir.join("pw"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let (ok, out) = check("dbfleet-agent", &cfg);
+    assert!(!ok && out.contains("chmod 600"), "{out}");
+    assert!(!out.contains("sup3r-secret-pw"), "the secret leaked: {out}");
+
+    // The agent itself refuses to start on the same problem.
+    let mut p = Proc::start(
+        &bin("dbfleet-agent"),
+        &["--config".into(), cfg.display().to_string()],
+        f.slot.dir.join("agent.log"),
+    );
+    let (st, log) = p.wait_exit();
+    assert!(!st.success() && log.contains("chmod 600"), "{log}");
+}
+
+#[test]
+fn coordinator_refuses_unsafe_values_and_a_data_dir_in_use() {
+    let f = files();
+    let paths = f.pki.issue(Role::Coordinator, "c1", &[], false, false);
+    let write = |name: &str, listen: &str, extra: &str| {
+        let cfg = f.slot.dir.join(name);
+        std::fs::write(
+            &cfg,
+            format!(
+                "id = \"c1\"\nlisten = {listen:?}\ndata_dir = {}\n{extra}\n[tls]\nca = {}\ncert = {}\nkey = {}\n",
+                q(&f.slot.dir.join("c1")),
+                q(&paths.ca),
+                q(&paths.cert),
+                q(&paths.key)
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let a = f.slot.ip(21);
+    let (ok, out) = check(
+        "dbfleet-coordinator",
+        &write(
+            "bad.toml",
+            &format!("{a}:7200"),
+            "[topology]\nagent_timeout = \"10ms\"",
+        ),
+    );
+    assert!(!ok && out.contains("topology.agent_timeout"), "{out}");
+    let (ok, out) = check(
+        "dbfleet-coordinator",
+        &write("bad2.toml", "not-an-address", ""),
+    );
+    assert!(!ok && out.contains("listen"), "{out}");
+
+    let first = write("c1.toml", &format!("{a}:7200"), "");
+    let mut p1 = Proc::start(
+        &bin("dbfleet-coordinator"),
+        &["--config".into(), first.display().to_string()],
+        f.slot.dir.join("c1.log"),
+    );
+    futures_block_on(p1.wait_listening(&format!("{a}:7200")));
+    let second = write("c1b.toml", &format!("{}:7200", f.slot.ip(22)), "");
+    let mut p2 = Proc::start(
+        &bin("dbfleet-coordinator"),
+        &["--config".into(), second.display().to_string()],
+        f.slot.dir.join("c1b.log"),
+    );
+    let (st, log) = p2.wait_exit();
+    assert!(
+        !st.success() && log.contains("cannot open"),
+        "two coordinators on one data dir: {log}"
+    );
+}
+
+fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Runtime::new().unwrap().block_on(f)
+}
