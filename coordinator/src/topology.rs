@@ -197,7 +197,7 @@ fn choose_primary<'a>(members: &[Member<'a>], last_primary: Option<&'a str>) -> 
             }
         }
     }
-    votes.sort_by(|a, b| b.1.cmp(&a.1));
+    votes.sort_by_key(|v| std::cmp::Reverse(v.1));
     match votes.as_slice() {
         [(host, _)] => return Some(host),
         [(host, a), (_, b), ..] if a > b => return Some(host),
@@ -475,7 +475,7 @@ mod tests {
         assert!(k.contains(&(kind::AGENT_NOT_REPORTING.into(), "db2".into())));
         assert!(k.contains(&(kind::MYSQL_UNREACHABLE.into(), "db3".into())));
         assert!(!v.members[2].reachable);
-        assert!(v.members[1].reporting == false && !v.members[1].reachable);
+        assert!(!v.members[1].reporting && !v.members[1].reachable);
         // roles survive: a silent replica is still a replica
         assert_eq!(v.members[1].role, pb::MemberRole::Replica as i32);
         assert_eq!(v.primary, "db1");
@@ -500,7 +500,7 @@ mod tests {
 
     #[test]
     fn remembered_primary_when_nothing_else_tells() {
-        let rs = vec![report(
+        let rs = [report(
             "db1",
             MysqlObservation::Unreachable { error: "x".into() },
         )];

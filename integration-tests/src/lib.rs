@@ -73,9 +73,7 @@ impl Slot {
             };
             let dir = PathBuf::from(format!("{SLOTS_DIR}/{n}"));
             if dir.exists() {
-                for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-                    let _ = sandbox::down(&entry.path());
-                }
+                kill_leftovers(&dir);
                 let _ = fs::remove_dir_all(&dir);
             }
             fs::create_dir_all(&dir).expect("create slot scratch directory");
@@ -96,6 +94,25 @@ impl Slot {
     /// An address in the slot's block.
     pub fn ip(&self, last: u8) -> String {
         format!("127.1.{}.{last}", self.n)
+    }
+}
+
+/// Kills every process whose command line names `dir`: what a test run
+/// that was itself killed left behind in its slot.
+fn kill_leftovers(dir: &Path) {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id()
+            && sandbox::process::alive(pid)
+            && sandbox::process::belongs_to(pid, dir)
+        {
+            sandbox::process::stop(pid, Duration::from_secs(5), &mut || false);
+        }
     }
 }
 

@@ -47,14 +47,16 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// True when the command line of `pid` mentions `dir` (every sandbox
-/// process is started with a path inside its directory).
+/// True when the command line of `pid` names a path inside `dir` (every
+/// sandbox process is started with one). `dir/` is matched, so the sandbox
+/// `/x/1` never claims the processes of `/x/10`.
 pub fn belongs_to(pid: u32, dir: &Path) -> bool {
     let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-    cmdline.contains(&*dir.to_string_lossy())
+    let needle = format!("{}/", dir.to_string_lossy().trim_end_matches('/'));
+    cmdline.contains(&needle)
 }
 
 /// Reads a pid file.
