@@ -128,3 +128,17 @@ impl AgentConfig {
         MysqlAddress::parse(&self.mysql.address).expect("validated in AgentConfig::load")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/agent.toml");
+        let c = AgentConfig::load(&p, None).unwrap();
+        assert_eq!(c.coordinators.len(), 2);
+        let o = AgentConfig::load(&p, Some(PathBuf::from("/run/secret"))).unwrap();
+        assert_eq!(o.mysql.password_file, PathBuf::from("/run/secret"));
+    }
+}

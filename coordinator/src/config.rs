@@ -97,3 +97,15 @@ impl CoordinatorConfig {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/coordinator.toml");
+        let c = CoordinatorConfig::load(&p).unwrap();
+        assert_eq!(c.topology.agent_timeout, Duration::from_secs(5));
+    }
+}
