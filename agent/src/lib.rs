@@ -53,6 +53,10 @@ pub enum AgentError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(String),
+    /// The collector or a reporter stopped: the agent would go on serving
+    /// while reporting nothing, so it exits and its supervisor restarts it.
+    #[error("agent task ended unexpectedly: {0}")]
+    TaskFailed(String),
 }
 
 /// Everything checked before start: config values, password file,
@@ -125,6 +129,15 @@ pub async fn run(
     systemd::spawn_watchdog(shutdown.clone());
 
     let result = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => Ok(()),
+        Some(ended) = tasks.join_next() => {
+            shutdown.cancel();
+            Err(AgentError::TaskFailed(match ended {
+                Ok(()) => "returned".to_string(),
+                Err(e) => e.to_string(),
+            }))
+        }
         r = &mut server => {
             shutdown.cancel();
             match r {
@@ -133,7 +146,6 @@ pub async fn run(
                 Err(e) => Err(AgentError::Serve(e.to_string())),
             }
         }
-        _ = shutdown.cancelled() => Ok(()),
     };
     systemd::notify_stopping();
     let deadline = config.shutdown_timeout;

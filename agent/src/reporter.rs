@@ -99,8 +99,11 @@ async fn stream_once(
                     return Ok(Ended::Cancelled);
                 }
                 let next = reports.borrow_and_update().clone();
+                // Never wait on a slow coordinator here (that would also
+                // hold off shutdown): a full queue drops this report, and
+                // the next one carries the newer state anyway.
                 if let Some(r) = next
-                    && tx.send(r).await.is_err()
+                    && let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(r)
                 {
                     break;
                 }

@@ -255,9 +255,19 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
     if output == Output::Table {
         eprintln!("starting a sandbox in {} ...", args.dir.display());
     }
-    let fleet = Fleet::up(spec).await?;
-    // Dropping the fleet on failure tears it down; success detaches it.
-    fleet.wait_healthy(Duration::from_secs(90)).await?;
+    // Dropping the fleet (on failure, or when Ctrl-C drops this future)
+    // stops everything it started; success detaches it.
+    let start = async {
+        let fleet = Fleet::up(spec).await?;
+        fleet.wait_healthy(Duration::from_secs(90)).await?;
+        Ok::<_, anyhow::Error>(fleet)
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let fleet = tokio::select! {
+        r = start => r?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted: stopped everything the sandbox had started"),
+        _ = term.recv() => anyhow::bail!("terminated: stopped everything the sandbox had started"),
+    };
     let config = fleet.cli_config();
     let info = fleet.info.clone();
     let dir = fleet.dir.clone();

@@ -679,7 +679,11 @@ impl Fleet {
         for s in &self.servers {
             let _ = fs::remove_file(&s.socket);
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        // A failing test keeps its fleet's logs for diagnosis; the next
+        // claimant of its test slot removes them.
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

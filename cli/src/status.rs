@@ -44,6 +44,10 @@ pub struct MemberJson {
     pub reachable: bool,
     /// The agent reported within the agent timeout.
     pub reporting: bool,
+    /// `read_only` as last observed.
+    pub read_only: bool,
+    /// "mariadb" or "mysql"; null when never reached.
+    pub flavor: Option<&'static str>,
     /// Executed GTID set.
     pub gtid_executed: String,
     /// Replication lag, null when unknown or not a replica.
@@ -104,6 +108,12 @@ pub fn to_json(resp: &pb::ListClustersResponse) -> StatusJson {
                         writable: m.writable,
                         reachable: m.reachable,
                         reporting: m.reporting,
+                        read_only: m.read_only,
+                        flavor: match pb::Flavor::try_from(m.flavor) {
+                            Ok(pb::Flavor::Mariadb) => Some("mariadb"),
+                            Ok(pb::Flavor::Mysql) => Some("mysql"),
+                            _ => None,
+                        },
                         gtid_executed: m.gtid_executed.clone(),
                         lag_seconds: m.lag_seconds,
                         io_running: m.io_running,

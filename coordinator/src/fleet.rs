@@ -48,6 +48,8 @@ pub struct Fleet {
     store: Arc<dyn Store>,
     rules: FleetRules,
     state: Mutex<FleetState>,
+    /// Serializes changes of desired state (see [`Fleet::commit`]).
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -113,6 +115,7 @@ impl Fleet {
             store,
             rules,
             state: Mutex::new(state),
+            writes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -135,64 +138,107 @@ impl Fleet {
         }
     }
 
+    /// Runs a change of desired state with every other such change held
+    /// off (each reads the latest record, so none overwrites another), and
+    /// to completion even when the caller goes away, so sled and memory
+    /// never disagree about a write that reached the disk.
+    async fn commit<T, F, Fut>(self: &Arc<Self>, change: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Fleet>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, ServiceError>> + Send + 'static,
+    {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _serial = me.writes.lock().await;
+            change(me.clone()).await
+        })
+        .await
+        .map_err(|_| ServiceError::ShuttingDown)?
+    }
+
+    /// The registration a report calls for, if any (new or moved agent,
+    /// unknown cluster).
+    fn registration(&self, report: &Report) -> (Option<AgentRecord>, Option<ClusterRecord>) {
+        let host = report.host.as_str();
+        let cluster = report.cluster.as_str();
+        let address = report.mysql_address.to_string();
+        let st = self.lock();
+        let agent = match st.agents.get(host) {
+            Some(e) if e.record.cluster == cluster && e.record.mysql_address == address => None,
+            Some(e) => Some(AgentRecord {
+                cluster: cluster.to_string(),
+                mysql_address: address,
+                ..e.record.clone()
+            }),
+            None => Some(AgentRecord {
+                host: host.to_string(),
+                cluster: cluster.to_string(),
+                registered_at_unix_ms: now_unix_ms(),
+                mysql_address: address,
+            }),
+        };
+        let cluster_rec = (!st.clusters.contains_key(cluster)).then(|| ClusterRecord {
+            name: cluster.to_string(),
+            max_lag_seconds: None,
+            last_primary: None,
+        });
+        (agent, cluster_rec)
+    }
+
     /// Accepts one validated report from the agent whose certificate name
     /// is `identity`. Registers the agent (durably) first if it is new or
     /// moved, then records the observation.
-    pub async fn accept_report(&self, identity: &str, report: Report) -> Result<(), ServiceError> {
+    pub async fn accept_report(
+        self: &Arc<Self>,
+        identity: &str,
+        report: Report,
+    ) -> Result<(), ServiceError> {
         if report.host.as_str() != identity {
             return Err(ServiceError::ForeignHost {
                 identity: identity.to_string(),
                 claimed: report.host.to_string(),
             });
         }
-        let host = report.host.to_string();
-        let cluster = report.cluster.to_string();
-        let address = report.mysql_address.to_string();
-        let (new_agent, new_cluster) = {
-            let st = self.lock();
-            let agent = match st.agents.get(&host) {
-                Some(e) if e.record.cluster == cluster && e.record.mysql_address == address => None,
-                Some(e) => Some(AgentRecord {
-                    cluster: cluster.clone(),
-                    mysql_address: address.clone(),
-                    ..e.record.clone()
-                }),
-                None => Some(AgentRecord {
-                    host: host.clone(),
-                    cluster: cluster.clone(),
-                    registered_at_unix_ms: now_unix_ms(),
-                    mysql_address: address.clone(),
-                }),
-            };
-            let cluster_rec = (!st.clusters.contains_key(&cluster)).then(|| ClusterRecord {
-                name: cluster.clone(),
-                max_lag_seconds: None,
-                last_primary: None,
-            });
-            (agent, cluster_rec)
-        };
-        if let Some(c) = new_cluster.clone() {
-            durable(&self.store, move |s| s.put_cluster(&c)).await?;
-        }
-        if let Some(a) = new_agent.clone() {
-            durable(&self.store, move |s| s.put_agent(&a)).await?;
-            info!(host, cluster, mysql_address = address, "agent registered");
+        if self.registration(&report) != (None, None) {
+            let r = report.clone();
+            self.commit(move |f| async move {
+                let (agent, cluster) = f.registration(&r);
+                if let Some(c) = cluster {
+                    let stored = c.clone();
+                    durable(&f.store, move |s| s.put_cluster(&stored)).await?;
+                    f.lock().clusters.insert(c.name.clone(), c);
+                }
+                if let Some(a) = agent {
+                    let stored = a.clone();
+                    durable(&f.store, move |s| s.put_agent(&stored)).await?;
+                    info!(
+                        host = a.host,
+                        cluster = a.cluster,
+                        mysql_address = a.mysql_address,
+                        "agent registered"
+                    );
+                    let mut st = f.lock();
+                    let entry = st
+                        .agents
+                        .entry(a.host.clone())
+                        .or_insert_with(|| AgentEntry {
+                            record: a.clone(),
+                            last: None,
+                            last_replicating: None,
+                            streams: 0,
+                        });
+                    entry.record = a;
+                }
+                Ok(())
+            })
+            .await?;
         }
         let mut st = self.lock();
-        if let Some(c) = new_cluster {
-            st.clusters.entry(c.name.clone()).or_insert(c);
-        }
-        let entry = st.agents.entry(host).or_insert_with(|| AgentEntry {
-            record: new_agent
-                .clone()
-                .expect("a missing agent is always registered above"),
-            last: None,
-            last_replicating: None,
-            streams: 0,
-        });
-        if let Some(a) = new_agent {
-            entry.record = a;
-        }
+        // Forgotten between registration and here: the next report registers it again.
+        let Some(entry) = st.agents.get_mut(report.host.as_str()) else {
+            return Ok(());
+        };
         if let MysqlObservation::Reachable(s) = &report.mysql {
             entry.last_replicating = Some(s.replication.is_some());
         }
@@ -214,6 +260,9 @@ impl Fleet {
         names
             .into_iter()
             .filter(|n| only.is_none_or(|o| o.as_str() == *n))
+            // A cluster whose agents were all forgotten (or that only ever
+            // had a policy) has nothing to show or to judge.
+            .filter(|n| st.agents.values().any(|e| e.record.cluster == *n))
             .map(|name| {
                 let rec = st.clusters.get(name);
                 let members = st
@@ -276,90 +325,99 @@ impl Fleet {
 
     /// Stores a cluster policy, durably, then applies it.
     pub async fn set_policy(
-        &self,
+        self: &Arc<Self>,
         change: ClusterPolicyChange,
     ) -> Result<pb::ClusterPolicy, ServiceError> {
-        let name = change.cluster.to_string();
-        let mut rec = self
-            .lock()
-            .clusters
-            .get(&name)
-            .cloned()
-            .unwrap_or(ClusterRecord {
-                name: name.clone(),
-                max_lag_seconds: None,
-                last_primary: None,
-            });
-        rec.max_lag_seconds = Some(change.max_lag_seconds);
-        let to_store = rec.clone();
-        durable(&self.store, move |s| s.put_cluster(&to_store)).await?;
-        info!(
-            cluster = name,
-            max_lag_seconds = change.max_lag_seconds,
-            "cluster policy changed"
-        );
-        self.lock().clusters.insert(name.clone(), rec);
-        Ok(pb::ClusterPolicy {
-            cluster: name,
-            max_lag_seconds: change.max_lag_seconds,
+        self.commit(move |f| async move {
+            let name = change.cluster.to_string();
+            let mut rec = f
+                .lock()
+                .clusters
+                .get(&name)
+                .cloned()
+                .unwrap_or(ClusterRecord {
+                    name: name.clone(),
+                    max_lag_seconds: None,
+                    last_primary: None,
+                });
+            rec.max_lag_seconds = Some(change.max_lag_seconds);
+            let stored = rec.clone();
+            durable(&f.store, move |s| s.put_cluster(&stored)).await?;
+            info!(
+                cluster = name,
+                max_lag_seconds = change.max_lag_seconds,
+                "cluster policy changed"
+            );
+            f.lock().clusters.insert(name.clone(), rec);
+            Ok(pb::ClusterPolicy {
+                cluster: name,
+                max_lag_seconds: change.max_lag_seconds,
+            })
         })
+        .await
     }
 
     /// Removes an agent that no longer reports.
-    pub async fn forget_agent(&self, host: &Name) -> Result<(), ServiceError> {
+    pub async fn forget_agent(self: &Arc<Self>, host: &Name) -> Result<(), ServiceError> {
         let host = host.to_string();
-        {
-            let st = self.lock();
-            let e = st
-                .agents
-                .get(&host)
-                .ok_or_else(|| ServiceError::UnknownAgent(host.clone()))?;
-            let fresh = e
-                .last
-                .as_ref()
-                .is_some_and(|(at, _)| at.elapsed() <= self.rules.agent_timeout);
-            if e.streams > 0 || fresh {
-                return Err(ServiceError::AgentStillReporting(host));
+        self.commit(move |f| async move {
+            {
+                let st = f.lock();
+                let e = st
+                    .agents
+                    .get(&host)
+                    .ok_or_else(|| ServiceError::UnknownAgent(host.clone()))?;
+                let fresh = e
+                    .last
+                    .as_ref()
+                    .is_some_and(|(at, _)| at.elapsed() <= f.rules.agent_timeout);
+                if e.streams > 0 || fresh {
+                    return Err(ServiceError::AgentStillReporting(host));
+                }
             }
-        }
-        let h = host.clone();
-        durable(&self.store, move |s| s.remove_agent(&h)).await?;
-        self.lock().agents.remove(&host);
-        info!(host, "agent forgotten");
-        Ok(())
+            let h = host.clone();
+            durable(&f.store, move |s| s.remove_agent(&h)).await?;
+            f.lock().agents.remove(&host);
+            info!(host, "agent forgotten");
+            Ok(())
+        })
+        .await
     }
 
     /// Remembers each cluster's currently derived primary, durably, so a
     /// restart still knows which member was the primary while it is down.
-    pub async fn remember_primaries(&self) -> Result<(), ServiceError> {
-        let changed: Vec<ClusterRecord> = {
-            let views = self.cluster_views(None);
-            let st = self.lock();
-            views
-                .into_iter()
-                .filter(|v| !v.primary.is_empty())
-                .filter_map(|v| {
-                    let rec = st.clusters.get(&v.name)?;
-                    (rec.last_primary.as_deref() != Some(v.primary.as_str())).then(|| {
-                        ClusterRecord {
-                            last_primary: Some(v.primary.clone()),
-                            ..rec.clone()
-                        }
+    pub async fn remember_primaries(self: &Arc<Self>) -> Result<(), ServiceError> {
+        self.commit(|f| async move {
+            let views = f.cluster_views(None);
+            let changed: Vec<ClusterRecord> = {
+                let st = f.lock();
+                views
+                    .into_iter()
+                    .filter(|v| !v.primary.is_empty())
+                    .filter_map(|v| {
+                        let rec = st.clusters.get(&v.name)?;
+                        (rec.last_primary.as_deref() != Some(v.primary.as_str())).then(|| {
+                            ClusterRecord {
+                                last_primary: Some(v.primary.clone()),
+                                ..rec.clone()
+                            }
+                        })
                     })
-                })
-                .collect()
-        };
-        for rec in changed {
-            let r = rec.clone();
-            durable(&self.store, move |s| s.put_cluster(&r)).await?;
-            info!(
-                cluster = rec.name,
-                primary = rec.last_primary.as_deref().unwrap_or(""),
-                "primary observed"
-            );
-            self.lock().clusters.insert(rec.name.clone(), rec);
-        }
-        Ok(())
+                    .collect()
+            };
+            for rec in changed {
+                let stored = rec.clone();
+                durable(&f.store, move |s| s.put_cluster(&stored)).await?;
+                info!(
+                    cluster = rec.name,
+                    primary = rec.last_primary.as_deref().unwrap_or(""),
+                    "primary observed"
+                );
+                f.lock().clusters.insert(rec.name.clone(), rec);
+            }
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -367,7 +425,7 @@ impl Fleet {
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
-    use dbfleet_proto::model::MysqlAddress;
+    use dbfleet_proto::model::{MysqlAddress, MysqlObservation};
 
     fn report(host: &str, cluster: &str) -> Report {
         Report {
@@ -420,6 +478,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.load().unwrap().agents[0].cluster, "other");
+    }
+
+    #[tokio::test]
+    async fn the_observed_primary_survives_a_restart_while_its_server_is_down() {
+        use dbfleet_proto::model::{Binlog, Flavor, GtidState, SemiSync, ServerState};
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let f = fleet(store.clone());
+        let mut r = report("db1", "main");
+        r.mysql = MysqlObservation::Reachable(Box::new(ServerState {
+            version: "10.11".into(),
+            flavor: Flavor::MariaDb,
+            server_id: 1,
+            server_uuid: String::new(),
+            read_only: false,
+            super_read_only: false,
+            gtid: GtidState::default(),
+            replication: None,
+            semi_sync: SemiSync::default(),
+            binlog: Binlog::default(),
+        }));
+        f.accept_report("db1", r).await.unwrap();
+        f.remember_primaries().await.unwrap();
+        let restarted = fleet(store);
+        assert_eq!(restarted.cluster_views(None)[0].primary, "db1");
     }
 
     #[tokio::test]

@@ -147,7 +147,9 @@ pub fn derive(input: &ClusterInput<'_>) -> pb::ClusterView {
                 writable.join(", ")
             ),
         ));
-    } else if writable.is_empty() {
+    } else if writable.is_empty() && members.iter().all(|m| m.reporting) {
+        // With a silent agent nobody knows whether its server is
+        // writable; that member already carries agent-not-reporting.
         problems.push(problem(
             kind::NO_WRITABLE,
             "",

@@ -33,8 +33,8 @@ pub struct MysqlTarget {
     pub query_timeout: Duration,
 }
 
-/// Holds the connection between observations.
-#[derive(Debug)]
+/// Holds the connection between observations. `Debug` is written by hand:
+/// the connection's options hold the password.
 pub struct Observer {
     target: MysqlTarget,
     conn: Option<(Conn, Flavor)>,
@@ -48,6 +48,15 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer")
+            .field("target", &self.target)
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
 }
 
 fn value_text(v: &Value) -> Option<String> {

@@ -22,8 +22,9 @@ pub const APP_USER: &str = "app";
 /// The application's database.
 pub const APP_DATABASE: &str = "app";
 
-/// Passwords of the sandbox's accounts (random per sandbox).
-#[derive(Debug, Clone)]
+/// Passwords of the sandbox's accounts (random per sandbox). `Debug`
+/// shows no password.
+#[derive(Clone)]
 pub struct Credentials {
     /// root@localhost.
     pub root: String,
@@ -33,6 +34,12 @@ pub struct Credentials {
     pub repl: String,
     /// [`APP_USER`].
     pub app: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(<redacted>)")
+    }
 }
 
 /// One mysqld of the sandbox.

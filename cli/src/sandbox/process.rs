@@ -32,7 +32,13 @@ pub fn spawn(
         .map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot start {}: {e}", program.display()))
         })?;
-    fs::write(pidfile, format!("{}\n", child.id()))?;
+    if let Err(e) = fs::write(pidfile, format!("{}\n", child.id())) {
+        // Without a pid file nothing could ever stop it: stop it now.
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
     Ok(child)
 }
 
