@@ -255,6 +255,11 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
     if output == Output::Table {
         eprintln!("starting a sandbox in {} ...", args.dir.display());
     }
+    // Registered before anything starts, so a signal that arrives during
+    // a blocking step is still seen at the next await.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
     // Dropping the fleet (on failure, or when Ctrl-C drops this future)
     // stops everything it started; success detaches it.
     let start = async {
@@ -262,10 +267,9 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         fleet.wait_healthy(Duration::from_secs(90)).await?;
         Ok::<_, anyhow::Error>(fleet)
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let fleet = tokio::select! {
         r = start => r?,
-        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted: stopped everything the sandbox had started"),
+        _ = int.recv() => anyhow::bail!("interrupted: stopped everything the sandbox had started"),
         _ = term.recv() => anyhow::bail!("terminated: stopped everything the sandbox had started"),
     };
     let config = fleet.cli_config();

@@ -78,9 +78,14 @@ pub fn signal(pid: u32, signal: Signal) {
 }
 
 /// SIGTERM, then SIGKILL after `grace`; returns once the process is gone.
+/// SIGTERM is repeated every second: a mariadbd still starting up can miss
+/// the first one, and a second one to a process already stopping is
+/// harmless.
 pub fn stop(pid: u32, grace: Duration, reap: &mut dyn FnMut() -> bool) {
+    signal(pid, Signal::SIGCONT);
     signal(pid, Signal::SIGTERM);
     let start = Instant::now();
+    let mut last_term = Instant::now();
     let mut killed = false;
     loop {
         if reap() || !alive(pid) {
@@ -89,6 +94,9 @@ pub fn stop(pid: u32, grace: Duration, reap: &mut dyn FnMut() -> bool) {
         if !killed && start.elapsed() > grace {
             signal(pid, Signal::SIGKILL);
             killed = true;
+        } else if !killed && last_term.elapsed() >= Duration::from_secs(1) {
+            signal(pid, Signal::SIGTERM);
+            last_term = Instant::now();
         }
         if start.elapsed() > grace + Duration::from_secs(10) {
             return;
