@@ -527,27 +527,24 @@ impl Fleet {
         address: &str,
         timeout: Duration,
     ) -> Result<(), SandboxError> {
-        let start = Instant::now();
-        loop {
-            if tokio::net::TcpStream::connect(address).await.is_ok() {
-                return Ok(());
-            }
-            if let Some((_, child)) = self.children.iter_mut().find(|(n, _)| n == name)
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Err(SandboxError::Mariadb(format!(
+        let log = self.dir.join(format!("logs/{name}.log"));
+        let (_, child) = self
+            .children
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| SandboxError::Usage(format!("{name} was not started")))?;
+        process::wait_listening(child, address, timeout)
+            .await
+            .map_err(|e| match e {
+                process::NotListening::Exited(status) => SandboxError::Mariadb(format!(
                     "{name} exited ({status}); see {}",
-                    self.dir.join(format!("logs/{name}.log")).display()
-                )));
-            }
-            if start.elapsed() > timeout {
-                return Err(SandboxError::Unhealthy {
+                    log.display()
+                )),
+                process::NotListening::TimedOut => SandboxError::Unhealthy {
                     timeout,
                     last: format!("{name} is not listening on {address}"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                },
+            })
     }
 
     /// Starts (or restarts after a stop) the mariadbd of `host`.

@@ -384,28 +384,34 @@ impl Fleet {
         .await
     }
 
+    /// Cluster records whose remembered primary differs from the one
+    /// derived now.
+    fn primary_changes(&self) -> Vec<ClusterRecord> {
+        let views = self.cluster_views(None);
+        let st = self.lock();
+        views
+            .into_iter()
+            .filter(|v| !v.primary.is_empty())
+            .filter_map(|v| {
+                let rec = st.clusters.get(&v.name)?;
+                (rec.last_primary.as_deref() != Some(v.primary.as_str())).then(|| ClusterRecord {
+                    last_primary: Some(v.primary.clone()),
+                    ..rec.clone()
+                })
+            })
+            .collect()
+    }
+
     /// Remembers each cluster's currently derived primary, durably, so a
     /// restart still knows which member was the primary while it is down.
+    /// Runs every second: when nothing changed it takes no write lock.
     pub async fn remember_primaries(self: &Arc<Self>) -> Result<(), ServiceError> {
+        if self.primary_changes().is_empty() {
+            return Ok(());
+        }
         self.commit(|f| async move {
-            let views = f.cluster_views(None);
-            let changed: Vec<ClusterRecord> = {
-                let st = f.lock();
-                views
-                    .into_iter()
-                    .filter(|v| !v.primary.is_empty())
-                    .filter_map(|v| {
-                        let rec = st.clusters.get(&v.name)?;
-                        (rec.last_primary.as_deref() != Some(v.primary.as_str())).then(|| {
-                            ClusterRecord {
-                                last_primary: Some(v.primary.clone()),
-                                ..rec.clone()
-                            }
-                        })
-                    })
-                    .collect()
-            };
-            for rec in changed {
+            // Again under the write lock, against the latest records.
+            for rec in f.primary_changes() {
                 let stored = rec.clone();
                 durable(&f.store, move |s| s.put_cluster(&stored)).await?;
                 info!(

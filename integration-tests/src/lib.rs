@@ -313,6 +313,41 @@ impl TestPki {
     }
 }
 
+/// A path as a TOML string.
+pub fn toml_path(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// The `[tls]` section of an agent or coordinator config.
+pub fn tls_section(paths: &dbfleet_common::tls::TlsPaths) -> String {
+    format!(
+        "[tls]\nca = {}\ncert = {}\nkey = {}\n",
+        toml_path(&paths.ca),
+        toml_path(&paths.cert),
+        toml_path(&paths.key)
+    )
+}
+
+/// Writes a coordinator config `dir/NAME` for coordinator `c1`; `extra`
+/// goes between the top-level keys and `[tls]`.
+pub fn write_coordinator_config(
+    path: &Path,
+    listen: &str,
+    data_dir: &Path,
+    tls: &dbfleet_common::tls::TlsPaths,
+    extra: &str,
+) {
+    fs::write(
+        path,
+        format!(
+            "id = \"c1\"\nlisten = {listen:?}\ndata_dir = {}\n{extra}\n{}",
+            toml_path(data_dir),
+            tls_section(tls)
+        ),
+    )
+    .expect("write coordinator config");
+}
+
 /// A process started by a test, killed when dropped.
 #[derive(Debug)]
 pub struct Proc {
@@ -333,16 +368,13 @@ impl Proc {
     /// Waits until `address` accepts connections; panics with the log if
     /// the process exits first.
     pub async fn wait_listening(&mut self, address: &str) {
-        let start = std::time::Instant::now();
-        while tokio::net::TcpStream::connect(address).await.is_err() {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!(
-                    "process exited ({st}): {}",
-                    fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            assert!(start.elapsed() < PATIENCE, "{address} never listened");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        match sandbox::process::wait_listening(&mut self.child, address, PATIENCE).await {
+            Ok(()) => {}
+            Err(sandbox::process::NotListening::Exited(st)) => panic!(
+                "process exited ({st}): {}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            ),
+            Err(sandbox::process::NotListening::TimedOut) => panic!("{address} never listened"),
         }
     }
 

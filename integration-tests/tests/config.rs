@@ -5,11 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use dbfleet_common::identity::Role;
-use dbfleet_integration_tests::{Proc, Slot, TestPki, bin, init};
-
-fn q(p: &std::path::Path) -> String {
-    format!("{:?}", p.display().to_string())
-}
+use dbfleet_integration_tests::{
+    Proc, Slot, TestPki, bin, init, tls_section, toml_path, write_coordinator_config,
+};
 
 struct Files {
     slot: Slot,
@@ -33,14 +31,12 @@ fn agent_config(f: &Files, host: &str, extra: &str) -> std::path::PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "host = {host:?}\ncluster = \"main\"\nlisten = \"{}:7100\"\ncoordinators = [\"{}:7200\"]\n{extra}\n[mysql]\naddress = \"{}:3306\"\nuser = \"dbfleet_agent\"\npassword_file = {}\n[tls]\nca = {}\ncert = {}\nkey = {}\n",
+            "host = {host:?}\ncluster = \"main\"\nlisten = \"{}:7100\"\ncoordinators = [\"{}:7200\"]\n{extra}\n[mysql]\naddress = \"{}:3306\"\nuser = \"dbfleet_agent\"\npassword_file = {}\n{}",
             f.slot.ip(11),
             f.slot.ip(21),
             f.slot.ip(11),
-            q(&pw),
-            q(&paths.ca),
-            q(&paths.cert),
-            q(&paths.key)
+            toml_path(&pw),
+            tls_section(&paths)
         ),
     )
     .unwrap();
@@ -112,17 +108,7 @@ fn coordinator_refuses_unsafe_values_and_a_data_dir_in_use() {
     let paths = f.pki.issue(Role::Coordinator, "c1", &[], false, false);
     let write = |name: &str, listen: &str, extra: &str| {
         let cfg = f.slot.dir.join(name);
-        std::fs::write(
-            &cfg,
-            format!(
-                "id = \"c1\"\nlisten = {listen:?}\ndata_dir = {}\n{extra}\n[tls]\nca = {}\ncert = {}\nkey = {}\n",
-                q(&f.slot.dir.join("c1")),
-                q(&paths.ca),
-                q(&paths.cert),
-                q(&paths.key)
-            ),
-        )
-        .unwrap();
+        write_coordinator_config(&cfg, listen, &f.slot.dir.join("c1"), &paths, extra);
         cfg
     };
     let a = f.slot.ip(21);

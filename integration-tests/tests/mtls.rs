@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use dbfleet_common::identity::Role;
 use dbfleet_common::tls::{self, TlsContext, TlsPaths};
-use dbfleet_integration_tests::{Proc, Slot, TestPki, bin, init};
+use dbfleet_integration_tests::{
+    Proc, Slot, TestPki, bin, init, tls_section, toml_path, write_coordinator_config,
+};
 use dbfleet_proto::pb;
 use dbfleet_proto::pb::admin_service_client::AdminServiceClient;
 use dbfleet_proto::pb::agent_service_client::AgentServiceClient;
@@ -20,19 +22,6 @@ struct Setup {
     _proc: Proc,
 }
 
-fn quote(p: &std::path::Path) -> String {
-    format!("{:?}", p.display().to_string())
-}
-
-fn tls_toml(paths: &TlsPaths) -> String {
-    format!(
-        "[tls]\nca = {}\ncert = {}\nkey = {}\n",
-        quote(&paths.ca),
-        quote(&paths.cert),
-        quote(&paths.key)
-    )
-}
-
 async fn coordinator() -> Setup {
     init();
     let slot = Slot::claim();
@@ -41,15 +30,7 @@ async fn coordinator() -> Setup {
     let coordinator = format!("{ip}:7200");
     let paths = pki.issue(Role::Coordinator, "c1", &[&ip], false, false);
     let cfg = slot.dir.join("c1.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "id = \"c1\"\nlisten = {coordinator:?}\ndata_dir = {}\n{}",
-            quote(&slot.dir.join("c1")),
-            tls_toml(&paths)
-        ),
-    )
-    .unwrap();
+    write_coordinator_config(&cfg, &coordinator, &slot.dir.join("c1"), &paths, "");
     let mut proc = Proc::start(
         &bin("dbfleet-coordinator"),
         &["--config".into(), cfg.display().to_string()],
@@ -245,8 +226,8 @@ async fn only_coordinators_may_ask_an_agent_for_its_state() {
         format!(
             "host = \"db1\"\ncluster = \"main\"\nlisten = {agent_addr:?}\ncoordinators = [{:?}]\n[mysql]\naddress = \"{ip}:3306\"\nuser = \"x\"\npassword_file = {}\n{}",
             s.coordinator,
-            quote(&pw),
-            tls_toml(&paths)
+            toml_path(&pw),
+            tls_section(&paths)
         ),
     )
     .unwrap();

@@ -7,11 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dbfleet_common::identity::Role;
-use dbfleet_integration_tests::{PATIENCE, Slot, TestPki, bin, init};
-
-fn q(p: &std::path::Path) -> String {
-    format!("{:?}", p.display().to_string())
-}
+use dbfleet_integration_tests::{PATIENCE, Slot, TestPki, bin, init, write_coordinator_config};
 
 fn expect(sock: &UnixDatagram, want: &str, log: &dyn Fn() -> String) -> Vec<String> {
     let start = Instant::now();
@@ -38,17 +34,13 @@ fn coordinator_notifies_ready_watchdog_and_stopping() {
     let ip = slot.ip(21);
     let paths = pki.issue(Role::Coordinator, "c1", &[&ip], false, false);
     let cfg = slot.dir.join("c1.toml");
-    std::fs::write(
+    write_coordinator_config(
         &cfg,
-        format!(
-            "id = \"c1\"\nlisten = \"{ip}:7200\"\ndata_dir = {}\n[tls]\nca = {}\ncert = {}\nkey = {}\n",
-            q(&slot.dir.join("data")),
-            q(&paths.ca),
-            q(&paths.cert),
-            q(&paths.key)
-        ),
-    )
-    .unwrap();
+        &format!("{ip}:7200"),
+        &slot.dir.join("data"),
+        &paths,
+        "",
+    );
     let sock_path = slot.dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))

@@ -42,6 +42,37 @@ pub fn spawn(
     Ok(child)
 }
 
+/// Why a started process never listened.
+#[derive(Debug)]
+pub enum NotListening {
+    /// It exited first.
+    Exited(std::process::ExitStatus),
+    /// Nothing accepted connections within the timeout.
+    TimedOut,
+}
+
+/// Waits until `address` accepts TCP connections, failing early if `child`
+/// exits (its log then says why).
+pub async fn wait_listening(
+    child: &mut Child,
+    address: &str,
+    timeout: Duration,
+) -> Result<(), NotListening> {
+    let start = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(NotListening::Exited(status));
+        }
+        if start.elapsed() > timeout {
+            return Err(NotListening::TimedOut);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// True while `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
