@@ -18,8 +18,21 @@ pub const PASSWORD_FILE_ENV: &str = "DBFLEET_MYSQL_PASSWORD_FILE";
 pub struct AgentConfig {
     /// This host's name; its certificate must be `dbfleet://agent/HOST`.
     pub host: String,
-    /// The replication cluster this host belongs to.
+    /// A witness votes in the coordinators' lease and does nothing else:
+    /// no mysqld, no cluster, no reports.
+    #[serde(default)]
+    pub witness: bool,
+    /// The replication cluster this host belongs to (not for a witness).
+    #[serde(default)]
     pub cluster: String,
+    /// Where the agent keeps its fence record (the lease promise), which
+    /// must survive restarts.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How long a voter whose fence record was lost grants nothing; at
+    /// least the coordinators' lease × (1 + drift) + margin.
+    #[serde(default = "default_amnesia_quarantine", with = "humantime_serde")]
+    pub amnesia_quarantine: Duration,
     /// gRPC address coordinators call (state, later commands and votes).
     pub listen: SocketAddr,
     /// Every coordinator, `host:port`; the agent reports to each.
@@ -36,8 +49,9 @@ pub struct AgentConfig {
     /// How long a graceful stop may take.
     #[serde(default = "default_shutdown", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
-    /// The local server.
-    pub mysql: MysqlConfig,
+    /// The local server (not for a witness).
+    #[serde(default)]
+    pub mysql: Option<MysqlConfig>,
     /// Certificates.
     pub tls: TlsPaths,
 }
@@ -60,6 +74,12 @@ pub struct MysqlConfig {
     pub query_timeout: Duration,
 }
 
+fn default_amnesia_quarantine() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/dbfleet/agent")
+}
 fn default_report_interval() -> Duration {
     Duration::from_secs(1)
 }
@@ -87,8 +107,8 @@ impl AgentConfig {
         password_file_override: Option<PathBuf>,
     ) -> Result<AgentConfig, ConfigError> {
         let mut c: AgentConfig = load_toml(path)?;
-        if let Some(p) = password_file_override {
-            c.mysql.password_file = p;
+        if let (Some(p), Some(m)) = (password_file_override, c.mysql.as_mut()) {
+            m.password_file = p;
         }
         let invalid = |field: &str, reason: String| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -96,7 +116,6 @@ impl AgentConfig {
             reason,
         };
         Name::parse(&c.host).map_err(|r| invalid("host", r))?;
-        Name::parse(&c.cluster).map_err(|r| invalid("cluster", r))?;
         if c.coordinators.is_empty() {
             return Err(invalid(
                 "coordinators",
@@ -106,8 +125,25 @@ impl AgentConfig {
         for (i, a) in c.coordinators.iter().enumerate() {
             MysqlAddress::parse(a).map_err(|r| invalid(&format!("coordinators[{i}]"), r))?;
         }
-        MysqlAddress::parse(&c.mysql.address).map_err(|r| invalid("mysql.address", r))?;
-        if c.mysql.user.is_empty() {
+        if c.witness {
+            if c.mysql.is_some() || !c.cluster.is_empty() {
+                return Err(invalid(
+                    "witness",
+                    "a witness watches no mysqld: remove [mysql] and cluster, or set witness = false"
+                        .into(),
+                ));
+            }
+            return Ok(c);
+        }
+        Name::parse(&c.cluster).map_err(|r| invalid("cluster", r))?;
+        let Some(mysql) = &c.mysql else {
+            return Err(invalid(
+                "mysql",
+                "missing [mysql] section (or set witness = true for a voting-only agent)".into(),
+            ));
+        };
+        MysqlAddress::parse(&mysql.address).map_err(|r| invalid("mysql.address", r))?;
+        if mysql.user.is_empty() {
             return Err(invalid("mysql.user", "must not be empty".into()));
         }
         if c.report_interval < Duration::from_millis(100) {
@@ -123,9 +159,15 @@ impl AgentConfig {
         Ok(c)
     }
 
-    /// The parsed mysql address (validated by `load`).
-    pub fn mysql_address(&self) -> MysqlAddress {
-        MysqlAddress::parse(&self.mysql.address).expect("validated in AgentConfig::load")
+    /// The parsed mysql address (validated by `load`); `None` for a witness.
+    pub fn mysql_address(&self) -> Option<MysqlAddress> {
+        let m = self.mysql.as_ref()?;
+        Some(MysqlAddress::parse(&m.address).expect("validated in AgentConfig::load"))
+    }
+
+    /// Where the fence record lives.
+    pub fn fence_record_path(&self) -> PathBuf {
+        self.state_dir.join("fence-record.json")
     }
 }
 
@@ -139,6 +181,19 @@ mod tests {
         let c = AgentConfig::load(&p, None).unwrap();
         assert_eq!(c.coordinators.len(), 2);
         let o = AgentConfig::load(&p, Some(PathBuf::from("/run/secret"))).unwrap();
-        assert_eq!(o.mysql.password_file, PathBuf::from("/run/secret"));
+        assert_eq!(o.mysql.unwrap().password_file, PathBuf::from("/run/secret"));
+    }
+
+    #[test]
+    fn shipped_witness_example_is_valid_and_a_witness_with_mysql_is_refused() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/witness.toml");
+        let c = AgentConfig::load(&p, None).unwrap();
+        assert!(c.witness && c.mysql.is_none());
+        let d = tempfile::tempdir().unwrap();
+        let bad = d.path().join("w.toml");
+        let text = "cluster = \"main\"\n".to_string() + &std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&bad, text).unwrap();
+        let e = AgentConfig::load(&bad, None).unwrap_err().to_string();
+        assert!(e.contains("witness watches no mysqld"), "{e}");
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod collector;
 pub mod config;
+pub mod fence;
 pub mod mysql;
 pub mod reporter;
 pub mod service;
@@ -20,6 +21,7 @@ use dbfleet_common::tls::{TlsContext, TlsError, tls_incoming};
 use dbfleet_common::{shutdown, systemd};
 use dbfleet_proto::model::Name;
 use dbfleet_proto::pb::agent_service_server::AgentServiceServer;
+use dbfleet_proto::pb::voter_service_server::VoterServiceServer;
 use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -28,8 +30,9 @@ use tracing::{info, warn};
 
 use crate::collector::ReportIdentity;
 use crate::config::AgentConfig;
+use crate::fence::Fence;
 use crate::mysql::observer::{MysqlTarget, Observer};
-use crate::service::AgentApi;
+use crate::service::{AgentApi, VoterApi};
 
 /// Why the agent cannot start or run.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,9 @@ pub enum AgentError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(String),
+    /// The fence record cannot be loaded.
+    #[error(transparent)]
+    Fence(#[from] crate::fence::FenceError),
     /// The collector or a reporter stopped: the agent would go on serving
     /// while reporting nothing, so it exits and its supervisor restarts it.
     #[error("agent task ended unexpectedly: {0}")]
@@ -60,8 +66,9 @@ pub enum AgentError {
 }
 
 /// Everything checked before start: config values, password file,
-/// certificates and their identity. `check-config` runs exactly this.
-pub fn check(config: &AgentConfig) -> Result<(Arc<TlsContext>, MysqlTarget), AgentError> {
+/// certificates and their identity. `check-config` runs exactly this. A
+/// witness has no mysqld, hence no target.
+pub fn check(config: &AgentConfig) -> Result<(Arc<TlsContext>, Option<MysqlTarget>), AgentError> {
     let tls = TlsContext::load(&config.tls)?;
     let want = Identity::new(Role::Agent, config.host.clone());
     if tls.identity() != want {
@@ -70,15 +77,18 @@ pub fn check(config: &AgentConfig) -> Result<(Arc<TlsContext>, MysqlTarget), Age
             actual: tls.identity().to_string(),
         });
     }
-    let password = read_secret(&config.mysql.password_file)?;
-    let target = MysqlTarget {
-        address: config.mysql_address(),
-        user: config.mysql.user.clone(),
-        password,
-        connect_timeout: config.mysql.connect_timeout,
-        query_timeout: config.mysql.query_timeout,
+    let (Some(mysql), Some(address)) = (&config.mysql, config.mysql_address()) else {
+        return Ok((tls, None));
     };
-    Ok((tls, target))
+    let password = read_secret(&mysql.password_file)?;
+    let target = MysqlTarget {
+        address,
+        user: mysql.user.clone(),
+        password,
+        connect_timeout: mysql.connect_timeout,
+        query_timeout: mysql.query_timeout,
+    };
+    Ok((tls, Some(target)))
 }
 
 /// Runs the agent until `shutdown` is cancelled.
@@ -88,42 +98,63 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let (tls, target) = check(&config)?;
+    let fence = Arc::new(Fence::open(
+        &config.fence_record_path(),
+        config.amnesia_quarantine,
+    )?);
     tls.spawn_reloader(config.cert_reload_interval, shutdown.clone());
     let (tx, rx) = watch::channel(None);
-    let id = ReportIdentity {
-        host: Name::parse(&config.host).expect("validated in AgentConfig::load"),
-        cluster: Name::parse(&config.cluster).expect("validated in AgentConfig::load"),
-        instance: format!("{:016x}", rand::rng().random::<u64>()),
-        mysql_address: config.mysql_address(),
-    };
-    info!(
-        host = config.host,
-        cluster = config.cluster,
-        instance = id.instance,
-        "agent starting"
-    );
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(collector::run(
-        Observer::new(target),
-        id,
-        config.collect_interval,
-        config.report_interval,
-        tx,
-        shutdown.clone(),
-    ));
-    for addr in &config.coordinators {
-        tasks.spawn(reporter::report_to(
-            addr.clone(),
-            tls.clone(),
-            rx.clone(),
-            shutdown.clone(),
-        ));
-    }
+    let voter = VoterServiceServer::new(VoterApi {
+        name: config.host.clone(),
+        witness: config.witness,
+        fence: fence.clone(),
+    });
+    let server = match target {
+        Some(target) => {
+            let mysql_address = target.address.clone();
+            let id = ReportIdentity {
+                host: Name::parse(&config.host).expect("validated in AgentConfig::load"),
+                cluster: Name::parse(&config.cluster).expect("validated in AgentConfig::load"),
+                instance: format!("{:016x}", rand::rng().random::<u64>()),
+                mysql_address,
+            };
+            info!(
+                host = config.host,
+                cluster = config.cluster,
+                instance = id.instance,
+                "agent starting"
+            );
+            tasks.spawn(collector::run(
+                Observer::new(target),
+                id,
+                config.collect_interval,
+                config.report_interval,
+                tx,
+                shutdown.clone(),
+            ));
+            for addr in &config.coordinators {
+                tasks.spawn(reporter::report_to(
+                    addr.clone(),
+                    tls.clone(),
+                    rx.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            tonic::transport::Server::builder()
+                .layer(AuthorizeLayer::new(service::policy))
+                .add_service(AgentServiceServer::new(AgentApi { reports: rx, fence }))
+                .add_service(voter)
+        }
+        None => {
+            info!(host = config.host, "witness starting: voting only");
+            tonic::transport::Server::builder()
+                .layer(AuthorizeLayer::new(service::witness_policy))
+                .add_service(voter)
+        }
+    };
     let incoming = tls_incoming(listener, tls, shutdown.clone());
-    let server = tonic::transport::Server::builder()
-        .layer(AuthorizeLayer::new(service::policy))
-        .add_service(AgentServiceServer::new(AgentApi { reports: rx }))
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let server = server.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let mut server = tokio::spawn(server);
     systemd::notify_ready();
     systemd::spawn_watchdog(shutdown.clone());
@@ -131,7 +162,7 @@ pub async fn run(
     let result = tokio::select! {
         biased;
         _ = shutdown.cancelled() => Ok(()),
-        Some(ended) = tasks.join_next() => {
+        Some(ended) = tasks.join_next(), if !tasks.is_empty() => {
             shutdown.cancel();
             Err(AgentError::TaskFailed(match ended {
                 Ok(()) => "returned".to_string(),

@@ -51,12 +51,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     let config = AgentConfig::load(&path, override_pw)?;
     if let Some(Command::CheckConfig) = cli.command {
         dbfleet_agent::check(&config)?;
-        println!(
-            "{}: ok (agent {} in cluster {})",
-            path.display(),
-            config.host,
-            config.cluster
-        );
+        if config.witness {
+            println!("{}: ok (witness {})", path.display(), config.host);
+        } else {
+            println!(
+                "{}: ok (agent {} in cluster {})",
+                path.display(),
+                config.host,
+                config.cluster
+            );
+        }
         return Ok(());
     }
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;

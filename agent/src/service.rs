@@ -1,23 +1,64 @@
-//! `AgentService`: what coordinators may ask of this agent.
+//! What coordinators may ask of this agent: its state, lease votes, and
+//! commands fenced by epoch. Deny by default; only coordinators, and the
+//! holder named in a request must be the caller's own certificate.
 
-use dbfleet_common::identity::Role;
+use std::sync::Arc;
+
+use dbfleet_common::identity::{Identity, Role, request_identity};
+use dbfleet_lease::{HolderId, VoterRequest};
+use dbfleet_proto::lease::{
+    PROMISED_EPOCH_METADATA, epoch_field, epoch_to_metadata, holder_field, millis,
+};
 use dbfleet_proto::pb;
 use dbfleet_proto::pb::agent_service_server::AgentService;
+use dbfleet_proto::pb::voter_service_server::VoterService;
 use tokio::sync::watch;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
+use tracing::warn;
+
+use crate::fence::{CommandRefused, Fence, FenceError};
 
 /// Per-RPC authorization of the agent: only coordinators, deny by default.
 pub fn policy(path: &str) -> Option<&'static [Role]> {
     match path {
-        "/dbfleet.v1.AgentService/GetState" => Some(&[Role::Coordinator]),
+        "/dbfleet.v1.AgentService/GetState"
+        | "/dbfleet.v1.AgentService/Execute"
+        | "/dbfleet.v1.VoterService/Vote"
+        | "/dbfleet.v1.VoterService/GetVoterState" => Some(&[Role::Coordinator]),
         _ => None,
     }
 }
 
+/// Per-RPC authorization of a witness: lease votes only.
+pub fn witness_policy(path: &str) -> Option<&'static [Role]> {
+    match path {
+        "/dbfleet.v1.VoterService/Vote" | "/dbfleet.v1.VoterService/GetVoterState" => {
+            Some(&[Role::Coordinator])
+        }
+        _ => None,
+    }
+}
+
+fn own_holder(caller: &Identity, holder: &HolderId) -> Result<(), Status> {
+    if holder.coordinator != caller.name {
+        return Err(Status::permission_denied(format!(
+            "holder {} is not the caller {}",
+            holder.coordinator, caller
+        )));
+    }
+    Ok(())
+}
+
+fn fence_status(e: FenceError) -> Status {
+    Status::unavailable(format!("this agent cannot persist its promise: {e}"))
+}
+
 /// The agent's gRPC API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct AgentApi {
     pub(crate) reports: watch::Receiver<Option<pb::AgentReport>>,
+    pub(crate) fence: Arc<Fence>,
 }
 
 #[tonic::async_trait]
@@ -31,5 +72,82 @@ impl AgentService for AgentApi {
             .clone()
             .map(Response::new)
             .ok_or_else(|| Status::unavailable("no observation of mysqld yet; retry in a moment"))
+    }
+
+    async fn execute(
+        &self,
+        request: Request<pb::CommandRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let caller = request_identity(&request)?;
+        let m = request.into_inner();
+        let epoch = epoch_field("epoch", m.epoch)?;
+        let holder = holder_field("holder", m.holder)?;
+        own_holder(&caller, &holder)?;
+        let command = m
+            .command
+            .ok_or(dbfleet_proto::model::ProtocolError::Missing("command"))?;
+        let permit = match self.fence.admit(&epoch, &holder).await {
+            Ok(p) => p,
+            Err(CommandRefused::Stale(stale)) => {
+                warn!(sent = %stale.sent, promised = %stale.promised, from = %caller, "refused a command of a stale epoch");
+                let mut status =
+                    Status::aborted(format!("stale-epoch: {stale}; the sender must step down"));
+                if let Ok(v) = MetadataValue::try_from(epoch_to_metadata(&stale.promised)) {
+                    status.metadata_mut().insert(PROMISED_EPOCH_METADATA, v);
+                }
+                return Err(status);
+            }
+            Err(CommandRefused::Persist(e)) => return Err(fence_status(e)),
+        };
+        match command {
+            pb::command_request::Command::Barrier(pb::EpochBarrier {}) => {}
+        }
+        Ok(Response::new(pb::CommandReply {
+            promised: Some(permit.promised.clone().into()),
+        }))
+    }
+}
+
+/// The voter's gRPC API (agents and witnesses).
+#[derive(Clone)]
+pub(crate) struct VoterApi {
+    pub(crate) name: String,
+    pub(crate) witness: bool,
+    pub(crate) fence: Arc<Fence>,
+}
+
+#[tonic::async_trait]
+impl VoterService for VoterApi {
+    async fn vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteReply>, Status> {
+        let caller = request_identity(&request)?;
+        let req = VoterRequest::try_from(request.into_inner())?;
+        let holder = match &req {
+            VoterRequest::Prepare { holder, .. }
+            | VoterRequest::Renew { holder, .. }
+            | VoterRequest::Release { holder, .. } => holder,
+        };
+        own_holder(&caller, holder)?;
+        let reply = self.fence.vote(req).await.map_err(fence_status)?;
+        Ok(Response::new(reply.into()))
+    }
+
+    async fn get_voter_state(
+        &self,
+        _request: Request<pb::GetVoterStateRequest>,
+    ) -> Result<Response<pb::VoterState>, Status> {
+        let s = self.fence.snapshot().await;
+        Ok(Response::new(pb::VoterState {
+            name: self.name.clone(),
+            voter_config_version: s.record.voter_config_version,
+            promised: Some(s.record.promised.into()),
+            holder: s.record.holder.map(Into::into),
+            holder_committed_seq: s.record.holder_committed_seq,
+            grant_remaining_ms: s.grant.map(|(_, d)| millis(d)),
+            quarantine_remaining_ms: s.quarantine.map(millis),
+            witness: self.witness,
+        }))
     }
 }

@@ -6,9 +6,8 @@
 //! rename, so a crash never leaves a readable or half-written key.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,17 +67,7 @@ pub fn write_file(
     if !overwrite && path.exists() {
         return Err(CertError::Exists(path.to_path_buf()));
     }
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(contents).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
+    crate::durable::write_atomic(path, contents, mode).map_err(io_err(path))?;
     Ok(())
 }
 

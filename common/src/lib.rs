@@ -6,7 +6,9 @@
 pub mod authz;
 pub mod backoff;
 pub mod certs;
+pub mod clock;
 pub mod config;
+pub mod durable;
 pub mod identity;
 pub mod shutdown;
 pub mod systemd;

@@ -130,6 +130,8 @@ pub struct Holder {
     committed_seq: u64,
     required_seq: u64,
     gap_accepted: bool,
+    /// Start of the last round a quorum answered.
+    confirmed_at: Option<Duration>,
 }
 
 impl Holder {
@@ -157,7 +159,15 @@ impl Holder {
             committed_seq: 0,
             required_seq: 0,
             gap_accepted: false,
+            confirmed_at: None,
         }
+    }
+
+    /// When the last round that a quorum (of the current voter list)
+    /// answered was started, so a voter-list change can wait for a round
+    /// begun after it.
+    pub fn last_confirmed(&self) -> Option<Duration> {
+        self.confirmed_at
     }
 
     /// This process's identity.
@@ -459,6 +469,7 @@ impl Holder {
                     return Vec::new();
                 }
                 self.required_seq = self.required_seq.max(round.required_seq);
+                self.confirmed_at = Some(round.started);
                 self.gap_accepted = false;
                 let next_renew = round.started + self.timing.renew_interval;
                 self.state = State::Active {
@@ -483,6 +494,7 @@ impl Holder {
             ) if round.id == round_id && *epoch == e => {
                 if quorum_of(&self.voters, round) {
                     round.done = true;
+                    self.confirmed_at = Some(round.started);
                     *deadline = (*deadline).max(round.started + self.timing.holder_lease());
                 }
                 Vec::new()

@@ -172,6 +172,13 @@ impl Voter {
         }
     }
 
+    /// Starts a voter whose record was lost (amnesia): it may have granted
+    /// leases it no longer knows of, so it grants nothing to anyone for
+    /// `quarantine`.
+    pub fn boot_amnesiac(now: Duration, quarantine: Duration) -> Voter {
+        Voter { rec: FenceRecord::default(), grant: None, quarantine_until: now + quarantine }
+    }
+
     /// The record as it must be on disk once pending writes are done.
     pub fn record(&self) -> &FenceRecord {
         &self.rec
@@ -253,10 +260,20 @@ impl Voter {
                 if epoch < self.rec.promised {
                     return self.reject(RejectReason::StaleEpoch, Duration::ZERO);
                 }
-                if epoch != self.rec.promised || self.rec.holder.as_ref() != Some(&holder) {
+                let mut changed = false;
+                if epoch > self.rec.promised {
+                    // A voter that missed the Prepare (restarted, newly
+                    // added, or cut off at the time) joins the holder's
+                    // majority under the very rules of a Prepare.
+                    if let Some((reason, remaining)) = self.blocked_for(&holder, now) {
+                        return self.reject(reason, remaining);
+                    }
+                    self.rec.promised = epoch.clone();
+                    self.rec.holder = Some(holder.clone());
+                    changed = true;
+                } else if self.rec.holder.as_ref() != Some(&holder) {
                     return self.reject(RejectReason::NotHolder, Duration::ZERO);
                 }
-                let mut changed = false;
                 if committed_seq > self.rec.holder_committed_seq {
                     self.rec.holder_committed_seq = committed_seq;
                     changed = true;
@@ -424,6 +441,14 @@ mod tests {
         assert_eq!(
             reason(&v.handle(renew(1, "c1", 8, 43), secs(2))),
             Some(RejectReason::NotHolder)
+        );
+        // A renewal of a higher epoch is a promise, under the Prepare rules.
+        let mut late = Voter::boot(FenceRecord::default(), secs(0));
+        let r = late.handle(renew(1, "c1", 7, 42), secs(0));
+        assert_eq!(r.persist.unwrap().promised, e(1, "c1"));
+        assert_eq!(
+            reason(&late.handle(renew(2, "c2", 9, 0), secs(1))),
+            Some(RejectReason::GrantAlive)
         );
         let r = v.handle(prepare(2, "c2", 9), secs(30));
         assert_eq!(

@@ -4,6 +4,7 @@
 //! validate messages into, so nothing past the RPC boundary sees an unchecked
 //! message. Keep this crate slim: no I/O, no policy.
 
+pub mod lease;
 pub mod model;
 
 /// Generated protobuf and gRPC code for `dbfleet.v1`.

@@ -27,7 +27,7 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
-    fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         ProtocolError::Invalid {
             field,
             reason: reason.into(),
