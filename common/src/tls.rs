@@ -344,11 +344,13 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
-/// Dials `addr` with TLS and checks the server is a `expect`.
+/// Dials `addr` with TLS and checks the server is a `expect` (and, when
+/// `name` is given, exactly that one).
 pub async fn connect_tls(
     tls: &TlsContext,
     addr: &str,
     expect: Role,
+    name: Option<&str>,
 ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let host = match addr.rsplit_once(':') {
         Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
@@ -374,10 +376,14 @@ pub async fn connect_tls(
         })?;
     let id = Identity::from_cert_der(peer)
         .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))?;
-    if id.role != expect {
+    if id.role != expect || name.is_some_and(|n| n != id.name) {
+        let wanted = match name {
+            Some(n) => Identity::new(expect, n).to_string(),
+            None => format!("a {expect}"),
+        };
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            format!("{addr} presented identity {id}, expected a {expect}"),
+            format!("{addr} presented identity {id}, expected {wanted}"),
         ));
     }
     Ok(stream)
@@ -391,6 +397,27 @@ pub fn channel(
     expect: Role,
     connect_timeout: Duration,
 ) -> Channel {
+    channel_checked(tls, addr, expect, None, connect_timeout)
+}
+
+/// Like [`channel`], but the peer must be exactly `identity`: a voter or
+/// peer coordinator answering at the wrong address is refused.
+pub fn channel_to(
+    tls: Arc<TlsContext>,
+    addr: &str,
+    identity: &Identity,
+    connect_timeout: Duration,
+) -> Channel {
+    channel_checked(tls, addr, identity.role, Some(identity.name.clone()), connect_timeout)
+}
+
+fn channel_checked(
+    tls: Arc<TlsContext>,
+    addr: &str,
+    expect: Role,
+    name: Option<String>,
+    connect_timeout: Duration,
+) -> Channel {
     let target = addr.to_string();
     // The URI only sets :authority; the connector decides where to dial.
     let endpoint = Endpoint::from_shared(format!("http://{}", authority(addr)))
@@ -402,8 +429,12 @@ pub fn channel(
     endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri| {
         let tls = tls.clone();
         let target = target.clone();
+        let name = name.clone();
         async move {
-            let stream = tokio::time::timeout(connect_timeout, connect_tls(&tls, &target, expect))
+            let stream = tokio::time::timeout(
+                connect_timeout,
+                connect_tls(&tls, &target, expect, name.as_deref()),
+            )
                 .await
                 .map_err(|_| {
                     io::Error::new(

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use dbfleet_common::config::{ConfigError, load_toml};
 use dbfleet_common::tls::TlsPaths;
+use dbfleet_lease::{Timing, VoterSet};
 use dbfleet_proto::model::Name;
 use serde::Deserialize;
+
+use crate::store::VoterList;
 
 /// `dbfleet-coordinator --config FILE`.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,6 +33,107 @@ pub struct CoordinatorConfig {
     /// Topology rules.
     #[serde(default)]
     pub topology: TopologyConfig,
+    /// The lease and the peer coordinator.
+    pub lease: LeaseConfig,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP; omit to disable).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The coordinators' lease (reference §3.3, §3.9): timings, the voters it
+/// starts with, and the other coordinator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// `T`: a majority of grants keeps the active for this long.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// `r`: renewal interval (normally lease / 5).
+    #[serde(default = "default_renew", with = "humantime_serde")]
+    pub renew_interval: Duration,
+    /// `τ`: how long one round of lease requests may take.
+    #[serde(default = "default_rpc_timeout", with = "humantime_serde")]
+    pub rpc_timeout: Duration,
+    /// `ρ`: largest clock-rate error assumed, in parts per million.
+    #[serde(default = "default_drift")]
+    pub drift_ppm: u32,
+    /// `δ`: safety margin the active gives up at the end of its lease.
+    #[serde(default = "default_margin", with = "humantime_serde")]
+    pub margin: Duration,
+    /// The voter list used until one is committed to desired state:
+    /// `NAME@IP:PORT` of agents (or witnesses). Both coordinators must
+    /// start with the same list.
+    pub voters: Vec<String>,
+    /// The other coordinator, `ID@IP:PORT`.
+    pub peer: String,
+    /// The address the peer and operators are redirected to for this
+    /// coordinator (default: `listen`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// How long an operator write waits for the standby's acknowledgement
+    /// before the active carries on without it.
+    #[serde(default = "default_standby_ack", with = "humantime_serde")]
+    pub standby_ack_timeout: Duration,
+}
+
+/// `NAME@IP:PORT`, as voters and peers are written.
+pub fn parse_named_address(s: &str) -> Result<(String, String), String> {
+    let (name, addr) = s
+        .split_once('@')
+        .ok_or_else(|| format!("{s:?} is not NAME@IP:PORT"))?;
+    Name::parse(name)?;
+    addr.parse::<SocketAddr>()
+        .map_err(|_| format!("{addr:?} in {s:?} is not IP:PORT"))?;
+    Ok((name.to_string(), addr.to_string()))
+}
+
+impl LeaseConfig {
+    /// The lease timings.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            lease: self.lease,
+            renew_interval: self.renew_interval,
+            rpc_timeout: self.rpc_timeout,
+            drift_ppm: self.drift_ppm,
+            margin: self.margin,
+        }
+    }
+
+    /// The configured voters, parsed (validated by `load`).
+    pub fn voter_list(&self) -> VoterList {
+        let parsed: Vec<(String, String)> = self
+            .voters
+            .iter()
+            .map(|v| parse_named_address(v).expect("validated in CoordinatorConfig::load"))
+            .collect();
+        let set = VoterSet::new(parsed.iter().map(|(n, _)| (n.clone(), 1)).collect())
+            .expect("validated in CoordinatorConfig::load");
+        VoterList { set, addresses: parsed.into_iter().collect() }
+    }
+
+    /// The peer's id and address (validated by `load`).
+    pub fn peer(&self) -> (String, String) {
+        parse_named_address(&self.peer).expect("validated in CoordinatorConfig::load")
+    }
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_renew() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_rpc_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_drift() -> u32 {
+    10_000
+}
+fn default_margin() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_standby_ack() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// Thresholds for judging members.
@@ -88,6 +192,27 @@ impl CoordinatorConfig {
                 "must be at least 1".into(),
             ));
         }
+        c.lease
+            .timing()
+            .validate()
+            .map_err(|e| invalid("lease", format!("unsafe lease timings: {e}")))?;
+        if c.lease.voters.is_empty() {
+            return Err(invalid(
+                "lease.voters",
+                "list the voting agents as NAME@IP:PORT (three or more for fault tolerance)".into(),
+            ));
+        }
+        for (i, v) in c.lease.voters.iter().enumerate() {
+            parse_named_address(v).map_err(|r| invalid(&format!("lease.voters[{i}]"), r))?;
+        }
+        let (peer, _) =
+            parse_named_address(&c.lease.peer).map_err(|r| invalid("lease.peer", r))?;
+        if peer == c.id {
+            return Err(invalid(
+                "lease.peer",
+                "names this coordinator itself; name the other coordinator".into(),
+            ));
+        }
         if c.cert_reload_interval < Duration::from_secs(1) {
             return Err(invalid(
                 "cert_reload_interval",
@@ -107,5 +232,20 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/coordinator.toml");
         let c = CoordinatorConfig::load(&p).unwrap();
         assert_eq!(c.topology.agent_timeout, Duration::from_secs(5));
+        assert_eq!(c.lease.voter_list().set.voters.len(), 3);
+        assert_eq!(c.lease.peer().0, "c2");
+    }
+
+    #[test]
+    fn unsafe_lease_timings_refuse_to_start() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/coordinator.toml");
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("renew_interval = \"2s\"", "renew_interval = \"8s\"");
+        let d = tempfile::tempdir().unwrap();
+        let bad = d.path().join("c.toml");
+        std::fs::write(&bad, text).unwrap();
+        let e = CoordinatorConfig::load(&bad).unwrap_err().to_string();
+        assert!(e.contains("lease") && e.contains("shorten renew_interval"), "{e}");
     }
 }

@@ -4,7 +4,10 @@
 
 use dbfleet_common::config::ConfigError;
 use dbfleet_common::tls::TlsError;
+use dbfleet_proto::lease::ACTIVE_ADDRESS_METADATA;
 use dbfleet_proto::model::ProtocolError;
+
+use crate::ha::KnownActive;
 
 use crate::store::StoreError;
 
@@ -27,6 +30,9 @@ pub enum StartError {
         /// What the certificate says.
         actual: String,
     },
+    /// The lease cannot start (e.g. an invalid voter list).
+    #[error("lease: {0}")]
+    Lease(String),
     /// The store cannot be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -61,6 +67,32 @@ pub enum ServiceError {
     /// The coordinator is shutting down.
     #[error("coordinator is shutting down")]
     ShuttingDown,
+    /// A write reached a coordinator that is not the active one.
+    #[error("coordinator {id} is not the active coordinator{}", match active {
+        Some(a) => format!("; the active is {} at {}", a.id, a.address),
+        None => "; no active coordinator is known right now, retry shortly".to_string(),
+    })]
+    NotActive {
+        /// This coordinator.
+        id: String,
+        /// The active, when known.
+        active: Option<KnownActive>,
+    },
+    /// The active took over without the previous active's last changes.
+    #[error(
+        "this coordinator is active-degraded: it has desired state up to op {applied} but the previous \
+         active committed up to op {required}; bring the previous active back so it catches up, or run \
+         `dbfleet coordinators accept-gap` to accept losing those changes"
+    )]
+    Degraded {
+        /// Op-log end here.
+        applied: u64,
+        /// What the voters reported as committed.
+        required: u64,
+    },
+    /// A voter-list change cannot be made safely now.
+    #[error("voter change refused: {0}")]
+    VoterChange(String),
 }
 
 impl From<ServiceError> for tonic::Status {
@@ -73,6 +105,17 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::AgentStillReporting(_) => tonic::Status::failed_precondition(msg),
             ServiceError::UnknownAgent(_) => tonic::Status::not_found(msg),
             ServiceError::ShuttingDown => tonic::Status::unavailable(msg),
+            ServiceError::NotActive { active, .. } => {
+                let mut status = tonic::Status::failed_precondition(msg);
+                if let Some(v) = active
+                    .and_then(|a| tonic::metadata::MetadataValue::try_from(a.address).ok())
+                {
+                    status.metadata_mut().insert(ACTIVE_ADDRESS_METADATA, v);
+                }
+                status
+            }
+            ServiceError::Degraded { .. } => tonic::Status::failed_precondition(msg),
+            ServiceError::VoterChange(_) => tonic::Status::failed_precondition(msg),
         }
     }
 }

@@ -1,10 +1,14 @@
-//! The coordinator's picture of the fleet: registered agents and clusters
-//! (desired state, durable) next to each agent's latest report (observed
-//! state, memory only, rebuilt from reports after a restart).
+//! The coordinator's picture of the fleet: registered agents (local,
+//! durable), desired state (cluster records and the voter list, changed
+//! only through op-log ops), and each agent's latest report (observed
+//! state, memory only, rebuilt from reports after a restart or takeover).
 //!
-//! A registration or policy change is written to the store before the
-//! in-memory state changes and before anything is acknowledged, so a
-//! coordinator that dies right after an ack still has what it acked.
+//! Every change is written to the store before the in-memory state changes
+//! and before anything is acknowledged, so a coordinator that dies right
+//! after an ack still has what it acked. Desired state is changed only by
+//! the active ([`Fleet::commit_operator`], [`Fleet::remember_primaries`])
+//! or by replication from it ([`Fleet::apply_replicated`],
+//! [`Fleet::install_snapshot`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,8 +18,14 @@ use dbfleet_proto::model::{ClusterPolicyChange, MysqlObservation, Name, Report};
 use dbfleet_proto::pb;
 use tracing::info;
 
+use dbfleet_lease::Epoch;
+
 use crate::error::ServiceError;
-use crate::store::{AgentRecord, ClusterRecord, Store, StoreError};
+use crate::ha::Ha;
+use crate::store::{
+    AgentRecord, ClusterRecord, DesiredOp, DesiredSnapshot, DesiredWriter, OpEntry, Store,
+    StoreError, VoterList, apply_op,
+};
 use crate::topology::{self, ClusterInput, MemberInput};
 
 /// Thresholds the fleet is judged by.
@@ -46,6 +56,7 @@ struct FleetState {
 #[derive(Debug)]
 pub struct Fleet {
     store: Arc<dyn Store>,
+    ha: Arc<Ha>,
     rules: FleetRules,
     state: Mutex<FleetState>,
     /// Serializes changes of desired state (see [`Fleet::commit`]).
@@ -92,9 +103,46 @@ impl Drop for StreamGuard {
     }
 }
 
+/// Applies ops to the in-memory copy, exactly as the store applies them.
+struct MemoryWriter<'a> {
+    state: &'a mut FleetState,
+    voters: &'a mut Option<VoterList>,
+}
+
+impl DesiredWriter for MemoryWriter<'_> {
+    type Error = std::convert::Infallible;
+
+    fn get_cluster(&mut self, name: &str) -> Result<Option<ClusterRecord>, Self::Error> {
+        Ok(self.state.clusters.get(name).cloned())
+    }
+    fn put_cluster(&mut self, c: ClusterRecord) -> Result<(), Self::Error> {
+        self.state.clusters.insert(c.name.clone(), c);
+        Ok(())
+    }
+    fn forget_agent(&mut self, host: &str) -> Result<(), Self::Error> {
+        self.state.agents.remove(host);
+        Ok(())
+    }
+    fn put_voters(&mut self, v: &VoterList) -> Result<(), Self::Error> {
+        *self.voters = Some(v.clone());
+        Ok(())
+    }
+}
+
 impl Fleet {
-    /// Loads the registry from `store`.
-    pub fn load(store: Arc<dyn Store>, rules: FleetRules) -> Result<Fleet, StoreError> {
+    /// Loads the registry and desired state from `store`.
+    pub fn load(store: Arc<dyn Store>, ha: Arc<Ha>, rules: FleetRules) -> Result<Fleet, StoreError> {
+        let state = Self::read_state(store.as_ref())?;
+        Ok(Fleet {
+            store,
+            ha,
+            rules,
+            state: Mutex::new(state),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn read_state(store: &dyn Store) -> Result<FleetState, StoreError> {
         let stored = store.load()?;
         let mut state = FleetState::default();
         for record in stored.agents {
@@ -111,12 +159,91 @@ impl Fleet {
         for c in stored.clusters {
             state.clusters.insert(c.name.clone(), c);
         }
-        Ok(Fleet {
-            store,
-            rules,
-            state: Mutex::new(state),
-            writes: tokio::sync::Mutex::new(()),
+        Ok(state)
+    }
+
+    /// Applies a durable op to memory (voter lists go to the lease).
+    fn apply_in_memory(&self, op: &DesiredOp) {
+        let mut voters = None;
+        {
+            let mut st = self.lock();
+            let Ok(()) = apply_op(op, &mut MemoryWriter { state: &mut st, voters: &mut voters });
+        }
+        if let Some(v) = voters {
+            info!(version = v.set.version, voters = ?v.set.members(), "voter list changed");
+            self.ha.set_voters(v);
+        }
+        if let DesiredOp::ForgetAgent { host } = op {
+            info!(host, "agent forgotten");
+        }
+    }
+
+    /// Commits `op` under `epoch` while holding the write lock.
+    async fn commit_locked(&self, epoch: Epoch, op: DesiredOp) -> Result<u64, ServiceError> {
+        let entry = durable(&self.store, move |s| s.commit(&epoch, &op)).await?;
+        self.apply_in_memory(&entry.op);
+        self.ha.applied_to(entry.seq);
+        Ok(entry.seq)
+    }
+
+    /// Commits an operator's change: only on the active with complete
+    /// desired state; durable before it returns, and acknowledged by the
+    /// standby too while one is connected.
+    pub async fn commit_operator(self: &Arc<Self>, op: DesiredOp) -> Result<u64, ServiceError> {
+        let seq = self
+            .commit(move |f| async move {
+                let epoch = f.ha.write_epoch()?;
+                f.commit_locked(epoch, op).await
+            })
+            .await?;
+        self.ha.wait_standby(seq).await;
+        Ok(seq)
+    }
+
+    /// Applies the active's next op (standby, or an active-degraded
+    /// coordinator catching up).
+    pub async fn apply_replicated(self: &Arc<Self>, entry: OpEntry) -> Result<(), ServiceError> {
+        self.commit(move |f| async move {
+            let e = entry.clone();
+            durable(&f.store, move |s| s.apply(&e)).await?;
+            f.apply_in_memory(&entry.op);
+            f.ha.applied_to(entry.seq);
+            Ok(())
         })
+        .await
+    }
+
+    /// All desired state at one op-log position (for a standby too far
+    /// behind or diverged).
+    pub async fn snapshot(self: &Arc<Self>) -> Result<DesiredSnapshot, ServiceError> {
+        self.commit(|f| async move { durable(&f.store, |s| s.snapshot()).await }).await
+    }
+
+    /// Replaces desired state with the active's snapshot; our ops after
+    /// `keep_through` go to lost+found. Returns how many were set aside.
+    pub async fn install_snapshot(
+        self: &Arc<Self>,
+        snap: DesiredSnapshot,
+        keep_through: u64,
+    ) -> Result<u64, ServiceError> {
+        self.commit(move |f| async move {
+            let sn = snap.clone();
+            let set_aside = durable(&f.store, move |s| s.install_snapshot(&sn, keep_through)).await?;
+            let fresh = Self::read_state(f.store.as_ref())?;
+            {
+                let mut st = f.lock();
+                st.clusters = fresh.clusters;
+                for (host, a) in fresh.agents {
+                    st.agents.entry(host).or_insert(a);
+                }
+            }
+            if let Some(v) = snap.voters {
+                f.ha.set_voters(v);
+            }
+            f.ha.applied_to(snap.at.seq);
+            Ok(set_aside)
+        })
+        .await
     }
 
     fn lock(&self) -> MutexGuard<'_, FleetState> {
@@ -157,14 +284,13 @@ impl Fleet {
         .map_err(|_| ServiceError::ShuttingDown)?
     }
 
-    /// The registration a report calls for, if any (new or moved agent,
-    /// unknown cluster).
-    fn registration(&self, report: &Report) -> (Option<AgentRecord>, Option<ClusterRecord>) {
+    /// The registration a report calls for, if any (new or moved agent).
+    fn registration(&self, report: &Report) -> Option<AgentRecord> {
         let host = report.host.as_str();
         let cluster = report.cluster.as_str();
         let address = report.mysql_address.to_string();
         let st = self.lock();
-        let agent = match st.agents.get(host) {
+        match st.agents.get(host) {
             Some(e) if e.record.cluster == cluster && e.record.mysql_address == address => None,
             Some(e) => Some(AgentRecord {
                 cluster: cluster.to_string(),
@@ -177,13 +303,7 @@ impl Fleet {
                 registered_at_unix_ms: now_unix_ms(),
                 mysql_address: address,
             }),
-        };
-        let cluster_rec = (!st.clusters.contains_key(cluster)).then(|| ClusterRecord {
-            name: cluster.to_string(),
-            max_lag_seconds: None,
-            last_primary: None,
-        });
-        (agent, cluster_rec)
+        }
     }
 
     /// Accepts one validated report from the agent whose certificate name
@@ -200,36 +320,28 @@ impl Fleet {
                 claimed: report.host.to_string(),
             });
         }
-        if self.registration(&report) != (None, None) {
+        if self.registration(&report).is_some() {
             let r = report.clone();
             self.commit(move |f| async move {
-                let (agent, cluster) = f.registration(&r);
-                if let Some(c) = cluster {
-                    let stored = c.clone();
-                    durable(&f.store, move |s| s.put_cluster(&stored)).await?;
-                    f.lock().clusters.insert(c.name.clone(), c);
-                }
-                if let Some(a) = agent {
-                    let stored = a.clone();
-                    durable(&f.store, move |s| s.put_agent(&stored)).await?;
-                    info!(
-                        host = a.host,
-                        cluster = a.cluster,
-                        mysql_address = a.mysql_address,
-                        "agent registered"
-                    );
-                    let mut st = f.lock();
-                    let entry = st
-                        .agents
-                        .entry(a.host.clone())
-                        .or_insert_with(|| AgentEntry {
-                            record: a.clone(),
-                            last: None,
-                            last_replicating: None,
-                            streams: 0,
-                        });
-                    entry.record = a;
-                }
+                let Some(a) = f.registration(&r) else {
+                    return Ok(());
+                };
+                let stored = a.clone();
+                durable(&f.store, move |s| s.put_agent(&stored)).await?;
+                info!(
+                    host = a.host,
+                    cluster = a.cluster,
+                    mysql_address = a.mysql_address,
+                    "agent registered"
+                );
+                let mut st = f.lock();
+                let entry = st.agents.entry(a.host.clone()).or_insert_with(|| AgentEntry {
+                    record: a.clone(),
+                    last: None,
+                    last_replicating: None,
+                    streams: 0,
+                });
+                entry.record = a;
                 Ok(())
             })
             .await?;
@@ -323,65 +435,46 @@ impl Fleet {
             .collect()
     }
 
-    /// Stores a cluster policy, durably, then applies it.
+    /// Sets a cluster policy (an operator write on the active).
     pub async fn set_policy(
         self: &Arc<Self>,
         change: ClusterPolicyChange,
     ) -> Result<pb::ClusterPolicy, ServiceError> {
-        self.commit(move |f| async move {
-            let name = change.cluster.to_string();
-            let mut rec = f
-                .lock()
-                .clusters
-                .get(&name)
-                .cloned()
-                .unwrap_or(ClusterRecord {
-                    name: name.clone(),
-                    max_lag_seconds: None,
-                    last_primary: None,
-                });
-            rec.max_lag_seconds = Some(change.max_lag_seconds);
-            let stored = rec.clone();
-            durable(&f.store, move |s| s.put_cluster(&stored)).await?;
-            info!(
-                cluster = name,
-                max_lag_seconds = change.max_lag_seconds,
-                "cluster policy changed"
-            );
-            f.lock().clusters.insert(name.clone(), rec);
-            Ok(pb::ClusterPolicy {
-                cluster: name,
-                max_lag_seconds: change.max_lag_seconds,
-            })
+        let cluster = change.cluster.to_string();
+        self.commit_operator(DesiredOp::SetClusterPolicy {
+            cluster: cluster.clone(),
+            max_lag_seconds: change.max_lag_seconds,
         })
-        .await
+        .await?;
+        info!(cluster, max_lag_seconds = change.max_lag_seconds, "cluster policy changed");
+        Ok(pb::ClusterPolicy { cluster, max_lag_seconds: change.max_lag_seconds })
     }
 
-    /// Removes an agent that no longer reports.
+    /// Removes an agent that no longer reports (an operator write).
     pub async fn forget_agent(self: &Arc<Self>, host: &Name) -> Result<(), ServiceError> {
         let host = host.to_string();
-        self.commit(move |f| async move {
-            {
-                let st = f.lock();
-                let e = st
-                    .agents
-                    .get(&host)
-                    .ok_or_else(|| ServiceError::UnknownAgent(host.clone()))?;
-                let fresh = e
-                    .last
-                    .as_ref()
-                    .is_some_and(|(at, _)| at.elapsed() <= f.rules.agent_timeout);
-                if e.streams > 0 || fresh {
-                    return Err(ServiceError::AgentStillReporting(host));
+        let seq = self
+            .commit(move |f| async move {
+                let epoch = f.ha.write_epoch()?;
+                {
+                    let st = f.lock();
+                    let e = st
+                        .agents
+                        .get(&host)
+                        .ok_or_else(|| ServiceError::UnknownAgent(host.clone()))?;
+                    let fresh = e
+                        .last
+                        .as_ref()
+                        .is_some_and(|(at, _)| at.elapsed() <= f.rules.agent_timeout);
+                    if e.streams > 0 || fresh {
+                        return Err(ServiceError::AgentStillReporting(host));
+                    }
                 }
-            }
-            let h = host.clone();
-            durable(&f.store, move |s| s.remove_agent(&h)).await?;
-            f.lock().agents.remove(&host);
-            info!(host, "agent forgotten");
-            Ok(())
-        })
-        .await
+                f.commit_locked(epoch, DesiredOp::ForgetAgent { host }).await
+            })
+            .await?;
+        self.ha.wait_standby(seq).await;
+        Ok(())
     }
 
     /// Cluster records whose remembered primary differs from the one
@@ -393,33 +486,38 @@ impl Fleet {
             .into_iter()
             .filter(|v| !v.primary.is_empty())
             .filter_map(|v| {
-                let rec = st.clusters.get(&v.name)?;
+                let rec = st.clusters.get(&v.name).cloned().unwrap_or(ClusterRecord {
+                    name: v.name.clone(),
+                    max_lag_seconds: None,
+                    last_primary: None,
+                });
                 (rec.last_primary.as_deref() != Some(v.primary.as_str())).then(|| ClusterRecord {
                     last_primary: Some(v.primary.clone()),
-                    ..rec.clone()
+                    ..rec
                 })
             })
             .collect()
     }
 
-    /// Remembers each cluster's currently derived primary, durably, so a
-    /// restart still knows which member was the primary while it is down.
-    /// Runs every second: when nothing changed it takes no write lock.
+    /// Remembers each cluster's currently derived primary, durably and
+    /// replicated, so a restart or takeover still knows which member was
+    /// the primary while it is down. Only the active with complete desired
+    /// state does this (it is an automatic change). Runs every second:
+    /// when nothing changed it takes no write lock.
     pub async fn remember_primaries(self: &Arc<Self>) -> Result<(), ServiceError> {
-        if self.primary_changes().is_empty() {
+        if self.ha.automatic_epoch().is_none() || self.primary_changes().is_empty() {
             return Ok(());
         }
         self.commit(|f| async move {
             // Again under the write lock, against the latest records.
             for rec in f.primary_changes() {
-                let stored = rec.clone();
-                durable(&f.store, move |s| s.put_cluster(&stored)).await?;
-                info!(
-                    cluster = rec.name,
-                    primary = rec.last_primary.as_deref().unwrap_or(""),
-                    "primary observed"
-                );
-                f.lock().clusters.insert(rec.name.clone(), rec);
+                let Some(epoch) = f.ha.automatic_epoch() else {
+                    return Ok(());
+                };
+                let primary = rec.last_primary.clone().unwrap_or_default();
+                info!(cluster = rec.name, primary, "primary observed");
+                f.commit_locked(epoch, DesiredOp::RememberPrimary { cluster: rec.name, primary })
+                    .await?;
             }
             Ok(())
         })
@@ -430,8 +528,37 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::ha::KnownActive;
+    use crate::store::SledStore;
+    use dbfleet_common::clock::boottime;
+    use dbfleet_lease::{
+        FenceRecord, Holder, HolderAction, HolderId, Timing, Voter, VoterSet,
+    };
     use dbfleet_proto::model::{MysqlAddress, MysqlObservation};
+
+    /// HA state of a coordinator that holds the lease of a one-voter list.
+    fn active_ha() -> Arc<Ha> {
+        let set = VoterSet::new([("v1".to_string(), 1)].into_iter().collect()).unwrap();
+        let mut h = Holder::new(
+            HolderId { coordinator: "c1".into(), incarnation: 1 },
+            Timing::standard(),
+            set.clone(),
+            Epoch::zero(),
+            Duration::ZERO,
+        );
+        let mut v = Voter::boot(FenceRecord::default(), Duration::ZERO);
+        let now = boottime();
+        for a in h.tick(now) {
+            if let HolderAction::Broadcast { round, request, .. } = a {
+                let reply = v.handle(request, now).reply;
+                h.on_reply("v1", round, reply, now);
+            }
+        }
+        assert!(h.lease_valid(now));
+        let voters = VoterList { set, addresses: [("v1".to_string(), "127.0.0.1:1".to_string())].into_iter().collect() };
+        let peer = KnownActive { id: "c2".into(), address: "127.0.0.1:2".into() };
+        Arc::new(Ha::new(h, "127.0.0.1:3".into(), peer, voters, 0, 0, Duration::from_secs(1)))
+    }
 
     fn report(host: &str, cluster: &str) -> Report {
         Report {
@@ -452,6 +579,7 @@ mod tests {
         Arc::new(
             Fleet::load(
                 store,
+                active_ha(),
                 FleetRules {
                     agent_timeout: Duration::from_secs(5),
                     default_max_lag_seconds: 60,
@@ -463,7 +591,7 @@ mod tests {
 
     #[tokio::test]
     async fn registration_is_durable_and_identity_is_enforced() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
         let f = fleet(store.clone());
         let e = f
             .accept_report("db1", report("db2", "main"))
@@ -473,7 +601,7 @@ mod tests {
         f.accept_report("db1", report("db1", "main")).await.unwrap();
         let stored = store.load().unwrap();
         assert_eq!(stored.agents.len(), 1);
-        assert_eq!(stored.clusters[0].name, "main");
+        assert_eq!(stored.applied.seq, 0, "registrations are local, not desired state");
         // a reload knows the agent, without a report yet
         let f2 = fleet(store.clone());
         let v = f2.cluster_views(None);
@@ -489,7 +617,7 @@ mod tests {
     #[tokio::test]
     async fn the_observed_primary_survives_a_restart_while_its_server_is_down() {
         use dbfleet_proto::model::{Binlog, Flavor, GtidState, SemiSync, ServerState};
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
         let f = fleet(store.clone());
         let mut r = report("db1", "main");
         r.mysql = MysqlObservation::Reachable(Box::new(ServerState {
@@ -506,13 +634,14 @@ mod tests {
         }));
         f.accept_report("db1", r).await.unwrap();
         f.remember_primaries().await.unwrap();
+        assert_eq!(store.load().unwrap().applied.seq, 1, "remembered through the op-log");
         let restarted = fleet(store);
         assert_eq!(restarted.cluster_views(None)[0].primary, "db1");
     }
 
     #[tokio::test]
     async fn forget_refuses_a_reporting_agent() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
         let f = fleet(store.clone());
         f.accept_report("db1", report("db1", "main")).await.unwrap();
         let name = Name::parse("db1").unwrap();

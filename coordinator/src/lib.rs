@@ -8,6 +8,8 @@
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod ha;
+pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod topology;
@@ -19,8 +21,12 @@ use dbfleet_common::authz::AuthorizeLayer;
 use dbfleet_common::identity::{Identity, Role};
 use dbfleet_common::tls::{TlsContext, tls_incoming};
 use dbfleet_common::{shutdown, systemd};
+use dbfleet_common::clock::boottime;
+use dbfleet_lease::{HolderId, Holder};
 use dbfleet_proto::pb::admin_service_server::AdminServiceServer;
+use dbfleet_proto::pb::peer_service_server::PeerServiceServer;
 use dbfleet_proto::pb::report_service_server::ReportServiceServer;
+use rand::Rng;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -28,6 +34,9 @@ use tracing::{info, warn};
 use crate::config::CoordinatorConfig;
 use crate::error::StartError;
 use crate::fleet::{Fleet, FleetRules};
+use crate::ha::replication::PeerApi;
+use crate::ha::voters::VoterClients;
+use crate::ha::{Ha, KnownActive};
 use crate::service::admin::AdminApi;
 use crate::service::report::ReportApi;
 use crate::store::{SledStore, Store};
@@ -50,10 +59,11 @@ pub fn check(config: &CoordinatorConfig) -> Result<Arc<TlsContext>, StartError> 
 }
 
 /// Runs the coordinator until `shutdown` is cancelled, then stops within
-/// the configured deadline.
+/// the configured deadline (releasing the lease first if it holds it).
 pub async fn run(
     config: CoordinatorConfig,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let tls = check(&config)?;
@@ -63,23 +73,77 @@ pub async fn run(
             .await
             .map_err(|e| StartError::Serve(e.to_string()))??,
     );
+    let stored = {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.load())
+            .await
+            .map_err(|e| StartError::Serve(e.to_string()))??
+    };
+    let voters = stored.voters.clone().unwrap_or_else(|| config.lease.voter_list());
+    let incarnation = rand::rng().random::<u64>();
+    let holder = Holder::new(
+        HolderId { coordinator: config.id.clone(), incarnation },
+        config.lease.timing(),
+        voters.set.clone(),
+        stored.max_seen.clone(),
+        boottime(),
+    );
+    let (peer_id, peer_address) = config.lease.peer();
+    let address = config.lease.advertise.clone().unwrap_or_else(|| config.listen.to_string());
+    let ha = Arc::new(Ha::new(
+        holder,
+        address,
+        KnownActive { id: peer_id, address: peer_address },
+        voters,
+        stored.applied.seq,
+        stored.lost_found,
+        config.lease.standby_ack_timeout,
+    ));
+    ha.applied_to(stored.applied.seq);
     let fleet = Arc::new(Fleet::load(
-        store,
+        store.clone(),
+        ha.clone(),
         FleetRules {
             agent_timeout: config.topology.agent_timeout,
             default_max_lag_seconds: config.topology.default_max_lag_seconds,
         },
     )?);
+    info!(id = config.id, incarnation = format!("{incarnation:016x}"), applied = stored.applied.seq,
+        max_seen = %stored.max_seen, "coordinator starting as standby");
     tls.spawn_reloader(config.cert_reload_interval, shutdown.clone());
     spawn_primary_observer(fleet.clone(), shutdown.clone());
+    let clients = Arc::new(VoterClients::new(tls.clone(), config.lease.rpc_timeout));
+    // The lease stops after the server (so in-flight writes finish under a
+    // valid lease) and releases the lease on the way out.
+    let lease_cancel = CancellationToken::new();
+    let lease = tokio::spawn(ha::driver::run(ha.clone(), clients.clone(), store.clone(), lease_cancel.clone()));
+    tokio::spawn(ha::replication::follow(
+        ha.clone(),
+        fleet.clone(),
+        store.clone(),
+        tls.clone(),
+        config.lease.rpc_timeout * 3,
+        shutdown.clone(),
+    ));
+    if let Some(l) = metrics_listener {
+        tokio::spawn(metrics::serve(l, ha.clone(), shutdown.clone()));
+    }
 
     let report = ReportApi {
         fleet: fleet.clone(),
         coordinator_id: config.id.clone(),
         cancel: shutdown.clone(),
     };
+    let peer = PeerApi {
+        ha: ha.clone(),
+        fleet: fleet.clone(),
+        store: store.clone(),
+        heartbeat: config.lease.renew_interval,
+    };
     let admin = AdminApi {
         fleet,
+        ha,
+        clients,
         coordinator_id: config.id.clone(),
     };
     let addr = listener.local_addr().ok();
@@ -90,6 +154,7 @@ pub async fn run(
         .layer(AuthorizeLayer::new(service::policy))
         .add_service(ReportServiceServer::new(report))
         .add_service(AdminServiceServer::new(admin))
+        .add_service(PeerServiceServer::new(peer))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let mut server = tokio::spawn(server);
     info!(id = config.id, ?addr, "coordinator serving");
@@ -112,6 +177,10 @@ pub async fn run(
     if !shutdown::within(config.shutdown_timeout, "gRPC server", &mut server).await {
         server.abort();
         warn!("connections cut at the shutdown deadline");
+    }
+    lease_cancel.cancel();
+    if !shutdown::within(config.lease.rpc_timeout * 2, "lease release", lease).await {
+        warn!("lease release did not finish; the standby waits the lease out");
     }
     info!("coordinator stopped");
     Ok(())

@@ -56,9 +56,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
     rt.block_on(async {
         let listener = bind(config.listen).await?;
+        let metrics = match config.metrics_listen {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         dbfleet_common::shutdown::cancel_on_signals(shutdown.clone());
-        dbfleet_coordinator::run(config, listener, shutdown).await?;
+        dbfleet_coordinator::run(config, listener, metrics, shutdown).await?;
         Ok(())
     })
 }

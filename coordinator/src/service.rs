@@ -12,12 +12,15 @@ pub fn policy(path: &str) -> Option<&'static [Role]> {
     const READERS: &[Role] = &[Role::Operator, Role::Viewer, Role::Coordinator];
     match path {
         "/dbfleet.v1.ReportService/StreamReports" => Some(&[Role::Agent]),
-        "/dbfleet.v1.AdminService/ListClusters" | "/dbfleet.v1.AdminService/ListAgents" => {
-            Some(READERS)
-        }
-        "/dbfleet.v1.AdminService/SetClusterPolicy" | "/dbfleet.v1.AdminService/ForgetAgent" => {
-            Some(&[Role::Operator])
-        }
+        "/dbfleet.v1.AdminService/ListClusters"
+        | "/dbfleet.v1.AdminService/ListAgents"
+        | "/dbfleet.v1.AdminService/GetCoordinatorStatus"
+        | "/dbfleet.v1.AdminService/ListVoters" => Some(READERS),
+        "/dbfleet.v1.AdminService/SetClusterPolicy"
+        | "/dbfleet.v1.AdminService/ForgetAgent"
+        | "/dbfleet.v1.AdminService/SetVoters"
+        | "/dbfleet.v1.AdminService/AcceptOplogGap" => Some(&[Role::Operator]),
+        "/dbfleet.v1.PeerService/Replicate" => Some(&[Role::Coordinator]),
         _ => None,
     }
 }

@@ -1,16 +1,24 @@
-//! Durable desired state behind a small trait, so the engine (sled 0.34
-//! today) can be replaced without touching the coordinator.
+//! Durable state of the coordinator behind a small trait, so the engine
+//! (sled 0.34 today) can be replaced without touching the rest.
 //!
-//! Every write is durable when the call returns (sled: insert, then
-//! `flush`), because callers acknowledge to agents and operators right
-//! after. The calls block; async callers run them on the blocking pool.
+//! Two kinds of state live here:
+//! - *desired state* (cluster policies and remembered primaries, the voter
+//!   list), changed only by ops: each op is one transaction that updates
+//!   the desired records and appends to the op-log, flushed before the
+//!   call returns. The active commits ops; the standby applies the active's
+//!   ops in order (or installs a snapshot), so both hold the same state.
+//! - the *agent registry*, built by each coordinator from the reports it
+//!   receives, and not replicated (both receive every report).
+//!
+//! The calls block; async callers run them on the blocking pool.
 
+use std::collections::BTreeMap;
+
+use dbfleet_lease::{Epoch, VoterSet};
 use serde::{Deserialize, Serialize};
 
-pub(crate) mod memory;
 pub(crate) mod sled;
 
-pub use self::memory::MemoryStore;
 pub use self::sled::SledStore;
 
 /// An agent the coordinator has accepted a report from.
@@ -35,18 +43,99 @@ pub struct ClusterRecord {
     #[serde(default)]
     pub max_lag_seconds: Option<u64>,
     /// The last primary observed, so a primary whose mysqld is down is
-    /// still known as the primary after a coordinator restart.
+    /// still known as the primary after a coordinator restart or takeover.
     #[serde(default)]
     pub last_primary: Option<String>,
+}
+
+impl ClusterRecord {
+    fn empty(name: &str) -> ClusterRecord {
+        ClusterRecord { name: name.to_string(), max_lag_seconds: None, last_primary: None }
+    }
+}
+
+/// The voters of the coordinators' lease and where to reach them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoterList {
+    /// Names, weights, version, joint configuration.
+    pub set: VoterSet,
+    /// Voter name → `IP:PORT` of its agent (or witness).
+    pub addresses: BTreeMap<String, String>,
+}
+
+/// One change of desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DesiredOp {
+    /// An operator set a cluster's lag threshold.
+    SetClusterPolicy {
+        /// Cluster.
+        cluster: String,
+        /// Threshold.
+        max_lag_seconds: u64,
+    },
+    /// The active observed a cluster's primary.
+    RememberPrimary {
+        /// Cluster.
+        cluster: String,
+        /// Primary host.
+        primary: String,
+    },
+    /// An operator removed a decommissioned agent.
+    ForgetAgent {
+        /// Host.
+        host: String,
+    },
+    /// The voter list changed (one phase of a joint change).
+    SetVoters(VoterList),
+}
+
+/// An op with its place in the op-log and the epoch it was committed under;
+/// `(seq, epoch)` identifies it, since one epoch has one writer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpEntry {
+    /// Position, from 1, without gaps.
+    pub seq: u64,
+    /// Epoch of the active that committed it.
+    pub epoch: Epoch,
+    /// The change.
+    pub op: DesiredOp,
+}
+
+/// Where an op-log ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpPosition {
+    /// Last sequence (0: none).
+    pub seq: u64,
+    /// Its epoch.
+    pub epoch: Epoch,
+}
+
+/// All desired state at one op-log position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredSnapshot {
+    /// The position it reflects.
+    pub at: OpPosition,
+    /// Cluster records.
+    pub clusters: Vec<ClusterRecord>,
+    /// The voter list, once one was committed.
+    pub voters: Option<VoterList>,
 }
 
 /// Everything loaded at start-up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredState {
-    /// Registered agents.
+    /// Registered agents (local).
     pub agents: Vec<AgentRecord>,
-    /// Known clusters.
+    /// Cluster records (desired).
     pub clusters: Vec<ClusterRecord>,
+    /// The voter list (desired), once one was committed.
+    pub voters: Option<VoterList>,
+    /// The last op applied.
+    pub applied: OpPosition,
+    /// Highest epoch this coordinator has seen.
+    pub max_seen: Epoch,
+    /// Ops set aside after a divergence.
+    pub lost_found: u64,
 }
 
 /// Why the store failed; every variant means "not durable".
@@ -63,48 +152,73 @@ pub enum StoreError {
         /// The decoder's message.
         reason: String,
     },
+    /// A replicated op does not follow the last applied one.
+    #[error("store: op {got} does not follow the applied op {applied}")]
+    OutOfOrder {
+        /// Last applied sequence.
+        applied: u64,
+        /// Sequence received.
+        got: u64,
+    },
 }
 
-/// Durable storage of the coordinator's desired state.
+/// Durable storage of the coordinator's state.
 pub trait Store: Send + Sync + 'static {
-    /// Reads everything (start-up).
+    /// Reads everything (start-up, and after a snapshot was installed).
     fn load(&self) -> Result<StoredState, StoreError>;
-    /// Inserts or replaces an agent; durable on return.
+    /// Inserts or replaces an agent in the local registry; durable on return.
     fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError>;
-    /// Removes an agent; returns whether it existed; durable on return.
-    fn remove_agent(&self, host: &str) -> Result<bool, StoreError>;
-    /// Inserts or replaces a cluster; durable on return.
-    fn put_cluster(&self, cluster: &ClusterRecord) -> Result<(), StoreError>;
+    /// Commits `op` as the next op-log entry under `epoch` (active only);
+    /// durable on return.
+    fn commit(&self, epoch: &Epoch, op: &DesiredOp) -> Result<OpEntry, StoreError>;
+    /// Applies the active's next op (standby); durable on return.
+    fn apply(&self, entry: &OpEntry) -> Result<(), StoreError>;
+    /// Up to `limit` ops after `seq`, in order.
+    fn ops_after(&self, seq: u64, limit: usize) -> Result<Vec<OpEntry>, StoreError>;
+    /// The epoch of op `seq`, if this op-log holds it.
+    fn epoch_at(&self, seq: u64) -> Result<Option<Epoch>, StoreError>;
+    /// The last `n` op positions, oldest first.
+    fn tail(&self, n: usize) -> Result<Vec<OpPosition>, StoreError>;
+    /// All desired state at the current position.
+    fn snapshot(&self) -> Result<DesiredSnapshot, StoreError>;
+    /// Replaces all desired state with `snap` (standby). Ops above
+    /// `keep_through` are moved to lost+found first; a crash midway leaves
+    /// a store that asks for a new snapshot.
+    fn install_snapshot(&self, snap: &DesiredSnapshot, keep_through: u64) -> Result<u64, StoreError>;
+    /// Records the highest epoch seen (so a restart asks above it).
+    fn save_max_seen(&self, epoch: &Epoch) -> Result<(), StoreError>;
+    /// The ops set aside after divergences, oldest first.
+    fn lost_found(&self) -> Result<Vec<OpEntry>, StoreError>;
 }
 
-#[cfg(test)]
-pub(crate) mod conformance {
-    //! One suite both implementations must pass.
-    use super::*;
+/// Where an op is applied: the sled transaction, or the in-memory copy.
+pub(crate) trait DesiredWriter {
+    /// The writer's error.
+    type Error;
+    /// A cluster's record.
+    fn get_cluster(&mut self, name: &str) -> Result<Option<ClusterRecord>, Self::Error>;
+    /// Replaces a cluster's record.
+    fn put_cluster(&mut self, c: ClusterRecord) -> Result<(), Self::Error>;
+    /// Removes an agent from the registry.
+    fn forget_agent(&mut self, host: &str) -> Result<(), Self::Error>;
+    /// Replaces the voter list.
+    fn put_voters(&mut self, v: &VoterList) -> Result<(), Self::Error>;
+}
 
-    pub(crate) fn run(store: &dyn Store) {
-        assert_eq!(store.load().unwrap(), StoredState::default());
-        let a = AgentRecord {
-            host: "db1".into(),
-            cluster: "main".into(),
-            registered_at_unix_ms: 5,
-            mysql_address: "127.0.0.1:3306".into(),
-        };
-        store.put_agent(&a).unwrap();
-        let mut b = a.clone();
-        b.host = "db2".into();
-        store.put_agent(&b).unwrap();
-        let c = ClusterRecord {
-            name: "main".into(),
-            max_lag_seconds: Some(9),
-            last_primary: Some("db1".into()),
-        };
-        store.put_cluster(&c).unwrap();
-        let s = store.load().unwrap();
-        assert_eq!(s.agents, vec![a.clone(), b.clone()]);
-        assert_eq!(s.clusters, vec![c]);
-        assert!(store.remove_agent("db2").unwrap());
-        assert!(!store.remove_agent("db2").unwrap());
-        assert_eq!(store.load().unwrap().agents, vec![a]);
+/// The one definition of what every op does.
+pub(crate) fn apply_op<W: DesiredWriter>(op: &DesiredOp, w: &mut W) -> Result<(), W::Error> {
+    match op {
+        DesiredOp::SetClusterPolicy { cluster, max_lag_seconds } => {
+            let mut c = w.get_cluster(cluster)?.unwrap_or_else(|| ClusterRecord::empty(cluster));
+            c.max_lag_seconds = Some(*max_lag_seconds);
+            w.put_cluster(c)
+        }
+        DesiredOp::RememberPrimary { cluster, primary } => {
+            let mut c = w.get_cluster(cluster)?.unwrap_or_else(|| ClusterRecord::empty(cluster));
+            c.last_primary = Some(primary.clone());
+            w.put_cluster(c)
+        }
+        DesiredOp::ForgetAgent { host } => w.forget_agent(host),
+        DesiredOp::SetVoters(v) => w.put_voters(v),
     }
 }

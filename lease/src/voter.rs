@@ -176,7 +176,11 @@ impl Voter {
     /// leases it no longer knows of, so it grants nothing to anyone for
     /// `quarantine`.
     pub fn boot_amnesiac(now: Duration, quarantine: Duration) -> Voter {
-        Voter { rec: FenceRecord::default(), grant: None, quarantine_until: now + quarantine }
+        Voter {
+            rec: FenceRecord::default(),
+            grant: None,
+            quarantine_until: now + quarantine,
+        }
     }
 
     /// The record as it must be on disk once pending writes are done.

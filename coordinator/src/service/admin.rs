@@ -7,13 +7,20 @@ use dbfleet_proto::pb;
 use dbfleet_proto::pb::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
+use dbfleet_lease::Role;
+use tracing::warn;
+
 use crate::error::ServiceError;
 use crate::fleet::Fleet;
+use crate::ha::voters::{self, VoterClients};
+use crate::ha::Ha;
 
 /// The admin API.
 #[derive(Debug, Clone)]
 pub(crate) struct AdminApi {
     pub(crate) fleet: Arc<Fleet>,
+    pub(crate) ha: Arc<Ha>,
+    pub(crate) clients: Arc<VoterClients>,
     pub(crate) coordinator_id: String,
 }
 
@@ -55,5 +62,43 @@ impl AdminService for AdminApi {
         let host = model::forget_agent_host(request.get_ref()).map_err(ServiceError::from)?;
         self.fleet.forget_agent(&host).await?;
         Ok(Response::new(pb::ForgetAgentResponse { forgotten: true }))
+    }
+
+    async fn get_coordinator_status(
+        &self,
+        _request: Request<pb::GetCoordinatorStatusRequest>,
+    ) -> Result<Response<pb::CoordinatorStatus>, Status> {
+        Ok(Response::new(self.ha.status()))
+    }
+
+    async fn list_voters(
+        &self,
+        _request: Request<pb::ListVotersRequest>,
+    ) -> Result<Response<pb::ListVotersResponse>, Status> {
+        Ok(Response::new(voters::list(&self.ha, &self.clients).await))
+    }
+
+    async fn set_voters(
+        &self,
+        request: Request<pb::SetVotersRequest>,
+    ) -> Result<Response<pb::ListVotersResponse>, Status> {
+        let next = dbfleet_proto::lease::voter_specs(request.get_ref()).map_err(ServiceError::from)?;
+        Ok(Response::new(voters::change(&self.ha, &self.fleet, &self.clients, next).await?))
+    }
+
+    async fn accept_oplog_gap(
+        &self,
+        _request: Request<pb::AcceptOplogGapRequest>,
+    ) -> Result<Response<pb::CoordinatorStatus>, Status> {
+        match self.ha.role() {
+            Role::ActiveDegraded => {
+                let required = self.ha.holder().required_seq();
+                warn!(applied = self.ha.applied(), required, "operator accepted losing the previous active's last desired-state changes");
+                self.ha.holder().accept_gap();
+            }
+            Role::Active => {}
+            Role::Standby | Role::Candidate => return Err(Status::from(self.ha.not_active())),
+        }
+        Ok(Response::new(self.ha.status()))
     }
 }

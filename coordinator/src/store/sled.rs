@@ -1,26 +1,106 @@
-//! [`Store`] on sled 0.34: one tree per record kind, JSON values, a flush
-//! after every write (sled's own background flush runs only every 500 ms).
+//! [`Store`] on sled 0.34. Trees: `agents` (local registry), `desired`
+//! (`cluster/NAME`, `voters`), `oplog` (big-endian seq → [`OpEntry`]),
+//! `meta` (applied position, max seen epoch, snapshot marker) and
+//! `lost_found`. Values are JSON. Every write is flushed before returning
+//! (sled's own background flush runs only every 500 ms).
 
 use std::path::Path;
 
+use dbfleet_lease::Epoch;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::{AgentRecord, ClusterRecord, Store, StoreError, StoredState};
+use super::{
+    AgentRecord, ClusterRecord, DesiredOp, DesiredSnapshot, DesiredWriter, OpEntry, OpPosition,
+    Store, StoreError, StoredState, VoterList, apply_op,
+};
 
-const AGENTS: &str = "agents";
-const CLUSTERS: &str = "clusters";
+const APPLIED: &[u8] = b"applied";
+const MAX_SEEN: &[u8] = b"max_seen";
+const SNAPSHOT_MARKER: &[u8] = b"snapshot_in_progress";
+const VOTERS: &[u8] = b"voters";
+const CLUSTER_PREFIX: &str = "cluster/";
 
 /// The coordinator's sled database.
 #[derive(Debug)]
 pub struct SledStore {
     db: sled::Db,
     agents: sled::Tree,
-    clusters: sled::Tree,
+    desired: sled::Tree,
+    oplog: sled::Tree,
+    meta: sled::Tree,
+    lost_found: sled::Tree,
 }
 
-fn engine(e: sled::Error) -> StoreError {
+fn engine(e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records always encode")
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Decode {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn scan<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv.map_err(engine)?;
+            decode(&k, &v)
+        })
+        .collect()
+}
+
+fn cluster_key(name: &str) -> Vec<u8> {
+    format!("{CLUSTER_PREFIX}{name}").into_bytes()
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn tx_get<T: DeserializeOwned>(t: &TransactionalTree, key: &[u8]) -> TxResult<Option<T>> {
+    match t.get(key)? {
+        Some(v) => decode(key, &v).map(Some).map_err(ConflictableTransactionError::Abort),
+        None => Ok(None),
+    }
+}
+
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => engine(e),
+    }
+}
+
+struct TxWriter<'a> {
+    desired: &'a TransactionalTree,
+    agents: &'a TransactionalTree,
+}
+
+impl DesiredWriter for TxWriter<'_> {
+    type Error = ConflictableTransactionError<StoreError>;
+
+    fn get_cluster(&mut self, name: &str) -> TxResult<Option<ClusterRecord>> {
+        tx_get(self.desired, &cluster_key(name))
+    }
+    fn put_cluster(&mut self, c: ClusterRecord) -> TxResult<()> {
+        self.desired.insert(cluster_key(&c.name), encode(&c))?;
+        Ok(())
+    }
+    fn forget_agent(&mut self, host: &str) -> TxResult<()> {
+        self.agents.remove(host.as_bytes())?;
+        Ok(())
+    }
+    fn put_voters(&mut self, v: &VoterList) -> TxResult<()> {
+        self.desired.insert(VOTERS, encode(v))?;
+        Ok(())
+    }
 }
 
 impl SledStore {
@@ -31,59 +111,181 @@ impl SledStore {
             .path(dir)
             .open()
             .map_err(|e| StoreError::Engine(format!("cannot open {}: {e}", dir.display())))?;
-        let agents = db.open_tree(AGENTS).map_err(engine)?;
-        let clusters = db.open_tree(CLUSTERS).map_err(engine)?;
+        Self::from_db(db)
+    }
+
+    /// A store that lives only as long as the value (tests).
+    pub fn temporary() -> Result<SledStore, StoreError> {
+        Self::from_db(sled::Config::new().temporary(true).open().map_err(engine)?)
+    }
+
+    fn from_db(db: sled::Db) -> Result<SledStore, StoreError> {
         Ok(SledStore {
+            agents: db.open_tree("agents").map_err(engine)?,
+            desired: db.open_tree("desired").map_err(engine)?,
+            oplog: db.open_tree("oplog").map_err(engine)?,
+            meta: db.open_tree("meta").map_err(engine)?,
+            lost_found: db.open_tree("lost_found").map_err(engine)?,
             db,
-            agents,
-            clusters,
         })
     }
 
-    fn put<T: Serialize>(&self, tree: &sled::Tree, key: &str, v: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(v).map_err(|e| StoreError::Engine(e.to_string()))?;
-        tree.insert(key.as_bytes(), bytes).map_err(engine)?;
+    fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(engine)?;
         Ok(())
     }
-}
 
-fn scan<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
-    tree.iter()
-        .map(|kv| {
-            let (k, v) = kv.map_err(engine)?;
-            serde_json::from_slice(&v).map_err(|e| StoreError::Decode {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                reason: e.to_string(),
+    fn applied(&self) -> Result<OpPosition, StoreError> {
+        if self.meta.contains_key(SNAPSHOT_MARKER).map_err(engine)? {
+            // A snapshot install was cut short: claim nothing, so the
+            // active sends a new snapshot.
+            return Ok(OpPosition::default());
+        }
+        match self.meta.get(APPLIED).map_err(engine)? {
+            Some(v) => decode(APPLIED, &v),
+            None => Ok(OpPosition::default()),
+        }
+    }
+
+    /// One transaction: apply `entry.op` to desired state, append it to the
+    /// op-log, and advance the applied position.
+    fn append(&self, entry: &OpEntry, expect_prev: u64) -> Result<(), StoreError> {
+        (&self.desired, &self.oplog, &self.meta, &self.agents)
+            .transaction(|(desired, oplog, meta, agents)| {
+                let applied: OpPosition = tx_get(meta, APPLIED)?.unwrap_or_default();
+                if applied.seq != expect_prev || entry.seq != applied.seq + 1 {
+                    return Err(ConflictableTransactionError::Abort(StoreError::OutOfOrder {
+                        applied: applied.seq,
+                        got: entry.seq,
+                    }));
+                }
+                apply_op(&entry.op, &mut TxWriter { desired, agents })?;
+                oplog.insert(&entry.seq.to_be_bytes(), encode(entry))?;
+                let pos = OpPosition { seq: entry.seq, epoch: entry.epoch.clone() };
+                meta.insert(APPLIED, encode(&pos))?;
+                Ok(())
             })
-        })
-        .collect()
+            .map_err(tx_error)?;
+        self.flush()
+    }
 }
 
 impl Store for SledStore {
     fn load(&self) -> Result<StoredState, StoreError> {
+        let mut clusters = Vec::new();
+        for kv in self.desired.scan_prefix(CLUSTER_PREFIX.as_bytes()) {
+            let (k, v) = kv.map_err(engine)?;
+            clusters.push(decode(&k, &v)?);
+        }
+        let voters = match self.desired.get(VOTERS).map_err(engine)? {
+            Some(v) => Some(decode(VOTERS, &v)?),
+            None => None,
+        };
+        let max_seen = match self.meta.get(MAX_SEEN).map_err(engine)? {
+            Some(v) => decode(MAX_SEEN, &v)?,
+            None => Epoch::zero(),
+        };
         Ok(StoredState {
             agents: scan(&self.agents)?,
-            clusters: scan(&self.clusters)?,
+            clusters,
+            voters,
+            applied: self.applied()?,
+            max_seen,
+            lost_found: self.lost_found.len() as u64,
         })
     }
 
     fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
-        self.put(&self.agents, &agent.host, agent)
+        self.agents.insert(agent.host.as_bytes(), encode(agent)).map_err(engine)?;
+        self.flush()
     }
 
-    fn remove_agent(&self, host: &str) -> Result<bool, StoreError> {
-        let existed = self
-            .agents
-            .remove(host.as_bytes())
-            .map_err(engine)?
-            .is_some();
-        self.db.flush().map_err(engine)?;
-        Ok(existed)
+    fn commit(&self, epoch: &Epoch, op: &DesiredOp) -> Result<OpEntry, StoreError> {
+        let applied = self.applied()?;
+        let entry = OpEntry { seq: applied.seq + 1, epoch: epoch.clone(), op: op.clone() };
+        self.append(&entry, applied.seq)?;
+        Ok(entry)
     }
 
-    fn put_cluster(&self, cluster: &ClusterRecord) -> Result<(), StoreError> {
-        self.put(&self.clusters, &cluster.name, cluster)
+    fn apply(&self, entry: &OpEntry) -> Result<(), StoreError> {
+        self.append(entry, entry.seq.saturating_sub(1))
+    }
+
+    fn ops_after(&self, seq: u64, limit: usize) -> Result<Vec<OpEntry>, StoreError> {
+        self.oplog
+            .range((seq + 1).to_be_bytes()..)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(engine)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn epoch_at(&self, seq: u64) -> Result<Option<Epoch>, StoreError> {
+        match self.oplog.get(seq.to_be_bytes()).map_err(engine)? {
+            Some(v) => decode::<OpEntry>(&seq.to_be_bytes(), &v).map(|e| Some(e.epoch)),
+            None => Ok(None),
+        }
+    }
+
+    fn tail(&self, n: usize) -> Result<Vec<OpPosition>, StoreError> {
+        if self.applied()?.seq == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<OpPosition> = self
+            .oplog
+            .iter()
+            .rev()
+            .take(n)
+            .map(|kv| {
+                let (k, v) = kv.map_err(engine)?;
+                let e: OpEntry = decode(&k, &v)?;
+                Ok(OpPosition { seq: e.seq, epoch: e.epoch })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    fn snapshot(&self) -> Result<DesiredSnapshot, StoreError> {
+        // The active is the single writer and commits under its write lock,
+        // which the caller holds, so this reads one consistent point.
+        let s = self.load()?;
+        Ok(DesiredSnapshot { at: s.applied, clusters: s.clusters, voters: s.voters })
+    }
+
+    fn install_snapshot(&self, snap: &DesiredSnapshot, keep_through: u64) -> Result<u64, StoreError> {
+        self.meta.insert(SNAPSHOT_MARKER, b"1".to_vec()).map_err(engine)?;
+        self.flush()?;
+        let mut set_aside = 0;
+        for kv in self.oplog.range((keep_through + 1).to_be_bytes()..) {
+            let (k, v) = kv.map_err(engine)?;
+            self.lost_found.insert(k, v).map_err(engine)?;
+            set_aside += 1;
+        }
+        self.oplog.clear().map_err(engine)?;
+        self.desired.clear().map_err(engine)?;
+        for c in &snap.clusters {
+            self.desired.insert(cluster_key(&c.name), encode(c)).map_err(engine)?;
+        }
+        if let Some(v) = &snap.voters {
+            self.desired.insert(VOTERS, encode(v)).map_err(engine)?;
+        }
+        self.meta.insert(APPLIED, encode(&snap.at)).map_err(engine)?;
+        self.flush()?;
+        self.meta.remove(SNAPSHOT_MARKER).map_err(engine)?;
+        self.flush()?;
+        Ok(set_aside)
+    }
+
+    fn save_max_seen(&self, epoch: &Epoch) -> Result<(), StoreError> {
+        self.meta.insert(MAX_SEEN, encode(epoch)).map_err(engine)?;
+        self.flush()
+    }
+
+    fn lost_found(&self) -> Result<Vec<OpEntry>, StoreError> {
+        scan(&self.lost_found)
     }
 }
 
@@ -91,14 +293,83 @@ impl Store for SledStore {
 mod tests {
     use super::*;
 
+    fn e(term: u64, c: &str) -> Epoch {
+        Epoch { term, coordinator: c.into() }
+    }
+    fn policy(cluster: &str, lag: u64) -> DesiredOp {
+        DesiredOp::SetClusterPolicy { cluster: cluster.into(), max_lag_seconds: lag }
+    }
+
     #[test]
-    fn conforms_and_survives_reopen() {
+    fn commits_survive_a_reopen_and_replicate_in_order() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
-            super::super::conformance::run(&s);
+            s.put_agent(&AgentRecord {
+                host: "db1".into(),
+                cluster: "main".into(),
+                registered_at_unix_ms: 1,
+                mysql_address: "127.0.0.1:3306".into(),
+            })
+            .unwrap();
+            assert_eq!(s.commit(&e(1, "c1"), &policy("main", 9)).unwrap().seq, 1);
+            s.commit(&e(1, "c1"), &DesiredOp::RememberPrimary { cluster: "main".into(), primary: "db1".into() })
+                .unwrap();
+            s.save_max_seen(&e(3, "c2")).unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.load().unwrap().agents.len(), 1);
+        let st = s.load().unwrap();
+        assert_eq!(st.applied, OpPosition { seq: 2, epoch: e(1, "c1") });
+        assert_eq!(st.max_seen, e(3, "c2"));
+        assert_eq!(
+            st.clusters,
+            vec![ClusterRecord { name: "main".into(), max_lag_seconds: Some(9), last_primary: Some("db1".into()) }]
+        );
+        assert_eq!(st.agents.len(), 1);
+
+        let standby = SledStore::temporary().unwrap();
+        let ops = s.ops_after(0, 10).unwrap();
+        assert_eq!(ops.len(), 2);
+        assert!(matches!(standby.apply(&ops[1]), Err(StoreError::OutOfOrder { applied: 0, got: 2 })));
+        for op in &ops {
+            standby.apply(op).unwrap();
+        }
+        assert_eq!(standby.load().unwrap().clusters, st.clusters);
+        assert_eq!(standby.tail(5).unwrap().len(), 2);
+        assert_eq!(standby.epoch_at(2).unwrap(), Some(e(1, "c1")));
+    }
+
+    #[test]
+    fn a_snapshot_replaces_desired_state_and_sets_the_diverged_tail_aside() {
+        let active = SledStore::temporary().unwrap();
+        active.commit(&e(1, "c1"), &policy("a", 5)).unwrap();
+        active.commit(&e(2, "c2"), &policy("b", 6)).unwrap();
+        let old = SledStore::temporary().unwrap();
+        old.apply(&active.ops_after(0, 1).unwrap()[0]).unwrap();
+        // The old active committed seq 2 under its own epoch, never replicated.
+        old.commit(&e(1, "c1"), &policy("lost", 7)).unwrap();
+        let snap = active.snapshot().unwrap();
+        assert_eq!(old.install_snapshot(&snap, 1).unwrap(), 1);
+        let st = old.load().unwrap();
+        assert_eq!(st.applied, OpPosition { seq: 2, epoch: e(2, "c2") });
+        assert_eq!(st.clusters.len(), 2);
+        assert_eq!(st.lost_found, 1);
+        assert_eq!(old.lost_found().unwrap()[0].op, policy("lost", 7));
+        // It continues from the snapshot's position.
+        old.apply(&OpEntry { seq: 3, epoch: e(2, "c2"), op: policy("c", 1) }).unwrap();
+    }
+
+    #[test]
+    fn forget_agent_removes_it_from_the_registry_in_the_same_transaction() {
+        let s = SledStore::temporary().unwrap();
+        s.put_agent(&AgentRecord {
+            host: "db2".into(),
+            cluster: "main".into(),
+            registered_at_unix_ms: 1,
+            mysql_address: "127.0.0.1:3306".into(),
+        })
+        .unwrap();
+        s.commit(&e(1, "c1"), &DesiredOp::ForgetAgent { host: "db2".into() }).unwrap();
+        assert!(s.load().unwrap().agents.is_empty());
     }
 }
