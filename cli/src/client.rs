@@ -8,6 +8,7 @@ use std::time::Duration;
 use dbfleet_common::config::{ConfigError, load_toml};
 use dbfleet_common::identity::Role;
 use dbfleet_common::tls::{self, TlsContext, TlsError, TlsPaths};
+use dbfleet_proto::lease::ACTIVE_ADDRESS_METADATA;
 use dbfleet_proto::pb;
 use dbfleet_proto::pb::admin_service_client::AdminServiceClient;
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,9 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_ENV: &str = "DBFLEET_CONFIG";
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write keeps looking for an active coordinator (a takeover
+/// takes at most about lease × 1.4).
+const FIND_ACTIVE_FOR: Duration = Duration::from_secs(20);
 
 /// `dbfleet --config FILE` (or `DBFLEET_CONFIG`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +120,124 @@ impl Client {
         Err(ClientError::NoCoordinator(failures))
     }
 
+    /// Runs a write against the active coordinator: follows redirects from
+    /// a standby, and waits through a takeover for an active to appear.
+    async fn write<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(AdminServiceClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let give_up = tokio::time::Instant::now() + FIND_ACTIVE_FOR;
+        loop {
+            let mut queue: std::collections::VecDeque<String> =
+                self.config.coordinators.iter().cloned().collect();
+            let mut tried: Vec<String> = Vec::new();
+            let mut failures = Vec::new();
+            let mut only_not_active = true;
+            while let Some(address) = queue.pop_front() {
+                if tried.contains(&address) {
+                    continue;
+                }
+                tried.push(address.clone());
+                match tokio::time::timeout(CALL_TIMEOUT, call(self.admin(&address))).await {
+                    Ok(Ok(r)) => return Ok(r.into_inner()),
+                    Ok(Err(s)) if is_not_active(&s) => {
+                        if let Some(a) = s
+                            .metadata()
+                            .get(ACTIVE_ADDRESS_METADATA)
+                            .and_then(|v| v.to_str().ok())
+                        {
+                            queue.push_front(a.to_string());
+                        }
+                        failures.push(format!("{address}: {}", s.message()));
+                    }
+                    Ok(Err(s)) if is_refusal(&s) => {
+                        return Err(ClientError::Refused {
+                            address: address.clone(),
+                            status: describe(&s),
+                        });
+                    }
+                    Ok(Err(s)) => {
+                        only_not_active = false;
+                        failures.push(format!("{address}: {}", describe(&s)));
+                    }
+                    Err(_) => {
+                        only_not_active = false;
+                        failures.push(format!("{address}: no answer within {CALL_TIMEOUT:?}"));
+                    }
+                }
+            }
+            let some_answered = failures.len() < tried.len() || only_not_active;
+            if !some_answered || tokio::time::Instant::now() >= give_up {
+                return Err(ClientError::NoCoordinator(failures));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Each configured coordinator's status, or why it did not answer.
+    pub async fn coordinator_statuses(
+        &self,
+    ) -> Vec<(String, Result<pb::CoordinatorStatus, String>)> {
+        let calls = self.config.coordinators.iter().map(|address| async move {
+            let mut c = self.admin(address);
+            let r = match tokio::time::timeout(
+                CALL_TIMEOUT,
+                c.get_coordinator_status(pb::GetCoordinatorStatusRequest {}),
+            )
+            .await
+            {
+                Ok(Ok(r)) => Ok(r.into_inner()),
+                Ok(Err(s)) => Err(describe(&s)),
+                Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+            };
+            (address.clone(), r)
+        });
+        futures::future::join_all(calls).await
+    }
+
+    /// The voter list as a coordinator sees it.
+    pub async fn list_voters(&self) -> Result<pb::ListVotersResponse, ClientError> {
+        self.read(|mut c| async move { c.list_voters(pb::ListVotersRequest {}).await })
+            .await
+    }
+
+    /// Replaces the voter list (joint majorities).
+    pub async fn set_voters(
+        &self,
+        voters: Vec<pb::VoterSpec>,
+    ) -> Result<pb::ListVotersResponse, ClientError> {
+        let req = pb::SetVotersRequest { voters };
+        self.write(|mut c| {
+            let req = req.clone();
+            async move { c.set_voters(req).await }
+        })
+        .await
+    }
+
+    /// Accepts the op-log gap of an active-degraded coordinator.
+    pub async fn accept_oplog_gap(&self) -> Result<pb::CoordinatorStatus, ClientError> {
+        self.write(|mut c| async move { c.accept_oplog_gap(pb::AcceptOplogGapRequest {}).await })
+            .await
+    }
+
+    /// Sets a cluster's lag threshold.
+    pub async fn set_cluster_policy(
+        &self,
+        cluster: &str,
+        max_lag_seconds: u64,
+    ) -> Result<pb::ClusterPolicy, ClientError> {
+        let req = pb::SetClusterPolicyRequest {
+            cluster: cluster.to_string(),
+            max_lag_seconds,
+        };
+        self.write(|mut c| {
+            let req = req.clone();
+            async move { c.set_cluster_policy(req).await }
+        })
+        .await
+    }
+
     /// Clusters, optionally one.
     pub async fn list_clusters(
         &self,
@@ -136,6 +258,13 @@ impl Client {
         self.read(|mut c| async move { c.list_agents(pb::ListAgentsRequest {}).await })
             .await
     }
+}
+
+/// A standby's (or candidate's) answer to a write: ask the active instead.
+fn is_not_active(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::FailedPrecondition
+        && (s.metadata().contains_key(ACTIVE_ADDRESS_METADATA)
+            || s.message().contains("is not the active coordinator"))
 }
 
 /// Answers that another coordinator would give just the same.

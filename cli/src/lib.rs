@@ -6,5 +6,6 @@
 
 pub mod cert;
 pub mod client;
+pub mod ha;
 pub mod sandbox;
 pub mod status;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dbfleet_cli::client::{CONFIG_ENV, Client, ClientError};
 use dbfleet_cli::sandbox::{self, Binaries, Fleet, SandboxSpec};
-use dbfleet_cli::{cert, status};
+use dbfleet_cli::{cert, ha, status};
 use dbfleet_common::identity::Role;
 
 /// Exit code when no coordinator answered.
@@ -45,12 +45,65 @@ enum Command {
     },
     /// Show registered agents and whether they report.
     Agents,
+    /// Show the coordinator pair: role, epoch, lease, op-log position.
+    Coordinators {
+        #[command(subcommand)]
+        action: Option<CoordinatorsCommand>,
+    },
+    /// Show the lease's voters, or change them.
+    Voters {
+        #[command(subcommand)]
+        action: Option<VotersCommand>,
+    },
+    /// Change a cluster's policy (desired state, replicated to the standby).
+    Policy {
+        /// The cluster.
+        #[arg(long)]
+        cluster: String,
+        /// Replica lag above which a problem is raised.
+        #[arg(long)]
+        max_lag_seconds: u64,
+    },
     /// Manage certificates.
     #[command(subcommand)]
     Cert(CertCommand),
     /// A complete local fleet for trying dbfleet out.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CoordinatorsCommand {
+    /// Let an active-degraded coordinator act although it lacks the
+    /// previous active's last desired-state changes (they are lost).
+    AcceptGap,
+}
+
+#[derive(Debug, Subcommand)]
+enum VotersCommand {
+    /// Replace the voter list; needs majorities of both the old and the new
+    /// list reachable, and refuses otherwise.
+    Set {
+        /// Every voter of the new list, NAME@IP:PORT of its agent.
+        #[arg(required = true)]
+        voters: Vec<String>,
+        /// A voter's weight, NAME=WEIGHT (repeatable; default 1).
+        #[arg(long, value_parser = parse_weight)]
+        weight: Vec<(String, u32)>,
+    },
+}
+
+fn parse_weight(s: &str) -> Result<(String, u32), String> {
+    let (n, w) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=WEIGHT"))?;
+    let w: u32 = w
+        .parse()
+        .map_err(|_| format!("weight {w:?} is not a whole number"))?;
+    if w == 0 {
+        return Err("a weight must be at least 1".into());
+    }
+    Ok((n.to_string(), w))
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,6 +255,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Coordinators { action: None } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let statuses = client.coordinator_statuses().await;
+            let json = ha::coordinators_json(&statuses);
+            match cli.output {
+                Output::Json => print_json(&json)?,
+                Output::Table => print!("{}", ha::coordinators_table(&json)),
+            }
+            if statuses.iter().all(|(_, r)| r.is_err()) {
+                let failures = statuses
+                    .into_iter()
+                    .filter_map(|(a, r)| r.err().map(|e| format!("{a}: {e}")));
+                return Err(ClientError::NoCoordinator(failures.collect()).into());
+            }
+        }
+        Command::Coordinators {
+            action: Some(CoordinatorsCommand::AcceptGap),
+        } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let s = client.accept_oplog_gap().await?;
+            match cli.output {
+                Output::Json => print_json(&ha::coordinators_json(&[(s.address.clone(), Ok(s))]))?,
+                Output::Table => println!("coordinator {} is now {}", s.id, s.role),
+            }
+        }
+        Command::Voters { action } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let resp = match action {
+                None => client.list_voters().await?,
+                Some(VotersCommand::Set { voters, weight }) => {
+                    let specs = voters
+                        .iter()
+                        .map(|v| ha::parse_voter(v, &weight))
+                        .collect::<Result<Vec<_>, String>>()
+                        .map_err(anyhow::Error::msg)?;
+                    client.set_voters(specs).await?
+                }
+            };
+            let json = ha::voters_json(&resp);
+            match cli.output {
+                Output::Json => print_json(&json)?,
+                Output::Table => print!("{}", ha::voters_table(&json)),
+            }
+        }
+        Command::Policy {
+            cluster,
+            max_lag_seconds,
+        } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let p = client.set_cluster_policy(&cluster, max_lag_seconds).await?;
+            match cli.output {
+                Output::Json => print_json(
+                    &serde_json::json!({ "cluster": p.cluster, "max_lag_seconds": p.max_lag_seconds }),
+                )?,
+                Output::Table => println!(
+                    "cluster {}: max_lag_seconds = {}",
+                    p.cluster, p.max_lag_seconds
+                ),
+            }
+        }
         Command::Cert(CertCommand::Init { dir }) => {
             let path = cert::init(&dir)?;
             println!("created CA {}", path.display());
@@ -250,6 +363,7 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         cluster: "main".into(),
         report_interval: Duration::from_secs(1),
         agent_timeout: Duration::from_secs(5),
+        lease: sandbox::sandbox_lease(),
         bins,
     };
     if output == Output::Table {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use dbfleet_common::certs::{self, LeafRequest};
 use dbfleet_common::identity::Role;
+use dbfleet_lease::Timing;
 use dbfleet_proto::pb;
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -36,6 +37,8 @@ pub const AGENT_PORT: u16 = 7100;
 pub const METRICS_PORT: u16 = 9104;
 /// Coordinator gRPC port.
 pub const COORDINATOR_PORT: u16 = 7200;
+/// Coordinators' Prometheus port.
+pub const COORDINATOR_METRICS_PORT: u16 = 9200;
 /// Name of the operator certificate the sandbox issues for the CLI.
 pub const OPERATOR: &str = "sandbox";
 
@@ -181,6 +184,8 @@ pub struct SandboxSpec {
     pub report_interval: Duration,
     /// Coordinators' agent timeout.
     pub agent_timeout: Duration,
+    /// The coordinators' lease.
+    pub lease: Timing,
     /// Programs to run.
     pub bins: Binaries,
 }
@@ -207,6 +212,21 @@ pub struct CoordinatorInfo {
     pub id: String,
     /// gRPC `ip:port`.
     pub address: String,
+    /// Prometheus `ip:port`.
+    #[serde(default)]
+    pub metrics_address: String,
+}
+
+/// The lease a sandbox runs with: short, so a newcomer sees a takeover
+/// within seconds (bound: lease × 1.01 + 0.5 s + 1 s + 0.5 s ≈ 7 s).
+pub fn sandbox_lease() -> Timing {
+    Timing {
+        lease: Duration::from_secs(5),
+        renew_interval: Duration::from_secs(1),
+        rpc_timeout: Duration::from_millis(500),
+        drift_ppm: 10_000,
+        margin: Duration::from_millis(500),
+    }
 }
 
 /// `D/sandbox.json`, for scripts; documented in `docs/cli.md`.
@@ -302,6 +322,10 @@ impl Fleet {
                 .map(|i| CoordinatorInfo {
                     id: format!("c{}", i + 1),
                     address: format!("{}:{COORDINATOR_PORT}", ip(spec.base, 21 + i as u8)),
+                    metrics_address: format!(
+                        "{}:{COORDINATOR_METRICS_PORT}",
+                        ip(spec.base, 21 + i as u8)
+                    ),
                 })
                 .collect(),
             app_user: mariadb::APP_USER.into(),
@@ -440,12 +464,33 @@ impl Fleet {
 
     fn write_coordinator_config(&self, c: &CoordinatorInfo) -> Result<(), SandboxError> {
         let path = self.path(&format!("coordinator-{}.toml", c.id));
+        let voters: Vec<String> = self
+            .info
+            .members
+            .iter()
+            .map(|m| format!("\"{}@{}\"", m.host, m.agent_address))
+            .collect();
+        // The pair's other member; a one-coordinator sandbox names the
+        // address the second would have, where nothing answers.
+        let peer = match self.info.coordinators.iter().find(|p| p.id != c.id) {
+            Some(p) => format!("{}@{}", p.id, p.address),
+            None => format!("c2@{}:{COORDINATOR_PORT}", ip(self.spec.base, 22)),
+        };
+        let t = &self.spec.lease;
+        let d = |d: Duration| humantime::format_duration(d).to_string();
         let text = format!(
-            "# Written by `dbfleet sandbox up`.\nid = {id:?}\nlisten = {addr:?}\ndata_dir = {data}\n\n[topology]\nagent_timeout = {timeout:?}\n\n{tls}",
+            "# Written by `dbfleet sandbox up`.\nid = {id:?}\nlisten = {addr:?}\ndata_dir = {data}\nmetrics_listen = {metrics:?}\n\n[topology]\nagent_timeout = {timeout:?}\n\n[lease]\nlease = {lease:?}\nrenew_interval = {renew:?}\nrpc_timeout = {rpc:?}\ndrift_ppm = {drift}\nmargin = {margin:?}\nvoters = [{voters}]\npeer = {peer:?}\n\n{tls}",
             id = c.id,
             addr = c.address,
             data = quoted(&self.path(&format!("{}/data", c.id))),
-            timeout = humantime::format_duration(self.spec.agent_timeout).to_string(),
+            metrics = c.metrics_address,
+            timeout = d(self.spec.agent_timeout),
+            lease = d(t.lease),
+            renew = d(t.renew_interval),
+            rpc = d(t.rpc_timeout),
+            drift = t.drift_ppm,
+            margin = d(t.margin),
+            voters = voters.join(", "),
             tls = self.tls_block(Role::Coordinator, &c.id),
         );
         fs::write(&path, text).map_err(|e| SandboxError::io(&path, e))
@@ -460,13 +505,17 @@ impl Fleet {
             .map(|c| format!("{:?}", c.address))
             .collect();
         let text = format!(
-            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\n\n[mysql]\naddress = \"{ip}:{port}\"\nuser = {user:?}\npassword_file = {pw}\n\n{tls}",
+            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n\n[mysql]\naddress = \"{ip}:{port}\"\nuser = {user:?}\npassword_file = {pw}\n\n{tls}",
             host = m.host,
             cluster = self.info.cluster,
             listen = m.agent_address,
             coords = coordinators.join(", "),
             interval = humantime::format_duration(self.spec.report_interval).to_string(),
             collect = humantime::format_duration(self.spec.report_interval / 2).to_string(),
+            state = quoted(&self.path(&format!("{}/agent-state", m.host))),
+            quarantine =
+                humantime::format_duration(self.spec.lease.quarantine() + Duration::from_secs(1))
+                    .to_string(),
             ip = m.address,
             port = m.mysql_port,
             user = mariadb::AGENT_USER,
@@ -729,11 +778,9 @@ fn check_addresses_free(info: &SandboxFile) -> Result<(), SandboxError> {
         addrs.push(SocketAddr::from((ip, METRICS_PORT)));
     }
     for c in &info.coordinators {
-        addrs.push(
-            c.address
-                .parse()
-                .map_err(|_| SandboxError::Usage(c.address.clone()))?,
-        );
+        for a in [&c.address, &c.metrics_address] {
+            addrs.push(a.parse().map_err(|_| SandboxError::Usage(a.clone()))?);
+        }
     }
     for a in addrs {
         TcpListener::bind(a).map_err(|_| SandboxError::AddressInUse(a))?;

@@ -408,7 +408,13 @@ pub fn channel_to(
     identity: &Identity,
     connect_timeout: Duration,
 ) -> Channel {
-    channel_checked(tls, addr, identity.role, Some(identity.name.clone()), connect_timeout)
+    channel_checked(
+        tls,
+        addr,
+        identity.role,
+        Some(identity.name.clone()),
+        connect_timeout,
+    )
 }
 
 fn channel_checked(
@@ -435,13 +441,13 @@ fn channel_checked(
                 connect_timeout,
                 connect_tls(&tls, &target, expect, name.as_deref()),
             )
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connecting to {target} timed out"),
-                    )
-                })??;
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {target} timed out"),
+                )
+            })??;
             Ok::<_, io::Error>(TokioIo::new(stream))
         }
     }))

@@ -108,7 +108,10 @@ impl LeaseConfig {
             .collect();
         let set = VoterSet::new(parsed.iter().map(|(n, _)| (n.clone(), 1)).collect())
             .expect("validated in CoordinatorConfig::load");
-        VoterList { set, addresses: parsed.into_iter().collect() }
+        VoterList {
+            set,
+            addresses: parsed.into_iter().collect(),
+        }
     }
 
     /// The peer's id and address (validated by `load`).
@@ -205,8 +208,7 @@ impl CoordinatorConfig {
         for (i, v) in c.lease.voters.iter().enumerate() {
             parse_named_address(v).map_err(|r| invalid(&format!("lease.voters[{i}]"), r))?;
         }
-        let (peer, _) =
-            parse_named_address(&c.lease.peer).map_err(|r| invalid("lease.peer", r))?;
+        let (peer, _) = parse_named_address(&c.lease.peer).map_err(|r| invalid("lease.peer", r))?;
         if peer == c.id {
             return Err(invalid(
                 "lease.peer",
@@ -246,6 +248,9 @@ mod tests {
         let bad = d.path().join("c.toml");
         std::fs::write(&bad, text).unwrap();
         let e = CoordinatorConfig::load(&bad).unwrap_err().to_string();
-        assert!(e.contains("lease") && e.contains("shorten renew_interval"), "{e}");
+        assert!(
+            e.contains("lease") && e.contains("shorten renew_interval"),
+            "{e}"
+        );
     }
 }

@@ -107,8 +107,8 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::ShuttingDown => tonic::Status::unavailable(msg),
             ServiceError::NotActive { active, .. } => {
                 let mut status = tonic::Status::failed_precondition(msg);
-                if let Some(v) = active
-                    .and_then(|a| tonic::metadata::MetadataValue::try_from(a.address).ok())
+                if let Some(v) =
+                    active.and_then(|a| tonic::metadata::MetadataValue::try_from(a.address).ok())
                 {
                     status.metadata_mut().insert(ACTIVE_ADDRESS_METADATA, v);
                 }

@@ -131,7 +131,11 @@ impl DesiredWriter for MemoryWriter<'_> {
 
 impl Fleet {
     /// Loads the registry and desired state from `store`.
-    pub fn load(store: Arc<dyn Store>, ha: Arc<Ha>, rules: FleetRules) -> Result<Fleet, StoreError> {
+    pub fn load(
+        store: Arc<dyn Store>,
+        ha: Arc<Ha>,
+        rules: FleetRules,
+    ) -> Result<Fleet, StoreError> {
         let state = Self::read_state(store.as_ref())?;
         Ok(Fleet {
             store,
@@ -167,7 +171,13 @@ impl Fleet {
         let mut voters = None;
         {
             let mut st = self.lock();
-            let Ok(()) = apply_op(op, &mut MemoryWriter { state: &mut st, voters: &mut voters });
+            let Ok(()) = apply_op(
+                op,
+                &mut MemoryWriter {
+                    state: &mut st,
+                    voters: &mut voters,
+                },
+            );
         }
         if let Some(v) = voters {
             info!(version = v.set.version, voters = ?v.set.members(), "voter list changed");
@@ -216,7 +226,8 @@ impl Fleet {
     /// All desired state at one op-log position (for a standby too far
     /// behind or diverged).
     pub async fn snapshot(self: &Arc<Self>) -> Result<DesiredSnapshot, ServiceError> {
-        self.commit(|f| async move { durable(&f.store, |s| s.snapshot()).await }).await
+        self.commit(|f| async move { durable(&f.store, |s| s.snapshot()).await })
+            .await
     }
 
     /// Replaces desired state with the active's snapshot; our ops after
@@ -228,7 +239,8 @@ impl Fleet {
     ) -> Result<u64, ServiceError> {
         self.commit(move |f| async move {
             let sn = snap.clone();
-            let set_aside = durable(&f.store, move |s| s.install_snapshot(&sn, keep_through)).await?;
+            let set_aside =
+                durable(&f.store, move |s| s.install_snapshot(&sn, keep_through)).await?;
             let fresh = Self::read_state(f.store.as_ref())?;
             {
                 let mut st = f.lock();
@@ -335,12 +347,15 @@ impl Fleet {
                     "agent registered"
                 );
                 let mut st = f.lock();
-                let entry = st.agents.entry(a.host.clone()).or_insert_with(|| AgentEntry {
-                    record: a.clone(),
-                    last: None,
-                    last_replicating: None,
-                    streams: 0,
-                });
+                let entry = st
+                    .agents
+                    .entry(a.host.clone())
+                    .or_insert_with(|| AgentEntry {
+                        record: a.clone(),
+                        last: None,
+                        last_replicating: None,
+                        streams: 0,
+                    });
                 entry.record = a;
                 Ok(())
             })
@@ -446,8 +461,15 @@ impl Fleet {
             max_lag_seconds: change.max_lag_seconds,
         })
         .await?;
-        info!(cluster, max_lag_seconds = change.max_lag_seconds, "cluster policy changed");
-        Ok(pb::ClusterPolicy { cluster, max_lag_seconds: change.max_lag_seconds })
+        info!(
+            cluster,
+            max_lag_seconds = change.max_lag_seconds,
+            "cluster policy changed"
+        );
+        Ok(pb::ClusterPolicy {
+            cluster,
+            max_lag_seconds: change.max_lag_seconds,
+        })
     }
 
     /// Removes an agent that no longer reports (an operator write).
@@ -470,7 +492,8 @@ impl Fleet {
                         return Err(ServiceError::AgentStillReporting(host));
                     }
                 }
-                f.commit_locked(epoch, DesiredOp::ForgetAgent { host }).await
+                f.commit_locked(epoch, DesiredOp::ForgetAgent { host })
+                    .await
             })
             .await?;
         self.ha.wait_standby(seq).await;
@@ -516,8 +539,14 @@ impl Fleet {
                 };
                 let primary = rec.last_primary.clone().unwrap_or_default();
                 info!(cluster = rec.name, primary, "primary observed");
-                f.commit_locked(epoch, DesiredOp::RememberPrimary { cluster: rec.name, primary })
-                    .await?;
+                f.commit_locked(
+                    epoch,
+                    DesiredOp::RememberPrimary {
+                        cluster: rec.name,
+                        primary,
+                    },
+                )
+                .await?;
             }
             Ok(())
         })
@@ -531,16 +560,17 @@ mod tests {
     use crate::ha::KnownActive;
     use crate::store::SledStore;
     use dbfleet_common::clock::boottime;
-    use dbfleet_lease::{
-        FenceRecord, Holder, HolderAction, HolderId, Timing, Voter, VoterSet,
-    };
+    use dbfleet_lease::{FenceRecord, Holder, HolderAction, HolderId, Timing, Voter, VoterSet};
     use dbfleet_proto::model::{MysqlAddress, MysqlObservation};
 
     /// HA state of a coordinator that holds the lease of a one-voter list.
     fn active_ha() -> Arc<Ha> {
         let set = VoterSet::new([("v1".to_string(), 1)].into_iter().collect()).unwrap();
         let mut h = Holder::new(
-            HolderId { coordinator: "c1".into(), incarnation: 1 },
+            HolderId {
+                coordinator: "c1".into(),
+                incarnation: 1,
+            },
             Timing::standard(),
             set.clone(),
             Epoch::zero(),
@@ -555,9 +585,25 @@ mod tests {
             }
         }
         assert!(h.lease_valid(now));
-        let voters = VoterList { set, addresses: [("v1".to_string(), "127.0.0.1:1".to_string())].into_iter().collect() };
-        let peer = KnownActive { id: "c2".into(), address: "127.0.0.1:2".into() };
-        Arc::new(Ha::new(h, "127.0.0.1:3".into(), peer, voters, 0, 0, Duration::from_secs(1)))
+        let voters = VoterList {
+            set,
+            addresses: [("v1".to_string(), "127.0.0.1:1".to_string())]
+                .into_iter()
+                .collect(),
+        };
+        let peer = KnownActive {
+            id: "c2".into(),
+            address: "127.0.0.1:2".into(),
+        };
+        Arc::new(Ha::new(
+            h,
+            "127.0.0.1:3".into(),
+            peer,
+            voters,
+            0,
+            0,
+            Duration::from_secs(1),
+        ))
     }
 
     fn report(host: &str, cluster: &str) -> Report {
@@ -601,7 +647,10 @@ mod tests {
         f.accept_report("db1", report("db1", "main")).await.unwrap();
         let stored = store.load().unwrap();
         assert_eq!(stored.agents.len(), 1);
-        assert_eq!(stored.applied.seq, 0, "registrations are local, not desired state");
+        assert_eq!(
+            stored.applied.seq, 0,
+            "registrations are local, not desired state"
+        );
         // a reload knows the agent, without a report yet
         let f2 = fleet(store.clone());
         let v = f2.cluster_views(None);
@@ -634,7 +683,11 @@ mod tests {
         }));
         f.accept_report("db1", r).await.unwrap();
         f.remember_primaries().await.unwrap();
-        assert_eq!(store.load().unwrap().applied.seq, 1, "remembered through the op-log");
+        assert_eq!(
+            store.load().unwrap().applied.seq,
+            1,
+            "remembered through the op-log"
+        );
         let restarted = fleet(store);
         assert_eq!(restarted.cluster_views(None)[0].primary, "db1");
     }

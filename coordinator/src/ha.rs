@@ -123,13 +123,24 @@ impl Ha {
     pub fn automatic_epoch(&self) -> Option<Epoch> {
         let now = boottime();
         let h = self.holder();
-        if h.may_change_topology(now) { h.command_epoch(now) } else { None }
+        if h.may_change_topology(now) {
+            h.command_epoch(now)
+        } else {
+            None
+        }
     }
 
     /// The redirect for a write that reached a non-active coordinator.
     pub fn not_active(&self) -> ServiceError {
-        let active = self.active.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        ServiceError::NotActive { id: self.id.clone(), active }
+        let active = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        ServiceError::NotActive {
+            id: self.id.clone(),
+            active,
+        }
     }
 
     /// Records who the active is (from its heartbeats, or ourselves).
@@ -139,7 +150,10 @@ impl Ha {
 
     /// Ourselves as the active.
     pub fn me(&self) -> KnownActive {
-        KnownActive { id: self.id.clone(), address: self.address.clone() }
+        KnownActive {
+            id: self.id.clone(),
+            address: self.address.clone(),
+        }
     }
 
     /// The op-log advanced to `seq` (committed here, or applied from the active).
@@ -184,7 +198,10 @@ impl Ha {
 
     /// The voter list in force.
     pub fn voters(&self) -> VoterList {
-        self.voters.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.voters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Installs a committed or replicated voter list.
@@ -207,9 +224,10 @@ impl Ha {
             Role::Active | Role::ActiveDegraded => {
                 applied.saturating_sub(self.standby.borrow().acked)
             }
-            Role::Standby | Role::Candidate => {
-                self.active_committed.load(Ordering::Relaxed).saturating_sub(applied)
-            }
+            Role::Standby | Role::Candidate => self
+                .active_committed
+                .load(Ordering::Relaxed)
+                .saturating_sub(applied),
         }
     }
 
@@ -224,7 +242,11 @@ impl Ha {
         let h = self.holder();
         let role = h.role(now);
         let active = matches!(role, Role::Active | Role::ActiveDegraded);
-        let known = self.active.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let known = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let link = *self.standby.borrow();
         pb::CoordinatorStatus {
             id: self.id.clone(),
@@ -238,6 +260,9 @@ impl Ha {
             max_seen_epoch: Some(h.max_seen().clone().into()),
             standby_acked_seq: (active && link.connected).then_some(link.acked),
             lost_and_found: self.lost_found.load(Ordering::Relaxed),
+            peer_id: self.peer.id.clone(),
+            peer_address: self.peer.address.clone(),
+            address: self.address.clone(),
         }
     }
 }

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dbfleet_common::authz::AuthorizeLayer;
+use dbfleet_common::clock::boottime;
 use dbfleet_common::identity::{Identity, Role};
 use dbfleet_common::tls::{TlsContext, tls_incoming};
 use dbfleet_common::{shutdown, systemd};
-use dbfleet_common::clock::boottime;
-use dbfleet_lease::{HolderId, Holder};
+use dbfleet_lease::{Holder, HolderId};
 use dbfleet_proto::pb::admin_service_server::AdminServiceServer;
 use dbfleet_proto::pb::peer_service_server::PeerServiceServer;
 use dbfleet_proto::pb::report_service_server::ReportServiceServer;
@@ -79,21 +79,34 @@ pub async fn run(
             .await
             .map_err(|e| StartError::Serve(e.to_string()))??
     };
-    let voters = stored.voters.clone().unwrap_or_else(|| config.lease.voter_list());
+    let voters = stored
+        .voters
+        .clone()
+        .unwrap_or_else(|| config.lease.voter_list());
     let incarnation = rand::rng().random::<u64>();
     let holder = Holder::new(
-        HolderId { coordinator: config.id.clone(), incarnation },
+        HolderId {
+            coordinator: config.id.clone(),
+            incarnation,
+        },
         config.lease.timing(),
         voters.set.clone(),
         stored.max_seen.clone(),
         boottime(),
     );
     let (peer_id, peer_address) = config.lease.peer();
-    let address = config.lease.advertise.clone().unwrap_or_else(|| config.listen.to_string());
+    let address = config
+        .lease
+        .advertise
+        .clone()
+        .unwrap_or_else(|| config.listen.to_string());
     let ha = Arc::new(Ha::new(
         holder,
         address,
-        KnownActive { id: peer_id, address: peer_address },
+        KnownActive {
+            id: peer_id,
+            address: peer_address,
+        },
         voters,
         stored.applied.seq,
         stored.lost_found,
@@ -116,7 +129,12 @@ pub async fn run(
     // The lease stops after the server (so in-flight writes finish under a
     // valid lease) and releases the lease on the way out.
     let lease_cancel = CancellationToken::new();
-    let lease = tokio::spawn(ha::driver::run(ha.clone(), clients.clone(), store.clone(), lease_cancel.clone()));
+    let lease = tokio::spawn(ha::driver::run(
+        ha.clone(),
+        clients.clone(),
+        store.clone(),
+        lease_cancel.clone(),
+    ));
     tokio::spawn(ha::replication::follow(
         ha.clone(),
         fleet.clone(),

@@ -41,9 +41,17 @@ impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("dbfleet_coordinator");
         let role = Family::<RoleLabel, Gauge>::default();
-        registry.register("role", "1 for this coordinator's current lease role", role.clone());
+        registry.register(
+            "role",
+            "1 for this coordinator's current lease role",
+            role.clone(),
+        );
         let epoch = Gauge::default();
-        registry.register("epoch_term", "Term of the epoch held (0 when holding none)", epoch.clone());
+        registry.register(
+            "epoch_term",
+            "Term of the epoch held (0 when holding none)",
+            epoch.clone(),
+        );
         let lease_remaining = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "lease_remaining_seconds",
@@ -51,7 +59,11 @@ impl Metrics {
             lease_remaining.clone(),
         );
         let applied = Gauge::default();
-        registry.register("oplog_applied_seq", "Last desired-state op applied here", applied.clone());
+        registry.register(
+            "oplog_applied_seq",
+            "Last desired-state op applied here",
+            applied.clone(),
+        );
         let lag = Gauge::default();
         registry.register(
             "oplog_lag",
@@ -59,17 +71,35 @@ impl Metrics {
             lag.clone(),
         );
         let lost_found = Gauge::default();
-        registry.register("oplog_lost_found", "Diverged ops set aside for the operator", lost_found.clone());
-        Metrics { registry, role, epoch, lease_remaining, applied, lag, lost_found }
+        registry.register(
+            "oplog_lost_found",
+            "Diverged ops set aside for the operator",
+            lost_found.clone(),
+        );
+        Metrics {
+            registry,
+            role,
+            epoch,
+            lease_remaining,
+            applied,
+            lag,
+            lost_found,
+        }
     }
 
     fn render(&self, ha: &Ha) -> String {
         let s = ha.status();
         for r in ROLES {
-            self.role.get_or_create(&RoleLabel { role: r.to_string() }).set(i64::from(s.role == r));
+            self.role
+                .get_or_create(&RoleLabel {
+                    role: r.to_string(),
+                })
+                .set(i64::from(s.role == r));
         }
-        self.epoch.set(s.epoch.as_ref().map_or(0, |e| e.term as i64));
-        self.lease_remaining.set(s.lease_remaining_ms.unwrap_or(0) as f64 / 1000.0);
+        self.epoch
+            .set(s.epoch.as_ref().map_or(0, |e| e.term as i64));
+        self.lease_remaining
+            .set(s.lease_remaining_ms.unwrap_or(0) as f64 / 1000.0);
         self.applied.set(s.applied_seq as i64);
         self.lag.set(ha.oplog_lag() as i64);
         self.lost_found.set(s.lost_and_found as i64);
@@ -83,7 +113,10 @@ impl Metrics {
 
 async fn scrape(State((metrics, ha)): State<(Arc<Metrics>, Arc<Ha>)>) -> impl IntoResponse {
     (
-        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         metrics.render(&ha),
     )
 }

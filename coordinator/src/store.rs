@@ -50,7 +50,11 @@ pub struct ClusterRecord {
 
 impl ClusterRecord {
     fn empty(name: &str) -> ClusterRecord {
-        ClusterRecord { name: name.to_string(), max_lag_seconds: None, last_primary: None }
+        ClusterRecord {
+            name: name.to_string(),
+            max_lag_seconds: None,
+            last_primary: None,
+        }
     }
 }
 
@@ -184,7 +188,11 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces all desired state with `snap` (standby). Ops above
     /// `keep_through` are moved to lost+found first; a crash midway leaves
     /// a store that asks for a new snapshot.
-    fn install_snapshot(&self, snap: &DesiredSnapshot, keep_through: u64) -> Result<u64, StoreError>;
+    fn install_snapshot(
+        &self,
+        snap: &DesiredSnapshot,
+        keep_through: u64,
+    ) -> Result<u64, StoreError>;
     /// Records the highest epoch seen (so a restart asks above it).
     fn save_max_seen(&self, epoch: &Epoch) -> Result<(), StoreError>;
     /// The ops set aside after divergences, oldest first.
@@ -208,13 +216,20 @@ pub(crate) trait DesiredWriter {
 /// The one definition of what every op does.
 pub(crate) fn apply_op<W: DesiredWriter>(op: &DesiredOp, w: &mut W) -> Result<(), W::Error> {
     match op {
-        DesiredOp::SetClusterPolicy { cluster, max_lag_seconds } => {
-            let mut c = w.get_cluster(cluster)?.unwrap_or_else(|| ClusterRecord::empty(cluster));
+        DesiredOp::SetClusterPolicy {
+            cluster,
+            max_lag_seconds,
+        } => {
+            let mut c = w
+                .get_cluster(cluster)?
+                .unwrap_or_else(|| ClusterRecord::empty(cluster));
             c.max_lag_seconds = Some(*max_lag_seconds);
             w.put_cluster(c)
         }
         DesiredOp::RememberPrimary { cluster, primary } => {
-            let mut c = w.get_cluster(cluster)?.unwrap_or_else(|| ClusterRecord::empty(cluster));
+            let mut c = w
+                .get_cluster(cluster)?
+                .unwrap_or_else(|| ClusterRecord::empty(cluster));
             c.last_primary = Some(primary.clone());
             w.put_cluster(c)
         }

@@ -164,6 +164,7 @@ impl TestFleet {
             cluster: "main".into(),
             report_interval: REPORT_INTERVAL,
             agent_timeout: AGENT_TIMEOUT,
+            lease: sandbox::sandbox_lease(),
             bins,
         };
         let fleet = match Fleet::up(spec).await {
@@ -328,6 +329,9 @@ pub fn tls_section(paths: &dbfleet_common::tls::TlsPaths) -> String {
     )
 }
 
+/// A lease section for a coordinator whose voters are not under test.
+const LEASE_SECTION: &str = "[lease]\nvoters = [\"v1@127.0.0.1:9\"]\npeer = \"c2@127.0.0.1:9\"\n";
+
 /// Writes a coordinator config `dir/NAME` for coordinator `c1`; `extra`
 /// goes between the top-level keys and `[tls]`.
 pub fn write_coordinator_config(
@@ -340,7 +344,7 @@ pub fn write_coordinator_config(
     fs::write(
         path,
         format!(
-            "id = \"c1\"\nlisten = {listen:?}\ndata_dir = {}\n{extra}\n{}",
+            "id = \"c1\"\nlisten = {listen:?}\ndata_dir = {}\n{extra}\n{LEASE_SECTION}\n{}",
             toml_path(data_dir),
             tls_section(tls)
         ),

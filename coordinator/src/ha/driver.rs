@@ -29,7 +29,12 @@ struct Reply {
 }
 
 /// Runs the lease until `cancel`, then releases it if held.
-pub async fn run(ha: Arc<Ha>, clients: Arc<VoterClients>, store: Arc<dyn Store>, cancel: CancellationToken) {
+pub async fn run(
+    ha: Arc<Ha>,
+    clients: Arc<VoterClients>,
+    store: Arc<dyn Store>,
+    cancel: CancellationToken,
+) {
     let (tx, mut rx) = mpsc::channel::<Reply>(1024);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -78,7 +83,13 @@ fn act(ha: &Arc<Ha>, clients: &Arc<VoterClients>, tx: &mpsc::Sender<Reply>, acti
                 let (clients, tx, request) = (clients.clone(), tx.clone(), request.clone());
                 tokio::spawn(async move {
                     let result = clients.vote(&voter, &address, request).await;
-                    let _ = tx.send(Reply { voter, round, result }).await;
+                    let _ = tx
+                        .send(Reply {
+                            voter,
+                            round,
+                            result,
+                        })
+                        .await;
                 });
             }
         }
@@ -116,7 +127,12 @@ async fn barrier(ha: Arc<Ha>, clients: Arc<VoterClients>, epoch: Epoch) {
     let calls = addresses.iter().map(|(name, address)| {
         let (clients, epoch, holder) = (clients.clone(), epoch.clone(), holder.clone());
         async move {
-            (name.clone(), clients.barrier(name, address, &epoch, &holder, remaining).await)
+            (
+                name.clone(),
+                clients
+                    .barrier(name, address, &epoch, &holder, remaining)
+                    .await,
+            )
         }
     });
     let mut fenced = 0;
@@ -147,7 +163,9 @@ async fn release(ha: &Arc<Ha>, clients: &Arc<VoterClients>) {
                     }
                 }
             }
-            HolderAction::SteppedDown { epoch, .. } => info!(%epoch, "releasing the lease for shutdown"),
+            HolderAction::SteppedDown { epoch, .. } => {
+                info!(%epoch, "releasing the lease for shutdown")
+            }
             HolderAction::Acquired { .. } => {}
         }
     }

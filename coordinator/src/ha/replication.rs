@@ -60,7 +60,10 @@ pub struct PeerApi {
 type ActiveStream = Pin<Box<dyn Stream<Item = Result<pb::ActiveMessage, Status>> + Send>>;
 
 fn op_position(p: pb::OpPosition) -> Result<OpPosition, Status> {
-    Ok(OpPosition { seq: p.seq, epoch: epoch_field("tail.epoch", p.epoch)? })
+    Ok(OpPosition {
+        seq: p.seq,
+        epoch: epoch_field("tail.epoch", p.epoch)?,
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -96,7 +99,9 @@ fn plan(tail: &[OpPosition], ours: u64, epoch_at: impl Fn(u64) -> Option<Epoch>)
     let agrees = |p: &OpPosition| epoch_at(p.seq).as_ref() == Some(&p.epoch);
     if last.seq <= ours && agrees(last) {
         return if ours - last.seq > SNAPSHOT_AFTER {
-            Start::Snapshot { keep_through: last.seq }
+            Start::Snapshot {
+                keep_through: last.seq,
+            }
         } else {
             Start::After(last.seq)
         };
@@ -125,18 +130,36 @@ impl PeerService for PeerApi {
         }
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
-            Some(pb::ReplicaMessage { kind: Some(pb::replica_message::Kind::Hello(h)) }) => h,
-            _ => return Err(Status::invalid_argument("the first message must be a hello")),
+            Some(pb::ReplicaMessage {
+                kind: Some(pb::replica_message::Kind::Hello(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a hello",
+                ));
+            }
         };
-        let tail = hello.tail.into_iter().map(op_position).collect::<Result<Vec<_>, _>>()?;
+        let tail = hello
+            .tail
+            .into_iter()
+            .map(op_position)
+            .collect::<Result<Vec<_>, _>>()?;
         let role = self.ha.role();
         let ours = self.ha.applied();
         let positions: Vec<u64> = tail.iter().map(|p| p.seq).collect();
         let known = blocking(&self.store, move |s| {
-            positions.iter().map(|q| Ok((*q, s.epoch_at(*q)?))).collect::<Result<Vec<_>, _>>()
+            positions
+                .iter()
+                .map(|q| Ok((*q, s.epoch_at(*q)?)))
+                .collect::<Result<Vec<_>, _>>()
         })
         .await?;
-        let start = plan(&tail, ours, |q| known.iter().find(|(k, _)| *k == q).and_then(|(_, e)| e.clone()));
+        let start = plan(&tail, ours, |q| {
+            known
+                .iter()
+                .find(|(k, _)| *k == q)
+                .and_then(|(_, e)| e.clone())
+        });
         let serving_as_active = matches!(role, Role::Active | Role::ActiveDegraded);
         match (&start, role) {
             (Start::CallerAhead, _) => {
@@ -151,7 +174,13 @@ impl PeerService for PeerApi {
             }
             _ => {}
         }
-        info!(peer = caller.name, from = hello.applied_seq, ours, as_active = serving_as_active, "peer replicating from us");
+        info!(
+            peer = caller.name,
+            from = hello.applied_seq,
+            ours,
+            as_active = serving_as_active,
+            "peer replicating from us"
+        );
         let (tx, rx) = mpsc::channel(64);
         let feeder = self.clone();
         tokio::spawn(async move {
@@ -168,7 +197,8 @@ impl PeerService for PeerApi {
             tokio::spawn(async move {
                 while let Ok(Some(m)) = inbound.message().await {
                     if let Some(pb::replica_message::Kind::Ack(a)) = m.kind {
-                        ha.standby().send_modify(|l| l.acked = l.acked.max(a.applied_seq));
+                        ha.standby()
+                            .send_modify(|l| l.acked = l.acked.max(a.applied_seq));
                     }
                 }
                 ha.standby().send_modify(|l| l.connected = false);
@@ -186,7 +216,11 @@ impl PeerApi {
         let lease = h.lease_remaining(now);
         pb::ActiveMessage {
             kind: Some(pb::active_message::Kind::Heartbeat(pb::ActiveHeartbeat {
-                epoch: h.epoch().filter(|_| lease.is_some()).cloned().map(Into::into),
+                epoch: h
+                    .epoch()
+                    .filter(|_| lease.is_some())
+                    .cloned()
+                    .map(Into::into),
                 committed_seq: self.ha.applied(),
                 lease_remaining_ms: lease.map_or(0, millis),
             })),
@@ -216,7 +250,11 @@ impl PeerApi {
                     keep_through,
                 };
                 info!(seq, keep_through, "sending a snapshot to the peer");
-                if !send(pb::ActiveMessage { kind: Some(pb::active_message::Kind::Snapshot(msg)) }).await {
+                if !send(pb::ActiveMessage {
+                    kind: Some(pb::active_message::Kind::Snapshot(msg)),
+                })
+                .await
+                {
                     return Ok(());
                 }
                 seq
@@ -233,7 +271,11 @@ impl PeerApi {
                     epoch: Some(op.epoch.clone().into()),
                     op_json: serde_json::to_vec(&op.op).map_err(internal)?,
                 };
-                if !send(pb::ActiveMessage { kind: Some(pb::active_message::Kind::Op(m)) }).await {
+                if !send(pb::ActiveMessage {
+                    kind: Some(pb::active_message::Kind::Op(m)),
+                })
+                .await
+                {
                     return Ok(());
                 }
                 after = op.seq;
@@ -268,7 +310,12 @@ pub async fn follow(
     cancel: CancellationToken,
 ) {
     let peer = ha.peer().clone();
-    let channel = channel_to(tls, &peer.address, &Identity::new(CertRole::Coordinator, &peer.id), timeout);
+    let channel = channel_to(
+        tls,
+        &peer.address,
+        &Identity::new(CertRole::Coordinator, &peer.id),
+        timeout,
+    );
     let mut last_error = String::new();
     loop {
         if cancel.is_cancelled() {
@@ -307,17 +354,26 @@ async fn follow_once(
         coordinator_id: ha.id().to_string(),
         tail: tail
             .into_iter()
-            .map(|p| pb::OpPosition { seq: p.seq, epoch: Some(p.epoch.into()) })
+            .map(|p| pb::OpPosition {
+                seq: p.seq,
+                epoch: Some(p.epoch.into()),
+            })
             .collect(),
         applied_seq: ha.applied(),
     };
-    let _ = out.send(pb::ReplicaMessage { kind: Some(pb::replica_message::Kind::Hello(hello)) }).await;
+    let _ = out
+        .send(pb::ReplicaMessage {
+            kind: Some(pb::replica_message::Kind::Hello(hello)),
+        })
+        .await;
     let mut inbound = PeerServiceClient::new(channel)
         .replicate(ReceiverStream::new(out_rx))
         .await?
         .into_inner();
     let ack = |seq| pb::ReplicaMessage {
-        kind: Some(pb::replica_message::Kind::Ack(pb::ReplicaAck { applied_seq: seq })),
+        kind: Some(pb::replica_message::Kind::Ack(pb::ReplicaAck {
+            applied_seq: seq,
+        })),
     };
     loop {
         let msg = tokio::select! {
@@ -364,7 +420,11 @@ async fn follow_once(
                 let seq = snap.at.seq;
                 let set_aside = fleet.install_snapshot(snap, s.keep_through).await?;
                 if set_aside > 0 {
-                    warn!(set_aside, keep_through = s.keep_through, "our op-log had diverged from the active's: ops set aside in lost+found");
+                    warn!(
+                        set_aside,
+                        keep_through = s.keep_through,
+                        "our op-log had diverged from the active's: ops set aside in lost+found"
+                    );
                 }
                 let total = blocking(store, |s| s.load().map(|l| l.lost_found)).await?;
                 ha.set_lost_found(total);
@@ -381,22 +441,31 @@ mod tests {
     use super::*;
 
     fn p(seq: u64, term: u64) -> OpPosition {
-        OpPosition { seq, epoch: Epoch { term, coordinator: "c1".into() } }
+        OpPosition {
+            seq,
+            epoch: Epoch {
+                term,
+                coordinator: "c1".into(),
+            },
+        }
     }
 
     fn log(entries: &[(u64, u64)]) -> impl Fn(u64) -> Option<Epoch> + '_ {
         move |q| {
-            entries
-                .iter()
-                .find(|(s, _)| *s == q)
-                .map(|(_, t)| Epoch { term: *t, coordinator: "c1".into() })
+            entries.iter().find(|(s, _)| *s == q).map(|(_, t)| Epoch {
+                term: *t,
+                coordinator: "c1".into(),
+            })
         }
     }
 
     #[test]
     fn a_standby_behind_with_a_matching_log_continues_after_its_last_op() {
         let ours = [(1, 1), (2, 1), (3, 2)];
-        assert!(matches!(plan(&[p(1, 1), p(2, 1)], 3, log(&ours)), Start::After(2)));
+        assert!(matches!(
+            plan(&[p(1, 1), p(2, 1)], 3, log(&ours)),
+            Start::After(2)
+        ));
         assert!(matches!(plan(&[], 3, log(&ours)), Start::After(0)));
     }
 
@@ -413,7 +482,10 @@ mod tests {
     #[test]
     fn a_caller_whose_log_extends_ours_is_ahead() {
         let ours = [(1, 1), (2, 1)];
-        assert!(matches!(plan(&[p(1, 1), p(2, 1), p(3, 1)], 2, log(&ours)), Start::CallerAhead));
+        assert!(matches!(
+            plan(&[p(1, 1), p(2, 1), p(3, 1)], 2, log(&ours)),
+            Start::CallerAhead
+        ));
         // Longer but not an extension: diverged.
         assert!(matches!(
             plan(&[p(1, 1), p(2, 3), p(3, 3)], 2, log(&ours)),

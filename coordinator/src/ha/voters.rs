@@ -53,7 +53,11 @@ pub struct VoterClients {
 impl VoterClients {
     /// Clients whose every call ends within `timeout`.
     pub fn new(tls: Arc<TlsContext>, timeout: Duration) -> VoterClients {
-        VoterClients { tls, channels: Mutex::new(HashMap::new()), timeout }
+        VoterClients {
+            tls,
+            channels: Mutex::new(HashMap::new()),
+            timeout,
+        }
     }
 
     fn channel(&self, name: &str, address: &str) -> Channel {
@@ -78,7 +82,12 @@ impl VoterClients {
     }
 
     /// One lease request.
-    pub async fn vote(&self, name: &str, address: &str, req: VoterRequest) -> Result<VoterReply, VoterCallError> {
+    pub async fn vote(
+        &self,
+        name: &str,
+        address: &str,
+        req: VoterRequest,
+    ) -> Result<VoterReply, VoterCallError> {
         let mut c = VoterServiceClient::new(self.channel(name, address));
         let reply = self.bounded(c.vote(vote_request(req))).await?;
         VoterReply::try_from(reply).map_err(|e| VoterCallError::Protocol(e.to_string()))
@@ -87,7 +96,8 @@ impl VoterClients {
     /// The voter's record and timers.
     pub async fn state(&self, name: &str, address: &str) -> Result<pb::VoterState, VoterCallError> {
         let mut c = VoterServiceClient::new(self.channel(name, address));
-        self.bounded(c.get_voter_state(pb::GetVoterStateRequest {})).await
+        self.bounded(c.get_voter_state(pb::GetVoterStateRequest {}))
+            .await
     }
 
     /// The epoch barrier: after it, the agent obeys nothing older than `epoch`.
@@ -155,10 +165,22 @@ pub async fn list(ha: &Ha, clients: &VoterClients) -> pb::ListVotersResponse {
                 Ok(s) => (true, String::new(), Some(s)),
                 Err(e) => (false, e.to_string(), None),
             };
-            pb::VoterEntry { name, address, weight, reachable, error, state, incoming }
+            pb::VoterEntry {
+                name,
+                address,
+                weight,
+                reachable,
+                error,
+                state,
+                incoming,
+            }
         })
         .collect();
-    pb::ListVotersResponse { version: list.set.version, voters, coordinator_id: ha.id().to_string() }
+    pb::ListVotersResponse {
+        version: list.set.version,
+        voters,
+        coordinator_id: ha.id().to_string(),
+    }
 }
 
 /// Changes the voter list with joint majorities (reference §3.3): refuse
@@ -174,7 +196,8 @@ pub async fn change(
 ) -> Result<pb::ListVotersResponse, ServiceError> {
     ha.write_epoch()?;
     let current = ha.voters();
-    let next_weights: BTreeMap<String, u32> = next.iter().map(|(n, _, w)| (n.clone(), *w)).collect();
+    let next_weights: BTreeMap<String, u32> =
+        next.iter().map(|(n, _, w)| (n.clone(), *w)).collect();
     let mut addresses = current.addresses.clone();
     for (n, a, _) in &next {
         addresses.insert(n.clone(), a.clone());
@@ -187,8 +210,12 @@ pub async fn change(
         let address = addresses.get(&name).cloned().unwrap_or_default();
         async move { (name.clone(), clients.state(&name, &address).await.is_ok()) }
     });
-    let reachable: BTreeSet<String> =
-        join_all(probe).await.into_iter().filter(|(_, ok)| *ok).map(|(n, _)| n).collect();
+    let reachable: BTreeSet<String> = join_all(probe)
+        .await
+        .into_iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(n, _)| n)
+        .collect();
     if !joint.is_quorum(&reachable) {
         return Err(ServiceError::VoterChange(format!(
             "a change needs a majority of both the current and the new voters answering, but only {:?} answer; \
@@ -196,8 +223,13 @@ pub async fn change(
             reachable
         )));
     }
-    let joint_list = VoterList { set: joint.clone(), addresses: addresses.clone() };
-    fleet.commit_operator(DesiredOp::SetVoters(joint_list)).await?;
+    let joint_list = VoterList {
+        set: joint.clone(),
+        addresses: addresses.clone(),
+    };
+    fleet
+        .commit_operator(DesiredOp::SetVoters(joint_list))
+        .await?;
     let started = boottime();
     let t = *ha.holder().timing();
     let deadline = started + t.renew_interval * 3 + t.rpc_timeout;
@@ -207,7 +239,11 @@ pub async fn change(
         }
         if boottime() >= deadline {
             let old = VoterList {
-                set: VoterSet { version: joint.version + 1, voters: current.set.voters.clone(), joint: None },
+                set: VoterSet {
+                    version: joint.version + 1,
+                    voters: current.set.voters.clone(),
+                    joint: None,
+                },
                 addresses: current.addresses.clone(),
             };
             fleet.commit_operator(DesiredOp::SetVoters(old)).await?;
@@ -219,10 +255,15 @@ pub async fn change(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let final_set = joint.finish_change();
-    let kept: BTreeMap<String, String> =
-        addresses.into_iter().filter(|(n, _)| final_set.voters.contains_key(n)).collect();
+    let kept: BTreeMap<String, String> = addresses
+        .into_iter()
+        .filter(|(n, _)| final_set.voters.contains_key(n))
+        .collect();
     fleet
-        .commit_operator(DesiredOp::SetVoters(VoterList { set: final_set, addresses: kept }))
+        .commit_operator(DesiredOp::SetVoters(VoterList {
+            set: final_set,
+            addresses: kept,
+        }))
         .await?;
     info!(version = ha.voters().set.version, "voter list changed");
     Ok(list(ha, clients).await)

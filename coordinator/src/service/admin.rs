@@ -12,8 +12,8 @@ use tracing::warn;
 
 use crate::error::ServiceError;
 use crate::fleet::Fleet;
-use crate::ha::voters::{self, VoterClients};
 use crate::ha::Ha;
+use crate::ha::voters::{self, VoterClients};
 
 /// The admin API.
 #[derive(Debug, Clone)]
@@ -82,8 +82,11 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SetVotersRequest>,
     ) -> Result<Response<pb::ListVotersResponse>, Status> {
-        let next = dbfleet_proto::lease::voter_specs(request.get_ref()).map_err(ServiceError::from)?;
-        Ok(Response::new(voters::change(&self.ha, &self.fleet, &self.clients, next).await?))
+        let next =
+            dbfleet_proto::lease::voter_specs(request.get_ref()).map_err(ServiceError::from)?;
+        Ok(Response::new(
+            voters::change(&self.ha, &self.fleet, &self.clients, next).await?,
+        ))
     }
 
     async fn accept_oplog_gap(
@@ -93,7 +96,11 @@ impl AdminService for AdminApi {
         match self.ha.role() {
             Role::ActiveDegraded => {
                 let required = self.ha.holder().required_seq();
-                warn!(applied = self.ha.applied(), required, "operator accepted losing the previous active's last desired-state changes");
+                warn!(
+                    applied = self.ha.applied(),
+                    required,
+                    "operator accepted losing the previous active's last desired-state changes"
+                );
                 self.ha.holder().accept_gap();
             }
             Role::Active => {}

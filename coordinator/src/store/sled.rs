@@ -66,7 +66,9 @@ type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 fn tx_get<T: DeserializeOwned>(t: &TransactionalTree, key: &[u8]) -> TxResult<Option<T>> {
     match t.get(key)? {
-        Some(v) => decode(key, &v).map(Some).map_err(ConflictableTransactionError::Abort),
+        Some(v) => decode(key, &v)
+            .map(Some)
+            .map_err(ConflictableTransactionError::Abort),
         None => Ok(None),
     }
 }
@@ -154,14 +156,19 @@ impl SledStore {
             .transaction(|(desired, oplog, meta, agents)| {
                 let applied: OpPosition = tx_get(meta, APPLIED)?.unwrap_or_default();
                 if applied.seq != expect_prev || entry.seq != applied.seq + 1 {
-                    return Err(ConflictableTransactionError::Abort(StoreError::OutOfOrder {
-                        applied: applied.seq,
-                        got: entry.seq,
-                    }));
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::OutOfOrder {
+                            applied: applied.seq,
+                            got: entry.seq,
+                        },
+                    ));
                 }
                 apply_op(&entry.op, &mut TxWriter { desired, agents })?;
                 oplog.insert(&entry.seq.to_be_bytes(), encode(entry))?;
-                let pos = OpPosition { seq: entry.seq, epoch: entry.epoch.clone() };
+                let pos = OpPosition {
+                    seq: entry.seq,
+                    epoch: entry.epoch.clone(),
+                };
                 meta.insert(APPLIED, encode(&pos))?;
                 Ok(())
             })
@@ -196,13 +203,19 @@ impl Store for SledStore {
     }
 
     fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
-        self.agents.insert(agent.host.as_bytes(), encode(agent)).map_err(engine)?;
+        self.agents
+            .insert(agent.host.as_bytes(), encode(agent))
+            .map_err(engine)?;
         self.flush()
     }
 
     fn commit(&self, epoch: &Epoch, op: &DesiredOp) -> Result<OpEntry, StoreError> {
         let applied = self.applied()?;
-        let entry = OpEntry { seq: applied.seq + 1, epoch: epoch.clone(), op: op.clone() };
+        let entry = OpEntry {
+            seq: applied.seq + 1,
+            epoch: epoch.clone(),
+            op: op.clone(),
+        };
         self.append(&entry, applied.seq)?;
         Ok(entry)
     }
@@ -241,7 +254,10 @@ impl Store for SledStore {
             .map(|kv| {
                 let (k, v) = kv.map_err(engine)?;
                 let e: OpEntry = decode(&k, &v)?;
-                Ok(OpPosition { seq: e.seq, epoch: e.epoch })
+                Ok(OpPosition {
+                    seq: e.seq,
+                    epoch: e.epoch,
+                })
             })
             .collect::<Result<_, StoreError>>()?;
         out.reverse();
@@ -252,11 +268,21 @@ impl Store for SledStore {
         // The active is the single writer and commits under its write lock,
         // which the caller holds, so this reads one consistent point.
         let s = self.load()?;
-        Ok(DesiredSnapshot { at: s.applied, clusters: s.clusters, voters: s.voters })
+        Ok(DesiredSnapshot {
+            at: s.applied,
+            clusters: s.clusters,
+            voters: s.voters,
+        })
     }
 
-    fn install_snapshot(&self, snap: &DesiredSnapshot, keep_through: u64) -> Result<u64, StoreError> {
-        self.meta.insert(SNAPSHOT_MARKER, b"1".to_vec()).map_err(engine)?;
+    fn install_snapshot(
+        &self,
+        snap: &DesiredSnapshot,
+        keep_through: u64,
+    ) -> Result<u64, StoreError> {
+        self.meta
+            .insert(SNAPSHOT_MARKER, b"1".to_vec())
+            .map_err(engine)?;
         self.flush()?;
         let mut set_aside = 0;
         for kv in self.oplog.range((keep_through + 1).to_be_bytes()..) {
@@ -267,12 +293,16 @@ impl Store for SledStore {
         self.oplog.clear().map_err(engine)?;
         self.desired.clear().map_err(engine)?;
         for c in &snap.clusters {
-            self.desired.insert(cluster_key(&c.name), encode(c)).map_err(engine)?;
+            self.desired
+                .insert(cluster_key(&c.name), encode(c))
+                .map_err(engine)?;
         }
         if let Some(v) = &snap.voters {
             self.desired.insert(VOTERS, encode(v)).map_err(engine)?;
         }
-        self.meta.insert(APPLIED, encode(&snap.at)).map_err(engine)?;
+        self.meta
+            .insert(APPLIED, encode(&snap.at))
+            .map_err(engine)?;
         self.flush()?;
         self.meta.remove(SNAPSHOT_MARKER).map_err(engine)?;
         self.flush()?;
@@ -294,10 +324,16 @@ mod tests {
     use super::*;
 
     fn e(term: u64, c: &str) -> Epoch {
-        Epoch { term, coordinator: c.into() }
+        Epoch {
+            term,
+            coordinator: c.into(),
+        }
     }
     fn policy(cluster: &str, lag: u64) -> DesiredOp {
-        DesiredOp::SetClusterPolicy { cluster: cluster.into(), max_lag_seconds: lag }
+        DesiredOp::SetClusterPolicy {
+            cluster: cluster.into(),
+            max_lag_seconds: lag,
+        }
     }
 
     #[test]
@@ -313,24 +349,43 @@ mod tests {
             })
             .unwrap();
             assert_eq!(s.commit(&e(1, "c1"), &policy("main", 9)).unwrap().seq, 1);
-            s.commit(&e(1, "c1"), &DesiredOp::RememberPrimary { cluster: "main".into(), primary: "db1".into() })
-                .unwrap();
+            s.commit(
+                &e(1, "c1"),
+                &DesiredOp::RememberPrimary {
+                    cluster: "main".into(),
+                    primary: "db1".into(),
+                },
+            )
+            .unwrap();
             s.save_max_seen(&e(3, "c2")).unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
         let st = s.load().unwrap();
-        assert_eq!(st.applied, OpPosition { seq: 2, epoch: e(1, "c1") });
+        assert_eq!(
+            st.applied,
+            OpPosition {
+                seq: 2,
+                epoch: e(1, "c1")
+            }
+        );
         assert_eq!(st.max_seen, e(3, "c2"));
         assert_eq!(
             st.clusters,
-            vec![ClusterRecord { name: "main".into(), max_lag_seconds: Some(9), last_primary: Some("db1".into()) }]
+            vec![ClusterRecord {
+                name: "main".into(),
+                max_lag_seconds: Some(9),
+                last_primary: Some("db1".into())
+            }]
         );
         assert_eq!(st.agents.len(), 1);
 
         let standby = SledStore::temporary().unwrap();
         let ops = s.ops_after(0, 10).unwrap();
         assert_eq!(ops.len(), 2);
-        assert!(matches!(standby.apply(&ops[1]), Err(StoreError::OutOfOrder { applied: 0, got: 2 })));
+        assert!(matches!(
+            standby.apply(&ops[1]),
+            Err(StoreError::OutOfOrder { applied: 0, got: 2 })
+        ));
         for op in &ops {
             standby.apply(op).unwrap();
         }
@@ -351,12 +406,23 @@ mod tests {
         let snap = active.snapshot().unwrap();
         assert_eq!(old.install_snapshot(&snap, 1).unwrap(), 1);
         let st = old.load().unwrap();
-        assert_eq!(st.applied, OpPosition { seq: 2, epoch: e(2, "c2") });
+        assert_eq!(
+            st.applied,
+            OpPosition {
+                seq: 2,
+                epoch: e(2, "c2")
+            }
+        );
         assert_eq!(st.clusters.len(), 2);
         assert_eq!(st.lost_found, 1);
         assert_eq!(old.lost_found().unwrap()[0].op, policy("lost", 7));
         // It continues from the snapshot's position.
-        old.apply(&OpEntry { seq: 3, epoch: e(2, "c2"), op: policy("c", 1) }).unwrap();
+        old.apply(&OpEntry {
+            seq: 3,
+            epoch: e(2, "c2"),
+            op: policy("c", 1),
+        })
+        .unwrap();
     }
 
     #[test]
@@ -369,7 +435,8 @@ mod tests {
             mysql_address: "127.0.0.1:3306".into(),
         })
         .unwrap();
-        s.commit(&e(1, "c1"), &DesiredOp::ForgetAgent { host: "db2".into() }).unwrap();
+        s.commit(&e(1, "c1"), &DesiredOp::ForgetAgent { host: "db2".into() })
+            .unwrap();
         assert!(s.load().unwrap().agents.is_empty());
     }
 }
