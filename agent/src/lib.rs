@@ -102,6 +102,7 @@ pub async fn run(
         &config.fence_record_path(),
         config.amnesia_quarantine,
     )?);
+    tls.send_from(config.listen.ip());
     tls.spawn_reloader(config.cert_reload_interval, shutdown.clone());
     let (tx, rx) = watch::channel(None);
     let mut tasks = tokio::task::JoinSet::new();

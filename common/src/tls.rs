@@ -218,6 +218,8 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
 pub struct TlsContext {
     paths: TlsPaths,
     loaded: ArcSwap<Loaded>,
+    /// Outgoing connections leave from this address (see [`TlsContext::send_from`]).
+    source_ip: std::sync::OnceLock<std::net::IpAddr>,
 }
 
 impl TlsContext {
@@ -227,7 +229,18 @@ impl TlsContext {
         Ok(Arc::new(TlsContext {
             paths: paths.clone(),
             loaded: ArcSwap::from_pointee(loaded),
+            source_ip: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Makes outgoing connections leave from `ip` (the address the process
+    /// listens on), so that every peer, firewall rule and log sees one
+    /// address per host instead of whatever the kernel picks. Ignored for an
+    /// unspecified address; the first call wins.
+    pub fn send_from(&self, ip: std::net::IpAddr) {
+        if !ip.is_unspecified() {
+            let _ = self.source_ip.set(ip);
+        }
     }
 
     /// This process's own identity.
@@ -358,7 +371,24 @@ pub async fn connect_tls(
     };
     let server_name = ServerName::try_from(host.to_string())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = match tls.source_ip.get() {
+        Some(ip) => {
+            let remote = tokio::net::lookup_host(addr)
+                .await?
+                .find(|r| r.is_ipv4() == ip.is_ipv4())
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: no address of the source's family"))
+                })?;
+            let socket = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(std::net::SocketAddr::new(*ip, 0))?;
+            socket.connect(remote).await?
+        }
+        None => TcpStream::connect(addr).await?,
+    };
     let _ = tcp.set_nodelay(true);
     let stream = TlsConnector::from(tls.client_config())
         .connect(server_name, tcp)

@@ -38,6 +38,9 @@ pub struct StandbyLink {
     pub connected: bool,
     /// Highest op it acknowledged.
     pub acked: u64,
+    /// It missed an acknowledgement deadline and has not reconnected since:
+    /// writes stop waiting for it.
+    pub written_off: bool,
 }
 
 /// State shared by the lease driver, replication and the API.
@@ -181,18 +184,25 @@ impl Ha {
         &self.standby
     }
 
-    /// Waits until the standby acknowledged `seq`, while one is connected,
-    /// for at most the configured timeout; the write is durable here either
-    /// way, so a slow standby only delays the reply.
+    /// Waits until the standby acknowledged `seq`, for at most the
+    /// configured timeout. The write is durable here either way; a standby
+    /// that misses the deadline is written off (later writes do not wait)
+    /// until it reconnects, and the voters learn from the renewals that
+    /// this op is committed, so a lagging standby that takes over knows it
+    /// is behind.
     pub async fn wait_standby(&self, seq: u64) {
+        if self.standby.borrow().written_off {
+            return;
+        }
         let mut rx = self.standby.subscribe();
         let waited = tokio::time::timeout(
             self.standby_ack_timeout,
-            rx.wait_for(|l| !l.connected || l.acked >= seq),
+            rx.wait_for(|l| l.written_off || l.acked >= seq),
         )
         .await;
         if waited.is_err() {
-            warn!(seq, timeout = ?self.standby_ack_timeout, "standby did not acknowledge in time; continuing without it");
+            self.standby.send_modify(|l| l.written_off = true);
+            warn!(seq, timeout = ?self.standby_ack_timeout, "standby did not acknowledge in time; going on without it until it reconnects");
         }
     }
 

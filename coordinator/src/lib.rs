@@ -123,6 +123,7 @@ pub async fn run(
     )?);
     info!(id = config.id, incarnation = format!("{incarnation:016x}"), applied = stored.applied.seq,
         max_seen = %stored.max_seen, "coordinator starting as standby");
+    tls.send_from(config.listen.ip());
     tls.spawn_reloader(config.cert_reload_interval, shutdown.clone());
     spawn_primary_observer(fleet.clone(), shutdown.clone());
     let clients = Arc::new(VoterClients::new(tls.clone(), config.lease.rpc_timeout));

@@ -76,6 +76,7 @@ impl Slot {
                 kill_leftovers(&dir);
                 let _ = fs::remove_dir_all(&dir);
             }
+            Partition::remove_all(n);
             fs::create_dir_all(&dir).expect("create slot scratch directory");
             return Slot {
                 n,
@@ -94,6 +95,108 @@ impl Slot {
     /// An address in the slot's block.
     pub fn ip(&self, last: u8) -> String {
         format!("127.1.{}.{last}", self.n)
+    }
+}
+
+/// A network cut between addresses of one slot, made with iptables on the
+/// loopback traffic (every process sends from its own listen address), and
+/// healed when dropped. Rules carry the slot in a comment, so a killed run's
+/// leftovers are removed when the slot is claimed again.
+#[derive(Debug)]
+pub struct Partition {
+    slot: u8,
+    rules: Vec<(String, String)>,
+}
+
+impl Partition {
+    fn comment(slot: u8) -> String {
+        format!("dbfleet-it-{slot}")
+    }
+
+    fn iptables(args: &[&str]) -> std::process::Output {
+        Command::new("iptables")
+            .arg("-w")
+            .args(args)
+            .output()
+            .expect("run iptables (tests run as root with iptables installed; ./scripts/setup installs it)")
+    }
+
+    /// Drops all packets between each address in `a` and each in `b`, both ways.
+    pub fn cut(slot: &Slot, a: &[String], b: &[String]) -> Partition {
+        let mut rules = Vec::new();
+        for x in a {
+            for y in b {
+                rules.push((x.clone(), y.clone()));
+                rules.push((y.clone(), x.clone()));
+            }
+        }
+        let comment = Self::comment(slot.n);
+        for (src, dst) in &rules {
+            let out = Self::iptables(&[
+                "-I",
+                "OUTPUT",
+                "-s",
+                src,
+                "-d",
+                dst,
+                "-m",
+                "comment",
+                "--comment",
+                &comment,
+                "-j",
+                "DROP",
+            ]);
+            assert!(
+                out.status.success(),
+                "iptables: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Partition {
+            slot: slot.n,
+            rules,
+        }
+    }
+
+    /// Removes every rule of slot `n` (leftovers of a killed run).
+    fn remove_all(n: u8) {
+        let Ok(out) = Command::new("iptables")
+            .args(["-w", "-S", "OUTPUT"])
+            .output()
+        else {
+            return;
+        };
+        let tag = Self::comment(n);
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.contains(&format!("--comment {tag} ")) && line.starts_with("-A ") {
+                let args: Vec<&str> = line[3..].split_whitespace().collect();
+                let mut del = vec!["-D"];
+                del.extend(args);
+                Self::iptables(&del);
+            }
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let comment = Self::comment(self.slot);
+        for (src, dst) in &self.rules {
+            Self::iptables(&[
+                "-D",
+                "OUTPUT",
+                "-s",
+                src,
+                "-d",
+                dst,
+                "-m",
+                "comment",
+                "--comment",
+                &comment,
+                "-j",
+                "DROP",
+            ]);
+        }
     }
 }
 
@@ -225,6 +328,47 @@ impl TestFleet {
         r.clusters.into_iter().next().expect("checked above")
     }
 
+    /// `dbfleet coordinators --output json`: one entry per coordinator.
+    pub fn coordinators(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["coordinators", "--output", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "coordinators JSON: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        v["coordinators"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the coordinators satisfy `done`, polling the real CLI.
+    pub async fn wait_coordinators(
+        &self,
+        what: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let give_up = std::time::Instant::now() + PATIENCE;
+        loop {
+            let c = self.coordinators();
+            if done(&c) {
+                return c;
+            }
+            if std::time::Instant::now() >= give_up {
+                panic!("timed out waiting for {what}; coordinators: {c:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The coordinator info of `id`.
+    pub fn coordinator(&self, id: &str) -> sandbox::CoordinatorInfo {
+        self.info
+            .coordinators
+            .iter()
+            .find(|c| c.id == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no coordinator {id}"))
+    }
+
     /// Every log file of the fleet concatenated (for secret scans).
     pub fn all_logs(&self) -> String {
         let mut out = String::new();
@@ -237,6 +381,25 @@ impl TestFleet {
         }
         out
     }
+}
+
+/// The coordinators whose role is `role`.
+pub fn with_role<'a>(c: &'a [serde_json::Value], role: &str) -> Vec<&'a serde_json::Value> {
+    c.iter().filter(|x| x["role"] == role).collect()
+}
+
+/// The single active coordinator, if exactly one is active.
+pub fn sole_active(c: &[serde_json::Value]) -> Option<&serde_json::Value> {
+    let active: Vec<_> = c
+        .iter()
+        .filter(|x| x["role"].as_str().is_some_and(|r| r.starts_with("active")))
+        .collect();
+    (active.len() == 1).then(|| active[0])
+}
+
+/// The term of an epoch in coordinator JSON (0 when none).
+pub fn term(epoch: &serde_json::Value) -> u64 {
+    epoch["term"].as_u64().unwrap_or(0)
 }
 
 /// The member named `host` in a view.

@@ -191,6 +191,7 @@ impl PeerService for PeerApi {
         if serving_as_active {
             self.ha.standby().send_modify(|l| {
                 l.connected = true;
+                l.written_off = false;
                 l.acked = hello.applied_seq;
             });
             let ha = self.ha.clone();
