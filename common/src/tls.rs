@@ -377,7 +377,10 @@ pub async fn connect_tls(
                 .await?
                 .find(|r| r.is_ipv4() == ip.is_ipv4())
                 .ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: no address of the source's family"))
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{addr}: no address of the source's family"),
+                    )
                 })?;
             let socket = if ip.is_ipv4() {
                 tokio::net::TcpSocket::new_v4()?

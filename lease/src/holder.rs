@@ -288,11 +288,19 @@ impl Holder {
         }
     }
 
+    /// When to ask again: after the longest wait the voters named (their
+    /// live grants), and at least a quarter lease, plus random jitter so
+    /// two candidates do not keep colliding. The jitter is small when a
+    /// known grant is running out (a takeover: one candidate), a renew
+    /// interval otherwise (a cold start: two candidates).
     fn backoff(&mut self, wait: Duration) -> Duration {
         let floor = wait.max(self.timing.lease / 4);
-        let jitter_ms = self
-            .rng
-            .random_range(0..=self.timing.renew_interval.as_millis() as u64);
+        let spread = if wait.is_zero() {
+            self.timing.renew_interval
+        } else {
+            self.timing.rpc_timeout / 2
+        };
+        let jitter_ms = self.rng.random_range(0..=spread.as_millis() as u64);
         floor + Duration::from_millis(jitter_ms)
     }
 

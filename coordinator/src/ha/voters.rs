@@ -218,9 +218,8 @@ pub async fn change(
         .collect();
     if !joint.is_quorum(&reachable) {
         return Err(ServiceError::VoterChange(format!(
-            "a change needs a majority of both the current and the new voters answering, but only {:?} answer; \
-             restore connectivity first (never change voters during a partition)",
-            reachable
+            "a change needs a majority of both the current and the new voters answering, but only {reachable:?} answer; \
+             restore connectivity first (never change voters during a partition)"
         )));
     }
     let joint_list = VoterList {
