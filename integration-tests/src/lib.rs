@@ -121,6 +121,25 @@ impl Partition {
             .expect("run iptables (tests run as root with iptables installed; ./scripts/setup installs it)")
     }
 
+    /// Inserts (`-I`) or deletes (`-D`) the rule dropping `src` → `dst`.
+    fn rule(action: &str, slot: u8, src: &str, dst: &str) -> std::process::Output {
+        let comment = Self::comment(slot);
+        Self::iptables(&[
+            action,
+            "OUTPUT",
+            "-s",
+            src,
+            "-d",
+            dst,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "DROP",
+        ])
+    }
+
     /// Drops all packets between each address in `a` and each in `b`, both ways.
     pub fn cut(slot: &Slot, a: &[String], b: &[String]) -> Partition {
         let mut rules = Vec::new();
@@ -130,22 +149,8 @@ impl Partition {
                 rules.push((y.clone(), x.clone()));
             }
         }
-        let comment = Self::comment(slot.n);
         for (src, dst) in &rules {
-            let out = Self::iptables(&[
-                "-I",
-                "OUTPUT",
-                "-s",
-                src,
-                "-d",
-                dst,
-                "-m",
-                "comment",
-                "--comment",
-                &comment,
-                "-j",
-                "DROP",
-            ]);
+            let out = Self::rule("-I", slot.n, src, dst);
             assert!(
                 out.status.success(),
                 "iptables: {}",
@@ -180,22 +185,8 @@ impl Partition {
 
 impl Drop for Partition {
     fn drop(&mut self) {
-        let comment = Self::comment(self.slot);
         for (src, dst) in &self.rules {
-            Self::iptables(&[
-                "-D",
-                "OUTPUT",
-                "-s",
-                src,
-                "-d",
-                dst,
-                "-m",
-                "comment",
-                "--comment",
-                &comment,
-                "-j",
-                "DROP",
-            ]);
+            Self::rule("-D", self.slot, src, dst);
         }
     }
 }
