@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_ENV: &str = "DBFLEET_CONFIG";
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const VOTER_CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write may wait for the standby, then for a lease renewal.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a write keeps looking for an active coordinator (a takeover
 /// takes at most about lease × 1.4).
 const FIND_ACTIVE_FOR: Duration = Duration::from_secs(20);
@@ -122,7 +125,7 @@ impl Client {
 
     /// Runs a write against the active coordinator: follows redirects from
     /// a standby, and waits through a takeover for an active to appear.
-    async fn write<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    async fn write<T, F, Fut>(&self, deadline: Duration, call: F) -> Result<T, ClientError>
     where
         F: Fn(AdminServiceClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -133,15 +136,16 @@ impl Client {
                 self.config.coordinators.iter().cloned().collect();
             let mut tried: Vec<String> = Vec::new();
             let mut failures = Vec::new();
-            let mut only_not_active = true;
+            let mut heard_not_active = false;
             while let Some(address) = queue.pop_front() {
                 if tried.contains(&address) {
                     continue;
                 }
                 tried.push(address.clone());
-                match tokio::time::timeout(CALL_TIMEOUT, call(self.admin(&address))).await {
+                match tokio::time::timeout(deadline, call(self.admin(&address))).await {
                     Ok(Ok(r)) => return Ok(r.into_inner()),
                     Ok(Err(s)) if is_not_active(&s) => {
+                        heard_not_active = true;
                         if let Some(a) = s
                             .metadata()
                             .get(ACTIVE_ADDRESS_METADATA)
@@ -158,17 +162,16 @@ impl Client {
                         });
                     }
                     Ok(Err(s)) => {
-                        only_not_active = false;
                         failures.push(format!("{address}: {}", describe(&s)));
                     }
                     Err(_) => {
-                        only_not_active = false;
-                        failures.push(format!("{address}: no answer within {CALL_TIMEOUT:?}"));
+                        failures.push(format!("{address}: no answer within {deadline:?}"));
                     }
                 }
             }
-            let some_answered = failures.len() < tried.len() || only_not_active;
-            if !some_answered || tokio::time::Instant::now() >= give_up {
+            // A coordinator that says "not active" is alive and waiting for
+            // (or following) an active one: keep trying through a takeover.
+            if !heard_not_active || tokio::time::Instant::now() >= give_up {
                 return Err(ClientError::NoCoordinator(failures));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -208,7 +211,8 @@ impl Client {
         voters: Vec<pb::VoterSpec>,
     ) -> Result<pb::ListVotersResponse, ClientError> {
         let req = pb::SetVotersRequest { voters };
-        self.write(|mut c| {
+        // A voter change waits for a lease renewal under the joint list.
+        self.write(VOTER_CHANGE_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.set_voters(req).await }
         })
@@ -217,8 +221,10 @@ impl Client {
 
     /// Accepts the op-log gap of an active-degraded coordinator.
     pub async fn accept_oplog_gap(&self) -> Result<pb::CoordinatorStatus, ClientError> {
-        self.write(|mut c| async move { c.accept_oplog_gap(pb::AcceptOplogGapRequest {}).await })
-            .await
+        self.write(WRITE_TIMEOUT, |mut c| async move {
+            c.accept_oplog_gap(pb::AcceptOplogGapRequest {}).await
+        })
+        .await
     }
 
     /// Sets a cluster's lag threshold.
@@ -231,7 +237,7 @@ impl Client {
             cluster: cluster.to_string(),
             max_lag_seconds,
         };
-        self.write(|mut c| {
+        self.write(WRITE_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.set_cluster_policy(req).await }
         })
@@ -276,6 +282,7 @@ fn is_refusal(s: &tonic::Status) -> bool {
             | tonic::Code::Unauthenticated
             | tonic::Code::NotFound
             | tonic::Code::FailedPrecondition
+            | tonic::Code::Unknown
     )
 }
 

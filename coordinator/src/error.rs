@@ -90,6 +90,10 @@ pub enum ServiceError {
         /// What the voters reported as committed.
         required: u64,
     },
+    /// The change is durable on this coordinator but could not be
+    /// confirmed; it may or may not survive a takeover.
+    #[error("outcome unknown: {0}; check with `dbfleet status` before retrying")]
+    OutcomeUnknown(String),
     /// A voter-list change cannot be made safely now.
     #[error("voter change refused: {0}")]
     VoterChange(String),
@@ -116,6 +120,7 @@ impl From<ServiceError> for tonic::Status {
             }
             ServiceError::Degraded { .. } => tonic::Status::failed_precondition(msg),
             ServiceError::VoterChange(_) => tonic::Status::failed_precondition(msg),
+            ServiceError::OutcomeUnknown(_) => tonic::Status::unknown(msg),
         }
     }
 }

@@ -190,9 +190,18 @@ impl Fleet {
 
     /// Commits `op` under `epoch` while holding the write lock.
     async fn commit_locked(&self, epoch: Epoch, op: DesiredOp) -> Result<u64, ServiceError> {
-        let entry = durable(&self.store, move |s| s.commit(&epoch, &op)).await?;
+        let e = epoch.clone();
+        let entry = durable(&self.store, move |s| s.commit(&e, &op)).await?;
         self.apply_in_memory(&entry.op);
         self.ha.applied_to(entry.seq);
+        // A commit that outlived the lease (a disk stall, a pause) is
+        // durable here but may be superseded by the next active: do not
+        // report it as done.
+        if self.ha.write_epoch().ok().as_ref() != Some(&epoch) {
+            return Err(ServiceError::OutcomeUnknown(
+                "the lease lapsed while the change was being committed".into(),
+            ));
+        }
         Ok(entry.seq)
     }
 
@@ -206,7 +215,7 @@ impl Fleet {
                 f.commit_locked(epoch, op).await
             })
             .await?;
-        self.ha.wait_standby(seq).await;
+        self.ha.wait_standby(seq).await?;
         Ok(seq)
     }
 
@@ -496,7 +505,7 @@ impl Fleet {
                     .await
             })
             .await?;
-        self.ha.wait_standby(seq).await;
+        self.ha.wait_standby(seq).await?;
         Ok(())
     }
 
@@ -595,7 +604,7 @@ mod tests {
             id: "c2".into(),
             address: "127.0.0.1:2".into(),
         };
-        Arc::new(Ha::new(
+        let ha = Arc::new(Ha::new(
             h,
             "127.0.0.1:3".into(),
             peer,
@@ -603,7 +612,11 @@ mod tests {
             0,
             0,
             Duration::from_secs(1),
-        ))
+        ));
+        // A standby that has acknowledged everything: these tests are about
+        // the fleet, not replication.
+        ha.standby().send_modify(|l| l.acked = u64::MAX);
+        ha
     }
 
     fn report(host: &str, cluster: &str) -> Report {

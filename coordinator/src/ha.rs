@@ -58,6 +58,8 @@ pub struct Ha {
     /// The active's op-log end, from its heartbeats (standby side).
     active_committed: AtomicU64,
     standby_ack_timeout: Duration,
+    /// Voter-list changes run one at a time.
+    pub(crate) voter_change: tokio::sync::Mutex<()>,
 }
 
 impl Ha {
@@ -83,6 +85,7 @@ impl Ha {
             lost_found: AtomicU64::new(lost_found),
             active_committed: AtomicU64::new(0),
             standby_ack_timeout,
+            voter_change: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -184,25 +187,47 @@ impl Ha {
         &self.standby
     }
 
-    /// Waits until the standby acknowledged `seq`, for at most the
-    /// configured timeout. The write is durable here either way; a standby
-    /// that misses the deadline is written off (later writes do not wait)
-    /// until it reconnects, and the voters learn from the renewals that
-    /// this op is committed, so a lagging standby that takes over knows it
-    /// is behind.
-    pub async fn wait_standby(&self, seq: u64) {
-        if self.standby.borrow().written_off {
-            return;
+    /// Makes a committed op safe to acknowledge: either the standby has it,
+    /// or (standby slow or absent) a lease renewal begun after the commit
+    /// reached a majority, so the voters know this sequence is committed
+    /// and a standby that takes over without it knows it is behind. A
+    /// standby that misses the deadline is written off (later writes wait
+    /// only for the renewal) until it reconnects.
+    pub async fn wait_standby(&self, seq: u64) -> Result<(), ServiceError> {
+        let committed_at = boottime();
+        if !self.standby.borrow().written_off {
+            let mut rx = self.standby.subscribe();
+            let waited = tokio::time::timeout(
+                self.standby_ack_timeout,
+                rx.wait_for(|l| l.written_off || l.acked >= seq),
+            )
+            .await;
+            match waited {
+                Ok(Ok(l)) if l.acked >= seq => return Ok(()),
+                Ok(_) => {}
+                Err(_) => {
+                    self.standby.send_modify(|l| l.written_off = true);
+                    warn!(seq, timeout = ?self.standby_ack_timeout, "standby did not acknowledge in time; going on without it until it reconnects");
+                }
+            }
         }
-        let mut rx = self.standby.subscribe();
-        let waited = tokio::time::timeout(
-            self.standby_ack_timeout,
-            rx.wait_for(|l| l.written_off || l.acked >= seq),
-        )
-        .await;
-        if waited.is_err() {
-            self.standby.send_modify(|l| l.written_off = true);
-            warn!(seq, timeout = ?self.standby_ack_timeout, "standby did not acknowledge in time; going on without it until it reconnects");
+        let t = *self.holder().timing();
+        let give_up = boottime() + t.renew_interval * 2 + t.rpc_timeout * 2;
+        loop {
+            if self
+                .holder()
+                .last_confirmed()
+                .is_some_and(|c| c >= committed_at)
+            {
+                return Ok(());
+            }
+            if boottime() >= give_up {
+                return Err(ServiceError::OutcomeUnknown(
+                    "neither the standby nor a majority of voters confirmed the change in time"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -36,6 +36,21 @@ fn by_id<'a>(c: &'a [Value], id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {id} in {c:#?}"))
 }
 
+/// `GET /metrics` over plain HTTP/1.1.
+fn scrape(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
 fn policy_of(fleet: &TestFleet) -> u64 {
     fleet.status_json()["clusters"][0]["max_lag_seconds"]
         .as_u64()
@@ -75,6 +90,24 @@ async fn kill_9_of_the_active_hands_over_with_acknowledged_writes_and_a_complete
         42,
         "the acknowledged write survived the kill"
     );
+    // Its metrics say so too, in Prometheus' text format.
+    let metrics = scrape(&fleet.coordinator(&standby).metrics_address);
+    assert!(
+        metrics.contains("dbfleet_coordinator_role{role=\"active\"} 1"),
+        "{metrics}"
+    );
+    let epoch_line = format!(
+        "dbfleet_coordinator_epoch_term {}",
+        term(&by_id(&c, &standby)["epoch"])
+    );
+    assert!(metrics.contains(&epoch_line), "{metrics}");
+    for name in [
+        "dbfleet_coordinator_lease_remaining_seconds",
+        "dbfleet_coordinator_oplog_lag",
+        "dbfleet_coordinator_oplog_applied_seq",
+    ] {
+        assert!(metrics.contains(name), "{name} missing: {metrics}");
+    }
     // Writes go to the new active, from a CLI that lists the dead one first.
     let out = fleet.cli(&["policy", "--cluster", "main", "--max-lag-seconds", "43"]);
     assert!(

@@ -106,7 +106,12 @@ fn plan(tail: &[OpPosition], ours: u64, epoch_at: impl Fn(u64) -> Option<Epoch>)
             Start::After(last.seq)
         };
     }
-    if last.seq > ours && (ours == 0 || tail.iter().any(|p| p.seq == ours && agrees(p))) {
+    // Ahead of us and extending our log, or too far ahead to tell: never
+    // overwrite a longer log from a shorter one.
+    let beyond_view = tail.first().is_some_and(|p| p.seq > ours);
+    if last.seq > ours
+        && (ours == 0 || beyond_view || tail.iter().any(|p| p.seq == ours && agrees(p)))
+    {
         return Start::CallerAhead;
     }
     let keep_through = tail.iter().rev().find(|p| agrees(p)).map_or(0, |p| p.seq);
@@ -154,12 +159,22 @@ impl PeerService for PeerApi {
                 .collect::<Result<Vec<_>, _>>()
         })
         .await?;
-        let start = plan(&tail, ours, |q| {
+        let mut start = plan(&tail, ours, |q| {
             known
                 .iter()
                 .find(|(k, _)| *k == q)
                 .and_then(|(_, e)| e.clone())
         });
+        // Continuing needs the next op in our log; after a snapshot of our
+        // own, older ops are gone and only a snapshot can bring the caller up.
+        if let Start::After(seq) = start
+            && seq < ours
+            && blocking(&self.store, move |s| s.epoch_at(seq + 1))
+                .await?
+                .is_none()
+        {
+            start = Start::Snapshot { keep_through: seq };
+        }
         let serving_as_active = matches!(role, Role::Active | Role::ActiveDegraded);
         match (&start, role) {
             (Start::CallerAhead, _) => {
@@ -168,12 +183,21 @@ impl PeerService for PeerApi {
                     self.ha.id()
                 )));
             }
-            // A standby serves only a degraded peer that is behind it.
+            // A standby only lends a behind peer the ops that extend its
+            // log, never a snapshot that would set the peer's ops aside.
+            (Start::Snapshot { .. }, Role::Standby | Role::Candidate) => {
+                return Err(Status::from(self.ha.not_active()));
+            }
             (_, Role::Standby | Role::Candidate) if hello.applied_seq >= ours => {
                 return Err(Status::from(self.ha.not_active()));
             }
             _ => {}
         }
+        let agreed = match start {
+            Start::After(seq) => seq,
+            Start::Snapshot { keep_through } => keep_through,
+            Start::CallerAhead => 0,
+        };
         info!(
             peer = caller.name,
             from = hello.applied_seq,
@@ -192,7 +216,7 @@ impl PeerService for PeerApi {
             self.ha.standby().send_modify(|l| {
                 l.connected = true;
                 l.written_off = false;
-                l.acked = hello.applied_seq;
+                l.acked = agreed;
             });
             let ha = self.ha.clone();
             tokio::spawn(async move {

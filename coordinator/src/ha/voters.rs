@@ -194,6 +194,7 @@ pub async fn change(
     clients: &VoterClients,
     next: Vec<(String, String, u32)>,
 ) -> Result<pb::ListVotersResponse, ServiceError> {
+    let _one_at_a_time = ha.voter_change.lock().await;
     ha.write_epoch()?;
     let current = ha.voters();
     let next_weights: BTreeMap<String, u32> =

@@ -84,9 +84,12 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListVotersResponse>, Status> {
         let next =
             dbfleet_proto::lease::voter_specs(request.get_ref()).map_err(ServiceError::from)?;
-        Ok(Response::new(
-            voters::change(&self.ha, &self.fleet, &self.clients, next).await?,
-        ))
+        // Run to completion even if the caller goes away, so a joint list
+        // is never left half-changed by a dropped request.
+        let (ha, fleet, clients) = (self.ha.clone(), self.fleet.clone(), self.clients.clone());
+        let change = tokio::spawn(async move { voters::change(&ha, &fleet, &clients, next).await });
+        let listed = change.await.map_err(|_| ServiceError::ShuttingDown)??;
+        Ok(Response::new(listed))
     }
 
     async fn accept_oplog_gap(

@@ -122,14 +122,24 @@ impl SledStore {
     }
 
     fn from_db(db: sled::Db) -> Result<SledStore, StoreError> {
-        Ok(SledStore {
+        let s = SledStore {
             agents: db.open_tree("agents").map_err(engine)?,
             desired: db.open_tree("desired").map_err(engine)?,
             oplog: db.open_tree("oplog").map_err(engine)?,
             meta: db.open_tree("meta").map_err(engine)?,
             lost_found: db.open_tree("lost_found").map_err(engine)?,
             db,
-        })
+        };
+        if s.meta.contains_key(SNAPSHOT_MARKER).map_err(engine)? {
+            // A snapshot install was cut short: start from nothing, so the
+            // active sends a whole new snapshot.
+            s.desired.clear().map_err(engine)?;
+            s.oplog.clear().map_err(engine)?;
+            s.meta.remove(APPLIED).map_err(engine)?;
+            s.meta.remove(SNAPSHOT_MARKER).map_err(engine)?;
+            s.flush()?;
+        }
+        Ok(s)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
