@@ -24,7 +24,7 @@ use crate::error::ServiceError;
 use crate::ha::Ha;
 use crate::store::{
     AgentRecord, ClusterRecord, DesiredOp, DesiredSnapshot, DesiredWriter, OpEntry, Store,
-    StoreError, VoterList, apply_op,
+    StoreError, VoterList, apply_op, blocking,
 };
 use crate::topology::{self, ClusterInput, MemberInput};
 
@@ -74,18 +74,6 @@ fn now_unix_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// Runs a blocking store call on the blocking pool.
-async fn durable<T: Send + 'static>(
-    store: &Arc<dyn Store>,
-    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ServiceError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(|_| ServiceError::ShuttingDown)?
-        .map_err(ServiceError::from)
 }
 
 /// Decrements an agent's open-stream count when its stream ends.
@@ -191,7 +179,7 @@ impl Fleet {
     /// Commits `op` under `epoch` while holding the write lock.
     async fn commit_locked(&self, epoch: Epoch, op: DesiredOp) -> Result<u64, ServiceError> {
         let e = epoch.clone();
-        let entry = durable(&self.store, move |s| s.commit(&e, &op)).await?;
+        let entry = blocking(&self.store, move |s| s.commit(&e, &op)).await?;
         self.apply_in_memory(&entry.op);
         self.ha.applied_to(entry.seq);
         // A commit that outlived the lease (a disk stall, a pause) is
@@ -224,7 +212,7 @@ impl Fleet {
     pub async fn apply_replicated(self: &Arc<Self>, entry: OpEntry) -> Result<(), ServiceError> {
         self.commit(move |f| async move {
             let e = entry.clone();
-            durable(&f.store, move |s| s.apply(&e)).await?;
+            blocking(&f.store, move |s| s.apply(&e)).await?;
             f.apply_in_memory(&entry.op);
             f.ha.applied_to(entry.seq);
             Ok(())
@@ -235,7 +223,7 @@ impl Fleet {
     /// All desired state at one op-log position (for a standby too far
     /// behind or diverged).
     pub async fn snapshot(self: &Arc<Self>) -> Result<DesiredSnapshot, ServiceError> {
-        self.commit(|f| async move { durable(&f.store, |s| s.snapshot()).await })
+        self.commit(|f| async move { blocking(&f.store, |s| s.snapshot()).await })
             .await
     }
 
@@ -249,7 +237,7 @@ impl Fleet {
         self.commit(move |f| async move {
             let sn = snap.clone();
             let set_aside =
-                durable(&f.store, move |s| s.install_snapshot(&sn, keep_through)).await?;
+                blocking(&f.store, move |s| s.install_snapshot(&sn, keep_through)).await?;
             let fresh = Self::read_state(f.store.as_ref())?;
             {
                 let mut st = f.lock();
@@ -270,7 +258,7 @@ impl Fleet {
     fn lock(&self) -> MutexGuard<'_, FleetState> {
         // A panic while holding the lock leaves plain data behind, still
         // consistent field by field; keep serving rather than cascade.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::ha::relock(&self.state)
     }
 
     /// Marks a report stream from `host` as open until the guard drops.
@@ -348,7 +336,7 @@ impl Fleet {
                     return Ok(());
                 };
                 let stored = a.clone();
-                durable(&f.store, move |s| s.put_agent(&stored)).await?;
+                blocking(&f.store, move |s| s.put_agent(&stored)).await?;
                 info!(
                     host = a.host,
                     cluster = a.cluster,

@@ -22,6 +22,12 @@ use tracing::warn;
 use crate::error::ServiceError;
 use crate::store::VoterList;
 
+/// Locks `m` even if a panic poisoned it: the guarded values are plain
+/// data, consistent field by field, so serving on beats cascading panics.
+pub(crate) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The active coordinator as far as this one knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownActive {
@@ -91,7 +97,7 @@ impl Ha {
 
     /// The holder, locked briefly (never across an await).
     pub fn holder(&self) -> MutexGuard<'_, Holder> {
-        self.holder.lock().unwrap_or_else(|p| p.into_inner())
+        relock(&self.holder)
     }
 
     /// This coordinator's id.
@@ -151,7 +157,7 @@ impl Ha {
 
     /// Records who the active is (from its heartbeats, or ourselves).
     pub fn set_active(&self, active: Option<KnownActive>) {
-        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = active;
+        *relock(&self.active) = active;
     }
 
     /// Ourselves as the active.
@@ -233,16 +239,13 @@ impl Ha {
 
     /// The voter list in force.
     pub fn voters(&self) -> VoterList {
-        self.voters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        relock(&self.voters).clone()
     }
 
     /// Installs a committed or replicated voter list.
     pub fn set_voters(&self, list: VoterList) {
         self.holder().set_voters(list.set.clone());
-        *self.voters.lock().unwrap_or_else(|p| p.into_inner()) = list;
+        *relock(&self.voters) = list;
     }
 
     /// The active told us where its op-log ends.

@@ -199,6 +199,18 @@ pub trait Store: Send + Sync + 'static {
     fn lost_found(&self) -> Result<Vec<OpEntry>, StoreError>;
 }
 
+/// Runs a blocking store call on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    store: &std::sync::Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, crate::error::ServiceError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|_| crate::error::ServiceError::ShuttingDown)?
+        .map_err(crate::error::ServiceError::from)
+}
+
 /// Where an op is applied: the sled transaction, or the in-memory copy.
 pub(crate) trait DesiredWriter {
     /// The writer's error.

@@ -24,6 +24,7 @@ pub use epoch::{Epoch, HolderId};
 pub use holder::{Holder, HolderAction, Role, StepDownReason};
 pub use timing::{Timing, TimingError};
 pub use voter::{
-    CommandVerdict, FenceRecord, Handled, RejectReason, StaleEpoch, Voter, VoterReply, VoterRequest,
+    CommandVerdict, FenceRecord, Handled, RejectReason, StaleEpoch, Voter, VoterReply,
+    VoterRequest, millis,
 };
 pub use voters::{VoterSet, VoterSetError};

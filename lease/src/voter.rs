@@ -351,7 +351,8 @@ impl Voter {
     }
 }
 
-fn millis(d: Duration) -> u64 {
+/// Milliseconds, saturating (records and wire fields are whole ms).
+pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+pub use dbfleet_lease::millis;
 use dbfleet_lease::{Epoch, HolderId, RejectReason, Timing, VoterReply, VoterRequest, VoterSet};
 
 use crate::model::ProtocolError;
@@ -89,11 +90,6 @@ fn timing_field(t: Option<pb::LeaseTiming>) -> Result<Timing, ProtocolError> {
         .validate()
         .map_err(|e| ProtocolError::invalid("timing", e.to_string()))?;
     Ok(timing)
-}
-
-/// Milliseconds, saturating.
-pub fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Builds the wire form of a voter request.

@@ -33,9 +33,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::{Ha, KnownActive};
-use crate::error::ServiceError;
 use crate::fleet::Fleet;
-use crate::store::{DesiredSnapshot, OpEntry, OpPosition, Store};
+use crate::store::{DesiredSnapshot, OpEntry, OpPosition, Store, blocking};
 
 /// How many op positions the standby sends to find the common point.
 const TAIL: usize = 64;
@@ -68,17 +67,6 @@ fn op_position(p: pb::OpPosition) -> Result<OpPosition, Status> {
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
-}
-
-async fn blocking<T: Send + 'static>(
-    store: &Arc<dyn Store>,
-    f: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, Status> {
-    let s = store.clone();
-    tokio::task::spawn_blocking(move || f(s.as_ref()))
-        .await
-        .map_err(internal)?
-        .map_err(|e| Status::from(ServiceError::from(e)))
 }
 
 /// How the active continues a standby's log.
@@ -376,7 +364,6 @@ async fn follow_once(
     let tail = blocking(store, |s| s.tail(TAIL)).await?;
     let (out, out_rx) = mpsc::channel(16);
     let hello = pb::ReplicaHello {
-        coordinator_id: ha.id().to_string(),
         tail: tail
             .into_iter()
             .map(|p| pb::OpPosition {
@@ -456,7 +443,7 @@ async fn follow_once(
                 info!(seq, "installed the active's snapshot");
                 let _ = out.send(ack(seq)).await;
             }
-            Some(pb::active_message::Kind::Resume(_)) | None => {}
+            None => {}
         }
     }
 }

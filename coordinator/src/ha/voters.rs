@@ -61,7 +61,7 @@ impl VoterClients {
     }
 
     fn channel(&self, name: &str, address: &str) -> Channel {
-        let mut m = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = super::relock(&self.channels);
         m.entry((name.to_string(), address.to_string()))
             .or_insert_with(|| {
                 let id = Identity::new(Role::Agent, name);

@@ -436,6 +436,29 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_install_cut_short_by_a_crash_starts_over_from_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.commit(&e(1, "c1"), &policy("a", 5)).unwrap();
+            // The crash came after the marker was written, mid-install.
+            s.meta.insert(SNAPSHOT_MARKER, b"1".to_vec()).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let st = s.load().unwrap();
+        assert_eq!(st.applied, OpPosition::default());
+        assert!(st.clusters.is_empty() && s.tail(5).unwrap().is_empty());
+        // The next op the active sends is accepted from the start.
+        s.apply(&OpEntry {
+            seq: 1,
+            epoch: e(2, "c2"),
+            op: policy("b", 6),
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn forget_agent_removes_it_from_the_registry_in_the_same_transaction() {
         let s = SledStore::temporary().unwrap();
         s.put_agent(&AgentRecord {
