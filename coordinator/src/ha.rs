@@ -144,11 +144,7 @@ impl Ha {
 
     /// The redirect for a write that reached a non-active coordinator.
     pub fn not_active(&self) -> ServiceError {
-        let active = self
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let active = relock(&self.active).clone();
         ServiceError::NotActive {
             id: self.id.clone(),
             active,
@@ -280,11 +276,7 @@ impl Ha {
         let h = self.holder();
         let role = h.role(now);
         let active = matches!(role, Role::Active | Role::ActiveDegraded);
-        let known = self
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let known = relock(&self.active).clone();
         let link = *self.standby.borrow();
         pb::CoordinatorStatus {
             id: self.id.clone(),
