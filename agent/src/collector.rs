@@ -3,11 +3,14 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dbfleet_proto::model::{MysqlAddress, MysqlObservation, Name, Report};
+use std::sync::Arc;
+
+use dbfleet_proto::model::{AgentState, MysqlAddress, MysqlObservation, Name, Report};
 use dbfleet_proto::pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::guard::Guard;
 use crate::mysql::observer::Observer;
 
 /// What every report of this agent process carries.
@@ -21,12 +24,18 @@ pub struct ReportIdentity {
     pub instance: String,
     /// Where replicas reach the server.
     pub mysql_address: MysqlAddress,
+    /// Where coordinators send commands.
+    pub agent_address: String,
+    /// Self-fence timeout (zero: disabled).
+    pub self_fence_timeout_ms: u64,
 }
 
 /// Observes every `collect` and publishes a report when the observation
-/// changed or `report` has passed since the last one, until `cancel`.
+/// (or the read-only guard) changed or `report` has passed since the last
+/// one, until `cancel`.
 pub async fn run(
     mut observer: Observer,
+    guard: Arc<Guard>,
     id: ReportIdentity,
     collect: Duration,
     report: Duration,
@@ -34,21 +43,26 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut sequence = 0u64;
-    let mut last: Option<(Instant, MysqlObservation)> = None;
+    let mut last: Option<(Instant, MysqlObservation, bool)> = None;
+    let mut guard_changes = guard.subscribe();
     let mut tick = tokio::time::interval(collect);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+            _ = guard_changes.changed() => {}
         }
         let observation = tokio::select! {
             _ = cancel.cancelled() => return,
             o = observer.observe() => o,
         };
+        let g = guard.current();
         let due = match &last {
             None => true,
-            Some((at, prev)) => *prev != observation || at.elapsed() >= report,
+            Some((at, prev, fenced)) => {
+                *prev != observation || *fenced != g.fenced || at.elapsed() >= report
+            }
         };
         if !due {
             continue;
@@ -67,8 +81,14 @@ pub async fn run(
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             mysql_address: id.mysql_address.clone(),
             mysql: observation.clone(),
+            agent: AgentState {
+                address: id.agent_address.clone(),
+                fenced: g.fenced,
+                fence_reason: g.reason.clone(),
+                self_fence_timeout_ms: id.self_fence_timeout_ms,
+            },
         };
-        last = Some((Instant::now(), observation));
+        last = Some((Instant::now(), observation, g.fenced));
         out.send_replace(Some(pb::AgentReport::from(r)));
     }
 }

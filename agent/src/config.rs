@@ -35,6 +35,16 @@ pub struct AgentConfig {
     pub amnesia_quarantine: Duration,
     /// gRPC address coordinators call (state, later commands and votes).
     pub listen: SocketAddr,
+    /// The address coordinators should dial for commands, when it differs
+    /// from `listen` (NAT, a wildcard listen address).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// A primary cut off from both coordinators and from all its replicas
+    /// for this long turns itself read-only (brief §4). Unset: never. Must
+    /// be shorter than the coordinators' slow-path detection window, which
+    /// waits for it.
+    #[serde(default, with = "humantime_serde")]
+    pub self_fence_timeout: Option<Duration>,
     /// Every coordinator, `host:port`; the agent reports to each.
     pub coordinators: Vec<String>,
     /// Longest time between two reports.
@@ -72,6 +82,16 @@ pub struct MysqlConfig {
     /// Deadline for one observation's queries.
     #[serde(default = "default_query_timeout", with = "humantime_serde")]
     pub query_timeout: Duration,
+    /// Account replicas of this server use to connect to their source.
+    #[serde(default)]
+    pub replication_user: Option<String>,
+    /// File holding its password (mode 0600).
+    #[serde(default)]
+    pub replication_password_file: Option<PathBuf>,
+    /// mysqld's pid file: with it the agent can prove mysqld is stopped,
+    /// and kill a hung one when fencing.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
 }
 
 fn default_amnesia_quarantine() -> Duration {
@@ -146,6 +166,23 @@ impl AgentConfig {
         if mysql.user.is_empty() {
             return Err(invalid("mysql.user", "must not be empty".into()));
         }
+        if mysql.replication_user.is_some() != mysql.replication_password_file.is_some() {
+            return Err(invalid(
+                "mysql.replication_user",
+                "set both replication_user and replication_password_file, or neither".into(),
+            ));
+        }
+        if let Some(a) = &c.advertise {
+            MysqlAddress::parse(a).map_err(|r| invalid("advertise", r))?;
+        }
+        if c.self_fence_timeout
+            .is_some_and(|t| t < Duration::from_secs(1))
+        {
+            return Err(invalid(
+                "self_fence_timeout",
+                "must be at least 1s (it must outlast a report interval or two)".into(),
+            ));
+        }
         if c.report_interval < Duration::from_millis(100) {
             return Err(invalid("report_interval", "must be at least 100ms".into()));
         }
@@ -168,6 +205,18 @@ impl AgentConfig {
     /// Where the fence record lives.
     pub fn fence_record_path(&self) -> PathBuf {
         self.state_dir.join("fence-record.json")
+    }
+
+    /// Where the read-only guard keeps its durable flag.
+    pub fn guard_path(&self) -> PathBuf {
+        self.state_dir.join("read-only-guard.json")
+    }
+
+    /// The gRPC address coordinators dial.
+    pub fn command_address(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod collector;
 pub mod config;
 pub mod fence;
+pub mod guard;
 pub mod mysql;
 pub mod reporter;
 pub mod service;
@@ -31,6 +32,8 @@ use tracing::{info, warn};
 use crate::collector::ReportIdentity;
 use crate::config::AgentConfig;
 use crate::fence::Fence;
+use crate::guard::{AckClock, Guard};
+use crate::mysql::control::Controller;
 use crate::mysql::observer::{MysqlTarget, Observer};
 use crate::service::{AgentApi, VoterApi};
 
@@ -59,6 +62,9 @@ pub enum AgentError {
     /// The fence record cannot be loaded.
     #[error(transparent)]
     Fence(#[from] crate::fence::FenceError),
+    /// The read-only guard cannot be loaded.
+    #[error(transparent)]
+    Guard(#[from] crate::guard::GuardError),
     /// The collector or a reporter stopped: the agent would go on serving
     /// while reporting nothing, so it exits and its supervisor restarts it.
     #[error("agent task ended unexpectedly: {0}")]
@@ -68,7 +74,7 @@ pub enum AgentError {
 /// Everything checked before start: config values, password file,
 /// certificates and their identity. `check-config` runs exactly this. A
 /// witness has no mysqld, hence no target.
-pub fn check(config: &AgentConfig) -> Result<(Arc<TlsContext>, Option<MysqlTarget>), AgentError> {
+pub fn check(config: &AgentConfig) -> Result<(Arc<TlsContext>, Option<Checked>), AgentError> {
     let tls = TlsContext::load(&config.tls)?;
     let want = Identity::new(Role::Agent, config.host.clone());
     if tls.identity() != want {
@@ -88,7 +94,26 @@ pub fn check(config: &AgentConfig) -> Result<(Arc<TlsContext>, Option<MysqlTarge
         connect_timeout: mysql.connect_timeout,
         query_timeout: mysql.query_timeout,
     };
-    Ok((tls, Some(target)))
+    let replication = match (&mysql.replication_user, &mysql.replication_password_file) {
+        (Some(user), Some(file)) => Some((user.clone(), read_secret(file)?)),
+        _ => None,
+    };
+    Ok((
+        tls,
+        Some(Checked {
+            target,
+            replication,
+        }),
+    ))
+}
+
+/// What [`check`] loaded for an agent that watches a mysqld.
+#[derive(Debug)]
+pub struct Checked {
+    /// How to reach mysqld.
+    pub target: MysqlTarget,
+    /// The replication account, when configured.
+    pub replication: Option<(String, dbfleet_common::config::Secret)>,
 }
 
 /// Runs the agent until `shutdown` is cancelled.
@@ -112,13 +137,28 @@ pub async fn run(
         fence: fence.clone(),
     });
     let server = match target {
-        Some(target) => {
+        Some(Checked {
+            target,
+            replication,
+        }) => {
+            let guard = Arc::new(Guard::open(&config.guard_path())?);
+            let control = Arc::new(Controller::new(
+                target.clone(),
+                replication,
+                config.mysql.as_ref().and_then(|m| m.pid_file.clone()),
+                guard.clone(),
+            ));
+            let acks = Arc::new(AckClock::default());
             let mysql_address = target.address.clone();
             let id = ReportIdentity {
                 host: Name::parse(&config.host).expect("validated in AgentConfig::load"),
                 cluster: Name::parse(&config.cluster).expect("validated in AgentConfig::load"),
                 instance: format!("{:016x}", rand::rng().random::<u64>()),
                 mysql_address,
+                agent_address: config.command_address(),
+                self_fence_timeout_ms: config
+                    .self_fence_timeout
+                    .map_or(0, |t| t.as_millis() as u64),
             };
             info!(
                 host = config.host,
@@ -126,8 +166,17 @@ pub async fn run(
                 instance = id.instance,
                 "agent starting"
             );
+            tasks.spawn(guard::enforce(
+                guard.clone(),
+                control.clone(),
+                acks.clone(),
+                config.self_fence_timeout,
+                rx.clone(),
+                shutdown.clone(),
+            ));
             tasks.spawn(collector::run(
                 Observer::new(target),
+                guard,
                 id,
                 config.collect_interval,
                 config.report_interval,
@@ -139,12 +188,17 @@ pub async fn run(
                     addr.clone(),
                     tls.clone(),
                     rx.clone(),
+                    acks.clone(),
                     shutdown.clone(),
                 ));
             }
             tonic::transport::Server::builder()
                 .layer(AuthorizeLayer::new(service::policy))
-                .add_service(AgentServiceServer::new(AgentApi { reports: rx, fence }))
+                .add_service(AgentServiceServer::new(AgentApi {
+                    reports: rx,
+                    fence,
+                    control,
+                }))
                 .add_service(voter)
         }
         None => {

@@ -1,5 +1,6 @@
 //! Everything the agent knows about talking to mysqld: the flavor
 //! differences and the observer that keeps one connection open.
 
+pub mod control;
 pub mod flavor;
 pub mod observer;

@@ -15,6 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::guard::AckClock;
+
 /// Backoff bounds between reconnect attempts.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
@@ -26,13 +28,14 @@ pub async fn report_to(
     addr: String,
     tls: Arc<TlsContext>,
     mut reports: watch::Receiver<Option<pb::AgentReport>>,
+    acks: Arc<AckClock>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
     let mut failures = 0u32;
     let mut last_refusal = String::new();
     loop {
-        match stream_once(&addr, &tls, &mut reports, &cancel).await {
+        match stream_once(&addr, &tls, &mut reports, &acks, &cancel).await {
             Ok(Ended::Cancelled) => return,
             Ok(Ended::Acked) => {
                 backoff.reset();
@@ -76,6 +79,7 @@ async fn stream_once(
     addr: &str,
     tls: &Arc<TlsContext>,
     reports: &mut watch::Receiver<Option<pb::AgentReport>>,
+    clock: &AckClock,
     cancel: &CancellationToken,
 ) -> Result<Ended, tonic::Status> {
     let channel = tls::channel(tls.clone(), addr, Role::Coordinator, CONNECT_TIMEOUT);
@@ -110,6 +114,7 @@ async fn stream_once(
             }
             ack = acks.message() => match ack {
                 Ok(Some(a)) => {
+                    clock.acked();
                     if !acked {
                         info!(coordinator = addr, coordinator_id = a.coordinator_id, "reporting to coordinator");
                     }

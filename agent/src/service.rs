@@ -3,6 +3,7 @@
 //! holder named in a request must be the caller's own certificate.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dbfleet_common::identity::{Identity, Role, request_identity};
 use dbfleet_lease::{HolderId, VoterRequest};
@@ -15,9 +16,10 @@ use dbfleet_proto::pb::voter_service_server::VoterService;
 use tokio::sync::watch;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::fence::{CommandRefused, Fence, FenceError};
+use crate::mysql::control::{ControlError, Controller, Fenced, Outcome};
 
 /// Per-RPC authorization of the agent: only coordinators, deny by default.
 pub fn policy(path: &str) -> Option<&'static [Role]> {
@@ -54,11 +56,71 @@ fn fence_status(e: FenceError) -> Status {
     Status::unavailable(format!("this agent cannot persist its promise: {e}"))
 }
 
+fn control_status(e: ControlError) -> Status {
+    match e {
+        ControlError::Mysql(m) => Status::unavailable(m),
+        ControlError::NotConfigured(m) => Status::failed_precondition(m),
+        ControlError::Guard(g) => Status::unavailable(format!(
+            "this agent cannot persist its read-only guard: {g}"
+        )),
+        ControlError::Timeout(m) => Status::deadline_exceeded(m),
+    }
+}
+
+fn ms(v: u64, default: Duration) -> Duration {
+    if v == 0 {
+        default
+    } else {
+        Duration::from_millis(v)
+    }
+}
+
+/// Runs one admitted command against mysqld.
+async fn run_command(
+    control: &Controller,
+    command: pb::command_request::Command,
+) -> Result<Option<Outcome>, ControlError> {
+    use pb::command_request::Command;
+    Ok(Some(match command {
+        Command::Barrier(pb::EpochBarrier {}) => return Ok(None),
+        Command::Fence(f) => control.fence(f.kill_if_unresponsive).await?,
+        Command::Freeze(f) => {
+            control
+                .freeze(ms(f.apply_timeout_ms, Duration::from_secs(30)))
+                .await?
+        }
+        Command::Promote(pb::Promote {}) => control.promote().await?,
+        Command::Repoint(r) => {
+            let port = u16::try_from(r.source_port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    ControlError::NotConfigured(format!("{} is not a TCP port", r.source_port))
+                })?;
+            control
+                .repoint(
+                    &r.source_host,
+                    port,
+                    ms(r.heartbeat_ms, Duration::from_secs(1)),
+                    ms(r.net_timeout_ms, Duration::from_secs(4)),
+                )
+                .await?
+        }
+        Command::WaitGtid(w) => {
+            control
+                .wait_gtid(&w.gtid, ms(w.timeout_ms, Duration::from_secs(30)))
+                .await?
+        }
+        Command::Thaw(pb::Thaw {}) => control.thaw().await?,
+    }))
+}
+
 /// The agent's gRPC API.
 #[derive(Clone)]
 pub(crate) struct AgentApi {
     pub(crate) reports: watch::Receiver<Option<pb::AgentReport>>,
     pub(crate) fence: Arc<Fence>,
+    pub(crate) control: Arc<Controller>,
 }
 
 #[tonic::async_trait]
@@ -99,12 +161,69 @@ impl AgentService for AgentApi {
             }
             Err(CommandRefused::Persist(e)) => return Err(fence_status(e)),
         };
-        match command {
-            pb::command_request::Command::Barrier(pb::EpochBarrier {}) => {}
-        }
-        Ok(Response::new(pb::CommandReply {
+        let name = command_name(&command);
+        let outcome = run_command(&self.control, command).await.map_err(|e| {
+            warn!(command = name, operation = m.operation_id, step = m.step, error = %e, "command failed");
+            control_status(e)
+        })?;
+        let mut reply = pb::CommandReply {
             promised: Some(permit.promised.clone().into()),
-        }))
+            ..Default::default()
+        };
+        if let Some(o) = outcome {
+            info!(
+                command = name,
+                operation = m.operation_id,
+                step = m.step,
+                detail = o.detail,
+                "command done"
+            );
+            reply.mysql = o.state.map(|s| {
+                let report = dbfleet_proto::model::Report {
+                    mysql: dbfleet_proto::model::MysqlObservation::Reachable(Box::new(s)),
+                    ..placeholder_report()
+                };
+                pb::AgentReport::from(report).mysql.unwrap_or_default()
+            });
+            reply.fence_method = match o.fenced {
+                None => pb::FenceMethod::Unspecified,
+                Some(Fenced::ReadOnly) => pb::FenceMethod::ReadOnly,
+                Some(Fenced::Stopped) => pb::FenceMethod::Stopped,
+            } as i32;
+            reply.detail = o.detail;
+        }
+        Ok(Response::new(reply))
+    }
+}
+
+fn command_name(c: &pb::command_request::Command) -> &'static str {
+    use pb::command_request::Command;
+    match c {
+        Command::Barrier(_) => "barrier",
+        Command::Fence(_) => "fence",
+        Command::Freeze(_) => "freeze",
+        Command::Promote(_) => "promote",
+        Command::Repoint(_) => "repoint",
+        Command::WaitGtid(_) => "wait-gtid",
+        Command::Thaw(_) => "thaw",
+    }
+}
+
+/// A report shell, only to reuse the report's encoding of server state.
+fn placeholder_report() -> dbfleet_proto::model::Report {
+    use dbfleet_proto::model::{MysqlAddress, MysqlObservation, Name, Report};
+    Report {
+        host: Name::parse("x").expect("valid name"),
+        cluster: Name::parse("x").expect("valid name"),
+        agent_instance: String::new(),
+        sequence: 0,
+        observed_at_unix_ms: 0,
+        agent_version: String::new(),
+        mysql_address: MysqlAddress::parse("0.0.0.0:1").expect("valid address"),
+        mysql: MysqlObservation::Unreachable {
+            error: String::new(),
+        },
+        agent: Default::default(),
     }
 }
 

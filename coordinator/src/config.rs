@@ -38,6 +38,102 @@ pub struct CoordinatorConfig {
     /// Where Prometheus scrapes `/metrics` (plain HTTP; omit to disable).
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Detection windows, anti-flap defaults, hooks.
+    #[serde(default)]
+    pub failover: FailoverConfig,
+}
+
+/// How failures are detected and failovers run (brief §5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// Fast path: the primary's agent says mysqld is down and the replicas
+    /// agree, for this long.
+    #[serde(default = "default_fast_window", with = "humantime_serde")]
+    pub fast_window: Duration,
+    /// Slow path: the primary's agent is silent (beyond the agent timeout)
+    /// and the replicas agree, for this long.
+    #[serde(default = "default_slow_window", with = "humantime_serde")]
+    pub slow_window: Duration,
+    /// Automatic failovers per cluster per window before `dbfleet ack`.
+    #[serde(default = "default_budget")]
+    pub budget: u32,
+    /// The anti-flap window.
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// More clusters than this dead at once holds every automatic failover
+    /// (a network problem on our side is likelier than many deaths).
+    #[serde(default = "default_breaker")]
+    pub breaker_max_dead_clusters: usize,
+    /// How long frozen replicas may take to apply their relay logs.
+    #[serde(default = "default_apply_timeout", with = "humantime_serde")]
+    pub apply_timeout: Duration,
+    /// Replication heartbeat period set on every repointed replica.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub replica_heartbeat: Duration,
+    /// Replica net timeout set on every repointed replica.
+    #[serde(default = "default_net_timeout", with = "humantime_serde")]
+    pub replica_net_timeout: Duration,
+    /// Runs before a failover or switchover with the JSON payload on
+    /// stdin; a non-zero exit vetoes it. Program and arguments.
+    #[serde(default)]
+    pub pre_hook: Vec<String>,
+    /// Runs after a promotion (routing: ProxySQL, VIP, DNS).
+    #[serde(default)]
+    pub post_hook: Vec<String>,
+    /// Powers off or isolates the old primary; exit 0 is a fence proof.
+    #[serde(default)]
+    pub stonith_hook: Vec<String>,
+    /// Longest run of a hook.
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub hook_timeout: Duration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            fast_window: default_fast_window(),
+            slow_window: default_slow_window(),
+            budget: default_budget(),
+            window: default_window(),
+            breaker_max_dead_clusters: default_breaker(),
+            apply_timeout: default_apply_timeout(),
+            replica_heartbeat: default_heartbeat(),
+            replica_net_timeout: default_net_timeout(),
+            pre_hook: Vec::new(),
+            post_hook: Vec::new(),
+            stonith_hook: Vec::new(),
+            hook_timeout: default_hook_timeout(),
+        }
+    }
+}
+
+fn default_fast_window() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_slow_window() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_budget() -> u32 {
+    1
+}
+fn default_window() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_breaker() -> usize {
+    2
+}
+fn default_apply_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_net_timeout() -> Duration {
+    Duration::from_secs(4)
+}
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// The coordinators' lease (reference §3.3, §3.9): timings, the voters it

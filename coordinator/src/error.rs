@@ -97,6 +97,12 @@ pub enum ServiceError {
     /// A voter-list change cannot be made safely now.
     #[error("voter change refused: {0}")]
     VoterChange(String),
+    /// A failover, switchover or control change cannot be done as asked.
+    #[error("{0}")]
+    Refused(String),
+    /// Another failover or switchover of the cluster is running.
+    #[error("{0}; wait for it (`dbfleet events`) and retry")]
+    OperationInProgress(String),
 }
 
 impl From<ServiceError> for tonic::Status {
@@ -121,6 +127,8 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Degraded { .. } => tonic::Status::failed_precondition(msg),
             ServiceError::VoterChange(_) => tonic::Status::failed_precondition(msg),
             ServiceError::OutcomeUnknown(_) => tonic::Status::unknown(msg),
+            ServiceError::Refused(_) => tonic::Status::failed_precondition(msg),
+            ServiceError::OperationInProgress(_) => tonic::Status::aborted(msg),
         }
     }
 }

@@ -76,6 +76,49 @@ fn now_unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// One member and its latest report, for failover.
+#[derive(Debug, Clone)]
+pub struct MemberState {
+    /// Host.
+    pub host: String,
+    /// Registered mysql address.
+    pub mysql_address: String,
+    /// Where its agent takes commands.
+    pub agent_address: Option<String>,
+    /// The latest report, however old.
+    pub report: Option<Report>,
+    /// Its age.
+    pub age: Option<Duration>,
+    /// When it arrived.
+    pub received_at: Option<Instant>,
+    /// Reported within the agent timeout.
+    pub reporting: bool,
+}
+
+impl MemberState {
+    /// Fresh server state, when the agent reports and reaches mysqld.
+    pub fn server(&self) -> Option<&dbfleet_proto::model::ServerState> {
+        match (&self.report, self.reporting) {
+            (Some(r), true) => match &r.mysql {
+                MysqlObservation::Reachable(s) => Some(s),
+                MysqlObservation::Unreachable { .. } => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Why the agent cannot reach mysqld (fresh reports only).
+    pub fn mysql_error(&self) -> Option<&str> {
+        match (&self.report, self.reporting) {
+            (Some(r), true) => match &r.mysql {
+                MysqlObservation::Unreachable { error } => Some(error),
+                MysqlObservation::Reachable(_) => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// Decrements an agent's open-stream count when its stream ends.
 #[derive(Debug)]
 pub struct StreamGuard {
@@ -497,6 +540,102 @@ impl Fleet {
         Ok(())
     }
 
+    /// A cluster's desired record (defaults when it has none yet).
+    pub fn cluster_record(&self, name: &str) -> ClusterRecord {
+        self.lock()
+            .clusters
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| ClusterRecord::empty(name))
+    }
+
+    /// Names of every cluster with registered agents.
+    pub fn cluster_names(&self) -> Vec<String> {
+        let st = self.lock();
+        let mut names: Vec<String> = st
+            .agents
+            .values()
+            .map(|e| e.record.cluster.clone())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// The members of `cluster` with their latest reports.
+    pub fn members(&self, cluster: &str) -> Vec<MemberState> {
+        let st = self.lock();
+        let now = Instant::now();
+        let voters = self.ha.voters().addresses;
+        st.agents
+            .values()
+            .filter(|e| e.record.cluster == cluster)
+            .map(|e| {
+                let report = e.last.as_ref().map(|(_, r)| r.clone());
+                let agent_address = report
+                    .as_ref()
+                    .map(|r| r.agent.address.clone())
+                    .filter(|a| !a.is_empty())
+                    .or_else(|| voters.get(&e.record.host).cloned());
+                MemberState {
+                    host: e.record.host.clone(),
+                    mysql_address: e.record.mysql_address.clone(),
+                    agent_address,
+                    age: e
+                        .last
+                        .as_ref()
+                        .map(|(at, _)| now.saturating_duration_since(*at)),
+                    received_at: e.last.as_ref().map(|(at, _)| *at),
+                    reporting: e.last.as_ref().is_some_and(|(at, _)| {
+                        now.saturating_duration_since(*at) <= self.rules.agent_timeout
+                    }),
+                    report,
+                }
+            })
+            .collect()
+    }
+
+    /// Changes a cluster's record under the desired-state write lock, from
+    /// the latest record, committed under `epoch` (which must still be
+    /// ours) and acknowledged by the standby when it is up. `change`
+    /// returns `Ok(None)` to write nothing.
+    pub async fn update_cluster<T: Send + 'static>(
+        self: &Arc<Self>,
+        name: &str,
+        epoch: Epoch,
+        change: impl FnOnce(&mut ClusterRecord) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let name = name.to_string();
+        let (seq, out) = self
+            .commit(move |f| async move {
+                let mut rec = f.cluster_record(&name);
+                let before = rec.clone();
+                let out = change(&mut rec)?;
+                if rec == before {
+                    return Ok((None, out));
+                }
+                let seq = f
+                    .commit_locked(epoch, DesiredOp::PutCluster(Box::new(rec)))
+                    .await?;
+                Ok((Some(seq), out))
+            })
+            .await?;
+        if let Some(seq) = seq {
+            self.ha.wait_standby(seq).await?;
+        }
+        Ok(out)
+    }
+
+    /// The coordinator's lease and op-log state.
+    pub fn ha(&self) -> &Arc<Ha> {
+        &self.ha
+    }
+
+    /// Thresholds.
+    pub fn rules(&self) -> FleetRules {
+        self.rules
+    }
+
     /// Cluster records whose remembered primary differs from the one
     /// derived now.
     fn primary_changes(&self) -> Vec<ClusterRecord> {
@@ -506,11 +645,11 @@ impl Fleet {
             .into_iter()
             .filter(|v| !v.primary.is_empty())
             .filter_map(|v| {
-                let rec = st.clusters.get(&v.name).cloned().unwrap_or(ClusterRecord {
-                    name: v.name.clone(),
-                    max_lag_seconds: None,
-                    last_primary: None,
-                });
+                let rec = st
+                    .clusters
+                    .get(&v.name)
+                    .cloned()
+                    .unwrap_or_else(|| ClusterRecord::empty(&v.name));
                 (rec.last_primary.as_deref() != Some(v.primary.as_str())).then(|| ClusterRecord {
                     last_primary: Some(v.primary.clone()),
                     ..rec

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod error;
+pub mod failover;
 pub mod fleet;
 pub mod ha;
 pub mod metrics;
@@ -33,6 +34,7 @@ use tracing::{info, warn};
 
 use crate::config::CoordinatorConfig;
 use crate::error::StartError;
+use crate::failover::Failovers;
 use crate::fleet::{Fleet, FleetRules};
 use crate::ha::replication::PeerApi;
 use crate::ha::voters::VoterClients;
@@ -159,11 +161,22 @@ pub async fn run(
         store: store.clone(),
         heartbeat: config.lease.renew_interval,
     };
+    let failovers = Failovers::new(fleet.clone(), clients.clone(), config.failover.clone());
+    tokio::spawn(failover::reconcile::run(
+        failovers.clone(),
+        shutdown.clone(),
+    ));
     let admin = AdminApi {
-        fleet,
+        fleet: fleet.clone(),
         ha,
         clients,
         coordinator_id: config.id.clone(),
+        controls: service::control::Controls {
+            fleet,
+            failovers,
+            default_budget: config.failover.budget,
+            default_window_seconds: config.failover.window.as_secs(),
+        },
     };
     let addr = listener.local_addr().ok();
     let incoming = tls_incoming(listener, tls, shutdown.clone());

@@ -1,6 +1,7 @@
 //! The coordinator's gRPC services and who may call them.
 
 pub(crate) mod admin;
+pub(crate) mod control;
 pub(crate) mod report;
 
 use dbfleet_common::identity::Role;
@@ -15,11 +16,18 @@ pub fn policy(path: &str) -> Option<&'static [Role]> {
         "/dbfleet.v1.AdminService/ListClusters"
         | "/dbfleet.v1.AdminService/ListAgents"
         | "/dbfleet.v1.AdminService/GetCoordinatorStatus"
-        | "/dbfleet.v1.AdminService/ListVoters" => Some(READERS),
+        | "/dbfleet.v1.AdminService/ListVoters"
+        | "/dbfleet.v1.AdminService/ListEvents" => Some(READERS),
         "/dbfleet.v1.AdminService/SetClusterPolicy"
         | "/dbfleet.v1.AdminService/ForgetAgent"
         | "/dbfleet.v1.AdminService/SetVoters"
-        | "/dbfleet.v1.AdminService/AcceptOplogGap" => Some(&[Role::Operator]),
+        | "/dbfleet.v1.AdminService/AcceptOplogGap"
+        | "/dbfleet.v1.AdminService/Failover"
+        | "/dbfleet.v1.AdminService/Switchover"
+        | "/dbfleet.v1.AdminService/SetMaintenance"
+        | "/dbfleet.v1.AdminService/SetFailoverPolicy"
+        | "/dbfleet.v1.AdminService/SetPromotionRule"
+        | "/dbfleet.v1.AdminService/Acknowledge" => Some(&[Role::Operator]),
         "/dbfleet.v1.PeerService/Replicate" => Some(&[Role::Coordinator]),
         _ => None,
     }

@@ -46,17 +46,24 @@ pub struct ClusterRecord {
     /// still known as the primary after a coordinator restart or takeover.
     #[serde(default)]
     pub last_primary: Option<String>,
+    /// Failover policy, controls, the journal and the event history.
+    #[serde(default)]
+    pub control: ClusterControl,
 }
 
 impl ClusterRecord {
-    fn empty(name: &str) -> ClusterRecord {
+    /// A cluster with default policy.
+    pub fn empty(name: &str) -> ClusterRecord {
         ClusterRecord {
             name: name.to_string(),
             max_lag_seconds: None,
             last_primary: None,
+            control: ClusterControl::default(),
         }
     }
 }
+
+pub use crate::failover::journal::ClusterControl;
 
 /// The voters of the coordinators' lease and where to reach them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +98,10 @@ pub enum DesiredOp {
     },
     /// The voter list changed (one phase of a joint change).
     SetVoters(VoterList),
+    /// A cluster's record replaced whole: failover controls, a journal
+    /// step, an event. Written under the desired-state write lock from the
+    /// latest record, so it never loses a concurrent change.
+    PutCluster(Box<ClusterRecord>),
 }
 
 /// An op with its place in the op-log and the epoch it was committed under;
@@ -247,5 +258,6 @@ pub(crate) fn apply_op<W: DesiredWriter>(op: &DesiredOp, w: &mut W) -> Result<()
         }
         DesiredOp::ForgetAgent { host } => w.forget_agent(host),
         DesiredOp::SetVoters(v) => w.put_voters(v),
+        DesiredOp::PutCluster(c) => w.put_cluster((**c).clone()),
     }
 }

@@ -33,6 +33,8 @@ pub mod kind {
     pub const MULTIPLE_WRITABLE: &str = "multiple-writable";
     /// No member accepts writes.
     pub const NO_WRITABLE: &str = "no-writable";
+    /// The primary cannot be observed but replicas still receive from it.
+    pub const UNREACHABLE_PRIMARY: &str = "unreachable-primary";
 }
 
 /// One member as the coordinator knows it.
@@ -157,7 +159,36 @@ pub fn derive(input: &ClusterInput<'_>) -> pb::ClusterView {
         ));
     }
 
+    if let (Some(p), Some(addr)) = (primary, primary_address.as_ref())
+        && members
+            .iter()
+            .any(|m| m.input.host == p && m.server.is_none())
+    {
+        let receiving: Vec<&str> = members
+            .iter()
+            .filter(|m| {
+                m.server
+                    .and_then(|s| s.replication.as_ref())
+                    .is_some_and(|r| {
+                        r.io_thread == IoThread::Running && r.source.same_endpoint(addr)
+                    })
+            })
+            .map(|m| m.input.host)
+            .collect();
+        if !receiving.is_empty() {
+            problems.push(problem(
+                kind::UNREACHABLE_PRIMARY,
+                p,
+                format!(
+                    "{p} cannot be observed but {} still receive(s) from it: not failing over",
+                    receiving.join(", ")
+                ),
+            ));
+        }
+    }
+
     pb::ClusterView {
+        control: None,
         name: input.name.to_string(),
         primary: primary.unwrap_or_default().to_string(),
         members: views,
@@ -317,6 +348,9 @@ fn member_view(m: &Member<'_>, primary: Option<&str>) -> pb::MemberView {
         flavor: s.map(|s| pb::Flavor::from(s.flavor) as i32).unwrap_or(0),
         last_report_age_ms: m.input.age.map(|a| a.as_millis() as u64),
         read_only: s.is_some_and(|s| s.read_only),
+        fenced: m.input.last.is_some_and(|r| r.agent.fenced),
+        promotion_rule: String::new(),
+        needs_rebuild: false,
     }
 }
 

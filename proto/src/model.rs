@@ -235,6 +235,37 @@ pub struct SemiSync {
     pub replica_enabled: bool,
     /// Replica side currently acknowledging.
     pub replica_active: bool,
+    /// How long a commit waits for an ack before falling back to async.
+    pub timeout_ms: u64,
+    /// Keeps waiting with no replica connected.
+    pub wait_no_replica: bool,
+    /// Replicas acknowledging now.
+    pub clients: u32,
+}
+
+/// Longer than this, a semi-sync source never falls back to async in
+/// practice: a commit waits (and is not acknowledged) until a replica acks.
+pub const SEMI_SYNC_NO_FALLBACK_MS: u64 = 24 * 3600 * 1000;
+
+impl SemiSync {
+    /// Every acknowledged commit is on at least one acknowledging replica:
+    /// semi-sync enabled, no timeout fallback, waits even with no replica.
+    pub fn lossless(&self) -> bool {
+        self.source_enabled && self.wait_no_replica && self.timeout_ms >= SEMI_SYNC_NO_FALLBACK_MS
+    }
+}
+
+/// The agent's own state that travels with its reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentState {
+    /// gRPC address for commands (empty when not advertised).
+    pub address: String,
+    /// The agent keeps mysqld read-only until a Promote.
+    pub fenced: bool,
+    /// Why (a Fence command, a crash of a primary, a self-fence).
+    pub fence_reason: String,
+    /// Self-fence timeout of a cut-off primary; zero when disabled.
+    pub self_fence_timeout_ms: u64,
 }
 
 /// Binary log settings.
@@ -269,6 +300,8 @@ pub struct ServerState {
     pub semi_sync: SemiSync,
     /// Binary log settings.
     pub binlog: Binlog,
+    /// Replicas connected now (binlog dump threads).
+    pub replicas_connected: u32,
 }
 
 impl ServerState {
@@ -309,6 +342,8 @@ pub struct Report {
     pub mysql_address: MysqlAddress,
     /// The observation itself.
     pub mysql: MysqlObservation,
+    /// The agent's fence and address.
+    pub agent: AgentState,
 }
 
 impl TryFrom<pb::AgentReport> for Report {
@@ -340,6 +375,12 @@ impl TryFrom<pb::AgentReport> for Report {
             agent_version: m.agent_version,
             mysql_address,
             mysql,
+            agent: AgentState {
+                address: m.agent_address,
+                fenced: m.fenced,
+                fence_reason: m.fence_reason,
+                self_fence_timeout_ms: m.self_fence_timeout_ms,
+            },
         })
     }
 }
@@ -382,11 +423,15 @@ fn server_state(m: pb::MysqlState) -> Result<ServerState, ProtocolError> {
             source_active: semi.source_active,
             replica_enabled: semi.replica_enabled,
             replica_active: semi.replica_active,
+            timeout_ms: semi.timeout_ms,
+            wait_no_replica: semi.wait_no_replica,
+            clients: semi.clients,
         },
         binlog: Binlog {
             enabled: binlog.enabled,
             format: binlog.format,
         },
+        replicas_connected: m.replicas_connected,
     })
 }
 
@@ -473,11 +518,15 @@ impl From<Report> for pb::AgentReport {
                         source_active: s.semi_sync.source_active,
                         replica_enabled: s.semi_sync.replica_enabled,
                         replica_active: s.semi_sync.replica_active,
+                        timeout_ms: s.semi_sync.timeout_ms,
+                        wait_no_replica: s.semi_sync.wait_no_replica,
+                        clients: s.semi_sync.clients,
                     }),
                     binlog: Some(pb::BinlogState {
                         enabled: s.binlog.enabled,
                         format: s.binlog.format,
                     }),
+                    replicas_connected: s.replicas_connected,
                 }
             }
         };
@@ -490,6 +539,10 @@ impl From<Report> for pb::AgentReport {
             agent_version: r.agent_version,
             mysql_address: r.mysql_address.to_string(),
             mysql: Some(mysql),
+            agent_address: r.agent.address,
+            fenced: r.agent.fenced,
+            fence_reason: r.agent.fence_reason,
+            self_fence_timeout_ms: r.agent.self_fence_timeout_ms,
         }
     }
 }

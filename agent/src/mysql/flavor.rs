@@ -35,6 +35,10 @@ pub const VARIABLES: &[&str] = &[
     "rpl_semi_sync_slave_enabled",
     "rpl_semi_sync_source_enabled",
     "rpl_semi_sync_replica_enabled",
+    "rpl_semi_sync_master_timeout",
+    "rpl_semi_sync_source_timeout",
+    "rpl_semi_sync_master_wait_no_slave",
+    "rpl_semi_sync_source_wait_no_replica",
 ];
 
 /// Global status values read on every observation.
@@ -43,7 +47,13 @@ pub const STATUS: &[&str] = &[
     "Rpl_semi_sync_slave_status",
     "Rpl_semi_sync_source_status",
     "Rpl_semi_sync_replica_status",
+    "Rpl_semi_sync_master_clients",
+    "Rpl_semi_sync_source_clients",
 ];
+
+/// Counts the replicas connected to this server (binlog dump threads).
+pub const REPLICAS_CONNECTED_SQL: &str = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+     WHERE COMMAND LIKE 'Binlog Dump%'";
 
 /// `SHOW GLOBAL VARIABLES WHERE Variable_name IN (...)` for `names`.
 pub fn show_where(kind: &str, names: &[&str]) -> String {
@@ -136,8 +146,9 @@ pub fn parse_replica_status(flavor: Flavor, row: &Row) -> Result<Replication, St
 }
 
 /// Variable names of the semi-sync switches and their live state, in the
-/// order (source enabled, replica enabled, source status, replica status).
-pub fn semi_sync_names(flavor: Flavor, vars: &HashMap<String, String>) -> [&'static str; 4] {
+/// order (source enabled, replica enabled, source status, replica status,
+/// source timeout, wait with no replica, acknowledging clients).
+pub fn semi_sync_names(flavor: Flavor, vars: &HashMap<String, String>) -> [&'static str; 7] {
     // MySQL 8.0.26+ with the new plugins says source/replica; older plugins
     // and MariaDB say master/slave.
     if flavor == Flavor::MySql && vars.contains_key("rpl_semi_sync_source_enabled") {
@@ -146,6 +157,9 @@ pub fn semi_sync_names(flavor: Flavor, vars: &HashMap<String, String>) -> [&'sta
             "rpl_semi_sync_replica_enabled",
             "Rpl_semi_sync_source_status",
             "Rpl_semi_sync_replica_status",
+            "rpl_semi_sync_source_timeout",
+            "rpl_semi_sync_source_wait_no_replica",
+            "Rpl_semi_sync_source_clients",
         ]
     } else {
         [
@@ -153,7 +167,137 @@ pub fn semi_sync_names(flavor: Flavor, vars: &HashMap<String, String>) -> [&'sta
             "rpl_semi_sync_slave_enabled",
             "Rpl_semi_sync_master_status",
             "Rpl_semi_sync_slave_status",
+            "rpl_semi_sync_master_timeout",
+            "rpl_semi_sync_master_wait_no_slave",
+            "Rpl_semi_sync_master_clients",
         ]
+    }
+}
+
+/// Statements of role changes, per flavor. Passwords are bound by the
+/// caller's quoting ([`quote`]), never logged.
+pub mod role {
+    use dbfleet_proto::model::Flavor;
+
+    /// Stops receiving from the source (the applier keeps going).
+    pub fn stop_io(f: Flavor) -> &'static str {
+        match f {
+            Flavor::MariaDb => "STOP SLAVE IO_THREAD",
+            Flavor::MySql => "STOP REPLICA IO_THREAD",
+        }
+    }
+    /// Starts receiving again.
+    pub fn start_io(f: Flavor) -> &'static str {
+        match f {
+            Flavor::MariaDb => "START SLAVE IO_THREAD",
+            Flavor::MySql => "START REPLICA IO_THREAD",
+        }
+    }
+    /// Stops both threads.
+    pub fn stop(f: Flavor) -> &'static str {
+        match f {
+            Flavor::MariaDb => "STOP SLAVE",
+            Flavor::MySql => "STOP REPLICA",
+        }
+    }
+    /// Starts both threads.
+    pub fn start(f: Flavor) -> &'static str {
+        match f {
+            Flavor::MariaDb => "START SLAVE",
+            Flavor::MySql => "START REPLICA",
+        }
+    }
+    /// Forgets the replication configuration.
+    pub fn reset_all(f: Flavor) -> &'static str {
+        match f {
+            Flavor::MariaDb => "RESET SLAVE ALL",
+            Flavor::MySql => "RESET REPLICA ALL",
+        }
+    }
+    /// Read-only for everyone (MySQL: super_read_only covers SUPER too).
+    pub fn read_only_on(f: Flavor) -> &'static [&'static str] {
+        match f {
+            Flavor::MariaDb => &["SET GLOBAL read_only = ON"],
+            Flavor::MySql => &["SET GLOBAL super_read_only = ON"],
+        }
+    }
+    /// Writable.
+    pub fn read_only_off(f: Flavor) -> &'static [&'static str] {
+        match f {
+            Flavor::MariaDb => &["SET GLOBAL read_only = OFF"],
+            Flavor::MySql => &[
+                "SET GLOBAL super_read_only = OFF",
+                "SET GLOBAL read_only = OFF",
+            ],
+        }
+    }
+    /// Waits until `gtid` is executed; the query returns 0 on success.
+    pub fn wait_gtid(f: Flavor, gtid: &str, timeout_s: f64) -> String {
+        match f {
+            Flavor::MariaDb => format!("SELECT MASTER_GTID_WAIT({}, {timeout_s})", quote(gtid)),
+            Flavor::MySql => format!(
+                "SELECT WAIT_FOR_EXECUTED_GTID_SET({}, {timeout_s})",
+                quote(gtid)
+            ),
+        }
+    }
+    /// Points the server at a source with GTID auto-positioning.
+    pub fn change_source(
+        f: Flavor,
+        host: &str,
+        port: u16,
+        user: &str,
+        password: &str,
+        heartbeat_s: f64,
+    ) -> String {
+        match f {
+            Flavor::MariaDb => format!(
+                "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={port}, MASTER_USER={}, \
+                 MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
+                 MASTER_HEARTBEAT_PERIOD={heartbeat_s}",
+                quote(host),
+                quote(user),
+                quote(password)
+            ),
+            Flavor::MySql => format!(
+                "CHANGE REPLICATION SOURCE TO SOURCE_HOST={}, SOURCE_PORT={port}, \
+                 SOURCE_USER={}, SOURCE_PASSWORD={}, SOURCE_AUTO_POSITION=1, \
+                 SOURCE_CONNECT_RETRY=1, SOURCE_HEARTBEAT_PERIOD={heartbeat_s}, \
+                 GET_SOURCE_PUBLIC_KEY=1",
+                quote(host),
+                quote(user),
+                quote(password)
+            ),
+        }
+    }
+    /// The replica's network timeout (whole seconds, at least 1).
+    pub fn net_timeout(f: Flavor, seconds: u64) -> String {
+        match f {
+            Flavor::MariaDb => format!("SET GLOBAL slave_net_timeout = {}", seconds.max(1)),
+            Flavor::MySql => format!("SET GLOBAL replica_net_timeout = {}", seconds.max(1)),
+        }
+    }
+    /// Client sessions to kill when fencing: everything but ourselves, the
+    /// server's own threads and replicas' dump threads.
+    pub const CLIENT_SESSIONS: &str = "SELECT ID FROM information_schema.PROCESSLIST \
+         WHERE ID <> CONNECTION_ID() AND USER NOT IN ('system user', 'event_scheduler') \
+         AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', \
+         'Slave_SQL', 'Slave_worker')";
+
+    /// A SQL string literal.
+    pub fn quote(s: &str) -> String {
+        let mut out = String::with_capacity(s.len() + 2);
+        out.push('\'');
+        for c in s.chars() {
+            match c {
+                '\'' => out.push_str("''"),
+                '\\' => out.push_str("\\\\"),
+                '\0' => out.push_str("\\0"),
+                c => out.push(c),
+            }
+        }
+        out.push('\'');
+        out
     }
 }
 

@@ -33,6 +33,37 @@ pub struct MysqlTarget {
     pub query_timeout: Duration,
 }
 
+/// Opens a connection with the agent's session settings and detects the
+/// flavor.
+pub(crate) async fn connect(t: &MysqlTarget) -> Result<(Conn, Flavor), String> {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname(t.address.host.clone())
+        .tcp_port(t.address.port)
+        .user(Some(t.user.clone()))
+        .pass(Some(t.password.expose().to_string()))
+        .prefer_socket(false)
+        .stmt_cache_size(0);
+    let mut conn = tokio::time::timeout(t.connect_timeout, Conn::new(opts))
+        .await
+        .map_err(|_| {
+            format!(
+                "connecting to {} timed out after {:?}",
+                t.address, t.connect_timeout
+            )
+        })?
+        .map_err(|e| format!("cannot connect to {}: {}", t.address, root_cause(&e)))?;
+    let version: Option<String> = conn
+        .query_first("SELECT VERSION()")
+        .await
+        .map_err(|e| e.to_string())?;
+    let flavor = flavor::detect(version.as_deref().unwrap_or_default());
+    for sql in flavor::session_setup(flavor) {
+        conn.query_drop(*sql).await.map_err(|e| e.to_string())?;
+    }
+    debug!(address = %t.address, flavor = flavor.as_str(), "connected to mysqld");
+    Ok((conn, flavor))
+}
+
 /// Holds the connection between observations. `Debug` is written by hand:
 /// the connection's options hold the password.
 pub struct Observer {
@@ -122,93 +153,79 @@ impl Observer {
         MysqlObservation::Unreachable { error }
     }
 
-    async fn connect(&self) -> Result<(Conn, Flavor), String> {
-        let t = &self.target;
-        let opts = OptsBuilder::default()
-            .ip_or_hostname(t.address.host.clone())
-            .tcp_port(t.address.port)
-            .user(Some(t.user.clone()))
-            .pass(Some(t.password.expose().to_string()))
-            .prefer_socket(false)
-            .stmt_cache_size(0);
-        let mut conn = tokio::time::timeout(t.connect_timeout, Conn::new(opts))
-            .await
-            .map_err(|_| {
-                format!(
-                    "connecting to {} timed out after {:?}",
-                    t.address, t.connect_timeout
-                )
-            })?
-            .map_err(|e| format!("cannot connect to {}: {}", t.address, root_cause(&e)))?;
-        let version: Option<String> = conn
-            .query_first("SELECT VERSION()")
-            .await
-            .map_err(|e| e.to_string())?;
-        let flavor = flavor::detect(version.as_deref().unwrap_or_default());
-        for sql in flavor::session_setup(flavor) {
-            conn.query_drop(*sql).await.map_err(|e| e.to_string())?;
-        }
-        debug!(address = %t.address, flavor = flavor.as_str(), "connected to mysqld");
-        Ok((conn, flavor))
-    }
-
     async fn try_observe(&mut self) -> Result<ServerState, String> {
         if self.conn.is_none() {
-            self.conn = Some(self.connect().await?);
+            self.conn = Some(connect(&self.target).await?);
         }
         let (conn, flavor) = self.conn.as_mut().expect("connection set just above");
-        let flavor = *flavor;
-        let err = |e: mysql_async::Error| e.to_string();
-        let vars = name_values(conn, &flavor::show_where("VARIABLES", flavor::VARIABLES))
-            .await
-            .map_err(err)?;
-        let status = name_values(conn, &flavor::show_where("STATUS", flavor::STATUS))
-            .await
-            .map_err(err)?;
-        let replica_rows = query_rows(conn, flavor::replica_status_sql(flavor))
-            .await
-            .map_err(err)?;
-        let replication = replica_rows
-            .first()
-            .map(|r| flavor::parse_replica_status(flavor, r))
-            .transpose()?;
-        let get = |k: &str| vars.get(k).cloned().unwrap_or_default();
-        let read_only = on(vars.get("read_only"));
-        let [src_en, rep_en, src_st, rep_st] = flavor::semi_sync_names(flavor, &vars);
-        let gtid = match flavor {
-            Flavor::MariaDb => GtidState {
-                executed: get("gtid_current_pos"),
-                current_pos: get("gtid_current_pos"),
-                binlog_pos: get("gtid_binlog_pos"),
-                slave_pos: get("gtid_slave_pos"),
-            },
-            Flavor::MySql => GtidState {
-                executed: get("gtid_executed").replace('\n', ""),
-                ..Default::default()
-            },
-        };
-        Ok(ServerState {
-            version: get("version"),
-            flavor,
-            server_id: get("server_id").parse().unwrap_or(0),
-            server_uuid: get("server_uuid"),
-            read_only,
-            super_read_only: match flavor {
-                Flavor::MariaDb => read_only,
-                Flavor::MySql => on(vars.get("super_read_only")),
-            },
-            gtid,
-            replication,
-            semi_sync: SemiSync {
-                source_enabled: on(vars.get(src_en)),
-                replica_enabled: on(vars.get(rep_en)),
-                source_active: on(status.get(src_st)),
-                replica_active: on(status.get(rep_st)),
-            },
-            binlog: Binlog {
-                enabled: on(vars.get("log_bin")),
-                format: get("binlog_format"),
-            },
-        })
+        read_state(conn, *flavor).await
     }
+}
+
+/// Reads everything a report says about the server, on `conn`.
+pub(crate) async fn read_state(conn: &mut Conn, flavor: Flavor) -> Result<ServerState, String> {
+    let err = |e: mysql_async::Error| e.to_string();
+    let vars = name_values(conn, &flavor::show_where("VARIABLES", flavor::VARIABLES))
+        .await
+        .map_err(err)?;
+    let status = name_values(conn, &flavor::show_where("STATUS", flavor::STATUS))
+        .await
+        .map_err(err)?;
+    let replica_rows = query_rows(conn, flavor::replica_status_sql(flavor))
+        .await
+        .map_err(err)?;
+    let replicas_connected: Option<u64> = conn
+        .query_first(flavor::REPLICAS_CONNECTED_SQL)
+        .await
+        .map_err(err)?;
+    let replication = replica_rows
+        .first()
+        .map(|r| flavor::parse_replica_status(flavor, r))
+        .transpose()?;
+    let get = |k: &str| vars.get(k).cloned().unwrap_or_default();
+    let read_only = on(vars.get("read_only"));
+    let [src_en, rep_en, src_st, rep_st, timeout, wait_no, clients] =
+        flavor::semi_sync_names(flavor, &vars);
+    let gtid = match flavor {
+        Flavor::MariaDb => GtidState {
+            executed: get("gtid_current_pos"),
+            current_pos: get("gtid_current_pos"),
+            binlog_pos: get("gtid_binlog_pos"),
+            slave_pos: get("gtid_slave_pos"),
+        },
+        Flavor::MySql => GtidState {
+            executed: get("gtid_executed").replace('\n', ""),
+            ..Default::default()
+        },
+    };
+    Ok(ServerState {
+        version: get("version"),
+        flavor,
+        server_id: get("server_id").parse().unwrap_or(0),
+        server_uuid: get("server_uuid"),
+        read_only,
+        super_read_only: match flavor {
+            Flavor::MariaDb => read_only,
+            Flavor::MySql => on(vars.get("super_read_only")),
+        },
+        gtid,
+        replication,
+        semi_sync: SemiSync {
+            source_enabled: on(vars.get(src_en)),
+            replica_enabled: on(vars.get(rep_en)),
+            source_active: on(status.get(src_st)),
+            replica_active: on(status.get(rep_st)),
+            timeout_ms: get(timeout).parse().unwrap_or(0),
+            wait_no_replica: on(vars.get(wait_no)),
+            clients: status
+                .get(clients)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        },
+        binlog: Binlog {
+            enabled: on(vars.get("log_bin")),
+            format: get("binlog_format"),
+        },
+        replicas_connected: replicas_connected.unwrap_or(0) as u32,
+    })
 }

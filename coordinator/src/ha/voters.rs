@@ -42,6 +42,21 @@ pub enum VoterCallError {
     StaleEpoch(Epoch),
 }
 
+/// A refusal for a stale epoch carries the agent's promise; anything else
+/// stays an RPC error.
+fn stale_or(s: tonic::Status) -> VoterCallError {
+    if s.code() == tonic::Code::Aborted
+        && let Some(p) = s
+            .metadata()
+            .get(PROMISED_EPOCH_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(epoch_from_metadata)
+    {
+        return VoterCallError::StaleEpoch(p);
+    }
+    VoterCallError::Rpc(s)
+}
+
 /// Cached channels to voters and agents.
 #[derive(Debug)]
 pub struct VoterClients {
@@ -100,6 +115,36 @@ impl VoterClients {
             .await
     }
 
+    /// Runs one command on an agent under `epoch`, waiting up to `timeout`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn execute(
+        &self,
+        name: &str,
+        address: &str,
+        epoch: &Epoch,
+        holder: &HolderId,
+        lease_remaining_ms: u64,
+        operation_id: &str,
+        step: u32,
+        command: pb::command_request::Command,
+        timeout: Duration,
+    ) -> Result<pb::CommandReply, VoterCallError> {
+        let mut c = AgentServiceClient::new(self.channel(name, address));
+        let req = pb::CommandRequest {
+            epoch: Some(epoch.clone().into()),
+            holder: Some(holder.clone().into()),
+            operation_id: operation_id.to_string(),
+            step,
+            lease_remaining_ms,
+            command: Some(command),
+        };
+        match tokio::time::timeout(timeout, c.execute(req)).await {
+            Err(_) => Err(VoterCallError::Timeout(timeout)),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(stale_or(s)),
+        }
+    }
+
     /// The epoch barrier: after it, the agent obeys nothing older than `epoch`.
     pub async fn barrier(
         &self,
@@ -121,17 +166,7 @@ impl VoterClients {
         match self.bounded(c.execute(req)).await {
             Ok(r) => dbfleet_proto::lease::epoch_field("promised", r.promised)
                 .map_err(|e| VoterCallError::Protocol(e.to_string())),
-            Err(VoterCallError::Rpc(s)) if s.code() == tonic::Code::Aborted => {
-                let promised = s
-                    .metadata()
-                    .get(PROMISED_EPOCH_METADATA)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(epoch_from_metadata);
-                match promised {
-                    Some(p) => Err(VoterCallError::StaleEpoch(p)),
-                    None => Err(VoterCallError::Rpc(s)),
-                }
-            }
+            Err(VoterCallError::Rpc(s)) => Err(stale_or(s)),
             Err(e) => Err(e),
         }
     }

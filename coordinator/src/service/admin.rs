@@ -14,6 +14,7 @@ use crate::error::ServiceError;
 use crate::fleet::Fleet;
 use crate::ha::Ha;
 use crate::ha::voters::{self, VoterClients};
+use crate::service::control::{Controls, control_view};
 
 /// The admin API.
 #[derive(Debug, Clone)]
@@ -22,17 +23,95 @@ pub(crate) struct AdminApi {
     pub(crate) ha: Arc<Ha>,
     pub(crate) clients: Arc<VoterClients>,
     pub(crate) coordinator_id: String,
+    pub(crate) controls: Controls,
 }
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    async fn failover(
+        &self,
+        request: Request<pb::FailoverRequest>,
+    ) -> Result<Response<pb::OperationResult>, Status> {
+        Ok(Response::new(
+            self.controls
+                .failovers
+                .failover(request.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn switchover(
+        &self,
+        request: Request<pb::SwitchoverRequest>,
+    ) -> Result<Response<pb::OperationResult>, Status> {
+        Ok(Response::new(
+            self.controls
+                .failovers
+                .switchover(request.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn set_maintenance(
+        &self,
+        request: Request<pb::SetMaintenanceRequest>,
+    ) -> Result<Response<pb::ClusterControl>, Status> {
+        Ok(Response::new(
+            self.controls.maintenance(request.into_inner()).await?,
+        ))
+    }
+
+    async fn set_failover_policy(
+        &self,
+        request: Request<pb::SetFailoverPolicyRequest>,
+    ) -> Result<Response<pb::ClusterControl>, Status> {
+        Ok(Response::new(
+            self.controls.policy(request.into_inner()).await?,
+        ))
+    }
+
+    async fn set_promotion_rule(
+        &self,
+        request: Request<pb::SetPromotionRuleRequest>,
+    ) -> Result<Response<pb::ClusterControl>, Status> {
+        Ok(Response::new(
+            self.controls.promotion_rule(request.into_inner()).await?,
+        ))
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<pb::AcknowledgeRequest>,
+    ) -> Result<Response<pb::ClusterControl>, Status> {
+        Ok(Response::new(
+            self.controls.acknowledge(request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        Ok(Response::new(self.controls.events(request.get_ref())?))
+    }
+
     async fn list_clusters(
         &self,
         request: Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
         let only = model::cluster_filter(request.get_ref()).map_err(ServiceError::from)?;
+        let mut clusters = self.fleet.cluster_views(only.as_ref());
+        for c in &mut clusters {
+            let rec = self.fleet.cluster_record(&c.name);
+            crate::service::control::decorate(c, &rec);
+            c.control = Some(control_view(
+                &rec,
+                self.controls.default_budget,
+                self.controls.default_window_seconds,
+            ));
+        }
         Ok(Response::new(pb::ListClustersResponse {
-            clusters: self.fleet.cluster_views(only.as_ref()),
+            clusters,
             coordinator_id: self.coordinator_id.clone(),
         }))
     }

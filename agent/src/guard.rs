@@ -1,0 +1,286 @@
+//! The read-only guard: a durable "this server must not accept writes"
+//! flag, and the task that enforces it.
+//!
+//! The flag is set by a coordinator's Fence (and by every Repoint), by the
+//! agent itself when the mysqld of a primary dies (the fast failover path:
+//! the crashed primary must not come back writable before the coordinator
+//! decided), and by the self-fence of a primary cut off from both
+//! coordinators and all replicas. Only a Promote clears it. It is written
+//! (fsync, rename, fsync the directory) before anything acts on it, and
+//! enforced on every observation, so it holds across restarts of mysqld
+//! and of the agent.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dbfleet_common::durable::write_atomic;
+use dbfleet_proto::model::{MysqlObservation, Report};
+use dbfleet_proto::pb;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::mysql::control::Controller;
+
+/// The durable flag.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardRecord {
+    /// mysqld must stay read-only.
+    pub fenced: bool,
+    /// Why, for operators and the coordinator's event history.
+    pub reason: String,
+    /// When it was set (Unix ms, agent clock).
+    pub since_unix_ms: i64,
+}
+
+/// Why the guard cannot be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// The file exists but does not parse: refuse to start rather than
+    /// forget a fence.
+    #[error(
+        "read-only guard {path} is corrupt ({reason}); if this server may accept writes, write {{\"fenced\":false,\"reason\":\"\",\"since_unix_ms\":0}} to it, else {{\"fenced\":true,...}}"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Parser message.
+        reason: String,
+    },
+    /// Reading or writing failed.
+    #[error("read-only guard {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The flag, its file, and a watch for reports.
+#[derive(Debug)]
+pub struct Guard {
+    path: PathBuf,
+    record: Mutex<GuardRecord>,
+    changes: watch::Sender<GuardRecord>,
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Guard {
+    /// Loads the flag (absent file: not fenced).
+    pub fn open(path: &Path) -> Result<Guard, GuardError> {
+        let record = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| GuardError::Corrupt {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => GuardRecord::default(),
+            Err(source) => {
+                return Err(GuardError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        if record.fenced {
+            warn!(
+                reason = record.reason,
+                "starting fenced: mysqld is kept read-only until a coordinator promotes it"
+            );
+        }
+        let (changes, _) = watch::channel(record.clone());
+        Ok(Guard {
+            path: path.to_path_buf(),
+            record: Mutex::new(record),
+            changes,
+        })
+    }
+
+    /// The current flag.
+    pub fn current(&self) -> GuardRecord {
+        self.changes.borrow().clone()
+    }
+
+    /// Follows changes (the collector reports them at once).
+    pub fn subscribe(&self) -> watch::Receiver<GuardRecord> {
+        self.changes.subscribe()
+    }
+
+    fn save(&self, next: GuardRecord) -> Result<(), GuardError> {
+        let mut cur = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        if *cur == next {
+            return Ok(());
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| GuardError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let bytes = serde_json::to_vec(&next).expect("plain record serializes");
+        write_atomic(&self.path, &bytes, 0o600).map_err(|source| GuardError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        *cur = next.clone();
+        self.changes.send_replace(next);
+        Ok(())
+    }
+
+    /// Sets the flag durably (keeps the first reason while fenced).
+    pub fn fence(&self, reason: &str) -> Result<(), GuardError> {
+        let cur = self.current();
+        if cur.fenced {
+            return Ok(());
+        }
+        info!(reason, "read-only guard set");
+        self.save(GuardRecord {
+            fenced: true,
+            reason: reason.to_string(),
+            since_unix_ms: now_unix_ms(),
+        })
+    }
+
+    /// Clears the flag durably (a Promote).
+    pub fn clear(&self) -> Result<(), GuardError> {
+        if self.current().fenced {
+            info!("read-only guard cleared");
+        }
+        self.save(GuardRecord::default())
+    }
+}
+
+/// When each coordinator last acknowledged a report.
+#[derive(Debug, Default)]
+pub struct AckClock {
+    last: Mutex<Option<Instant>>,
+}
+
+impl AckClock {
+    /// A coordinator acknowledged a report now.
+    pub fn acked(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    fn last(&self) -> Option<Instant> {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The errors that mean mysqld is not running at all (as opposed to slow).
+fn process_gone(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("connection refused") || e.contains("no such file")
+}
+
+/// Enforces the guard on every report until `cancel`: a fenced server seen
+/// writable is set read-only at once; a primary whose mysqld died is
+/// fenced; a primary cut off from coordinators and replicas for
+/// `self_fence` fences itself.
+pub async fn enforce(
+    guard: Arc<Guard>,
+    control: Arc<Controller>,
+    acks: Arc<AckClock>,
+    self_fence: Option<Duration>,
+    mut reports: watch::Receiver<Option<pb::AgentReport>>,
+    cancel: CancellationToken,
+) {
+    let started = Instant::now();
+    let mut was_primary = false;
+    let mut last_replica = Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = reports.changed() => if changed.is_err() { return },
+        }
+        let Some(Ok(report)) = reports.borrow_and_update().clone().map(Report::try_from) else {
+            continue;
+        };
+        let fenced = guard.current().fenced;
+        match &report.mysql {
+            MysqlObservation::Reachable(s) => {
+                let primary = s.writable() && s.replication.is_none();
+                if s.replicas_connected > 0 || !primary {
+                    last_replica = Instant::now();
+                }
+                if fenced && s.writable() {
+                    warn!(
+                        "mysqld is writable while the read-only guard is set; making it read-only"
+                    );
+                    if let Err(e) = control.make_read_only().await {
+                        error!(error = %e, "cannot enforce the read-only guard; retrying on the next observation");
+                    }
+                    continue;
+                }
+                if let (Some(timeout), false) = (self_fence, fenced)
+                    && primary
+                {
+                    let heard = acks.last().unwrap_or(started).max(started);
+                    let cut_off = heard.max(last_replica).elapsed();
+                    if cut_off >= timeout {
+                        let reason = format!(
+                            "self-fence: no coordinator and no replica for {}",
+                            humantime::format_duration(timeout)
+                        );
+                        match guard.fence(&reason) {
+                            Ok(()) => {
+                                if let Err(e) = control.make_read_only().await {
+                                    error!(error = %e, "self-fence: cannot set read-only; retrying");
+                                }
+                            }
+                            Err(e) => error!(error = %e, "self-fence: cannot persist the guard"),
+                        }
+                    }
+                }
+                was_primary = primary;
+            }
+            MysqlObservation::Unreachable { error } => {
+                if was_primary && !fenced && process_gone(error) {
+                    let reason = format!("the primary's mysqld went down ({error})");
+                    if let Err(e) = guard.fence(&reason) {
+                        error!(error = %e, "cannot persist the read-only guard after a crash");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_survives_a_reopen_and_a_corrupt_file_refuses() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state/guard.json");
+        let g = Guard::open(&p).unwrap();
+        assert!(!g.current().fenced);
+        g.fence("test").unwrap();
+        g.fence("second reason is ignored").unwrap();
+        let again = Guard::open(&p).unwrap();
+        assert!(again.current().fenced);
+        assert_eq!(again.current().reason, "test");
+        again.clear().unwrap();
+        assert!(!Guard::open(&p).unwrap().current().fenced);
+        std::fs::write(&p, b"{not json").unwrap();
+        let e = Guard::open(&p).unwrap_err().to_string();
+        assert!(e.contains("corrupt") && e.contains("fenced"), "{e}");
+    }
+
+    #[test]
+    fn only_a_refused_connection_counts_as_a_dead_process() {
+        assert!(process_gone(
+            "cannot connect to 127.0.0.1:3306: Connection refused (os error 111)"
+        ));
+        assert!(!process_gone("mysqld did not answer within 4s"));
+    }
+}

@@ -1,0 +1,429 @@
+//! Role changes of the local mysqld: fence, freeze, promote, repoint.
+//!
+//! Each command opens its own connection (the observer's stays free for
+//! observations), runs under deadlines, and ends by reading the server's
+//! state so the coordinator journals what the command left behind. Every
+//! command is idempotent: running it again converges on the same state,
+//! which is what lets a successor coordinator resume a journaled step.
+//!
+//! The guard is written before the server is touched: a fence is durable
+//! before read-only is set, and cleared only when a Promote is about to
+//! make the server writable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dbfleet_common::config::Secret;
+use dbfleet_proto::model::{Flavor, ServerState};
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tracing::{info, warn};
+
+use super::flavor::role;
+use super::observer::{MysqlTarget, connect, read_state};
+use crate::guard::{Guard, GuardError};
+
+/// Why a command did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// mysqld could not be reached or a statement failed.
+    #[error("{0}")]
+    Mysql(String),
+    /// The command cannot run with this agent's configuration.
+    #[error("{0}")]
+    NotConfigured(String),
+    /// The guard could not be persisted: nothing was changed.
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+    /// Waiting for a GTID position ran out of time.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// How a fence made the server unable to commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    /// read-only confirmed, client sessions killed.
+    ReadOnly,
+    /// mysqld is not running.
+    Stopped,
+}
+
+/// A command's result: what was done and the server after it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The server after the command (`None`: it is not running).
+    pub state: Option<ServerState>,
+    /// How it was fenced (Fence only).
+    pub fenced: Option<Fenced>,
+    /// What the agent did, in words.
+    pub detail: String,
+}
+
+/// Runs role changes against the local mysqld.
+#[derive(Debug)]
+pub struct Controller {
+    target: MysqlTarget,
+    replication: Option<(String, Secret)>,
+    pid_file: Option<PathBuf>,
+    guard: Arc<Guard>,
+}
+
+fn sql_error(what: &str) -> impl Fn(mysql_async::Error) -> ControlError + '_ {
+    move |e| ControlError::Mysql(format!("{what}: {e}"))
+}
+
+/// Whether `pid` names a live (not zombie) process.
+fn alive(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+impl Controller {
+    /// A controller for `target`; `replication` is the account replicas of
+    /// this server use, `pid_file` lets it prove (or cause) a stop.
+    pub fn new(
+        target: MysqlTarget,
+        replication: Option<(String, Secret)>,
+        pid_file: Option<PathBuf>,
+        guard: Arc<Guard>,
+    ) -> Controller {
+        Controller {
+            target,
+            replication,
+            pid_file,
+            guard,
+        }
+    }
+
+    async fn conn(&self) -> Result<(Conn, Flavor), ControlError> {
+        let (mut conn, flavor) = connect(&self.target).await.map_err(ControlError::Mysql)?;
+        // Role changes may wait on locks briefly, but not for long; the
+        // observer's statement limit would cut a GTID wait short.
+        let unlimited = match flavor {
+            Flavor::MariaDb => "SET SESSION max_statement_time = 0",
+            Flavor::MySql => "SET SESSION max_execution_time = 0",
+        };
+        conn.query_drop(unlimited)
+            .await
+            .map_err(sql_error("session setup"))?;
+        Ok((conn, flavor))
+    }
+
+    async fn run(conn: &mut Conn, sql: &str, what: &str) -> Result<(), ControlError> {
+        conn.query_drop(sql).await.map_err(sql_error(what))
+    }
+
+    async fn state(conn: &mut Conn, flavor: Flavor) -> Result<ServerState, ControlError> {
+        read_state(conn, flavor).await.map_err(ControlError::Mysql)
+    }
+
+    /// Read-only on, then every client session killed; returns how many.
+    async fn read_only_and_kill(conn: &mut Conn, flavor: Flavor) -> Result<usize, ControlError> {
+        Self::run(conn, "SET SESSION lock_wait_timeout = 1", "session setup").await?;
+        let mut killed = 0;
+        for attempt in 0..3 {
+            let mut result = Ok(());
+            for sql in role::read_only_on(flavor) {
+                result = Self::run(conn, sql, "setting read_only").await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            if result.is_ok() {
+                break;
+            }
+            // A long write holds the lock read_only needs: end the writers
+            // and try again.
+            killed += Self::kill_sessions(conn).await?;
+            if attempt == 2 {
+                result?;
+            }
+        }
+        Ok(killed + Self::kill_sessions(conn).await?)
+    }
+
+    async fn kill_sessions(conn: &mut Conn) -> Result<usize, ControlError> {
+        let ids: Vec<u64> = conn
+            .query(role::CLIENT_SESSIONS)
+            .await
+            .map_err(sql_error("listing sessions"))?;
+        let mut killed = 0;
+        for id in ids {
+            // A session may end by itself in between: not an error.
+            if conn
+                .query_drop(format!("KILL CONNECTION {id}"))
+                .await
+                .is_ok()
+            {
+                killed += 1;
+            }
+        }
+        Ok(killed)
+    }
+
+    /// Read-only and writers killed, for the guard's enforcement.
+    pub async fn make_read_only(&self) -> Result<(), ControlError> {
+        let (mut conn, flavor) = self.conn().await?;
+        let killed = Self::read_only_and_kill(&mut conn, flavor).await?;
+        info!(killed, "mysqld set read-only");
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.pid_file.as_ref()?).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Makes the server unable to commit, durably: the guard first, then
+    /// read-only and sessions killed; a server that does not answer is
+    /// killed when allowed and a pid file says which process it is.
+    pub async fn fence(&self, kill_if_unresponsive: bool) -> Result<Outcome, ControlError> {
+        self.guard.fence("fenced by the coordinator")?;
+        let deadline = self.target.connect_timeout + self.target.query_timeout;
+        let attempt = tokio::time::timeout(deadline, async {
+            let (mut conn, flavor) = self.conn().await?;
+            let killed = Self::read_only_and_kill(&mut conn, flavor).await?;
+            let state = Self::state(&mut conn, flavor).await?;
+            Ok::<_, ControlError>((killed, state))
+        })
+        .await;
+        let why = match attempt {
+            Ok(Ok((killed, state))) if !state.writable() => {
+                return Ok(Outcome {
+                    state: Some(state),
+                    fenced: Some(Fenced::ReadOnly),
+                    detail: format!("read-only confirmed, {killed} client sessions killed"),
+                });
+            }
+            Ok(Ok(_)) => "the server still reports itself writable".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("mysqld did not answer within {deadline:?}"),
+        };
+        let Some(pid_file) = &self.pid_file else {
+            return Err(ControlError::NotConfigured(format!(
+                "cannot fence: {why}, and without mysql.pid_file the agent cannot prove mysqld is stopped; set it in the agent config"
+            )));
+        };
+        match self.pid() {
+            Some(pid) if alive(pid) => {
+                if !kill_if_unresponsive {
+                    return Err(ControlError::Mysql(format!(
+                        "cannot fence: {why}; mysqld (pid {pid}) is running"
+                    )));
+                }
+                warn!(
+                    pid,
+                    reason = why,
+                    "killing the unresponsive mysqld to fence it"
+                );
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let start = Instant::now();
+                while alive(pid) {
+                    if start.elapsed() > Duration::from_secs(10) {
+                        return Err(ControlError::Timeout(format!(
+                            "mysqld (pid {pid}) did not exit within 10s of SIGKILL"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Outcome {
+                    state: None,
+                    fenced: Some(Fenced::Stopped),
+                    detail: format!("killed the unresponsive mysqld (pid {pid}): {why}"),
+                })
+            }
+            Some(pid) => Ok(Outcome {
+                state: None,
+                fenced: Some(Fenced::Stopped),
+                detail: format!(
+                    "mysqld is not running (pid {pid} from {} is gone)",
+                    pid_file.display()
+                ),
+            }),
+            None => Ok(Outcome {
+                state: None,
+                fenced: Some(Fenced::Stopped),
+                detail: format!("mysqld is not running (no pid in {})", pid_file.display()),
+            }),
+        }
+    }
+
+    /// Stops receiving, lets the applier execute what was received (up to
+    /// `apply_timeout`), and returns the positions.
+    pub async fn freeze(&self, apply_timeout: Duration) -> Result<Outcome, ControlError> {
+        let (mut conn, flavor) = self.conn().await?;
+        let before = Self::state(&mut conn, flavor).await?;
+        let Some(rep) = before.replication else {
+            return Ok(Outcome {
+                state: Some(before),
+                fenced: None,
+                detail: "not a replica: nothing to freeze".into(),
+            });
+        };
+        Self::run(&mut conn, role::stop_io(flavor), "stopping the IO thread").await?;
+        let after_stop = Self::state(&mut conn, flavor).await?;
+        let received = after_stop
+            .replication
+            .as_ref()
+            .map(|r| r.received_gtid.clone())
+            .unwrap_or(rep.received_gtid);
+        let mut detail = "IO thread stopped".to_string();
+        if after_stop
+            .replication
+            .as_ref()
+            .is_some_and(|r| r.sql_running)
+            && !received.is_empty()
+        {
+            let waited = self
+                .wait_on(&mut conn, flavor, &received, apply_timeout)
+                .await;
+            detail = match waited {
+                Ok(()) => format!("IO thread stopped; relay log applied through {received}"),
+                Err(e) => format!("IO thread stopped; relay log not fully applied: {e}"),
+            };
+        }
+        Ok(Outcome {
+            state: Some(Self::state(&mut conn, flavor).await?),
+            fenced: None,
+            detail,
+        })
+    }
+
+    async fn wait_on(
+        &self,
+        conn: &mut Conn,
+        flavor: Flavor,
+        gtid: &str,
+        timeout: Duration,
+    ) -> Result<(), ControlError> {
+        let sql = role::wait_gtid(flavor, gtid, timeout.as_secs_f64());
+        let r: Option<i64> = conn
+            .query_first(sql)
+            .await
+            .map_err(sql_error("waiting for the GTID position"))?;
+        match r {
+            Some(0) => Ok(()),
+            _ => Err(ControlError::Timeout(format!(
+                "position {gtid} not reached within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// Waits until the server has executed `gtid`.
+    pub async fn wait_gtid(&self, gtid: &str, timeout: Duration) -> Result<Outcome, ControlError> {
+        let (mut conn, flavor) = self.conn().await?;
+        self.wait_on(&mut conn, flavor, gtid, timeout).await?;
+        Ok(Outcome {
+            state: Some(Self::state(&mut conn, flavor).await?),
+            fenced: None,
+            detail: format!("reached {gtid}"),
+        })
+    }
+
+    /// No replication, guard cleared, writable.
+    pub async fn promote(&self) -> Result<Outcome, ControlError> {
+        let (mut conn, flavor) = self.conn().await?;
+        Self::run(&mut conn, role::stop(flavor), "stopping replication").await?;
+        Self::run(
+            &mut conn,
+            role::reset_all(flavor),
+            "removing the replication configuration",
+        )
+        .await?;
+        self.guard.clear()?;
+        for sql in role::read_only_off(flavor) {
+            Self::run(&mut conn, sql, "making the server writable").await?;
+        }
+        let state = Self::state(&mut conn, flavor).await?;
+        Ok(Outcome {
+            detail: format!("promoted at {}", state.gtid.executed),
+            state: Some(state),
+            fenced: None,
+        })
+    }
+
+    /// Replicates from `host:port` with GTID auto-positioning, read-only
+    /// and guarded. A server that was a primary first records what it has
+    /// as its replication position, so it resumes after its own writes.
+    pub async fn repoint(
+        &self,
+        host: &str,
+        port: u16,
+        heartbeat: Duration,
+        net_timeout: Duration,
+    ) -> Result<Outcome, ControlError> {
+        let Some((user, password)) = &self.replication else {
+            return Err(ControlError::NotConfigured(
+                "cannot repoint: set mysql.replication_user and mysql.replication_password_file in the agent config".into(),
+            ));
+        };
+        self.guard.fence("replica")?;
+        let (mut conn, flavor) = self.conn().await?;
+        let killed = Self::read_only_and_kill(&mut conn, flavor).await?;
+        let before = Self::state(&mut conn, flavor).await?;
+        Self::run(&mut conn, role::stop(flavor), "stopping replication").await?;
+        if before.replication.is_none() && flavor == Flavor::MariaDb {
+            Self::run(
+                &mut conn,
+                "SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos",
+                "recording the former primary's position",
+            )
+            .await?;
+        }
+        Self::run(
+            &mut conn,
+            &role::net_timeout(flavor, net_timeout.as_secs()),
+            "setting the replica net timeout",
+        )
+        .await?;
+        let change = role::change_source(
+            flavor,
+            host,
+            port,
+            user,
+            password.expose(),
+            heartbeat.as_secs_f64(),
+        );
+        // The statement carries the password: the error names the step only.
+        conn.query_drop(change).await.map_err(|e| {
+            let code = match &e {
+                mysql_async::Error::Server(s) => format!("server error {}", s.code),
+                _ => "connection lost".to_string(),
+            };
+            ControlError::Mysql(format!("changing the replication source failed ({code})"))
+        })?;
+        Self::run(&mut conn, role::start(flavor), "starting replication").await?;
+        Ok(Outcome {
+            state: Some(Self::state(&mut conn, flavor).await?),
+            fenced: None,
+            detail: format!("replicating from {host}:{port} ({killed} client sessions killed)"),
+        })
+    }
+
+    /// Starts the IO thread again after a freeze.
+    pub async fn thaw(&self) -> Result<Outcome, ControlError> {
+        let (mut conn, flavor) = self.conn().await?;
+        let before = Self::state(&mut conn, flavor).await?;
+        if before.replication.is_some() {
+            Self::run(&mut conn, role::start(flavor), "starting replication").await?;
+        }
+        Ok(Outcome {
+            state: Some(Self::state(&mut conn, flavor).await?),
+            fenced: None,
+            detail: "replication threads started".into(),
+        })
+    }
+}

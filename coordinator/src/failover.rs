@@ -1,0 +1,292 @@
+//! Failure detection, failover, switchover and the repairs after them.
+//!
+//! - [`detect`] and [`plan`] are the rules, free of I/O;
+//! - [`journal`] is what desired state keeps (controls, the operation in
+//!   progress, the event history);
+//! - [`procedure`] runs an operation as journaled steps;
+//! - [`reconcile`] is the loop on the active: detection, resuming a
+//!   journaled operation, rejoining returned members.
+
+pub mod detect;
+pub mod gtid;
+pub mod hooks;
+pub mod journal;
+pub mod plan;
+pub(crate) mod procedure;
+pub(crate) mod reconcile;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dbfleet_lease::Epoch;
+use dbfleet_proto::model::SemiSync;
+use dbfleet_proto::pb;
+use tokio::sync::watch;
+
+use crate::config::FailoverConfig;
+use crate::error::ServiceError;
+use crate::fleet::Fleet;
+use crate::ha::voters::VoterClients;
+use journal::{Operation, OperationKind, Step};
+
+/// Runs and tracks failovers and switchovers of every cluster.
+#[derive(Debug)]
+pub struct Failovers {
+    fleet: Arc<Fleet>,
+    clients: Arc<VoterClients>,
+    cfg: FailoverConfig,
+    /// Outcome of the operation running here, per cluster.
+    running: Mutex<HashMap<String, watch::Receiver<Option<pb::OperationResult>>>>,
+    /// Last semi-sync settings each member was seen with (a dead primary's
+    /// last report no longer says).
+    last_seen: Mutex<HashMap<String, SemiSync>>,
+    /// Since when each cluster's primary looks down.
+    down_since: Mutex<HashMap<String, Instant>>,
+    /// The epoch we hold and since when (fresh observation rule).
+    active_since: Mutex<Option<(Epoch, Instant)>>,
+}
+
+impl Failovers {
+    /// The failover machinery of one coordinator.
+    pub fn new(fleet: Arc<Fleet>, clients: Arc<VoterClients>, cfg: FailoverConfig) -> Arc<Self> {
+        Arc::new(Failovers {
+            fleet,
+            clients,
+            cfg,
+            running: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(HashMap::new()),
+            down_since: Mutex::new(HashMap::new()),
+            active_since: Mutex::new(None),
+        })
+    }
+
+    async fn wait(
+        mut rx: watch::Receiver<Option<pb::OperationResult>>,
+    ) -> Result<pb::OperationResult, ServiceError> {
+        loop {
+            if let Some(r) = rx.borrow_and_update().clone() {
+                return Ok(r);
+            }
+            rx.changed().await.map_err(|_| ServiceError::ShuttingDown)?;
+        }
+    }
+
+    /// An operator's failover: the primary must look down (or the
+    /// operator vouches for its fence); waits for the outcome.
+    pub async fn failover(
+        self: &Arc<Self>,
+        req: pb::FailoverRequest,
+    ) -> Result<pb::OperationResult, ServiceError> {
+        let epoch = self.fleet.ha().write_epoch()?;
+        let cluster = req.cluster.clone();
+        let members = self.fleet.members(&cluster);
+        if members.is_empty() {
+            return Err(ServiceError::Refused(format!(
+                "no cluster named {cluster:?}"
+            )));
+        }
+        Self::check_flavor(&members)?;
+        let rec = self.fleet.cluster_record(&cluster);
+        let primary = self.primary_of(&cluster).ok_or_else(|| {
+            ServiceError::Refused(format!("cluster {cluster} has no known primary"))
+        })?;
+        let old = members.iter().find(|m| m.host == primary);
+        if old.and_then(|m| m.server()).is_some_and(|s| s.writable()) {
+            return Err(ServiceError::Refused(format!(
+                "{primary} is up and writable; use `dbfleet switchover --cluster {cluster}` for a planned change"
+            )));
+        }
+        let op = Operation {
+            id: Self::new_id(&cluster, OperationKind::Failover, &epoch),
+            kind: OperationKind::Failover,
+            automatic: false,
+            started_unix_ms: procedure::now_unix_ms(),
+            epoch,
+            reason: "operator requested a failover".into(),
+            evidence: vec![],
+            old_primary: primary,
+            requested_to: Some(req.to).filter(|t| !t.is_empty()),
+            allow_data_loss: req.allow_data_loss,
+            confirm_fenced: Some(req.confirm_fenced).filter(|t| !t.is_empty()),
+            step: Step::Barrier,
+            frozen: Default::default(),
+            fence_proof: None,
+            fenced_unix_ms: None,
+            candidate: None,
+            promoted_at: None,
+            promoted_unix_ms: None,
+        };
+        // A manual failover re-arms a held cluster: the operator decided.
+        if rec.control.held.is_some() {
+            let e = op.epoch.clone();
+            self.fleet
+                .update_cluster(&cluster, e, |r| {
+                    r.control.held = None;
+                    Ok(())
+                })
+                .await?;
+        }
+        self.pre_hook(&op).await?;
+        Self::wait(self.start(op).await?).await
+    }
+
+    /// A planned switchover; waits for the outcome.
+    pub async fn switchover(
+        self: &Arc<Self>,
+        req: pb::SwitchoverRequest,
+    ) -> Result<pb::OperationResult, ServiceError> {
+        let epoch = self.fleet.ha().write_epoch()?;
+        let cluster = req.cluster.clone();
+        let members = self.fleet.members(&cluster);
+        if members.is_empty() {
+            return Err(ServiceError::Refused(format!(
+                "no cluster named {cluster:?}"
+            )));
+        }
+        Self::check_flavor(&members)?;
+        let rec = self.fleet.cluster_record(&cluster);
+        let primary = self.primary_of(&cluster).ok_or_else(|| {
+            ServiceError::Refused(format!("cluster {cluster} has no known primary"))
+        })?;
+        if !members
+            .iter()
+            .find(|m| m.host == primary)
+            .and_then(|m| m.server())
+            .is_some_and(|s| s.writable())
+        {
+            return Err(ServiceError::Refused(format!(
+                "{primary} is not a healthy writable primary; a switchover needs one (use `dbfleet failover` for a dead primary)"
+            )));
+        }
+        let candidate = self.switchover_candidate(&members, &rec, &primary, &req.to)?;
+        let op = Operation {
+            id: Self::new_id(&cluster, OperationKind::Switchover, &epoch),
+            kind: OperationKind::Switchover,
+            automatic: false,
+            started_unix_ms: procedure::now_unix_ms(),
+            epoch,
+            reason: format!("operator requested a switchover to {candidate}"),
+            evidence: vec![],
+            old_primary: primary,
+            requested_to: Some(candidate.clone()),
+            allow_data_loss: false,
+            confirm_fenced: None,
+            step: Step::Barrier,
+            frozen: Default::default(),
+            fence_proof: None,
+            fenced_unix_ms: None,
+            candidate: Some(candidate),
+            promoted_at: None,
+            promoted_unix_ms: None,
+        };
+        self.pre_hook(&op).await?;
+        Self::wait(self.start(op).await?).await
+    }
+
+    fn switchover_candidate(
+        &self,
+        members: &[crate::fleet::MemberState],
+        rec: &crate::store::ClusterRecord,
+        primary: &str,
+        to: &str,
+    ) -> Result<String, ServiceError> {
+        let primary_address = members
+            .iter()
+            .find(|m| m.host == primary)
+            .map(|m| m.mysql_address.clone())
+            .unwrap_or_default();
+        let healthy = |m: &&crate::fleet::MemberState| {
+            m.host != primary
+                && rec.control.rule(&m.host) != journal::PromotionRule::Never
+                && !rec.control.needs_rebuild.contains(&m.host)
+                && m.server().is_some_and(|s| {
+                    s.replication.as_ref().is_some_and(|r| {
+                        r.sql_running
+                            && dbfleet_proto::model::MysqlAddress::parse(&primary_address)
+                                .is_ok_and(|a| r.source.same_endpoint(&a))
+                    })
+                })
+        };
+        if !to.is_empty() {
+            return members
+                .iter()
+                .find(|m| m.host == to)
+                .filter(healthy)
+                .map(|m| m.host.clone())
+                .ok_or_else(|| {
+                    ServiceError::Refused(format!(
+                        "{to} cannot take over: it must be a reachable replica of {primary} with a running applier, not marked never or for rebuild"
+                    ))
+                });
+        }
+        members
+            .iter()
+            .filter(healthy)
+            .min_by_key(|m| {
+                let lag = m
+                    .server()
+                    .and_then(|s| s.replication.as_ref()?.seconds_behind)
+                    .unwrap_or(u64::MAX);
+                (rec.control.rule(&m.host), lag, m.host.clone())
+            })
+            .map(|m| m.host.clone())
+            .ok_or_else(|| {
+                ServiceError::Refused(format!(
+                    "no replica of {primary} can take over (each is unreachable, not replicating, or marked never)"
+                ))
+            })
+    }
+
+    async fn pre_hook(&self, op: &Operation) -> Result<(), ServiceError> {
+        if self.cfg.pre_hook.is_empty() {
+            return Ok(());
+        }
+        let cluster = op.id.split('/').next().unwrap_or_default().to_string();
+        let hook = format!("pre-{}", op.kind.as_str());
+        let payload = hooks::Payload {
+            hook: &hook,
+            cluster: &cluster,
+            kind: op.kind.as_str(),
+            operation_id: &op.id,
+            old_primary: &op.old_primary,
+            new_primary: op.candidate.as_deref().unwrap_or(""),
+            new_primary_address: "",
+            epoch_term: op.epoch.term,
+            epoch_coordinator: &op.epoch.coordinator,
+            reason: &op.reason,
+        };
+        if let Err(e) = hooks::run(&self.cfg.pre_hook, &payload, self.cfg.hook_timeout).await {
+            let event = self.event(op, "hook-veto", &op.old_primary, e.clone(), vec![]);
+            self.fleet
+                .update_cluster(&cluster, op.epoch.clone(), move |r| {
+                    r.control.record(event);
+                    Ok(())
+                })
+                .await?;
+            return Err(ServiceError::Refused(format!("vetoed: {e}")));
+        }
+        Ok(())
+    }
+
+    /// The cluster's primary as derived from reports (or remembered).
+    fn primary_of(&self, cluster: &str) -> Option<String> {
+        let name = dbfleet_proto::model::Name::parse(cluster).ok()?;
+        self.fleet
+            .cluster_views(Some(&name))
+            .into_iter()
+            .next()
+            .map(|v| v.primary)
+            .filter(|p| !p.is_empty())
+    }
+
+    /// Budget and window of `rec`, with the coordinator's defaults.
+    fn budget(&self, rec: &crate::store::ClusterRecord) -> (u32, Duration) {
+        (
+            rec.control.budget.unwrap_or(self.cfg.budget),
+            rec.control
+                .window_seconds
+                .map_or(self.cfg.window, Duration::from_secs),
+        )
+    }
+}

@@ -1,0 +1,247 @@
+//! What a cluster's desired state says about failover: the operator's
+//! controls, the journal of the operation in progress, and the event
+//! history. All of it lives in the cluster's record, so it is written by
+//! one op-log op, replicated to the standby, and found by a successor that
+//! must resume or roll back what a dead active started.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use dbfleet_lease::Epoch;
+use serde::{Deserialize, Serialize};
+
+/// Events kept per cluster; older ones are dropped first.
+pub const EVENTS_KEPT: usize = 500;
+
+/// Candidate priority of a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromotionRule {
+    /// Chosen before neutral hosts.
+    Prefer,
+    /// The default.
+    Neutral,
+    /// Never promoted.
+    Never,
+}
+
+impl PromotionRule {
+    /// Parses `prefer`, `neutral` or `never`.
+    pub fn parse(s: &str) -> Result<PromotionRule, String> {
+        match s {
+            "prefer" => Ok(PromotionRule::Prefer),
+            "neutral" => Ok(PromotionRule::Neutral),
+            "never" => Ok(PromotionRule::Never),
+            other => Err(format!(
+                "{other:?} is not a promotion rule; use prefer, neutral or never"
+            )),
+        }
+    }
+
+    /// The name operators type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromotionRule::Prefer => "prefer",
+            PromotionRule::Neutral => "neutral",
+            PromotionRule::Never => "never",
+        }
+    }
+}
+
+/// The operator's failover controls of one cluster and what the
+/// coordinator keeps about past and present operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterControl {
+    /// Automatic failover on.
+    #[serde(default = "yes")]
+    pub auto_failover: bool,
+    /// Maintenance: no automatic failover and no automatic repair.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// Automatic failovers allowed per window (None: the default).
+    #[serde(default)]
+    pub budget: Option<u32>,
+    /// The anti-flap window in seconds (None: the default).
+    #[serde(default)]
+    pub window_seconds: Option<u64>,
+    /// When recent automatic failovers happened (Unix ms).
+    #[serde(default)]
+    pub recent_failovers: Vec<i64>,
+    /// Automatic failover held until `dbfleet ack`, and why.
+    #[serde(default)]
+    pub held: Option<String>,
+    /// Host → rule; absent hosts are neutral.
+    #[serde(default)]
+    pub promotion: BTreeMap<String, PromotionRule>,
+    /// Members with transactions the primary never had.
+    #[serde(default)]
+    pub needs_rebuild: BTreeSet<String>,
+    /// The GTID position of the last promoted primary when it was
+    /// promoted: members beyond it from another server diverged.
+    #[serde(default)]
+    pub promoted_at: Option<String>,
+    /// The operation in progress.
+    #[serde(default)]
+    pub operation: Option<Operation>,
+    /// History, oldest first.
+    #[serde(default)]
+    pub events: VecDeque<Event>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ClusterControl {
+    fn default() -> Self {
+        ClusterControl {
+            auto_failover: true,
+            maintenance: false,
+            budget: None,
+            window_seconds: None,
+            recent_failovers: Vec::new(),
+            held: None,
+            promotion: BTreeMap::new(),
+            needs_rebuild: BTreeSet::new(),
+            promoted_at: None,
+            operation: None,
+            events: VecDeque::new(),
+        }
+    }
+}
+
+impl ClusterControl {
+    /// The rule of `host`.
+    pub fn rule(&self, host: &str) -> PromotionRule {
+        self.promotion
+            .get(host)
+            .copied()
+            .unwrap_or(PromotionRule::Neutral)
+    }
+
+    /// Appends an event, dropping the oldest beyond [`EVENTS_KEPT`].
+    pub fn record(&mut self, event: Event) {
+        self.events.push_back(event);
+        while self.events.len() > EVENTS_KEPT {
+            self.events.pop_front();
+        }
+    }
+}
+
+/// Planned or unplanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationKind {
+    /// The primary is dead.
+    Failover,
+    /// The primary is healthy and hands over.
+    Switchover,
+}
+
+impl OperationKind {
+    /// Its name in events and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Failover => "failover",
+            OperationKind::Switchover => "switchover",
+        }
+    }
+}
+
+/// The steps, in order. The journal holds the step about to run (or
+/// running): it is persisted before the step acts, and every step is
+/// idempotent, so a successor re-runs the recorded step and goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Every reachable member obeys only this epoch from here on.
+    Barrier,
+    /// Replicas stop receiving and apply what they received (failover).
+    Freeze,
+    /// The old primary can no longer commit, proven.
+    Fence,
+    /// The candidate is chosen (and caught up).
+    Choose,
+    /// The candidate becomes the writable primary.
+    Promote,
+    /// The others replicate from it.
+    Repoint,
+    /// Routing hooks run.
+    Hooks,
+}
+
+/// A replica's positions after it was frozen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frozen {
+    /// Everything executed (MariaDB gtid_current_pos).
+    pub executed: String,
+    /// What the IO thread had received.
+    pub received: String,
+    /// MariaDB gtid_binlog_pos.
+    pub binlog_pos: String,
+    /// MariaDB gtid_slave_pos.
+    pub slave_pos: String,
+    /// Its server_id.
+    pub server_id: u32,
+    /// The applier stopped on an error (its executed set is incomplete).
+    pub applier_error: String,
+}
+
+/// The journal of one failover or switchover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// Unique id (also the agents' idempotency key).
+    pub id: String,
+    /// Failover or switchover.
+    pub kind: OperationKind,
+    /// Started by detection, not by an operator.
+    pub automatic: bool,
+    /// Unix ms.
+    pub started_unix_ms: i64,
+    /// The epoch of the coordinator driving it now.
+    pub epoch: Epoch,
+    /// Why it started.
+    pub reason: String,
+    /// What was observed.
+    pub evidence: Vec<String>,
+    /// The primary being replaced.
+    pub old_primary: String,
+    /// The operator's choice of candidate.
+    pub requested_to: Option<String>,
+    /// Proceed without a replica that may hold acknowledged writes.
+    pub allow_data_loss: bool,
+    /// The operator vouches the old primary cannot commit.
+    pub confirm_fenced: Option<String>,
+    /// The step about to run or running.
+    pub step: Step,
+    /// Each frozen replica's positions.
+    pub frozen: BTreeMap<String, Frozen>,
+    /// How the old primary was proven unable to commit.
+    pub fence_proof: Option<String>,
+    /// Unix ms of the fence (a switchover's write gap starts here).
+    pub fenced_unix_ms: Option<i64>,
+    /// The chosen candidate.
+    pub candidate: Option<String>,
+    /// The candidate's executed position at promotion.
+    pub promoted_at: Option<String>,
+    /// Unix ms of the promotion.
+    pub promoted_unix_ms: Option<i64>,
+}
+
+/// One entry of the cluster's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix ms.
+    pub at_unix_ms: i64,
+    /// Stable kind, e.g. `failover-completed`.
+    pub kind: String,
+    /// The host concerned (may be empty).
+    pub host: String,
+    /// In words.
+    pub message: String,
+    /// The operation it belongs to (may be empty).
+    pub operation_id: String,
+    /// The epoch it was decided under.
+    pub epoch: Option<Epoch>,
+    /// Observations and proofs.
+    pub evidence: Vec<String>,
+}

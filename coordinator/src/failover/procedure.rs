@@ -1,0 +1,917 @@
+//! Running a failover or switchover as journaled steps (brief §5).
+//!
+//! The journal (the cluster record's `operation`) holds the step about to
+//! run; it is written through the op-log, acknowledged by the standby,
+//! before the step acts. Every agent command is idempotent, so the
+//! coordinator that holds the lease next re-runs the recorded step (after
+//! its own epoch barrier) and carries on. Commands carry the epoch: once
+//! the barrier passed, an older active can no longer drive any member.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dbfleet_lease::Epoch;
+use dbfleet_proto::lease::millis;
+use dbfleet_proto::model::{Flavor, MysqlAddress, ServerState};
+use dbfleet_proto::pb;
+use dbfleet_proto::pb::command_request::Command;
+use futures::future::join_all;
+use tracing::{error, info, warn};
+
+use super::Failovers;
+use super::hooks::{self, Payload};
+use super::journal::{Event, Frozen, Operation, OperationKind, Step};
+use super::plan::{self, Constraints};
+use crate::error::ServiceError;
+use crate::fleet::MemberState;
+use crate::ha::voters::VoterCallError;
+
+/// How a step ended badly.
+#[derive(Debug, Clone)]
+pub(crate) enum StepError {
+    /// This coordinator lost the lease or met a higher epoch: its successor
+    /// resumes from the journal.
+    Aborted(String),
+    /// The procedure cannot go on safely; the cluster is left read-only.
+    Blocked(String),
+    /// A switchover gave up before the promotion and undid its fence.
+    RolledBack(String),
+}
+
+pub(crate) fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The step after `step`, or `None` when done.
+fn next(kind: OperationKind, step: Step) -> Option<Step> {
+    let order: &[Step] = match kind {
+        OperationKind::Failover => &[
+            Step::Barrier,
+            Step::Freeze,
+            Step::Fence,
+            Step::Choose,
+            Step::Promote,
+            Step::Repoint,
+            Step::Hooks,
+        ],
+        OperationKind::Switchover => &[
+            Step::Barrier,
+            Step::Fence,
+            Step::Choose,
+            Step::Promote,
+            Step::Repoint,
+            Step::Hooks,
+        ],
+    };
+    let i = order.iter().position(|s| *s == step)?;
+    order.get(i + 1).copied()
+}
+
+fn step_number(step: Step) -> u32 {
+    step as u32 + 1
+}
+
+fn frozen_from(s: &ServerState) -> Frozen {
+    let r = s.replication.as_ref();
+    Frozen {
+        executed: s.gtid.executed.clone(),
+        received: r.map(|r| r.received_gtid.clone()).unwrap_or_default(),
+        binlog_pos: s.gtid.binlog_pos.clone(),
+        slave_pos: s.gtid.slave_pos.clone(),
+        server_id: s.server_id,
+        applier_error: r
+            .filter(|r| !r.sql_running || !r.last_sql_error.is_empty())
+            .map(|r| {
+                if r.last_sql_error.is_empty() {
+                    "SQL thread stopped".to_string()
+                } else {
+                    r.last_sql_error.clone()
+                }
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn reply_state(reply: &pb::CommandReply) -> Option<ServerState> {
+    let mysql = reply.mysql.clone()?;
+    let shell = pb::AgentReport {
+        host: "x".into(),
+        cluster: "x".into(),
+        agent_instance: "x".into(),
+        mysql_address: "0.0.0.0:1".into(),
+        mysql: Some(mysql),
+        ..Default::default()
+    };
+    match dbfleet_proto::model::Report::try_from(shell).ok()?.mysql {
+        dbfleet_proto::model::MysqlObservation::Reachable(s) => Some(*s),
+        dbfleet_proto::model::MysqlObservation::Unreachable { .. } => None,
+    }
+}
+
+impl Failovers {
+    fn member(&self, op: &Operation, host: &str) -> Option<MemberState> {
+        self.fleet
+            .members(&self.cluster_of(op))
+            .into_iter()
+            .find(|m| m.host == host)
+    }
+
+    fn cluster_of(&self, op: &Operation) -> String {
+        op.id.split('/').next().unwrap_or_default().to_string()
+    }
+
+    /// The lease still backs `op`'s epoch.
+    fn still_ours(&self, op: &Operation) -> Result<(), StepError> {
+        let ha = self.fleet.ha();
+        let now = dbfleet_common::clock::boottime();
+        let h = ha.holder();
+        if h.command_epoch(now).as_ref() != Some(&op.epoch) {
+            return Err(StepError::Aborted(
+                "this coordinator no longer holds the lease; the next active resumes the operation"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One command to one member's agent under the operation's epoch.
+    pub(crate) async fn command(
+        &self,
+        op: &Operation,
+        m: &MemberState,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<pb::CommandReply, String> {
+        self.still_ours(op).map_err(|e| match e {
+            StepError::Aborted(m) | StepError::Blocked(m) | StepError::RolledBack(m) => m,
+        })?;
+        let Some(address) = &m.agent_address else {
+            return Err(format!("{}: no agent address known", m.host));
+        };
+        let (holder, remaining) = {
+            let h = self.fleet.ha().holder();
+            (
+                h.id().clone(),
+                h.lease_remaining(dbfleet_common::clock::boottime())
+                    .map_or(0, millis),
+            )
+        };
+        match self
+            .clients
+            .execute(
+                &m.host,
+                address,
+                &op.epoch,
+                &holder,
+                remaining,
+                &op.id,
+                step_number(op.step),
+                command,
+                timeout,
+            )
+            .await
+        {
+            Ok(r) => Ok(r),
+            Err(VoterCallError::StaleEpoch(p)) => {
+                let stepped = self
+                    .fleet
+                    .ha()
+                    .holder()
+                    .on_higher_epoch(&p, dbfleet_common::clock::boottime());
+                if !stepped.is_empty() {
+                    self.fleet.ha().set_active(None);
+                }
+                Err(format!("{}: has promised the higher epoch {p}", m.host))
+            }
+            Err(e) => Err(format!("{}: {e}", m.host)),
+        }
+    }
+
+    async fn journal(&self, op: &Operation) -> Result<(), StepError> {
+        let cluster = self.cluster_of(op);
+        let o = op.clone();
+        self.fleet
+            .update_cluster(&cluster, op.epoch.clone(), move |rec| {
+                rec.control.operation = Some(o);
+                Ok(())
+            })
+            .await
+            .map_err(|e| StepError::Aborted(format!("cannot journal the step: {e}")))
+    }
+
+    /// Runs `op` from its recorded step to the end and returns the outcome.
+    pub(crate) async fn drive(
+        self: Arc<Self>,
+        mut op: Operation,
+        resumed: bool,
+    ) -> pb::OperationResult {
+        let started = Instant::now();
+        info!(operation = op.id, kind = op.kind.as_str(), step = ?op.step, resumed, "operation running");
+        if resumed && op.step != Step::Barrier {
+            // A successor first makes sure no older active drives anyone.
+            if let Err(e) = self.barrier(&op).await {
+                return self.finish(op, Err(e), started).await;
+            }
+        }
+        loop {
+            let result = match op.step {
+                Step::Barrier => self.barrier(&op).await,
+                Step::Freeze => self.freeze(&mut op).await,
+                Step::Fence => self.fence(&mut op).await,
+                Step::Choose => self.choose(&mut op).await,
+                Step::Promote => self.promote(&mut op).await,
+                Step::Repoint => self.repoint(&op).await,
+                Step::Hooks => {
+                    self.post_hooks(&op).await;
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                return self.finish(op, Err(e), started).await;
+            }
+            if op.step == Step::Barrier && op.automatic && op.kind == OperationKind::Failover {
+                // The re-check under the recorded intent.
+                let cluster = self.cluster_of(&op);
+                if !matches!(
+                    self.assess(&cluster),
+                    Some((_, super::detect::Health::Down { .. }))
+                ) {
+                    let e = StepError::RolledBack(
+                        "the re-check no longer finds the primary dead".into(),
+                    );
+                    return self.finish(op, Err(e), started).await;
+                }
+            }
+            match next(op.kind, op.step) {
+                Some(step) => {
+                    op.step = step;
+                    if let Err(e) = self.journal(&op).await {
+                        return self.finish(op, Err(e), started).await;
+                    }
+                }
+                None => return self.finish(op, Ok(()), started).await,
+            }
+        }
+    }
+
+    async fn barrier(&self, op: &Operation) -> Result<(), StepError> {
+        self.still_ours(op)?;
+        let members = self.fleet.members(&self.cluster_of(op));
+        let calls = members.iter().map(|m| async move {
+            let r = self
+                .command(
+                    op,
+                    m,
+                    Command::Barrier(pb::EpochBarrier {}),
+                    self.clients_timeout(),
+                )
+                .await;
+            (m.host.clone(), r)
+        });
+        for (host, r) in join_all(calls).await {
+            if let Err(e) = r {
+                info!(
+                    operation = op.id,
+                    host,
+                    error = e,
+                    "barrier not acknowledged (member unreachable)"
+                );
+            }
+        }
+        self.still_ours(op)
+    }
+
+    fn clients_timeout(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
+    async fn freeze(&self, op: &mut Operation) -> Result<(), StepError> {
+        let members = self.fleet.members(&self.cluster_of(op));
+        let timeout = self.cfg.apply_timeout;
+        let frozen_ops = members
+            .iter()
+            .filter(|m| m.host != op.old_primary && m.server().is_some())
+            .map(|m| {
+                let op = &*op;
+                async move {
+                    let r = self
+                        .command(
+                            op,
+                            m,
+                            Command::Freeze(pb::Freeze {
+                                apply_timeout_ms: millis(timeout),
+                            }),
+                            timeout + Duration::from_secs(5),
+                        )
+                        .await;
+                    (m.host.clone(), r)
+                }
+            });
+        let mut frozen = BTreeMap::new();
+        for (host, r) in join_all(frozen_ops).await {
+            match r.map(|reply| (reply_state(&reply), reply.detail)) {
+                Ok((Some(state), detail)) => {
+                    info!(operation = op.id, host, detail, "replica frozen");
+                    frozen.insert(host, frozen_from(&state));
+                }
+                Ok((None, _)) => warn!(operation = op.id, host, "freeze returned no state"),
+                Err(e) => warn!(operation = op.id, host, error = e, "cannot freeze replica"),
+            }
+        }
+        self.still_ours(op)?;
+        op.frozen = frozen;
+        Ok(())
+    }
+
+    async fn fence(&self, op: &mut Operation) -> Result<(), StepError> {
+        let old = self.member(op, &op.old_primary);
+        let mut tried = Vec::new();
+        if op.kind == OperationKind::Failover
+            && op.confirm_fenced.as_deref() == Some(op.old_primary.as_str())
+        {
+            return self
+                .fenced(
+                    op,
+                    format!("operator confirmed {} is fenced", op.old_primary),
+                )
+                .await;
+        }
+        if let Some(m) = &old {
+            let kill = op.kind == OperationKind::Failover;
+            match self
+                .command(
+                    op,
+                    m,
+                    Command::Fence(pb::Fence {
+                        kill_if_unresponsive: kill,
+                    }),
+                    Duration::from_secs(20),
+                )
+                .await
+            {
+                Ok(reply) => {
+                    let how = match pb::FenceMethod::try_from(reply.fence_method) {
+                        Ok(pb::FenceMethod::ReadOnly) => "read-only",
+                        Ok(pb::FenceMethod::Stopped) => "stopped",
+                        _ => "unknown",
+                    };
+                    if op.kind == OperationKind::Switchover {
+                        let Some(state) = reply_state(&reply) else {
+                            return Err(self
+                                .rollback(op, "the old primary's fence returned no state")
+                                .await);
+                        };
+                        op.frozen
+                            .insert(op.old_primary.clone(), frozen_from(&state));
+                    }
+                    return self
+                        .fenced(
+                            op,
+                            format!("agent of {} confirmed {how}: {}", m.host, reply.detail),
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    if op.kind == OperationKind::Switchover {
+                        return Err(self
+                            .rollback(op, &format!("cannot fence the primary: {e}"))
+                            .await);
+                    }
+                    tried.push(format!("agent fence: {e}"));
+                }
+            }
+        }
+        if !self.cfg.stonith_hook.is_empty() {
+            let cluster = self.cluster_of(op);
+            let payload = self.payload(op, "stonith", &cluster, "", "");
+            match hooks::run(&self.cfg.stonith_hook, &payload, self.cfg.hook_timeout).await {
+                Ok(()) => {
+                    return self
+                        .fenced(op, format!("STONITH hook fenced {}", op.old_primary))
+                        .await;
+                }
+                Err(e) => tried.push(e),
+            }
+        }
+        match self.semi_sync_proof(op, old.as_ref()) {
+            Ok(proof) => return self.fenced(op, proof).await,
+            Err(e) => tried.push(e),
+        }
+        Err(StepError::Blocked(format!(
+            "no fence proof for {}: {}; the replicas stay frozen and read-only. Fence it yourself and run \
+             `dbfleet failover --cluster {} --confirm-fenced {}`",
+            op.old_primary,
+            tried.join("; "),
+            self.cluster_of(op),
+            op.old_primary
+        )))
+    }
+
+    /// Lossless semi-sync on the old primary and every acknowledging
+    /// replica frozen: a commit there can no longer be acknowledged.
+    fn semi_sync_proof(&self, op: &Operation, old: Option<&MemberState>) -> Result<String, String> {
+        let last = old
+            .and_then(|m| m.report.as_ref())
+            .and_then(|r| match &r.mysql {
+                dbfleet_proto::model::MysqlObservation::Reachable(s) => Some(s.semi_sync),
+                _ => None,
+            })
+            .or_else(|| self.last_semi_sync(&op.old_primary));
+        let Some(semi) = last else {
+            return Err("semi-sync: the old primary's settings were never observed".into());
+        };
+        if !semi.lossless() {
+            return Err(format!(
+                "semi-sync: not lossless on {} (enabled {}, wait_no_slave {}, timeout {} ms)",
+                op.old_primary, semi.source_enabled, semi.wait_no_replica, semi.timeout_ms
+            ));
+        }
+        let members = self.fleet.members(&self.cluster_of(op));
+        let ackers: Vec<&MemberState> = members
+            .iter()
+            .filter(|m| m.host != op.old_primary)
+            .filter(|m| {
+                m.report.as_ref().is_none_or(|r| match &r.mysql {
+                    dbfleet_proto::model::MysqlObservation::Reachable(s) => {
+                        s.semi_sync.replica_enabled
+                    }
+                    _ => true,
+                })
+            })
+            .collect();
+        let unfrozen: Vec<&str> = ackers
+            .iter()
+            .filter(|m| !op.frozen.contains_key(&m.host))
+            .map(|m| m.host.as_str())
+            .collect();
+        if !unfrozen.is_empty() {
+            return Err(format!(
+                "semi-sync: acknowledging replica(s) {} could not be stopped",
+                unfrozen.join(", ")
+            ));
+        }
+        Ok(format!(
+            "lossless semi-sync on {} (timeout {} ms, wait_no_slave) and all {} acknowledging replicas stopped",
+            op.old_primary,
+            semi.timeout_ms,
+            ackers.len()
+        ))
+    }
+
+    fn last_semi_sync(&self, host: &str) -> Option<dbfleet_proto::model::SemiSync> {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .copied()
+    }
+
+    async fn fenced(&self, op: &mut Operation, proof: String) -> Result<(), StepError> {
+        info!(operation = op.id, proof, "old primary fenced");
+        op.fence_proof = Some(proof);
+        op.fenced_unix_ms = Some(now_unix_ms());
+        Ok(())
+    }
+
+    /// A switchover that cannot go on: make the old primary writable
+    /// again (it was never replaced) and stop.
+    async fn rollback(&self, op: &Operation, why: &str) -> StepError {
+        warn!(operation = op.id, why, "switchover rolling back");
+        if let Some(m) = self.member(op, &op.old_primary)
+            && let Err(e) = self
+                .command(
+                    op,
+                    &m,
+                    Command::Promote(pb::Promote {}),
+                    Duration::from_secs(20),
+                )
+                .await
+        {
+            return StepError::Blocked(format!(
+                "{why}; and restoring {} as the writable primary failed: {e}",
+                op.old_primary
+            ));
+        }
+        StepError::RolledBack(why.to_string())
+    }
+
+    async fn choose(&self, op: &mut Operation) -> Result<(), StepError> {
+        let cluster = self.cluster_of(op);
+        let rec = self.fleet.cluster_record(&cluster);
+        let members = self.fleet.members(&cluster);
+        if op.kind == OperationKind::Switchover {
+            let candidate = op.candidate.clone().unwrap_or_default();
+            let target = op
+                .frozen
+                .get(&op.old_primary)
+                .map(|f| f.executed.clone())
+                .unwrap_or_default();
+            let Some(m) = members.iter().find(|m| m.host == candidate) else {
+                return Err(self
+                    .rollback(op, &format!("{candidate} is not a member"))
+                    .await);
+            };
+            let wait = Command::WaitGtid(pb::WaitGtid {
+                gtid: target.clone(),
+                timeout_ms: millis(self.cfg.apply_timeout),
+            });
+            return match self
+                .command(op, m, wait, self.cfg.apply_timeout + Duration::from_secs(5))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => Err(self
+                    .rollback(op, &format!("{candidate} did not reach {target}: {e}"))
+                    .await),
+            };
+        }
+        let inputs: Vec<plan::Member<'_>> = members
+            .iter()
+            .filter(|m| m.host != op.old_primary)
+            .map(|m| plan::Member {
+                host: &m.host,
+                rule: rec.control.rule(&m.host),
+                frozen: op.frozen.get(&m.host),
+                semi_sync_replica: m.report.as_ref().is_none_or(|r| match &r.mysql {
+                    dbfleet_proto::model::MysqlObservation::Reachable(s) => {
+                        s.semi_sync.replica_enabled
+                    }
+                    _ => true,
+                }),
+                needs_rebuild: rec.control.needs_rebuild.contains(&m.host),
+            })
+            .collect();
+        let lossless = self
+            .last_semi_sync(&op.old_primary)
+            .is_some_and(|s| s.lossless());
+        let choice = plan::choose(
+            &inputs,
+            Constraints {
+                requested_to: op.requested_to.as_deref(),
+                allow_data_loss: op.allow_data_loss,
+                lossless,
+            },
+        )
+        .map_err(StepError::Blocked)?;
+        op.evidence.extend(choice.evidence.iter().cloned());
+        let candidate = members
+            .iter()
+            .find(|m| m.host == choice.candidate)
+            .cloned()
+            .ok_or_else(|| StepError::Blocked(format!("{} vanished", choice.candidate)))?;
+        if let Some(source) = &choice.catch_up_from {
+            let src = members
+                .iter()
+                .find(|m| &m.host == source)
+                .ok_or_else(|| StepError::Blocked(format!("{source} vanished")))?;
+            let addr = MysqlAddress::parse(&src.mysql_address)
+                .map_err(|e| StepError::Blocked(format!("{source}: {e}")))?;
+            self.command(
+                op,
+                &candidate,
+                self.repoint_to(&addr),
+                Duration::from_secs(20),
+            )
+            .await
+            .map_err(|e| StepError::Blocked(format!("catch-up of {}: {e}", candidate.host)))?;
+            let wait = Command::WaitGtid(pb::WaitGtid {
+                gtid: choice.required.clone(),
+                timeout_ms: millis(self.cfg.apply_timeout),
+            });
+            self.command(
+                op,
+                &candidate,
+                wait,
+                self.cfg.apply_timeout + Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| StepError::Blocked(format!("catch-up of {}: {e}", candidate.host)))?;
+            info!(
+                operation = op.id,
+                candidate = candidate.host,
+                source,
+                "candidate caught up"
+            );
+        }
+        op.candidate = Some(choice.candidate);
+        Ok(())
+    }
+
+    fn repoint_to(&self, source: &MysqlAddress) -> Command {
+        Command::Repoint(pb::Repoint {
+            source_host: source.host.clone(),
+            source_port: u32::from(source.port),
+            heartbeat_ms: millis(self.cfg.replica_heartbeat),
+            net_timeout_ms: millis(self.cfg.replica_net_timeout),
+        })
+    }
+
+    async fn promote(&self, op: &mut Operation) -> Result<(), StepError> {
+        let candidate = op.candidate.clone().unwrap_or_default();
+        let m = self
+            .member(op, &candidate)
+            .ok_or_else(|| StepError::Blocked(format!("{candidate} vanished")))?;
+        let reply = self
+            .command(
+                op,
+                &m,
+                Command::Promote(pb::Promote {}),
+                Duration::from_secs(20),
+            )
+            .await
+            .map_err(|e| StepError::Blocked(format!("promotion of {candidate} failed: {e}")))?;
+        let state = reply_state(&reply);
+        op.promoted_at = state.as_ref().map(|s| s.gtid.executed.clone());
+        op.promoted_unix_ms = Some(now_unix_ms());
+        info!(
+            operation = op.id,
+            candidate,
+            at = op.promoted_at.as_deref().unwrap_or(""),
+            "promoted"
+        );
+        Ok(())
+    }
+
+    async fn repoint(&self, op: &Operation) -> Result<(), StepError> {
+        let candidate = op.candidate.clone().unwrap_or_default();
+        let members = self.fleet.members(&self.cluster_of(op));
+        let Some(new) = members.iter().find(|m| m.host == candidate) else {
+            return Err(StepError::Blocked(format!("{candidate} vanished")));
+        };
+        let addr = MysqlAddress::parse(&new.mysql_address)
+            .map_err(|e| StepError::Blocked(format!("{candidate}: {e}")))?;
+        let rec = self.fleet.cluster_record(&self.cluster_of(op));
+        let others = members.iter().filter(|m| {
+            m.host != candidate
+                && !rec.control.needs_rebuild.contains(&m.host)
+                // A failed primary rejoins when it returns (after its
+                // divergence check); a switched-over one follows now.
+                && (m.host != op.old_primary || op.kind == OperationKind::Switchover)
+        });
+        let calls = others.map(|m| {
+            let cmd = self.repoint_to(&addr);
+            async move {
+                let r = self.command(op, m, cmd, Duration::from_secs(20)).await;
+                (m.host.clone(), r)
+            }
+        });
+        for (host, r) in join_all(calls).await {
+            match r {
+                Ok(reply) => info!(operation = op.id, host, detail = reply.detail, "repointed"),
+                // The repair loop repoints it when it is back.
+                Err(e) => warn!(operation = op.id, host, error = e, "cannot repoint now"),
+            }
+        }
+        self.still_ours(op)
+    }
+
+    fn payload<'a>(
+        &self,
+        op: &'a Operation,
+        hook: &'a str,
+        cluster: &'a str,
+        new_primary: &'a str,
+        new_address: &'a str,
+    ) -> Payload<'a> {
+        Payload {
+            hook,
+            cluster,
+            kind: op.kind.as_str(),
+            operation_id: &op.id,
+            old_primary: &op.old_primary,
+            new_primary,
+            new_primary_address: new_address,
+            epoch_term: op.epoch.term,
+            epoch_coordinator: &op.epoch.coordinator,
+            reason: &op.reason,
+        }
+    }
+
+    async fn post_hooks(&self, op: &Operation) {
+        if self.cfg.post_hook.is_empty() {
+            return;
+        }
+        let cluster = self.cluster_of(op);
+        let candidate = op.candidate.clone().unwrap_or_default();
+        let address = self
+            .member(op, &candidate)
+            .map(|m| m.mysql_address)
+            .unwrap_or_default();
+        let hook = format!("post-{}", op.kind.as_str());
+        let payload = self.payload(op, &hook, &cluster, &candidate, &address);
+        if let Err(e) = hooks::run(&self.cfg.post_hook, &payload, self.cfg.hook_timeout).await {
+            error!(operation = op.id, error = e, "post hook failed");
+            let event = self.event(op, "hook-failed", &candidate, e, vec![]);
+            let _ = self
+                .fleet
+                .update_cluster(&cluster, op.epoch.clone(), move |rec| {
+                    rec.control.record(event);
+                    Ok(())
+                })
+                .await;
+        }
+    }
+
+    pub(crate) fn event(
+        &self,
+        op: &Operation,
+        kind: &str,
+        host: &str,
+        message: String,
+        evidence: Vec<String>,
+    ) -> Event {
+        Event {
+            at_unix_ms: now_unix_ms(),
+            kind: kind.to_string(),
+            host: host.to_string(),
+            message,
+            operation_id: op.id.clone(),
+            epoch: Some(op.epoch.clone()),
+            evidence,
+        }
+    }
+
+    /// Ends the operation: clears the journal, records the outcome.
+    async fn finish(
+        &self,
+        op: Operation,
+        result: Result<(), StepError>,
+        started: Instant,
+    ) -> pb::OperationResult {
+        let cluster = self.cluster_of(&op);
+        let kind = op.kind.as_str();
+        let (outcome, message) = match &result {
+            Ok(()) => (
+                "completed",
+                format!(
+                    "{} replaced {} as primary",
+                    op.candidate.as_deref().unwrap_or(""),
+                    op.old_primary
+                ),
+            ),
+            Err(StepError::Aborted(m)) => ("aborted", m.clone()),
+            Err(StepError::Blocked(m)) => ("blocked", m.clone()),
+            Err(StepError::RolledBack(m)) => (
+                "failed",
+                format!("{m}; {} stays the primary", op.old_primary),
+            ),
+        };
+        let write_gap_ms = match (op.fenced_unix_ms, op.promoted_unix_ms) {
+            (Some(f), Some(p)) if op.kind == OperationKind::Switchover => (p - f).max(0) as u64,
+            _ => 0,
+        };
+        let mut evidence = op.evidence.clone();
+        if let Some(p) = &op.fence_proof {
+            evidence.push(format!("fence proof: {p}"));
+        }
+        let result_pb = pb::OperationResult {
+            id: op.id.clone(),
+            cluster: cluster.clone(),
+            kind: kind.to_string(),
+            outcome: outcome.to_string(),
+            old_primary: op.old_primary.clone(),
+            new_primary: if result.is_ok() {
+                op.candidate.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            epoch: Some(op.epoch.clone().into()),
+            reason: op.reason.clone(),
+            fence_proof: op.fence_proof.clone().unwrap_or_default(),
+            message: message.clone(),
+            duration_ms: millis(started.elapsed()),
+            write_gap_ms,
+        };
+        match outcome {
+            "completed" => info!(operation = op.id, kind, message, "operation completed"),
+            _ => error!(
+                operation = op.id,
+                kind, outcome, message, "operation did not complete"
+            ),
+        }
+        if matches!(result, Err(StepError::Aborted(_))) {
+            // The journal stays for the next active to resume.
+            return result_pb;
+        }
+        let event = self.event(
+            &op,
+            &format!("{kind}-{outcome}"),
+            op.candidate.as_deref().unwrap_or(&op.old_primary),
+            message.clone(),
+            evidence,
+        );
+        let done = result.is_ok();
+        let blocked = matches!(result, Err(StepError::Blocked(_)));
+        let (candidate, promoted_at, automatic) =
+            (op.candidate.clone(), op.promoted_at.clone(), op.automatic);
+        let hold = message.clone();
+        let written = self
+            .fleet
+            .update_cluster(&cluster, op.epoch.clone(), move |rec| {
+                rec.control.operation = None;
+                rec.control.record(event);
+                if done {
+                    rec.last_primary = candidate;
+                    rec.control.promoted_at = promoted_at;
+                    if automatic {
+                        rec.control.recent_failovers.push(now_unix_ms());
+                    }
+                }
+                if blocked {
+                    rec.control.held = Some(hold);
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = written {
+            error!(operation = op.id, error = %e, "cannot record the operation's end; the next active resumes it");
+        }
+        result_pb
+    }
+
+    /// Starts an operation: journals it (intent) and runs it in its own
+    /// task; the receiver gets the outcome.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        op: Operation,
+    ) -> Result<tokio::sync::watch::Receiver<Option<pb::OperationResult>>, ServiceError> {
+        let cluster = self.cluster_of(&op);
+        let o = op.clone();
+        let intent = self.event(
+            &op,
+            &format!("{}-started", op.kind.as_str()),
+            &op.old_primary,
+            op.reason.clone(),
+            op.evidence.clone(),
+        );
+        self.fleet
+            .update_cluster(&cluster, op.epoch.clone(), move |rec| {
+                if let Some(cur) = &rec.control.operation {
+                    return Err(ServiceError::OperationInProgress(format!(
+                        "{} {} is in progress (step {:?})",
+                        cur.kind.as_str(),
+                        cur.id,
+                        cur.step
+                    )));
+                }
+                rec.control.operation = Some(o);
+                rec.control.record(intent);
+                Ok(())
+            })
+            .await?;
+        Ok(self.spawn(op, false))
+    }
+
+    /// Runs `op` in a task unless one already runs it here.
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
+        op: Operation,
+        resumed: bool,
+    ) -> tokio::sync::watch::Receiver<Option<pb::OperationResult>> {
+        let cluster = self.cluster_of(&op);
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = running.get(&cluster)
+            && rx.borrow().is_none()
+        {
+            return rx.clone();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        running.insert(cluster, rx.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let result = me.drive(op, resumed).await;
+            tx.send_replace(Some(result));
+        });
+        rx
+    }
+
+    /// A new operation's id: `CLUSTER/KIND-EPOCHTERM-UNIXMS`.
+    pub(crate) fn new_id(cluster: &str, kind: OperationKind, epoch: &Epoch) -> String {
+        format!(
+            "{cluster}/{}-{}-{}",
+            kind.as_str(),
+            epoch.term,
+            now_unix_ms()
+        )
+    }
+
+    /// MySQL GTID sets are not handled yet: refuse rather than guess.
+    pub(crate) fn check_flavor(members: &[MemberState]) -> Result<(), ServiceError> {
+        let mysql = members.iter().any(|m| {
+            m.report.as_ref().is_some_and(|r| match &r.mysql {
+                dbfleet_proto::model::MysqlObservation::Reachable(s) => s.flavor == Flavor::MySql,
+                _ => false,
+            })
+        });
+        if mysql {
+            return Err(ServiceError::Refused(
+                "failover and switchover support MariaDB clusters only so far (MySQL GTID sets are not compared yet)".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,515 @@
+//! The active's loop over every cluster: resume a journaled operation,
+//! detect a dead primary and fail over when policy allows, and bring
+//! observed state back to desired state (a returned member rejoins the
+//! primary or is marked for rebuild; a primary that came back read-only
+//! after a crash nobody failed over is made writable again).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dbfleet_lease::Epoch;
+use dbfleet_proto::model::MysqlAddress;
+use dbfleet_proto::pb;
+use dbfleet_proto::pb::command_request::Command;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Failovers;
+use super::detect::{self, DownPath, Health, MemberSeen};
+use super::gtid::Position;
+use super::journal::{Event, Operation, OperationKind, Step};
+use super::procedure::now_unix_ms;
+use crate::fleet::MemberState;
+use crate::store::ClusterRecord;
+
+/// How often the loop runs.
+pub(crate) const INTERVAL: Duration = Duration::from_millis(200);
+
+/// Runs the loop until `cancel`.
+pub(crate) async fn run(f: Arc<Failovers>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(INTERVAL) => {}
+        }
+        f.tick().await;
+    }
+}
+
+fn event(kind: &str, host: &str, message: String, epoch: &Epoch, evidence: Vec<String>) -> Event {
+    Event {
+        at_unix_ms: now_unix_ms(),
+        kind: kind.to_string(),
+        host: host.to_string(),
+        message,
+        operation_id: String::new(),
+        epoch: Some(epoch.clone()),
+        evidence,
+    }
+}
+
+impl Failovers {
+    fn remember_semi_sync(&self, members: &[MemberState]) {
+        let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        for m in members {
+            if let Some(s) = m.server() {
+                seen.insert(m.host.clone(), s.semi_sync);
+            }
+        }
+    }
+
+    /// The holistic rule on one cluster now.
+    pub(crate) fn assess(&self, cluster: &str) -> Option<(String, Health)> {
+        let primary = self.primary_of(cluster)?;
+        let members = self.fleet.members(cluster);
+        let address =
+            MysqlAddress::parse(&members.iter().find(|m| m.host == primary)?.mysql_address).ok()?;
+        let seen: Vec<MemberSeen<'_>> = members
+            .iter()
+            .map(|m| MemberSeen {
+                host: &m.host,
+                reporting: m.reporting,
+                server: m.server(),
+                mysql_error: m.mysql_error(),
+            })
+            .collect();
+        Some((primary.clone(), detect::assess(&primary, &address, &seen)))
+    }
+
+    async fn tick(self: &Arc<Self>) {
+        let clusters = self.fleet.cluster_names();
+        for c in &clusters {
+            self.remember_semi_sync(&self.fleet.members(c));
+        }
+        let Some(epoch) = self.fleet.ha().automatic_epoch() else {
+            *self.active_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.down_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            return;
+        };
+        let since = {
+            let mut a = self.active_since.lock().unwrap_or_else(|p| p.into_inner());
+            match &*a {
+                Some((e, at)) if *e == epoch => *at,
+                _ => {
+                    *a = Some((epoch.clone(), Instant::now()));
+                    Instant::now()
+                }
+            }
+        };
+        let mut dead = Vec::new();
+        for c in &clusters {
+            let rec = self.fleet.cluster_record(c);
+            if let Some(op) = rec.control.operation.clone() {
+                self.resume(op, &epoch).await;
+                continue;
+            }
+            if let Some((primary, path, evidence)) = self.detect(c, since) {
+                dead.push((c.clone(), primary, path, evidence));
+                continue;
+            }
+            if !rec.control.maintenance {
+                self.repair(c, &rec, &epoch).await;
+            }
+        }
+        if dead.len() > self.cfg.breaker_max_dead_clusters {
+            let names: Vec<&str> = dead.iter().map(|d| d.0.as_str()).collect();
+            warn!(clusters = ?names, "breaker: too many clusters look dead at once; no automatic failover");
+            for (c, primary, _, evidence) in &dead {
+                self.note_once(
+                    c,
+                    &epoch,
+                    event(
+                        "failover-breaker",
+                        primary,
+                        format!(
+                            "{} clusters look dead at once (more than {}): automatic failover held; check the coordinator's network",
+                            dead.len(),
+                            self.cfg.breaker_max_dead_clusters
+                        ),
+                        &epoch,
+                        evidence.clone(),
+                    ),
+                )
+                .await;
+            }
+            return;
+        }
+        for (c, primary, path, evidence) in dead {
+            self.automatic(&c, &primary, path, evidence, &epoch).await;
+        }
+    }
+
+    /// The primary of `cluster` is dead under the full rule, after its
+    /// window, with fresh observation since we became active.
+    fn detect(
+        &self,
+        cluster: &str,
+        active_since: Instant,
+    ) -> Option<(String, DownPath, Vec<String>)> {
+        let (primary, health) = self.assess(cluster)?;
+        let mut down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        let Health::Down { path, evidence } = health else {
+            down.remove(cluster);
+            return None;
+        };
+        let since = *down.entry(cluster.to_string()).or_insert_with(Instant::now);
+        let window = match path {
+            DownPath::Fast => self.cfg.fast_window,
+            DownPath::Slow => self.cfg.slow_window,
+        };
+        // Fresh observation: every member reported since we took over, or
+        // has been silent since then for the whole agent timeout.
+        let fresh = self.fleet.members(cluster).iter().all(|m| {
+            m.received_at.is_some_and(|at| at > active_since)
+                || active_since.elapsed() > self.fleet.rules().agent_timeout
+        });
+        (fresh && since.elapsed() >= window).then_some((primary, path, evidence))
+    }
+
+    /// Records `e` unless the last event of the cluster is the same kind.
+    async fn note_once(&self, cluster: &str, epoch: &Epoch, e: Event) {
+        let rec = self.fleet.cluster_record(cluster);
+        if rec.control.events.back().is_some_and(|l| l.kind == e.kind) {
+            return;
+        }
+        info!(cluster, kind = e.kind, message = e.message, "event");
+        let _ = self
+            .fleet
+            .update_cluster(cluster, epoch.clone(), move |r| {
+                r.control.record(e);
+                Ok(())
+            })
+            .await;
+    }
+
+    async fn automatic(
+        self: &Arc<Self>,
+        cluster: &str,
+        primary: &str,
+        path: DownPath,
+        evidence: Vec<String>,
+        epoch: &Epoch,
+    ) {
+        let rec = self.fleet.cluster_record(cluster);
+        let skip = |kind: &str, why: String| event(kind, primary, why, epoch, evidence.clone());
+        if rec.control.maintenance || !rec.control.auto_failover {
+            let why = if rec.control.maintenance {
+                "maintenance mode"
+            } else {
+                "automatic failover off"
+            };
+            self.note_once(
+                cluster,
+                epoch,
+                skip(
+                    "failover-skipped",
+                    format!("{primary} is down; no failover: {why}"),
+                ),
+            )
+            .await;
+            return;
+        }
+        if let Some(held) = &rec.control.held {
+            self.note_once(cluster, epoch, skip("failover-held", format!("{primary} is down; automatic failover is held ({held}); run `dbfleet ack --cluster {cluster}` or `dbfleet failover`"))).await;
+            return;
+        }
+        if let Err(e) = Failovers::check_flavor(&self.fleet.members(cluster)) {
+            self.note_once(cluster, epoch, skip("failover-skipped", e.to_string()))
+                .await;
+            return;
+        }
+        let (budget, window) = self.budget(&rec);
+        let cutoff = now_unix_ms() - window.as_millis() as i64;
+        let recent = rec
+            .control
+            .recent_failovers
+            .iter()
+            .filter(|t| **t > cutoff)
+            .count();
+        if recent >= budget as usize {
+            let why = format!(
+                "anti-flap budget spent: {recent} automatic failover(s) within {}; run `dbfleet ack --cluster {cluster}` to re-arm",
+                humantime::format_duration(window)
+            );
+            let e = skip("failover-held", format!("{primary} is down; {why}"));
+            let _ = self
+                .fleet
+                .update_cluster(cluster, epoch.clone(), move |r| {
+                    r.control.held = Some(why);
+                    r.control.record(e);
+                    Ok(())
+                })
+                .await;
+            return;
+        }
+        let op = Operation {
+            id: Failovers::new_id(cluster, OperationKind::Failover, epoch),
+            kind: OperationKind::Failover,
+            automatic: true,
+            started_unix_ms: now_unix_ms(),
+            epoch: epoch.clone(),
+            reason: format!(
+                "{primary} detected dead ({} path)",
+                match path {
+                    DownPath::Fast => "fast: its agent reports mysqld down",
+                    DownPath::Slow => "slow: its agent is silent",
+                }
+            ),
+            evidence,
+            old_primary: primary.to_string(),
+            requested_to: None,
+            allow_data_loss: false,
+            confirm_fenced: None,
+            step: Step::Barrier,
+            frozen: Default::default(),
+            fence_proof: None,
+            fenced_unix_ms: None,
+            candidate: None,
+            promoted_at: None,
+            promoted_unix_ms: None,
+        };
+        if let Err(e) = self.pre_hook(&op).await {
+            warn!(cluster, error = %e, "automatic failover vetoed");
+            let why = e.to_string();
+            let _ = self
+                .fleet
+                .update_cluster(cluster, epoch.clone(), move |r| {
+                    r.control.held = Some(why);
+                    Ok(())
+                })
+                .await;
+            return;
+        }
+        info!(cluster, primary, "starting automatic failover");
+        if let Err(e) = self.start(op).await {
+            warn!(cluster, error = %e, "cannot start the failover");
+        }
+        self.down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(cluster);
+    }
+
+    /// Takes over a journaled operation this process is not running.
+    async fn resume(self: &Arc<Self>, mut op: Operation, epoch: &Epoch) {
+        let cluster = op.id.split('/').next().unwrap_or_default().to_string();
+        {
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running
+                .get(&cluster)
+                .is_some_and(|rx| rx.borrow().is_none())
+            {
+                return;
+            }
+        }
+        if op.epoch != *epoch {
+            info!(operation = op.id, step = ?op.step, from = %op.epoch, "resuming an operation journaled by an earlier active");
+            op.epoch = epoch.clone();
+            let o = op.clone();
+            let e = event(
+                &format!("{}-resumed", op.kind.as_str()),
+                &op.old_primary,
+                format!("resumed at step {:?} under a new epoch", op.step),
+                epoch,
+                vec![],
+            );
+            if let Err(err) = self
+                .fleet
+                .update_cluster(&cluster, epoch.clone(), move |r| {
+                    r.control.operation = Some(o);
+                    r.control.record(e);
+                    Ok(())
+                })
+                .await
+            {
+                warn!(operation = op.id, error = %err, "cannot journal the resumption; retrying");
+                return;
+            }
+        }
+        self.spawn(op, true);
+    }
+
+    /// One command outside an operation (repairs), under `epoch`.
+    async fn repair_command(
+        &self,
+        cluster: &str,
+        epoch: &Epoch,
+        m: &MemberState,
+        cmd: Command,
+    ) -> Result<pb::CommandReply, String> {
+        let op = Operation {
+            id: format!("{cluster}/repair-{}", now_unix_ms()),
+            kind: OperationKind::Failover,
+            automatic: true,
+            started_unix_ms: now_unix_ms(),
+            epoch: epoch.clone(),
+            reason: String::new(),
+            evidence: vec![],
+            old_primary: String::new(),
+            requested_to: None,
+            allow_data_loss: false,
+            confirm_fenced: None,
+            step: Step::Repoint,
+            frozen: Default::default(),
+            fence_proof: None,
+            fenced_unix_ms: None,
+            candidate: None,
+            promoted_at: None,
+            promoted_unix_ms: None,
+        };
+        self.command(&op, m, cmd, Duration::from_secs(20)).await
+    }
+
+    fn may_try(&self, key: &str) -> bool {
+        let mut last = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        let k = format!("repair:{key}");
+        match last.get(&k) {
+            Some(at) if at.elapsed() < Duration::from_secs(5) => false,
+            _ => {
+                last.insert(k, Instant::now());
+                true
+            }
+        }
+    }
+
+    async fn repair(&self, cluster: &str, rec: &ClusterRecord, epoch: &Epoch) {
+        let Some(primary) = self.primary_of(cluster) else {
+            return;
+        };
+        let members = self.fleet.members(cluster);
+        let Some(p) = members.iter().find(|m| m.host == primary) else {
+            return;
+        };
+        let Some(ps) = p.server() else { return };
+        let Ok(p_addr) = MysqlAddress::parse(&p.mysql_address) else {
+            return;
+        };
+        let others_writable = members
+            .iter()
+            .any(|m| m.host != primary && m.server().is_some_and(|s| s.writable()));
+        if !ps.writable()
+            && ps.replication.is_none()
+            && !others_writable
+            && rec.control.held.is_none()
+        {
+            if !self.may_try(&primary) {
+                return;
+            }
+            let reason = p
+                .report
+                .as_ref()
+                .map(|r| r.agent.fence_reason.clone())
+                .unwrap_or_default();
+            match self
+                .repair_command(cluster, epoch, p, Command::Promote(pb::Promote {}))
+                .await
+            {
+                Ok(_) => {
+                    let e = event(
+                        "primary-restored",
+                        &primary,
+                        format!(
+                            "{primary} was read-only with no failover under way ({reason}); made writable again"
+                        ),
+                        epoch,
+                        vec![],
+                    );
+                    self.note_once(cluster, epoch, e).await;
+                }
+                Err(e) => warn!(cluster, primary, error = e, "cannot restore the primary"),
+            }
+            return;
+        }
+        if !ps.writable() {
+            return;
+        }
+        let fork = rec
+            .control
+            .promoted_at
+            .as_deref()
+            .and_then(|t| Position::parse(t).ok());
+        for m in &members {
+            if m.host == primary || rec.control.needs_rebuild.contains(&m.host) {
+                continue;
+            }
+            let Some(s) = m.server() else { continue };
+            if s.replication
+                .as_ref()
+                .is_some_and(|r| r.source.same_endpoint(&p_addr))
+                || s.writable()
+            {
+                continue;
+            }
+            let binlog = Position::parse(&s.gtid.binlog_pos).unwrap_or_default();
+            let diverged = match &fork {
+                Some(f) => binlog.diverged_from(f, ps.server_id),
+                None => Vec::new(),
+            };
+            if !diverged.is_empty() {
+                let host = m.host.clone();
+                let e = event(
+                    "needs-rebuild",
+                    &m.host,
+                    format!(
+                        "{} has transactions {} the primary {primary} never had; it must be rebuilt (restore from a backup)",
+                        m.host,
+                        diverged.join(",")
+                    ),
+                    epoch,
+                    vec![format!(
+                        "promoted at {}",
+                        rec.control.promoted_at.clone().unwrap_or_default()
+                    )],
+                );
+                warn!(cluster, host, "member diverged; marked needs-rebuild");
+                let _ = self
+                    .fleet
+                    .update_cluster(cluster, epoch.clone(), move |r| {
+                        r.control.needs_rebuild.insert(host);
+                        r.control.record(e);
+                        Ok(())
+                    })
+                    .await;
+                continue;
+            }
+            if !self.may_try(&m.host) {
+                continue;
+            }
+            let cmd = Command::Repoint(pb::Repoint {
+                source_host: p_addr.host.clone(),
+                source_port: u32::from(p_addr.port),
+                heartbeat_ms: dbfleet_proto::lease::millis(self.cfg.replica_heartbeat),
+                net_timeout_ms: dbfleet_proto::lease::millis(self.cfg.replica_net_timeout),
+            });
+            match self.repair_command(cluster, epoch, m, cmd).await {
+                Ok(_) => {
+                    let host = m.host.clone();
+                    let e = event(
+                        "rejoined",
+                        &host,
+                        format!("{host} replicates from {primary} again"),
+                        epoch,
+                        vec![],
+                    );
+                    info!(cluster, host, primary, "member rejoined");
+                    let _ = self
+                        .fleet
+                        .update_cluster(cluster, epoch.clone(), move |r| {
+                            r.control.record(e);
+                            Ok(())
+                        })
+                        .await;
+                }
+                Err(e) => warn!(
+                    cluster,
+                    host = m.host,
+                    error = e,
+                    "cannot rejoin the member"
+                ),
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The failover half of `AdminService`: operations, controls and events.
+
+use std::sync::Arc;
+
+use dbfleet_proto::model::Name;
+use dbfleet_proto::pb;
+use tracing::info;
+
+use crate::error::ServiceError;
+use crate::failover::Failovers;
+use crate::failover::journal::{ClusterControl, Event, PromotionRule};
+use crate::failover::procedure::now_unix_ms;
+use crate::fleet::Fleet;
+use crate::store::ClusterRecord;
+
+fn cluster_name(s: &str) -> Result<String, ServiceError> {
+    Name::parse(s)
+        .map(|n| n.to_string())
+        .map_err(|r| ServiceError::Refused(format!("cluster: {r}")))
+}
+
+/// The operator-facing view of a cluster's controls.
+pub(crate) fn control_view(
+    rec: &ClusterRecord,
+    budget: u32,
+    window_seconds: u64,
+) -> pb::ClusterControl {
+    let c: &ClusterControl = &rec.control;
+    pb::ClusterControl {
+        cluster: rec.name.clone(),
+        auto_failover: c.auto_failover,
+        maintenance: c.maintenance,
+        budget: c.budget.unwrap_or(budget),
+        window_seconds: c.window_seconds.unwrap_or(window_seconds),
+        needs_ack: c.held.is_some(),
+        promotion_rules: c
+            .promotion
+            .iter()
+            .filter(|(_, r)| **r != PromotionRule::Neutral)
+            .map(|(h, r)| (h.clone(), r.as_str().to_string()))
+            .collect(),
+        needs_rebuild: c.needs_rebuild.iter().cloned().collect(),
+        operation: c
+            .operation
+            .as_ref()
+            .map(|o| format!("{} {} at step {:?}", o.kind.as_str(), o.id, o.step))
+            .unwrap_or_default(),
+    }
+}
+
+pub(crate) fn event_view(cluster: &str, e: &Event) -> pb::Event {
+    pb::Event {
+        at_unix_ms: e.at_unix_ms,
+        cluster: cluster.to_string(),
+        kind: e.kind.clone(),
+        host: e.host.clone(),
+        message: e.message.clone(),
+        operation_id: e.operation_id.clone(),
+        epoch: e.epoch.clone().map(Into::into),
+        evidence: e.evidence.clone(),
+    }
+}
+
+/// Controls the operator changes, each recorded as an event.
+#[derive(Debug, Clone)]
+pub(crate) struct Controls {
+    pub(crate) fleet: Arc<Fleet>,
+    pub(crate) failovers: Arc<Failovers>,
+    pub(crate) default_budget: u32,
+    pub(crate) default_window_seconds: u64,
+}
+
+impl Controls {
+    async fn change(
+        &self,
+        cluster: &str,
+        kind: &str,
+        message: String,
+        f: impl FnOnce(&mut ClusterRecord) -> Result<(), ServiceError> + Send + 'static,
+    ) -> Result<pb::ClusterControl, ServiceError> {
+        let epoch = self.fleet.ha().write_epoch()?;
+        let e = Event {
+            at_unix_ms: now_unix_ms(),
+            kind: kind.to_string(),
+            host: String::new(),
+            message: message.clone(),
+            operation_id: String::new(),
+            epoch: Some(epoch.clone()),
+            evidence: vec![],
+        };
+        let rec = self
+            .fleet
+            .update_cluster(cluster, epoch, move |r| {
+                f(r)?;
+                r.control.record(e);
+                Ok(r.clone())
+            })
+            .await?;
+        info!(cluster, kind, message, "cluster control changed");
+        Ok(control_view(
+            &rec,
+            self.default_budget,
+            self.default_window_seconds,
+        ))
+    }
+
+    pub(crate) async fn maintenance(
+        &self,
+        req: pb::SetMaintenanceRequest,
+    ) -> Result<pb::ClusterControl, ServiceError> {
+        let cluster = cluster_name(&req.cluster)?;
+        let on = req.on;
+        self.change(
+            &cluster,
+            "maintenance",
+            format!("maintenance {}", if on { "on" } else { "off" }),
+            move |r| {
+                r.control.maintenance = on;
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn policy(
+        &self,
+        req: pb::SetFailoverPolicyRequest,
+    ) -> Result<pb::ClusterControl, ServiceError> {
+        let cluster = cluster_name(&req.cluster)?;
+        if req.budget == Some(0) || req.window_seconds == Some(0) {
+            return Err(ServiceError::Refused(
+                "budget and window must be at least 1 (turn automatic failover off instead)".into(),
+            ));
+        }
+        let msg = format!(
+            "failover policy: auto {:?}, budget {:?}, window {:?}s",
+            req.auto_failover, req.budget, req.window_seconds
+        );
+        self.change(&cluster, "failover-policy", msg, move |r| {
+            if let Some(a) = req.auto_failover {
+                r.control.auto_failover = a;
+            }
+            if let Some(b) = req.budget {
+                r.control.budget = Some(b);
+            }
+            if let Some(w) = req.window_seconds {
+                r.control.window_seconds = Some(w);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn promotion_rule(
+        &self,
+        req: pb::SetPromotionRuleRequest,
+    ) -> Result<pb::ClusterControl, ServiceError> {
+        let rule = PromotionRule::parse(&req.rule).map_err(ServiceError::Refused)?;
+        let host = req.host.clone();
+        let cluster = self
+            .fleet
+            .agent_views()
+            .into_iter()
+            .find(|a| a.host == host)
+            .map(|a| a.cluster)
+            .ok_or_else(|| ServiceError::UnknownAgent(host.clone()))?;
+        let h = host.clone();
+        self.change(
+            &cluster,
+            "promotion-rule",
+            format!("{host}: {}", rule.as_str()),
+            move |r| {
+                if rule == PromotionRule::Neutral {
+                    r.control.promotion.remove(&h);
+                } else {
+                    r.control.promotion.insert(h, rule);
+                }
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn acknowledge(
+        &self,
+        req: pb::AcknowledgeRequest,
+    ) -> Result<pb::ClusterControl, ServiceError> {
+        let cluster = cluster_name(&req.cluster)?;
+        let held = self.fleet.cluster_record(&cluster).control.held;
+        self.change(
+            &cluster,
+            "acknowledged",
+            format!(
+                "automatic failover re-armed{}",
+                held.map(|h| format!(" (was held: {h})"))
+                    .unwrap_or_default()
+            ),
+            |r| {
+                r.control.held = None;
+                r.control.recent_failovers.clear();
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    pub(crate) fn events(
+        &self,
+        req: &pb::ListEventsRequest,
+    ) -> Result<pb::ListEventsResponse, ServiceError> {
+        let clusters = if req.cluster.is_empty() {
+            self.fleet.cluster_names()
+        } else {
+            vec![cluster_name(&req.cluster)?]
+        };
+        let mut events: Vec<pb::Event> = clusters
+            .iter()
+            .flat_map(|c| {
+                let rec = self.fleet.cluster_record(c);
+                rec.control
+                    .events
+                    .iter()
+                    .map(|e| event_view(c, e))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        events.sort_by_key(|e| e.at_unix_ms);
+        if req.limit > 0 && events.len() > req.limit as usize {
+            events.drain(..events.len() - req.limit as usize);
+        }
+        Ok(pb::ListEventsResponse { events })
+    }
+}
+
+/// Adds what desired state knows to a derived view: each member's rule,
+/// fence and rebuild mark, and the problems an operator must act on.
+pub(crate) fn decorate(view: &mut pb::ClusterView, rec: &ClusterRecord) {
+    let c = &rec.control;
+    for m in &mut view.members {
+        m.promotion_rule = c.rule(&m.host).as_str().to_string();
+        m.needs_rebuild = c.needs_rebuild.contains(&m.host);
+    }
+    let problem = |kind: &str, host: &str, message: String| pb::Problem {
+        kind: kind.to_string(),
+        host: host.to_string(),
+        message,
+    };
+    for h in &c.needs_rebuild {
+        view.problems.push(problem(
+            "needs-rebuild",
+            h,
+            format!("{h} has transactions the primary never had; rebuild it from a backup"),
+        ));
+    }
+    if let Some(held) = &c.held {
+        view.problems.push(problem(
+            "failover-held",
+            "",
+            format!("automatic failover is held: {held}"),
+        ));
+    }
+    if let Some(op) = &c.operation {
+        view.problems.push(problem(
+            "operation-in-progress",
+            &op.old_primary,
+            format!("{} {} at step {:?}", op.kind.as_str(), op.id, op.step),
+        ));
+    }
+    if c.maintenance {
+        view.problems.push(problem(
+            "maintenance",
+            "",
+            "maintenance mode: no automatic failover or repair".into(),
+        ));
+    }
+}
