@@ -18,6 +18,8 @@ pub const CONFIG_ENV: &str = "DBFLEET_CONFIG";
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const VOTER_CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a failover or switchover may take before the CLI stops waiting.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(180);
 /// A write may wait for the standby, then for a lease renewal.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a write keeps looking for an active coordinator (a takeover
@@ -244,6 +246,105 @@ impl Client {
         .await
     }
 
+    /// Fails over a cluster and waits for the outcome.
+    pub async fn failover(
+        &self,
+        req: pb::FailoverRequest,
+    ) -> Result<pb::OperationResult, ClientError> {
+        self.write(OPERATION_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.failover(req).await }
+        })
+        .await
+    }
+
+    /// Switches a cluster over and waits for the outcome.
+    pub async fn switchover(
+        &self,
+        req: pb::SwitchoverRequest,
+    ) -> Result<pb::OperationResult, ClientError> {
+        self.write(OPERATION_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.switchover(req).await }
+        })
+        .await
+    }
+
+    /// Maintenance on or off.
+    pub async fn set_maintenance(
+        &self,
+        cluster: &str,
+        on: bool,
+    ) -> Result<pb::ClusterControl, ClientError> {
+        let req = pb::SetMaintenanceRequest {
+            cluster: cluster.to_string(),
+            on,
+        };
+        self.write(WRITE_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.set_maintenance(req).await }
+        })
+        .await
+    }
+
+    /// Automatic failover switch and anti-flap budget.
+    pub async fn set_failover_policy(
+        &self,
+        req: pb::SetFailoverPolicyRequest,
+    ) -> Result<pb::ClusterControl, ClientError> {
+        self.write(WRITE_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.set_failover_policy(req).await }
+        })
+        .await
+    }
+
+    /// A host's candidate priority.
+    pub async fn set_promotion_rule(
+        &self,
+        host: &str,
+        rule: &str,
+    ) -> Result<pb::ClusterControl, ClientError> {
+        let req = pb::SetPromotionRuleRequest {
+            host: host.to_string(),
+            rule: rule.to_string(),
+        };
+        self.write(WRITE_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.set_promotion_rule(req).await }
+        })
+        .await
+    }
+
+    /// Re-arms automatic failover.
+    pub async fn acknowledge(&self, cluster: &str) -> Result<pb::ClusterControl, ClientError> {
+        let req = pb::AcknowledgeRequest {
+            cluster: cluster.to_string(),
+        };
+        self.write(WRITE_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.acknowledge(req).await }
+        })
+        .await
+    }
+
+    /// The event history.
+    pub async fn list_events(
+        &self,
+        cluster: Option<&str>,
+        limit: u32,
+    ) -> Result<pb::ListEventsResponse, ClientError> {
+        let req = pb::ListEventsRequest {
+            cluster: cluster.unwrap_or_default().to_string(),
+            limit,
+        };
+        self.read(|mut c| {
+            let req = req.clone();
+            async move { c.list_events(req).await }
+        })
+        .await
+    }
+
     /// Clusters, optionally one.
     pub async fn list_clusters(
         &self,
@@ -283,6 +384,7 @@ fn is_refusal(s: &tonic::Status) -> bool {
             | tonic::Code::NotFound
             | tonic::Code::FailedPrecondition
             | tonic::Code::Unknown
+            | tonic::Code::Aborted
     )
 }
 

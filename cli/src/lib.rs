@@ -6,6 +6,7 @@
 
 pub mod cert;
 pub mod client;
+pub mod failover;
 pub mod ha;
 pub mod sandbox;
 pub mod status;

@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dbfleet_cli::client::{CONFIG_ENV, Client, ClientError};
 use dbfleet_cli::sandbox::{self, Binaries, Fleet, SandboxSpec};
-use dbfleet_cli::{cert, ha, status};
+use dbfleet_cli::{cert, failover, ha, status};
 use dbfleet_common::identity::Role;
+use dbfleet_proto::pb;
 
 /// Exit code when no coordinator answered.
 const EXIT_NO_COORDINATOR: u8 = 3;
@@ -63,6 +64,81 @@ enum Command {
         /// Replica lag above which a problem is raised.
         #[arg(long)]
         max_lag_seconds: u64,
+    },
+    /// Planned change of primary: fence the primary, let the candidate
+    /// catch up, promote it, make the old primary a replica.
+    Switchover {
+        /// The cluster.
+        #[arg(long)]
+        cluster: String,
+        /// The new primary (default: the best replica).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Replace a dead primary now.
+    Failover {
+        /// The cluster.
+        #[arg(long)]
+        cluster: String,
+        /// The new primary (default: the best candidate).
+        #[arg(long)]
+        to: Option<String>,
+        /// Promote although a replica that may hold the last acknowledged
+        /// writes is unreachable (those writes are lost).
+        #[arg(long)]
+        allow_data_loss: bool,
+        /// You have made sure this host (the old primary) cannot commit:
+        /// powered off, isolated, or its mysqld stopped for good.
+        #[arg(long)]
+        confirm_fenced: Option<String>,
+    },
+    /// Maintenance mode: no automatic failover or repair.
+    Maintenance {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// The cluster.
+        #[arg(long)]
+        cluster: String,
+    },
+    /// A host's candidate priority.
+    PromotionRule {
+        /// The host.
+        host: String,
+        /// Its rule.
+        #[arg(value_parser = ["prefer", "neutral", "never"])]
+        rule: String,
+    },
+    /// Automatic failover on/off and its anti-flap budget.
+    FailoverPolicy {
+        /// The cluster.
+        #[arg(long)]
+        cluster: String,
+        /// Automatic failover.
+        #[arg(long, value_parser = ["on", "off"])]
+        auto: Option<String>,
+        /// Automatic failovers allowed per window before `dbfleet ack`.
+        #[arg(long)]
+        budget: Option<u32>,
+        /// The window, in seconds.
+        #[arg(long)]
+        window_seconds: Option<u64>,
+    },
+    /// Re-arm automatic failover held by the anti-flap budget or a blocked
+    /// failover.
+    Ack {
+        /// The cluster.
+        #[arg(long)]
+        cluster: String,
+    },
+    /// The event history: decisions, evidence, fence proofs.
+    Events {
+        /// Only this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only the most recent N.
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
     },
     /// Manage certificates.
     #[command(subcommand)]
@@ -315,6 +391,73 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
             }
         }
+        Command::Switchover { cluster, to } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let r = client
+                .switchover(pb::SwitchoverRequest {
+                    cluster,
+                    to: to.unwrap_or_default(),
+                })
+                .await?;
+            operation_outcome(&r, cli.output)?;
+        }
+        Command::Failover {
+            cluster,
+            to,
+            allow_data_loss,
+            confirm_fenced,
+        } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let r = client
+                .failover(pb::FailoverRequest {
+                    cluster,
+                    to: to.unwrap_or_default(),
+                    allow_data_loss,
+                    confirm_fenced: confirm_fenced.unwrap_or_default(),
+                })
+                .await?;
+            operation_outcome(&r, cli.output)?;
+        }
+        Command::Maintenance { state, cluster } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let c = client.set_maintenance(&cluster, state == "on").await?;
+            control_outcome(&c, cli.output)?;
+        }
+        Command::PromotionRule { host, rule } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let c = client.set_promotion_rule(&host, &rule).await?;
+            control_outcome(&c, cli.output)?;
+        }
+        Command::FailoverPolicy {
+            cluster,
+            auto,
+            budget,
+            window_seconds,
+        } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let c = client
+                .set_failover_policy(pb::SetFailoverPolicyRequest {
+                    cluster,
+                    auto_failover: auto.map(|a| a == "on"),
+                    budget,
+                    window_seconds,
+                })
+                .await?;
+            control_outcome(&c, cli.output)?;
+        }
+        Command::Ack { cluster } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let c = client.acknowledge(&cluster).await?;
+            control_outcome(&c, cli.output)?;
+        }
+        Command::Events { cluster, limit } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let r = client.list_events(cluster.as_deref(), limit).await?;
+            match cli.output {
+                Output::Json => print_json(&failover::events_json(&r))?,
+                Output::Table => print!("{}", failover::events_table(&r)),
+            }
+        }
         Command::Cert(CertCommand::Init { dir }) => {
             let path = cert::init(&dir)?;
             println!("created CA {}", path.display());
@@ -352,6 +495,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints an operation's outcome; anything but `completed` is a failure
+/// exit, so scripts can rely on the exit code.
+fn operation_outcome(r: &pb::OperationResult, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(&failover::result_json(r))?,
+        Output::Table => print!("{}", failover::result_text(r)),
+    }
+    if r.outcome != "completed" {
+        anyhow::bail!("{} {}: {}", r.kind, r.outcome, r.message);
+    }
+    Ok(())
+}
+
+fn control_outcome(c: &pb::ClusterControl, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(&failover::control_json(c)),
+        Output::Table => {
+            print!("{}", failover::control_text(c));
+            Ok(())
+        }
+    }
+}
+
 async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let bins = Binaries::find(exe.parent().unwrap_or(std::path::Path::new(".")))?;
@@ -364,6 +530,7 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         report_interval: Duration::from_secs(1),
         agent_timeout: Duration::from_secs(5),
         lease: sandbox::sandbox_lease(),
+        coordinator_extra: String::new(),
         bins,
     };
     if output == Output::Table {

@@ -186,6 +186,9 @@ pub struct SandboxSpec {
     pub agent_timeout: Duration,
     /// The coordinators' lease.
     pub lease: Timing,
+    /// TOML appended to every coordinator's config (e.g. a `[failover]`
+    /// section with hooks); empty for the defaults.
+    pub coordinator_extra: String,
     /// Programs to run.
     pub bins: Binaries,
 }
@@ -369,6 +372,8 @@ impl Fleet {
         self.write_certs()?;
         let secret = self.path("secrets/agent-mysql.password");
         certs::write_file(&secret, self.credentials.agent.as_bytes(), 0o600, false)?;
+        let repl = self.path("secrets/repl-mysql.password");
+        certs::write_file(&repl, self.credentials.repl.as_bytes(), 0o600, false)?;
         certs::write_file(
             &self.path("secrets/credentials.json"),
             serde_json::json!({
@@ -401,6 +406,7 @@ impl Fleet {
         for replica in &self.servers[1..] {
             mariadb::replicate_from(replica, &self.servers[0], &self.credentials).await?;
         }
+        mariadb::make_writable(&self.servers[0], &self.credentials).await?;
         for c in self.info.coordinators.clone() {
             self.write_coordinator_config(&c)?;
             self.start_coordinator(&c.id)?;
@@ -493,6 +499,7 @@ impl Fleet {
             voters = voters.join(", "),
             tls = self.tls_block(Role::Coordinator, &c.id),
         );
+        let text = format!("{text}\n{}", self.spec.coordinator_extra);
         fs::write(&path, text).map_err(|e| SandboxError::io(&path, e))
     }
 
@@ -505,7 +512,7 @@ impl Fleet {
             .map(|c| format!("{:?}", c.address))
             .collect();
         let text = format!(
-            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n\n[mysql]\naddress = \"{ip}:{port}\"\nuser = {user:?}\npassword_file = {pw}\n\n{tls}",
+            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n\n[mysql]\naddress = \"{ip}:{port}\"\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\n\n{tls}",
             host = m.host,
             cluster = self.info.cluster,
             listen = m.agent_address,
@@ -520,6 +527,9 @@ impl Fleet {
             port = m.mysql_port,
             user = mariadb::AGENT_USER,
             pw = quoted(&self.path("secrets/agent-mysql.password")),
+            repl_user = mariadb::REPL_USER,
+            repl_pw = quoted(&self.path("secrets/repl-mysql.password")),
+            pid = quoted(&self.path(&format!("run/mariadbd-{}.pid", m.host))),
             tls = self.tls_block(Role::Agent, &m.host),
         );
         fs::write(&path, text).map_err(|e| SandboxError::io(&path, e))

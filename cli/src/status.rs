@@ -249,6 +249,7 @@ mod tests {
         let resp = pb::ListClustersResponse {
             coordinator_id: "c1".into(),
             clusters: vec![pb::ClusterView {
+                control: None,
                 name: "main".into(),
                 primary: String::new(),
                 members: vec![pb::MemberView {

@@ -61,15 +61,27 @@ impl Failovers {
         })
     }
 
+    /// Waits for the outcome and, when the primary changed, until the
+    /// agents' reports show it (so `dbfleet status` right after agrees).
     async fn wait(
+        &self,
         mut rx: watch::Receiver<Option<pb::OperationResult>>,
     ) -> Result<pb::OperationResult, ServiceError> {
-        loop {
+        let r = loop {
             if let Some(r) = rx.borrow_and_update().clone() {
-                return Ok(r);
+                break r;
             }
             rx.changed().await.map_err(|_| ServiceError::ShuttingDown)?;
+        };
+        if r.outcome == "completed" {
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < give_up
+                && self.primary_of(&r.cluster).as_deref() != Some(r.new_primary.as_str())
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
+        Ok(r)
     }
 
     /// An operator's failover: the primary must look down (or the
@@ -128,7 +140,7 @@ impl Failovers {
                 .await?;
         }
         self.pre_hook(&op).await?;
-        Self::wait(self.start(op).await?).await
+        self.wait(self.start(op).await?).await
     }
 
     /// A planned switchover; waits for the outcome.
@@ -181,7 +193,7 @@ impl Failovers {
             promoted_unix_ms: None,
         };
         self.pre_hook(&op).await?;
-        Self::wait(self.start(op).await?).await
+        self.wait(self.start(op).await?).await
     }
 
     fn switchover_candidate(

@@ -758,6 +758,7 @@ mod tests {
             mysql: MysqlObservation::Unreachable {
                 error: "down".into(),
             },
+            agent: Default::default(),
         }
     }
 
@@ -820,6 +821,7 @@ mod tests {
             replication: None,
             semi_sync: SemiSync::default(),
             binlog: Binlog::default(),
+            replicas_connected: 0,
         }));
         f.accept_report("db1", r).await.unwrap();
         f.remember_primaries().await.unwrap();

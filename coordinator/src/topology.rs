@@ -391,6 +391,7 @@ mod tests {
             }),
             semi_sync: SemiSync::default(),
             binlog: Binlog::default(),
+            replicas_connected: 0,
         }
     }
 
@@ -404,6 +405,7 @@ mod tests {
             agent_version: "t".into(),
             mysql_address: MysqlAddress::parse(&format!("{host}:3306")).unwrap(),
             mysql: obs,
+            agent: Default::default(),
         }
     }
 

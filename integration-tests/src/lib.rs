@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+pub mod workload;
+
 use dbfleet_cli::sandbox::{self, Binaries, Fleet, SandboxError, SandboxSpec};
 use dbfleet_proto::pb;
 use mysql_async::prelude::Queryable;
@@ -247,6 +249,16 @@ impl TestFleet {
     /// Starts a primary with `replicas` replicas, one agent each and
     /// `coordinators` coordinators, and waits until it is healthy.
     pub async fn start(replicas: usize, coordinators: usize) -> TestFleet {
+        Self::start_with(replicas, coordinators, "").await
+    }
+
+    /// [`TestFleet::start`] with `coordinator_extra` appended to every
+    /// coordinator's config.
+    pub async fn start_with(
+        replicas: usize,
+        coordinators: usize,
+        coordinator_extra: &str,
+    ) -> TestFleet {
         init();
         let slot = Slot::claim();
         let bins = Binaries::find(&bin_dir()).expect("binaries");
@@ -259,6 +271,7 @@ impl TestFleet {
             report_interval: REPORT_INTERVAL,
             agent_timeout: AGENT_TIMEOUT,
             lease: sandbox::sandbox_lease(),
+            coordinator_extra: coordinator_extra.to_string(),
             bins,
         };
         let fleet = match Fleet::up(spec).await {

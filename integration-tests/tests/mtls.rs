@@ -69,6 +69,7 @@ fn report(host: &str) -> pb::AgentReport {
             error: "test".into(),
             ..Default::default()
         }),
+        ..Default::default()
     }
 }
 

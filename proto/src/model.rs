@@ -627,7 +627,14 @@ mod tests {
                     enabled: true,
                     format: "ROW".into(),
                 },
+                replicas_connected: 2,
             })),
+            agent: AgentState {
+                address: "127.0.0.11:7000".into(),
+                fenced: true,
+                fence_reason: "test".into(),
+                self_fence_timeout_ms: 3000,
+            },
         }
     }
 

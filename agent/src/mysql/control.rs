@@ -70,6 +70,9 @@ pub struct Controller {
     replication: Option<(String, Secret)>,
     pid_file: Option<PathBuf>,
     guard: Arc<Guard>,
+    /// One role change at a time (a command and the guard's enforcement
+    /// must not interleave).
+    serial: tokio::sync::Mutex<()>,
 }
 
 fn sql_error(what: &str) -> impl Fn(mysql_async::Error) -> ControlError + '_ {
@@ -105,6 +108,7 @@ impl Controller {
             replication,
             pid_file,
             guard,
+            serial: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -176,6 +180,7 @@ impl Controller {
 
     /// Read-only and writers killed, for the guard's enforcement.
     pub async fn make_read_only(&self) -> Result<(), ControlError> {
+        let _serial = self.serial.lock().await;
         let (mut conn, flavor) = self.conn().await?;
         let killed = Self::read_only_and_kill(&mut conn, flavor).await?;
         info!(killed, "mysqld set read-only");
@@ -191,6 +196,7 @@ impl Controller {
     /// read-only and sessions killed; a server that does not answer is
     /// killed when allowed and a pid file says which process it is.
     pub async fn fence(&self, kill_if_unresponsive: bool) -> Result<Outcome, ControlError> {
+        let _serial = self.serial.lock().await;
         self.guard.fence("fenced by the coordinator")?;
         let deadline = self.target.connect_timeout + self.target.query_timeout;
         let attempt = tokio::time::timeout(deadline, async {
@@ -264,6 +270,7 @@ impl Controller {
     /// Stops receiving, lets the applier execute what was received (up to
     /// `apply_timeout`), and returns the positions.
     pub async fn freeze(&self, apply_timeout: Duration) -> Result<Outcome, ControlError> {
+        let _serial = self.serial.lock().await;
         let (mut conn, flavor) = self.conn().await?;
         let before = Self::state(&mut conn, flavor).await?;
         let Some(rep) = before.replication else {
@@ -324,6 +331,7 @@ impl Controller {
 
     /// Waits until the server has executed `gtid`.
     pub async fn wait_gtid(&self, gtid: &str, timeout: Duration) -> Result<Outcome, ControlError> {
+        let _serial = self.serial.lock().await;
         let (mut conn, flavor) = self.conn().await?;
         self.wait_on(&mut conn, flavor, gtid, timeout).await?;
         Ok(Outcome {
@@ -335,6 +343,7 @@ impl Controller {
 
     /// No replication, guard cleared, writable.
     pub async fn promote(&self) -> Result<Outcome, ControlError> {
+        let _serial = self.serial.lock().await;
         let (mut conn, flavor) = self.conn().await?;
         Self::run(&mut conn, role::stop(flavor), "stopping replication").await?;
         Self::run(
@@ -365,6 +374,7 @@ impl Controller {
         heartbeat: Duration,
         net_timeout: Duration,
     ) -> Result<Outcome, ControlError> {
+        let _serial = self.serial.lock().await;
         let Some((user, password)) = &self.replication else {
             return Err(ControlError::NotConfigured(
                 "cannot repoint: set mysql.replication_user and mysql.replication_password_file in the agent config".into(),
@@ -375,6 +385,14 @@ impl Controller {
         let killed = Self::read_only_and_kill(&mut conn, flavor).await?;
         let before = Self::state(&mut conn, flavor).await?;
         Self::run(&mut conn, role::stop(flavor), "stopping replication").await?;
+        if before.semi_sync.source_enabled {
+            Self::run(
+                &mut conn,
+                &role::semi_sync_source(flavor, false),
+                "disabling semi-sync on the replica",
+            )
+            .await?;
+        }
         if before.replication.is_none() && flavor == Flavor::MariaDb {
             Self::run(
                 &mut conn,
@@ -415,6 +433,7 @@ impl Controller {
 
     /// Starts the IO thread again after a freeze.
     pub async fn thaw(&self) -> Result<Outcome, ControlError> {
+        let _serial = self.serial.lock().await;
         let (mut conn, flavor) = self.conn().await?;
         let before = Self::state(&mut conn, flavor).await?;
         if before.replication.is_some() {

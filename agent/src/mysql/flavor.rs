@@ -231,6 +231,17 @@ pub mod role {
             ],
         }
     }
+    /// The source side of semi-sync on or off: on a primary when the
+    /// cluster runs semi-sync, never on a replica (whose applier would
+    /// otherwise wait for acknowledgements of its own binlog writes).
+    pub fn semi_sync_source(f: Flavor, on: bool) -> String {
+        let v = if on { "ON" } else { "OFF" };
+        match f {
+            Flavor::MariaDb => format!("SET GLOBAL rpl_semi_sync_master_enabled = {v}"),
+            Flavor::MySql => format!("SET GLOBAL rpl_semi_sync_source_enabled = {v}"),
+        }
+    }
+
     /// Waits until `gtid` is executed; the query returns 0 on success.
     pub fn wait_gtid(f: Flavor, gtid: &str, timeout_s: f64) -> String {
         match f {
@@ -277,10 +288,11 @@ pub mod role {
             Flavor::MySql => format!("SET GLOBAL replica_net_timeout = {}", seconds.max(1)),
         }
     }
-    /// Client sessions to kill when fencing: everything but ourselves, the
-    /// server's own threads and replicas' dump threads.
+    /// Client sessions to kill when fencing: everything but the agent's
+    /// own sessions, the server's own threads and replicas' dump threads.
     pub const CLIENT_SESSIONS: &str = "SELECT ID FROM information_schema.PROCESSLIST \
          WHERE ID <> CONNECTION_ID() AND USER NOT IN ('system user', 'event_scheduler') \
+         AND USER <> SUBSTRING_INDEX(CURRENT_USER(), '@', 1) \
          AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', \
          'Slave_SQL', 'Slave_worker')";
 

@@ -13,6 +13,12 @@ use mysql_async::{Conn, OptsBuilder};
 
 use super::SandboxError;
 
+/// Lossless semi-sync: a commit waits for a replica's ack this long (over
+/// a day) before it would fall back to asynchronous replication, so an
+/// acknowledged write is always on a replica and a dead primary is fenced
+/// by stopping its replicas.
+pub const SEMI_SYNC_TIMEOUT_MS: u64 = 100_000_000;
+
 /// Account the agents use.
 pub const AGENT_USER: &str = "dbfleet_agent";
 /// Account replicas use to connect to their source.
@@ -57,7 +63,9 @@ pub struct Server {
     pub dir: PathBuf,
     /// Unix socket (short path, under /tmp, unique per address and port).
     pub socket: PathBuf,
-    /// Starts read-only (replicas).
+    /// The initial primary (made writable after bootstrap; every server
+    /// starts read-only, so a restarted one never accepts writes before
+    /// its agent and the coordinator agree).
     pub read_only: bool,
 }
 
@@ -125,7 +133,6 @@ pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxE
     } else {
         ""
     };
-    let read_only = if s.read_only { "ON" } else { "OFF" };
     let cnf = format!(
         "# Written by `dbfleet sandbox up` for {host}.\n\
          [mariadbd]\n\
@@ -141,12 +148,14 @@ pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxE
          binlog_format = ROW\n\
          log_slave_updates = ON\n\
          gtid_strict_mode = ON\n\
-         read_only = {read_only}\n\
+         read_only = ON\n\
          skip_name_resolve = ON\n\
-         slave_net_timeout = 10\n\
-         rpl_semi_sync_master_enabled = ON\n\
+         slave_net_timeout = 4\n\
+         rpl_semi_sync_master_enabled = OFF\n\
          rpl_semi_sync_slave_enabled = ON\n\
-         rpl_semi_sync_master_timeout = 2000\n\
+         rpl_semi_sync_master_timeout = {semi_sync_timeout}\n\
+         rpl_semi_sync_master_wait_no_slave = ON\n\
+         rpl_semi_sync_master_wait_point = AFTER_SYNC\n\
          innodb_buffer_pool_size = 32M\n\
          innodb_log_file_size = 16M\n\
          innodb_data_file_path = ibdata1:10M:autoextend\n\
@@ -159,6 +168,7 @@ pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxE
         ip = s.ip,
         port = s.port,
         server_id = s.server_id,
+        semi_sync_timeout = SEMI_SYNC_TIMEOUT_MS,
     );
     fs::write(s.cnf(), cnf).map_err(|e| SandboxError::io(&s.cnf(), e))
 }
@@ -258,7 +268,8 @@ pub async fn replicate_from(
         .map_err(|e| SandboxError::Mariadb(format!("connect to {}: {e}", replica.host)))?;
     let sql = format!(
         "CHANGE MASTER TO MASTER_HOST='{}', MASTER_PORT={}, MASTER_USER='{REPL_USER}', \
-         MASTER_PASSWORD='{}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
+         MASTER_PASSWORD='{}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
+         MASTER_HEARTBEAT_PERIOD=1",
         primary.ip, primary.port, creds.repl
     );
     conn.query_drop(sql).await.map_err(|e| {
@@ -267,6 +278,24 @@ pub async fn replicate_from(
     conn.query_drop("START SLAVE").await.map_err(|e| {
         SandboxError::Mariadb(format!("START SLAVE on {} failed: {e}", replica.host))
     })?;
+    let _ = conn.disconnect().await;
+    Ok(())
+}
+
+/// Makes the initial primary writable with lossless semi-sync (every
+/// server starts read-only with the source side of semi-sync off).
+pub async fn make_writable(primary: &Server, creds: &Credentials) -> Result<(), SandboxError> {
+    let mut conn = Conn::new(primary.tcp_opts(AGENT_USER, &creds.agent))
+        .await
+        .map_err(|e| SandboxError::Mariadb(format!("connect to {}: {e}", primary.host)))?;
+    for sql in [
+        "SET GLOBAL rpl_semi_sync_master_enabled = ON",
+        "SET GLOBAL read_only = OFF",
+    ] {
+        conn.query_drop(sql).await.map_err(|e| {
+            SandboxError::Mariadb(format!("making {} the primary: {e}", primary.host))
+        })?;
+    }
     let _ = conn.disconnect().await;
     Ok(())
 }

@@ -81,11 +81,14 @@ pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Bloc
     for m in members {
         let Some(f) = m.frozen else { continue };
         let (executed, has) = positions(f).map_err(|e| format!("{}: {e}", m.host))?;
-        required = required.max(&has);
         let binlog = Position::parse(&f.binlog_pos).map_err(|e| format!("{}: {e}", m.host))?;
         let slave = Position::parse(&f.slave_pos).map_err(|e| format!("{}: {e}", m.host))?;
         let errant = Position::local_writes(&binlog, &slave, f.server_id);
         if !errant.is_empty() {
+            // What it received from the primary still counts; its own
+            // writes do not.
+            let received = Position::parse(&f.received).map_err(|e| format!("{}: {e}", m.host))?;
+            required = required.max(&received);
             evidence.push(format!(
                 "{}: errant transactions {} (never on the primary): not a candidate",
                 m.host,
@@ -93,6 +96,7 @@ pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Bloc
             ));
             continue;
         }
+        required = required.max(&has);
         usable.push((m, executed, has));
     }
     let eligible: Vec<&(&Member<'_>, Position, Position)> = usable

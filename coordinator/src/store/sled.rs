@@ -382,6 +382,7 @@ mod tests {
         assert_eq!(
             st.clusters,
             vec![ClusterRecord {
+                control: Default::default(),
                 name: "main".into(),
                 max_lag_seconds: Some(9),
                 last_primary: Some("db1".into())
