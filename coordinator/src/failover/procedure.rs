@@ -644,7 +644,45 @@ impl Failovers {
         };
         let addr = MysqlAddress::parse(&new.mysql_address)
             .map_err(|e| StepError::Blocked(format!("{candidate}: {e}")))?;
-        let rec = self.fleet.cluster_record(&self.cluster_of(op));
+        let cluster = self.cluster_of(op);
+        // Replicas with their own writes cannot follow the new primary:
+        // they are marked for rebuild instead of repointed.
+        let errant: Vec<(String, Vec<String>)> = op
+            .frozen
+            .iter()
+            .filter_map(|(host, f)| {
+                let binlog = super::gtid::Position::parse(&f.binlog_pos).ok()?;
+                let slave = super::gtid::Position::parse(&f.slave_pos).ok()?;
+                let w = super::gtid::Position::local_writes(&binlog, &slave, f.server_id);
+                (!w.is_empty() && *host != op.old_primary).then(|| (host.clone(), w))
+            })
+            .collect();
+        if !errant.is_empty() {
+            let events: Vec<Event> = errant
+                .iter()
+                .map(|(h, w)| {
+                    self.event(
+                        op,
+                        "needs-rebuild",
+                        h,
+                        format!("{h} has errant transactions {} and cannot follow {candidate}; rebuild it", w.join(",")),
+                        vec![],
+                    )
+                })
+                .collect();
+            let hosts: Vec<String> = errant.iter().map(|(h, _)| h.clone()).collect();
+            self.fleet
+                .update_cluster(&cluster, op.epoch.clone(), move |r| {
+                    r.control.needs_rebuild.extend(hosts);
+                    for e in events {
+                        r.control.record(e);
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| StepError::Aborted(format!("cannot record the rebuild marks: {e}")))?;
+        }
+        let rec = self.fleet.cluster_record(&cluster);
         let others = members.iter().filter(|m| {
             m.host != candidate
                 && !rec.control.needs_rebuild.contains(&m.host)

@@ -375,8 +375,63 @@ impl Failovers {
         }
     }
 
+    /// Fences every member other than the writable `primary` that accepts
+    /// writes (an old primary back on the network, say).
+    async fn fence_stale(
+        &self,
+        cluster: &str,
+        epoch: &Epoch,
+        primary: &str,
+        members: &[MemberState],
+    ) {
+        for m in members.iter().filter(|m| m.host != primary) {
+            if !m.server().is_some_and(|s| s.writable())
+                || !self.may_try(&format!("fence:{}", m.host))
+            {
+                continue;
+            }
+            warn!(
+                cluster,
+                host = m.host,
+                primary,
+                "a member other than the primary accepts writes; fencing it"
+            );
+            let r = self
+                .repair_command(
+                    cluster,
+                    epoch,
+                    m,
+                    Command::Fence(pb::Fence {
+                        kill_if_unresponsive: false,
+                    }),
+                )
+                .await;
+            let message = match &r {
+                Ok(reply) => format!(
+                    "{} accepted writes next to the primary {primary}; fenced: {}",
+                    m.host, reply.detail
+                ),
+                Err(e) => format!(
+                    "{} accepts writes next to the primary {primary}; fencing failed: {e}",
+                    m.host
+                ),
+            };
+            self.note_once(
+                cluster,
+                epoch,
+                event("stale-primary-fenced", &m.host, message, epoch, vec![]),
+            )
+            .await;
+        }
+    }
+
     async fn repair(&self, cluster: &str, rec: &ClusterRecord, epoch: &Epoch) {
-        let Some(primary) = self.primary_of(cluster) else {
+        // Desired state names the primary when observation is ambiguous
+        // (an old primary came back writable next to the new one).
+        let Some(primary) = self
+            .primary_of(cluster)
+            .or_else(|| rec.last_primary.clone())
+        else {
             return;
         };
         let members = self.fleet.members(cluster);
@@ -384,6 +439,9 @@ impl Failovers {
             return;
         };
         let Some(ps) = p.server() else { return };
+        if ps.writable() {
+            self.fence_stale(cluster, epoch, &primary, &members).await;
+        }
         let Ok(p_addr) = MysqlAddress::parse(&p.mysql_address) else {
             return;
         };

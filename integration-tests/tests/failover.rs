@@ -1,0 +1,326 @@
+//! Failover and switchover with real processes: three real mariadbd
+//! (lossless semi-sync), three agents, two coordinators, a writer that
+//! records every acknowledged write and a sampler that checks every 50 ms
+//! how many members accept writes. Every test checks: never two writable
+//! members, no acknowledged write missing on the new primary, every
+//! replica replicating from the new primary.
+
+use std::time::Duration;
+
+use dbfleet_integration_tests::workload::{Sampler, Writer, ids_on};
+use dbfleet_integration_tests::{PATIENCE, Partition, TestFleet, member, sole_active};
+use dbfleet_proto::pb;
+use serde_json::Value;
+
+/// A fleet of a primary and two replicas with an active coordinator, a
+/// writer and a sampler running, and some writes acknowledged.
+async fn loaded_fleet(extra: &str) -> (TestFleet, Writer, Sampler) {
+    let fleet = TestFleet::start_with(2, 2, extra).await;
+    fleet
+        .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
+        .await;
+    let writer = Writer::start(&fleet, "db1").await;
+    let sampler = Sampler::start(&fleet);
+    wait_acked(&writer, 20).await;
+    (fleet, writer, sampler)
+}
+
+async fn wait_acked(w: &Writer, n: usize) {
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while w.acked_count() < n {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "only {} writes acknowledged, waiting for {n}",
+            w.acked_count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until a member other than `old` is the only writable primary and
+/// every member in `followers` replicates from it with both threads.
+async fn new_primary(fleet: &TestFleet, old: &str, followers: &[&str]) -> pb::ClusterView {
+    fleet
+        .wait_until("a new primary with its replicas following", |c| {
+            let p = c.primary.as_str();
+            !p.is_empty()
+                && p != old
+                && c.members.iter().filter(|m| m.writable).count() == 1
+                && member(c, p).writable
+                && followers.iter().filter(|h| **h != p).all(|h| {
+                    let m = member(c, h);
+                    m.source == member(c, p).mysql_address && m.io_running && m.sql_running
+                })
+        })
+        .await
+}
+
+/// Stops the witnesses and checks what every test promises.
+async fn check_witnesses(fleet: &TestFleet, writer: Writer, sampler: Sampler, primary: &str) {
+    let n = writer.acked_count();
+    wait_acked(&writer, n + 10).await;
+    let acked = writer.stop().await;
+    let ((most, which), samples) = sampler.stop().await;
+    assert!(samples > 10, "the sampler ran ({samples} samples)");
+    assert!(most <= 1, "{most} members were writable at once: {which:?}");
+    let present = ids_on(fleet, primary).await;
+    let missing: Vec<&u64> = acked.iter().filter(|id| !present.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes missing on {primary}: {missing:?}",
+        missing.len()
+    );
+}
+
+fn events(fleet: &TestFleet) -> Vec<Value> {
+    let out = fleet.cli(&["events", "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("events JSON");
+    v["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// The evidence of the last event of `kind`, joined.
+fn evidence_of(fleet: &TestFleet, kind: &str) -> String {
+    let e = events(fleet);
+    let last = e
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event in {e:#?}"));
+    format!("{last}")
+}
+
+fn pid(fleet: &TestFleet, name: &str) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(fleet.pid(name).expect("running") as i32)
+}
+
+#[tokio::test]
+async fn kill_9_of_the_primary_mysqld_fails_over_fast_and_the_old_primary_rejoins() {
+    let (mut fleet, writer, sampler) = loaded_fleet("").await;
+    fleet.kill("mariadbd-db1");
+    let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
+    let primary = view.primary.clone();
+    check_witnesses(&fleet, writer, sampler, &primary).await;
+    let proof = evidence_of(&fleet, "failover-completed");
+    assert!(
+        proof.contains("agent of db1 confirmed stopped"),
+        "fence proof from the old primary's agent: {proof}"
+    );
+    // the status JSON the issue names: one writable primary, the others following
+    let status = fleet.status_json();
+    let c = &status["clusters"][0];
+    assert_eq!(c["primary"], primary.as_str());
+    // the old primary comes back read-only and rejoins as a replica
+    fleet.start_mariadbd("db1").unwrap();
+    new_primary(&fleet, "db1", &["db1", "db2", "db3"]).await;
+    evidence_of(&fleet, "rejoined");
+}
+
+#[tokio::test]
+async fn death_of_the_primary_host_is_fenced_by_lossless_semi_sync() {
+    let (mut fleet, writer, sampler) = loaded_fleet("").await;
+    fleet.kill("agent-db1");
+    fleet.kill("mariadbd-db1");
+    let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
+    check_witnesses(&fleet, writer, sampler, &view.primary).await;
+    let proof = evidence_of(&fleet, "failover-completed");
+    assert!(
+        proof.contains("lossless semi-sync") && proof.contains("agent not reporting"),
+        "slow path, fenced by semi-sync: {proof}"
+    );
+    // the host returns: rejoined, or marked for rebuild if it holds a
+    // transaction that was never acknowledged
+    fleet.start_mariadbd("db1").unwrap();
+    fleet.start_agent("db1").unwrap();
+    fleet
+        .wait_until("db1 rejoined or marked for rebuild", |c| {
+            let m = member(c, "db1");
+            m.needs_rebuild || (m.source == member(c, &view.primary).mysql_address && m.io_running)
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_hung_primary_is_killed_by_its_agent_and_replaced() {
+    let (fleet, writer, sampler) = loaded_fleet("").await;
+    nix::sys::signal::kill(
+        pid(&fleet, "mariadbd-db1"),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
+    check_witnesses(&fleet, writer, sampler, &view.primary).await;
+    let proof = evidence_of(&fleet, "failover-completed");
+    assert!(
+        proof.contains("killed the unresponsive mysqld"),
+        "the agent killed the hung server: {proof}"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_with_an_errant_transaction_is_never_promoted() {
+    let (mut fleet, writer, sampler) = loaded_fleet("").await;
+    let out = fleet.cli(&["promotion-rule", "db3", "prefer"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // a write made directly on the replica: a GTID its primary never had
+    fleet
+        .sql("db3", "INSERT INTO app.writer_log (id) VALUES (999999999)")
+        .await
+        .unwrap();
+    fleet.kill("mariadbd-db1");
+    let view = new_primary(&fleet, "db1", &["db2"]).await;
+    assert_eq!(view.primary, "db2", "db3 is preferred but errant");
+    check_witnesses(&fleet, writer, sampler, "db2").await;
+    let why = evidence_of(&fleet, "failover-completed");
+    assert!(why.contains("db3: errant transactions"), "{why}");
+    fleet
+        .wait_until("db3 marked for rebuild", |c| member(c, "db3").needs_rebuild)
+        .await;
+}
+
+#[tokio::test]
+async fn a_lagging_preferred_candidate_catches_up_before_promotion() {
+    let (mut fleet, writer, sampler) = loaded_fleet("").await;
+    let out = fleet.cli(&["promotion-rule", "db2", "prefer"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // db2 stops receiving; db3 alone acknowledges the next writes
+    fleet.sql("db2", "STOP SLAVE IO_THREAD").await.unwrap();
+    let n = writer.acked_count();
+    wait_acked(&writer, n + 30).await;
+    fleet.kill("mariadbd-db1");
+    let view = new_primary(&fleet, "db1", &["db3"]).await;
+    assert_eq!(view.primary, "db2", "the preferred candidate");
+    check_witnesses(&fleet, writer, sampler, "db2").await;
+    let why = evidence_of(&fleet, "failover-completed");
+    assert!(why.contains("catching up from db3"), "{why}");
+}
+
+fn switchover(fleet: &TestFleet, to: &str) -> Value {
+    let out = fleet.cli(&[
+        "switchover",
+        "--cluster",
+        "main",
+        "--to",
+        to,
+        "--output",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "switchover to {to}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("switchover JSON")
+}
+
+#[tokio::test]
+async fn switchover_there_and_back_loses_nothing() {
+    let (fleet, writer, sampler) = loaded_fleet("").await;
+    let there = switchover(&fleet, "db2");
+    assert_eq!(there["outcome"], "completed");
+    assert_eq!(there["new_primary"], "db2");
+    new_primary(&fleet, "db1", &["db1", "db3"]).await;
+    let n = writer.acked_count();
+    wait_acked(&writer, n + 20).await;
+    let back = switchover(&fleet, "db1");
+    assert_eq!(back["outcome"], "completed");
+    new_primary(&fleet, "db2", &["db2", "db3"]).await;
+    check_witnesses(&fleet, writer, sampler, "db1").await;
+    assert!(
+        back["fence_proof"]
+            .as_str()
+            .unwrap()
+            .contains("confirmed read-only")
+    );
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_mid_failover_is_replaced_and_the_other_finishes() {
+    // The post hook blocks the first time it runs, holding the failover at
+    // its last journaled step while the active coordinator is killed.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("hook-ran");
+    let extra = format!(
+        "[failover]\npost_hook = [\"sh\", \"-c\", \"if [ ! -e {m} ]; then touch {m}; sleep 600; fi\"]\nhook_timeout = \"900s\"\n",
+        m = marker.display()
+    );
+    let (mut fleet, writer, sampler) = loaded_fleet(&extra).await;
+    let c = fleet
+        .wait_coordinators("an active", |c| sole_active(c).is_some())
+        .await;
+    let active = sole_active(&c).unwrap()["id"].as_str().unwrap().to_string();
+    fleet.kill("mariadbd-db1");
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while !marker.exists() {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the post hook never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fleet.kill(&format!("coordinator-{active}"));
+    fleet
+        .wait_until("the failover finished by the other coordinator", |c| {
+            c.control.as_ref().is_some_and(|k| k.operation.is_empty()) && c.primary != "db1"
+        })
+        .await;
+    let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
+    check_witnesses(&fleet, writer, sampler, &view.primary).await;
+    evidence_of(&fleet, "failover-resumed");
+    let done = evidence_of(&fleet, "failover-completed");
+    assert!(
+        !done.contains(&format!("\"coordinator\":\"{active}\"")),
+        "completed under the new active's epoch: {done}"
+    );
+}
+
+#[tokio::test]
+async fn the_primary_host_cut_off_by_iptables_is_replaced_and_fenced_when_it_returns() {
+    let (fleet, writer, sampler) = loaded_fleet("").await;
+    let db1 = fleet.info.members[0].address.clone();
+    let mut others: Vec<String> = fleet.info.members[1..]
+        .iter()
+        .map(|m| m.address.clone())
+        .collect();
+    others.extend(
+        fleet
+            .info
+            .coordinators
+            .iter()
+            .map(|c| c.address.split(':').next().unwrap().to_string()),
+    );
+    // replicas and test clients connect from 127.0.0.1
+    others.push("127.0.0.1".into());
+    let cut = Partition::cut(&fleet.slot, &[db1], &others);
+    let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
+    // the sampler cannot see the cut-off host; it checks the rest while cut
+    check_witnesses(&fleet, writer, sampler, &view.primary).await;
+    let proof = evidence_of(&fleet, "failover-completed");
+    assert!(proof.contains("lossless semi-sync"), "{proof}");
+    drop(cut);
+    // back on the network, still writable but unable to commit (no
+    // acknowledging replica): the coordinator fences it, then it rejoins
+    // or is marked for rebuild
+    let end = fleet
+        .wait_until("db1 fenced and rejoined or marked", |c| {
+            let m = member(c, "db1");
+            m.reachable
+                && !m.writable
+                && (m.needs_rebuild || m.source == member(c, &view.primary).mysql_address)
+        })
+        .await;
+    assert_eq!(end.members.iter().filter(|m| m.writable).count(), 1);
+}
