@@ -105,6 +105,22 @@ async fn kill_9_of_the_primary_mysqld_fails_over_fast_and_the_old_primary_rejoin
     let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
     let primary = view.primary.clone();
     check_witnesses(&fleet, writer, sampler, &primary).await;
+    // the new primary runs semi-sync as the old one did, so the next
+    // failover can be fenced by it too
+    let s = fleet.server(&primary).unwrap();
+    let mut c = mysql_async::Conn::new(s.tcp_opts(
+        dbfleet_cli::sandbox::mariadb::AGENT_USER,
+        &fleet.credentials.agent,
+    ))
+    .await
+    .unwrap();
+    let on: Option<u8> = mysql_async::prelude::Queryable::query_first(
+        &mut c,
+        "SELECT @@rpl_semi_sync_master_enabled",
+    )
+    .await
+    .unwrap();
+    assert_eq!(on, Some(1), "semi-sync source enabled on {primary}");
     let proof = evidence_of(&fleet, "failover-completed");
     assert!(
         proof.contains("agent of db1 confirmed stopped"),

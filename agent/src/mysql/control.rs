@@ -352,6 +352,12 @@ impl Controller {
             "removing the replication configuration",
         )
         .await?;
+        let before = Self::state(&mut conn, flavor).await?;
+        if before.semi_sync.replica_enabled {
+            // The cluster runs semi-sync: the new primary waits for acks.
+            let sql = role::semi_sync_source(flavor, true);
+            Self::run(&mut conn, &sql, "enabling semi-sync").await?;
+        }
         self.guard.clear()?;
         for sql in role::read_only_off(flavor) {
             Self::run(&mut conn, sql, "making the server writable").await?;

@@ -314,9 +314,15 @@ impl Failovers {
         let mut frozen = BTreeMap::new();
         for (host, r) in join_all(frozen_ops).await {
             match r.map(|reply| (reply_state(&reply), reply.detail)) {
-                Ok((Some(state), detail)) => {
+                // A member that replicates from nobody (a former primary
+                // not yet rejoined) is no candidate and acknowledges
+                // nothing: the rejoin check judges it later.
+                Ok((Some(state), detail)) if state.replication.is_some() => {
                     info!(operation = op.id, host, detail, "replica frozen");
                     frozen.insert(host, frozen_from(&state));
+                }
+                Ok((Some(_), detail)) => {
+                    info!(operation = op.id, host, detail, "not a replica; left out")
                 }
                 Ok((None, _)) => warn!(operation = op.id, host, "freeze returned no state"),
                 Err(e) => warn!(operation = op.id, host, error = e, "cannot freeze replica"),
@@ -435,9 +441,15 @@ impl Failovers {
             .iter()
             .filter(|m| m.host != op.old_primary)
             .filter(|m| {
+                // Acknowledges the old primary's commits: semi-sync on and
+                // replicating from it (or unknown: counted, to be safe).
                 m.report.as_ref().is_none_or(|r| match &r.mysql {
                     dbfleet_proto::model::MysqlObservation::Reachable(s) => {
                         s.semi_sync.replica_enabled
+                            && s.replication.as_ref().is_some_and(|rep| {
+                                old.and_then(|o| MysqlAddress::parse(&o.mysql_address).ok())
+                                    .is_none_or(|a| rep.source.same_endpoint(&a))
+                            })
                     }
                     _ => true,
                 })

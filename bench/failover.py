@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Failover and switchover write unavailability, measured from outside.
+
+Starts a sandbox fleet (3 MariaDB servers with lossless semi-sync, 3
+agents, 2 coordinators, default [failover] settings: fast window 1 s, slow
+window 5 s on top of the sandbox agent timeout of 5 s) and then, ROUNDS
+times each:
+
+- mysqld: kill -9 of the primary's mysqld; time until an INSERT through
+  the application account succeeds on another member.
+- host: kill -9 of the primary's agent and mysqld together; same clock.
+- switchover: a writer inserts in a tight loop while `dbfleet switchover`
+  runs; the figure is the longest gap between two acknowledged inserts.
+
+After each kill the old primary's processes are restarted and the round
+waits until it rejoined. The anti-flap budget is raised for the run.
+
+Usage: bench/failover.py [ROUNDS] (default 10); needs `cargo build --bins`
+and pymysql (apt-get install python3-pymysql or pip install pymysql).
+"""
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pymysql
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "debug")
+DBFLEET = os.path.join(BIN, "dbfleet")
+BASE = os.environ.get("BENCH_BASE", "127.0.78")
+
+
+class Fleet:
+    def __init__(self, sandbox):
+        self.dir = sandbox
+        self.env = dict(os.environ, DBFLEET_CONFIG=os.path.join(sandbox, "dbfleet.toml"))
+        with open(os.path.join(sandbox, "sandbox.json")) as f:
+            self.info = json.load(f)
+        self.members = {m["host"]: m for m in self.info["members"]}
+
+    def cli(self, *args):
+        out = subprocess.run([DBFLEET, *args, "--output", "json"], env=self.env,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"dbfleet {' '.join(args)}: {out.stderr.strip()}")
+        return json.loads(out.stdout)
+
+    def status(self):
+        try:
+            return self.cli("status")["clusters"][0]
+        except (RuntimeError, ValueError, KeyError, IndexError):
+            return None
+
+    def wait_healthy(self, timeout=120):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            c = self.status()
+            if c and c["primary"] and not c.get("problems"):
+                return c["primary"]
+            time.sleep(0.1)
+        sys.exit(f"fleet not healthy: {self.status()}")
+
+    def connect(self, host, timeout=1):
+        m = self.members[host]
+        return pymysql.connect(host=m["address"], port=m["mysql_port"], user=self.info["app_user"],
+                               password=self.info["app_password"], database=self.info["app_database"],
+                               connect_timeout=timeout, read_timeout=2, write_timeout=2,
+                               autocommit=True)
+
+    def pid(self, name):
+        path = os.path.join(self.dir, "run", f"{name}.pid")
+        with open(path) as f:
+            return int(f.read().strip())
+
+    def start_mariadbd(self, host):
+        subprocess.Popen(["/usr/sbin/mariadbd", f"--defaults-file={self.dir}/{host}/my.cnf",
+                          f"--pid-file={self.dir}/run/mariadbd-{host}.pid",
+                          f"--log-error={self.dir}/logs/mariadbd-{host}.log"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def start_agent(self, host):
+        log = open(os.path.join(self.dir, "logs", f"agent-{host}.log"), "a")
+        p = subprocess.Popen([os.path.join(BIN, "dbfleet-agent"), "--config",
+                              os.path.join(self.dir, f"agent-{host}.toml")],
+                             stdout=log, stderr=log, start_new_session=True)
+        with open(os.path.join(self.dir, "run", f"agent-{host}.pid"), "w") as f:
+            f.write(str(p.pid))
+
+
+def insert_anywhere(fleet, hosts, value):
+    for h in hosts:
+        try:
+            c = fleet.connect(h, timeout=0.5)
+            with c.cursor() as cur:
+                cur.execute("INSERT INTO bench (id) VALUES (%s)", (value,))
+            c.close()
+            return h
+        except pymysql.MySQLError:
+            continue
+    return None
+
+
+def kill_round(fleet, mode, seq):
+    old = fleet.wait_healthy()
+    others = [h for h in fleet.members if h != old]
+    t0 = time.monotonic()
+    os.kill(fleet.pid(f"mariadbd-{old}"), signal.SIGKILL)
+    if mode == "host":
+        os.kill(fleet.pid(f"agent-{old}"), signal.SIGKILL)
+    while True:
+        seq[0] += 1
+        if insert_anywhere(fleet, others, seq[0]):
+            elapsed = time.monotonic() - t0
+            break
+        time.sleep(0.01)
+    fleet.start_mariadbd(old)
+    if mode == "host":
+        fleet.start_agent(old)
+    fleet.wait_healthy()
+    return elapsed
+
+
+def switchover_round(fleet, seq):
+    old = fleet.wait_healthy()
+    stop = threading.Event()
+    acks = []
+
+    def writer():
+        target = old
+        conn = None
+        while not stop.is_set():
+            try:
+                if conn is None:
+                    conn = fleet.connect(target, timeout=0.5)
+                seq[0] += 1
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO bench (id) VALUES (%s)", (seq[0],))
+                acks.append(time.monotonic())
+            except pymysql.MySQLError:
+                conn = None
+                hosts = list(fleet.members)
+                target = hosts[(hosts.index(target) + 1) % len(hosts)]
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(1.0)
+    fleet.cli("switchover", "--cluster", "main")
+    time.sleep(1.0)
+    stop.set()
+    t.join()
+    gaps = [b - a for a, b in zip(acks, acks[1:])]
+    return max(gaps)
+
+
+def summary(name, xs):
+    xs = sorted(xs)
+    print(f"{name}: n={len(xs)} p50={statistics.median(xs):.3f}s max={xs[-1]:.3f}s "
+          f"min={xs[0]:.3f}s")
+
+
+def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    work = tempfile.mkdtemp(prefix="dbfleet-bench-")
+    sandbox = os.path.join(work, "sb")
+    subprocess.run([DBFLEET, "sandbox", "up", "--dir", sandbox, "--base", BASE], check=True,
+                   stdout=subprocess.DEVNULL)
+    fleet = Fleet(sandbox)
+    try:
+        fleet.cli("failover-policy", "--cluster", "main", "--budget", "1000", "--window-seconds", "1")
+        primary = fleet.wait_healthy()
+        c = fleet.connect(primary)
+        with c.cursor() as cur:
+            cur.execute("CREATE TABLE bench (id BIGINT PRIMARY KEY)")
+        c.close()
+        seq = [0]
+        results = {"mysqld": [], "host": [], "switchover": []}
+        for mode in ("mysqld", "host"):
+            for i in range(rounds):
+                s = kill_round(fleet, mode, seq)
+                results[mode].append(s)
+                print(f"{mode} round {i + 1}: writes accepted again after {s:.3f}s", flush=True)
+        for i in range(rounds):
+            s = switchover_round(fleet, seq)
+            results["switchover"].append(s)
+            print(f"switchover round {i + 1}: longest write gap {s:.3f}s", flush=True)
+        summary("kill -9 of the primary's mysqld -> writes accepted", results["mysqld"])
+        summary("death of the primary host -> writes accepted", results["host"])
+        summary("switchover write gap", results["switchover"])
+    finally:
+        subprocess.run([DBFLEET, "sandbox", "down", "--dir", sandbox], stdout=subprocess.DEVNULL)
+
+
+if __name__ == "__main__":
+    main()
