@@ -28,7 +28,7 @@ use crate::config::FailoverConfig;
 use crate::error::ServiceError;
 use crate::fleet::Fleet;
 use crate::ha::voters::VoterClients;
-use journal::{Operation, OperationKind, Step};
+use journal::{Operation, OperationKind};
 
 /// Runs and tracks failovers and switchovers of every cluster.
 #[derive(Debug)]
@@ -110,24 +110,17 @@ impl Failovers {
             )));
         }
         let op = Operation {
-            id: Self::new_id(&cluster, OperationKind::Failover, &epoch),
-            kind: OperationKind::Failover,
-            automatic: false,
-            started_unix_ms: procedure::now_unix_ms(),
-            epoch,
-            reason: "operator requested a failover".into(),
-            evidence: vec![],
-            old_primary: primary,
             requested_to: Some(req.to).filter(|t| !t.is_empty()),
             allow_data_loss: req.allow_data_loss,
             confirm_fenced: Some(req.confirm_fenced).filter(|t| !t.is_empty()),
-            step: Step::Barrier,
-            frozen: Default::default(),
-            fence_proof: None,
-            fenced_unix_ms: None,
-            candidate: None,
-            promoted_at: None,
-            promoted_unix_ms: None,
+            ..Operation::new(
+                Self::new_id(&cluster, OperationKind::Failover, &epoch),
+                OperationKind::Failover,
+                epoch,
+                primary,
+                "operator requested a failover".into(),
+                procedure::now_unix_ms(),
+            )
         };
         // A manual failover re-arms a held cluster: the operator decided.
         if rec.control.held.is_some() {
@@ -173,24 +166,16 @@ impl Failovers {
         }
         let candidate = self.switchover_candidate(&members, &rec, &primary, &req.to)?;
         let op = Operation {
-            id: Self::new_id(&cluster, OperationKind::Switchover, &epoch),
-            kind: OperationKind::Switchover,
-            automatic: false,
-            started_unix_ms: procedure::now_unix_ms(),
-            epoch,
-            reason: format!("operator requested a switchover to {candidate}"),
-            evidence: vec![],
-            old_primary: primary,
             requested_to: Some(candidate.clone()),
-            allow_data_loss: false,
-            confirm_fenced: None,
-            step: Step::Barrier,
-            frozen: Default::default(),
-            fence_proof: None,
-            fenced_unix_ms: None,
-            candidate: Some(candidate),
-            promoted_at: None,
-            promoted_unix_ms: None,
+            candidate: Some(candidate.clone()),
+            ..Operation::new(
+                Self::new_id(&cluster, OperationKind::Switchover, &epoch),
+                OperationKind::Switchover,
+                epoch,
+                primary,
+                format!("operator requested a switchover to {candidate}"),
+                procedure::now_unix_ms(),
+            )
         };
         self.pre_hook(&op).await?;
         self.wait(self.start(op).await?).await

@@ -194,6 +194,10 @@ pub async fn run(
     systemd::spawn_watchdog(shutdown.clone());
 
     tokio::select! {
+        // A stop requested right after start also ends the server: that
+        // is the stop, not a failure.
+        biased;
+        _ = shutdown.cancelled() => {}
         r = &mut server => {
             // The server ended on its own: that is a failure, not a stop.
             shutdown.cancel();
@@ -203,7 +207,6 @@ pub async fn run(
                 Err(e) => Err(StartError::Serve(e.to_string())),
             };
         }
-        _ = shutdown.cancelled() => {}
     }
     systemd::notify_stopping();
     if !shutdown::within(config.shutdown_timeout, "gRPC server", &mut server).await {

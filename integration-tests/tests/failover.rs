@@ -15,7 +15,12 @@ use serde_json::Value;
 /// A fleet of a primary and two replicas with an active coordinator, a
 /// writer and a sampler running, and some writes acknowledged.
 async fn loaded_fleet(extra: &str) -> (TestFleet, Writer, Sampler) {
-    let fleet = TestFleet::start_with(2, 2, extra).await;
+    loaded_fleet_of(2, extra).await
+}
+
+/// [`loaded_fleet`] with `replicas` replicas.
+async fn loaded_fleet_of(replicas: usize, extra: &str) -> (TestFleet, Writer, Sampler) {
+    let fleet = TestFleet::start_with(replicas, 2, extra).await;
     fleet
         .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
         .await;
@@ -179,7 +184,10 @@ async fn a_hung_primary_is_killed_by_its_agent_and_replaced() {
 
 #[tokio::test]
 async fn a_replica_with_an_errant_transaction_is_never_promoted() {
-    let (mut fleet, writer, sampler) = loaded_fleet("").await;
+    // Three replicas: with the errant one set aside and the old primary
+    // dead, the fourth member is the new primary's semi-sync acker
+    // (lossless semi-sync halts writes with no replica at all).
+    let (mut fleet, writer, sampler) = loaded_fleet_of(3, "").await;
     let out = fleet.cli(&["promotion-rule", "db3", "prefer"]);
     assert!(
         out.status.success(),
@@ -192,7 +200,7 @@ async fn a_replica_with_an_errant_transaction_is_never_promoted() {
         .await
         .unwrap();
     fleet.kill("mariadbd-db1");
-    let view = new_primary(&fleet, "db1", &["db2"]).await;
+    let view = new_primary(&fleet, "db1", &["db2", "db4"]).await;
     assert_eq!(view.primary, "db2", "db3 is preferred but errant");
     check_witnesses(&fleet, writer, sampler, "db2").await;
     let why = evidence_of(&fleet, "failover-completed");

@@ -227,6 +227,39 @@ pub struct Operation {
     pub promoted_unix_ms: Option<i64>,
 }
 
+impl Operation {
+    /// A new operation about to take its first step (the barrier).
+    pub fn new(
+        id: String,
+        kind: OperationKind,
+        epoch: Epoch,
+        old_primary: String,
+        reason: String,
+        started_unix_ms: i64,
+    ) -> Operation {
+        Operation {
+            id,
+            kind,
+            automatic: false,
+            started_unix_ms,
+            epoch,
+            reason,
+            evidence: Vec::new(),
+            old_primary,
+            requested_to: None,
+            allow_data_loss: false,
+            confirm_fenced: None,
+            step: Step::Barrier,
+            frozen: BTreeMap::new(),
+            fence_proof: None,
+            fenced_unix_ms: None,
+            candidate: None,
+            promoted_at: None,
+            promoted_unix_ms: None,
+        }
+    }
+}
+
 /// One entry of the cluster's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

@@ -246,30 +246,22 @@ impl Failovers {
             return;
         }
         let op = Operation {
-            id: Failovers::new_id(cluster, OperationKind::Failover, epoch),
-            kind: OperationKind::Failover,
             automatic: true,
-            started_unix_ms: now_unix_ms(),
-            epoch: epoch.clone(),
-            reason: format!(
-                "{primary} detected dead ({} path)",
-                match path {
-                    DownPath::Fast => "fast: its agent reports mysqld down",
-                    DownPath::Slow => "slow: its agent is silent",
-                }
-            ),
             evidence,
-            old_primary: primary.to_string(),
-            requested_to: None,
-            allow_data_loss: false,
-            confirm_fenced: None,
-            step: Step::Barrier,
-            frozen: Default::default(),
-            fence_proof: None,
-            fenced_unix_ms: None,
-            candidate: None,
-            promoted_at: None,
-            promoted_unix_ms: None,
+            ..Operation::new(
+                Failovers::new_id(cluster, OperationKind::Failover, epoch),
+                OperationKind::Failover,
+                epoch.clone(),
+                primary.to_string(),
+                format!(
+                    "{primary} detected dead ({} path)",
+                    match path {
+                        DownPath::Fast => "fast: its agent reports mysqld down",
+                        DownPath::Slow => "slow: its agent is silent",
+                    }
+                ),
+                now_unix_ms(),
+            )
         };
         if let Err(e) = self.pre_hook(&op).await {
             warn!(cluster, error = %e, "automatic failover vetoed");
@@ -341,24 +333,16 @@ impl Failovers {
         cmd: Command,
     ) -> Result<pb::CommandReply, String> {
         let op = Operation {
-            id: format!("{cluster}/repair-{}", now_unix_ms()),
-            kind: OperationKind::Failover,
             automatic: true,
-            started_unix_ms: now_unix_ms(),
-            epoch: epoch.clone(),
-            reason: String::new(),
-            evidence: vec![],
-            old_primary: String::new(),
-            requested_to: None,
-            allow_data_loss: false,
-            confirm_fenced: None,
             step: Step::Repoint,
-            frozen: Default::default(),
-            fence_proof: None,
-            fenced_unix_ms: None,
-            candidate: None,
-            promoted_at: None,
-            promoted_unix_ms: None,
+            ..Operation::new(
+                format!("{cluster}/repair-{}", now_unix_ms()),
+                OperationKind::Failover,
+                epoch.clone(),
+                String::new(),
+                String::new(),
+                now_unix_ms(),
+            )
         };
         self.command(&op, m, cmd, Duration::from_secs(20)).await
     }
