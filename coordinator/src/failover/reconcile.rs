@@ -254,10 +254,10 @@ impl Failovers {
                 epoch.clone(),
                 primary.to_string(),
                 format!(
-                    "{primary} detected dead ({} path)",
+                    "{primary} detected dead ({})",
                     match path {
-                        DownPath::Fast => "fast: its agent reports mysqld down",
-                        DownPath::Slow => "slow: its agent is silent",
+                        DownPath::Fast => "fast path: its agent reports mysqld down",
+                        DownPath::Slow => "slow path: its agent is silent",
                     }
                 ),
                 now_unix_ms(),
