@@ -1,7 +1,7 @@
 //! Turns observations of mysqld into reports: one every report interval,
 //! and one at once whenever what the agent sees changes.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
@@ -68,10 +68,7 @@ pub async fn run(
             continue;
         }
         sequence += 1;
-        let observed_at_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let observed_at_unix_ms = dbfleet_common::clock::unix_ms();
         let r = Report {
             host: id.host.clone(),
             cluster: id.cluster.clone(),

@@ -10,9 +10,10 @@
 //! enforced on every observation, so it holds across restarts of mysqld
 //! and of the agent.
 
+use dbfleet_common::clock::unix_ms as now_unix_ms;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dbfleet_common::durable::write_atomic;
 use dbfleet_proto::model::{MysqlObservation, Report};
@@ -65,13 +66,6 @@ pub struct Guard {
     path: PathBuf,
     record: Mutex<GuardRecord>,
     changes: watch::Sender<GuardRecord>,
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Guard {

@@ -178,13 +178,7 @@ impl AgentService for AgentApi {
                 detail = o.detail,
                 "command done"
             );
-            reply.mysql = o.state.map(|s| {
-                let report = dbfleet_proto::model::Report {
-                    mysql: dbfleet_proto::model::MysqlObservation::Reachable(Box::new(s)),
-                    ..placeholder_report()
-                };
-                pb::AgentReport::from(report).mysql.unwrap_or_default()
-            });
+            reply.mysql = o.state.map(pb::MysqlState::from);
             reply.fence_method = match o.fenced {
                 None => pb::FenceMethod::Unspecified,
                 Some(Fenced::ReadOnly) => pb::FenceMethod::ReadOnly,
@@ -206,24 +200,6 @@ fn command_name(c: &pb::command_request::Command) -> &'static str {
         Command::Repoint(_) => "repoint",
         Command::WaitGtid(_) => "wait-gtid",
         Command::Thaw(_) => "thaw",
-    }
-}
-
-/// A report shell, only to reuse the report's encoding of server state.
-fn placeholder_report() -> dbfleet_proto::model::Report {
-    use dbfleet_proto::model::{MysqlAddress, MysqlObservation, Name, Report};
-    Report {
-        host: Name::parse("x").expect("valid name"),
-        cluster: Name::parse("x").expect("valid name"),
-        agent_instance: String::new(),
-        sequence: 0,
-        observed_at_unix_ms: 0,
-        agent_version: String::new(),
-        mysql_address: MysqlAddress::parse("0.0.0.0:1").expect("valid address"),
-        mysql: MysqlObservation::Unreachable {
-            error: String::new(),
-        },
-        agent: Default::default(),
     }
 }
 

@@ -1,11 +1,21 @@
 //! The two clocks of the lease protocol. Voters time grants on the
 //! monotonic clock; holders time their lease on `CLOCK_BOOTTIME`, which
 //! keeps counting while the machine is suspended, so a frozen holder never
-//! underestimates how long it was away. Wall-clock time is never used.
+//! underestimates how long it was away. Wall-clock time is never used for
+//! timing: [`unix_ms`] only stamps records and events for people.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::time::{ClockId, clock_gettime};
+
+/// Wall-clock Unix milliseconds, for stamping records and events (0 if the
+/// clock is before 1970).
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// Monotonic time since this clock was made (the voter's clock).
 #[derive(Debug, Clone, Copy)]

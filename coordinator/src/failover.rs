@@ -43,6 +43,8 @@ pub struct Failovers {
     last_seen: Mutex<HashMap<String, SemiSync>>,
     /// Since when each cluster's primary looks down.
     down_since: Mutex<HashMap<String, Instant>>,
+    /// When each repair (per member) was last tried, to pace retries.
+    repair_tried: Mutex<HashMap<String, Instant>>,
     /// The epoch we hold and since when (fresh observation rule).
     active_since: Mutex<Option<(Epoch, Instant)>>,
 }
@@ -57,6 +59,7 @@ impl Failovers {
             running: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),
             down_since: Mutex::new(HashMap::new()),
+            repair_tried: Mutex::new(HashMap::new()),
             active_since: Mutex::new(None),
         })
     }
@@ -84,6 +87,48 @@ impl Failovers {
         Ok(r)
     }
 
+    /// What an operator's failover or switchover of `cluster` starts from:
+    /// its members, record and primary; refused for an unknown cluster,
+    /// a MySQL one, or one without a known primary.
+    fn operable(
+        &self,
+        cluster: &str,
+    ) -> Result<
+        (
+            Vec<crate::fleet::MemberState>,
+            crate::store::ClusterRecord,
+            String,
+        ),
+        ServiceError,
+    > {
+        let members = self.fleet.members(cluster);
+        if members.is_empty() {
+            return Err(ServiceError::Refused(format!(
+                "no cluster named {cluster:?}"
+            )));
+        }
+        Self::check_flavor(&members)?;
+        let primary = self.primary_of(cluster).ok_or_else(|| {
+            ServiceError::Refused(format!("cluster {cluster} has no known primary"))
+        })?;
+        Ok((members, self.fleet.cluster_record(cluster), primary))
+    }
+
+    /// Appends `event` to the cluster's history under `epoch`.
+    pub(crate) async fn record_event(
+        &self,
+        cluster: &str,
+        epoch: &Epoch,
+        event: journal::Event,
+    ) -> Result<(), ServiceError> {
+        self.fleet
+            .update_cluster(cluster, epoch.clone(), move |r| {
+                r.control.record(event);
+                Ok(())
+            })
+            .await
+    }
+
     /// An operator's failover: the primary must look down (or the
     /// operator vouches for its fence); waits for the outcome.
     pub async fn failover(
@@ -92,17 +137,7 @@ impl Failovers {
     ) -> Result<pb::OperationResult, ServiceError> {
         let epoch = self.fleet.ha().write_epoch()?;
         let cluster = req.cluster.clone();
-        let members = self.fleet.members(&cluster);
-        if members.is_empty() {
-            return Err(ServiceError::Refused(format!(
-                "no cluster named {cluster:?}"
-            )));
-        }
-        Self::check_flavor(&members)?;
-        let rec = self.fleet.cluster_record(&cluster);
-        let primary = self.primary_of(&cluster).ok_or_else(|| {
-            ServiceError::Refused(format!("cluster {cluster} has no known primary"))
-        })?;
+        let (members, rec, primary) = self.operable(&cluster)?;
         let old = members.iter().find(|m| m.host == primary);
         if old.and_then(|m| m.server()).is_some_and(|s| s.writable()) {
             return Err(ServiceError::Refused(format!(
@@ -143,17 +178,7 @@ impl Failovers {
     ) -> Result<pb::OperationResult, ServiceError> {
         let epoch = self.fleet.ha().write_epoch()?;
         let cluster = req.cluster.clone();
-        let members = self.fleet.members(&cluster);
-        if members.is_empty() {
-            return Err(ServiceError::Refused(format!(
-                "no cluster named {cluster:?}"
-            )));
-        }
-        Self::check_flavor(&members)?;
-        let rec = self.fleet.cluster_record(&cluster);
-        let primary = self.primary_of(&cluster).ok_or_else(|| {
-            ServiceError::Refused(format!("cluster {cluster} has no known primary"))
-        })?;
+        let (members, rec, primary) = self.operable(&cluster)?;
         if !members
             .iter()
             .find(|m| m.host == primary)
@@ -255,12 +280,7 @@ impl Failovers {
         };
         if let Err(e) = hooks::run(&self.cfg.pre_hook, &payload, self.cfg.hook_timeout).await {
             let event = self.event(op, "hook-veto", &op.old_primary, e.clone(), vec![]);
-            self.fleet
-                .update_cluster(&cluster, op.epoch.clone(), move |r| {
-                    r.control.record(event);
-                    Ok(())
-                })
-                .await?;
+            self.record_event(&cluster, &op.epoch, event).await?;
             return Err(ServiceError::Refused(format!("vetoed: {e}")));
         }
         Ok(())

@@ -10,9 +10,10 @@
 //! or by replication from it ([`Fleet::apply_replicated`],
 //! [`Fleet::install_snapshot`]).
 
+use dbfleet_common::clock::unix_ms as now_unix_ms;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dbfleet_proto::model::{ClusterPolicyChange, MysqlObservation, Name, Report};
 use dbfleet_proto::pb;
@@ -67,13 +68,6 @@ impl std::fmt::Debug for dyn Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Store")
     }
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// One member and its latest report, for failover.

@@ -477,6 +477,61 @@ fn replication(r: pb::ReplicationStatus) -> Result<Replication, ProtocolError> {
     })
 }
 
+impl From<ServerState> for pb::MysqlState {
+    fn from(s: ServerState) -> Self {
+        pb::MysqlState {
+            reachable: true,
+            error: String::new(),
+            version: s.version,
+            flavor: pb::Flavor::from(s.flavor) as i32,
+            server_id: s.server_id,
+            server_uuid: s.server_uuid,
+            read_only: s.read_only,
+            super_read_only: s.super_read_only,
+            gtid: Some(pb::GtidState {
+                executed: s.gtid.executed,
+                current_pos: s.gtid.current_pos,
+                binlog_pos: s.gtid.binlog_pos,
+                slave_pos: s.gtid.slave_pos,
+            }),
+            replication: s.replication.map(|r| pb::ReplicationStatus {
+                source_host: r.source.host,
+                source_port: u32::from(r.source.port),
+                io_thread: pb::IoThreadState::from(r.io_thread) as i32,
+                sql_running: r.sql_running,
+                last_io_error: r.last_io_error,
+                last_sql_error: r.last_sql_error,
+                seconds_behind: r.seconds_behind,
+                auto_position: r.auto_position,
+                received_gtid: r.received_gtid,
+            }),
+            semi_sync: Some(pb::SemiSyncState {
+                source_enabled: s.semi_sync.source_enabled,
+                source_active: s.semi_sync.source_active,
+                replica_enabled: s.semi_sync.replica_enabled,
+                replica_active: s.semi_sync.replica_active,
+                timeout_ms: s.semi_sync.timeout_ms,
+                wait_no_replica: s.semi_sync.wait_no_replica,
+                clients: s.semi_sync.clients,
+            }),
+            binlog: Some(pb::BinlogState {
+                enabled: s.binlog.enabled,
+                format: s.binlog.format,
+            }),
+            replicas_connected: s.replicas_connected,
+        }
+    }
+}
+
+/// A reachable server's state, as command replies carry it.
+impl TryFrom<pb::MysqlState> for ServerState {
+    type Error = ProtocolError;
+
+    fn try_from(m: pb::MysqlState) -> Result<Self, Self::Error> {
+        server_state(m)
+    }
+}
+
 impl From<Report> for pb::AgentReport {
     fn from(r: Report) -> Self {
         let mysql = match r.mysql {
@@ -485,50 +540,7 @@ impl From<Report> for pb::AgentReport {
                 error,
                 ..Default::default()
             },
-            MysqlObservation::Reachable(s) => {
-                let s = *s;
-                pb::MysqlState {
-                    reachable: true,
-                    error: String::new(),
-                    version: s.version,
-                    flavor: pb::Flavor::from(s.flavor) as i32,
-                    server_id: s.server_id,
-                    server_uuid: s.server_uuid,
-                    read_only: s.read_only,
-                    super_read_only: s.super_read_only,
-                    gtid: Some(pb::GtidState {
-                        executed: s.gtid.executed,
-                        current_pos: s.gtid.current_pos,
-                        binlog_pos: s.gtid.binlog_pos,
-                        slave_pos: s.gtid.slave_pos,
-                    }),
-                    replication: s.replication.map(|r| pb::ReplicationStatus {
-                        source_host: r.source.host,
-                        source_port: u32::from(r.source.port),
-                        io_thread: pb::IoThreadState::from(r.io_thread) as i32,
-                        sql_running: r.sql_running,
-                        last_io_error: r.last_io_error,
-                        last_sql_error: r.last_sql_error,
-                        seconds_behind: r.seconds_behind,
-                        auto_position: r.auto_position,
-                        received_gtid: r.received_gtid,
-                    }),
-                    semi_sync: Some(pb::SemiSyncState {
-                        source_enabled: s.semi_sync.source_enabled,
-                        source_active: s.semi_sync.source_active,
-                        replica_enabled: s.semi_sync.replica_enabled,
-                        replica_active: s.semi_sync.replica_active,
-                        timeout_ms: s.semi_sync.timeout_ms,
-                        wait_no_replica: s.semi_sync.wait_no_replica,
-                        clients: s.semi_sync.clients,
-                    }),
-                    binlog: Some(pb::BinlogState {
-                        enabled: s.binlog.enabled,
-                        format: s.binlog.format,
-                    }),
-                    replicas_connected: s.replicas_connected,
-                }
-            }
+            MysqlObservation::Reachable(s) => pb::MysqlState::from(*s),
         };
         pb::AgentReport {
             host: r.host.0,

@@ -7,9 +7,10 @@
 //! its own epoch barrier) and carries on. Commands carry the epoch: once
 //! the barrier passed, an older active can no longer drive any member.
 
+pub(crate) use dbfleet_common::clock::unix_ms as now_unix_ms;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dbfleet_lease::Epoch;
 use dbfleet_proto::lease::millis;
@@ -37,13 +38,6 @@ pub(crate) enum StepError {
     Blocked(String),
     /// A switchover gave up before the promotion and undid its fence.
     RolledBack(String),
-}
-
-pub(crate) fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The step after `step`, or `None` when done.
@@ -97,19 +91,7 @@ fn frozen_from(s: &ServerState) -> Frozen {
 }
 
 fn reply_state(reply: &pb::CommandReply) -> Option<ServerState> {
-    let mysql = reply.mysql.clone()?;
-    let shell = pb::AgentReport {
-        host: "x".into(),
-        cluster: "x".into(),
-        agent_instance: "x".into(),
-        mysql_address: "0.0.0.0:1".into(),
-        mysql: Some(mysql),
-        ..Default::default()
-    };
-    match dbfleet_proto::model::Report::try_from(shell).ok()?.mysql {
-        dbfleet_proto::model::MysqlObservation::Reachable(s) => Some(*s),
-        dbfleet_proto::model::MysqlObservation::Unreachable { .. } => None,
-    }
+    ServerState::try_from(reply.mysql.clone()?).ok()
 }
 
 impl Failovers {
@@ -756,13 +738,7 @@ impl Failovers {
         if let Err(e) = hooks::run(&self.cfg.post_hook, &payload, self.cfg.hook_timeout).await {
             error!(operation = op.id, error = e, "post hook failed");
             let event = self.event(op, "hook-failed", &candidate, e, vec![]);
-            let _ = self
-                .fleet
-                .update_cluster(&cluster, op.epoch.clone(), move |rec| {
-                    rec.control.record(event);
-                    Ok(())
-                })
-                .await;
+            let _ = self.record_event(&cluster, &op.epoch, event).await;
         }
     }
 

@@ -61,7 +61,11 @@ impl Failovers {
     /// The holistic rule on one cluster now.
     pub(crate) fn assess(&self, cluster: &str) -> Option<(String, Health)> {
         let primary = self.primary_of(cluster)?;
-        let members = self.fleet.members(cluster);
+        Self::assess_members(primary, &self.fleet.members(cluster))
+    }
+
+    /// The holistic rule on `members` with `primary`.
+    fn assess_members(primary: String, members: &[MemberState]) -> Option<(String, Health)> {
         let address =
             MysqlAddress::parse(&members.iter().find(|m| m.host == primary)?.mysql_address).ok()?;
         let seen: Vec<MemberSeen<'_>> = members
@@ -77,9 +81,19 @@ impl Failovers {
     }
 
     async fn tick(self: &Arc<Self>) {
-        let clusters = self.fleet.cluster_names();
-        for c in &clusters {
-            self.remember_semi_sync(&self.fleet.members(c));
+        // One read of each cluster's members and primary per tick.
+        let clusters: Vec<(String, Vec<MemberState>, Option<String>)> = self
+            .fleet
+            .cluster_names()
+            .into_iter()
+            .map(|c| {
+                let members = self.fleet.members(&c);
+                let primary = self.primary_of(&c);
+                (c, members, primary)
+            })
+            .collect();
+        for (_, members, _) in &clusters {
+            self.remember_semi_sync(members);
         }
         let Some(epoch) = self.fleet.ha().automatic_epoch() else {
             *self.active_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -100,18 +114,21 @@ impl Failovers {
             }
         };
         let mut dead = Vec::new();
-        for c in &clusters {
+        for (c, members, primary) in &clusters {
             let rec = self.fleet.cluster_record(c);
             if let Some(op) = rec.control.operation.clone() {
                 self.resume(op, &epoch).await;
                 continue;
             }
-            if let Some((primary, path, evidence)) = self.detect(c, since) {
+            if let Some((primary, path, evidence)) =
+                self.detect(c, primary.as_deref(), members, since)
+            {
                 dead.push((c.clone(), primary, path, evidence));
                 continue;
             }
             if !rec.control.maintenance {
-                self.repair(c, &rec, &epoch).await;
+                self.repair(c, primary.as_deref(), members, &rec, &epoch)
+                    .await;
             }
         }
         if dead.len() > self.cfg.breaker_max_dead_clusters {
@@ -147,9 +164,11 @@ impl Failovers {
     fn detect(
         &self,
         cluster: &str,
+        primary: Option<&str>,
+        members: &[MemberState],
         active_since: Instant,
     ) -> Option<(String, DownPath, Vec<String>)> {
-        let (primary, health) = self.assess(cluster)?;
+        let (primary, health) = Self::assess_members(primary?.to_string(), members)?;
         let mut down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
         let Health::Down { path, evidence } = health else {
             down.remove(cluster);
@@ -162,7 +181,7 @@ impl Failovers {
         };
         // Fresh observation: every member reported since we took over, or
         // has been silent since then for the whole agent timeout.
-        let fresh = self.fleet.members(cluster).iter().all(|m| {
+        let fresh = members.iter().all(|m| {
             m.received_at.is_some_and(|at| at > active_since)
                 || active_since.elapsed() > self.fleet.rules().agent_timeout
         });
@@ -176,13 +195,7 @@ impl Failovers {
             return;
         }
         info!(cluster, kind = e.kind, message = e.message, "event");
-        let _ = self
-            .fleet
-            .update_cluster(cluster, epoch.clone(), move |r| {
-                r.control.record(e);
-                Ok(())
-            })
-            .await;
+        let _ = self.record_event(cluster, epoch, e).await;
     }
 
     async fn automatic(
@@ -348,12 +361,11 @@ impl Failovers {
     }
 
     fn may_try(&self, key: &str) -> bool {
-        let mut last = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
-        let k = format!("repair:{key}");
-        match last.get(&k) {
+        let mut last = self.repair_tried.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get(key) {
             Some(at) if at.elapsed() < Duration::from_secs(5) => false,
             _ => {
-                last.insert(k, Instant::now());
+                last.insert(key.to_string(), Instant::now());
                 true
             }
         }
@@ -409,22 +421,28 @@ impl Failovers {
         }
     }
 
-    async fn repair(&self, cluster: &str, rec: &ClusterRecord, epoch: &Epoch) {
+    async fn repair(
+        &self,
+        cluster: &str,
+        derived_primary: Option<&str>,
+        members: &[MemberState],
+        rec: &ClusterRecord,
+        epoch: &Epoch,
+    ) {
         // Desired state names the primary when observation is ambiguous
         // (an old primary came back writable next to the new one).
-        let Some(primary) = self
-            .primary_of(cluster)
+        let Some(primary) = derived_primary
+            .map(str::to_string)
             .or_else(|| rec.last_primary.clone())
         else {
             return;
         };
-        let members = self.fleet.members(cluster);
         let Some(p) = members.iter().find(|m| m.host == primary) else {
             return;
         };
         let Some(ps) = p.server() else { return };
         if ps.writable() {
-            self.fence_stale(cluster, epoch, &primary, &members).await;
+            self.fence_stale(cluster, epoch, &primary, members).await;
         }
         let Ok(p_addr) = MysqlAddress::parse(&p.mysql_address) else {
             return;
@@ -473,7 +491,7 @@ impl Failovers {
             .promoted_at
             .as_deref()
             .and_then(|t| Position::parse(t).ok());
-        for m in &members {
+        for m in members {
             if m.host == primary || rec.control.needs_rebuild.contains(&m.host) {
                 continue;
             }
@@ -537,13 +555,7 @@ impl Failovers {
                         vec![],
                     );
                     info!(cluster, host, primary, "member rejoined");
-                    let _ = self
-                        .fleet
-                        .update_cluster(cluster, epoch.clone(), move |r| {
-                            r.control.record(e);
-                            Ok(())
-                        })
-                        .await;
+                    let _ = self.record_event(cluster, epoch, e).await;
                 }
                 Err(e) => warn!(
                     cluster,

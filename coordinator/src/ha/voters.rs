@@ -154,21 +154,21 @@ impl VoterClients {
         holder: &HolderId,
         lease_remaining_ms: u64,
     ) -> Result<Epoch, VoterCallError> {
-        let mut c = AgentServiceClient::new(self.channel(name, address));
-        let req = pb::CommandRequest {
-            epoch: Some(epoch.clone().into()),
-            holder: Some(holder.clone().into()),
-            operation_id: String::new(),
-            step: 0,
-            lease_remaining_ms,
-            command: Some(pb::command_request::Command::Barrier(pb::EpochBarrier {})),
-        };
-        match self.bounded(c.execute(req)).await {
-            Ok(r) => dbfleet_proto::lease::epoch_field("promised", r.promised)
-                .map_err(|e| VoterCallError::Protocol(e.to_string())),
-            Err(VoterCallError::Rpc(s)) => Err(stale_or(s)),
-            Err(e) => Err(e),
-        }
+        let reply = self
+            .execute(
+                name,
+                address,
+                epoch,
+                holder,
+                lease_remaining_ms,
+                "",
+                0,
+                pb::command_request::Command::Barrier(pb::EpochBarrier {}),
+                self.timeout,
+            )
+            .await?;
+        dbfleet_proto::lease::epoch_field("promised", reply.promised)
+            .map_err(|e| VoterCallError::Protocol(e.to_string()))
     }
 }
 
