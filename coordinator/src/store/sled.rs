@@ -339,6 +339,23 @@ mod tests {
             coordinator: c.into(),
         }
     }
+    /// Opens `dir` again after the test dropped its store. sled releases its
+    /// file lock only when its background I/O threads let go of the file,
+    /// which may be after the drop returns; a new process never sees this.
+    fn reopen(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match SledStore::open(dir) {
+                Err(StoreError::Engine(m))
+                    if m.contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
     fn policy(cluster: &str, lag: u64) -> DesiredOp {
         DesiredOp::SetClusterPolicy {
             cluster: cluster.into(),
@@ -369,7 +386,7 @@ mod tests {
             .unwrap();
             s.save_max_seen(&e(3, "c2")).unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         let st = s.load().unwrap();
         assert_eq!(
             st.applied,
@@ -446,7 +463,7 @@ mod tests {
             s.meta.insert(SNAPSHOT_MARKER, b"1".to_vec()).unwrap();
             s.flush().unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         let st = s.load().unwrap();
         assert_eq!(st.applied, OpPosition::default());
         assert!(st.clusters.is_empty() && s.tail(5).unwrap().is_empty());
