@@ -28,6 +28,8 @@ pub struct ReportIdentity {
     pub agent_address: String,
     /// Self-fence timeout (zero: disabled).
     pub self_fence_timeout_ms: u64,
+    /// Longest time between reports.
+    pub report_interval_ms: u64,
 }
 
 /// Observes every `collect` and publishes a report when the observation
@@ -83,6 +85,7 @@ pub async fn run(
                 fenced: g.fenced,
                 fence_reason: g.reason.clone(),
                 self_fence_timeout_ms: id.self_fence_timeout_ms,
+                report_interval_ms: id.report_interval_ms,
             },
         };
         last = Some((Instant::now(), observation, g.fenced));

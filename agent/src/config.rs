@@ -72,6 +72,12 @@ pub struct AgentConfig {
 pub struct MysqlConfig {
     /// `host:port` of mysqld, as replicas reach it.
     pub address: String,
+    /// mysqld's Unix socket. When set the agent talks to its server through
+    /// it rather than over TCP, so a network cut never hides the local
+    /// server from its agent (a cut-off primary must still be able to fence
+    /// itself read-only).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
     /// Account the agent uses.
     pub user: String,
     /// File holding the password (mode 0600); never put it in the config.

@@ -152,14 +152,16 @@ impl Guard {
     }
 }
 
-/// When each coordinator last acknowledged a report.
+/// When the active coordinator last acknowledged a report. Acks of a
+/// coordinator without the lease do not count: the active then knows, from
+/// the reports it received itself, the last ack that did.
 #[derive(Debug, Default)]
 pub struct AckClock {
     last: Mutex<Option<Instant>>,
 }
 
 impl AckClock {
-    /// A coordinator acknowledged a report now.
+    /// The active coordinator acknowledged a report now.
     pub fn acked(&self) {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
@@ -175,10 +177,25 @@ fn process_gone(error: &str) -> bool {
     e.contains("connection refused") || e.contains("no such file")
 }
 
+/// The self-fence rule of a primary (brief §4): cut off from the active
+/// coordinator and from every replica for `timeout`, counted from the last
+/// ack, the last live replica connection, or the agent's start.
+fn cut_off_for(
+    timeout: Duration,
+    started: Instant,
+    last_ack: Option<Instant>,
+    last_replica: Instant,
+) -> Option<Duration> {
+    let quiet = last_ack.unwrap_or(started).max(started).max(last_replica);
+    let elapsed = quiet.elapsed();
+    (elapsed >= timeout).then_some(elapsed)
+}
+
 /// Enforces the guard on every report until `cancel`: a fenced server seen
 /// writable is set read-only at once; a primary whose mysqld died is
-/// fenced; a primary cut off from coordinators and replicas for
-/// `self_fence` fences itself.
+/// fenced; a primary cut off from the active coordinator and from its
+/// replicas for `self_fence` fences itself (a hung mysqld is killed when
+/// the agent knows its pid file), so the coordinator can count on it.
 pub async fn enforce(
     guard: Arc<Guard>,
     control: Arc<Controller>,
@@ -205,6 +222,7 @@ pub async fn enforce(
                 if s.replicas_connected > 0 || !primary {
                     last_replica = Instant::now();
                 }
+                was_primary = primary;
                 if fenced && s.writable() {
                     warn!(
                         "mysqld is writable while the read-only guard is set; making it read-only"
@@ -214,27 +232,6 @@ pub async fn enforce(
                     }
                     continue;
                 }
-                if let (Some(timeout), false) = (self_fence, fenced)
-                    && primary
-                {
-                    let heard = acks.last().unwrap_or(started).max(started);
-                    let cut_off = heard.max(last_replica).elapsed();
-                    if cut_off >= timeout {
-                        let reason = format!(
-                            "self-fence: no coordinator and no replica for {}",
-                            humantime::format_duration(timeout)
-                        );
-                        match guard.fence(&reason) {
-                            Ok(()) => {
-                                if let Err(e) = control.make_read_only().await {
-                                    error!(error = %e, "self-fence: cannot set read-only; retrying");
-                                }
-                            }
-                            Err(e) => error!(error = %e, "self-fence: cannot persist the guard"),
-                        }
-                    }
-                }
-                was_primary = primary;
             }
             MysqlObservation::Unreachable { error } => {
                 if was_primary && !fenced && process_gone(error) {
@@ -242,6 +239,23 @@ pub async fn enforce(
                     if let Err(e) = guard.fence(&reason) {
                         error!(error = %e, "cannot persist the read-only guard after a crash");
                     }
+                    continue;
+                }
+            }
+        }
+        let Some(timeout) = self_fence.filter(|_| was_primary && !fenced) else {
+            continue;
+        };
+        if let Some(elapsed) = cut_off_for(timeout, started, acks.last(), last_replica) {
+            let reason = format!(
+                "self-fence: no active coordinator and no live replica for {}",
+                humantime::format_duration(Duration::from_secs(elapsed.as_secs()))
+            );
+            warn!(reason, "fencing this primary");
+            match control.fence(true, &reason).await {
+                Ok(outcome) => info!(detail = outcome.detail, "self-fenced"),
+                Err(e) => {
+                    error!(error = %e, "self-fence incomplete; the guard holds and is enforced on the next observation")
                 }
             }
         }
@@ -268,6 +282,16 @@ mod tests {
         std::fs::write(&p, b"{not json").unwrap();
         let e = Guard::open(&p).unwrap_err().to_string();
         assert!(e.contains("corrupt") && e.contains("fenced"), "{e}");
+    }
+
+    #[test]
+    fn the_cut_off_clock_restarts_at_the_latest_ack_replica_or_start() {
+        let t = Duration::from_secs(5);
+        let long_ago = Instant::now() - Duration::from_secs(60);
+        assert!(cut_off_for(t, long_ago, None, long_ago).is_some());
+        assert!(cut_off_for(t, Instant::now(), None, long_ago).is_none());
+        assert!(cut_off_for(t, long_ago, Some(Instant::now()), long_ago).is_none());
+        assert!(cut_off_for(t, long_ago, Some(long_ago), Instant::now()).is_none());
     }
 
     #[test]

@@ -89,6 +89,7 @@ pub fn check(config: &AgentConfig) -> Result<(Arc<TlsContext>, Option<Checked>),
     let password = read_secret(&mysql.password_file)?;
     let target = MysqlTarget {
         address,
+        socket: mysql.socket.clone(),
         user: mysql.user.clone(),
         password,
         connect_timeout: mysql.connect_timeout,
@@ -159,6 +160,7 @@ pub async fn run(
                 self_fence_timeout_ms: config
                     .self_fence_timeout
                     .map_or(0, |t| t.as_millis() as u64),
+                report_interval_ms: config.report_interval.as_millis() as u64,
             };
             info!(
                 host = config.host,

@@ -3,4 +3,5 @@
 
 pub mod control;
 pub mod flavor;
+pub mod links;
 pub mod observer;

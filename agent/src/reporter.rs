@@ -114,7 +114,9 @@ async fn stream_once(
             }
             ack = acks.message() => match ack {
                 Ok(Some(a)) => {
-                    clock.acked();
+                    if a.active {
+                        clock.acked();
+                    }
                     if !acked {
                         info!(coordinator = addr, coordinator_id = a.coordinator_id, "reporting to coordinator");
                     }

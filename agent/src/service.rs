@@ -83,7 +83,11 @@ async fn run_command(
     use pb::command_request::Command;
     Ok(Some(match command {
         Command::Barrier(pb::EpochBarrier {}) => return Ok(None),
-        Command::Fence(f) => control.fence(f.kill_if_unresponsive).await?,
+        Command::Fence(f) => {
+            control
+                .fence(f.kill_if_unresponsive, "fenced by the coordinator")
+                .await?
+        }
         Command::Freeze(f) => {
             control
                 .freeze(ms(f.apply_timeout_ms, Duration::from_secs(30)))

@@ -531,6 +531,7 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         agent_timeout: Duration::from_secs(5),
         lease: sandbox::sandbox_lease(),
         coordinator_extra: String::new(),
+        self_fence_timeout: None,
         bins,
     };
     if output == Output::Table {

@@ -189,6 +189,8 @@ pub struct SandboxSpec {
     /// TOML appended to every coordinator's config (e.g. a `[failover]`
     /// section with hooks); empty for the defaults.
     pub coordinator_extra: String,
+    /// The agents' `self_fence_timeout` (unset: no self-fence).
+    pub self_fence_timeout: Option<Duration>,
     /// Programs to run.
     pub bins: Binaries,
 }
@@ -512,7 +514,7 @@ impl Fleet {
             .map(|c| format!("{:?}", c.address))
             .collect();
         let text = format!(
-            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n\n[mysql]\naddress = \"{ip}:{port}\"\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\n\n{tls}",
+            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\n\n{tls}",
             host = m.host,
             cluster = self.info.cluster,
             listen = m.agent_address,
@@ -523,8 +525,17 @@ impl Fleet {
             quarantine =
                 humantime::format_duration(self.spec.lease.quarantine() + Duration::from_secs(1))
                     .to_string(),
+            self_fence = self
+                .spec
+                .self_fence_timeout
+                .map(|t| format!(
+                    "self_fence_timeout = {:?}\n",
+                    humantime::format_duration(t).to_string()
+                ))
+                .unwrap_or_default(),
             ip = m.address,
             port = m.mysql_port,
+            socket = quoted(&self.server(&m.host)?.socket),
             user = mariadb::AGENT_USER,
             pw = quoted(&self.path("secrets/agent-mysql.password")),
             repl_user = mariadb::REPL_USER,

@@ -64,6 +64,12 @@ pub struct MemberJson {
     pub version: String,
     /// Age of the last report in milliseconds, null when never reported.
     pub last_report_age_ms: Option<u64>,
+    /// The agent keeps it read-only until a promotion.
+    pub fenced: bool,
+    /// Has transactions the primary never had: rebuild it.
+    pub needs_rebuild: bool,
+    /// "lossless", "source", "replica" or "off"; null when unreachable.
+    pub semi_sync: Option<String>,
 }
 
 /// One problem.
@@ -122,6 +128,9 @@ pub fn to_json(resp: &pb::ListClustersResponse) -> StatusJson {
                         source: non_empty(&m.source),
                         version: m.version.clone(),
                         last_report_age_ms: m.last_report_age_ms,
+                        fenced: m.fenced,
+                        needs_rebuild: m.needs_rebuild,
+                        semi_sync: non_empty(&m.semi_sync),
                     })
                     .collect(),
                 problems: c

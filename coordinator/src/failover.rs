@@ -3,11 +3,13 @@
 //! - [`detect`] and [`plan`] are the rules, free of I/O;
 //! - [`journal`] is what desired state keeps (controls, the operation in
 //!   progress, the event history);
-//! - [`procedure`] runs an operation as journaled steps;
+//! - [`procedure`] runs an operation as journaled steps, [`fence`] is its
+//!   Fence step (the proofs);
 //! - [`reconcile`] is the loop on the active: detection, resuming a
 //!   journaled operation, rejoining returned members.
 
 pub mod detect;
+pub(crate) mod fence;
 pub mod gtid;
 pub mod hooks;
 pub mod journal;

@@ -351,7 +351,19 @@ fn member_view(m: &Member<'_>, primary: Option<&str>) -> pb::MemberView {
         fenced: m.input.last.is_some_and(|r| r.agent.fenced),
         promotion_rule: String::new(),
         needs_rebuild: false,
+        semi_sync: s.map(|s| semi_sync_word(&s.semi_sync)).unwrap_or_default(),
     }
+}
+
+/// A member's semi-sync role in one word.
+fn semi_sync_word(s: &dbfleet_proto::model::SemiSync) -> String {
+    match (s.source_enabled, s.lossless(), s.replica_enabled) {
+        (true, true, _) => "lossless",
+        (true, false, _) => "source",
+        (false, _, true) => "replica",
+        (false, _, false) => "off",
+    }
+    .to_string()
 }
 
 fn humanize(d: Duration) -> String {

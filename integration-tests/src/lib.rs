@@ -259,10 +259,22 @@ impl TestFleet {
         coordinators: usize,
         coordinator_extra: &str,
     ) -> TestFleet {
+        Self::start_spec(replicas, coordinators, |spec| {
+            spec.coordinator_extra = coordinator_extra.to_string()
+        })
+        .await
+    }
+
+    /// [`TestFleet::start`] with the sandbox's spec changed by `customize`.
+    pub async fn start_spec(
+        replicas: usize,
+        coordinators: usize,
+        customize: impl FnOnce(&mut SandboxSpec),
+    ) -> TestFleet {
         init();
         let slot = Slot::claim();
         let bins = Binaries::find(&bin_dir()).expect("binaries");
-        let spec = SandboxSpec {
+        let mut spec = SandboxSpec {
             dir: slot.dir.join("fleet"),
             replicas,
             coordinators,
@@ -271,9 +283,11 @@ impl TestFleet {
             report_interval: REPORT_INTERVAL,
             agent_timeout: AGENT_TIMEOUT,
             lease: sandbox::sandbox_lease(),
-            coordinator_extra: coordinator_extra.to_string(),
+            coordinator_extra: String::new(),
+            self_fence_timeout: None,
             bins,
         };
+        customize(&mut spec);
         let fleet = match Fleet::up(spec).await {
             Ok(f) => f,
             Err(e) => panic!("fleet did not start: {e}"),

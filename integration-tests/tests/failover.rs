@@ -348,3 +348,111 @@ async fn the_primary_host_cut_off_by_iptables_is_replaced_and_fenced_when_it_ret
         .await;
     assert_eq!(end.members.iter().filter(|m| m.writable).count(), 1);
 }
+
+/// The read-only guard of `host`'s agent as it is on disk.
+fn guard_of(fleet: &TestFleet, host: &str) -> Value {
+    let path = fleet
+        .dir
+        .join(format!("{host}/agent-state/read-only-guard.json"));
+    std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_cut_off_primary_fences_itself_and_a_coordinator_killed_while_waiting_is_replaced() {
+    let mut fleet = TestFleet::start_spec(2, 2, |spec| {
+        spec.self_fence_timeout = Some(Duration::from_secs(3))
+    })
+    .await;
+    let c = fleet
+        .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
+        .await;
+    let active = sole_active(&c).unwrap()["id"].as_str().unwrap().to_string();
+    // Semi-sync that falls back to asynchronous replication is no fence
+    // proof, yet it still keeps acknowledged writes on a replica.
+    fleet
+        .sql("db1", "SET GLOBAL rpl_semi_sync_master_timeout = 10000")
+        .await
+        .unwrap();
+    fleet
+        .wait_until("db1 a semi-sync source that may fall back", |c| {
+            member(c, "db1").semi_sync == "source"
+        })
+        .await;
+    let writer = Writer::start(&fleet, "db1").await;
+    let sampler = Sampler::start(&fleet);
+    wait_acked(&writer, 20).await;
+
+    let db1 = fleet.info.members[0].address.clone();
+    let mut others: Vec<String> = fleet.info.members[1..]
+        .iter()
+        .map(|m| m.address.clone())
+        .collect();
+    others.extend(
+        fleet
+            .info
+            .coordinators
+            .iter()
+            .map(|c| c.address.split(':').next().unwrap().to_string()),
+    );
+    others.push("127.0.0.1".into());
+    let cut = Partition::cut(&fleet.slot, &[db1], &others);
+
+    // The active reaches the Fence step, where it can only wait for db1's
+    // self-fence; it is killed there and the other coordinator resumes.
+    fleet
+        .wait_until("the failover at its Fence step", |c| {
+            c.control
+                .as_ref()
+                .is_some_and(|k| k.operation.contains("at step Fence"))
+        })
+        .await;
+    fleet.kill(&format!("coordinator-{active}"));
+
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let g = guard_of(&fleet, "db1");
+        if g["fenced"] == true {
+            let reason = g["reason"].as_str().unwrap_or_default();
+            assert!(reason.starts_with("self-fence"), "{g}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "db1 never fenced itself: {g}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    fleet
+        .wait_until("the failover finished by the other coordinator", |c| {
+            c.control.as_ref().is_some_and(|k| k.operation.is_empty()) && c.primary != "db1"
+        })
+        .await;
+    let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
+    check_witnesses(&fleet, writer, sampler, &view.primary).await;
+    evidence_of(&fleet, "failover-resumed");
+    let done = evidence_of(&fleet, "failover-completed");
+    assert!(
+        done.contains("self-fence of db1 provably elapsed"),
+        "{done}"
+    );
+    assert!(
+        !done.contains(&format!("\"coordinator\":\"{active}\"")),
+        "completed under the new active's epoch: {done}"
+    );
+
+    drop(cut);
+    let end = fleet
+        .wait_until("db1 back read-only and rejoined or marked", |c| {
+            let m = member(c, "db1");
+            m.reachable
+                && !m.writable
+                && m.fenced
+                && (m.needs_rebuild || m.source == member(c, &view.primary).mysql_address)
+        })
+        .await;
+    assert_eq!(end.members.iter().filter(|m| m.writable).count(), 1);
+}

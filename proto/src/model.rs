@@ -266,6 +266,8 @@ pub struct AgentState {
     pub fence_reason: String,
     /// Self-fence timeout of a cut-off primary; zero when disabled.
     pub self_fence_timeout_ms: u64,
+    /// Longest time between reports, which bounds when a self-fence acts.
+    pub report_interval_ms: u64,
 }
 
 /// Binary log settings.
@@ -300,7 +302,8 @@ pub struct ServerState {
     pub semi_sync: SemiSync,
     /// Binary log settings.
     pub binlog: Binlog,
-    /// Replicas connected now (binlog dump threads).
+    /// Replicas connected now whose connection is alive (binlog dump
+    /// threads whose replica acknowledges what it is sent).
     pub replicas_connected: u32,
 }
 
@@ -380,6 +383,7 @@ impl TryFrom<pb::AgentReport> for Report {
                 fenced: m.fenced,
                 fence_reason: m.fence_reason,
                 self_fence_timeout_ms: m.self_fence_timeout_ms,
+                report_interval_ms: m.report_interval_ms,
             },
         })
     }
@@ -555,6 +559,7 @@ impl From<Report> for pb::AgentReport {
             fenced: r.agent.fenced,
             fence_reason: r.agent.fence_reason,
             self_fence_timeout_ms: r.agent.self_fence_timeout_ms,
+            report_interval_ms: r.agent.report_interval_ms,
         }
     }
 }
@@ -646,6 +651,7 @@ mod tests {
                 fenced: true,
                 fence_reason: "test".into(),
                 self_fence_timeout_ms: 3000,
+                report_interval_ms: 1000,
             },
         }
     }

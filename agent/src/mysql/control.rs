@@ -195,9 +195,13 @@ impl Controller {
     /// Makes the server unable to commit, durably: the guard first, then
     /// read-only and sessions killed; a server that does not answer is
     /// killed when allowed and a pid file says which process it is.
-    pub async fn fence(&self, kill_if_unresponsive: bool) -> Result<Outcome, ControlError> {
+    pub async fn fence(
+        &self,
+        kill_if_unresponsive: bool,
+        reason: &str,
+    ) -> Result<Outcome, ControlError> {
         let _serial = self.serial.lock().await;
-        self.guard.fence("fenced by the coordinator")?;
+        self.guard.fence(reason)?;
         let deadline = self.target.connect_timeout + self.target.query_timeout;
         let attempt = tokio::time::timeout(deadline, async {
             let (mut conn, flavor) = self.conn().await?;

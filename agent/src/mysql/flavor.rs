@@ -21,6 +21,7 @@ pub fn detect(version: &str) -> Flavor {
 /// simply absent from the result.
 pub const VARIABLES: &[&str] = &[
     "version",
+    "port",
     "server_id",
     "server_uuid",
     "read_only",
@@ -51,8 +52,9 @@ pub const STATUS: &[&str] = &[
     "Rpl_semi_sync_source_clients",
 ];
 
-/// Counts the replicas connected to this server (binlog dump threads).
-pub const REPLICAS_CONNECTED_SQL: &str = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+/// Where the replicas connected to this server (binlog dump threads) come
+/// from, for [`super::links`] to judge which are alive.
+pub const REPLICA_HOSTS_SQL: &str = "SELECT HOST FROM information_schema.PROCESSLIST \
      WHERE COMMAND LIKE 'Binlog Dump%'";
 
 /// `SHOW GLOBAL VARIABLES WHERE Variable_name IN (...)` for `names`.

@@ -17,12 +17,15 @@ use mysql_async::{Conn, OptsBuilder, Value};
 use tracing::{debug, info};
 
 use super::flavor::{self, Row, on};
+use super::links;
 
 /// Where and how to reach the local mysqld.
 #[derive(Debug, Clone)]
 pub struct MysqlTarget {
     /// TCP address of the server.
     pub address: MysqlAddress,
+    /// Its Unix socket, used instead of the address when set.
+    pub socket: Option<std::path::PathBuf>,
     /// Account the agent uses.
     pub user: String,
     /// Its password (from a file).
@@ -42,16 +45,21 @@ pub(crate) async fn connect(t: &MysqlTarget) -> Result<(Conn, Flavor), String> {
         .user(Some(t.user.clone()))
         .pass(Some(t.password.expose().to_string()))
         .prefer_socket(false)
+        .socket(t.socket.as_ref().map(|p| p.to_string_lossy().into_owned()))
         .stmt_cache_size(0);
+    let place = match &t.socket {
+        Some(p) => p.display().to_string(),
+        None => t.address.to_string(),
+    };
     let mut conn = tokio::time::timeout(t.connect_timeout, Conn::new(opts))
         .await
         .map_err(|_| {
             format!(
-                "connecting to {} timed out after {:?}",
-                t.address, t.connect_timeout
+                "connecting to {place} timed out after {:?}",
+                t.connect_timeout
             )
         })?
-        .map_err(|e| format!("cannot connect to {}: {}", t.address, root_cause(&e)))?;
+        .map_err(|e| format!("cannot connect to {place}: {}", root_cause(&e)))?;
     let version: Option<String> = conn
         .query_first("SELECT VERSION()")
         .await
@@ -174,10 +182,7 @@ pub(crate) async fn read_state(conn: &mut Conn, flavor: Flavor) -> Result<Server
     let replica_rows = query_rows(conn, flavor::replica_status_sql(flavor))
         .await
         .map_err(err)?;
-    let replicas_connected: Option<u64> = conn
-        .query_first(flavor::REPLICAS_CONNECTED_SQL)
-        .await
-        .map_err(err)?;
+    let replica_hosts: Vec<String> = conn.query(flavor::REPLICA_HOSTS_SQL).await.map_err(err)?;
     let replication = replica_rows
         .first()
         .map(|r| flavor::parse_replica_status(flavor, r))
@@ -226,6 +231,6 @@ pub(crate) async fn read_state(conn: &mut Conn, flavor: Flavor) -> Result<Server
             enabled: on(vars.get("log_bin")),
             format: get("binlog_format"),
         },
-        replicas_connected: replicas_connected.unwrap_or(0) as u32,
+        replicas_connected: links::alive_replicas(get("port").parse().unwrap_or(0), &replica_hosts),
     })
 }

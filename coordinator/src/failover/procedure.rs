@@ -69,7 +69,7 @@ fn step_number(step: Step) -> u32 {
     step as u32 + 1
 }
 
-fn frozen_from(s: &ServerState) -> Frozen {
+pub(super) fn frozen_from(s: &ServerState) -> Frozen {
     let r = s.replication.as_ref();
     Frozen {
         executed: s.gtid.executed.clone(),
@@ -90,24 +90,24 @@ fn frozen_from(s: &ServerState) -> Frozen {
     }
 }
 
-fn reply_state(reply: &pb::CommandReply) -> Option<ServerState> {
+pub(super) fn reply_state(reply: &pb::CommandReply) -> Option<ServerState> {
     ServerState::try_from(reply.mysql.clone()?).ok()
 }
 
 impl Failovers {
-    fn member(&self, op: &Operation, host: &str) -> Option<MemberState> {
+    pub(super) fn member(&self, op: &Operation, host: &str) -> Option<MemberState> {
         self.fleet
             .members(&self.cluster_of(op))
             .into_iter()
             .find(|m| m.host == host)
     }
 
-    fn cluster_of(&self, op: &Operation) -> String {
+    pub(super) fn cluster_of(&self, op: &Operation) -> String {
         op.id.split('/').next().unwrap_or_default().to_string()
     }
 
     /// The lease still backs `op`'s epoch.
-    fn still_ours(&self, op: &Operation) -> Result<(), StepError> {
+    pub(super) fn still_ours(&self, op: &Operation) -> Result<(), StepError> {
         let ha = self.fleet.ha();
         let now = dbfleet_common::clock::boottime();
         let h = ha.holder();
@@ -267,7 +267,7 @@ impl Failovers {
         self.still_ours(op)
     }
 
-    fn clients_timeout(&self) -> Duration {
+    pub(super) fn clients_timeout(&self) -> Duration {
         Duration::from_secs(5)
     }
 
@@ -315,165 +315,9 @@ impl Failovers {
         Ok(())
     }
 
-    async fn fence(&self, op: &mut Operation) -> Result<(), StepError> {
-        let old = self.member(op, &op.old_primary);
-        let mut tried = Vec::new();
-        if op.kind == OperationKind::Failover
-            && op.confirm_fenced.as_deref() == Some(op.old_primary.as_str())
-        {
-            return self
-                .fenced(
-                    op,
-                    format!("operator confirmed {} is fenced", op.old_primary),
-                )
-                .await;
-        }
-        if let Some(m) = &old {
-            let kill = op.kind == OperationKind::Failover;
-            match self
-                .command(
-                    op,
-                    m,
-                    Command::Fence(pb::Fence {
-                        kill_if_unresponsive: kill,
-                    }),
-                    Duration::from_secs(20),
-                )
-                .await
-            {
-                Ok(reply) => {
-                    let how = match pb::FenceMethod::try_from(reply.fence_method) {
-                        Ok(pb::FenceMethod::ReadOnly) => "read-only",
-                        Ok(pb::FenceMethod::Stopped) => "stopped",
-                        _ => "unknown",
-                    };
-                    if op.kind == OperationKind::Switchover {
-                        let Some(state) = reply_state(&reply) else {
-                            return Err(self
-                                .rollback(op, "the old primary's fence returned no state")
-                                .await);
-                        };
-                        op.frozen
-                            .insert(op.old_primary.clone(), frozen_from(&state));
-                    }
-                    return self
-                        .fenced(
-                            op,
-                            format!("agent of {} confirmed {how}: {}", m.host, reply.detail),
-                        )
-                        .await;
-                }
-                Err(e) => {
-                    if op.kind == OperationKind::Switchover {
-                        return Err(self
-                            .rollback(op, &format!("cannot fence the primary: {e}"))
-                            .await);
-                    }
-                    tried.push(format!("agent fence: {e}"));
-                }
-            }
-        }
-        if !self.cfg.stonith_hook.is_empty() {
-            let cluster = self.cluster_of(op);
-            let payload = self.payload(op, "stonith", &cluster, "", "");
-            match hooks::run(&self.cfg.stonith_hook, &payload, self.cfg.hook_timeout).await {
-                Ok(()) => {
-                    return self
-                        .fenced(op, format!("STONITH hook fenced {}", op.old_primary))
-                        .await;
-                }
-                Err(e) => tried.push(e),
-            }
-        }
-        match self.semi_sync_proof(op, old.as_ref()) {
-            Ok(proof) => return self.fenced(op, proof).await,
-            Err(e) => tried.push(e),
-        }
-        Err(StepError::Blocked(format!(
-            "no fence proof for {}: {}; the replicas stay frozen and read-only. Fence it yourself and run \
-             `dbfleet failover --cluster {} --confirm-fenced {}`",
-            op.old_primary,
-            tried.join("; "),
-            self.cluster_of(op),
-            op.old_primary
-        )))
-    }
-
-    /// Lossless semi-sync on the old primary and every acknowledging
-    /// replica frozen: a commit there can no longer be acknowledged.
-    fn semi_sync_proof(&self, op: &Operation, old: Option<&MemberState>) -> Result<String, String> {
-        let last = old
-            .and_then(|m| m.report.as_ref())
-            .and_then(|r| match &r.mysql {
-                dbfleet_proto::model::MysqlObservation::Reachable(s) => Some(s.semi_sync),
-                _ => None,
-            })
-            .or_else(|| self.last_semi_sync(&op.old_primary));
-        let Some(semi) = last else {
-            return Err("semi-sync: the old primary's settings were never observed".into());
-        };
-        if !semi.lossless() {
-            return Err(format!(
-                "semi-sync: not lossless on {} (enabled {}, wait_no_slave {}, timeout {} ms)",
-                op.old_primary, semi.source_enabled, semi.wait_no_replica, semi.timeout_ms
-            ));
-        }
-        let members = self.fleet.members(&self.cluster_of(op));
-        let ackers: Vec<&MemberState> = members
-            .iter()
-            .filter(|m| m.host != op.old_primary)
-            .filter(|m| {
-                // Acknowledges the old primary's commits: semi-sync on and
-                // replicating from it (or unknown: counted, to be safe).
-                m.report.as_ref().is_none_or(|r| match &r.mysql {
-                    dbfleet_proto::model::MysqlObservation::Reachable(s) => {
-                        s.semi_sync.replica_enabled
-                            && s.replication.as_ref().is_some_and(|rep| {
-                                old.and_then(|o| MysqlAddress::parse(&o.mysql_address).ok())
-                                    .is_none_or(|a| rep.source.same_endpoint(&a))
-                            })
-                    }
-                    _ => true,
-                })
-            })
-            .collect();
-        let unfrozen: Vec<&str> = ackers
-            .iter()
-            .filter(|m| !op.frozen.contains_key(&m.host))
-            .map(|m| m.host.as_str())
-            .collect();
-        if !unfrozen.is_empty() {
-            return Err(format!(
-                "semi-sync: acknowledging replica(s) {} could not be stopped",
-                unfrozen.join(", ")
-            ));
-        }
-        Ok(format!(
-            "lossless semi-sync on {} (timeout {} ms, wait_no_slave) and all {} acknowledging replicas stopped",
-            op.old_primary,
-            semi.timeout_ms,
-            ackers.len()
-        ))
-    }
-
-    fn last_semi_sync(&self, host: &str) -> Option<dbfleet_proto::model::SemiSync> {
-        self.last_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(host)
-            .copied()
-    }
-
-    async fn fenced(&self, op: &mut Operation, proof: String) -> Result<(), StepError> {
-        info!(operation = op.id, proof, "old primary fenced");
-        op.fence_proof = Some(proof);
-        op.fenced_unix_ms = Some(now_unix_ms());
-        Ok(())
-    }
-
     /// A switchover that cannot go on: make the old primary writable
     /// again (it was never replaced) and stop.
-    async fn rollback(&self, op: &Operation, why: &str) -> StepError {
+    pub(super) async fn rollback(&self, op: &Operation, why: &str) -> StepError {
         warn!(operation = op.id, why, "switchover rolling back");
         if let Some(m) = self.member(op, &op.old_primary)
             && let Err(e) = self
@@ -701,7 +545,7 @@ impl Failovers {
         self.still_ours(op)
     }
 
-    fn payload<'a>(
+    pub(super) fn payload<'a>(
         &self,
         op: &'a Operation,
         hook: &'a str,

@@ -66,9 +66,15 @@ impl ReportService for ReportApi {
                 if guard.is_none() {
                     guard = Some(fleet.stream_opened(&host));
                 }
+                let active = fleet
+                    .ha()
+                    .holder()
+                    .command_epoch(dbfleet_common::clock::boottime())
+                    .is_some();
                 let ack = pb::ReportAck {
                     sequence,
                     coordinator_id: coordinator_id.clone(),
+                    active,
                 };
                 if tx.send(Ok(ack)).await.is_err() {
                     break;
