@@ -39,10 +39,12 @@ pub struct AgentConfig {
     /// from `listen` (NAT, a wildcard listen address).
     #[serde(default)]
     pub advertise: Option<String>,
-    /// A primary cut off from both coordinators and from all its replicas
-    /// for this long turns itself read-only (brief §4). Unset: never. Must
-    /// be shorter than the coordinators' slow-path detection window, which
-    /// waits for it.
+    /// A primary cut off from the active coordinator and from all its
+    /// replicas for this long turns itself read-only (brief §4), and the
+    /// coordinators may count on it as a fence proof. Unset: never. Keep it
+    /// above the coordinators' takeover time (only the lease holder's acks
+    /// count) and the replicas' heartbeat period (a cut replica is seen
+    /// when a heartbeat goes unacknowledged).
     #[serde(default, with = "humantime_serde")]
     pub self_fence_timeout: Option<Duration>,
     /// Every coordinator, `host:port`; the agent reports to each.

@@ -301,6 +301,20 @@ impl TestFleet {
         }
     }
 
+    /// The first column of the first row `query` returns on `host`, as
+    /// text, asked as the agent account.
+    pub async fn query_one(&self, host: &str, query: &str) -> Option<String> {
+        let s = self.server(host).expect("known host");
+        let mut conn = mysql_async::Conn::new(
+            s.tcp_opts(sandbox::mariadb::AGENT_USER, &self.credentials.agent),
+        )
+        .await
+        .expect("connect as the agent account");
+        let v: Option<String> = conn.query_first(query).await.expect("query");
+        let _ = conn.disconnect().await;
+        v
+    }
+
     /// Runs SQL on `host` as the agent account (which has all privileges).
     pub async fn sql(&self, host: &str, statement: &str) -> Result<(), mysql_async::Error> {
         let s = self.server(host).expect("known host");

@@ -456,3 +456,59 @@ async fn a_cut_off_primary_fences_itself_and_a_coordinator_killed_while_waiting_
         .await;
     assert_eq!(end.members.iter().filter(|m| m.writable).count(), 1);
 }
+
+#[tokio::test]
+async fn a_replica_set_up_with_slow_detection_settings_is_tuned() {
+    let fleet = TestFleet::start(2, 1).await;
+    fleet
+        .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
+        .await;
+    // MariaDB's defaults: the replica would notice a dead primary only
+    // after a minute, and detection waits for every replica to notice.
+    for sql in [
+        "STOP SLAVE",
+        "SET GLOBAL slave_net_timeout = 60",
+        "CHANGE MASTER TO MASTER_HEARTBEAT_PERIOD = 30",
+        "START SLAVE",
+    ] {
+        fleet.sql("db2", sql).await.unwrap();
+    }
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    let tuned = loop {
+        if let Some(e) = events(&fleet)
+            .into_iter()
+            .find(|e| e["kind"] == "replication-tuned" && e["host"] == "db2")
+        {
+            break e;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "db2 was never tuned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let message = tuned["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("heartbeat 30000 ms") && message.contains("net timeout 60000 ms"),
+        "{tuned}"
+    );
+    assert_eq!(
+        fleet
+            .query_one("db2", "SELECT @@slave_net_timeout")
+            .await
+            .as_deref(),
+        Some("4")
+    );
+    let period = fleet
+        .query_one(
+            "db2",
+            "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+             WHERE VARIABLE_NAME = 'SLAVE_HEARTBEAT_PERIOD'",
+        )
+        .await;
+    assert_eq!(period.as_deref(), Some("1.000"));
+    let db1 = fleet.info.members[0].address.clone();
+    fleet
+        .wait_until("db2 replicating from db1 again", |c| {
+            let m = member(c, "db2");
+            m.io_running && m.sql_running && m.source.starts_with(&db1)
+        })
+        .await;
+}

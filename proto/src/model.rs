@@ -222,6 +222,10 @@ pub struct Replication {
     pub auto_position: bool,
     /// GTIDs the IO thread has received.
     pub received_gtid: String,
+    /// Heartbeat period asked of the source.
+    pub heartbeat_ms: Option<u64>,
+    /// `slave_net_timeout`: silence before the replica reconnects.
+    pub net_timeout_ms: Option<u64>,
 }
 
 /// Semi-synchronous replication switches and their live state.
@@ -478,6 +482,8 @@ fn replication(r: pb::ReplicationStatus) -> Result<Replication, ProtocolError> {
         seconds_behind: r.seconds_behind,
         auto_position: r.auto_position,
         received_gtid: r.received_gtid,
+        heartbeat_ms: r.heartbeat_ms,
+        net_timeout_ms: r.net_timeout_ms,
     })
 }
 
@@ -508,6 +514,8 @@ impl From<ServerState> for pb::MysqlState {
                 seconds_behind: r.seconds_behind,
                 auto_position: r.auto_position,
                 received_gtid: r.received_gtid,
+                heartbeat_ms: r.heartbeat_ms,
+                net_timeout_ms: r.net_timeout_ms,
             }),
             semi_sync: Some(pb::SemiSyncState {
                 source_enabled: s.semi_sync.source_enabled,
@@ -638,6 +646,8 @@ mod tests {
                     seconds_behind: Some(0),
                     auto_position: true,
                     received_gtid: "0-1-5".into(),
+                    heartbeat_ms: Some(1000),
+                    net_timeout_ms: Some(4000),
                 }),
                 semi_sync: SemiSync::default(),
                 binlog: Binlog {

@@ -40,6 +40,7 @@ pub const VARIABLES: &[&str] = &[
     "rpl_semi_sync_source_timeout",
     "rpl_semi_sync_master_wait_no_slave",
     "rpl_semi_sync_source_wait_no_replica",
+    "slave_net_timeout",
 ];
 
 /// Global status values read on every observation.
@@ -50,6 +51,7 @@ pub const STATUS: &[&str] = &[
     "Rpl_semi_sync_replica_status",
     "Rpl_semi_sync_master_clients",
     "Rpl_semi_sync_source_clients",
+    "Slave_heartbeat_period",
 ];
 
 /// Where the replicas connected to this server (binlog dump threads) come
@@ -144,6 +146,8 @@ pub fn parse_replica_status(flavor: Flavor, row: &Row) -> Result<Replication, St
         seconds_behind,
         auto_position,
         received_gtid: text(row, received).replace('\n', ""),
+        heartbeat_ms: None,
+        net_timeout_ms: None,
     })
 }
 

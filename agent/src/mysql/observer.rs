@@ -186,7 +186,17 @@ pub(crate) async fn read_state(conn: &mut Conn, flavor: Flavor) -> Result<Server
     let replication = replica_rows
         .first()
         .map(|r| flavor::parse_replica_status(flavor, r))
-        .transpose()?;
+        .transpose()?
+        .map(|mut r| {
+            // seconds with a fraction, e.g. "1.000"
+            let ms = |v: Option<&String>| {
+                v.and_then(|v| v.parse::<f64>().ok())
+                    .map(|s| (s * 1000.0).round() as u64)
+            };
+            r.heartbeat_ms = ms(status.get("Slave_heartbeat_period"));
+            r.net_timeout_ms = ms(vars.get("slave_net_timeout"));
+            r
+        });
     let get = |k: &str| vars.get(k).cloned().unwrap_or_default();
     let read_only = on(vars.get("read_only"));
     let [src_en, rep_en, src_st, rep_st, timeout, wait_no, clients] =

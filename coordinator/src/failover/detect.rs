@@ -143,6 +143,8 @@ mod tests {
                 seconds_behind: None,
                 auto_position: true,
                 received_gtid: String::new(),
+                heartbeat_ms: None,
+                net_timeout_ms: None,
             }),
             semi_sync: SemiSync::default(),
             binlog: Binlog::default(),

@@ -439,7 +439,7 @@ impl Failovers {
         Ok(())
     }
 
-    fn repoint_to(&self, source: &MysqlAddress) -> Command {
+    pub(super) fn repoint_to(&self, source: &MysqlAddress) -> Command {
         Command::Repoint(pb::Repoint {
             source_host: source.host.clone(),
             source_port: u32::from(source.port),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dbfleet_lease::Epoch;
-use dbfleet_proto::model::MysqlAddress;
+use dbfleet_proto::model::{IoThread, MysqlAddress, Replication};
 use dbfleet_proto::pb;
 use dbfleet_proto::pb::command_request::Command;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,23 @@ pub(crate) async fn run(f: Arc<Failovers>, cancel: CancellationToken) {
         }
         f.tick().await;
     }
+}
+
+/// How a replica's failure-detection settings differ from the wanted
+/// heartbeat and net timeout, in words; `None` when they match or the
+/// flavor does not report them. MariaDB keeps the heartbeat in
+/// milliseconds and the net timeout in whole seconds (at least one).
+fn untuned(r: &Replication, heartbeat: Duration, net_timeout: Duration) -> Option<String> {
+    let want_hb = heartbeat.as_millis() as u64;
+    let want_net = net_timeout.as_secs().max(1) * 1000;
+    let mut diffs = Vec::new();
+    if let Some(hb) = r.heartbeat_ms.filter(|hb| *hb != want_hb) {
+        diffs.push(format!("heartbeat {hb} ms (wanted {want_hb} ms)"));
+    }
+    if let Some(net) = r.net_timeout_ms.filter(|n| *n != want_net) {
+        diffs.push(format!("net timeout {net} ms (wanted {want_net} ms)"));
+    }
+    (!diffs.is_empty()).then(|| diffs.join(", "))
 }
 
 fn event(kind: &str, host: &str, message: String, epoch: &Epoch, evidence: Vec<String>) -> Event {
@@ -421,6 +438,53 @@ impl Failovers {
         }
     }
 
+    /// Repoints a replica of the primary whose heartbeat or net timeout
+    /// differs from the `[failover]` settings (set up by hand, say): with
+    /// MariaDB's defaults a replica notices a dead primary only after a
+    /// minute, and detection waits for every replica to notice.
+    async fn tune(
+        &self,
+        cluster: &str,
+        epoch: &Epoch,
+        m: &MemberState,
+        r: &Replication,
+        source: &MysqlAddress,
+    ) {
+        // Replication an operator stopped stays stopped.
+        if r.io_thread == IoThread::Stopped || !r.sql_running {
+            return;
+        }
+        let Some(why) = untuned(r, self.cfg.replica_heartbeat, self.cfg.replica_net_timeout) else {
+            return;
+        };
+        if !self.may_try(&format!("tune:{}", m.host)) {
+            return;
+        }
+        let cmd = self.repoint_to(source);
+        match self.repair_command(cluster, epoch, m, cmd).await {
+            Ok(_) => {
+                let e = event(
+                    "replication-tuned",
+                    &m.host,
+                    format!(
+                        "{} had {why}; replication restarted with the configured settings",
+                        m.host
+                    ),
+                    epoch,
+                    vec![],
+                );
+                info!(
+                    cluster,
+                    host = m.host,
+                    why,
+                    "replica's detection settings tuned"
+                );
+                let _ = self.record_event(cluster, epoch, e).await;
+            }
+            Err(e) => warn!(cluster, host = m.host, error = e, "cannot tune the replica"),
+        }
+    }
+
     async fn repair(
         &self,
         cluster: &str,
@@ -496,11 +560,15 @@ impl Failovers {
                 continue;
             }
             let Some(s) = m.server() else { continue };
-            if s.replication
+            if let Some(r) = s
+                .replication
                 .as_ref()
-                .is_some_and(|r| r.source.same_endpoint(&p_addr))
-                || s.writable()
+                .filter(|r| r.source.same_endpoint(&p_addr))
             {
+                self.tune(cluster, epoch, m, r, &p_addr).await;
+                continue;
+            }
+            if s.writable() {
                 continue;
             }
             let binlog = Position::parse(&s.gtid.binlog_pos).unwrap_or_default();
@@ -538,12 +606,7 @@ impl Failovers {
             if !self.may_try(&m.host) {
                 continue;
             }
-            let cmd = Command::Repoint(pb::Repoint {
-                source_host: p_addr.host.clone(),
-                source_port: u32::from(p_addr.port),
-                heartbeat_ms: dbfleet_proto::lease::millis(self.cfg.replica_heartbeat),
-                net_timeout_ms: dbfleet_proto::lease::millis(self.cfg.replica_net_timeout),
-            });
+            let cmd = self.repoint_to(&p_addr);
             match self.repair_command(cluster, epoch, m, cmd).await {
                 Ok(_) => {
                     let host = m.host.clone();
@@ -565,5 +628,38 @@ impl Failovers {
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbfleet_proto::model::IoThread;
+
+    fn replica(hb: Option<u64>, net: Option<u64>) -> Replication {
+        Replication {
+            source: MysqlAddress::parse("127.0.0.1:3306").unwrap(),
+            io_thread: IoThread::Running,
+            sql_running: true,
+            last_io_error: String::new(),
+            last_sql_error: String::new(),
+            seconds_behind: Some(0),
+            auto_position: true,
+            received_gtid: String::new(),
+            heartbeat_ms: hb,
+            net_timeout_ms: net,
+        }
+    }
+
+    #[test]
+    fn detection_settings_are_compared_at_the_servers_resolution() {
+        let (hb, net) = (Duration::from_secs(1), Duration::from_millis(4500));
+        assert_eq!(untuned(&replica(Some(1000), Some(4000)), hb, net), None);
+        assert_eq!(untuned(&replica(None, None), hb, net), None);
+        let why = untuned(&replica(Some(30000), Some(60000)), hb, net).unwrap();
+        assert!(
+            why.contains("heartbeat 30000 ms") && why.contains("net timeout 60000 ms"),
+            "{why}"
+        );
     }
 }
