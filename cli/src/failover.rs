@@ -42,7 +42,7 @@ pub fn control_json(c: &pb::ClusterControl) -> Value {
     json!({
         "cluster": c.cluster, "auto_failover": c.auto_failover, "maintenance": c.maintenance,
         "budget": c.budget, "window_seconds": c.window_seconds, "needs_ack": c.needs_ack,
-        "promotion_rules": c.promotion_rules, "needs_rebuild": c.needs_rebuild,
+        "promotion_rules": c.promotion_rules, "needs_rebuild": c.needs_rebuild, "frozen": c.frozen,
         "operation": c.operation,
     })
 }

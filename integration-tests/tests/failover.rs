@@ -512,3 +512,62 @@ async fn a_replica_set_up_with_slow_detection_settings_is_tuned() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn a_failover_without_fence_proof_blocks_and_its_replicas_resume_when_the_primary_returns() {
+    let (fleet, writer, sampler) = loaded_fleet("").await;
+    // Semi-sync that may fall back is no proof, and there is no STONITH
+    // hook and no self-fence: a cut-off primary cannot be proven fenced.
+    fleet
+        .sql("db1", "SET GLOBAL rpl_semi_sync_master_timeout = 10000")
+        .await
+        .unwrap();
+    fleet
+        .wait_until("db1 a semi-sync source that may fall back", |c| {
+            member(c, "db1").semi_sync == "source"
+        })
+        .await;
+    let db1 = fleet.info.members[0].address.clone();
+    let mut others: Vec<String> = fleet.info.members[1..]
+        .iter()
+        .map(|m| m.address.clone())
+        .collect();
+    others.extend(
+        fleet
+            .info
+            .coordinators
+            .iter()
+            .map(|c| c.address.split(':').next().unwrap().to_string()),
+    );
+    others.push("127.0.0.1".into());
+    let cut = Partition::cut(&fleet.slot, &[db1], &others);
+    let blocked = fleet
+        .wait_until("the failover blocked with the replicas frozen", |c| {
+            c.control.as_ref().is_some_and(|k| {
+                k.needs_ack && k.operation.is_empty() && k.frozen == ["db2", "db3"]
+            })
+        })
+        .await;
+    assert_eq!(blocked.primary, "db1", "nobody was promoted");
+    let why = evidence_of(&fleet, "failover-blocked");
+    assert!(
+        why.contains("no fence proof for db1") && why.contains("--confirm-fenced db1"),
+        "{why}"
+    );
+    for host in ["db2", "db3"] {
+        assert!(!member(&blocked, host).io_running, "{host} stays stopped");
+    }
+    drop(cut);
+    let end = fleet
+        .wait_until("the replicas resumed from db1", |c| {
+            c.control.as_ref().is_some_and(|k| k.frozen.is_empty())
+                && ["db2", "db3"].iter().all(|h| {
+                    let m = member(c, h);
+                    m.io_running && m.sql_running && m.source == member(c, "db1").mysql_address
+                })
+        })
+        .await;
+    assert_eq!(end.primary, "db1");
+    evidence_of(&fleet, "thawed");
+    check_witnesses(&fleet, writer, sampler, "db1").await;
+}

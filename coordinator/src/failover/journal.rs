@@ -75,6 +75,11 @@ pub struct ClusterControl {
     /// Members with transactions the primary never had.
     #[serde(default)]
     pub needs_rebuild: BTreeSet<String>,
+    /// Replicas a failover froze and did not complete: they stay stopped
+    /// (a primary that may still commit must not feed them) until the
+    /// primary they replicate from accepts writes again.
+    #[serde(default)]
+    pub frozen: BTreeSet<String>,
     /// The GTID position of the last promoted primary when it was
     /// promoted: members beyond it from another server diverged.
     #[serde(default)]
@@ -102,6 +107,7 @@ impl Default for ClusterControl {
             held: None,
             promotion: BTreeMap::new(),
             needs_rebuild: BTreeSet::new(),
+            frozen: BTreeSet::new(),
             promoted_at: None,
             operation: None,
             events: VecDeque::new(),

@@ -679,12 +679,22 @@ impl Failovers {
         let (candidate, promoted_at, automatic) =
             (op.candidate.clone(), op.promoted_at.clone(), op.automatic);
         let hold = message.clone();
+        let frozen: Vec<String> = match op.kind {
+            OperationKind::Failover => op
+                .frozen
+                .keys()
+                .filter(|h| **h != op.old_primary)
+                .cloned()
+                .collect(),
+            OperationKind::Switchover => Vec::new(),
+        };
         let written = self
             .fleet
             .update_cluster(&cluster, op.epoch.clone(), move |rec| {
                 rec.control.operation = None;
                 rec.control.record(event);
                 if done {
+                    rec.control.frozen.clear();
                     rec.last_primary = candidate;
                     rec.control.promoted_at = promoted_at;
                     if automatic {
@@ -693,6 +703,9 @@ impl Failovers {
                 }
                 if blocked {
                     rec.control.held = Some(hold);
+                }
+                if !done {
+                    rec.control.frozen.extend(frozen);
                 }
                 Ok(())
             })

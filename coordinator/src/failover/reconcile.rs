@@ -485,6 +485,60 @@ impl Failovers {
         }
     }
 
+    /// Restarts the replicas a failover froze and did not complete, now
+    /// that the primary they replicate from accepts writes again (it was
+    /// never replaced). Replicas found replicating, or pointed elsewhere,
+    /// just leave the list.
+    async fn thaw(
+        &self,
+        cluster: &str,
+        epoch: &Epoch,
+        primary: &str,
+        p_addr: &MysqlAddress,
+        members: &[MemberState],
+        rec: &ClusterRecord,
+    ) {
+        for host in &rec.control.frozen {
+            let Some(m) = members.iter().find(|m| &m.host == host) else {
+                continue;
+            };
+            let Some(s) = m.server() else { continue };
+            let stopped_here = s.replication.as_ref().is_some_and(|r| {
+                r.source.same_endpoint(p_addr) && r.io_thread == IoThread::Stopped
+            });
+            let message = if stopped_here {
+                if !self.may_try(&format!("thaw:{host}")) {
+                    continue;
+                }
+                match self
+                    .repair_command(cluster, epoch, m, Command::Thaw(pb::Thaw {}))
+                    .await
+                {
+                    Ok(_) => format!(
+                        "{host} replicates from {primary} again: the failover that stopped it did not complete"
+                    ),
+                    Err(e) => {
+                        warn!(cluster, host, error = e, "cannot restart a frozen replica");
+                        continue;
+                    }
+                }
+            } else {
+                format!("{host} is no longer stopped by the failover that did not complete")
+            };
+            info!(cluster, host, "frozen replica released");
+            let e = event("thawed", host, message, epoch, vec![]);
+            let h = host.clone();
+            let _ = self
+                .fleet
+                .update_cluster(cluster, epoch.clone(), move |r| {
+                    r.control.frozen.remove(&h);
+                    r.control.record(e);
+                    Ok(())
+                })
+                .await;
+        }
+    }
+
     async fn repair(
         &self,
         cluster: &str,
@@ -549,6 +603,10 @@ impl Failovers {
         }
         if !ps.writable() {
             return;
+        }
+        if !rec.control.frozen.is_empty() {
+            self.thaw(cluster, epoch, &primary, &p_addr, members, rec)
+                .await;
         }
         let fork = rec
             .control

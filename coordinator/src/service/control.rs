@@ -40,6 +40,7 @@ pub(crate) fn control_view(
             .map(|(h, r)| (h.clone(), r.as_str().to_string()))
             .collect(),
         needs_rebuild: c.needs_rebuild.iter().cloned().collect(),
+        frozen: c.frozen.iter().cloned().collect(),
         operation: c
             .operation
             .as_ref()
@@ -250,6 +251,15 @@ pub(crate) fn decorate(view: &mut pb::ClusterView, rec: &ClusterRecord) {
             "needs-rebuild",
             h,
             format!("{h} has transactions the primary never had; rebuild it from a backup"),
+        ));
+    }
+    for h in &c.frozen {
+        view.problems.push(problem(
+            "replica-frozen",
+            h,
+            format!(
+                "{h} was stopped by a failover that did not complete; it resumes when the primary accepts writes again"
+            ),
         ));
     }
     if let Some(held) = &c.held {
