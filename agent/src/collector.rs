@@ -32,20 +32,20 @@ pub struct ReportIdentity {
     pub report_interval_ms: u64,
 }
 
-/// Observes every `collect` and publishes a report when the observation
-/// (or the read-only guard) changed or `report` has passed since the last
-/// one, until `cancel`.
+/// Observes every `collect` and publishes a report when the observation,
+/// the read-only guard or a job's state changed, or `report` has passed
+/// since the last one, until `cancel`.
 pub async fn run(
     mut observer: Observer,
     guard: Arc<Guard>,
+    jobs: Arc<crate::backup::Jobs>,
     id: ReportIdentity,
-    collect: Duration,
-    report: Duration,
+    (collect, report): (Duration, Duration),
     out: watch::Sender<Option<pb::AgentReport>>,
     cancel: CancellationToken,
 ) {
     let mut sequence = 0u64;
-    let mut last: Option<(Instant, MysqlObservation, bool)> = None;
+    let mut last: Option<(Instant, MysqlObservation, bool, Vec<String>)> = None;
     let mut guard_changes = guard.subscribe();
     let mut tick = tokio::time::interval(collect);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -60,10 +60,20 @@ pub async fn run(
             o = observer.observe() => o,
         };
         let g = guard.current();
+        let job_list = jobs.snapshot();
+        // A job that starts or ends is reported at once; progress waits
+        // for the next report.
+        let job_states: Vec<String> = job_list
+            .iter()
+            .map(|j| format!("{}:{}", j.id, j.state))
+            .collect();
         let due = match &last {
             None => true,
-            Some((at, prev, fenced)) => {
-                *prev != observation || *fenced != g.fenced || at.elapsed() >= report
+            Some((at, prev, fenced, states)) => {
+                *prev != observation
+                    || *fenced != g.fenced
+                    || *states != job_states
+                    || at.elapsed() >= report
             }
         };
         if !due {
@@ -86,9 +96,10 @@ pub async fn run(
                 fence_reason: g.reason.clone(),
                 self_fence_timeout_ms: id.self_fence_timeout_ms,
                 report_interval_ms: id.report_interval_ms,
+                jobs: job_list,
             },
         };
-        last = Some((Instant::now(), observation, g.fenced));
+        last = Some((Instant::now(), observation, g.fenced, job_states));
         out.send_replace(Some(pb::AgentReport::from(r)));
     }
 }

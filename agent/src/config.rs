@@ -64,6 +64,10 @@ pub struct AgentConfig {
     /// The local server (not for a witness).
     #[serde(default)]
     pub mysql: Option<MysqlConfig>,
+    /// Backups: where the repository is. Without it the agent refuses
+    /// backup and verification commands.
+    #[serde(default)]
+    pub backup: Option<crate::backup::BackupConfig>,
     /// Certificates.
     pub tls: TlsPaths,
 }

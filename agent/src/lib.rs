@@ -4,6 +4,7 @@
 //! `main.rs` parses arguments, sets up logging and binds the listener;
 //! [`run`] is the whole agent.
 
+pub mod backup;
 pub mod collector;
 pub mod config;
 pub mod fence;
@@ -150,6 +151,20 @@ pub async fn run(
                 guard.clone(),
             ));
             let acks = Arc::new(AckClock::default());
+            let jobs = backup::Jobs::open(
+                &config.cluster,
+                &config.host,
+                &config.state_dir,
+                config.backup.clone(),
+                target.clone(),
+            );
+            {
+                let (jobs, shutdown) = (jobs.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    shutdown.cancelled().await;
+                    jobs.stop();
+                });
+            }
             let mysql_address = target.address.clone();
             let id = ReportIdentity {
                 host: Name::parse(&config.host).expect("validated in AgentConfig::load"),
@@ -179,9 +194,9 @@ pub async fn run(
             tasks.spawn(collector::run(
                 Observer::new(target),
                 guard,
+                jobs.clone(),
                 id,
-                config.collect_interval,
-                config.report_interval,
+                (config.collect_interval, config.report_interval),
                 tx,
                 shutdown.clone(),
             ));
@@ -200,6 +215,7 @@ pub async fn run(
                     reports: rx,
                     fence,
                     control,
+                    jobs,
                 }))
                 .add_service(voter)
         }

@@ -18,6 +18,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::backup::Jobs;
 use crate::fence::{CommandRefused, Fence, FenceError};
 use crate::mysql::control::{ControlError, Controller, Fenced, Outcome};
 
@@ -64,6 +65,7 @@ fn control_status(e: ControlError) -> Status {
             "this agent cannot persist its read-only guard: {g}"
         )),
         ControlError::Timeout(m) => Status::deadline_exceeded(m),
+        ControlError::Busy(m) => Status::resource_exhausted(m),
     }
 }
 
@@ -78,6 +80,7 @@ fn ms(v: u64, default: Duration) -> Duration {
 /// Runs one admitted command against mysqld.
 async fn run_command(
     control: &Controller,
+    jobs: &Arc<Jobs>,
     command: pb::command_request::Command,
 ) -> Result<Option<Outcome>, ControlError> {
     use pb::command_request::Command;
@@ -116,6 +119,16 @@ async fn run_command(
                 .await?
         }
         Command::Thaw(pb::Thaw {}) => control.thaw().await?,
+        Command::StartBackup(b) => Outcome {
+            state: None,
+            fenced: None,
+            detail: jobs.start_backup(&b.id, &b.method)?,
+        },
+        Command::StartVerify(v) => Outcome {
+            state: None,
+            fenced: None,
+            detail: jobs.start_verify(&v.job_id, &v.backup_id)?,
+        },
     }))
 }
 
@@ -125,6 +138,7 @@ pub(crate) struct AgentApi {
     pub(crate) reports: watch::Receiver<Option<pb::AgentReport>>,
     pub(crate) fence: Arc<Fence>,
     pub(crate) control: Arc<Controller>,
+    pub(crate) jobs: Arc<Jobs>,
 }
 
 #[tonic::async_trait]
@@ -166,7 +180,7 @@ impl AgentService for AgentApi {
             Err(CommandRefused::Persist(e)) => return Err(fence_status(e)),
         };
         let name = command_name(&command);
-        let outcome = run_command(&self.control, command).await.map_err(|e| {
+        let outcome = run_command(&self.control, &self.jobs, command).await.map_err(|e| {
             warn!(command = name, operation = m.operation_id, step = m.step, error = %e, "command failed");
             control_status(e)
         })?;
@@ -204,6 +218,8 @@ fn command_name(c: &pb::command_request::Command) -> &'static str {
         Command::Repoint(_) => "repoint",
         Command::WaitGtid(_) => "wait-gtid",
         Command::Thaw(_) => "thaw",
+        Command::StartBackup(_) => "start-backup",
+        Command::StartVerify(_) => "start-verify",
     }
 }
 

@@ -345,6 +345,67 @@ impl Client {
         .await
     }
 
+    /// Starts a backup.
+    pub async fn run_backup(
+        &self,
+        cluster: &str,
+        host: Option<&str>,
+        method: &str,
+    ) -> Result<pb::BackupView, ClientError> {
+        let req = pb::RunBackupRequest {
+            cluster: cluster.to_string(),
+            host: host.unwrap_or_default().to_string(),
+            method: method.to_string(),
+        };
+        self.write(WRITE_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.run_backup(req).await }
+        })
+        .await
+    }
+
+    /// Starts verifying a backup.
+    pub async fn verify_backup(
+        &self,
+        id: &str,
+        host: Option<&str>,
+    ) -> Result<pb::BackupView, ClientError> {
+        let req = pb::VerifyBackupRequest {
+            id: id.to_string(),
+            host: host.unwrap_or_default().to_string(),
+        };
+        self.write(WRITE_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.verify_backup(req).await }
+        })
+        .await
+    }
+
+    /// The catalog, optionally of one cluster.
+    pub async fn list_backups(
+        &self,
+        cluster: Option<&str>,
+    ) -> Result<pb::ListBackupsResponse, ClientError> {
+        let req = pb::ListBackupsRequest {
+            cluster: cluster.unwrap_or_default().to_string(),
+        };
+        self.read(|mut c| {
+            let req = req.clone();
+            async move { c.list_backups(req).await }
+        })
+        .await
+    }
+
+    /// One catalog entry.
+    pub async fn get_backup(&self, id: &str) -> Result<pb::BackupView, ClientError> {
+        let req = pb::GetBackupRequest { id: id.to_string() };
+        self.read(|mut c| {
+            let req = req.clone();
+            async move { c.get_backup(req).await }
+        })
+        .await
+    }
+
     /// Clusters, optionally one.
     pub async fn list_clusters(
         &self,

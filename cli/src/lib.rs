@@ -4,6 +4,7 @@
 //! The integration tests start their fleets through [`sandbox`], so what a
 //! newcomer runs and what the tests run is the same code.
 
+pub mod backup;
 pub mod cert;
 pub mod client;
 pub mod failover;

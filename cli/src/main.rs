@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dbfleet_cli::client::{CONFIG_ENV, Client, ClientError};
 use dbfleet_cli::sandbox::{self, Binaries, Fleet, SandboxSpec};
-use dbfleet_cli::{cert, failover, ha, status};
+use dbfleet_cli::{backup, cert, failover, ha, status};
 use dbfleet_common::identity::Role;
 use dbfleet_proto::pb;
 
@@ -140,6 +140,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         limit: u32,
     },
+    /// Backups: run, list, show, verify.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Manage certificates.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -180,6 +183,45 @@ fn parse_weight(s: &str) -> Result<(String, u32), String> {
         return Err("a weight must be at least 1".into());
     }
     Ok((n.to_string(), w))
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Take a backup and wait for it; prints its catalog entry.
+    Run {
+        /// Cluster.
+        #[arg(long)]
+        cluster: String,
+        /// Host to take it on (default: a healthy replica, else the primary).
+        #[arg(long)]
+        host: Option<String>,
+        /// Method.
+        #[arg(long, default_value = "physical")]
+        method: String,
+        /// Print the entry as soon as the backup started, without waiting.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// The catalog.
+    List {
+        /// Only this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// One backup with its manifest.
+    Show {
+        /// Backup id.
+        id: String,
+    },
+    /// Restore a backup into a scratch server, check it, and record the
+    /// result; waits for it.
+    Verify {
+        /// Backup id.
+        id: String,
+        /// Host to verify on (default: the host that took it).
+        #[arg(long)]
+        host: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,6 +324,67 @@ fn main() -> ExitCode {
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn backup_command(
+    cmd: BackupCommand,
+    config: Option<&std::path::Path>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let client = Client::from_file(config)?;
+    let table = output == Output::Table;
+    let show = |b: &pb::BackupView| -> anyhow::Result<()> {
+        match output {
+            Output::Json => print_json(&backup::backup_json(b)),
+            Output::Table => {
+                print!("{}", backup::show_text(b));
+                Ok(())
+            }
+        }
+    };
+    match cmd {
+        BackupCommand::Run {
+            cluster,
+            host,
+            method,
+            detach,
+        } => {
+            let started = client
+                .run_backup(&cluster, host.as_deref(), &method)
+                .await?;
+            if detach {
+                return show(&started);
+            }
+            if table {
+                eprintln!("backup {} running on {}", started.id, started.host);
+            }
+            let b = backup::wait(&client, &started.id, table, |b| b.status != "running").await?;
+            show(&b)?;
+            if b.status != "completed" {
+                std::process::exit(1);
+            }
+        }
+        BackupCommand::List { cluster } => {
+            let r = client.list_backups(cluster.as_deref()).await?;
+            match output {
+                Output::Json => print_json(&backup::list_json(&r))?,
+                Output::Table => print!("{}", backup::list_table(&r)),
+            }
+        }
+        BackupCommand::Show { id } => show(&client.get_backup(&id).await?)?,
+        BackupCommand::Verify { id, host } => {
+            let started = client.verify_backup(&id, host.as_deref()).await?;
+            if table {
+                eprintln!("verifying {} ({})", started.id, started.verification_detail);
+            }
+            let b = backup::wait(&client, &id, false, |b| b.verification != "running").await?;
+            show(&b)?;
+            if b.verification != "verified" {
+                std::process::exit(1);
+            }
+        }
+    }
     Ok(())
 }
 
@@ -458,6 +561,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Table => print!("{}", failover::events_table(&r)),
             }
         }
+        Command::Backup(cmd) => backup_command(cmd, cli.config.as_deref(), cli.output).await?,
         Command::Cert(CertCommand::Init { dir }) => {
             let path = cert::init(&dir)?;
             println!("created CA {}", path.display());

@@ -514,7 +514,7 @@ impl Fleet {
             .map(|c| format!("{:?}", c.address))
             .collect();
         let text = format!(
-            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\n\n{tls}",
+            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\n\n[backup]\nrepository = {repo}\n\n{tls}",
             host = m.host,
             cluster = self.info.cluster,
             listen = m.agent_address,
@@ -536,6 +536,7 @@ impl Fleet {
             ip = m.address,
             port = m.mysql_port,
             socket = quoted(&self.server(&m.host)?.socket),
+            repo = quoted(&self.path("backups")),
             user = mariadb::AGENT_USER,
             pw = quoted(&self.path("secrets/agent-mysql.password")),
             repl_user = mariadb::REPL_USER,

@@ -100,6 +100,9 @@ pub enum ServiceError {
     /// A failover, switchover or control change cannot be done as asked.
     #[error("{0}")]
     Refused(String),
+    /// No backup with this id in any cluster's catalog.
+    #[error("no backup {0} in the catalog; `dbfleet backup list` shows them")]
+    UnknownBackup(String),
     /// Another failover or switchover of the cluster is running.
     #[error("{0}; wait for it (`dbfleet events`) and retry")]
     OperationInProgress(String),
@@ -129,6 +132,7 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::OutcomeUnknown(_) => tonic::Status::unknown(msg),
             ServiceError::Refused(_) => tonic::Status::failed_precondition(msg),
             ServiceError::OperationInProgress(_) => tonic::Status::aborted(msg),
+            ServiceError::UnknownBackup(_) => tonic::Status::not_found(msg),
         }
     }
 }

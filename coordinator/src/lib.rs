@@ -5,6 +5,7 @@
 //! `main.rs` only parses arguments, sets up logging and binds the listener;
 //! [`run`] is the whole server, so tests and embedders start it the same way.
 
+pub mod backup;
 pub mod config;
 pub mod error;
 pub mod failover;
@@ -166,10 +167,13 @@ pub async fn run(
         failovers.clone(),
         shutdown.clone(),
     ));
+    let backups = backup::Backups::new(fleet.clone(), clients.clone());
+    tokio::spawn(backup::run(backups.clone(), shutdown.clone()));
     let admin = AdminApi {
         fleet: fleet.clone(),
         ha,
         clients,
+        backups,
         coordinator_id: config.id.clone(),
         controls: service::control::Controls {
             fleet,

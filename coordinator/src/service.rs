@@ -17,7 +17,9 @@ pub fn policy(path: &str) -> Option<&'static [Role]> {
         | "/dbfleet.v1.AdminService/ListAgents"
         | "/dbfleet.v1.AdminService/GetCoordinatorStatus"
         | "/dbfleet.v1.AdminService/ListVoters"
-        | "/dbfleet.v1.AdminService/ListEvents" => Some(READERS),
+        | "/dbfleet.v1.AdminService/ListEvents"
+        | "/dbfleet.v1.AdminService/ListBackups"
+        | "/dbfleet.v1.AdminService/GetBackup" => Some(READERS),
         "/dbfleet.v1.AdminService/SetClusterPolicy"
         | "/dbfleet.v1.AdminService/ForgetAgent"
         | "/dbfleet.v1.AdminService/SetVoters"
@@ -27,7 +29,9 @@ pub fn policy(path: &str) -> Option<&'static [Role]> {
         | "/dbfleet.v1.AdminService/SetMaintenance"
         | "/dbfleet.v1.AdminService/SetFailoverPolicy"
         | "/dbfleet.v1.AdminService/SetPromotionRule"
-        | "/dbfleet.v1.AdminService/Acknowledge" => Some(&[Role::Operator]),
+        | "/dbfleet.v1.AdminService/Acknowledge"
+        | "/dbfleet.v1.AdminService/RunBackup"
+        | "/dbfleet.v1.AdminService/VerifyBackup" => Some(&[Role::Operator]),
         "/dbfleet.v1.PeerService/Replicate" => Some(&[Role::Coordinator]),
         _ => None,
     }

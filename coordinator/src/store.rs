@@ -49,6 +49,9 @@ pub struct ClusterRecord {
     /// Failover policy, controls, the journal and the event history.
     #[serde(default)]
     pub control: ClusterControl,
+    /// The backup catalog, by id.
+    #[serde(default)]
+    pub backups: std::collections::BTreeMap<String, crate::backup::BackupRecord>,
 }
 
 impl ClusterRecord {
@@ -59,6 +62,7 @@ impl ClusterRecord {
             max_lag_seconds: None,
             last_primary: None,
             control: ClusterControl::default(),
+            backups: Default::default(),
         }
     }
 }

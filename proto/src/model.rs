@@ -272,6 +272,8 @@ pub struct AgentState {
     pub self_fence_timeout_ms: u64,
     /// Longest time between reports, which bounds when a self-fence acts.
     pub report_interval_ms: u64,
+    /// Backup and verification jobs, running and recently finished.
+    pub jobs: Vec<pb::Job>,
 }
 
 /// Binary log settings.
@@ -388,6 +390,7 @@ impl TryFrom<pb::AgentReport> for Report {
                 fence_reason: m.fence_reason,
                 self_fence_timeout_ms: m.self_fence_timeout_ms,
                 report_interval_ms: m.report_interval_ms,
+                jobs: m.jobs,
             },
         })
     }
@@ -568,6 +571,7 @@ impl From<Report> for pb::AgentReport {
             fence_reason: r.agent.fence_reason,
             self_fence_timeout_ms: r.agent.self_fence_timeout_ms,
             report_interval_ms: r.agent.report_interval_ms,
+            jobs: r.agent.jobs,
         }
     }
 }
@@ -662,6 +666,7 @@ mod tests {
                 fence_reason: "test".into(),
                 self_fence_timeout_ms: 3000,
                 report_interval_ms: 1000,
+                jobs: vec![],
             },
         }
     }

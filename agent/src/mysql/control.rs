@@ -41,6 +41,9 @@ pub enum ControlError {
     /// Waiting for a GTID position ran out of time.
     #[error("{0}")]
     Timeout(String),
+    /// Another heavy job runs on this host.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// How a fence made the server unable to commit.

@@ -24,10 +24,43 @@ pub(crate) struct AdminApi {
     pub(crate) clients: Arc<VoterClients>,
     pub(crate) coordinator_id: String,
     pub(crate) controls: Controls,
+    pub(crate) backups: Arc<crate::backup::Backups>,
 }
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    async fn run_backup(
+        &self,
+        request: Request<pb::RunBackupRequest>,
+    ) -> Result<Response<pb::BackupView>, Status> {
+        Ok(Response::new(self.backups.run(request.into_inner()).await?))
+    }
+
+    async fn list_backups(
+        &self,
+        request: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        Ok(Response::new(pb::ListBackupsResponse {
+            backups: self.backups.list(&request.into_inner().cluster),
+        }))
+    }
+
+    async fn get_backup(
+        &self,
+        request: Request<pb::GetBackupRequest>,
+    ) -> Result<Response<pb::BackupView>, Status> {
+        Ok(Response::new(self.backups.get(&request.into_inner().id)?))
+    }
+
+    async fn verify_backup(
+        &self,
+        request: Request<pb::VerifyBackupRequest>,
+    ) -> Result<Response<pb::BackupView>, Status> {
+        Ok(Response::new(
+            self.backups.verify(request.into_inner()).await?,
+        ))
+    }
+
     async fn failover(
         &self,
         request: Request<pb::FailoverRequest>,

@@ -400,6 +400,7 @@ mod tests {
             st.clusters,
             vec![ClusterRecord {
                 control: Default::default(),
+                backups: Default::default(),
                 name: "main".into(),
                 max_lag_seconds: Some(9),
                 last_primary: Some("db1".into())

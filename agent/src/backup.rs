@@ -1,0 +1,459 @@
+//! Backups and their verification, run by the agent as jobs.
+//!
+//! A coordinator starts a job with a command and returns at once; the job's
+//! progress and outcome travel in the agent's reports, so a coordinator
+//! that takes over mid-backup sees the same thing. One heavy job runs at a
+//! time. A marker in `state_dir/jobs` lives as long as a job: an agent
+//! killed mid-job finds it at its next start, removes the partial files
+//! and reports the job failed, so nothing half-written ever looks usable.
+
+pub mod physical;
+pub mod repo;
+pub mod tools;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dbfleet_common::clock::unix_ms;
+use dbfleet_proto::model::Flavor;
+use dbfleet_proto::pb;
+use mysql_async::prelude::Queryable;
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::mysql::control::ControlError;
+use crate::mysql::observer::{self, MysqlTarget};
+use repo::{Manifest, backup_dir};
+
+/// `[backup]` of the agent's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The repository: a local or mounted directory shared by the
+    /// cluster's agents (docs/backups.md).
+    pub repository: PathBuf,
+    /// Where verifications restore into a scratch server (default
+    /// `state_dir/scratch`); emptied after each.
+    #[serde(default)]
+    pub scratch_dir: Option<PathBuf>,
+    /// zstd level.
+    #[serde(default = "default_level")]
+    pub compression_level: i32,
+    /// zstd worker threads.
+    #[serde(default = "default_threads")]
+    pub compression_threads: u32,
+}
+
+fn default_level() -> i32 {
+    3
+}
+fn default_threads() -> u32 {
+    2
+}
+
+const RUNNING: &str = "running";
+const COMPLETED: &str = "completed";
+const FAILED: &str = "failed";
+/// Finished jobs kept for reports, newest last.
+const KEEP_FINISHED: usize = 16;
+
+/// What a job's marker file says.
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    id: String,
+    kind: String,
+    /// What to remove if the job never finished.
+    partial: PathBuf,
+}
+
+struct Entry {
+    job: pb::Job,
+    progress: Arc<AtomicU64>,
+}
+
+/// The agent's jobs.
+pub struct Jobs {
+    cluster: String,
+    host: String,
+    config: Option<BackupConfig>,
+    dir: PathBuf,
+    scratch: PathBuf,
+    target: MysqlTarget,
+    list: Mutex<Vec<Entry>>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// Ids become directory names: letters, digits, `.`, `_` and `-` only.
+fn valid_id(id: &str) -> Result<(), ControlError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlError::NotConfigured(format!(
+            "{id:?} is not a valid job id (letters, digits, '.', '_', '-')"
+        )))
+    }
+}
+
+impl Jobs {
+    /// The registry; cleans up after jobs a previous agent process left
+    /// unfinished and lists them as failed.
+    pub fn open(
+        cluster: &str,
+        host: &str,
+        state_dir: &Path,
+        config: Option<BackupConfig>,
+        target: MysqlTarget,
+    ) -> Arc<Jobs> {
+        let dir = state_dir.join("jobs");
+        let scratch = config
+            .as_ref()
+            .and_then(|c| c.scratch_dir.clone())
+            .unwrap_or_else(|| state_dir.join("scratch"));
+        let jobs = Jobs {
+            cluster: cluster.to_string(),
+            host: host.to_string(),
+            config,
+            dir,
+            scratch,
+            target,
+            list: Mutex::new(Vec::new()),
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
+        jobs.clean_leftovers();
+        Arc::new(jobs)
+    }
+
+    fn clean_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "cnf") {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let Some(m) = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Marker>(&b).ok())
+            else {
+                continue;
+            };
+            let usable = m.kind == "backup" && Manifest::read(&m.partial).is_ok();
+            if !usable {
+                let _ = std::fs::remove_dir_all(&m.partial);
+            }
+            warn!(
+                job = m.id,
+                kind = m.kind,
+                "a job was cut short by the agent's restart; its partial files were removed"
+            );
+            self.lock().push(Entry {
+                job: pb::Job {
+                    id: m.id,
+                    kind: m.kind,
+                    state: FAILED.into(),
+                    detail: "the agent stopped during the job; its partial files were removed"
+                        .into(),
+                    ..Default::default()
+                },
+                progress: Arc::new(AtomicU64::new(0)),
+            });
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+        self.list.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Running and recently finished jobs, for reports.
+    pub fn snapshot(&self) -> Vec<pb::Job> {
+        self.lock()
+            .iter()
+            .map(|e| pb::Job {
+                bytes: e.progress.load(Ordering::Relaxed),
+                ..e.job.clone()
+            })
+            .collect()
+    }
+
+    /// Stops running jobs (the agent is shutting down).
+    pub fn stop(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    fn config(&self) -> Result<&BackupConfig, ControlError> {
+        self.config.as_ref().ok_or_else(|| {
+            ControlError::NotConfigured(
+                "this agent has no [backup] section (repository = \"/path\") in its config".into(),
+            )
+        })
+    }
+
+    /// Registers a job unless it exists (idempotent) or another runs.
+    /// `Ok(Err(words))`: already known, with its state in words.
+    fn register(
+        &self,
+        id: &str,
+        kind: &str,
+    ) -> Result<Result<Arc<AtomicU64>, String>, ControlError> {
+        let mut list = self.lock();
+        if let Some(e) = list.iter().find(|e| e.job.id == id) {
+            return Ok(Err(format!("{kind} {id} is already {}", e.job.state)));
+        }
+        if let Some(busy) = list.iter().find(|e| e.job.state == RUNNING) {
+            return Err(ControlError::Busy(format!(
+                "{} {} is running on this host; one heavy job at a time",
+                busy.job.kind, busy.job.id
+            )));
+        }
+        let progress = Arc::new(AtomicU64::new(0));
+        list.push(Entry {
+            job: pb::Job {
+                id: id.to_string(),
+                kind: kind.to_string(),
+                state: RUNNING.into(),
+                ..Default::default()
+            },
+            progress: progress.clone(),
+        });
+        let finished: Vec<usize> = list
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.job.state != RUNNING)
+            .map(|(i, _)| i)
+            .collect();
+        if finished.len() > KEEP_FINISHED {
+            list.remove(finished[0]);
+        }
+        Ok(Ok(progress))
+    }
+
+    fn finish(&self, id: &str, result: Result<(String, String), String>) {
+        let mut list = self.lock();
+        if let Some(e) = list.iter_mut().find(|e| e.job.id == id) {
+            match result {
+                Ok((detail, manifest)) => {
+                    e.job.state = COMPLETED.into();
+                    e.job.detail = detail;
+                    e.job.manifest_json = manifest;
+                }
+                Err(why) => {
+                    e.job.state = FAILED.into();
+                    e.job.detail = why;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
+    }
+
+    fn write_marker(&self, m: &Marker) -> Result<(), ControlError> {
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| {
+                dbfleet_common::durable::write_atomic(
+                    &self.dir.join(format!("{}.json", m.id)),
+                    &serde_json::to_vec(m).expect("markers encode"),
+                    0o600,
+                )
+            })
+            .map_err(|e| {
+                ControlError::NotConfigured(format!(
+                    "cannot write the job marker in {}: {e}",
+                    self.dir.display()
+                ))
+            })
+    }
+
+    /// Starts a physical backup `id` into the repository.
+    pub fn start_backup(self: &Arc<Self>, id: &str, method: &str) -> Result<String, ControlError> {
+        valid_id(id)?;
+        if !matches!(method, "" | "physical") {
+            return Err(ControlError::NotConfigured(format!(
+                "backup method {method:?} is not supported yet; use physical"
+            )));
+        }
+        let cfg = self.config()?.clone();
+        let dir = backup_dir(&cfg.repository, &self.cluster, id);
+        let progress = match self.register(id, "backup")? {
+            Ok(p) => p,
+            Err(known) => return Ok(known),
+        };
+        if let Err(e) = self.write_marker(&Marker {
+            id: id.to_string(),
+            kind: "backup".into(),
+            partial: dir.clone(),
+        }) {
+            self.finish(id, Err(e.to_string()));
+            return Err(e);
+        }
+        let jobs = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let result = jobs.backup(&id, &cfg, dir.clone(), progress).await;
+            if let Err(e) = &result {
+                error!(backup = id, error = e, "backup failed; removing its files");
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            jobs.finish(&id, result);
+        });
+        Ok("backup started".into())
+    }
+
+    async fn backup(
+        &self,
+        id: &str,
+        cfg: &BackupConfig,
+        dir: PathBuf,
+        progress: Arc<AtomicU64>,
+    ) -> Result<(String, String), String> {
+        let started = unix_ms();
+        let (mut conn, flavor) = observer::connect(&self.target).await?;
+        if flavor != Flavor::MariaDb {
+            return Err("physical backups of MySQL (xtrabackup) are not supported yet".into());
+        }
+        let state = observer::read_state(&mut conn, flavor).await?;
+        let datadir: Option<String> = conn
+            .query_first("SELECT @@datadir")
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = conn.disconnect().await;
+        let tool = tools::find("mariadb-backup")?;
+        tools::check_matches(&tools::version(&tool)?, &state.version)?;
+        let defaults = self.dir.join(format!("{id}.cnf"));
+        self.write_defaults(&defaults)?;
+        let b = physical::PhysicalBackup {
+            dir: dir.clone(),
+            defaults_file: defaults.clone(),
+            datadir: datadir.unwrap_or_default(),
+            level: cfg.compression_level,
+            threads: cfg.compression_threads,
+            progress,
+            cancel: self.cancel.clone(),
+        };
+        info!(backup = id, dir = %dir.display(), "physical backup running");
+        let taken = tokio::task::spawn_blocking(move || physical::take(&b))
+            .await
+            .map_err(|e| format!("backup task: {e}"));
+        let _ = std::fs::remove_file(&defaults);
+        let taken = taken??;
+        let manifest = Manifest {
+            format: 1,
+            id: id.to_string(),
+            cluster: self.cluster.clone(),
+            host: self.host.clone(),
+            server_id: state.server_id,
+            server_uuid: state.server_uuid.clone(),
+            flavor: flavor.as_str().to_string(),
+            server_version: state.version.clone(),
+            method: "physical".into(),
+            parent: None,
+            start_gtid: state.gtid.executed.clone(),
+            end_gtid: taken.end_gtid,
+            binlog_file: taken.binlog_file,
+            binlog_position: taken.binlog_position,
+            stream_bytes: taken.stream_bytes,
+            files: vec![taken.stored],
+            compression: format!("zstd-{}", cfg.compression_level),
+            tool: taken.tool,
+            started_at_unix_ms: started,
+            finished_at_unix_ms: unix_ms(),
+        };
+        manifest
+            .write(&dir)
+            .map_err(|e| format!("cannot write the manifest in {}: {e}", dir.display()))?;
+        let detail = format!(
+            "{} stream bytes stored as {} ({} ms) at GTID {:?}",
+            manifest.stream_bytes,
+            manifest.files[0].bytes,
+            manifest.finished_at_unix_ms - manifest.started_at_unix_ms,
+            manifest.end_gtid
+        );
+        info!(backup = id, detail, "backup completed");
+        Ok((
+            detail,
+            serde_json::to_string(&manifest).expect("manifests encode"),
+        ))
+    }
+
+    /// The agent's credentials for the tools, mode 0600: passwords never
+    /// go into argv.
+    fn write_defaults(&self, path: &Path) -> Result<(), String> {
+        let t = &self.target;
+        let place = match &t.socket {
+            Some(s) => format!("socket={}\n", s.display()),
+            None => format!("host={}\nport={}\n", t.address.host, t.address.port),
+        };
+        let text = format!(
+            "[client]\nuser={}\npassword={}\n{place}",
+            t.user,
+            t.password.expose()
+        );
+        dbfleet_common::durable::write_atomic(path, text.as_bytes(), 0o600)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// Starts verifying backup `backup_id` as job `job_id`.
+    pub fn start_verify(
+        self: &Arc<Self>,
+        job_id: &str,
+        backup_id: &str,
+    ) -> Result<String, ControlError> {
+        valid_id(job_id)?;
+        valid_id(backup_id)?;
+        let cfg = self.config()?.clone();
+        let backup = backup_dir(&cfg.repository, &self.cluster, backup_id);
+        let scratch = self.scratch.join(job_id);
+        let progress = match self.register(job_id, "verify")? {
+            Ok(p) => p,
+            Err(known) => return Ok(known),
+        };
+        if let Err(e) = self.write_marker(&Marker {
+            id: job_id.to_string(),
+            kind: "verify".into(),
+            partial: scratch.clone(),
+        }) {
+            self.finish(job_id, Err(e.to_string()));
+            return Err(e);
+        }
+        let jobs = self.clone();
+        let job_id = job_id.to_string();
+        tokio::spawn(async move {
+            let _ = std::fs::remove_dir_all(&scratch);
+            let result = verify::verify(verify::Verification {
+                backup_dir: backup,
+                scratch: scratch.clone(),
+                progress,
+            })
+            .await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            match &result {
+                Ok(s) => info!(job = job_id, summary = s, "backup verified"),
+                Err(e) => warn!(job = job_id, error = e, "backup failed verification"),
+            }
+            jobs.finish(&job_id, result.map(|s| (s, String::new())));
+        });
+        Ok("verification started".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_plain_names() {
+        assert!(valid_id("main-20261121T094600Z-db2").is_ok());
+        for bad in ["", "../x", "a/b", ".hidden", "a b"] {
+            assert!(valid_id(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! `dbfleet backup ...`: starting backups and verifications, waiting for
+//! them with progress on stderr, and rendering the catalog (documented in
+//! docs/cli.md and docs/backups.md).
+
+use std::time::Duration;
+
+use dbfleet_proto::pb;
+use serde_json::{Value, json};
+
+use crate::client::{Client, ClientError};
+
+/// A catalog entry as JSON.
+pub fn backup_json(b: &pb::BackupView) -> Value {
+    let manifest: Value = serde_json::from_str(&b.manifest_json).unwrap_or(Value::Null);
+    json!({
+        "id": b.id, "cluster": b.cluster, "host": b.host, "method": b.method,
+        "status": b.status, "error": b.error, "bytes": b.bytes,
+        "verification": b.verification, "verification_detail": b.verification_detail,
+        "started_at_unix_ms": b.started_at_unix_ms, "finished_at_unix_ms": b.finished_at_unix_ms,
+        "manifest": manifest,
+    })
+}
+
+/// The catalog as JSON.
+pub fn list_json(r: &pb::ListBackupsResponse) -> Value {
+    json!({ "backups": r.backups.iter().map(backup_json).collect::<Vec<_>>() })
+}
+
+/// The catalog as a table.
+pub fn list_table(r: &pb::ListBackupsResponse) -> String {
+    let mut s = format!(
+        "{:<44} {:<8} {:<9} {:<10} {:<12} {:>12}\n",
+        "ID", "HOST", "METHOD", "STATUS", "VERIFIED", "BYTES"
+    );
+    for b in &r.backups {
+        s.push_str(&format!(
+            "{:<44} {:<8} {:<9} {:<10} {:<12} {:>12}\n",
+            b.id, b.host, b.method, b.status, b.verification, b.bytes
+        ));
+    }
+    s
+}
+
+/// One entry in words.
+pub fn show_text(b: &pb::BackupView) -> String {
+    let mut s = format!(
+        "backup {} of {} on {} ({}): {}, verification {}\n",
+        b.id, b.cluster, b.host, b.method, b.status, b.verification
+    );
+    if !b.error.is_empty() {
+        s.push_str(&format!("  error: {}\n", b.error));
+    }
+    if !b.verification_detail.is_empty() {
+        s.push_str(&format!("  verification: {}\n", b.verification_detail));
+    }
+    if let Ok(m) = serde_json::from_str::<Value>(&b.manifest_json) {
+        s.push_str(&format!(
+            "  consistent at GTID {} ({} {}), {} stream bytes stored as {}\n",
+            m["end_gtid"], m["binlog_file"], m["binlog_position"], m["stream_bytes"], b.bytes
+        ));
+    }
+    s
+}
+
+/// Polls `id` until `done` says so, printing progress to stderr when
+/// `progress` is set.
+pub async fn wait(
+    client: &Client,
+    id: &str,
+    progress: bool,
+    done: impl Fn(&pb::BackupView) -> bool,
+) -> Result<pb::BackupView, ClientError> {
+    let mut last = u64::MAX;
+    loop {
+        let b = client.get_backup(id).await?;
+        if done(&b) {
+            return Ok(b);
+        }
+        if progress && b.bytes != last {
+            eprintln!("{id}: {} bytes stored", b.bytes);
+            last = b.bytes;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,468 @@
+//! The backup catalog and its jobs: which host takes a backup, the
+//! catalog entries (kept in each cluster's desired record, so the standby
+//! has them), and the loop that follows the agents' jobs in their reports.
+//!
+//! Desired vs observed: the catalog says what was asked and what is known
+//! to have happened; the agents' reports say what their jobs are doing.
+//! The active reconciles the first from the second every half second, so
+//! a coordinator that takes over mid-backup carries on following it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dbfleet_common::clock::{boottime, unix_ms};
+use dbfleet_lease::Epoch;
+use dbfleet_proto::lease::millis;
+use dbfleet_proto::model::IoThread;
+use dbfleet_proto::pb;
+use dbfleet_proto::pb::command_request::Command;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::error::ServiceError;
+use crate::fleet::{Fleet, MemberState};
+use crate::ha::voters::VoterClients;
+
+/// "running", "completed", "failed".
+const RUNNING: &str = "running";
+
+/// One backup in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// Catalog id, also its directory name in the repository.
+    pub id: String,
+    /// Host that takes it.
+    pub host: String,
+    /// "physical".
+    pub method: String,
+    /// "running", "completed" or "failed".
+    pub status: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: String,
+    /// Stored bytes, last seen.
+    #[serde(default)]
+    pub bytes: u64,
+    /// The manifest (JSON) once completed.
+    #[serde(default)]
+    pub manifest_json: String,
+    /// When it was asked for and when it ended (Unix ms).
+    pub started_at_unix_ms: i64,
+    /// End.
+    #[serde(default)]
+    pub finished_at_unix_ms: i64,
+    /// "never", "running", "verified" or "failed".
+    #[serde(default = "never")]
+    pub verification: String,
+    /// The verification job and host while running, and its summary after.
+    #[serde(default)]
+    pub verification_detail: String,
+    /// The running verification job: (job id, host).
+    #[serde(default)]
+    pub verify_job: Option<(String, String)>,
+}
+
+fn never() -> String {
+    "never".into()
+}
+
+/// A catalog entry as the API shows it.
+pub fn backup_view(cluster: &str, b: &BackupRecord) -> pb::BackupView {
+    pb::BackupView {
+        id: b.id.clone(),
+        cluster: cluster.to_string(),
+        host: b.host.clone(),
+        method: b.method.clone(),
+        status: b.status.clone(),
+        verification: b.verification.clone(),
+        verification_detail: b.verification_detail.clone(),
+        started_at_unix_ms: b.started_at_unix_ms,
+        finished_at_unix_ms: b.finished_at_unix_ms,
+        bytes: b.bytes,
+        error: b.error.clone(),
+        manifest_json: b.manifest_json.clone(),
+    }
+}
+
+/// `20261121T094600Z` for now.
+fn stamp() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace(['-', ':'], "")
+}
+
+fn running_job(m: &MemberState) -> Option<String> {
+    m.report
+        .as_ref()?
+        .agent
+        .jobs
+        .iter()
+        .find(|j| j.state == RUNNING)
+        .map(|j| format!("{} {}", j.kind, j.id))
+}
+
+/// The host for a backup: a healthy replica (both threads running, least
+/// lag), else the primary; never one already running a heavy job.
+pub(crate) fn choose_host(members: &[MemberState]) -> Result<String, String> {
+    let mut best: Option<(u64, &MemberState)> = None;
+    let mut primary = None;
+    let mut why = Vec::new();
+    for m in members {
+        let Some(s) = m.server() else {
+            why.push(format!("{}: not reachable", m.host));
+            continue;
+        };
+        if let Some(job) = running_job(m) {
+            why.push(format!("{}: busy with {job}", m.host));
+            continue;
+        }
+        match &s.replication {
+            Some(r) if r.io_thread == IoThread::Running && r.sql_running => {
+                let lag = r.seconds_behind.unwrap_or(u64::MAX);
+                if best.is_none_or(|(l, _)| lag < l) {
+                    best = Some((lag, m));
+                }
+            }
+            Some(_) => why.push(format!("{}: replication not running", m.host)),
+            None if s.writable() => primary = Some(m),
+            None => why.push(format!("{}: neither replica nor primary", m.host)),
+        }
+    }
+    best.map(|(_, m)| m)
+        .or(primary)
+        .map(|m| m.host.clone())
+        .ok_or_else(|| format!("no member can take a backup now ({})", why.join("; ")))
+}
+
+/// Backups of every cluster.
+#[derive(Debug)]
+pub struct Backups {
+    fleet: Arc<Fleet>,
+    clients: Arc<VoterClients>,
+}
+
+impl Backups {
+    /// The backup machinery of one coordinator.
+    pub fn new(fleet: Arc<Fleet>, clients: Arc<VoterClients>) -> Arc<Backups> {
+        Arc::new(Backups { fleet, clients })
+    }
+
+    fn epoch(&self) -> Result<Epoch, ServiceError> {
+        self.fleet
+            .ha()
+            .holder()
+            .command_epoch(boottime())
+            .ok_or_else(|| self.fleet.ha().not_active())
+    }
+
+    async fn command(
+        &self,
+        m: &MemberState,
+        epoch: &Epoch,
+        cmd: Command,
+    ) -> Result<String, String> {
+        let Some(address) = &m.agent_address else {
+            return Err(format!("{}: no agent address known", m.host));
+        };
+        let (holder, remaining) = {
+            let h = self.fleet.ha().holder();
+            (
+                h.id().clone(),
+                h.lease_remaining(boottime()).map_or(0, millis),
+            )
+        };
+        self.clients
+            .execute(
+                &m.host,
+                address,
+                epoch,
+                &holder,
+                remaining,
+                "",
+                0,
+                cmd,
+                Duration::from_secs(20),
+            )
+            .await
+            .map(|r| r.detail)
+            .map_err(|e| format!("{}: {e}", m.host))
+    }
+
+    /// Finds a backup in every cluster's catalog.
+    fn find(&self, id: &str) -> Result<(String, BackupRecord), ServiceError> {
+        self.fleet
+            .cluster_names()
+            .into_iter()
+            .find_map(|c| {
+                let b = self.fleet.cluster_record(&c).backups.get(id).cloned()?;
+                Some((c, b))
+            })
+            .ok_or_else(|| ServiceError::UnknownBackup(id.to_string()))
+    }
+
+    /// `dbfleet backup run`.
+    pub async fn run(&self, req: pb::RunBackupRequest) -> Result<pb::BackupView, ServiceError> {
+        let epoch = self.epoch()?;
+        let method = if req.method.is_empty() {
+            "physical"
+        } else {
+            req.method.as_str()
+        };
+        if method != "physical" {
+            return Err(ServiceError::Refused(format!(
+                "backup method {method:?} is not supported yet; use physical"
+            )));
+        }
+        if !self.fleet.cluster_names().contains(&req.cluster) {
+            return Err(ServiceError::Refused(format!(
+                "no cluster named {:?}",
+                req.cluster
+            )));
+        }
+        let members = self.fleet.members(&req.cluster);
+        let host = if req.host.is_empty() {
+            choose_host(&members).map_err(ServiceError::Refused)?
+        } else {
+            req.host.clone()
+        };
+        let m = members.iter().find(|m| m.host == host).ok_or_else(|| {
+            ServiceError::Refused(format!("{host} is not a member of {}", req.cluster))
+        })?;
+        if m.server().is_none() {
+            return Err(ServiceError::Refused(format!(
+                "{host}'s mysqld is not reachable now"
+            )));
+        }
+        let id = format!("{}-{}-{host}", req.cluster, stamp());
+        let record = BackupRecord {
+            id: id.clone(),
+            host: host.clone(),
+            method: method.to_string(),
+            status: RUNNING.into(),
+            error: String::new(),
+            bytes: 0,
+            manifest_json: String::new(),
+            started_at_unix_ms: unix_ms(),
+            finished_at_unix_ms: 0,
+            verification: never(),
+            verification_detail: String::new(),
+            verify_job: None,
+        };
+        // Intent first: the catalog knows the backup before the agent runs it.
+        let r = record.clone();
+        self.fleet
+            .update_cluster(&req.cluster, epoch.clone(), move |rec| {
+                rec.backups.insert(r.id.clone(), r);
+                Ok(())
+            })
+            .await?;
+        let cmd = Command::StartBackup(pb::StartBackup {
+            id: id.clone(),
+            method: method.to_string(),
+        });
+        let record = match self.command(m, &epoch, cmd).await {
+            Ok(detail) => {
+                info!(backup = id, host, detail, "backup started");
+                record
+            }
+            Err(e) => {
+                warn!(backup = id, host, error = e, "backup could not start");
+                let failed = BackupRecord {
+                    status: "failed".into(),
+                    error: e,
+                    finished_at_unix_ms: unix_ms(),
+                    ..record
+                };
+                let f = failed.clone();
+                self.fleet
+                    .update_cluster(&req.cluster, epoch, move |rec| {
+                        rec.backups.insert(f.id.clone(), f);
+                        Ok(())
+                    })
+                    .await?;
+                failed
+            }
+        };
+        Ok(backup_view(&req.cluster, &record))
+    }
+
+    /// `dbfleet backup verify`.
+    pub async fn verify(
+        &self,
+        req: pb::VerifyBackupRequest,
+    ) -> Result<pb::BackupView, ServiceError> {
+        let epoch = self.epoch()?;
+        let (cluster, b) = self.find(&req.id)?;
+        if b.status != "completed" {
+            return Err(ServiceError::Refused(format!(
+                "backup {} is {}; only a completed backup can be verified",
+                b.id, b.status
+            )));
+        }
+        if b.verification == RUNNING {
+            return Ok(backup_view(&cluster, &b));
+        }
+        let host = if req.host.is_empty() {
+            b.host.clone()
+        } else {
+            req.host.clone()
+        };
+        let members = self.fleet.members(&cluster);
+        let m = members
+            .iter()
+            .find(|m| m.host == host && m.reporting)
+            .ok_or_else(|| ServiceError::Refused(format!("{host}'s agent is not reporting")))?;
+        if let Some(job) = running_job(m) {
+            return Err(ServiceError::Refused(format!(
+                "{host} is busy with {job}; retry when it ends"
+            )));
+        }
+        let job = format!("verify-{}-{}", b.id, stamp());
+        let cmd = Command::StartVerify(pb::StartVerify {
+            job_id: job.clone(),
+            backup_id: b.id.clone(),
+        });
+        self.command(m, &epoch, cmd)
+            .await
+            .map_err(ServiceError::Refused)?;
+        let id = b.id.clone();
+        let running = (job, host);
+        let updated = self
+            .fleet
+            .update_cluster(&cluster, epoch, move |rec| {
+                let b = rec
+                    .backups
+                    .get_mut(&id)
+                    .ok_or_else(|| ServiceError::UnknownBackup(id.clone()))?;
+                b.verification = RUNNING.into();
+                b.verification_detail = format!("verifying on {}", running.1);
+                b.verify_job = Some(running);
+                Ok(b.clone())
+            })
+            .await?;
+        Ok(backup_view(&cluster, &updated))
+    }
+
+    /// `dbfleet backup list`.
+    pub fn list(&self, cluster: &str) -> Vec<pb::BackupView> {
+        let mut out = Vec::new();
+        for c in self.fleet.cluster_names() {
+            if !cluster.is_empty() && c != cluster {
+                continue;
+            }
+            let rec = self.fleet.cluster_record(&c);
+            out.extend(rec.backups.values().map(|b| backup_view(&c, b)));
+        }
+        out.sort_by_key(|b| b.started_at_unix_ms);
+        out
+    }
+
+    /// `dbfleet backup show`.
+    pub fn get(&self, id: &str) -> Result<pb::BackupView, ServiceError> {
+        let (c, b) = self.find(id)?;
+        Ok(backup_view(&c, &b))
+    }
+
+    /// Brings running catalog entries up to date from the agents' jobs.
+    async fn tick(&self) {
+        let Ok(epoch) = self.epoch() else { return };
+        for cluster in self.fleet.cluster_names() {
+            let rec = self.fleet.cluster_record(&cluster);
+            let members = self.fleet.members(&cluster);
+            let mut changed: BTreeMap<String, BackupRecord> = BTreeMap::new();
+            for b in rec.backups.values() {
+                if let Some(n) = follow(b, &members) {
+                    changed.insert(n.id.clone(), n);
+                }
+            }
+            if changed.is_empty() {
+                continue;
+            }
+            for b in changed.values() {
+                if b.status != RUNNING
+                    && rec.backups.get(&b.id).is_some_and(|o| o.status == RUNNING)
+                {
+                    info!(
+                        backup = b.id,
+                        status = b.status,
+                        error = b.error,
+                        "backup ended"
+                    );
+                }
+            }
+            let r = self
+                .fleet
+                .update_cluster(&cluster, epoch.clone(), move |rec| {
+                    rec.backups.extend(changed);
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = r {
+                warn!(cluster, error = %e, "cannot update the backup catalog; retrying");
+            }
+        }
+    }
+}
+
+/// The catalog entry `b` after what its agents report, if that changes it.
+fn follow(b: &BackupRecord, members: &[MemberState]) -> Option<BackupRecord> {
+    let jobs_of = |host: &str| {
+        members
+            .iter()
+            .find(|m| m.host == host)
+            .and_then(|m| m.report.as_ref())
+            .map(|r| r.agent.jobs.clone())
+            .unwrap_or_default()
+    };
+    let mut n = b.clone();
+    if b.status == RUNNING
+        && let Some(j) = jobs_of(&b.host).into_iter().find(|j| j.id == b.id)
+    {
+        n.bytes = j.bytes;
+        match j.state.as_str() {
+            "completed" => {
+                n.status = "completed".into();
+                n.manifest_json = j.manifest_json;
+                n.finished_at_unix_ms = unix_ms();
+            }
+            "failed" => {
+                n.status = "failed".into();
+                n.error = j.detail;
+                n.finished_at_unix_ms = unix_ms();
+            }
+            _ => {}
+        }
+    }
+    if let Some((job, host)) = &b.verify_job
+        && let Some(j) = jobs_of(host).into_iter().find(|j| &j.id == job)
+    {
+        match j.state.as_str() {
+            "completed" => {
+                n.verification = "verified".into();
+                n.verification_detail = format!("on {host}: {}", j.detail);
+                n.verify_job = None;
+            }
+            "failed" => {
+                n.verification = "failed".into();
+                n.verification_detail = format!("on {host}: {}", j.detail);
+                n.verify_job = None;
+            }
+            _ => {}
+        }
+    }
+    (n != *b).then_some(n)
+}
+
+/// Follows the agents' jobs every half second while active, until `cancel`.
+pub async fn run(b: Arc<Backups>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        b.tick().await;
+    }
+}

@@ -1,0 +1,231 @@
+//! Backups with real processes: mariadb-backup on a real replica under
+//! write load, streamed through the agent into the sandbox's repository,
+//! and verified by restoring into a scratch mariadbd. Faults: an agent
+//! killed mid-backup, a full repository, a corrupted stored file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dbfleet_integration_tests::workload::Writer;
+use dbfleet_integration_tests::{PATIENCE, TestFleet, sole_active};
+use serde_json::Value;
+
+async fn fleet_with_writes() -> (TestFleet, Writer) {
+    let fleet = TestFleet::start(2, 1).await;
+    fleet
+        .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
+        .await;
+    let writer = Writer::start(&fleet, "db1").await;
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while writer.acked_count() < 20 {
+        assert!(tokio::time::Instant::now() < give_up, "the writer is stuck");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (fleet, writer)
+}
+
+/// Runs the CLI with `--output json` and parses what it printed.
+fn cli_json(fleet: &TestFleet, args: &[&str]) -> (bool, Value) {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let out = fleet.cli(&all);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{args:?} printed no JSON: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
+}
+
+fn backup_dir(fleet: &TestFleet, id: &str) -> PathBuf {
+    fleet.dir.join("backups/main/backups").join(id)
+}
+
+/// Waits until backup `id`'s catalog entry satisfies `ok`.
+async fn wait_entry(fleet: &TestFleet, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, v) = cli_json(fleet, &["backup", "show", id]);
+        if ok(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "{what}: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_backup_under_write_load_is_consistent_and_verified() {
+    let (fleet, writer) = fleet_with_writes().await;
+    let (ok, b) = cli_json(&fleet, &["backup", "run", "--cluster", "main"]);
+    assert!(ok, "{b}");
+    assert_eq!(b["status"], "completed");
+    assert_ne!(
+        b["host"], "db1",
+        "a healthy replica takes it, not the primary"
+    );
+    let id = b["id"].as_str().unwrap().to_string();
+    let m = &b["manifest"];
+    assert_eq!(m["method"], "physical");
+    assert!(
+        m["end_gtid"]
+            .as_str()
+            .is_some_and(|g| g.starts_with("0-1-")),
+        "{m}"
+    );
+    assert!(
+        m["files"][0]["sha256"]
+            .as_str()
+            .is_some_and(|s| s.len() == 64)
+    );
+    assert!(backup_dir(&fleet, &id).join("manifest.json").is_file());
+    assert_eq!(b["verification"], "never");
+
+    let (ok, v) = cli_json(&fleet, &["backup", "verify", &id]);
+    assert!(ok, "{v}");
+    assert_eq!(v["verification"], "verified", "{v}");
+    let (_, list) = cli_json(&fleet, &["backup", "list"]);
+    assert_eq!(list["backups"][0]["verification"], "verified");
+    writer.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupted_backup_fails_verification() {
+    let (fleet, writer) = fleet_with_writes().await;
+    let (ok, b) = cli_json(&fleet, &["backup", "run", "--cluster", "main"]);
+    assert!(ok, "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    let data = backup_dir(&fleet, &id).join("data.xbstream.zst");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let (ok, v) = cli_json(&fleet, &["backup", "verify", &id]);
+    assert!(!ok, "a failed verification exits non-zero");
+    assert_eq!(v["verification"], "failed");
+    let why = v["verification_detail"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("is corrupt") && why.contains("SHA-256"),
+        "{why}"
+    );
+    writer.stop().await;
+}
+
+/// The pid of the mariadb-backup process taking backup `id`.
+fn backup_tool_pid(id: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        (cmdline.starts_with("mariadb-backup") || cmdline.contains("/mariadb-backup\0"))
+            .then_some(())
+            .filter(|()| cmdline.contains(id))
+            .map(|()| pid)
+    })
+}
+
+#[tokio::test]
+async fn an_agent_killed_mid_backup_leaves_no_usable_looking_backup() {
+    let (mut fleet, writer) = fleet_with_writes().await;
+    let (ok, b) = cli_json(
+        &fleet,
+        &[
+            "backup",
+            "run",
+            "--cluster",
+            "main",
+            "--host",
+            "db2",
+            "--detach",
+        ],
+    );
+    assert!(ok, "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    // Hold the tool mid-stream, then kill the agent under it.
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    let tool = loop {
+        if let Some(p) = backup_tool_pid(&id) {
+            break nix::unistd::Pid::from_raw(p);
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "mariadb-backup never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    fleet.kill("agent-db2");
+    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(
+        !backup_dir(&fleet, &id).join("manifest.json").exists(),
+        "no manifest was written"
+    );
+    fleet.start_agent("db2").unwrap();
+    let entry = wait_entry(&fleet, &id, "the backup marked failed", |v| {
+        v["status"] == "failed"
+    })
+    .await;
+    assert!(
+        entry["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("agent stopped during the job"),
+        "{entry}"
+    );
+    assert!(
+        !backup_dir(&fleet, &id).exists(),
+        "its partial files are gone"
+    );
+    let out = fleet.cli(&["backup", "verify", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("only a completed backup can be verified"),
+        "{err}"
+    );
+    writer.stop().await;
+}
+
+/// A 256 KiB tmpfs over `dir`, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount (tests run as root)");
+        assert!(
+            out.status.success(),
+            "mount a small tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_repository_fails_the_backup_cleanly() {
+    let (fleet, writer) = fleet_with_writes().await;
+    let _disk = SmallDisk::mount(&fleet.dir.join("backups"));
+    let (ok, b) = cli_json(&fleet, &["backup", "run", "--cluster", "main"]);
+    assert!(!ok, "a failed backup exits non-zero: {b}");
+    assert_eq!(b["status"], "failed");
+    let error = b["error"].as_str().unwrap_or_default();
+    assert!(error.contains("No space left on device"), "{error}");
+    let id = b["id"].as_str().unwrap();
+    assert!(
+        !backup_dir(&fleet, id).exists(),
+        "its partial files are gone"
+    );
+    writer.stop().await;
+}
