@@ -168,6 +168,26 @@ impl AgentConfig {
             return Ok(c);
         }
         Name::parse(&c.cluster).map_err(|r| invalid("cluster", r))?;
+        if let Some(b) = &c.backup {
+            if !b.repository.is_absolute() {
+                return Err(invalid(
+                    "backup.repository",
+                    "must be an absolute path (a local or mounted directory)".into(),
+                ));
+            }
+            if !(1..=19).contains(&b.compression_level) {
+                return Err(invalid(
+                    "backup.compression_level",
+                    "must be between 1 and 19 (zstd)".into(),
+                ));
+            }
+            if !(1..=64).contains(&b.compression_threads) {
+                return Err(invalid(
+                    "backup.compression_threads",
+                    "must be between 1 and 64".into(),
+                ));
+            }
+        }
         let Some(mysql) = &c.mysql else {
             return Err(invalid(
                 "mysql",

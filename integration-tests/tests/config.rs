@@ -76,6 +76,15 @@ fn agent_check_config_accepts_good_and_names_what_is_wrong() {
     );
     assert!(!ok && out.contains("collect_interval"), "{out}");
 
+    let (ok, out) = check(
+        "dbfleet-agent",
+        &agent_config(&f, "db1", "[backup]\nrepository = \"backups\""),
+    );
+    assert!(
+        !ok && out.contains("backup.repository") && out.contains("absolute"),
+        "{out}"
+    );
+
     let (ok, out) = check("dbfleet-agent", &agent_config(&f, "db9", ""));
     assert!(
         !ok && out.contains("dbfleet://agent/db9"),
