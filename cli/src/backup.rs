@@ -80,6 +80,6 @@ pub async fn wait(
             eprintln!("{id}: {} bytes stored", b.bytes);
             last = b.bytes;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

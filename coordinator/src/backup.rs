@@ -4,7 +4,7 @@
 //!
 //! Desired vs observed: the catalog says what was asked and what is known
 //! to have happened; the agents' reports say what their jobs are doing.
-//! The active reconciles the first from the second every half second, so
+//! The active reconciles the first from the second every 200 ms, so
 //! a coordinator that takes over mid-backup carries on following it.
 
 use std::collections::BTreeMap;
@@ -455,13 +455,13 @@ fn follow(b: &BackupRecord, members: &[MemberState]) -> Option<BackupRecord> {
     (n != *b).then_some(n)
 }
 
-/// Follows the agents' jobs every half second while active, until `cancel`.
+/// Follows the agents' jobs every 200 ms while active, until `cancel`.
 pub async fn run(b: Arc<Backups>, cancel: CancellationToken) {
     loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         b.tick().await;
     }
