@@ -147,23 +147,35 @@ impl Jobs {
             else {
                 continue;
             };
-            let usable = m.kind == "backup" && Manifest::read(&m.partial).is_ok();
-            if !usable {
-                let _ = std::fs::remove_dir_all(&m.partial);
-            }
-            warn!(
-                job = m.id,
-                kind = m.kind,
-                "a job was cut short by the agent's restart; its partial files were removed"
-            );
+            // Killed between the manifest and the marker's removal: the
+            // backup is complete and says so.
+            let job = match Manifest::read(&m.partial) {
+                Ok(manifest) if m.kind == "backup" => pb::Job {
+                    state: COMPLETED.into(),
+                    detail: "completed before the agent stopped".into(),
+                    manifest_json: serde_json::to_string(&manifest).expect("manifests encode"),
+                    ..Default::default()
+                },
+                _ => {
+                    let _ = std::fs::remove_dir_all(&m.partial);
+                    warn!(
+                        job = m.id,
+                        kind = m.kind,
+                        "a job was cut short by the agent's restart; its partial files were removed"
+                    );
+                    pb::Job {
+                        state: FAILED.into(),
+                        detail: "the agent stopped during the job; its partial files were removed"
+                            .into(),
+                        ..Default::default()
+                    }
+                }
+            };
             self.lock().push(Entry {
                 job: pb::Job {
                     id: m.id,
                     kind: m.kind,
-                    state: FAILED.into(),
-                    detail: "the agent stopped during the job; its partial files were removed"
-                        .into(),
-                    ..Default::default()
+                    ..job
                 },
                 progress: Arc::new(AtomicU64::new(0)),
             });

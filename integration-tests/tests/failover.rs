@@ -99,6 +99,26 @@ fn evidence_of(fleet: &TestFleet, kind: &str) -> String {
     format!("{last}")
 }
 
+/// Cuts db1's host off from every other member, the coordinators, and
+/// 127.0.0.1 (where replicas and test clients connect from); its agent
+/// still reaches its own mysqld through the socket.
+fn cut_off_db1(fleet: &TestFleet) -> Partition {
+    let db1 = fleet.info.members[0].address.clone();
+    let mut others: Vec<String> = fleet.info.members[1..]
+        .iter()
+        .map(|m| m.address.clone())
+        .collect();
+    others.extend(
+        fleet
+            .info
+            .coordinators
+            .iter()
+            .map(|c| c.address.split(':').next().unwrap().to_string()),
+    );
+    others.push("127.0.0.1".into());
+    Partition::cut(&fleet.slot, &[db1], &others)
+}
+
 fn pid(fleet: &TestFleet, name: &str) -> nix::unistd::Pid {
     nix::unistd::Pid::from_raw(fleet.pid(name).expect("running") as i32)
 }
@@ -314,21 +334,7 @@ async fn a_coordinator_killed_mid_failover_is_replaced_and_the_other_finishes() 
 #[tokio::test]
 async fn the_primary_host_cut_off_by_iptables_is_replaced_and_fenced_when_it_returns() {
     let (fleet, writer, sampler) = loaded_fleet("").await;
-    let db1 = fleet.info.members[0].address.clone();
-    let mut others: Vec<String> = fleet.info.members[1..]
-        .iter()
-        .map(|m| m.address.clone())
-        .collect();
-    others.extend(
-        fleet
-            .info
-            .coordinators
-            .iter()
-            .map(|c| c.address.split(':').next().unwrap().to_string()),
-    );
-    // replicas and test clients connect from 127.0.0.1
-    others.push("127.0.0.1".into());
-    let cut = Partition::cut(&fleet.slot, &[db1], &others);
+    let cut = cut_off_db1(&fleet);
     let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
     // the sampler cannot see the cut-off host; it checks the rest while cut
     check_witnesses(&fleet, writer, sampler, &view.primary).await;
@@ -385,20 +391,7 @@ async fn a_cut_off_primary_fences_itself_and_a_coordinator_killed_while_waiting_
     let sampler = Sampler::start(&fleet);
     wait_acked(&writer, 20).await;
 
-    let db1 = fleet.info.members[0].address.clone();
-    let mut others: Vec<String> = fleet.info.members[1..]
-        .iter()
-        .map(|m| m.address.clone())
-        .collect();
-    others.extend(
-        fleet
-            .info
-            .coordinators
-            .iter()
-            .map(|c| c.address.split(':').next().unwrap().to_string()),
-    );
-    others.push("127.0.0.1".into());
-    let cut = Partition::cut(&fleet.slot, &[db1], &others);
+    let cut = cut_off_db1(&fleet);
 
     // The active reaches the Fence step, where it can only wait for db1's
     // self-fence; it is killed there and the other coordinator resumes.
@@ -527,20 +520,7 @@ async fn a_failover_without_fence_proof_blocks_and_its_replicas_resume_when_the_
             member(c, "db1").semi_sync == "source"
         })
         .await;
-    let db1 = fleet.info.members[0].address.clone();
-    let mut others: Vec<String> = fleet.info.members[1..]
-        .iter()
-        .map(|m| m.address.clone())
-        .collect();
-    others.extend(
-        fleet
-            .info
-            .coordinators
-            .iter()
-            .map(|c| c.address.split(':').next().unwrap().to_string()),
-    );
-    others.push("127.0.0.1".into());
-    let cut = Partition::cut(&fleet.slot, &[db1], &others);
+    let cut = cut_off_db1(&fleet);
     let blocked = fleet
         .wait_until("the failover blocked with the replicas frozen", |c| {
             c.control.as_ref().is_some_and(|k| {
