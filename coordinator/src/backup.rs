@@ -11,9 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use dbfleet_common::clock::{boottime, unix_ms};
+use dbfleet_common::clock::unix_ms;
 use dbfleet_lease::Epoch;
-use dbfleet_proto::lease::millis;
 use dbfleet_proto::model::IoThread;
 use dbfleet_proto::pb;
 use dbfleet_proto::pb::command_request::Command;
@@ -27,6 +26,8 @@ use crate::ha::voters::VoterClients;
 
 /// "running", "completed", "failed".
 const RUNNING: &str = "running";
+/// How long an agent may take to accept a job.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One backup in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +63,9 @@ pub struct BackupRecord {
     /// The running verification job: (job id, host).
     #[serde(default)]
     pub verify_job: Option<(String, String)>,
+    /// When that verification was asked for (Unix ms).
+    #[serde(default)]
+    pub verify_started_at_unix_ms: i64,
 }
 
 fn never() -> String {
@@ -149,45 +153,16 @@ impl Backups {
         Arc::new(Backups { fleet, clients })
     }
 
-    fn epoch(&self) -> Result<Epoch, ServiceError> {
-        self.fleet
-            .ha()
-            .holder()
-            .command_epoch(boottime())
-            .ok_or_else(|| self.fleet.ha().not_active())
-    }
-
     async fn command(
         &self,
         m: &MemberState,
         epoch: &Epoch,
         cmd: Command,
     ) -> Result<String, String> {
-        let Some(address) = &m.agent_address else {
-            return Err(format!("{}: no agent address known", m.host));
-        };
-        let (holder, remaining) = {
-            let h = self.fleet.ha().holder();
-            (
-                h.id().clone(),
-                h.lease_remaining(boottime()).map_or(0, millis),
-            )
-        };
         self.clients
-            .execute(
-                &m.host,
-                address,
-                epoch,
-                &holder,
-                remaining,
-                "",
-                0,
-                cmd,
-                Duration::from_secs(20),
-            )
+            .command_member(self.fleet.ha(), m, epoch, "", 0, cmd, COMMAND_TIMEOUT)
             .await
             .map(|r| r.detail)
-            .map_err(|e| format!("{}: {e}", m.host))
     }
 
     /// Finds a backup in every cluster's catalog.
@@ -204,7 +179,7 @@ impl Backups {
 
     /// `dbfleet backup run`.
     pub async fn run(&self, req: pb::RunBackupRequest) -> Result<pb::BackupView, ServiceError> {
-        let epoch = self.epoch()?;
+        let epoch = self.fleet.ha().write_epoch()?;
         let method = if req.method.is_empty() {
             "physical"
         } else {
@@ -249,15 +224,10 @@ impl Backups {
             verification: never(),
             verification_detail: String::new(),
             verify_job: None,
+            verify_started_at_unix_ms: 0,
         };
         // Intent first: the catalog knows the backup before the agent runs it.
-        let r = record.clone();
-        self.fleet
-            .update_cluster(&req.cluster, epoch.clone(), move |rec| {
-                rec.backups.insert(r.id.clone(), r);
-                Ok(())
-            })
-            .await?;
+        self.put(&req.cluster, &epoch, record.clone()).await?;
         let cmd = Command::StartBackup(pb::StartBackup {
             id: id.clone(),
             method: method.to_string(),
@@ -275,13 +245,7 @@ impl Backups {
                     finished_at_unix_ms: unix_ms(),
                     ..record
                 };
-                let f = failed.clone();
-                self.fleet
-                    .update_cluster(&req.cluster, epoch, move |rec| {
-                        rec.backups.insert(f.id.clone(), f);
-                        Ok(())
-                    })
-                    .await?;
+                self.put(&req.cluster, &epoch, failed.clone()).await?;
                 failed
             }
         };
@@ -293,7 +257,7 @@ impl Backups {
         &self,
         req: pb::VerifyBackupRequest,
     ) -> Result<pb::BackupView, ServiceError> {
-        let epoch = self.epoch()?;
+        let epoch = self.fleet.ha().write_epoch()?;
         let (cluster, b) = self.find(&req.id)?;
         if b.status != "completed" {
             return Err(ServiceError::Refused(format!(
@@ -320,29 +284,49 @@ impl Backups {
             )));
         }
         let job = format!("verify-{}-{}", b.id, stamp());
+        // Intent first, as for a backup: a verification the agent runs is
+        // always one the catalog follows.
+        let before = b.clone();
+        let running = BackupRecord {
+            verification: RUNNING.into(),
+            verification_detail: format!("verifying on {host}"),
+            verify_job: Some((job.clone(), host.clone())),
+            verify_started_at_unix_ms: unix_ms(),
+            ..b
+        };
+        self.put(&cluster, &epoch, running.clone()).await?;
         let cmd = Command::StartVerify(pb::StartVerify {
-            job_id: job.clone(),
-            backup_id: b.id.clone(),
+            job_id: job,
+            backup_id: running.id.clone(),
         });
-        self.command(m, &epoch, cmd)
-            .await
-            .map_err(ServiceError::Refused)?;
-        let id = b.id.clone();
-        let running = (job, host);
-        let updated = self
-            .fleet
-            .update_cluster(&cluster, epoch, move |rec| {
-                let b = rec
-                    .backups
-                    .get_mut(&id)
-                    .ok_or_else(|| ServiceError::UnknownBackup(id.clone()))?;
-                b.verification = RUNNING.into();
-                b.verification_detail = format!("verifying on {}", running.1);
-                b.verify_job = Some(running);
-                Ok(b.clone())
+        if let Err(e) = self.command(m, &epoch, cmd).await {
+            self.put(&cluster, &epoch, before).await?;
+            return Err(ServiceError::Refused(e));
+        }
+        Ok(self.view(&cluster, &running, &members))
+    }
+
+    /// Writes one catalog entry.
+    async fn put(&self, cluster: &str, epoch: &Epoch, b: BackupRecord) -> Result<(), ServiceError> {
+        self.fleet
+            .update_cluster(cluster, epoch.clone(), move |rec| {
+                rec.backups.insert(b.id.clone(), b);
+                Ok(())
             })
-            .await?;
-        Ok(backup_view(&cluster, &updated))
+            .await
+    }
+
+    /// An entry as the API shows it, with the live byte count of a running
+    /// backup from its agent's report (not written to the catalog, which
+    /// changes only when a job starts or ends).
+    fn view(&self, cluster: &str, b: &BackupRecord, members: &[MemberState]) -> pb::BackupView {
+        let mut v = backup_view(cluster, b);
+        if b.status == RUNNING
+            && let Some(j) = jobs_of(members, &b.host).iter().find(|j| j.id == b.id)
+        {
+            v.bytes = j.bytes;
+        }
+        v
     }
 
     /// `dbfleet backup list`.
@@ -353,7 +337,8 @@ impl Backups {
                 continue;
             }
             let rec = self.fleet.cluster_record(&c);
-            out.extend(rec.backups.values().map(|b| backup_view(&c, b)));
+            let members = self.fleet.members(&c);
+            out.extend(rec.backups.values().map(|b| self.view(&c, b, &members)));
         }
         out.sort_by_key(|b| b.started_at_unix_ms);
         out
@@ -362,18 +347,30 @@ impl Backups {
     /// `dbfleet backup show`.
     pub fn get(&self, id: &str) -> Result<pb::BackupView, ServiceError> {
         let (c, b) = self.find(id)?;
-        Ok(backup_view(&c, &b))
+        Ok(self.view(&c, &b, &self.fleet.members(&c)))
     }
 
     /// Brings running catalog entries up to date from the agents' jobs.
     async fn tick(&self) {
-        let Ok(epoch) = self.epoch() else { return };
+        // Never while degraded: the catalog is part of a record this
+        // coordinator may not have caught up on.
+        let Some(epoch) = self.fleet.ha().automatic_epoch() else {
+            return;
+        };
         for cluster in self.fleet.cluster_names() {
             let rec = self.fleet.cluster_record(&cluster);
+            if !rec
+                .backups
+                .values()
+                .any(|b| b.status == RUNNING || b.verify_job.is_some())
+            {
+                continue;
+            }
             let members = self.fleet.members(&cluster);
+            let now = unix_ms();
             let mut changed: BTreeMap<String, BackupRecord> = BTreeMap::new();
             for b in rec.backups.values() {
-                if let Some(n) = follow(b, &members) {
+                if let Some(n) = follow(b, &members, now) {
                     changed.insert(n.id.clone(), n);
                 }
             }
@@ -406,51 +403,84 @@ impl Backups {
     }
 }
 
-/// The catalog entry `b` after what its agents report, if that changes it.
-fn follow(b: &BackupRecord, members: &[MemberState]) -> Option<BackupRecord> {
-    let jobs_of = |host: &str| {
-        members
-            .iter()
-            .find(|m| m.host == host)
-            .and_then(|m| m.report.as_ref())
-            .map(|r| r.agent.jobs.clone())
-            .unwrap_or_default()
-    };
+/// The jobs `host`'s agent reports, and whether it reports at all.
+fn jobs_of<'a>(members: &'a [MemberState], host: &str) -> &'a [pb::Job] {
+    members
+        .iter()
+        .find(|m| m.host == host)
+        .and_then(|m| m.report.as_ref())
+        .map_or(&[], |r| r.agent.jobs.as_slice())
+}
+
+fn reporting(members: &[MemberState], host: &str) -> bool {
+    members.iter().any(|m| m.host == host && m.reporting)
+}
+
+/// How long a reporting agent may not list a job the catalog says it runs:
+/// longer than the command's timeout, so a job being started is not cut.
+const UNKNOWN_JOB_GRACE_MS: i64 = 60_000;
+
+/// A job's end as `(state, detail, manifest)`: its agent's word, or
+/// failed when its agent reports without it for the grace period (the job
+/// never reached the agent, or the agent restarted after it ended and
+/// forgot it).
+fn job_end(
+    members: &[MemberState],
+    host: &str,
+    id: &str,
+    started_at_unix_ms: i64,
+    now: i64,
+) -> Option<(String, String, String, u64)> {
+    match jobs_of(members, host).iter().find(|j| j.id == id) {
+        Some(j) if j.state != RUNNING => Some((
+            j.state.clone(),
+            j.detail.clone(),
+            j.manifest_json.clone(),
+            j.bytes,
+        )),
+        Some(_) => None,
+        None if reporting(members, host) && now - started_at_unix_ms > UNKNOWN_JOB_GRACE_MS => {
+            Some((
+                "failed".into(),
+                format!(
+                    "the agent of {host} does not know this job (never received, or restarted after it)"
+                ),
+                String::new(),
+                0,
+            ))
+        }
+        None => None,
+    }
+}
+
+/// The catalog entry `b` after what its agents report, if that ends a job.
+fn follow(b: &BackupRecord, members: &[MemberState], now: i64) -> Option<BackupRecord> {
     let mut n = b.clone();
     if b.status == RUNNING
-        && let Some(j) = jobs_of(&b.host).into_iter().find(|j| j.id == b.id)
+        && let Some((state, detail, manifest, bytes)) =
+            job_end(members, &b.host, &b.id, b.started_at_unix_ms, now)
     {
-        n.bytes = j.bytes;
-        match j.state.as_str() {
-            "completed" => {
-                n.status = "completed".into();
-                n.manifest_json = j.manifest_json;
-                n.finished_at_unix_ms = unix_ms();
-            }
-            "failed" => {
-                n.status = "failed".into();
-                n.error = j.detail;
-                n.finished_at_unix_ms = unix_ms();
-            }
-            _ => {}
+        n.status = state;
+        n.bytes = bytes;
+        n.finished_at_unix_ms = now;
+        if n.status == "completed" {
+            n.manifest_json = manifest;
+        } else {
+            n.error = detail;
         }
     }
     if let Some((job, host)) = &b.verify_job
-        && let Some(j) = jobs_of(host).into_iter().find(|j| &j.id == job)
+        && let Some((state, detail, _, _)) =
+            job_end(members, host, job, b.verify_started_at_unix_ms, now)
     {
-        match j.state.as_str() {
-            "completed" => {
-                n.verification = "verified".into();
-                n.verification_detail = format!("on {host}: {}", j.detail);
-                n.verify_job = None;
-            }
-            "failed" => {
-                n.verification = "failed".into();
-                n.verification_detail = format!("on {host}: {}", j.detail);
-                n.verify_job = None;
-            }
-            _ => {}
+        n.verification = if state == "completed" {
+            "verified"
+        } else {
+            "failed"
         }
+        .into();
+        n.verification_detail = format!("on {host}: {detail}");
+        n.verify_job = None;
     }
     (n != *b).then_some(n)
 }
@@ -464,5 +494,40 @@ pub async fn run(b: Arc<Backups>, cancel: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         b.tick().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(host: &str, reporting: bool) -> MemberState {
+        MemberState {
+            host: host.into(),
+            mysql_address: "127.0.0.1:3306".into(),
+            agent_address: None,
+            report: None,
+            received_at: None,
+            reporting,
+        }
+    }
+
+    #[test]
+    fn a_job_its_reporting_agent_does_not_know_fails_after_the_grace_only() {
+        let members = [member("db2", true)];
+        assert_eq!(
+            job_end(&members, "db2", "b1", 0, UNKNOWN_JOB_GRACE_MS),
+            None
+        );
+        let (state, why, _, _) =
+            job_end(&members, "db2", "b1", 0, UNKNOWN_JOB_GRACE_MS + 1).unwrap();
+        assert_eq!(state, "failed");
+        assert!(why.contains("does not know this job"), "{why}");
+        // a silent agent may still be running it
+        let silent = [member("db2", false)];
+        assert_eq!(
+            job_end(&silent, "db2", "b1", 0, 10 * UNKNOWN_JOB_GRACE_MS),
+            None
+        );
     }
 }

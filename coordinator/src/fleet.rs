@@ -81,8 +81,6 @@ pub struct MemberState {
     pub agent_address: Option<String>,
     /// The latest report, however old.
     pub report: Option<Report>,
-    /// Its age.
-    pub age: Option<Duration>,
     /// When it arrived.
     pub received_at: Option<Instant>,
     /// Reported within the agent timeout.
@@ -575,10 +573,6 @@ impl Fleet {
                     host: e.record.host.clone(),
                     mysql_address: e.record.mysql_address.clone(),
                     agent_address,
-                    age: e
-                        .last
-                        .as_ref()
-                        .map(|(at, _)| now.saturating_duration_since(*at)),
                     received_at: e.last.as_ref().map(|(at, _)| *at),
                     reporting: e.last.as_ref().is_some_and(|(at, _)| {
                         now.saturating_duration_since(*at) <= self.rules.agent_timeout

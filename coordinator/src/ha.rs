@@ -151,6 +151,16 @@ impl Ha {
         }
     }
 
+    /// An agent has promised `higher`: step down if it is above our epoch.
+    /// Whether we stepped down.
+    pub fn met_higher_epoch(&self, higher: &Epoch) -> bool {
+        let stepped = !self.holder().on_higher_epoch(higher, boottime()).is_empty();
+        if stepped {
+            self.set_active(None);
+        }
+        stepped
+    }
+
     /// Records who the active is (from its heartbeats, or ourselves).
     pub fn set_active(&self, active: Option<KnownActive>) {
         *relock(&self.active) = active;

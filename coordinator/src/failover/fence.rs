@@ -254,11 +254,7 @@ impl Failovers {
     }
 
     pub(super) fn last_semi_sync(&self, host: &str) -> Option<dbfleet_proto::model::SemiSync> {
-        self.last_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(host)
-            .copied()
+        crate::ha::relock(&self.last_seen).get(host).copied()
     }
 
     async fn fenced(&self, op: &mut Operation, proof: String) -> Result<bool, StepError> {

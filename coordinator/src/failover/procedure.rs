@@ -26,7 +26,6 @@ use super::journal::{Event, Frozen, Operation, OperationKind, Step};
 use super::plan::{self, Constraints};
 use crate::error::ServiceError;
 use crate::fleet::MemberState;
-use crate::ha::voters::VoterCallError;
 
 /// How a step ended badly.
 #[derive(Debug, Clone)]
@@ -131,46 +130,17 @@ impl Failovers {
         self.still_ours(op).map_err(|e| match e {
             StepError::Aborted(m) | StepError::Blocked(m) | StepError::RolledBack(m) => m,
         })?;
-        let Some(address) = &m.agent_address else {
-            return Err(format!("{}: no agent address known", m.host));
-        };
-        let (holder, remaining) = {
-            let h = self.fleet.ha().holder();
-            (
-                h.id().clone(),
-                h.lease_remaining(dbfleet_common::clock::boottime())
-                    .map_or(0, millis),
-            )
-        };
-        match self
-            .clients
-            .execute(
-                &m.host,
-                address,
+        self.clients
+            .command_member(
+                self.fleet.ha(),
+                m,
                 &op.epoch,
-                &holder,
-                remaining,
                 &op.id,
                 step_number(op.step),
                 command,
                 timeout,
             )
             .await
-        {
-            Ok(r) => Ok(r),
-            Err(VoterCallError::StaleEpoch(p)) => {
-                let stepped = self
-                    .fleet
-                    .ha()
-                    .holder()
-                    .on_higher_epoch(&p, dbfleet_common::clock::boottime());
-                if !stepped.is_empty() {
-                    self.fleet.ha().set_active(None);
-                }
-                Err(format!("{}: has promised the higher epoch {p}", m.host))
-            }
-            Err(e) => Err(format!("{}: {e}", m.host)),
-        }
     }
 
     async fn journal(&self, op: &Operation) -> Result<(), StepError> {
@@ -756,7 +726,7 @@ impl Failovers {
         resumed: bool,
     ) -> tokio::sync::watch::Receiver<Option<pb::OperationResult>> {
         let cluster = self.cluster_of(&op);
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = crate::ha::relock(&self.running);
         if let Some(rx) = running.get(&cluster)
             && rx.borrow().is_none()
         {

@@ -67,7 +67,7 @@ fn event(kind: &str, host: &str, message: String, epoch: &Epoch, evidence: Vec<S
 
 impl Failovers {
     fn remember_semi_sync(&self, members: &[MemberState]) {
-        let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = crate::ha::relock(&self.last_seen);
         for m in members {
             if let Some(s) = m.server() {
                 seen.insert(m.host.clone(), s.semi_sync);
@@ -113,15 +113,12 @@ impl Failovers {
             self.remember_semi_sync(members);
         }
         let Some(epoch) = self.fleet.ha().automatic_epoch() else {
-            *self.active_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            self.down_since
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
+            *crate::ha::relock(&self.active_since) = None;
+            crate::ha::relock(&self.down_since).clear();
             return;
         };
         let since = {
-            let mut a = self.active_since.lock().unwrap_or_else(|p| p.into_inner());
+            let mut a = crate::ha::relock(&self.active_since);
             match &*a {
                 Some((e, at)) if *e == epoch => *at,
                 _ => {
@@ -186,7 +183,7 @@ impl Failovers {
         active_since: Instant,
     ) -> Option<(String, DownPath, Vec<String>)> {
         let (primary, health) = Self::assess_members(primary?.to_string(), members)?;
-        let mut down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        let mut down = crate::ha::relock(&self.down_since);
         let Health::Down { path, evidence } = health else {
             down.remove(cluster);
             return None;
@@ -309,17 +306,14 @@ impl Failovers {
         if let Err(e) = self.start(op).await {
             warn!(cluster, error = %e, "cannot start the failover");
         }
-        self.down_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(cluster);
+        crate::ha::relock(&self.down_since).remove(cluster);
     }
 
     /// Takes over a journaled operation this process is not running.
     async fn resume(self: &Arc<Self>, mut op: Operation, epoch: &Epoch) {
         let cluster = op.id.split('/').next().unwrap_or_default().to_string();
         {
-            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let running = crate::ha::relock(&self.running);
             if running
                 .get(&cluster)
                 .is_some_and(|rx| rx.borrow().is_none())
@@ -378,7 +372,7 @@ impl Failovers {
     }
 
     fn may_try(&self, key: &str) -> bool {
-        let mut last = self.repair_tried.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::ha::relock(&self.repair_tried);
         match last.get(key) {
             Some(at) if at.elapsed() < Duration::from_secs(5) => false,
             _ => {

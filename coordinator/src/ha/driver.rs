@@ -141,10 +141,8 @@ async fn barrier(ha: Arc<Ha>, clients: Arc<VoterClients>, epoch: Epoch) {
             Ok(_) => fenced += 1,
             Err(VoterCallError::StaleEpoch(p)) => {
                 warn!(voter = name, promised = %p, "agent has promised a higher epoch");
-                let stepped = ha.holder().on_higher_epoch(&p, boottime());
-                if !stepped.is_empty() {
+                if ha.met_higher_epoch(&p) {
                     warn!(%epoch, higher = %p, "an agent has promised a higher epoch: stepped down to standby");
-                    ha.set_active(None);
                 }
             }
             Err(e) => debug!(voter = name, error = %e, "epoch barrier not acknowledged"),

@@ -13,7 +13,7 @@ use tracing::info;
 
 use super::Ha;
 use crate::error::ServiceError;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, MemberState};
 use crate::store::{DesiredOp, VoterList};
 
 use dbfleet_common::identity::{Identity, Role};
@@ -142,6 +142,54 @@ impl VoterClients {
             Err(_) => Err(VoterCallError::Timeout(timeout)),
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => Err(stale_or(s)),
+        }
+    }
+
+    /// One command to member `m`'s agent under `epoch`, as this coordinator
+    /// (the holder) with its lease time left; an agent that has promised a
+    /// higher epoch makes this coordinator step down. Errors name the host.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn command_member(
+        &self,
+        ha: &Ha,
+        m: &MemberState,
+        epoch: &Epoch,
+        operation_id: &str,
+        step: u32,
+        command: pb::command_request::Command,
+        timeout: Duration,
+    ) -> Result<pb::CommandReply, String> {
+        let Some(address) = &m.agent_address else {
+            return Err(format!("{}: no agent address known", m.host));
+        };
+        let (holder, remaining) = {
+            let h = ha.holder();
+            (
+                h.id().clone(),
+                h.lease_remaining(boottime())
+                    .map_or(0, dbfleet_proto::lease::millis),
+            )
+        };
+        match self
+            .execute(
+                &m.host,
+                address,
+                epoch,
+                &holder,
+                remaining,
+                operation_id,
+                step,
+                command,
+                timeout,
+            )
+            .await
+        {
+            Ok(r) => Ok(r),
+            Err(VoterCallError::StaleEpoch(p)) => {
+                ha.met_higher_epoch(&p);
+                Err(format!("{}: has promised the higher epoch {p}", m.host))
+            }
+            Err(e) => Err(format!("{}: {e}", m.host)),
         }
     }
 
