@@ -73,6 +73,24 @@ struct Entry {
     progress: Arc<AtomicU64>,
 }
 
+/// A value for a MySQL option file, double-quoted so that `#`, spaces
+/// and backslashes in it are taken literally.
+fn option_value(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A finished backup job as reports carry it.
+fn completed_job(id: &str, kind: &str, detail: &str, manifest: &Manifest) -> pb::Job {
+    pb::Job {
+        id: id.to_string(),
+        kind: kind.to_string(),
+        state: COMPLETED.into(),
+        detail: detail.to_string(),
+        manifest_json: serde_json::to_string(manifest).expect("manifests encode"),
+        ..Default::default()
+    }
+}
+
 /// The agent's jobs.
 pub struct Jobs {
     cluster: String,
@@ -132,12 +150,23 @@ impl Jobs {
     }
 
     fn clean_leftovers(&self) {
+        // mariadb-backup's temporary directories of backups cut short
+        for e in std::fs::read_dir(&self.scratch)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.path().extension().is_some_and(|x| x == "tool") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
         for e in entries.flatten() {
             let path = e.path();
-            if path.extension().is_some_and(|x| x == "cnf") {
+            // credentials and half-written markers
+            if path.extension().is_some_and(|x| x == "cnf" || x == "tmp") {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
@@ -150,12 +179,12 @@ impl Jobs {
             // Killed between the manifest and the marker's removal: the
             // backup is complete and says so.
             let job = match Manifest::read(&m.partial) {
-                Ok(manifest) if m.kind == "backup" => pb::Job {
-                    state: COMPLETED.into(),
-                    detail: "completed before the agent stopped".into(),
-                    manifest_json: serde_json::to_string(&manifest).expect("manifests encode"),
-                    ..Default::default()
-                },
+                Ok(manifest) if m.kind == "backup" => completed_job(
+                    &m.id,
+                    &m.kind,
+                    "completed before the agent stopped",
+                    &manifest,
+                ),
                 _ => {
                     let _ = std::fs::remove_dir_all(&m.partial);
                     warn!(
@@ -295,6 +324,24 @@ impl Jobs {
         }
         let cfg = self.config()?.clone();
         let dir = backup_dir(&cfg.repository, &self.cluster, id);
+        // The id may be one an earlier agent process finished (its job list
+        // is gone): never write into, or on failure remove, another backup.
+        if let Ok(manifest) = Manifest::read(&dir) {
+            let mut list = self.lock();
+            if !list.iter().any(|e| e.job.id == id) {
+                list.push(Entry {
+                    job: completed_job(id, "backup", "completed earlier", &manifest),
+                    progress: Arc::new(AtomicU64::new(0)),
+                });
+            }
+            return Ok(format!("backup {id} is already completed"));
+        }
+        if dir.exists() {
+            return Err(ControlError::NotConfigured(format!(
+                "{} exists without a manifest; remove it or use another backup id",
+                dir.display()
+            )));
+        }
         let progress = match self.register(id, "backup")? {
             Ok(p) => p,
             Err(known) => return Ok(known),
@@ -328,21 +375,20 @@ impl Jobs {
         progress: Arc<AtomicU64>,
     ) -> Result<(String, String), String> {
         let started = unix_ms();
-        let (mut conn, flavor) = observer::connect(&self.target).await?;
+        let (flavor, state, datadir) = self.server_facts().await?;
         if flavor != Flavor::MariaDb {
             return Err("physical backups of MySQL (xtrabackup) are not supported yet".into());
         }
-        let state = observer::read_state(&mut conn, flavor).await?;
-        let datadir: Option<String> = conn
-            .query_first("SELECT @@datadir")
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = conn.disconnect().await;
         let tool = tools::find("mariadb-backup")?;
-        tools::check_matches(&tools::version(&tool)?, &state.version)?;
+        let tool_version = tools::version(&tool)?;
+        tools::check_matches(&tool_version, &state.version)?;
         let defaults = self.dir.join(format!("{id}.cnf"));
         self.write_defaults(&defaults)?;
+        let tool_tmp = self.scratch.join(format!("{id}.tool"));
         let b = physical::PhysicalBackup {
+            tool,
+            tool_version,
+            tool_tmp: tool_tmp.clone(),
             dir: dir.clone(),
             defaults_file: defaults.clone(),
             datadir: datadir.unwrap_or_default(),
@@ -356,6 +402,7 @@ impl Jobs {
             .await
             .map_err(|e| format!("backup task: {e}"));
         let _ = std::fs::remove_file(&defaults);
+        let _ = std::fs::remove_dir_all(&tool_tmp);
         let taken = taken??;
         let manifest = Manifest {
             format: 1,
@@ -396,18 +443,43 @@ impl Jobs {
         ))
     }
 
+    /// What the manifest says about the server, and its data directory,
+    /// within the connect and query timeouts (a hung mysqld fails the job
+    /// instead of keeping it, and every later one, waiting).
+    async fn server_facts(
+        &self,
+    ) -> Result<(Flavor, dbfleet_proto::model::ServerState, Option<String>), String> {
+        let limit = self.target.connect_timeout + self.target.query_timeout;
+        tokio::time::timeout(limit, async {
+            let (mut conn, flavor) = observer::connect(&self.target).await?;
+            let state = observer::read_state(&mut conn, flavor).await?;
+            let datadir: Option<String> = conn
+                .query_first("SELECT @@datadir")
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = conn.disconnect().await;
+            Ok((flavor, state, datadir))
+        })
+        .await
+        .map_err(|_| format!("mysqld did not answer within {limit:?}"))?
+    }
+
     /// The agent's credentials for the tools, mode 0600: passwords never
     /// go into argv.
     fn write_defaults(&self, path: &Path) -> Result<(), String> {
         let t = &self.target;
         let place = match &t.socket {
-            Some(s) => format!("socket={}\n", s.display()),
-            None => format!("host={}\nport={}\n", t.address.host, t.address.port),
+            Some(s) => format!("socket={}\n", option_value(&s.to_string_lossy())),
+            None => format!(
+                "host={}\nport={}\n",
+                option_value(&t.address.host),
+                t.address.port
+            ),
         };
         let text = format!(
             "[client]\nuser={}\npassword={}\n{place}",
-            t.user,
-            t.password.expose()
+            option_value(&t.user),
+            option_value(t.password.expose())
         );
         dbfleet_common::durable::write_atomic(path, text.as_bytes(), 0o600)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
@@ -460,6 +532,11 @@ impl Jobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn option_file_values_are_quoted_and_escaped() {
+        assert_eq!(option_value(r#"p#a ss\"w"#), r#""p#a ss\\\"w""#);
+    }
 
     #[test]
     fn job_ids_are_plain_names() {

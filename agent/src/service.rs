@@ -77,6 +77,16 @@ fn ms(v: u64, default: Duration) -> Duration {
     }
 }
 
+/// What a command waits for on purpose, on top of its statements.
+fn command_waits(command: &pb::command_request::Command) -> Duration {
+    use pb::command_request::Command;
+    match command {
+        Command::Freeze(f) => ms(f.apply_timeout_ms, Duration::from_secs(30)),
+        Command::WaitGtid(w) => ms(w.timeout_ms, Duration::from_secs(30)),
+        _ => Duration::ZERO,
+    }
+}
+
 /// Runs one admitted command against mysqld.
 async fn run_command(
     control: &Controller,
@@ -180,7 +190,15 @@ impl AgentService for AgentApi {
             Err(CommandRefused::Persist(e)) => return Err(fence_status(e)),
         };
         let name = command_name(&command);
-        let outcome = run_command(&self.control, &self.jobs, command).await.map_err(|e| {
+        let limit = self.control.bound(command_waits(&command));
+        let outcome = tokio::time::timeout(limit, run_command(&self.control, &self.jobs, command))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ControlError::Timeout(format!(
+                    "mysqld did not answer within {limit:?}; the command was abandoned"
+                )))
+            })
+            .map_err(|e| {
             warn!(command = name, operation = m.operation_id, step = m.step, error = %e, "command failed");
             control_status(e)
         })?;

@@ -10,12 +10,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::repo::{DATA_FILE, HashingWriter, LOG_FILE, StoredFile, tail};
-use super::tools;
 
 /// What a physical backup needs.
 pub struct PhysicalBackup {
-    /// The backup's directory in the repository (created here).
+    /// mariadb-backup, found and version-checked by the caller.
+    pub tool: PathBuf,
+    /// Its `--version` line, for the manifest.
+    pub tool_version: String,
+    /// The backup's directory in the repository (created here; an
+    /// existing one is refused, so a backup never writes into another).
     pub dir: PathBuf,
+    /// The tool's own temporary directory, on the agent's disk rather
+    /// than in the repository (removed by the caller).
+    pub tool_tmp: PathBuf,
     /// `--defaults-extra-file` with the agent's credentials (mode 0600):
     /// the password never appears in argv.
     pub defaults_file: PathBuf,
@@ -65,17 +72,19 @@ fn binlog_position(log: &str) -> Option<(String, u64, String)> {
 
 /// Runs the backup into `b.dir`. On error the caller removes the directory.
 pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
-    let tool = tools::find("mariadb-backup")?;
-    let version = tools::version(&tool)?;
-    std::fs::create_dir_all(&b.dir)
-        .map_err(|e| format!("cannot create {}: {e}", b.dir.display()))?;
-    let scratch = b.dir.join("tool-tmp");
-    std::fs::create_dir_all(&scratch)
+    let tool = &b.tool;
+    if let Some(parent) = b.dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    std::fs::create_dir(&b.dir).map_err(|e| format!("cannot create {}: {e}", b.dir.display()))?;
+    let scratch = &b.tool_tmp;
+    std::fs::create_dir_all(scratch)
         .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
     let log_path = b.dir.join(LOG_FILE);
     let log = File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-    let mut child = Command::new(&tool)
+    let mut child = Command::new(tool)
         .arg(format!(
             "--defaults-extra-file={}",
             b.defaults_file.display()
@@ -92,7 +101,7 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
         .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
     let mut stdout = child.stdout.take().expect("piped");
     let partial = b.dir.join(format!("{DATA_FILE}.partial"));
-    let streamed = (|| -> Result<(u64, File, u64, String), String> {
+    let streamed = (|| -> Result<(u64, u64, String), String> {
         let file = File::create(&partial)
             .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
         let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), b.progress.clone());
@@ -124,9 +133,9 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
             .map_err(|e| format!("writing {}: {}", partial.display(), e.error()))?;
         file.sync_all()
             .map_err(|e| format!("syncing {}: {e}", partial.display()))?;
-        Ok((raw, file, stored, sha))
+        Ok((raw, stored, sha))
     })();
-    let (raw, _file, stored, sha) = match streamed {
+    let (raw, stored, sha) = match streamed {
         Ok(v) => v,
         Err(e) => {
             let _ = child.kill();
@@ -137,7 +146,6 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
     let status = child
         .wait()
         .map_err(|e| format!("waiting for {}: {e}", tool.display()))?;
-    let _ = std::fs::remove_dir_all(&scratch);
     let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
     if !status.success() || !log_text.contains("completed OK!") {
         return Err(format!(
@@ -161,7 +169,7 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
         end_gtid,
         binlog_file,
         binlog_position,
-        tool: version,
+        tool: b.tool_version.clone(),
     })
 }
 

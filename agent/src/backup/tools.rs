@@ -59,7 +59,10 @@ pub fn version(tool: &std::path::Path) -> Result<String, String> {
 /// worse, misreads, the files of another server version).
 pub fn check_matches(tool_version: &str, server_version: &str) -> Result<(), String> {
     let server = server_version.split('-').next().unwrap_or_default();
-    if server.is_empty() || tool_version.contains(server) {
+    let same = tool_version
+        .split_whitespace()
+        .any(|word| word.split('-').next() == Some(server));
+    if server.is_empty() || same {
         Ok(())
     } else {
         Err(format!(
@@ -82,6 +85,7 @@ mod tests {
         let tool =
             "mariadb-backup based on MariaDB server 10.11.19-MariaDB debian-linux-gnu (x86_64)";
         assert!(check_matches(tool, "10.11.19-MariaDB-0+deb12u1-log").is_ok());
+        assert!(check_matches(tool, "10.11.1-MariaDB-log").is_err());
         let e = check_matches(tool, "11.4.2-MariaDB-log").unwrap_err();
         assert!(e.contains("11.4.2"), "{e}");
     }

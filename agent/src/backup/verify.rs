@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -61,6 +62,11 @@ fn restore(v: &Verification) -> Result<Manifest, String> {
         let mut stdin = unpack.stdin.take().expect("piped");
         zstd::stream::copy_decode(&mut reader, &mut stdin).and_then(|()| stdin.flush())
     };
+    if copied.is_err() {
+        // Hash the whole file whatever stopped the unpacking (a full
+        // scratch disk is no corrupt backup).
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    }
     let status = unpack.wait().map_err(|e| format!("mbstream: {e}"))?;
     let (bytes, sha) = reader.finish();
     if sha != stored.sha256 || bytes != stored.bytes {
@@ -105,6 +111,9 @@ fn restore(v: &Verification) -> Result<Manifest, String> {
 /// A scratch mysqld on `scratch/data`, killed when dropped.
 struct Scratch {
     child: Child,
+    /// The socket's private directory (mode 0700: the server runs without
+    /// grants, so only the agent's user may reach it).
+    socket_dir: PathBuf,
     socket: PathBuf,
 }
 
@@ -112,7 +121,7 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
     }
 }
 
@@ -120,11 +129,16 @@ fn start(scratch: &Path) -> Result<Scratch, String> {
     let mysqld = tools::find("mariadbd")?;
     // A Unix socket path must stay under 108 bytes; scratch paths can be
     // longer.
-    let socket = std::env::temp_dir().join(format!(
-        "dbfleet-verify-{}-{}.sock",
+    let socket_dir = std::env::temp_dir().join(format!(
+        "dbfleet-verify-{}-{}",
         std::process::id(),
         dbfleet_common::clock::unix_ms()
     ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&socket_dir)
+        .map_err(|e| format!("cannot create {}: {e}", socket_dir.display()))?;
+    let socket = socket_dir.join("mysqld.sock");
     let mut cmd = Command::new(&mysqld);
     // backup-my.cnf carries the source's InnoDB layout (page size, redo
     // and undo settings) that the data files need.
@@ -153,10 +167,15 @@ fn start(scratch: &Path) -> Result<Scratch, String> {
     if nix::unistd::geteuid().is_root() {
         cmd.arg("--user=root");
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", mysqld.display()))?;
-    Ok(Scratch { child, socket })
+    let child = cmd.spawn().map_err(|e| {
+        let _ = std::fs::remove_dir_all(&socket_dir);
+        format!("cannot run {}: {e}", mysqld.display())
+    })?;
+    Ok(Scratch {
+        child,
+        socket_dir,
+        socket,
+    })
 }
 
 async fn connect(s: &mut Scratch, scratch: &Path) -> Result<Conn, String> {
@@ -220,7 +239,7 @@ async fn check_tables(conn: &mut Conn) -> Result<usize, String> {
 pub async fn verify(v: Verification) -> Result<String, String> {
     let started = Instant::now();
     let scratch = v.scratch.clone();
-    let (v, manifest) = tokio::task::spawn_blocking(move || restore(&v).map(|m| (v, m)))
+    let manifest = tokio::task::spawn_blocking(move || restore(&v))
         .await
         .map_err(|e| format!("restore task: {e}"))??;
     let mut server = start(&scratch)?;
@@ -234,7 +253,6 @@ pub async fn verify(v: Verification) -> Result<String, String> {
     }
     drop(server);
     let tables = checked?;
-    let _ = v;
     Ok(format!(
         "restored, prepared and started; {tables} tables checked; at GTID {:?} as the manifest says ({:.1}s)",
         manifest.end_gtid,

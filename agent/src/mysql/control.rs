@@ -78,6 +78,9 @@ pub struct Controller {
     serial: tokio::sync::Mutex<()>,
 }
 
+/// How long a killed mysqld may take to exit.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
 fn sql_error(what: &str) -> impl Fn(mysql_async::Error) -> ControlError + '_ {
     move |e| ControlError::Mysql(format!("{what}: {e}"))
 }
@@ -181,8 +184,25 @@ impl Controller {
         Ok(killed)
     }
 
-    /// Read-only and writers killed, for the guard's enforcement.
+    /// The longest a role change may take when mysqld stops answering: a
+    /// handful of statements, each within the connect and query timeouts,
+    /// plus what the command itself waits for (`waits`), plus a killed
+    /// mysqld's exit. Past it the command is abandoned, so a hung server
+    /// never holds the agent (and its lease votes) for good.
+    pub fn bound(&self, waits: Duration) -> Duration {
+        (self.target.connect_timeout + self.target.query_timeout) * 4 + waits + KILL_WAIT
+    }
+
+    /// Read-only and writers killed, for the guard's enforcement; gives up
+    /// after [`Controller::bound`] (the next observation tries again).
     pub async fn make_read_only(&self) -> Result<(), ControlError> {
+        let limit = self.bound(Duration::ZERO);
+        tokio::time::timeout(limit, self.make_read_only_now())
+            .await
+            .map_err(|_| ControlError::Timeout(format!("mysqld did not answer within {limit:?}")))?
+    }
+
+    async fn make_read_only_now(&self) -> Result<(), ControlError> {
         let _serial = self.serial.lock().await;
         let (mut conn, flavor) = self.conn().await?;
         let killed = Self::read_only_and_kill(&mut conn, flavor).await?;
@@ -245,9 +265,9 @@ impl Controller {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 let start = Instant::now();
                 while alive(pid) {
-                    if start.elapsed() > Duration::from_secs(10) {
+                    if start.elapsed() > KILL_WAIT {
                         return Err(ControlError::Timeout(format!(
-                            "mysqld (pid {pid}) did not exit within 10s of SIGKILL"
+                            "mysqld (pid {pid}) did not exit within {KILL_WAIT:?} of SIGKILL"
                         )));
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;

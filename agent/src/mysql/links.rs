@@ -84,10 +84,27 @@ fn parse_table(text: &str) -> Vec<Socket> {
         .collect()
 }
 
-/// A processlist `HOST` of a TCP client: `127.0.0.1:45678` or
-/// `[::1]:45678`. `localhost` (a Unix socket) has no address.
-fn client_address(host: &str) -> Option<SocketAddr> {
-    host.parse::<SocketAddr>().ok().map(canonical)
+/// Where a replica connects from, as the processlist `HOST` says it.
+#[derive(Debug, PartialEq, Eq)]
+enum Client {
+    /// `127.0.0.1:45678` or `[::1]:45678`.
+    Address(SocketAddr),
+    /// `db2.example:45678` (mysqld resolves names): the port alone
+    /// identifies the connection among those to mysqld's port.
+    Port(u16),
+    /// `localhost`: a Unix socket, which no network cut can reach.
+    Socket,
+}
+
+fn client(host: &str) -> Option<Client> {
+    if let Ok(a) = host.parse::<SocketAddr>() {
+        return Some(Client::Address(canonical(a)));
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Some(Client::Socket);
+    }
+    let (_, port) = host.rsplit_once(':')?;
+    port.parse().ok().map(Client::Port)
 }
 
 /// How many of the replicas connected from `hosts` (processlist `HOST` of
@@ -95,13 +112,18 @@ fn client_address(host: &str) -> Option<SocketAddr> {
 /// (the concatenated TCP tables). Unix-socket replicas cannot be cut off
 /// by the network and always count.
 fn count_alive(table: &[Socket], port: u16, hosts: &[String]) -> u32 {
+    let alive = |matches: &dyn Fn(&Socket) -> bool| {
+        table
+            .iter()
+            .any(|s| s.local.port() == port && matches(s) && s.alive())
+    };
     hosts
         .iter()
-        .filter(|h| match client_address(h) {
-            None => h.eq_ignore_ascii_case("localhost"),
-            Some(peer) => table
-                .iter()
-                .any(|s| s.local.port() == port && s.remote == peer && s.alive()),
+        .filter(|h| match client(h) {
+            None => false,
+            Some(Client::Socket) => true,
+            Some(Client::Address(peer)) => alive(&|s| s.remote == peer),
+            Some(Client::Port(p)) => alive(&|s| s.remote.port() == p),
         })
         .count() as u32
 }
@@ -170,5 +192,8 @@ mod tests {
         assert_eq!(count_alive(&t, 3306, &hosts(&["127.0.0.9:1"])), 0);
         assert_eq!(count_alive(&t, 3307, &hosts(&["127.0.0.1:45678"])), 0);
         assert_eq!(count_alive(&t, 3306, &hosts(&["localhost", "garbage"])), 1);
+        // a resolved name: the client port identifies the connection
+        assert_eq!(count_alive(&t, 3306, &hosts(&["db2.example:45678"])), 1);
+        assert_eq!(count_alive(&t, 3306, &hosts(&["db2.example:45680"])), 0);
     }
 }
