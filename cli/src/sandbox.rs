@@ -234,8 +234,9 @@ pub fn sandbox_lease() -> Timing {
     }
 }
 
-/// `D/sandbox.json`, for scripts; documented in `docs/cli.md`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `D/sandbox.json`, for scripts; documented in `docs/cli.md`. Its
+/// `Debug` leaves the password out.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct SandboxFile {
     /// Cluster name.
     pub cluster: String,
@@ -249,6 +250,19 @@ pub struct SandboxFile {
     pub app_password: String,
     /// The database it owns.
     pub app_database: String,
+}
+
+impl std::fmt::Debug for SandboxFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxFile")
+            .field("cluster", &self.cluster)
+            .field("members", &self.members)
+            .field("coordinators", &self.coordinators)
+            .field("app_user", &self.app_user)
+            .field("app_password", &"<redacted>")
+            .field("app_database", &self.app_database)
+            .finish()
+    }
 }
 
 fn ip(base: [u8; 3], last: u8) -> Ipv4Addr {

@@ -140,7 +140,12 @@ async fn killed_replica_mysqld_is_unreachable_while_its_agent_keeps_reporting() 
             .last_sequence
     };
     let first = seq(&client.list_agents().await.unwrap());
+    let give_up = tokio::time::Instant::now() + dbfleet_integration_tests::PATIENCE;
     loop {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "db3's agent did not go on reporting"
+        );
         let now = client.list_agents().await.unwrap();
         let c = client.list_clusters(None).await.unwrap();
         let m = member(&c.clusters[0], "db3");

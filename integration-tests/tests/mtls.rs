@@ -261,7 +261,12 @@ async fn only_coordinators_may_ask_an_agent_for_its_state() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 
     let coordinator = s.pki.issue(Role::Coordinator, "c9", &[], false, false);
+    let give_up = tokio::time::Instant::now() + dbfleet_integration_tests::PATIENCE;
     let state = loop {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the agent never answered GetState"
+        );
         match call(coordinator.clone()).await {
             Ok(r) => break r.into_inner(),
             Err(e) if e.code() == tonic::Code::Unavailable => {

@@ -3,7 +3,7 @@
 //! messages and a clock reading and returning what to send and what to
 //! persist. Nothing here performs I/O or reads a clock, so the same code
 //! runs in the agents and coordinators and in the deterministic simulation
-//! (`tests/simulation.rs`) that checks the invariants over many seeds.
+//! (`tests/simulation/`) that checks the invariants over many seeds.
 //!
 //! - [`voter::Voter`] runs in every agent (and witness): it promises
 //!   epochs, grants leases, and fences commands by epoch.
