@@ -99,6 +99,32 @@ fn evidence_of(fleet: &TestFleet, kind: &str) -> String {
     format!("{last}")
 }
 
+/// After the active coordinator `killed` was killed mid-failover: waits
+/// until the other one finished it, checks the witnesses, that it was
+/// resumed and completed under the new active's epoch; returns the new
+/// primary's view and the completion event.
+async fn finished_by_the_other(
+    fleet: &TestFleet,
+    writer: Writer,
+    sampler: Sampler,
+    killed: &str,
+) -> (pb::ClusterView, String) {
+    fleet
+        .wait_until("the failover finished by the other coordinator", |c| {
+            c.control.as_ref().is_some_and(|k| k.operation.is_empty()) && c.primary != "db1"
+        })
+        .await;
+    let view = new_primary(fleet, "db1", &["db2", "db3"]).await;
+    check_witnesses(fleet, writer, sampler, &view.primary).await;
+    evidence_of(fleet, "failover-resumed");
+    let done = evidence_of(fleet, "failover-completed");
+    assert!(
+        !done.contains(&format!("\"coordinator\":\"{killed}\"")),
+        "completed under the new active's epoch: {done}"
+    );
+    (view, done)
+}
+
 /// Cuts db1's host off from every other member, the coordinators, and
 /// 127.0.0.1 (where replicas and test clients connect from); its agent
 /// still reaches its own mysqld through the socket.
@@ -316,19 +342,7 @@ async fn a_coordinator_killed_mid_failover_is_replaced_and_the_other_finishes() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     fleet.kill(&format!("coordinator-{active}"));
-    fleet
-        .wait_until("the failover finished by the other coordinator", |c| {
-            c.control.as_ref().is_some_and(|k| k.operation.is_empty()) && c.primary != "db1"
-        })
-        .await;
-    let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
-    check_witnesses(&fleet, writer, sampler, &view.primary).await;
-    evidence_of(&fleet, "failover-resumed");
-    let done = evidence_of(&fleet, "failover-completed");
-    assert!(
-        !done.contains(&format!("\"coordinator\":\"{active}\"")),
-        "completed under the new active's epoch: {done}"
-    );
+    finished_by_the_other(&fleet, writer, sampler, &active).await;
 }
 
 #[tokio::test]
@@ -419,22 +433,10 @@ async fn a_cut_off_primary_fences_itself_and_a_coordinator_killed_while_waiting_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    fleet
-        .wait_until("the failover finished by the other coordinator", |c| {
-            c.control.as_ref().is_some_and(|k| k.operation.is_empty()) && c.primary != "db1"
-        })
-        .await;
-    let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
-    check_witnesses(&fleet, writer, sampler, &view.primary).await;
-    evidence_of(&fleet, "failover-resumed");
-    let done = evidence_of(&fleet, "failover-completed");
+    let (view, done) = finished_by_the_other(&fleet, writer, sampler, &active).await;
     assert!(
         done.contains("self-fence of db1 provably elapsed"),
         "{done}"
-    );
-    assert!(
-        !done.contains(&format!("\"coordinator\":\"{active}\"")),
-        "completed under the new active's epoch: {done}"
     );
 
     drop(cut);
