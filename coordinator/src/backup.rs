@@ -210,9 +210,8 @@ impl Backups {
                 "{host}'s mysqld is not reachable now"
             )));
         }
-        let id = format!("{}-{}-{host}", req.cluster, stamp());
         let record = BackupRecord {
-            id: id.clone(),
+            id: format!("{}-{}-{host}", req.cluster, stamp()),
             host: host.clone(),
             method: method.to_string(),
             status: RUNNING.into(),
@@ -227,7 +226,8 @@ impl Backups {
             verify_started_at_unix_ms: 0,
         };
         // Intent first: the catalog knows the backup before the agent runs it.
-        self.put(&req.cluster, &epoch, record.clone()).await?;
+        let record = self.create(&req.cluster, &epoch, record).await?;
+        let id = record.id.clone();
         let cmd = Command::StartBackup(pb::StartBackup {
             id: id.clone(),
             method: method.to_string(),
@@ -307,6 +307,31 @@ impl Backups {
     }
 
     /// Writes one catalog entry.
+    /// Adds a new entry under its id, or under the id with the first free
+    /// `-N` suffix: two backups started within one second must not share
+    /// an entry (nor, on the agent, a directory).
+    async fn create(
+        &self,
+        cluster: &str,
+        epoch: &Epoch,
+        mut b: BackupRecord,
+    ) -> Result<BackupRecord, ServiceError> {
+        self.fleet
+            .update_cluster(cluster, epoch.clone(), move |rec| {
+                let base = b.id.clone();
+                b.id = (1..)
+                    .map(|n| match n {
+                        1 => base.clone(),
+                        n => format!("{base}-{n}"),
+                    })
+                    .find(|id| !rec.backups.contains_key(id))
+                    .expect("some suffix is free");
+                rec.backups.insert(b.id.clone(), b.clone());
+                Ok(b)
+            })
+            .await
+    }
+
     async fn put(&self, cluster: &str, epoch: &Epoch, b: BackupRecord) -> Result<(), ServiceError> {
         self.fleet
             .update_cluster(cluster, epoch.clone(), move |rec| {

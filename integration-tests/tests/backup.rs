@@ -114,14 +114,18 @@ async fn a_corrupted_backup_fails_verification() {
 }
 
 /// The pid of the mariadb-backup process taking backup `id`.
-fn backup_tool_pid(id: &str) -> Option<i32> {
+fn backup_tool_pid(fleet: &TestFleet, id: &str) -> Option<i32> {
+    // Another test's fleet may run a backup of the same id (ids are a
+    // cluster, a second and a host): the tool's scratch directory is in
+    // this fleet's directory.
+    let ours = fleet.dir.to_string_lossy().into_owned();
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
         let cmdline = String::from_utf8_lossy(&cmdline);
         (cmdline.starts_with("mariadb-backup") || cmdline.contains("/mariadb-backup\0"))
             .then_some(())
-            .filter(|()| cmdline.contains(id))
+            .filter(|()| cmdline.contains(id) && cmdline.contains(&ours))
             .map(|()| pid)
     })
 }
@@ -146,7 +150,7 @@ async fn an_agent_killed_mid_backup_leaves_no_usable_looking_backup() {
     // Hold the tool mid-stream, then kill the agent under it.
     let give_up = tokio::time::Instant::now() + PATIENCE;
     let tool = loop {
-        if let Some(p) = backup_tool_pid(&id) {
+        if let Some(p) = backup_tool_pid(&fleet, &id) {
             break nix::unistd::Pid::from_raw(p);
         }
         assert!(
@@ -219,10 +223,10 @@ async fn a_full_repository_fails_the_backup_cleanly() {
     let _disk = SmallDisk::mount(&fleet.dir.join("backups"));
     let (ok, b) = cli_json(&fleet, &["backup", "run", "--cluster", "main"]);
     assert!(!ok, "a failed backup exits non-zero: {b}");
-    assert_eq!(b["status"], "failed");
+    assert_eq!(b["status"], "failed", "{b}");
     let error = b["error"].as_str().unwrap_or_default();
-    assert!(error.contains("No space left on device"), "{error}");
-    let id = b["id"].as_str().unwrap();
+    assert!(error.contains("No space left on device"), "{b}");
+    let id = b["id"].as_str().expect("the failed backup has an id");
     assert!(
         !backup_dir(&fleet, id).exists(),
         "its partial files are gone"
