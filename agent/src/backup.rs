@@ -9,6 +9,7 @@
 
 pub mod physical;
 pub mod repo;
+pub mod restore;
 pub mod tools;
 pub mod verify;
 
@@ -23,6 +24,7 @@ use mysql_async::prelude::Queryable;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
+use crate::binlog_archive::store::Target;
 use crate::mysql::control::ControlError;
 use crate::mysql::observer::{self, MysqlTarget};
 use repo::{Manifest, backup_dir};
@@ -44,6 +46,20 @@ pub struct BackupConfig {
     /// zstd worker threads.
     #[serde(default = "default_threads")]
     pub compression_threads: u32,
+    /// Archive this server's binlogs into the repository continuously
+    /// (point-in-time recovery needs them).
+    #[serde(default = "yes")]
+    pub archive_binlogs: bool,
+    /// How often the archive catches up with the server: the RPO.
+    #[serde(default = "default_archive_interval", with = "humantime_serde")]
+    pub archive_interval: std::time::Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_archive_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
 }
 
 fn default_level() -> i32 {
@@ -66,6 +82,9 @@ struct Marker {
     kind: String,
     /// What to remove if the job never finished.
     partial: PathBuf,
+    /// More of it, known once the job runs.
+    #[serde(default)]
+    also: Vec<PathBuf>,
 }
 
 struct Entry {
@@ -99,6 +118,7 @@ pub struct Jobs {
     dir: PathBuf,
     scratch: PathBuf,
     target: MysqlTarget,
+    start_command: Option<Vec<String>>,
     list: Mutex<Vec<Entry>>,
     cancel: Arc<AtomicBool>,
 }
@@ -129,6 +149,7 @@ impl Jobs {
         state_dir: &Path,
         config: Option<BackupConfig>,
         target: MysqlTarget,
+        start_command: Option<Vec<String>>,
     ) -> Arc<Jobs> {
         let dir = state_dir.join("jobs");
         let scratch = config
@@ -142,6 +163,7 @@ impl Jobs {
             dir,
             scratch,
             target,
+            start_command,
             list: Mutex::new(Vec::new()),
             cancel: Arc::new(AtomicBool::new(false)),
         };
@@ -186,16 +208,25 @@ impl Jobs {
                     &manifest,
                 ),
                 _ => {
-                    let _ = std::fs::remove_dir_all(&m.partial);
+                    for p in std::iter::once(&m.partial).chain(&m.also) {
+                        let _ = std::fs::remove_dir_all(p);
+                    }
                     warn!(
                         job = m.id,
                         kind = m.kind,
                         "a job was cut short by the agent's restart; its partial files were removed"
                     );
+                    let detail = if m.kind == "restore" {
+                        "the agent stopped during the restore; its partial files were removed. \
+                         mysqld may be stopped, or running the restored data without its \
+                         point-in-time replay; the previous data directory, if it was moved, \
+                         is beside it as .NAME.before-JOB: restore again"
+                    } else {
+                        "the agent stopped during the job; its partial files were removed"
+                    };
                     pb::Job {
                         state: FAILED.into(),
-                        detail: "the agent stopped during the job; its partial files were removed"
-                            .into(),
+                        detail: detail.into(),
                         ..Default::default()
                     }
                 }
@@ -350,6 +381,7 @@ impl Jobs {
             id: id.to_string(),
             kind: "backup".into(),
             partial: dir.clone(),
+            also: vec![],
         }) {
             self.finish(id, Err(e.to_string()));
             return Err(e);
@@ -504,6 +536,7 @@ impl Jobs {
             id: job_id.to_string(),
             kind: "verify".into(),
             partial: scratch.clone(),
+            also: vec![],
         }) {
             self.finish(job_id, Err(e.to_string()));
             return Err(e);
@@ -526,6 +559,85 @@ impl Jobs {
             jobs.finish(&job_id, result.map(|s| (s, String::new())));
         });
         Ok("verification started".into())
+    }
+}
+
+impl Jobs {
+    /// Starts restoring backup `backup_id` onto this host as job `job_id`,
+    /// to a point in time when `to` says so.
+    pub fn start_restore(
+        self: &Arc<Self>,
+        job_id: &str,
+        backup_id: &str,
+        to: Option<Target>,
+    ) -> Result<String, ControlError> {
+        valid_id(job_id)?;
+        valid_id(backup_id)?;
+        let cfg = self.config()?.clone();
+        let start_command = self.start_command.clone().ok_or_else(|| {
+            ControlError::NotConfigured(
+                "this agent cannot start mysqld after a restore: set [mysql] start_command \
+                 (e.g. [\"systemctl\", \"start\", \"mariadb\"])"
+                    .into(),
+            )
+        })?;
+        let backup = backup_dir(&cfg.repository, &self.cluster, backup_id);
+        let work = self.scratch.join(job_id);
+        let progress = match self.register(job_id, "restore")? {
+            Ok(p) => p,
+            Err(known) => return Ok(known),
+        };
+        let marker = Marker {
+            id: job_id.to_string(),
+            kind: "restore".into(),
+            partial: work.clone(),
+            also: vec![],
+        };
+        if let Err(e) = self.write_marker(&marker) {
+            self.finish(job_id, Err(e.to_string()));
+            return Err(e);
+        }
+        let defaults = self.dir.join(format!("{job_id}.cnf"));
+        let jobs = self.clone();
+        let job_id = job_id.to_string();
+        tokio::spawn(async move {
+            let _ = std::fs::remove_dir_all(&work);
+            let result = match jobs.write_defaults(&defaults) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let r = restore::Restore {
+                        job_id: job_id.clone(),
+                        backup_dir: backup,
+                        repository: cfg.repository.clone(),
+                        cluster: jobs.cluster.clone(),
+                        work: work.clone(),
+                        target: jobs.target.clone(),
+                        defaults_file: defaults.clone(),
+                        start_command,
+                        to,
+                        progress,
+                    };
+                    let marker_jobs = jobs.clone();
+                    restore::restore(r, move |staging| {
+                        marker_jobs
+                            .write_marker(&Marker {
+                                also: vec![staging.to_path_buf()],
+                                ..marker
+                            })
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                }
+            };
+            let _ = std::fs::remove_file(&defaults);
+            let _ = std::fs::remove_dir_all(&work);
+            match &result {
+                Ok(s) => info!(job = job_id, summary = s, "restore completed"),
+                Err(e) => error!(job = job_id, error = e, "restore failed"),
+            }
+            jobs.finish(&job_id, result.map(|s| (s, String::new())));
+        });
+        Ok("restore started".into())
     }
 }
 

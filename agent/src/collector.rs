@@ -32,13 +32,21 @@ pub struct ReportIdentity {
     pub report_interval_ms: u64,
 }
 
+/// What reports carry about backups: the jobs and the binlog archive.
+pub struct BackupReporting {
+    /// Backup, verification and restore jobs.
+    pub jobs: Arc<crate::backup::Jobs>,
+    /// Binlog archiving.
+    pub archive: Arc<crate::binlog_archive::ArchiveStatus>,
+}
+
 /// Observes every `collect` and publishes a report when the observation,
 /// the read-only guard or a job's state changed, or `report` has passed
 /// since the last one, until `cancel`.
 pub async fn run(
     mut observer: Observer,
     guard: Arc<Guard>,
-    jobs: Arc<crate::backup::Jobs>,
+    backups: BackupReporting,
     id: ReportIdentity,
     (collect, report): (Duration, Duration),
     out: watch::Sender<Option<pb::AgentReport>>,
@@ -60,7 +68,7 @@ pub async fn run(
             o = observer.observe() => o,
         };
         let g = guard.current();
-        let job_list = jobs.snapshot();
+        let job_list = backups.jobs.snapshot();
         // A job that starts or ends is reported at once; progress waits
         // for the next report.
         let job_states: Vec<String> = job_list
@@ -97,6 +105,7 @@ pub async fn run(
                 self_fence_timeout_ms: id.self_fence_timeout_ms,
                 report_interval_ms: id.report_interval_ms,
                 jobs: job_list,
+                binlog_archive: backups.archive.report(),
             },
         };
         last = Some((Instant::now(), observation, g.fenced, job_states));

@@ -104,6 +104,14 @@ pub struct MysqlConfig {
     /// and kill a hung one when fencing.
     #[serde(default)]
     pub pid_file: Option<PathBuf>,
+    /// How the agent starts mysqld after restoring a backup onto it, as a
+    /// program and its arguments (no shell), e.g. `["systemctl", "start",
+    /// "mariadb"]`. It may return once mysqld runs or stay in the
+    /// foreground (it is then left running, in its own process group).
+    /// Without it the agent refuses restores: it stops mysqld with
+    /// `SHUTDOWN` but could not start it again.
+    #[serde(default)]
+    pub start_command: Option<Vec<String>>,
 }
 
 fn default_amnesia_quarantine() -> Duration {
@@ -187,6 +195,12 @@ impl AgentConfig {
                     "must be between 1 and 64".into(),
                 ));
             }
+            if b.archive_interval < Duration::from_millis(100) {
+                return Err(invalid(
+                    "backup.archive_interval",
+                    "must be at least 100ms".into(),
+                ));
+            }
         }
         let Some(mysql) = &c.mysql else {
             return Err(invalid(
@@ -197,6 +211,16 @@ impl AgentConfig {
         MysqlAddress::parse(&mysql.address).map_err(|r| invalid("mysql.address", r))?;
         if mysql.user.is_empty() {
             return Err(invalid("mysql.user", "must not be empty".into()));
+        }
+        if mysql
+            .start_command
+            .as_ref()
+            .is_some_and(|c| c.first().is_none_or(|p| p.is_empty()))
+        {
+            return Err(invalid(
+                "mysql.start_command",
+                "must name a program, e.g. [\"systemctl\", \"start\", \"mariadb\"]".into(),
+            ));
         }
         if mysql.replication_user.is_some() != mysql.replication_password_file.is_some() {
             return Err(invalid(

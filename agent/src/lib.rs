@@ -5,6 +5,7 @@
 //! [`run`] is the whole agent.
 
 pub mod backup;
+pub mod binlog_archive;
 pub mod collector;
 pub mod config;
 pub mod fence;
@@ -157,6 +158,7 @@ pub async fn run(
                 &config.state_dir,
                 config.backup.clone(),
                 target.clone(),
+                config.mysql.as_ref().and_then(|m| m.start_command.clone()),
             );
             {
                 let (jobs, shutdown) = (jobs.clone(), shutdown.clone());
@@ -164,6 +166,23 @@ pub async fn run(
                     shutdown.cancelled().await;
                     jobs.stop();
                 });
+            }
+            let archive = Arc::new(binlog_archive::ArchiveStatus::default());
+            if let Some(b) = config.backup.as_ref().filter(|b| b.archive_binlogs) {
+                let archiver = binlog_archive::Archiver::new(
+                    &config.cluster,
+                    &config.host,
+                    &b.repository,
+                    &config.state_dir,
+                    target.clone(),
+                    b.compression_level,
+                    archive.clone(),
+                );
+                tokio::spawn(binlog_archive::run(
+                    archiver,
+                    b.archive_interval,
+                    shutdown.clone(),
+                ));
             }
             let mysql_address = target.address.clone();
             let id = ReportIdentity {
@@ -194,7 +213,10 @@ pub async fn run(
             tasks.spawn(collector::run(
                 Observer::new(target),
                 guard,
-                jobs.clone(),
+                collector::BackupReporting {
+                    jobs: jobs.clone(),
+                    archive,
+                },
                 id,
                 (config.collect_interval, config.report_interval),
                 tx,

@@ -19,8 +19,10 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::backup::Jobs;
+use crate::binlog_archive::store::Target;
 use crate::fence::{CommandRefused, Fence, FenceError};
 use crate::mysql::control::{ControlError, Controller, Fenced, Outcome};
+use dbfleet_common::gtid::Position;
 
 /// Per-RPC authorization of the agent: only coordinators, deny by default.
 pub fn policy(path: &str) -> Option<&'static [Role]> {
@@ -139,6 +141,25 @@ async fn run_command(
             fenced: None,
             detail: jobs.start_verify(&v.job_id, &v.backup_id)?,
         },
+        Command::StartRestore(r) => {
+            let to = match (r.to_time_unix, r.to_gtid.as_str()) {
+                (0, "") => None,
+                (t, "") => Some(Target::Time(t)),
+                (0, g) => Some(Target::Gtid(
+                    Position::parse(g).map_err(ControlError::NotConfigured)?,
+                )),
+                _ => {
+                    return Err(ControlError::NotConfigured(
+                        "a restore goes to a time or to a GTID, not both".into(),
+                    ));
+                }
+            };
+            Outcome {
+                state: None,
+                fenced: None,
+                detail: jobs.start_restore(&r.job_id, &r.backup_id, to)?,
+            }
+        }
     }))
 }
 
@@ -238,6 +259,7 @@ fn command_name(c: &pb::command_request::Command) -> &'static str {
         Command::Thaw(_) => "thaw",
         Command::StartBackup(_) => "start-backup",
         Command::StartVerify(_) => "start-verify",
+        Command::StartRestore(_) => "start-restore",
     }
 }
 

@@ -62,6 +62,56 @@ pub fn show_text(b: &pb::BackupView) -> String {
     s
 }
 
+/// A restore as JSON.
+pub fn restore_json(r: &pb::RestoreView) -> Value {
+    json!({
+        "id": r.id, "cluster": r.cluster, "backup_id": r.backup_id, "host": r.host,
+        "target": r.target, "status": r.status, "error": r.error, "detail": r.detail,
+        "started_at_unix_ms": r.started_at_unix_ms, "finished_at_unix_ms": r.finished_at_unix_ms,
+    })
+}
+
+/// A restore in words.
+pub fn restore_text(r: &pb::RestoreView) -> String {
+    let mut s = format!(
+        "restore {} of backup {} onto {} ({}): {}\n",
+        r.id, r.backup_id, r.host, r.target, r.status
+    );
+    for (label, text) in [("error", &r.error), ("detail", &r.detail)] {
+        if !text.is_empty() {
+            s.push_str(&format!("  {label}: {text}\n"));
+        }
+    }
+    s
+}
+
+/// `--to-time`: RFC 3339 (`2026-11-21T10:00:00Z`) or Unix seconds.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(n) = text.parse::<i64>() {
+        return Ok(n);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|e| {
+            format!("{text:?} is not a time ({e}); give RFC 3339 like 2026-11-21T10:00:00Z or Unix seconds")
+        })
+        .and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .map_err(|_| format!("{text:?} is before 1970"))
+        })
+}
+
+/// Polls restore `id` until it ends.
+pub async fn wait_restore(client: &Client, id: &str) -> Result<pb::RestoreView, ClientError> {
+    loop {
+        let r = client.get_restore(id).await?;
+        if r.status != "running" {
+            return Ok(r);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Polls `id` until `done` says so, printing progress to stderr when
 /// `progress` is set.
 pub async fn wait(

@@ -397,6 +397,29 @@ impl Client {
     }
 
     /// One catalog entry.
+    /// Restores a backup onto a host, optionally to a point in time.
+    pub async fn restore_backup(
+        &self,
+        req: pb::RestoreBackupRequest,
+    ) -> Result<pb::RestoreView, ClientError> {
+        self.write(WRITE_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.restore_backup(req).await }
+        })
+        .await
+    }
+
+    /// One restore.
+    pub async fn get_restore(&self, id: &str) -> Result<pb::RestoreView, ClientError> {
+        let req = pb::GetRestoreRequest { id: id.to_string() };
+        self.read(|mut c| {
+            let req = req.clone();
+            async move { c.get_restore(req).await }
+        })
+        .await
+    }
+
+    /// One backup.
     pub async fn get_backup(&self, id: &str) -> Result<pb::BackupView, ClientError> {
         let req = pb::GetBackupRequest { id: id.to_string() };
         self.read(|mut c| {

@@ -213,6 +213,28 @@ enum BackupCommand {
         /// Backup id.
         id: String,
     },
+    /// Restore a backup onto a member (never the primary), optionally to a
+    /// point in time from the archived binlogs; waits for it. Without a
+    /// target the member rejoins as a replica; with one it is kept out of
+    /// service holding exactly the data up to the target.
+    Restore {
+        /// Backup id.
+        id: String,
+        /// The member to restore onto.
+        #[arg(long)]
+        host: String,
+        /// Every transaction committed before this time (RFC 3339, e.g.
+        /// 2026-11-21T10:00:00Z, or Unix seconds; binlog times have
+        /// one-second resolution).
+        #[arg(long, conflicts_with = "to_gtid")]
+        to_time: Option<String>,
+        /// Up to and including these GTIDs (e.g. 0-1-42).
+        #[arg(long)]
+        to_gtid: Option<String>,
+        /// Print the restore as soon as it started, without waiting.
+        #[arg(long)]
+        detach: bool,
+    },
     /// Restore a backup into a scratch server, check it, and record the
     /// result; waits for it.
     Verify {
@@ -373,6 +395,41 @@ async fn backup_command(
             }
         }
         BackupCommand::Show { id } => show(&client.get_backup(&id).await?)?,
+        BackupCommand::Restore {
+            id,
+            host,
+            to_time,
+            to_gtid,
+            detach,
+        } => {
+            let to_time_unix = match to_time.as_deref().map(backup::parse_time).transpose() {
+                Ok(t) => t.unwrap_or(0),
+                Err(e) => anyhow::bail!(e),
+            };
+            let started = client
+                .restore_backup(pb::RestoreBackupRequest {
+                    id,
+                    host,
+                    to_time_unix,
+                    to_gtid: to_gtid.unwrap_or_default(),
+                })
+                .await?;
+            let r = if detach || started.status != "running" {
+                started
+            } else {
+                if table {
+                    eprintln!("restore {} running on {}", started.id, started.host);
+                }
+                backup::wait_restore(&client, &started.id).await?
+            };
+            match output {
+                Output::Json => print_json(&backup::restore_json(&r))?,
+                Output::Table => print!("{}", backup::restore_text(&r)),
+            }
+            if r.status == "failed" {
+                std::process::exit(1);
+            }
+        }
         BackupCommand::Verify { id, host } => {
             let started = client.verify_backup(&id, host.as_deref()).await?;
             if table {

@@ -528,7 +528,7 @@ impl Fleet {
             .map(|c| format!("{:?}", c.address))
             .collect();
         let text = format!(
-            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\n\n[backup]\nrepository = {repo}\n\n{tls}",
+            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\nstart_command = [{start}]\n\n[backup]\nrepository = {repo}\n\n{tls}",
             host = m.host,
             cluster = self.info.cluster,
             listen = m.agent_address,
@@ -556,6 +556,7 @@ impl Fleet {
             repl_user = mariadb::REPL_USER,
             repl_pw = quoted(&self.path("secrets/repl-mysql.password")),
             pid = quoted(&self.path(&format!("run/mariadbd-{}.pid", m.host))),
+            start = self.mariadbd_command(&m.host)?.join(", "),
             tls = self.tls_block(Role::Agent, &m.host),
         );
         fs::write(&path, text).map_err(|e| SandboxError::io(&path, e))
@@ -630,6 +631,21 @@ impl Fleet {
                     last: format!("{name} is not listening on {address}"),
                 },
             })
+    }
+
+    /// How `host`'s mariadbd is started, as quoted TOML strings (the
+    /// agent starts it this way after a restore).
+    fn mariadbd_command(&self, host: &str) -> Result<Vec<String>, SandboxError> {
+        let s = self.server(host)?;
+        let name = format!("mariadbd-{host}");
+        let args = mariadb::args(
+            s,
+            &self.path(&format!("run/{name}.pid")),
+            &self.path(&format!("logs/{name}.log")),
+        );
+        Ok(std::iter::once(quoted(&self.spec.bins.mariadbd))
+            .chain(args.iter().map(|a| quoted(Path::new(a))))
+            .collect())
     }
 
     /// Starts (or restarts after a stop) the mariadbd of `host`.
@@ -753,10 +769,24 @@ impl Fleet {
 
     /// Stops every process this fleet started and removes its directory.
     pub fn teardown(&mut self) {
+        // Processes known only by their pid files: a mariadbd an agent
+        // started after a restore.
+        let children: Vec<u32> = self.children.iter().map(|(_, c)| c.id()).collect();
+        let dir = self.dir.clone();
+        let strays: Vec<u32> = process::pidfiles(&self.path("run"))
+            .into_iter()
+            .filter_map(|(_, path)| process::read_pid(&path))
+            .filter(|p| {
+                !children.contains(p) && process::alive(*p) && process::belongs_to(*p, &dir)
+            })
+            .collect();
         let mut names: Vec<String> = self.children.iter().map(|(n, _)| n.clone()).collect();
         names.sort_by_key(|n| process::stop_rank(n));
         for n in names {
             self.stop(&n, Duration::from_secs(10));
+        }
+        for pid in strays {
+            process::stop(pid, Duration::from_secs(10), &mut || false);
         }
         for s in &self.servers {
             let _ = fs::remove_file(&s.socket);

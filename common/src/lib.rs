@@ -9,6 +9,7 @@ pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod durable;
+pub mod gtid;
 pub mod identity;
 pub mod shutdown;
 pub mod systemd;

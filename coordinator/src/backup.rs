@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub mod restore;
+
 use crate::error::ServiceError;
 use crate::fleet::{Fleet, MemberState};
 use crate::ha::voters::VoterClients;
@@ -383,6 +385,7 @@ impl Backups {
             return;
         };
         for cluster in self.fleet.cluster_names() {
+            self.follow_restores(&cluster, &epoch).await;
             let rec = self.fleet.cluster_record(&cluster);
             if !rec
                 .backups

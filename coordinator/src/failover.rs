@@ -10,7 +10,7 @@
 
 pub mod detect;
 pub(crate) mod fence;
-pub mod gtid;
+pub use dbfleet_common::gtid;
 pub mod hooks;
 pub mod journal;
 pub mod plan;
@@ -223,7 +223,7 @@ impl Failovers {
         let healthy = |m: &&crate::fleet::MemberState| {
             m.host != primary
                 && rec.control.rule(&m.host) != journal::PromotionRule::Never
-                && !rec.control.needs_rebuild.contains(&m.host)
+                && !rec.control.out_of_service(&m.host)
                 && m.server().is_some_and(|s| {
                     s.replication.as_ref().is_some_and(|r| {
                         r.sql_running

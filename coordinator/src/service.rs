@@ -19,7 +19,8 @@ pub fn policy(path: &str) -> Option<&'static [Role]> {
         | "/dbfleet.v1.AdminService/ListVoters"
         | "/dbfleet.v1.AdminService/ListEvents"
         | "/dbfleet.v1.AdminService/ListBackups"
-        | "/dbfleet.v1.AdminService/GetBackup" => Some(READERS),
+        | "/dbfleet.v1.AdminService/GetBackup"
+        | "/dbfleet.v1.AdminService/GetRestore" => Some(READERS),
         "/dbfleet.v1.AdminService/SetClusterPolicy"
         | "/dbfleet.v1.AdminService/ForgetAgent"
         | "/dbfleet.v1.AdminService/SetVoters"
@@ -31,7 +32,8 @@ pub fn policy(path: &str) -> Option<&'static [Role]> {
         | "/dbfleet.v1.AdminService/SetPromotionRule"
         | "/dbfleet.v1.AdminService/Acknowledge"
         | "/dbfleet.v1.AdminService/RunBackup"
-        | "/dbfleet.v1.AdminService/VerifyBackup" => Some(&[Role::Operator]),
+        | "/dbfleet.v1.AdminService/VerifyBackup"
+        | "/dbfleet.v1.AdminService/RestoreBackup" => Some(&[Role::Operator]),
         "/dbfleet.v1.PeerService/Replicate" => Some(&[Role::Coordinator]),
         _ => None,
     }

@@ -52,6 +52,9 @@ pub struct ClusterRecord {
     /// The backup catalog, by id.
     #[serde(default)]
     pub backups: std::collections::BTreeMap<String, crate::backup::BackupRecord>,
+    /// Restores, by job id.
+    #[serde(default)]
+    pub restores: std::collections::BTreeMap<String, crate::backup::restore::RestoreRecord>,
 }
 
 impl ClusterRecord {
@@ -63,6 +66,7 @@ impl ClusterRecord {
             last_primary: None,
             control: ClusterControl::default(),
             backups: Default::default(),
+            restores: Default::default(),
         }
     }
 }

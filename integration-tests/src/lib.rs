@@ -326,6 +326,22 @@ impl TestFleet {
         conn.disconnect().await
     }
 
+    /// Runs the CLI with `--output json`: whether it succeeded, and what
+    /// it printed, parsed.
+    pub fn cli_json(&self, args: &[&str]) -> (bool, serde_json::Value) {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.cli(&all);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "{args:?} printed no JSON: {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), v)
+    }
+
     /// Runs the real `dbfleet` CLI against this fleet.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(bin("dbfleet"))

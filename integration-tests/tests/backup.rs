@@ -24,21 +24,6 @@ async fn fleet_with_writes() -> (TestFleet, Writer) {
     (fleet, writer)
 }
 
-/// Runs the CLI with `--output json` and parses what it printed.
-fn cli_json(fleet: &TestFleet, args: &[&str]) -> (bool, Value) {
-    let mut all = args.to_vec();
-    all.extend(["--output", "json"]);
-    let out = fleet.cli(&all);
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "{args:?} printed no JSON: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), v)
-}
-
 fn backup_dir(fleet: &TestFleet, id: &str) -> PathBuf {
     fleet.dir.join("backups/main/backups").join(id)
 }
@@ -47,7 +32,7 @@ fn backup_dir(fleet: &TestFleet, id: &str) -> PathBuf {
 async fn wait_entry(fleet: &TestFleet, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let give_up = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let (_, v) = cli_json(fleet, &["backup", "show", id]);
+        let (_, v) = fleet.cli_json(&["backup", "show", id]);
         if ok(&v) {
             return v;
         }
@@ -59,7 +44,7 @@ async fn wait_entry(fleet: &TestFleet, id: &str, what: &str, ok: impl Fn(&Value)
 #[tokio::test]
 async fn a_backup_under_write_load_is_consistent_and_verified() {
     let (fleet, writer) = fleet_with_writes().await;
-    let (ok, b) = cli_json(&fleet, &["backup", "run", "--cluster", "main"]);
+    let (ok, b) = fleet.cli_json(&["backup", "run", "--cluster", "main"]);
     assert!(ok, "{b}");
     assert_eq!(b["status"], "completed");
     assert_ne!(
@@ -83,10 +68,10 @@ async fn a_backup_under_write_load_is_consistent_and_verified() {
     assert!(backup_dir(&fleet, &id).join("manifest.json").is_file());
     assert_eq!(b["verification"], "never");
 
-    let (ok, v) = cli_json(&fleet, &["backup", "verify", &id]);
+    let (ok, v) = fleet.cli_json(&["backup", "verify", &id]);
     assert!(ok, "{v}");
     assert_eq!(v["verification"], "verified", "{v}");
-    let (_, list) = cli_json(&fleet, &["backup", "list"]);
+    let (_, list) = fleet.cli_json(&["backup", "list"]);
     assert_eq!(list["backups"][0]["verification"], "verified");
     writer.stop().await;
 }
@@ -94,7 +79,7 @@ async fn a_backup_under_write_load_is_consistent_and_verified() {
 #[tokio::test]
 async fn a_corrupted_backup_fails_verification() {
     let (fleet, writer) = fleet_with_writes().await;
-    let (ok, b) = cli_json(&fleet, &["backup", "run", "--cluster", "main"]);
+    let (ok, b) = fleet.cli_json(&["backup", "run", "--cluster", "main"]);
     assert!(ok, "{b}");
     let id = b["id"].as_str().unwrap().to_string();
     let data = backup_dir(&fleet, &id).join("data.xbstream.zst");
@@ -102,7 +87,7 @@ async fn a_corrupted_backup_fails_verification() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&data, bytes).unwrap();
-    let (ok, v) = cli_json(&fleet, &["backup", "verify", &id]);
+    let (ok, v) = fleet.cli_json(&["backup", "verify", &id]);
     assert!(!ok, "a failed verification exits non-zero");
     assert_eq!(v["verification"], "failed");
     let why = v["verification_detail"].as_str().unwrap_or_default();
@@ -133,18 +118,15 @@ fn backup_tool_pid(fleet: &TestFleet, id: &str) -> Option<i32> {
 #[tokio::test]
 async fn an_agent_killed_mid_backup_leaves_no_usable_looking_backup() {
     let (mut fleet, writer) = fleet_with_writes().await;
-    let (ok, b) = cli_json(
-        &fleet,
-        &[
-            "backup",
-            "run",
-            "--cluster",
-            "main",
-            "--host",
-            "db2",
-            "--detach",
-        ],
-    );
+    let (ok, b) = fleet.cli_json(&[
+        "backup",
+        "run",
+        "--cluster",
+        "main",
+        "--host",
+        "db2",
+        "--detach",
+    ]);
     assert!(ok, "{b}");
     let id = b["id"].as_str().unwrap().to_string();
     // Hold the tool mid-stream, then kill the agent under it.
@@ -221,7 +203,7 @@ impl Drop for SmallDisk {
 async fn a_full_repository_fails_the_backup_cleanly() {
     let (fleet, writer) = fleet_with_writes().await;
     let _disk = SmallDisk::mount(&fleet.dir.join("backups"));
-    let (ok, b) = cli_json(&fleet, &["backup", "run", "--cluster", "main"]);
+    let (ok, b) = fleet.cli_json(&["backup", "run", "--cluster", "main"]);
     assert!(!ok, "a failed backup exits non-zero: {b}");
     assert_eq!(b["status"], "failed", "{b}");
     let error = b["error"].as_str().unwrap_or_default();

@@ -274,6 +274,8 @@ pub struct AgentState {
     pub report_interval_ms: u64,
     /// Backup and verification jobs, running and recently finished.
     pub jobs: Vec<pb::Job>,
+    /// Binlog archiving, when the agent archives.
+    pub binlog_archive: Option<pb::BinlogArchive>,
 }
 
 /// Binary log settings.
@@ -391,6 +393,7 @@ impl TryFrom<pb::AgentReport> for Report {
                 self_fence_timeout_ms: m.self_fence_timeout_ms,
                 report_interval_ms: m.report_interval_ms,
                 jobs: m.jobs,
+                binlog_archive: m.binlog_archive,
             },
         })
     }
@@ -572,6 +575,7 @@ impl From<Report> for pb::AgentReport {
             self_fence_timeout_ms: r.agent.self_fence_timeout_ms,
             report_interval_ms: r.agent.report_interval_ms,
             jobs: r.agent.jobs,
+            binlog_archive: r.agent.binlog_archive,
         }
     }
 }
@@ -667,6 +671,7 @@ mod tests {
                 self_fence_timeout_ms: 3000,
                 report_interval_ms: 1000,
                 jobs: vec![],
+                binlog_archive: None,
             },
         }
     }

@@ -29,13 +29,19 @@ pub struct Verification {
     pub progress: Arc<AtomicU64>,
 }
 
-/// Unpacks the stream into `scratch/data` through its checksum and
-/// prepares it; returns the manifest.
-fn restore(v: &Verification) -> Result<Manifest, String> {
-    let manifest = Manifest::read(&v.backup_dir).map_err(|e| {
+/// Unpacks the backup in `backup_dir` into `data` (created) through its
+/// checksum and prepares it, the tool's log in `work`; returns the
+/// manifest. Verification and restore both start with this.
+pub fn unpack_and_prepare(
+    backup_dir: &Path,
+    data: &Path,
+    work: &Path,
+    progress: Arc<AtomicU64>,
+) -> Result<Manifest, String> {
+    let manifest = Manifest::read(backup_dir).map_err(|e| {
         format!(
             "{} is not a usable backup: no readable manifest ({e})",
-            v.backup_dir.display()
+            backup_dir.display()
         )
     })?;
     let stored = manifest
@@ -43,21 +49,20 @@ fn restore(v: &Verification) -> Result<Manifest, String> {
         .iter()
         .find(|f| f.name == DATA_FILE)
         .ok_or("the manifest lists no data file")?;
-    let data = v.scratch.join("data");
-    std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
     let mbstream = tools::find("mbstream")?;
     let mut unpack = Command::new(&mbstream)
         .arg("-x")
         .arg("-C")
-        .arg(&data)
+        .arg(data)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", mbstream.display()))?;
-    let path = v.backup_dir.join(DATA_FILE);
+    let path = backup_dir.join(DATA_FILE);
     let file = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut reader = HashingReader::new(BufReader::new(file), v.progress.clone());
+    let mut reader = HashingReader::new(BufReader::new(file), progress);
     let copied = {
         let mut stdin = unpack.stdin.take().expect("piped");
         zstd::stream::copy_decode(&mut reader, &mut stdin).and_then(|()| stdin.flush())
@@ -82,7 +87,7 @@ fn restore(v: &Verification) -> Result<Manifest, String> {
         return Err(format!("mbstream could not unpack the stream ({status})"));
     }
     let tool = tools::find("mariadb-backup")?;
-    let log = v.scratch.join("prepare.log");
+    let log = work.join("prepare.log");
     let out = File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let status = Command::new(&tool)
         .arg("--prepare")
@@ -239,9 +244,16 @@ async fn check_tables(conn: &mut Conn) -> Result<usize, String> {
 pub async fn verify(v: Verification) -> Result<String, String> {
     let started = Instant::now();
     let scratch = v.scratch.clone();
-    let manifest = tokio::task::spawn_blocking(move || restore(&v))
-        .await
-        .map_err(|e| format!("restore task: {e}"))??;
+    let manifest = tokio::task::spawn_blocking(move || {
+        unpack_and_prepare(
+            &v.backup_dir,
+            &v.scratch.join("data"),
+            &v.scratch,
+            v.progress,
+        )
+    })
+    .await
+    .map_err(|e| format!("restore task: {e}"))??;
     let mut server = start(&scratch)?;
     let mut conn = connect(&mut server, &scratch).await?;
     let checked = check_tables(&mut conn).await;

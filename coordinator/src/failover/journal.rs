@@ -80,6 +80,11 @@ pub struct ClusterControl {
     /// primary they replicate from accepts writes again.
     #[serde(default)]
     pub frozen: BTreeSet<String>,
+    /// Members taken out of service by a restore, and why: never
+    /// repaired, repointed or promoted until a restore puts them back
+    /// (a host restored to a point in time must keep exactly that data).
+    #[serde(default)]
+    pub detached: BTreeMap<String, String>,
     /// The GTID position of the last promoted primary when it was
     /// promoted: members beyond it from another server diverged.
     #[serde(default)]
@@ -108,6 +113,7 @@ impl Default for ClusterControl {
             promotion: BTreeMap::new(),
             needs_rebuild: BTreeSet::new(),
             frozen: BTreeSet::new(),
+            detached: BTreeMap::new(),
             promoted_at: None,
             operation: None,
             events: VecDeque::new(),
@@ -122,6 +128,12 @@ impl ClusterControl {
             .get(host)
             .copied()
             .unwrap_or(PromotionRule::Neutral)
+    }
+
+    /// Never a candidate, never repaired: it diverged, or a restore took
+    /// it out of service.
+    pub fn out_of_service(&self, host: &str) -> bool {
+        self.needs_rebuild.contains(host) || self.detached.contains_key(host)
     }
 
     /// Appends an event, dropping the oldest beyond [`EVENTS_KEPT`].

@@ -350,7 +350,7 @@ impl Failovers {
                     }
                     _ => true,
                 }),
-                needs_rebuild: rec.control.needs_rebuild.contains(&m.host),
+                needs_rebuild: rec.control.out_of_service(&m.host),
             })
             .collect();
         let lossless = self
@@ -493,7 +493,7 @@ impl Failovers {
         let rec = self.fleet.cluster_record(&cluster);
         let others = members.iter().filter(|m| {
             m.host != candidate
-                && !rec.control.needs_rebuild.contains(&m.host)
+                && !rec.control.out_of_service(&m.host)
                 // A failed primary rejoins when it returns (after its
                 // divergence check); a switched-over one follows now.
                 && (m.host != op.old_primary || op.kind == OperationKind::Switchover)

@@ -53,7 +53,13 @@ fn untuned(r: &Replication, heartbeat: Duration, net_timeout: Duration) -> Optio
     (!diffs.is_empty()).then(|| diffs.join(", "))
 }
 
-fn event(kind: &str, host: &str, message: String, epoch: &Epoch, evidence: Vec<String>) -> Event {
+pub(crate) fn event(
+    kind: &str,
+    host: &str,
+    message: String,
+    epoch: &Epoch,
+    evidence: Vec<String>,
+) -> Event {
     Event {
         at_unix_ms: now_unix_ms(),
         kind: kind.to_string(),
@@ -608,7 +614,7 @@ impl Failovers {
             .as_deref()
             .and_then(|t| Position::parse(t).ok());
         for m in members {
-            if m.host == primary || rec.control.needs_rebuild.contains(&m.host) {
+            if m.host == primary || rec.control.out_of_service(&m.host) {
                 continue;
             }
             let Some(s) = m.server() else { continue };

@@ -61,6 +61,24 @@ impl AdminService for AdminApi {
         ))
     }
 
+    async fn restore_backup(
+        &self,
+        request: Request<pb::RestoreBackupRequest>,
+    ) -> Result<Response<pb::RestoreView>, Status> {
+        Ok(Response::new(
+            self.backups.restore(request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_restore(
+        &self,
+        request: Request<pb::GetRestoreRequest>,
+    ) -> Result<Response<pb::RestoreView>, Status> {
+        Ok(Response::new(
+            self.backups.get_restore(&request.into_inner().id)?,
+        ))
+    }
+
     async fn failover(
         &self,
         request: Request<pb::FailoverRequest>,

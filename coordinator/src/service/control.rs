@@ -253,6 +253,13 @@ pub(crate) fn decorate(view: &mut pb::ClusterView, rec: &ClusterRecord) {
             format!("{h} has transactions the primary never had; rebuild it from a backup"),
         ));
     }
+    for (h, why) in &c.detached {
+        view.problems.push(problem(
+            "detached",
+            h,
+            format!("{h} is out of service: {why}"),
+        ));
+    }
     for h in &c.frozen {
         view.problems.push(problem(
             "replica-frozen",

@@ -401,6 +401,7 @@ mod tests {
             vec![ClusterRecord {
                 control: Default::default(),
                 backups: Default::default(),
+                restores: Default::default(),
                 name: "main".into(),
                 max_lag_seconds: Some(9),
                 last_primary: Some("db1".into())

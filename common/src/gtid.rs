@@ -1,5 +1,5 @@
 //! MariaDB GTID positions (`domain-server-seq,...`) and the comparisons
-//! failover needs. Under `gtid_strict_mode` sequence numbers grow across
+//! failover and point-in-time recovery need. Under `gtid_strict_mode` sequence numbers grow across
 //! the whole replication topology within a domain, so "has everything up
 //! to" is a per-domain comparison of sequence numbers.
 
@@ -31,6 +31,19 @@ impl Position {
             map.insert(d, (s, n));
         }
         Ok(Position(map))
+    }
+
+    /// Notes GTID `domain-server-seq`, keeping the highest per domain.
+    pub fn record(&mut self, domain: u32, server: u32, seq: u64) {
+        let e = self.0.entry(domain).or_insert((server, seq));
+        if seq >= e.1 {
+            *e = (server, seq);
+        }
+    }
+
+    /// No domain at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Sequence number reached in `domain` (0: none).

@@ -1,0 +1,520 @@
+//! Continuous binlog archiving: every pass copies what the local server
+//! has committed to its binlogs since the last pass into the repository,
+//! compressed and checksummed, up to the server's current position.
+//!
+//! The agent reads the binlog files on its own host (it runs next to
+//! mysqld), bounded by `SHOW MASTER STATUS`, which is always a commit
+//! boundary. There is no replication connection to lose: after a server
+//! restart or a failover the next pass simply finds more files. The
+//! active binlog is archived as it grows, so the archive trails the
+//! server by about one pass (the RPO), not by a binlog rotation.
+//!
+//! Where each file stands is kept in `state_dir/binlog-archive.json`,
+//! written after each chunk's meta: a pass cut short repeats at most one
+//! chunk, under the same name.
+
+pub mod events;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dbfleet_common::clock::unix_ms;
+use dbfleet_proto::pb;
+use mysql_async::prelude::Queryable;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backup::repo::{HashingWriter, StoredFile};
+use crate::mysql::observer::{self, MysqlTarget};
+use store::{ChunkMeta, Head, file_number, streams_dir};
+
+/// Largest chunk: a long-idle archive catching up writes several.
+const MAX_CHUNK: u64 = 64 << 20;
+/// A head unchanged this long is rewritten anyway, so PITR can tell an
+/// idle server from an archive that stopped.
+const HEAD_REFRESH_MS: i64 = 5_000;
+
+/// Where the archive of one binlog file stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct FileProgress {
+    /// Timestamp of the file's format description event: a file of the
+    /// same name with another one is another history.
+    created_ts: u32,
+    archived_to: u64,
+    closed: bool,
+}
+
+/// The archiver's durable state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    stream: String,
+    files: BTreeMap<String, FileProgress>,
+}
+
+/// What reports say about the archive.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    stream: String,
+    file: String,
+    position: u64,
+    caught_up_at_unix_ms: i64,
+    error: String,
+}
+
+/// The archive's state for reports, shared with the collector.
+#[derive(Debug, Default)]
+pub struct ArchiveStatus(Mutex<Option<Status>>);
+
+impl ArchiveStatus {
+    /// For the agent's report; `None` when archiving is off.
+    pub fn report(&self) -> Option<pb::BinlogArchive> {
+        let s = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let lag_ms = if s.caught_up_at_unix_ms == 0 {
+            0
+        } else {
+            (unix_ms() - s.caught_up_at_unix_ms).max(0) as u64
+        };
+        Some(pb::BinlogArchive {
+            stream: s.stream,
+            file: s.file,
+            position: s.position,
+            caught_up_at_unix_ms: s.caught_up_at_unix_ms,
+            lag_ms,
+            error: s.error,
+        })
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(g.get_or_insert_with(Status::default));
+    }
+}
+
+/// What the server said in one pass.
+struct ServerBinlogs {
+    dir: PathBuf,
+    server_id: u32,
+    /// (name, size) oldest first.
+    files: Vec<(String, u64)>,
+    current: (String, u64),
+}
+
+/// The archiver of one agent.
+pub struct Archiver {
+    cluster: String,
+    host: String,
+    repository: PathBuf,
+    state_path: PathBuf,
+    target: MysqlTarget,
+    level: i32,
+    state: State,
+    last_head: Option<(Head, i64)>,
+    status: Arc<ArchiveStatus>,
+}
+
+fn read_state(path: &Path) -> Option<State> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// The creation timestamp in a binlog file's format description event.
+fn created_ts(path: &Path) -> std::io::Result<u32> {
+    let mut head = [0u8; 8];
+    std::fs::File::open(path)?.read_exact(&mut head)?;
+    if &head[..4] != events::MAGIC {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a binlog file", path.display()),
+        ));
+    }
+    Ok(u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")))
+}
+
+impl Archiver {
+    /// An archiver writing to `repository`, its state in `state_dir`.
+    pub fn new(
+        cluster: &str,
+        host: &str,
+        repository: &Path,
+        state_dir: &Path,
+        target: MysqlTarget,
+        level: i32,
+        status: Arc<ArchiveStatus>,
+    ) -> Archiver {
+        let state_path = state_dir.join("binlog-archive.json");
+        let state = read_state(&state_path).unwrap_or_default();
+        Archiver {
+            cluster: cluster.to_string(),
+            host: host.to_string(),
+            repository: repository.to_path_buf(),
+            state_path,
+            target,
+            level,
+            state,
+            last_head: None,
+            status,
+        }
+    }
+
+    async fn server(&self) -> Result<ServerBinlogs, String> {
+        let limit = self.target.connect_timeout + self.target.query_timeout;
+        tokio::time::timeout(limit, async {
+            let (mut conn, _) = observer::connect(&self.target).await?;
+            let (basename, server_id): (Option<String>, u32) = conn
+                .query_first("SELECT @@log_bin_basename, @@server_id")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no answer")?;
+            let basename = basename.ok_or("the binary log is off (log_bin); nothing to archive")?;
+            let rows: Vec<mysql_async::Row> = conn
+                .query("SHOW BINARY LOGS")
+                .await
+                .map_err(|e| format!("SHOW BINARY LOGS: {e}"))?;
+            let files = rows
+                .into_iter()
+                .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
+                .collect();
+            let row: mysql_async::Row = conn
+                .query_first("SHOW MASTER STATUS")
+                .await
+                .map_err(|e| format!("SHOW MASTER STATUS: {e}"))?
+                .ok_or("SHOW MASTER STATUS returned nothing (is log_bin on?)")?;
+            let current = (
+                row.get::<String, _>(0).unwrap_or_default(),
+                row.get::<u64, _>(1).unwrap_or_default(),
+            );
+            let _ = conn.disconnect().await;
+            let dir = Path::new(&basename)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            Ok(ServerBinlogs {
+                dir,
+                server_id,
+                files,
+                current,
+            })
+        })
+        .await
+        .map_err(|_| format!("mysqld did not answer within {limit:?}"))?
+    }
+
+    fn stream_dir(&self) -> PathBuf {
+        streams_dir(&self.repository, &self.cluster).join(&self.state.stream)
+    }
+
+    fn save(&self) -> Result<(), String> {
+        dbfleet_common::durable::write_atomic(
+            &self.state_path,
+            &serde_json::to_vec(&self.state).expect("state encodes"),
+            0o600,
+        )
+        .map_err(|e| format!("cannot write {}: {e}", self.state_path.display()))
+    }
+
+    /// Starts a new stream: the first pass, or the server's binlog history
+    /// started over.
+    fn new_stream(&mut self, server_id: u32, why: &str) -> Result<(), String> {
+        let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now())
+            .to_string()
+            .replace(['-', ':', '.'], "");
+        self.state = State {
+            stream: format!("{}-{server_id}-{stamp}", self.host),
+            files: BTreeMap::new(),
+        };
+        std::fs::create_dir_all(self.stream_dir())
+            .map_err(|e| format!("cannot create {}: {e}", self.stream_dir().display()))?;
+        self.save()?;
+        info!(
+            stream = self.state.stream,
+            why, "binlog archive stream started"
+        );
+        Ok(())
+    }
+
+    /// One pass: archive everything the server has committed so far.
+    /// Reading and compressing runs on a blocking thread.
+    pub async fn pass(mut self) -> (Archiver, Result<(), String>) {
+        let started = unix_ms();
+        let server = match self.server().await {
+            Ok(s) => s,
+            Err(e) => return (self, Err(e)),
+        };
+        tokio::task::spawn_blocking(move || {
+            let r = self.archive(&server, started);
+            (self, r)
+        })
+        .await
+        .expect("an archive pass does not panic")
+    }
+
+    fn archive(&mut self, server: &ServerBinlogs, started: i64) -> Result<(), String> {
+        // Same names, other files: the history started over.
+        let restarted = server.files.iter().any(|(name, _)| {
+            self.state.files.get(name).is_some_and(|p| {
+                created_ts(&server.dir.join(name)).is_ok_and(|ts| ts != p.created_ts)
+            })
+        });
+        if self.state.stream.is_empty() || restarted {
+            let why = if restarted {
+                "the server's binlogs started over"
+            } else {
+                "no archive state"
+            };
+            self.new_stream(server.server_id, why)?;
+        }
+        let listed: Vec<&String> = server.files.iter().map(|(n, _)| n).collect();
+        let mut archived = (String::new(), 0);
+        for (name, size) in &server.files {
+            let current = *name == server.current.0;
+            let limit = if current { server.current.1 } else { *size };
+            let path = server.dir.join(name);
+            let progress = match self.state.files.get(name) {
+                Some(p) => p.clone(),
+                None => FileProgress {
+                    created_ts: created_ts(&path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                    ..Default::default()
+                },
+            };
+            let mut at = progress.archived_to;
+            let gap_before = at == 0 && self.gap_before(name);
+            while at < limit {
+                let end = self.chunk(server, name, at, limit, !current, gap_before && at == 0)?;
+                at = end;
+                self.state.files.insert(
+                    name.clone(),
+                    FileProgress {
+                        archived_to: at,
+                        closed: !current && at == limit,
+                        ..progress.clone()
+                    },
+                );
+                self.save()?;
+            }
+            if !current
+                && self
+                    .state
+                    .files
+                    .get(name)
+                    .is_some_and(|p| !p.closed && p.archived_to == limit)
+            {
+                // archived while current, closed since: nothing more comes
+                if let Some(mut meta) = self.last_chunk_meta(name, limit) {
+                    meta.closed = true;
+                    self.write_meta(&meta)?;
+                }
+                if let Some(p) = self.state.files.get_mut(name) {
+                    p.closed = true;
+                }
+                self.save()?;
+            }
+            archived = (name.clone(), at);
+        }
+        // forget files the server purged, except the newest (gap checks)
+        let newest = self
+            .state
+            .files
+            .keys()
+            .max_by_key(|n| file_number(n))
+            .cloned();
+        self.state
+            .files
+            .retain(|n, _| listed.contains(&n) || Some(n) == newest.as_ref());
+        self.write_head(&archived, &server.current, started)?;
+        self.status.update(|s| {
+            s.stream = self.state.stream.clone();
+            s.file = archived.0.clone();
+            s.position = archived.1;
+            s.caught_up_at_unix_ms = started;
+            s.error.clear();
+        });
+        Ok(())
+    }
+
+    /// A file seen for the first time whose predecessor was never archived
+    /// to its end: the server purged binlogs the archive had not taken.
+    fn gap_before(&self, name: &str) -> bool {
+        let Some(n) = file_number(name) else {
+            return false;
+        };
+        if self.state.files.is_empty() {
+            return false;
+        }
+        !self
+            .state
+            .files
+            .iter()
+            .any(|(f, p)| file_number(f) == Some(n.saturating_sub(1)) && p.closed)
+    }
+
+    fn chunk_path(&self, file: &str, start: u64, ext: &str) -> PathBuf {
+        self.stream_dir()
+            .join(format!("{}.{ext}", ChunkMeta::name(file, start)))
+    }
+
+    fn last_chunk_meta(&self, file: &str, end: u64) -> Option<ChunkMeta> {
+        let dir = std::fs::read_dir(self.stream_dir()).ok()?;
+        dir.flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                (n.starts_with(&format!("{file}.")) && n.ends_with(".json"))
+                    .then(|| {
+                        serde_json::from_slice::<ChunkMeta>(&std::fs::read(e.path()).ok()?).ok()
+                    })
+                    .flatten()
+            })
+            .find(|m| m.end == end)
+    }
+
+    fn write_meta(&self, meta: &ChunkMeta) -> Result<(), String> {
+        let path = self.chunk_path(&meta.file, meta.start, "json");
+        dbfleet_common::durable::write_atomic(
+            &path,
+            &serde_json::to_vec_pretty(meta).expect("metas encode"),
+            0o644,
+        )
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// Archives `file` from `start` towards `limit` (at most
+    /// [`MAX_CHUNK`], ending on an event boundary); returns the end.
+    fn chunk(
+        &self,
+        server: &ServerBinlogs,
+        file: &str,
+        start: u64,
+        limit: u64,
+        closed_file: bool,
+        gap_before: bool,
+    ) -> Result<u64, String> {
+        let path = server.dir.join(file);
+        let want = (limit - start).min(MAX_CHUNK);
+        let mut bytes = vec![0u8; want as usize];
+        let mut f = std::fs::File::open(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        f.seek(SeekFrom::Start(start))
+            .and_then(|_| f.read_exact(&mut bytes))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let summary = events::summarize(&bytes, bytes.len());
+        let whole = if start + want == limit {
+            // the server's position is a commit boundary: all of it
+            bytes.len()
+        } else {
+            summary.whole
+        };
+        if whole == 0 {
+            return Err(format!(
+                "{} has an event larger than {MAX_CHUNK} bytes at {start}",
+                path.display()
+            ));
+        }
+        let end = start + whole as u64;
+        let data = self.chunk_path(file, start, "zst");
+        let tmp = data.with_extension("zst.tmp");
+        let stored = (|| -> std::io::Result<StoredFile> {
+            let out = std::fs::File::create(&tmp)?;
+            let sink =
+                HashingWriter::new(std::io::BufWriter::new(out), Arc::new(AtomicU64::new(0)));
+            let mut z = zstd::stream::Encoder::new(sink, self.level)?;
+            z.write_all(&bytes[..whole])?;
+            let (w, n, sha) = z.finish()?.finish();
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &data)?;
+            Ok(StoredFile {
+                name: data
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                bytes: n,
+                sha256: sha,
+            })
+        })()
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot write {}: {e}", data.display())
+        })?;
+        let summary = events::summarize(&bytes[..whole], whole);
+        self.write_meta(&ChunkMeta {
+            format: 1,
+            stream: self.state.stream.clone(),
+            host: self.host.clone(),
+            server_id: server.server_id,
+            file: file.to_string(),
+            start,
+            end,
+            closed: closed_file && end == limit,
+            gap_before,
+            stored,
+            first_ts: summary.first_ts,
+            last_ts: summary.last_ts,
+            gtid_list: summary.gtid_list.map(|g| g.to_string()),
+            gtids: summary.gtids.to_string(),
+            archived_at_unix_ms: unix_ms(),
+        })?;
+        Ok(end)
+    }
+
+    fn write_head(
+        &mut self,
+        archived: &(String, u64),
+        server: &(String, u64),
+        checked: i64,
+    ) -> Result<(), String> {
+        let head = Head {
+            file: archived.0.clone(),
+            position: archived.1,
+            checked_at_unix_ms: checked,
+            server_file: server.0.clone(),
+            server_position: server.1,
+        };
+        let fresh = self.last_head.as_ref().is_some_and(|(h, at)| {
+            h.file == head.file
+                && h.position == head.position
+                && h.server_position == head.server_position
+                && checked - at < HEAD_REFRESH_MS
+        });
+        if fresh {
+            return Ok(());
+        }
+        let path = self.stream_dir().join("head.json");
+        dbfleet_common::durable::write_atomic(
+            &path,
+            &serde_json::to_vec_pretty(&head).expect("heads encode"),
+            0o644,
+        )
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        self.last_head = Some((head, checked));
+        Ok(())
+    }
+}
+
+/// Archives every `interval` until `shutdown`; failures are reported (and
+/// logged once per distinct error) and retried at the next pass.
+pub async fn run(mut archiver: Archiver, interval: Duration, shutdown: CancellationToken) {
+    let mut last_error = String::new();
+    loop {
+        let (a, r) = archiver.pass().await;
+        archiver = a;
+        match r {
+            Ok(()) => last_error.clear(),
+            Err(e) => {
+                if e != last_error {
+                    warn!(error = e, "binlog archiving failed; retrying");
+                }
+                archiver.status.update(|s| s.error = e.clone());
+                last_error = e;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}

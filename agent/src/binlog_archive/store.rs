@@ -1,0 +1,362 @@
+//! The binlog archive in the repository, and how point-in-time recovery
+//! finds the binlogs it needs there.
+//!
+//! Layout (docs/backups.md): `REPO/CLUSTER/binlogs/STREAM/` holds chunks
+//! `FILE.OFFSET.zst` (bytes `start..end` of binlog `FILE`, compressed)
+//! each with `FILE.OFFSET.json`, its meta, written last; `head.json` says
+//! how far the server was archived when last checked. A stream is one
+//! server's binlog history: a new stream starts whenever that history
+//! starts over (restore, `RESET MASTER`, a lost agent state), so nothing
+//! is ever overwritten, after a failover or otherwise.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use dbfleet_common::gtid::Position;
+use serde::{Deserialize, Serialize};
+
+use crate::backup::repo::StoredFile;
+
+/// Every stream of a cluster.
+pub fn streams_dir(repository: &Path, cluster: &str) -> PathBuf {
+    repository.join(cluster).join("binlogs")
+}
+
+/// What one archived chunk holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMeta {
+    /// Layout version.
+    pub format: u32,
+    /// The stream it belongs to.
+    pub stream: String,
+    /// Host and `server_id` of the server that wrote the binlog.
+    pub host: String,
+    /// See `host`.
+    pub server_id: u32,
+    /// The binlog file's name on the server.
+    pub file: String,
+    /// Byte range of the file this chunk holds.
+    pub start: u64,
+    /// End (exclusive): always an event boundary after a commit.
+    pub end: u64,
+    /// `end` is the end of the file (the server had moved to the next one).
+    pub closed: bool,
+    /// Binlogs were purged on the server before they were archived: the
+    /// stream has a hole before this file.
+    pub gap_before: bool,
+    /// The compressed bytes.
+    pub stored: StoredFile,
+    /// Timestamps of the first and last event (Unix seconds).
+    pub first_ts: u32,
+    /// See `first_ts`.
+    pub last_ts: u32,
+    /// The server's GTID state before the file (chunks at offset 0).
+    pub gtid_list: Option<String>,
+    /// The highest GTID per domain in this chunk.
+    pub gtids: String,
+    /// When it was archived (Unix ms, agent clock).
+    pub archived_at_unix_ms: i64,
+}
+
+impl ChunkMeta {
+    /// The chunk's base name, `FILE.OFFSET`.
+    pub fn name(file: &str, start: u64) -> String {
+        format!("{file}.{start:012}")
+    }
+}
+
+/// How far a stream's server was archived when last checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The binlog file and position archived up to.
+    pub file: String,
+    /// See `file`.
+    pub position: u64,
+    /// When the agent checked (Unix ms): no commit before this time is
+    /// missing from the stream, unless `position` is behind the server.
+    pub checked_at_unix_ms: i64,
+    /// The server's position then; equal to `file`/`position` when the
+    /// archive had caught up.
+    pub server_file: String,
+    /// See `server_file`.
+    pub server_position: u64,
+}
+
+/// The number in `name.000042`, for ordering binlog files.
+pub fn file_number(name: &str) -> Option<u64> {
+    name.rsplit('.').next()?.parse().ok()
+}
+
+/// A stream as found in the repository.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its name.
+    pub name: String,
+    /// Its chunks in binlog order.
+    pub chunks: Vec<ChunkMeta>,
+    /// Its head, when written.
+    pub head: Option<Head>,
+}
+
+/// Reads every stream of the cluster (chunks without a meta are not
+/// archived yet and are skipped).
+pub fn read_streams(repository: &Path, cluster: &str) -> io::Result<Vec<Stream>> {
+    let mut out = Vec::new();
+    let dir = streams_dir(repository, cluster);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        if !e.file_type()?.is_dir() {
+            continue;
+        }
+        let mut chunks = Vec::new();
+        let mut head = None;
+        for f in std::fs::read_dir(e.path())? {
+            let path = f?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name == "head.json" {
+                head = serde_json::from_slice(&std::fs::read(&path)?).ok();
+            } else if name.ends_with(".json") {
+                let meta: ChunkMeta =
+                    serde_json::from_slice(&std::fs::read(&path)?).map_err(|err| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{}: {err}", path.display()),
+                        )
+                    })?;
+                chunks.push(meta);
+            }
+        }
+        chunks.sort_by_key(|c| (file_number(&c.file), c.start));
+        out.push(Stream {
+            dir: e.path(),
+            name: e.file_name().to_string_lossy().into_owned(),
+            chunks,
+            head,
+        });
+    }
+    Ok(out)
+}
+
+/// Where replay should stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every transaction committed before this time (Unix seconds).
+    Time(i64),
+    /// Up to and including these GTIDs.
+    Gtid(Position),
+}
+
+/// The chunks to replay: every chunk of the files from the first one to
+/// replay onwards, in order.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The stream they come from.
+    pub stream: String,
+    /// The stream's directory.
+    pub dir: PathBuf,
+    /// Chunks to decompress, in order, grouped into files by the caller.
+    pub chunks: Vec<ChunkMeta>,
+}
+
+/// The longest runs of chunks with no hole: chunk after chunk in one file,
+/// and a closed file followed by the next file's start.
+fn runs(chunks: &[ChunkMeta]) -> Vec<&[ChunkMeta]> {
+    let mut out = Vec::new();
+    let mut begin = 0;
+    for i in 1..=chunks.len() {
+        let breaks = i == chunks.len() || {
+            let (a, b) = (&chunks[i - 1], &chunks[i]);
+            let same_file = a.file == b.file && b.start == a.end;
+            let next_file = a.closed
+                && b.start == 0
+                && !b.gap_before
+                && file_number(&b.file) == file_number(&a.file).map(|n| n + 1);
+            !(same_file || next_file)
+        };
+        if breaks {
+            out.push(&chunks[begin..i]);
+            begin = i;
+        }
+    }
+    out
+}
+
+/// Finds, across all streams, binlogs that continue a backup consistent at
+/// `start` up to `target` with no hole: the run must hold the start of a
+/// file whose GTID state before it is at or before `start`, and reach
+/// the target. The reason names what is missing when none does.
+pub fn plan(streams: &[Stream], start: &Position, target: &Target) -> Result<Plan, String> {
+    let mut why = Vec::new();
+    for s in streams {
+        for run in runs(&s.chunks) {
+            // the last file start in the run at or before the backup
+            let Some(first) = run.iter().rposition(|c| {
+                c.start == 0
+                    && c.gtid_list
+                        .as_deref()
+                        .and_then(|g| Position::parse(g).ok())
+                        .is_some_and(|g| start.covers(&g))
+            }) else {
+                why.push(format!(
+                    "{}: {}..{} does not reach back to the backup's position {start}",
+                    s.name,
+                    run[0].file,
+                    run[run.len() - 1].file
+                ));
+                continue;
+            };
+            let tail = &run[first..];
+            let last = &tail[tail.len() - 1];
+            let reached = tail.iter().fold(Position::default(), |p, c| {
+                p.max(&Position::parse(&c.gtids).unwrap_or_default())
+            });
+            let reaches = match target {
+                Target::Gtid(g) => reached.covers(g),
+                Target::Time(t) => {
+                    tail.iter().any(|c| i64::from(c.last_ts) >= *t)
+                        || s.head.as_ref().is_some_and(|h| {
+                            h.file == last.file
+                                && h.position == last.end
+                                && h.server_file == h.file
+                                && h.server_position == h.position
+                                && h.checked_at_unix_ms >= t * 1000
+                        })
+                }
+            };
+            if !reaches {
+                why.push(format!(
+                    "{}: archived only up to {} at {} (GTID {reached})",
+                    s.name, last.file, last.end
+                ));
+                continue;
+            }
+            return Ok(Plan {
+                stream: s.name.clone(),
+                dir: s.dir.clone(),
+                chunks: tail.to_vec(),
+            });
+        }
+    }
+    if why.is_empty() {
+        why.push("the cluster has no archived binlogs".into());
+    }
+    Err(format!(
+        "no archived binlogs cover the way from the backup to the target: {}",
+        why.join("; ")
+    ))
+}
+
+/// Per binlog file, its chunks in order (a plan's chunks, regrouped).
+pub fn by_file(chunks: &[ChunkMeta]) -> BTreeMap<(u64, String), Vec<ChunkMeta>> {
+    let mut out: BTreeMap<(u64, String), Vec<ChunkMeta>> = BTreeMap::new();
+    for c in chunks {
+        out.entry((file_number(&c.file).unwrap_or(0), c.file.clone()))
+            .or_default()
+            .push(c.clone());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(file: &str, start: u64, end: u64, closed: bool, list: Option<&str>) -> ChunkMeta {
+        ChunkMeta {
+            format: 1,
+            stream: "s".into(),
+            host: "db1".into(),
+            server_id: 1,
+            file: file.into(),
+            start,
+            end,
+            closed,
+            gap_before: false,
+            stored: StoredFile {
+                name: String::new(),
+                bytes: 0,
+                sha256: String::new(),
+            },
+            first_ts: 100,
+            last_ts: 100 + end as u32,
+            gtid_list: list.map(str::to_string),
+            gtids: format!("0-1-{end}"),
+            archived_at_unix_ms: 0,
+        }
+    }
+
+    fn stream(chunks: Vec<ChunkMeta>) -> Stream {
+        Stream {
+            dir: PathBuf::from("/r"),
+            name: "s".into(),
+            chunks,
+            head: None,
+        }
+    }
+
+    fn p(s: &str) -> Position {
+        Position::parse(s).unwrap()
+    }
+
+    #[test]
+    fn replay_starts_at_the_last_file_begun_before_the_backup() {
+        let s = stream(vec![
+            chunk("b.000001", 0, 10, false, Some("")),
+            chunk("b.000001", 10, 20, true, None),
+            chunk("b.000002", 0, 30, false, Some("0-1-20")),
+            chunk("b.000002", 30, 40, false, None),
+        ]);
+        let plan = plan_from(&s, "0-1-25", Target::Gtid(p("0-1-35"))).unwrap();
+        assert_eq!(plan.chunks.len(), 2);
+        assert_eq!(plan.chunks[0].file, "b.000002");
+        let plan = plan_from(&s, "0-1-15", Target::Time(100 + 39)).unwrap();
+        assert_eq!(plan.chunks[0].file, "b.000001");
+        assert_eq!(plan.chunks.len(), 4);
+    }
+
+    fn plan_from(s: &Stream, start: &str, t: Target) -> Result<Plan, String> {
+        plan(std::slice::from_ref(s), &p(start), &t)
+    }
+
+    #[test]
+    fn holes_and_short_archives_are_refused_with_the_reason() {
+        // 10..20 of the first file is missing
+        let holed = stream(vec![
+            chunk("b.000001", 0, 10, false, Some("")),
+            chunk("b.000001", 20, 30, true, None),
+        ]);
+        let e = plan_from(&holed, "0-1-5", Target::Gtid(p("0-1-25"))).unwrap_err();
+        assert!(e.contains("archived only up to b.000001 at 10"), "{e}");
+        // the archive ends before the time and its head does not vouch
+        let short = stream(vec![chunk("b.000001", 0, 10, false, Some(""))]);
+        let e = plan_from(&short, "", Target::Time(1000)).unwrap_err();
+        assert!(e.contains("archived only up to"), "{e}");
+        // a head that checked after the target, caught up, vouches
+        let mut vouched = short.clone();
+        vouched.head = Some(Head {
+            file: "b.000001".into(),
+            position: 10,
+            checked_at_unix_ms: 1_000_000,
+            server_file: "b.000001".into(),
+            server_position: 10,
+        });
+        assert!(plan_from(&vouched, "", Target::Time(1000)).is_ok());
+        // the archive begins after the backup
+        let late = stream(vec![chunk("b.000002", 0, 10, false, Some("0-1-50"))]);
+        let e = plan_from(&late, "0-1-40", Target::Gtid(p("0-1-9"))).unwrap_err();
+        assert!(e.contains("does not reach back"), "{e}");
+        assert!(
+            plan(&[], &p(""), &Target::Time(0))
+                .unwrap_err()
+                .contains("no archived binlogs")
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! Restores: which host may be restored over, the record that follows the
+//! agent's job, and what the host is afterwards.
+//!
+//! A restore takes its host out of service first (`control.detached`,
+//! written with the restore's intent): nothing repoints, repairs or
+//! promotes it while its mysqld is down or holds old data. A restore
+//! without a target puts it back in service when it completes; the repair
+//! loop then makes it a replica of the primary from the backup's
+//! position. A point-in-time restore leaves it detached, holding exactly
+//! the data up to the target, until the operator restores it again.
+
+use dbfleet_common::clock::unix_ms;
+use dbfleet_lease::Epoch;
+use dbfleet_proto::pb;
+use dbfleet_proto::pb::command_request::Command;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{Backups, RUNNING, job_end, stamp};
+use crate::error::ServiceError;
+use crate::failover::reconcile::event;
+use crate::fleet::MemberState;
+use crate::store::ClusterRecord;
+
+/// One restore, as the coordinator follows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRecord {
+    /// Job id on the agent.
+    pub id: String,
+    /// The backup restored.
+    pub backup_id: String,
+    /// The host restored onto.
+    pub host: String,
+    /// Unix seconds to stop replay at (0: none).
+    #[serde(default)]
+    pub to_time_unix: i64,
+    /// GTIDs to replay up to (empty: none).
+    #[serde(default)]
+    pub to_gtid: String,
+    /// "running", "completed" or "failed".
+    pub status: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: String,
+    /// What the agent did.
+    #[serde(default)]
+    pub detail: String,
+    /// When it was asked for and when it ended (Unix ms).
+    pub started_at_unix_ms: i64,
+    /// End.
+    #[serde(default)]
+    pub finished_at_unix_ms: i64,
+}
+
+impl RestoreRecord {
+    fn point_in_time(&self) -> bool {
+        self.to_time_unix != 0 || !self.to_gtid.is_empty()
+    }
+
+    fn target(&self) -> String {
+        if self.to_time_unix != 0 {
+            let t =
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.to_time_unix as u64);
+            format!("time {}", humantime::format_rfc3339_seconds(t))
+        } else if !self.to_gtid.is_empty() {
+            format!("GTID {}", self.to_gtid)
+        } else {
+            "latest (rejoin as a replica)".into()
+        }
+    }
+
+    /// As the API shows it.
+    pub fn view(&self, cluster: &str) -> pb::RestoreView {
+        pb::RestoreView {
+            id: self.id.clone(),
+            cluster: cluster.to_string(),
+            backup_id: self.backup_id.clone(),
+            host: self.host.clone(),
+            target: self.target(),
+            status: self.status.clone(),
+            error: self.error.clone(),
+            detail: self.detail.clone(),
+            started_at_unix_ms: self.started_at_unix_ms,
+            finished_at_unix_ms: self.finished_at_unix_ms,
+        }
+    }
+}
+
+/// Why `host` may not be restored over now, if it may not.
+fn refuse(rec: &ClusterRecord, m: &MemberState) -> Option<String> {
+    let host = &m.host;
+    if rec.last_primary.as_deref() == Some(host.as_str()) {
+        return Some(format!(
+            "{host} is the primary; switch over to another member before restoring it"
+        ));
+    }
+    if m.server().is_some_and(|s| s.writable()) {
+        return Some(format!(
+            "{host} is writable; only a read-only member is restored over"
+        ));
+    }
+    if let Some(op) = &rec.control.operation {
+        return Some(format!(
+            "{} {} is in progress; restore when it ends",
+            op.kind.as_str(),
+            op.id
+        ));
+    }
+    if rec
+        .restores
+        .values()
+        .any(|r| r.host == *host && r.status == RUNNING)
+    {
+        return Some(format!("a restore onto {host} is already running"));
+    }
+    if !m.reporting {
+        return Some(format!("{host}'s agent is not reporting"));
+    }
+    if m.server().is_none() {
+        return Some(format!(
+            "{host}'s mysqld is not reachable; the agent needs it running to find its data directory"
+        ));
+    }
+    None
+}
+
+impl Backups {
+    /// `dbfleet backup restore`.
+    pub async fn restore(
+        &self,
+        req: pb::RestoreBackupRequest,
+    ) -> Result<pb::RestoreView, ServiceError> {
+        let epoch = self.fleet.ha().write_epoch()?;
+        if req.to_time_unix != 0 && !req.to_gtid.is_empty() {
+            return Err(ServiceError::Refused(
+                "give a time or a GTID to restore to, not both".into(),
+            ));
+        }
+        if req.to_time_unix < 0 {
+            return Err(ServiceError::Refused(format!(
+                "{} is not a time after 1970",
+                req.to_time_unix
+            )));
+        }
+        if !req.to_gtid.is_empty() {
+            dbfleet_common::gtid::Position::parse(&req.to_gtid).map_err(ServiceError::Refused)?;
+        }
+        let (cluster, b) = self.find(&req.id)?;
+        if b.status != "completed" {
+            return Err(ServiceError::Refused(format!(
+                "backup {} is {}; only a completed backup can be restored",
+                b.id, b.status
+            )));
+        }
+        let members = self.fleet.members(&cluster);
+        let m = members.iter().find(|m| m.host == req.host).ok_or_else(|| {
+            ServiceError::Refused(format!("{} is not a member of {cluster}", req.host))
+        })?;
+        let rec = self.fleet.cluster_record(&cluster);
+        if let Some(why) = refuse(&rec, m) {
+            return Err(ServiceError::Refused(why));
+        }
+        if let Some(job) = super::running_job(m) {
+            return Err(ServiceError::Refused(format!(
+                "{} is busy with {job}; retry when it ends",
+                m.host
+            )));
+        }
+        let r = RestoreRecord {
+            id: format!("restore-{}-{}", m.host, stamp()),
+            backup_id: b.id.clone(),
+            host: m.host.clone(),
+            to_time_unix: req.to_time_unix,
+            to_gtid: req.to_gtid.clone(),
+            status: RUNNING.into(),
+            error: String::new(),
+            detail: String::new(),
+            started_at_unix_ms: unix_ms(),
+            finished_at_unix_ms: 0,
+        };
+        // Intent first, and the host out of service before its mysqld stops.
+        let r = {
+            let mut r = r;
+            let e = event(
+                "restore-started",
+                &m.host,
+                format!(
+                    "restoring backup {} onto {} ({})",
+                    r.backup_id,
+                    m.host,
+                    r.target()
+                ),
+                &epoch,
+                vec![],
+            );
+            self.fleet
+                .update_cluster(&cluster, epoch.clone(), move |rec| {
+                    if let Some(why) = rec
+                        .restores
+                        .values()
+                        .find(|o| o.host == r.host && o.status == RUNNING)
+                    {
+                        return Err(ServiceError::Refused(format!(
+                            "restore {} onto {} is already running",
+                            why.id, why.host
+                        )));
+                    }
+                    while rec.restores.contains_key(&r.id) {
+                        r.id.push_str("-1");
+                    }
+                    rec.control.detached.insert(
+                        r.host.clone(),
+                        format!("restore {} of backup {} running", r.id, r.backup_id),
+                    );
+                    rec.control.record(e);
+                    rec.restores.insert(r.id.clone(), r.clone());
+                    Ok(r)
+                })
+                .await?
+        };
+        let cmd = Command::StartRestore(pb::StartRestore {
+            job_id: r.id.clone(),
+            backup_id: r.backup_id.clone(),
+            to_time_unix: r.to_time_unix,
+            to_gtid: r.to_gtid.clone(),
+        });
+        match self.command(m, &epoch, cmd).await {
+            Ok(detail) => {
+                info!(restore = r.id, host = r.host, detail, "restore started");
+                Ok(r.view(&cluster))
+            }
+            Err(e) => {
+                warn!(
+                    restore = r.id,
+                    host = r.host,
+                    error = e,
+                    "restore could not start"
+                );
+                let failed = RestoreRecord {
+                    status: "failed".into(),
+                    error: e.clone(),
+                    finished_at_unix_ms: unix_ms(),
+                    ..r
+                };
+                let view = failed.view(&cluster);
+                let host = failed.host.clone();
+                self.fleet
+                    .update_cluster(&cluster, epoch, move |rec| {
+                        // it never started: the host is as it was
+                        rec.control.detached.remove(&host);
+                        rec.restores.insert(failed.id.clone(), failed);
+                        Ok(())
+                    })
+                    .await?;
+                Ok(view)
+            }
+        }
+    }
+
+    /// `dbfleet backup restore` waiting for the end.
+    pub fn get_restore(&self, id: &str) -> Result<pb::RestoreView, ServiceError> {
+        self.fleet
+            .cluster_names()
+            .into_iter()
+            .find_map(|c| {
+                let rec = self.fleet.cluster_record(&c);
+                rec.restores.get(id).map(|r| r.view(&c))
+            })
+            .ok_or_else(|| ServiceError::UnknownBackup(format!("restore {id}")))
+    }
+
+    /// Ends running restores from the agents' reports.
+    pub(super) async fn follow_restores(&self, cluster: &str, epoch: &Epoch) {
+        let rec = self.fleet.cluster_record(cluster);
+        if !rec.restores.values().any(|r| r.status == RUNNING) {
+            return;
+        }
+        let members = self.fleet.members(cluster);
+        let now = unix_ms();
+        let ended: Vec<RestoreRecord> = rec
+            .restores
+            .values()
+            .filter(|r| r.status == RUNNING)
+            .filter_map(|r| {
+                let (state, detail, _, _) =
+                    job_end(&members, &r.host, &r.id, r.started_at_unix_ms, now)?;
+                let mut n = r.clone();
+                n.finished_at_unix_ms = now;
+                if state == "completed" {
+                    n.status = state;
+                    n.detail = detail;
+                } else {
+                    n.status = "failed".into();
+                    n.error = detail;
+                }
+                Some(n)
+            })
+            .collect();
+        for r in ended {
+            let (kind, message, detached) = match (r.status.as_str(), r.point_in_time()) {
+                ("completed", false) => (
+                    "restored",
+                    format!(
+                        "{} restored from backup {}; it rejoins as a replica",
+                        r.host, r.backup_id
+                    ),
+                    None,
+                ),
+                ("completed", true) => (
+                    "restored",
+                    format!(
+                        "{} restored from backup {} to {}; it stays out of service",
+                        r.host,
+                        r.backup_id,
+                        r.target()
+                    ),
+                    Some(format!(
+                        "restored from backup {} to {} and kept apart; restore it without a target to make it a replica again",
+                        r.backup_id,
+                        r.target()
+                    )),
+                ),
+                _ => (
+                    "restore-failed",
+                    format!("restore {} onto {} failed: {}", r.id, r.host, r.error),
+                    Some(format!(
+                        "restore {} failed ({}); restore it again",
+                        r.id, r.error
+                    )),
+                ),
+            };
+            info!(
+                cluster,
+                restore = r.id,
+                host = r.host,
+                status = r.status,
+                "restore ended"
+            );
+            let e = event(kind, &r.host, message, epoch, vec![r.detail.clone()]);
+            let res = self
+                .fleet
+                .update_cluster(cluster, epoch.clone(), move |rec| {
+                    match detached {
+                        Some(why) => {
+                            rec.control.detached.insert(r.host.clone(), why);
+                        }
+                        None => {
+                            rec.control.detached.remove(&r.host);
+                            // rebuilt from a backup: no longer diverged
+                            rec.control.needs_rebuild.remove(&r.host);
+                        }
+                    }
+                    rec.control.record(e);
+                    rec.restores.insert(r.id.clone(), r);
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = res {
+                warn!(cluster, error = %e, "cannot record the restore's end; retrying");
+            }
+        }
+    }
+}
