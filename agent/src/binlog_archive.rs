@@ -254,10 +254,18 @@ impl Archiver {
     }
 
     fn archive(&mut self, server: &ServerBinlogs, started: i64) -> Result<(), String> {
-        // Same names, other files: the history started over.
-        let restarted = server.files.iter().any(|(name, _)| {
+        // Same names, other files (or a file cut below what was archived,
+        // as crash recovery of a semi-sync replica may do): the history
+        // started over.
+        let restarted = server.files.iter().any(|(name, size)| {
             self.state.files.get(name).is_some_and(|p| {
-                created_ts(&server.dir.join(name)).is_ok_and(|ts| ts != p.created_ts)
+                let limit = if *name == server.current.0 {
+                    server.current.1
+                } else {
+                    *size
+                };
+                limit < p.archived_to
+                    || created_ts(&server.dir.join(name)).is_ok_and(|ts| ts != p.created_ts)
             })
         });
         if self.state.stream.is_empty() || restarted {

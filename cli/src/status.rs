@@ -70,6 +70,24 @@ pub struct MemberJson {
     pub needs_rebuild: bool,
     /// "lossless", "source", "replica" or "off"; null when unreachable.
     pub semi_sync: Option<String>,
+    /// Binlog archiving; null when its agent does not archive.
+    pub binlog_archive: Option<ArchiveJson>,
+}
+
+/// How far a member's binlogs are archived.
+#[derive(Debug, Serialize)]
+pub struct ArchiveJson {
+    /// The archive stream.
+    pub stream: String,
+    /// Archived up to this file and position.
+    pub file: String,
+    /// See `file`.
+    pub position: u64,
+    /// Milliseconds since the archive last held everything the server
+    /// had committed (the RPO now).
+    pub lag_ms: u64,
+    /// Why the last pass failed; null when it did not.
+    pub error: Option<String>,
 }
 
 /// One problem.
@@ -131,6 +149,13 @@ pub fn to_json(resp: &pb::ListClustersResponse) -> StatusJson {
                         fenced: m.fenced,
                         needs_rebuild: m.needs_rebuild,
                         semi_sync: non_empty(&m.semi_sync),
+                        binlog_archive: m.binlog_archive.as_ref().map(|a| ArchiveJson {
+                            stream: a.stream.clone(),
+                            file: a.file.clone(),
+                            position: a.position,
+                            lag_ms: a.lag_ms,
+                            error: non_empty(&a.error),
+                        }),
                     })
                     .collect(),
                 problems: c

@@ -352,6 +352,7 @@ fn member_view(m: &Member<'_>, primary: Option<&str>) -> pb::MemberView {
         promotion_rule: String::new(),
         needs_rebuild: false,
         semi_sync: s.map(|s| semi_sync_word(&s.semi_sync)).unwrap_or_default(),
+        binlog_archive: m.input.last.and_then(|r| r.agent.binlog_archive.clone()),
     }
 }
 

@@ -167,6 +167,50 @@ async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_th
         "{err}"
     );
 
+    // A corrupt archive fails the restore before the host is touched.
+    let stored: Vec<(std::path::PathBuf, Vec<u8>)> =
+        std::fs::read_dir(fleet.dir.join("backups/main/binlogs"))
+            .unwrap()
+            .flatten()
+            .flat_map(|s| std::fs::read_dir(s.path()).unwrap().flatten())
+            .map(|f| f.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "zst"))
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+    for (p, bytes) in &stored {
+        let mut bad = bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        std::fs::write(p, bad).unwrap();
+    }
+    let (ok, r) = fleet.cli_json(&[
+        "backup",
+        "restore",
+        &id,
+        "--host",
+        "db3",
+        "--to-time",
+        &chosen.to_string(),
+    ]);
+    assert!(!ok, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is corrupt"),
+        "{r}"
+    );
+    assert!(
+        rows(&fleet, "db3", table).await.contains_key(&1002),
+        "db3 still runs its own data"
+    );
+    for (p, bytes) in &stored {
+        std::fs::write(p, bytes).unwrap();
+    }
+
     let (ok, r) = fleet.cli_json(&[
         "backup",
         "restore",
@@ -272,4 +316,139 @@ async fn a_restored_replica_rejoins_and_matches_the_primary_row_for_row() {
         text.contains("restored") && text.contains("rejoined"),
         "{text}"
     );
+}
+
+/// The chunk metas of `host`'s archive streams, by stream.
+fn streams_of(fleet: &TestFleet, host: &str) -> BTreeMap<String, Vec<Value>> {
+    let dir = fleet.dir.join("backups/main/binlogs");
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(&dir)
+        .expect("the archive exists")
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&format!("{host}-")) {
+            continue;
+        }
+        let mut chunks: Vec<Value> = std::fs::read_dir(e.path())
+            .unwrap()
+            .flatten()
+            .filter(|f| {
+                let n = f.file_name().to_string_lossy().into_owned();
+                n.ends_with(".json") && n != "head.json"
+            })
+            .map(|f| serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap())
+            .collect();
+        chunks.sort_by_key(|c| {
+            let file = c["file"].as_str().unwrap().to_string();
+            let n: u64 = file.rsplit('.').next().unwrap().parse().unwrap();
+            (n, c["start"].as_u64().unwrap())
+        });
+        out.insert(name, chunks);
+    }
+    out
+}
+
+#[tokio::test]
+async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap() {
+    let mut fleet = fleet().await;
+    let table = "app.archived";
+    fleet
+        .sql(
+            "db1",
+            &format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY)"),
+        )
+        .await
+        .unwrap();
+    let insert = |range: std::ops::RangeInclusive<u64>| {
+        let v: Vec<String> = range.map(|i| format!("({i})")).collect();
+        format!("INSERT INTO {table} VALUES {}", v.join(","))
+    };
+    fleet.sql("db1", &insert(1..=20)).await.unwrap();
+    // a restart of db2's mysqld: its binlog rotates
+    fleet.stop("mariadbd-db2", Duration::from_secs(30));
+    fleet.start_mariadbd("db2").unwrap();
+    fleet
+        .wait_until("db2 back and replicating", |c| {
+            member(c, "db2").io_running && member(c, "db2").sql_running
+        })
+        .await;
+    fleet.sql("db1", &insert(21..=40)).await.unwrap();
+    // a failover: the primary's mysqld is killed
+    fleet.kill("mariadbd-db1");
+    let view = fleet
+        .wait_until("a new primary", |c| {
+            !c.primary.is_empty() && c.primary != "db1" && member(c, &c.primary).writable
+        })
+        .await;
+    fleet.sql(&view.primary, &insert(41..=60)).await.unwrap();
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while fleet
+        .query_one("db2", &format!("SELECT COUNT(*) FROM {table}"))
+        .await
+        .as_deref()
+        != Some("60")
+    {
+        assert!(tokio::time::Instant::now() < give_up, "db2 lacks rows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let binlog_pos = fleet
+        .query_one("db2", "SELECT @@gtid_binlog_pos")
+        .await
+        .unwrap();
+    wait_archived(&fleet, now_ms()).await;
+    // Every byte of every binlog db2 has is archived, in one stream with
+    // no hole, up to its last transaction.
+    let s = fleet.server("db2").unwrap();
+    let mut c = mysql_async::Conn::new(s.tcp_opts(
+        dbfleet_cli::sandbox::mariadb::AGENT_USER,
+        &fleet.credentials.agent,
+    ))
+    .await
+    .unwrap();
+    let files: Vec<(String, u64)> = c.query("SHOW BINARY LOGS").await.unwrap();
+    let (current, position): (String, u64) = {
+        let row: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+        (row.get(0).unwrap(), row.get(1).unwrap())
+    };
+    let _ = c.disconnect().await;
+    assert!(
+        files.len() >= 2,
+        "the restart rotated the binlog: {files:?}"
+    );
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    let chunks = loop {
+        let streams = streams_of(&fleet, "db2");
+        assert_eq!(
+            streams.len(),
+            1,
+            "one stream across restart and failover: {streams:?}"
+        );
+        let chunks = streams.into_values().next().unwrap();
+        let last = chunks.last().unwrap();
+        if last["file"] == current.as_str() && last["end"] == position {
+            break chunks;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the archive stays behind {current}:{position}: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (file, size) in &files {
+        let mut at = 0;
+        for ch in chunks.iter().filter(|ch| ch["file"] == file.as_str()) {
+            assert_eq!(ch["start"], at, "no hole in {file}: {ch}");
+            at = ch["end"].as_u64().unwrap();
+        }
+        let end = if *file == current { position } else { *size };
+        assert_eq!(at, end, "{file} archived to its end");
+    }
+    let seq = |g: &str| -> u64 { g.rsplit('-').next().unwrap().parse().unwrap() };
+    let archived = chunks
+        .iter()
+        .filter_map(|ch| ch["gtids"].as_str().filter(|g| !g.is_empty()).map(seq))
+        .max()
+        .unwrap();
+    assert_eq!(archived, seq(&binlog_pos), "up to db2's last transaction");
 }

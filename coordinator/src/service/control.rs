@@ -253,6 +253,20 @@ pub(crate) fn decorate(view: &mut pb::ClusterView, rec: &ClusterRecord) {
             format!("{h} has transactions the primary never had; rebuild it from a backup"),
         ));
     }
+    for m in &view.members {
+        if let Some(a) = m.binlog_archive.as_ref().filter(|a| !a.error.is_empty()) {
+            view.problems.push(problem(
+                "binlog-archive-failing",
+                &m.host,
+                format!(
+                    "binlog archiving of {} is failing ({} s behind): {}",
+                    m.host,
+                    a.lag_ms / 1000,
+                    a.error
+                ),
+            ));
+        }
+    }
     for (h, why) in &c.detached {
         view.problems.push(problem(
             "detached",
