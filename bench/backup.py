@@ -33,11 +33,15 @@ BASE = os.environ.get("BENCH_BASE", "127.0.79")
 ROWS_LOG2 = int(os.environ.get("ROWS_LOG2", "20"))
 
 
+def app_connect(fleet, host):
+    """The application account on `host`, autocommit."""
+    m, i = fleet.members[host], fleet.info
+    return pymysql.connect(host=m["address"], port=m["mysql_port"], user=i["app_user"],
+                           password=i["app_password"], database=i["app_database"], autocommit=True)
+
+
 def load(fleet):
-    m, i = fleet.members["db1"], fleet.info
-    c = pymysql.connect(host=m["address"], port=m["mysql_port"], user=i["app_user"],
-                        password=i["app_password"], database=i["app_database"], autocommit=True)
-    cur = c.cursor()
+    cur = app_connect(fleet, "db1").cursor()
     cur.execute("CREATE TABLE bench_rows (id BIGINT AUTO_INCREMENT PRIMARY KEY, pad VARCHAR(255))")
     cur.execute("INSERT INTO bench_rows (pad) VALUES (REPEAT(MD5(RAND()), 6))")
     for _ in range(ROWS_LOG2):

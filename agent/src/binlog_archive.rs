@@ -100,6 +100,7 @@ impl ArchiveStatus {
 struct ServerBinlogs {
     dir: PathBuf,
     server_id: u32,
+    writable: bool,
     /// (name, size) oldest first.
     files: Vec<(String, u64)>,
     current: (String, u64),
@@ -165,8 +166,8 @@ impl Archiver {
         let limit = self.target.connect_timeout + self.target.query_timeout;
         tokio::time::timeout(limit, async {
             let (mut conn, _) = observer::connect(&self.target).await?;
-            let (basename, server_id): (Option<String>, u32) = conn
-                .query_first("SELECT @@log_bin_basename, @@server_id")
+            let (basename, server_id, read_only): (Option<String>, u32, u8) = conn
+                .query_first("SELECT @@log_bin_basename, @@server_id, @@read_only")
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or("no answer")?;
@@ -196,6 +197,7 @@ impl Archiver {
             Ok(ServerBinlogs {
                 dir,
                 server_id,
+                writable: read_only == 0,
                 files,
                 current,
             })
@@ -334,7 +336,7 @@ impl Archiver {
         self.state
             .files
             .retain(|n, _| listed.contains(&n) || Some(n) == newest.as_ref());
-        self.write_head(&archived, &server.current, started)?;
+        self.write_head(&archived, server, started)?;
         self.status.update(|s| {
             s.stream = self.state.stream.clone();
             s.file = archived.0.clone();
@@ -472,20 +474,22 @@ impl Archiver {
     fn write_head(
         &mut self,
         archived: &(String, u64),
-        server: &(String, u64),
+        server: &ServerBinlogs,
         checked: i64,
     ) -> Result<(), String> {
         let head = Head {
             file: archived.0.clone(),
             position: archived.1,
             checked_at_unix_ms: checked,
-            server_file: server.0.clone(),
-            server_position: server.1,
+            server_file: server.current.0.clone(),
+            server_position: server.current.1,
+            writable: server.writable,
         };
         let fresh = self.last_head.as_ref().is_some_and(|(h, at)| {
             h.file == head.file
                 && h.position == head.position
                 && h.server_position == head.server_position
+                && h.writable == head.writable
                 && checked - at < HEAD_REFRESH_MS
         });
         if fresh {

@@ -50,9 +50,9 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// Waits until some archive stream had caught up with its server at a
-/// check made after `after_ms`.
-async fn wait_archived(fleet: &TestFleet, after_ms: i64) {
+/// Waits until an archive stream of `host` had caught up with its server
+/// at a check made after `after_ms`.
+async fn wait_archived(fleet: &TestFleet, host: &str, after_ms: i64) {
     let dir = fleet.dir.join("backups/main/binlogs");
     let give_up = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -60,6 +60,11 @@ async fn wait_archived(fleet: &TestFleet, after_ms: i64) {
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{host}-"))
+            })
             .any(|e| {
                 std::fs::read(e.path().join("head.json"))
                     .ok()
@@ -143,7 +148,7 @@ async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_th
         )
         .await
         .unwrap();
-    wait_archived(&fleet, now_ms()).await;
+    wait_archived(&fleet, "db1", now_ms()).await;
     let expected: BTreeMap<u64, String> = rows(&fleet, "db1", table)
         .await
         .into_iter()
@@ -167,6 +172,18 @@ async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_th
         "{err}"
     );
 
+    let chosen_text = chosen.to_string();
+    let restore_to_chosen = || {
+        fleet.cli_json(&[
+            "backup",
+            "restore",
+            &id,
+            "--host",
+            "db3",
+            "--to-time",
+            &chosen_text,
+        ])
+    };
     // A corrupt archive fails the restore before the host is touched.
     let stored: Vec<(std::path::PathBuf, Vec<u8>)> =
         std::fs::read_dir(fleet.dir.join("backups/main/binlogs"))
@@ -186,15 +203,7 @@ async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_th
         bad[last] ^= 0xff;
         std::fs::write(p, bad).unwrap();
     }
-    let (ok, r) = fleet.cli_json(&[
-        "backup",
-        "restore",
-        &id,
-        "--host",
-        "db3",
-        "--to-time",
-        &chosen.to_string(),
-    ]);
+    let (ok, r) = restore_to_chosen();
     assert!(!ok, "{r}");
     assert!(
         r["error"]
@@ -211,15 +220,7 @@ async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_th
         std::fs::write(p, bytes).unwrap();
     }
 
-    let (ok, r) = fleet.cli_json(&[
-        "backup",
-        "restore",
-        &id,
-        "--host",
-        "db3",
-        "--to-time",
-        &chosen.to_string(),
-    ]);
+    let (ok, r) = restore_to_chosen();
     assert!(ok, "{r}");
     assert_eq!(r["status"], "completed", "{r}");
     assert!(
@@ -396,7 +397,7 @@ async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap(
         .query_one("db2", "SELECT @@gtid_binlog_pos")
         .await
         .unwrap();
-    wait_archived(&fleet, now_ms()).await;
+    wait_archived(&fleet, "db2", now_ms()).await;
     // Every byte of every binlog db2 has is archived, in one stream with
     // no hole, up to its last transaction.
     let s = fleet.server("db2").unwrap();

@@ -81,6 +81,11 @@ pub struct Head {
     pub server_file: String,
     /// See `server_file`.
     pub server_position: u64,
+    /// The server was writable (the primary) then. Only a primary's head
+    /// vouches that no transaction before `checked_at_unix_ms` is
+    /// missing: a replica may not have received them yet.
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// The number in `name.000042`, for ordering binlog files.
@@ -223,7 +228,8 @@ pub fn plan(streams: &[Stream], start: &Position, target: &Target) -> Result<Pla
                 Target::Time(t) => {
                     tail.iter().any(|c| i64::from(c.last_ts) >= *t)
                         || s.head.as_ref().is_some_and(|h| {
-                            h.file == last.file
+                            h.writable
+                                && h.file == last.file
                                 && h.position == last.end
                                 && h.server_file == h.file
                                 && h.server_position == h.position
@@ -339,7 +345,8 @@ mod tests {
         let short = stream(vec![chunk("b.000001", 0, 10, false, Some(""))]);
         let e = plan_from(&short, "", Target::Time(1000)).unwrap_err();
         assert!(e.contains("archived only up to"), "{e}");
-        // a head that checked after the target, caught up, vouches
+        // a primary's head that checked after the target, caught up,
+        // vouches; a replica's does not (it may lag its primary)
         let mut vouched = short.clone();
         vouched.head = Some(Head {
             file: "b.000001".into(),
@@ -347,8 +354,11 @@ mod tests {
             checked_at_unix_ms: 1_000_000,
             server_file: "b.000001".into(),
             server_position: 10,
+            writable: true,
         });
         assert!(plan_from(&vouched, "", Target::Time(1000)).is_ok());
+        vouched.head.as_mut().unwrap().writable = false;
+        assert!(plan_from(&vouched, "", Target::Time(1000)).is_err());
         // the archive begins after the backup
         let late = stream(vec![chunk("b.000002", 0, 10, false, Some("0-1-50"))]);
         let e = plan_from(&late, "0-1-40", Target::Gtid(p("0-1-9"))).unwrap_err();
