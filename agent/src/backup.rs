@@ -119,6 +119,7 @@ pub struct Jobs {
     scratch: PathBuf,
     target: MysqlTarget,
     start_command: Option<Vec<String>>,
+    archive: Arc<crate::binlog_archive::ArchiveStatus>,
     list: Mutex<Vec<Entry>>,
     cancel: Arc<AtomicBool>,
 }
@@ -150,6 +151,7 @@ impl Jobs {
         config: Option<BackupConfig>,
         target: MysqlTarget,
         start_command: Option<Vec<String>>,
+        archive: Arc<crate::binlog_archive::ArchiveStatus>,
     ) -> Arc<Jobs> {
         let dir = state_dir.join("jobs");
         let scratch = config
@@ -164,6 +166,7 @@ impl Jobs {
             scratch,
             target,
             start_command,
+            archive,
             list: Mutex::new(Vec::new()),
             cancel: Arc::new(AtomicBool::new(false)),
         };
@@ -570,6 +573,7 @@ impl Jobs {
         job_id: &str,
         backup_id: &str,
         to: Option<Target>,
+        exclude_hosts: Vec<String>,
     ) -> Result<String, ControlError> {
         valid_id(job_id)?;
         valid_id(backup_id)?;
@@ -600,6 +604,9 @@ impl Jobs {
         let defaults = self.dir.join(format!("{job_id}.cnf"));
         let jobs = self.clone();
         let job_id = job_id.to_string();
+        // The archiver must not read binlogs that are being replaced; it
+        // starts a new stream afterwards, whatever happened.
+        self.archive.pause();
         tokio::spawn(async move {
             let _ = std::fs::remove_dir_all(&work);
             let result = match jobs.write_defaults(&defaults) {
@@ -615,6 +622,7 @@ impl Jobs {
                         defaults_file: defaults.clone(),
                         start_command,
                         to,
+                        exclude_hosts,
                         progress,
                     };
                     let marker_jobs = jobs.clone();
@@ -631,6 +639,7 @@ impl Jobs {
             };
             let _ = std::fs::remove_file(&defaults);
             let _ = std::fs::remove_dir_all(&work);
+            jobs.archive.resume_with_new_stream();
             match &result {
                 Ok(s) => info!(job = job_id, summary = s, "restore completed"),
                 Err(e) => error!(job = job_id, error = e, "restore failed"),

@@ -19,7 +19,7 @@ pub mod store;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,14 +67,37 @@ pub struct Status {
     error: String,
 }
 
-/// The archive's state for reports, shared with the collector.
+/// The archive's state for reports, shared with the collector, and the
+/// restore's say over the archiver.
 #[derive(Debug, Default)]
-pub struct ArchiveStatus(Mutex<Option<Status>>);
+pub struct ArchiveStatus {
+    status: Mutex<Option<Status>>,
+    /// A restore is replacing the server's data: no passes.
+    paused: AtomicBool,
+    /// The next pass starts a new stream (the server's history was
+    /// replaced).
+    new_stream: AtomicBool,
+}
 
 impl ArchiveStatus {
+    /// Stops passes until [`ArchiveStatus::resume_with_new_stream`].
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets passes run again, in a new stream.
+    pub fn resume_with_new_stream(&self) {
+        self.new_stream.store(true, Ordering::SeqCst);
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
     /// For the agent's report; `None` when archiving is off.
     pub fn report(&self) -> Option<pb::BinlogArchive> {
-        let s = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let s = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
         let lag_ms = if s.caught_up_at_unix_ms == 0 {
             0
         } else {
@@ -91,7 +114,7 @@ impl ArchiveStatus {
     }
 
     fn update(&self, f: impl FnOnce(&mut Status)) {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.status.lock().unwrap_or_else(|p| p.into_inner());
         f(g.get_or_insert_with(Status::default));
     }
 }
@@ -242,6 +265,9 @@ impl Archiver {
     /// One pass: archive everything the server has committed so far.
     /// Reading and compressing runs on a blocking thread.
     pub async fn pass(mut self) -> (Archiver, Result<(), String>) {
+        if self.status.paused.load(Ordering::SeqCst) {
+            return (self, Ok(()));
+        }
         let started = unix_ms();
         let server = match self.server().await {
             Ok(s) => s,
@@ -269,10 +295,23 @@ impl Archiver {
                 limit < p.archived_to
                     || created_ts(&server.dir.join(name)).is_ok_and(|ts| ts != p.created_ts)
             })
-        });
-        if self.state.stream.is_empty() || restarted {
+        }) || {
+            // a file never seen that is no newer than one archived: the
+            // numbering started over (RESET MASTER)
+            let newest = self.state.files.keys().filter_map(|n| file_number(n)).max();
+            server.files.iter().any(|(name, _)| {
+                !self.state.files.contains_key(name)
+                    && file_number(name)
+                        .zip(newest)
+                        .is_some_and(|(n, max)| n <= max)
+            })
+        };
+        let replaced = self.status.new_stream.swap(false, Ordering::SeqCst);
+        if self.state.stream.is_empty() || restarted || replaced {
             let why = if restarted {
                 "the server's binlogs started over"
+            } else if replaced {
+                "a restore replaced the server's data"
             } else {
                 "no archive state"
             };
@@ -411,7 +450,21 @@ impl Archiver {
         f.seek(SeekFrom::Start(start))
             .and_then(|_| f.read_exact(&mut bytes))
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let summary = events::summarize(&bytes, bytes.len());
+        let mut summary = events::summarize(&bytes, bytes.len(), start == 0);
+        if summary.whole == 0 && bytes.len() >= 13 {
+            // one event larger than a chunk: the chunk grows to hold it
+            let size = u64::from(u32::from_le_bytes(
+                bytes[9..13].try_into().expect("4 bytes"),
+            ));
+            if size > want && start + size <= limit {
+                bytes.resize(size as usize, 0);
+                f.seek(SeekFrom::Start(start))
+                    .and_then(|_| f.read_exact(&mut bytes))
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                summary = events::summarize(&bytes, bytes.len(), false);
+            }
+        }
+        let want = bytes.len() as u64;
         let whole = if start + want == limit {
             // the server's position is a commit boundary: all of it
             bytes.len()
@@ -450,7 +503,7 @@ impl Archiver {
             let _ = std::fs::remove_file(&tmp);
             format!("cannot write {}: {e}", data.display())
         })?;
-        let summary = events::summarize(&bytes[..whole], whole);
+        let summary = events::summarize(&bytes[..whole], whole, start == 0);
         self.write_meta(&ChunkMeta {
             format: 1,
             stream: self.state.stream.clone(),

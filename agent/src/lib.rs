@@ -152,6 +152,7 @@ pub async fn run(
                 guard.clone(),
             ));
             let acks = Arc::new(AckClock::default());
+            let archive = Arc::new(binlog_archive::ArchiveStatus::default());
             let jobs = backup::Jobs::open(
                 &config.cluster,
                 &config.host,
@@ -159,6 +160,7 @@ pub async fn run(
                 config.backup.clone(),
                 target.clone(),
                 config.mysql.as_ref().and_then(|m| m.start_command.clone()),
+                archive.clone(),
             );
             {
                 let (jobs, shutdown) = (jobs.clone(), shutdown.clone());
@@ -167,7 +169,6 @@ pub async fn run(
                     jobs.stop();
                 });
             }
-            let archive = Arc::new(binlog_archive::ArchiveStatus::default());
             if let Some(b) = config.backup.as_ref().filter(|b| b.archive_binlogs) {
                 let archiver = binlog_archive::Archiver::new(
                     &config.cluster,

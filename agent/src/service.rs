@@ -157,7 +157,7 @@ async fn run_command(
             Outcome {
                 state: None,
                 fenced: None,
-                detail: jobs.start_restore(&r.job_id, &r.backup_id, to)?,
+                detail: jobs.start_restore(&r.job_id, &r.backup_id, to, r.exclude_hosts)?,
             }
         }
     }))

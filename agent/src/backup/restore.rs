@@ -28,6 +28,7 @@ use tracing::info;
 use super::repo::{HashingReader, Manifest, tail};
 use super::tools;
 use super::verify::unpack_and_prepare;
+use crate::binlog_archive::events;
 use crate::binlog_archive::store::{self, Target};
 use crate::mysql::observer::{self, MysqlTarget};
 
@@ -56,6 +57,9 @@ pub struct Restore {
     pub start_command: Vec<String>,
     /// The point in time, if any.
     pub to: Option<Target>,
+    /// Hosts whose archive streams must not be replayed (out of service:
+    /// diverged, or restored to another point).
+    pub exclude_hosts: Vec<String>,
     /// Bytes read so far.
     pub progress: Arc<AtomicU64>,
 }
@@ -163,24 +167,50 @@ fn fetch_binlogs(plan: &store::Plan, dir: &Path) -> Result<Vec<PathBuf>, String>
     Ok(files)
 }
 
-/// Whether process `pid` still runs (a zombie has ended).
+/// Whether process `pid` still runs: it exists (signal 0 does not say
+/// "no such process") and is no zombie.
 fn running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
+    use nix::errno::Errno;
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Err(Errno::ESRCH) => false,
+        _ => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                .is_none_or(|state| state != "Z" && state != "X"),
+            Err(_) => true,
+        },
+    }
+}
+
+/// The pid in mysqld's pid file.
+fn read_pid(pid_file: &Path) -> Option<i32> {
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// Stops a mysqld that may not answer: SIGTERM, then SIGKILL after
+/// [`STOP_TIMEOUT`], waiting until it is gone.
+async fn terminate(pid_file: &Path) {
+    let Some(pid) = read_pid(pid_file) else {
+        return;
+    };
+    let p = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while running(pid) {
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Shuts mysqld down and waits until its process has ended.
 async fn stop_mysqld(t: &MysqlTarget, pid_file: &Path) -> Result<(), String> {
-    let pid: i32 = std::fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| {
+    let pid: i32 = read_pid(pid_file).ok_or_else(|| {
             format!(
                 "cannot read mysqld's pid from {}: without it the agent cannot tell when it has stopped",
                 pid_file.display()
@@ -263,31 +293,70 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Replays `files` from `start` up to the target through the client.
-fn replay(r: &Restore, files: &[PathBuf], start: &str) -> Result<(), String> {
+/// Where replay stops, as GTIDs (inclusive): for a GTID target the
+/// target; for a time, the transactions before the first one after the
+/// backup whose timestamp is at or after it (file creation and rotation
+/// events carry later times than the transactions a lagging replica
+/// writes after them, so `--stop-datetime` would stop too early). `None`:
+/// nothing to replay. A target the backup is already past is refused.
+fn stop_position(
+    files: &[PathBuf],
+    start: &Position,
+    to: &Target,
+) -> Result<Option<Position>, String> {
+    let mut stop = start.clone();
+    match to {
+        Target::Gtid(g) => {
+            if !g.covers(start) && start.covers(g) {
+                return Err(format!(
+                    "the backup is at GTID {start}, past the target {g}: restore an older backup"
+                ));
+            }
+            stop = stop.max(g);
+        }
+        Target::Time(t) => {
+            let mut past: Option<String> = None;
+            let mut done = false;
+            for f in files {
+                let file = std::fs::File::open(f)
+                    .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+                events::each_transaction(BufReader::new(file), |x| {
+                    let new = x.seq > start.seq(x.domain);
+                    if i64::from(x.ts) >= *t {
+                        if !new {
+                            past = Some(format!("{}-{}-{}", x.domain, x.server, x.seq));
+                        }
+                        done = new;
+                        return !done;
+                    }
+                    if new {
+                        stop.record(x.domain, x.server, x.seq);
+                    }
+                    true
+                })
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+                if done || past.is_some() {
+                    break;
+                }
+            }
+            if let Some(gtid) = past {
+                return Err(format!(
+                    "the backup already holds transaction {gtid}, committed at or after the target time: restore an older backup"
+                ));
+            }
+        }
+    }
+    Ok((stop != *start).then_some(stop))
+}
+
+/// Replays `files` from `start` to `stop` through the client.
+fn replay(r: &Restore, files: &[PathBuf], start: &Position, stop: &Position) -> Result<(), String> {
     let binlog_tool = tools::find("mariadb-binlog")?;
     let client = tools::find("mariadb")?;
     let mut cmd = Command::new(&binlog_tool);
-    cmd.env("TZ", "UTC")
-        .arg("--skip-gtid-strict-mode")
-        .arg(format!("--start-position={start}"));
-    match &r.to {
-        Some(Target::Time(t)) => {
-            let at = humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + Duration::from_secs(*t as u64),
-            )
-            .to_string();
-            // 2026-11-21T10:00:00Z -> 2026-11-21 10:00:00 (UTC, see TZ)
-            cmd.arg(format!(
-                "--stop-datetime={}",
-                at.trim_end_matches('Z').replace('T', " ")
-            ));
-        }
-        Some(Target::Gtid(g)) => {
-            cmd.arg(format!("--stop-position={g}"));
-        }
-        None => {}
-    }
+    cmd.arg("--skip-gtid-strict-mode")
+        .arg(format!("--start-position={start}"))
+        .arg(format!("--stop-position={stop}"));
     let decode_log = r.work.join("mariadb-binlog.log");
     let apply_log = r.work.join("replay.log");
     let mut decode = cmd
@@ -316,16 +385,17 @@ fn replay(r: &Restore, files: &[PathBuf], start: &str) -> Result<(), String> {
         .status()
         .map_err(|e| format!("cannot run {}: {e}", client.display()))?;
     let decoded = decode.wait().map_err(|e| format!("mariadb-binlog: {e}"))?;
-    if !decoded.success() {
-        return Err(format!(
-            "mariadb-binlog failed ({decoded}): {}",
-            tail(&decode_log, 3)
-        ));
-    }
+    // the client first: when it fails, mariadb-binlog dies of SIGPIPE
     if !apply.success() {
         return Err(format!(
             "replaying the binlogs failed ({apply}): {}",
             tail(&apply_log, 3)
+        ));
+    }
+    if !decoded.success() {
+        return Err(format!(
+            "mariadb-binlog failed ({decoded}): {}",
+            tail(&decode_log, 3)
         ));
     }
     Ok(())
@@ -353,19 +423,39 @@ pub async fn restore(
         ));
     }
     let start = Position::parse(&manifest.end_gtid)?;
+    let datadir_meta = std::fs::metadata(&f.datadir)
+        .map_err(|e| format!("cannot read {}: {e}", f.datadir.display()))?;
+    let parent = f.datadir.parent().unwrap_or(Path::new("/"));
+    if std::fs::metadata(parent).is_ok_and(|p| p.dev() != datadir_meta.dev()) {
+        return Err(format!(
+            "{} is a mount point: the restore swaps it by renaming; restore onto a data directory inside the volume",
+            f.datadir.display()
+        ));
+    }
     std::fs::create_dir_all(&r.work)
         .map_err(|e| format!("cannot create {}: {e}", r.work.display()))?;
-    // 1. the binlogs, before anything is touched
+    // 1. the binlogs and where replay stops, before anything is touched
     let binlogs = match &r.to {
         Some(target) => {
-            let streams = store::read_streams(&r.repository, &r.cluster)
-                .map_err(|e| format!("cannot read the binlog archive: {e}"))?;
+            let streams: Vec<store::Stream> = store::read_streams(&r.repository, &r.cluster)
+                .map_err(|e| format!("cannot read the binlog archive: {e}"))?
+                .into_iter()
+                .filter(|s| {
+                    !r.exclude_hosts
+                        .iter()
+                        .any(|h| s.name.starts_with(&format!("{h}-")))
+                })
+                .collect();
             let plan = store::plan(&streams, &start, target)?;
             let dir = r.work.join("binlogs");
-            let fetched =
-                tokio::task::spawn_blocking(move || fetch_binlogs(&plan, &dir).map(|f| (plan, f)))
-                    .await
-                    .map_err(|e| format!("fetch task: {e}"))??;
+            let (target, start2) = (target.clone(), start.clone());
+            let fetched = tokio::task::spawn_blocking(move || {
+                let files = fetch_binlogs(&plan, &dir)?;
+                let stop = stop_position(&files, &start2, &target)?;
+                Ok::<_, String>((plan, files, stop))
+            })
+            .await
+            .map_err(|e| format!("fetch task: {e}"))??;
             Some(fetched)
         }
         None => None,
@@ -385,30 +475,49 @@ pub async fn restore(
             .await
             .map_err(|e| format!("unpack task: {e}"))??;
     }
-    let meta = std::fs::metadata(&f.datadir)
-        .map_err(|e| format!("cannot read {}: {e}", f.datadir.display()))?;
-    chown_tree(&staging, meta.uid(), meta.gid())
+    chown_tree(&staging, datadir_meta.uid(), datadir_meta.gid())
         .and_then(|()| {
-            std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(meta.mode()))
+            std::fs::set_permissions(
+                &staging,
+                std::fs::Permissions::from_mode(datadir_meta.mode()),
+            )
         })
         .map_err(|e| format!("cannot give {} mysqld's owner: {e}", staging.display()))?;
-    // 3. the swap
+    // 3. the swap; the server may have been promoted meanwhile
+    facts(&r.target).await?;
     info!(datadir = %f.datadir.display(), "restore: stopping mysqld");
     stop_mysqld(&r.target, &f.pid_file).await?;
     let before = sibling(&f.datadir, &format!("before-{}", r.job_id));
-    std::fs::rename(&f.datadir, &before)
-        .map_err(|e| format!("cannot move {} aside: {e}", f.datadir.display()))?;
-    if let Err(e) = std::fs::rename(&staging, &f.datadir) {
-        let _ = std::fs::rename(&before, &f.datadir);
-        let _ = start_mysqld(&r).await;
-        return Err(format!(
-            "cannot move the restored data into {}: {e}; the previous data is back and mysqld restarted",
-            f.datadir.display()
-        ));
+    let swapped = std::fs::rename(&f.datadir, &before)
+        .map_err(|e| format!("cannot move {} aside: {e}", f.datadir.display()))
+        .and_then(|()| {
+            std::fs::rename(&staging, &f.datadir).map_err(|e| {
+                let back = std::fs::rename(&before, &f.datadir);
+                format!(
+                    "cannot move the restored data into {}: {e}{}",
+                    f.datadir.display(),
+                    match back {
+                        Ok(()) => String::new(),
+                        Err(e2) => format!(
+                            "; the previous data could not be put back from {}: {e2}",
+                            before.display()
+                        ),
+                    }
+                )
+            })
+        });
+    if let Err(e) = swapped {
+        let again = match start_mysqld(&r).await {
+            Ok(_) => "mysqld runs on the previous data".to_string(),
+            Err(e2) => format!("mysqld did not start again: {e2}"),
+        };
+        return Err(format!("{e}; {again}"));
     }
     let mut conn = match start_mysqld(&r).await {
         Ok(c) => c,
         Err(e) => {
+            // it may be running without answering: stopped for good first
+            terminate(&f.pid_file).await;
             let failed = sibling(&f.datadir, &format!("failed-{}", r.job_id));
             let back = std::fs::rename(&f.datadir, &failed)
                 .and_then(|()| std::fs::rename(&before, &f.datadir));
@@ -455,29 +564,26 @@ pub async fn restore(
         manifest.id, manifest.end_gtid
     );
     // 5. the point in time
-    if let Some((plan, files)) = binlogs {
-        let (r2_files, start_text) = (files.clone(), manifest.end_gtid.clone());
+    if let Some((plan, files, stop)) = binlogs {
         let replayed_at = Instant::now();
-        let r = Arc::new(r);
-        let rr = r.clone();
-        tokio::task::spawn_blocking(move || replay(&rr, &r2_files, &start_text))
-            .await
-            .map_err(|e| format!("replay task: {e}"))??;
+        if let Some(stop) = stop {
+            let r = Arc::new(r);
+            let (rr, files2, start2, stop2) =
+                (r.clone(), files.clone(), start.clone(), stop.clone());
+            tokio::task::spawn_blocking(move || replay(&rr, &files2, &start2, &stop2))
+                .await
+                .map_err(|e| format!("replay task: {e}"))??;
+        }
         let now: String = conn
             .query_first("SELECT @@gtid_binlog_pos")
             .await
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
-        let reached = if now.is_empty() {
-            manifest.end_gtid.clone()
-        } else {
-            now
-        };
-        conn.query_drop(format!("SET GLOBAL gtid_slave_pos = '{reached}'"))
+        conn.query_drop(format!("SET GLOBAL gtid_slave_pos = '{now}'"))
             .await
             .map_err(|e| format!("restored server: setting gtid_slave_pos: {e}"))?;
         summary.push_str(&format!(
-            "; replayed {} binlog file(s) of stream {} in {:.1}s to GTID {reached:?}",
+            "; replayed {} binlog file(s) of stream {} in {:.1}s to GTID {now:?}",
             files.len(),
             plan.stream,
             replayed_at.elapsed().as_secs_f64()
@@ -495,6 +601,43 @@ pub async fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_stops_before_the_first_later_transaction_not_at_a_later_file_start() {
+        use crate::binlog_archive::events::testing::{event, gtid};
+        use crate::binlog_archive::events::{GTID_EVENT, MAGIC};
+        let dir = std::env::temp_dir().join(format!("dbfleet-stop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // a replica catching up: its file was created (ts 200) after the
+        // transactions it then logged (ts 100, 101), then one at 300
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(event(200, 15, 3, &[0; 40]));
+        for (ts, seq) in [(99, 4), (100, 5), (101, 6), (300, 7)] {
+            bytes.extend(event(ts, GTID_EVENT, 1, &gtid(seq, 0)));
+        }
+        let file = dir.join("b.000001");
+        std::fs::write(&file, &bytes).unwrap();
+        let files = [file];
+        let start = Position::parse("0-1-4").unwrap();
+        let stop = stop_position(&files, &start, &Target::Time(150)).unwrap();
+        assert_eq!(stop.unwrap().to_string(), "0-1-6");
+        // nothing after the backup is before 100: nothing to replay
+        assert_eq!(
+            stop_position(&files, &start, &Target::Time(100)).unwrap(),
+            None
+        );
+        // the backup itself holds a transaction at 99: too new a backup
+        let e = stop_position(&files, &start, &Target::Time(99)).unwrap_err();
+        assert!(e.contains("already holds transaction 0-1-4"), "{e}");
+        let e = stop_position(
+            &files,
+            &start,
+            &Target::Gtid(Position::parse("0-1-3").unwrap()),
+        )
+        .unwrap_err();
+        assert!(e.contains("past the target"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn versions_compare_by_major_and_minor() {

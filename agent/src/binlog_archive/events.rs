@@ -9,7 +9,8 @@ use dbfleet_common::gtid::Position;
 /// The four bytes every binlog file starts with.
 pub const MAGIC: &[u8; 4] = b"\xfebin";
 const HEADER: usize = 19;
-const GTID_EVENT: u8 = 162;
+/// MariaDB's GTID event, which starts every transaction.
+pub(crate) const GTID_EVENT: u8 = 162;
 const GTID_LIST_EVENT: u8 = 163;
 
 /// What a run of whole events says.
@@ -17,7 +18,10 @@ const GTID_LIST_EVENT: u8 = 163;
 pub struct Summary {
     /// Bytes of whole events (a trailing partial event is left out).
     pub whole: usize,
-    /// Timestamp of the first and last event (Unix seconds; 0: none).
+    /// Timestamp of the first and last transaction (Unix seconds; 0:
+    /// none). Other events are left out: a file's format description
+    /// carries the time it was created, which on a replica catching up is
+    /// later than the transactions in it.
     pub first_ts: u32,
     /// See `first_ts`.
     pub last_ts: u32,
@@ -37,10 +41,15 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// Walks the events in `bytes` (which starts at an event boundary, or at
-/// the file's magic) up to `limit` bytes of whole events.
-pub fn summarize(bytes: &[u8], limit: usize) -> Summary {
+/// the file's magic when `file_start`) up to `limit` bytes of whole
+/// events.
+pub fn summarize(bytes: &[u8], limit: usize, file_start: bool) -> Summary {
     let mut s = Summary::default();
-    let mut at = if bytes.starts_with(MAGIC) { 4 } else { 0 };
+    let mut at = if file_start && bytes.starts_with(MAGIC) {
+        4
+    } else {
+        0
+    };
     while at + HEADER <= bytes.len() {
         let size = u32_at(bytes, at + 9) as usize;
         if size < HEADER || at + size > bytes.len() || at + size > limit {
@@ -49,15 +58,15 @@ pub fn summarize(bytes: &[u8], limit: usize) -> Summary {
         let ev = &bytes[at..at + size];
         let ts = u32_at(ev, 0);
         let server = u32_at(ev, 5);
-        if s.first_ts == 0 {
-            s.first_ts = ts;
-        }
-        s.last_ts = s.last_ts.max(ts);
         match ev[4] {
             GTID_EVENT if size >= HEADER + 12 => {
                 let seq = u64_at(ev, HEADER);
                 let domain = u32_at(ev, HEADER + 8);
                 s.gtids.record(domain, server, seq);
+                if s.first_ts == 0 {
+                    s.first_ts = ts;
+                }
+                s.last_ts = s.last_ts.max(ts);
             }
             GTID_LIST_EVENT if size >= HEADER + 4 => {
                 let count = (u32_at(ev, HEADER) & 0x0fff_ffff) as usize;
@@ -79,11 +88,71 @@ pub fn summarize(bytes: &[u8], limit: usize) -> Summary {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// One transaction's start in a binlog: its GTID and timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transaction {
+    /// Unix seconds.
+    pub ts: u32,
+    /// GTID domain.
+    pub domain: u32,
+    /// GTID server id.
+    pub server: u32,
+    /// GTID sequence number.
+    pub seq: u64,
+}
 
-    fn event(ts: u32, kind: u8, server: u32, body: &[u8]) -> Vec<u8> {
+/// Calls `f` with every transaction of the binlog file `r` in order,
+/// reading event by event, until `f` returns false or the file ends.
+pub fn each_transaction(
+    mut r: impl std::io::Read,
+    mut f: impl FnMut(Transaction) -> bool,
+) -> std::io::Result<()> {
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a binlog file",
+        ));
+    }
+    let mut header = [0u8; HEADER];
+    let mut body = Vec::new();
+    loop {
+        match r.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let size = u32_at(&header, 9) as usize;
+        if size < HEADER {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("an event of {size} bytes"),
+            ));
+        }
+        body.resize(size - HEADER, 0);
+        r.read_exact(&mut body)?;
+        if header[4] == GTID_EVENT && body.len() >= 12 {
+            let t = Transaction {
+                ts: u32_at(&header, 0),
+                server: u32_at(&header, 5),
+                seq: u64_at(&body, 0),
+                domain: u32_at(&body, 8),
+            };
+            if !f(t) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Binlog bytes for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::HEADER;
+
+    /// One event with a zero checksum.
+    pub(crate) fn event(ts: u32, kind: u8, server: u32, body: &[u8]) -> Vec<u8> {
         let size = (HEADER + body.len() + 4) as u32;
         let mut e = Vec::new();
         e.extend(ts.to_le_bytes());
@@ -93,16 +162,23 @@ mod tests {
         e.extend(0u32.to_le_bytes());
         e.extend(0u16.to_le_bytes());
         e.extend(body);
-        e.extend([0u8; 4]); // checksum
+        e.extend([0u8; 4]);
         e
     }
 
-    fn gtid(seq: u64, domain: u32) -> Vec<u8> {
+    /// A GTID event's body.
+    pub(crate) fn gtid(seq: u64, domain: u32) -> Vec<u8> {
         let mut b = seq.to_le_bytes().to_vec();
         b.extend(domain.to_le_bytes());
         b.push(0);
         b
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{event, gtid};
+    use super::*;
 
     #[test]
     fn gtids_timestamps_and_whole_events_are_read() {
@@ -118,13 +194,20 @@ mod tests {
         file.extend(event(102, GTID_EVENT, 3, &gtid(43, 0)));
         let whole = file.len();
         file.extend(&event(103, 2, 1, b"cut")[..10]);
-        let s = summarize(&file, file.len());
+        let s = summarize(&file, file.len(), true);
         assert_eq!(s.whole, whole);
-        assert_eq!((s.first_ts, s.last_ts), (100, 102));
+        assert_eq!((s.first_ts, s.last_ts), (101, 102));
+        let mut seen = Vec::new();
+        each_transaction(&file[..whole], |t| {
+            seen.push((t.ts, t.seq));
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, [(101, 42), (102, 43)]);
         assert_eq!(s.gtid_list.unwrap().to_string(), "0-1-41");
         assert_eq!(s.gtids.to_string(), "0-3-43");
         // a limit inside an event stops before it
-        let part = summarize(&file, whole - 1);
+        let part = summarize(&file, whole - 1, true);
         assert_eq!(part.gtids.to_string(), "0-1-42");
     }
 }

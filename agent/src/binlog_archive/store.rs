@@ -88,6 +88,11 @@ pub struct Head {
     pub writable: bool,
 }
 
+/// A file name with no directory in it.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains('/') && !name.contains('\\')
+}
+
 /// The number in `name.000042`, for ordering binlog files.
 pub fn file_number(name: &str) -> Option<u64> {
     name.rsplit('.').next()?.parse().ok()
@@ -129,14 +134,19 @@ pub fn read_streams(repository: &Path, cluster: &str) -> io::Result<Vec<Stream>>
             if name == "head.json" {
                 head = serde_json::from_slice(&std::fs::read(&path)?).ok();
             } else if name.ends_with(".json") {
-                let meta: ChunkMeta =
-                    serde_json::from_slice(&std::fs::read(&path)?).map_err(|err| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("{}: {err}", path.display()),
-                        )
-                    })?;
-                chunks.push(meta);
+                // An unreadable meta, or one naming paths, makes the
+                // chunk unusable (a hole), not the whole archive.
+                match std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<ChunkMeta>(&b).ok())
+                {
+                    Some(meta) if plain_name(&meta.file) && plain_name(&meta.stored.name) => {
+                        chunks.push(meta)
+                    }
+                    _ => {
+                        tracing::warn!(meta = %path.display(), "unusable binlog chunk meta skipped")
+                    }
+                }
             }
         }
         chunks.sort_by_key(|c| (file_number(&c.file), c.start));

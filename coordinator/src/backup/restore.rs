@@ -86,17 +86,11 @@ impl RestoreRecord {
     }
 }
 
-/// Why `host` may not be restored over now, if it may not.
-fn refuse(rec: &ClusterRecord, m: &MemberState) -> Option<String> {
-    let host = &m.host;
-    if rec.last_primary.as_deref() == Some(host.as_str()) {
+/// Why desired state forbids restoring over `host` now, if it does.
+fn refuse_in(rec: &ClusterRecord, host: &str) -> Option<String> {
+    if rec.last_primary.as_deref() == Some(host) {
         return Some(format!(
             "{host} is the primary; switch over to another member before restoring it"
-        ));
-    }
-    if m.server().is_some_and(|s| s.writable()) {
-        return Some(format!(
-            "{host} is writable; only a read-only member is restored over"
         ));
     }
     if let Some(op) = &rec.control.operation {
@@ -106,12 +100,26 @@ fn refuse(rec: &ClusterRecord, m: &MemberState) -> Option<String> {
             op.id
         ));
     }
-    if rec
+    if let Some(r) = rec
         .restores
         .values()
-        .any(|r| r.host == *host && r.status == RUNNING)
+        .find(|r| r.host == host && r.status == RUNNING)
     {
-        return Some(format!("a restore onto {host} is already running"));
+        return Some(format!("restore {} onto {host} is already running", r.id));
+    }
+    None
+}
+
+/// Why `host` may not be restored over now, if it may not.
+fn refuse(rec: &ClusterRecord, m: &MemberState) -> Option<String> {
+    let host = &m.host;
+    if let Some(why) = refuse_in(rec, host) {
+        return Some(why);
+    }
+    if m.server().is_some_and(|s| s.writable()) {
+        return Some(format!(
+            "{host} is writable; only a read-only member is restored over"
+        ));
     }
     if !m.reporting {
         return Some(format!("{host}'s agent is not reporting"));
@@ -195,15 +203,10 @@ impl Backups {
             );
             self.fleet
                 .update_cluster(&cluster, epoch.clone(), move |rec| {
-                    if let Some(why) = rec
-                        .restores
-                        .values()
-                        .find(|o| o.host == r.host && o.status == RUNNING)
-                    {
-                        return Err(ServiceError::Refused(format!(
-                            "restore {} onto {} is already running",
-                            why.id, why.host
-                        )));
+                    // again on the record being changed: a switchover or
+                    // another restore may have started since the check
+                    if let Some(why) = refuse_in(rec, &r.host) {
+                        return Err(ServiceError::Refused(why));
                     }
                     while rec.restores.contains_key(&r.id) {
                         r.id.push_str("-1");
@@ -218,11 +221,24 @@ impl Backups {
                 })
                 .await?
         };
+        // Out-of-service members' streams are never replayed (they
+        // diverged, or hold another point in time), nor this host's own.
+        let rec = self.fleet.cluster_record(&cluster);
+        let mut exclude_hosts: Vec<String> = rec
+            .control
+            .detached
+            .keys()
+            .chain(&rec.control.needs_rebuild)
+            .cloned()
+            .collect();
+        exclude_hosts.sort();
+        exclude_hosts.dedup();
         let cmd = Command::StartRestore(pb::StartRestore {
             job_id: r.id.clone(),
             backup_id: r.backup_id.clone(),
             to_time_unix: r.to_time_unix,
             to_gtid: r.to_gtid.clone(),
+            exclude_hosts,
         });
         match self.command(m, &epoch, cmd).await {
             Ok(detail) => {
@@ -230,29 +246,20 @@ impl Backups {
                 Ok(r.view(&cluster))
             }
             Err(e) => {
+                // The agent may have started it all the same (a reply
+                // lost): the record stays running and the host out of
+                // service until its reports end it (or a minute of
+                // reports without it does).
                 warn!(
                     restore = r.id,
                     host = r.host,
                     error = e,
-                    "restore could not start"
+                    "restore start not confirmed; following the agent's reports"
                 );
-                let failed = RestoreRecord {
-                    status: "failed".into(),
-                    error: e.clone(),
-                    finished_at_unix_ms: unix_ms(),
-                    ..r
-                };
-                let view = failed.view(&cluster);
-                let host = failed.host.clone();
-                self.fleet
-                    .update_cluster(&cluster, epoch, move |rec| {
-                        // it never started: the host is as it was
-                        rec.control.detached.remove(&host);
-                        rec.restores.insert(failed.id.clone(), failed);
-                        Ok(())
-                    })
-                    .await?;
-                Ok(view)
+                let mut v = r.view(&cluster);
+                v.detail =
+                    format!("the agent did not confirm the start ({e}); following its reports");
+                Ok(v)
             }
         }
     }
