@@ -85,17 +85,27 @@ def pipeline(fleet, out_dir):
     return elapsed, stream, stored
 
 
-def main():
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    work = tempfile.mkdtemp(prefix="dbfleet-bench-backup-")
+def loaded_sandbox(prefix, replicas, base):
+    """A sandbox with the rows loaded and db2 caught up: (work dir, sandbox dir, fleet, rows)."""
+    work = tempfile.mkdtemp(prefix=prefix)
     sandbox = os.path.join(work, "sandbox")
-    subprocess.run([DBFLEET, "sandbox", "up", "--dir", sandbox, "--replicas", "1",
-                    "--coordinators", "1", "--base", BASE], check=True, capture_output=True)
+    subprocess.run([DBFLEET, "sandbox", "up", "--dir", sandbox, "--replicas", str(replicas),
+                    "--coordinators", "1", "--base", base], check=True, capture_output=True)
     fleet = Fleet(sandbox)
     try:
         fleet.wait_healthy()
         rows = load(fleet)
         wait_replica(fleet)
+    except BaseException:
+        subprocess.run([DBFLEET, "sandbox", "down", "--dir", sandbox], capture_output=True)
+        raise
+    return work, sandbox, fleet, rows
+
+
+def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    work, sandbox, fleet, rows = loaded_sandbox("dbfleet-bench-backup-", 1, BASE)
+    try:
         print(f"loaded {rows} rows; machine: {os.cpu_count()} cores")
         last = None
         for r in range(rounds):

@@ -22,15 +22,14 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("ROWS_LOG2", "18")
-from backup import app_connect, load, wait_replica  # noqa: E402
-from failover import DBFLEET, Fleet  # noqa: E402
+from backup import app_connect, loaded_sandbox  # noqa: E402
+from failover import DBFLEET  # noqa: E402
 
 BASE = os.environ.get("BENCH_BASE", "127.0.78")
 TXNS = int(os.environ.get("TXNS", "20000"))
@@ -51,15 +50,8 @@ def writes(fleet):
 
 
 def main():
-    work = tempfile.mkdtemp(prefix="dbfleet-bench-restore-")
-    sandbox = os.path.join(work, "sandbox")
-    subprocess.run([DBFLEET, "sandbox", "up", "--dir", sandbox, "--replicas", "2",
-                    "--coordinators", "1", "--base", BASE], check=True, capture_output=True)
-    fleet = Fleet(sandbox)
+    _, sandbox, fleet, rows = loaded_sandbox("dbfleet-bench-restore-", 2, BASE)
     try:
-        fleet.wait_healthy()
-        rows = load(fleet)
-        wait_replica(fleet)
         b = fleet.cli("backup", "run", "--cluster", "main", "--host", "db2")
         m = b["manifest"]
         print(f"loaded {rows} rows; backup {b['id']}: stream {m['stream_bytes'] / 1e6:.1f} MB, "
