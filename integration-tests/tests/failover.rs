@@ -240,6 +240,16 @@ async fn a_replica_with_an_errant_transaction_is_never_promoted() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // db3 stops acknowledging: otherwise it may be the only replica that
+    // received the last acknowledged write, which its errant transaction
+    // then keeps it from applying, and the failover rightly holds
+    for sql in [
+        "SET GLOBAL rpl_semi_sync_slave_enabled = OFF",
+        "STOP SLAVE IO_THREAD",
+        "START SLAVE IO_THREAD",
+    ] {
+        fleet.sql("db3", sql).await.unwrap();
+    }
     // a write made directly on the replica: a GTID its primary never had
     fleet
         .sql("db3", "INSERT INTO app.writer_log (id) VALUES (999999999)")
