@@ -164,9 +164,19 @@ impl VoterClients {
         };
         let (holder, remaining) = {
             let h = ha.holder();
+            let now = boottime();
+            // A task that got its epoch before this process was stopped
+            // (SIGSTOP, a long pause) must not send once the lease is gone:
+            // the agent would refuse it, but nothing stale leaves at all.
+            if h.command_epoch(now).as_ref() != Some(epoch) {
+                return Err(format!(
+                    "{}: not sent: this coordinator no longer holds the lease of epoch {epoch}",
+                    m.host
+                ));
+            }
             (
                 h.id().clone(),
-                h.lease_remaining(boottime())
+                h.lease_remaining(now)
                     .map_or(0, dbfleet_proto::lease::millis),
             )
         };
