@@ -47,6 +47,10 @@ struct FileProgress {
     /// same name with another one is another history.
     created_ts: u32,
     archived_to: u64,
+    /// Where the last chunk of the file starts (its meta is rewritten
+    /// closed when the server moves on).
+    #[serde(default)]
+    last_chunk: u64,
     closed: bool,
 }
 
@@ -129,6 +133,56 @@ struct ServerBinlogs {
     current: (String, u64),
 }
 
+/// One pass's questions to the server.
+async fn ask_server(conn: &mut mysql_async::Conn) -> Result<ServerBinlogs, String> {
+    let (basename, server_id, read_only): (Option<String>, u32, u8) = conn
+        .query_first("SELECT @@log_bin_basename, @@server_id, @@read_only")
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no answer")?;
+    let basename = basename.ok_or("the binary log is off (log_bin); nothing to archive")?;
+    let rows: Vec<mysql_async::Row> = conn
+        .query("SHOW BINARY LOGS")
+        .await
+        .map_err(|e| format!("SHOW BINARY LOGS: {e}"))?;
+    let files = rows
+        .into_iter()
+        .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
+        .collect();
+    let row: mysql_async::Row = conn
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .map_err(|e| format!("SHOW MASTER STATUS: {e}"))?
+        .ok_or("SHOW MASTER STATUS returned nothing (is log_bin on?)")?;
+    let current = (
+        row.get::<String, _>(0).unwrap_or_default(),
+        row.get::<u64, _>(1).unwrap_or_default(),
+    );
+    let dir = Path::new(&basename)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    Ok(ServerBinlogs {
+        dir,
+        server_id,
+        writable: read_only == 0,
+        files,
+        current,
+    })
+}
+
+impl ServerBinlogs {
+    /// How far binlog `name` of `size` bytes may be archived now: the
+    /// server's position in the active file, the whole of a closed one.
+    fn limit(&self, name: &str, size: u64) -> u64 {
+        if name == self.current.0 {
+            self.current.1
+        } else {
+            size
+        }
+    }
+}
+
 /// The archiver of one agent.
 pub struct Archiver {
     cluster: String,
@@ -140,6 +194,7 @@ pub struct Archiver {
     state: State,
     last_head: Option<(Head, i64)>,
     status: Arc<ArchiveStatus>,
+    conn: Option<mysql_async::Conn>,
 }
 
 fn read_state(path: &Path) -> Option<State> {
@@ -182,48 +237,26 @@ impl Archiver {
             state,
             last_head: None,
             status,
+            conn: None,
         }
     }
 
-    async fn server(&self) -> Result<ServerBinlogs, String> {
+    /// What the server says about its binlogs, over a connection kept
+    /// from pass to pass (one pass a second must not be one login a
+    /// second); a failed or late answer drops it.
+    async fn server(&mut self) -> Result<ServerBinlogs, String> {
         let limit = self.target.connect_timeout + self.target.query_timeout;
+        let (target, slot) = (&self.target, &mut self.conn);
         tokio::time::timeout(limit, async {
-            let (mut conn, _) = observer::connect(&self.target).await?;
-            let (basename, server_id, read_only): (Option<String>, u32, u8) = conn
-                .query_first("SELECT @@log_bin_basename, @@server_id, @@read_only")
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("no answer")?;
-            let basename = basename.ok_or("the binary log is off (log_bin); nothing to archive")?;
-            let rows: Vec<mysql_async::Row> = conn
-                .query("SHOW BINARY LOGS")
-                .await
-                .map_err(|e| format!("SHOW BINARY LOGS: {e}"))?;
-            let files = rows
-                .into_iter()
-                .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
-                .collect();
-            let row: mysql_async::Row = conn
-                .query_first("SHOW MASTER STATUS")
-                .await
-                .map_err(|e| format!("SHOW MASTER STATUS: {e}"))?
-                .ok_or("SHOW MASTER STATUS returned nothing (is log_bin on?)")?;
-            let current = (
-                row.get::<String, _>(0).unwrap_or_default(),
-                row.get::<u64, _>(1).unwrap_or_default(),
-            );
-            let _ = conn.disconnect().await;
-            let dir = Path::new(&basename)
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            Ok(ServerBinlogs {
-                dir,
-                server_id,
-                writable: read_only == 0,
-                files,
-                current,
-            })
+            let mut conn = match slot.take() {
+                Some(c) => c,
+                None => observer::connect(target).await?.0,
+            };
+            let answer = ask_server(&mut conn).await;
+            if answer.is_ok() {
+                *slot = Some(conn);
+            }
+            answer
         })
         .await
         .map_err(|_| format!("mysqld did not answer within {limit:?}"))?
@@ -266,6 +299,8 @@ impl Archiver {
     /// Reading and compressing runs on a blocking thread.
     pub async fn pass(mut self) -> (Archiver, Result<(), String>) {
         if self.status.paused.load(Ordering::SeqCst) {
+            // mysqld is about to be replaced: no connection to a dead one
+            self.conn = None;
             return (self, Ok(()));
         }
         let started = unix_ms();
@@ -285,15 +320,14 @@ impl Archiver {
         // Same names, other files (or a file cut below what was archived,
         // as crash recovery of a semi-sync replica may do): the history
         // started over.
+        // (The creation time is read only of a file about to be archived
+        // further: not every file on every pass.)
         let restarted = server.files.iter().any(|(name, size)| {
             self.state.files.get(name).is_some_and(|p| {
-                let limit = if *name == server.current.0 {
-                    server.current.1
-                } else {
-                    *size
-                };
+                let limit = server.limit(name, *size);
                 limit < p.archived_to
-                    || created_ts(&server.dir.join(name)).is_ok_and(|ts| ts != p.created_ts)
+                    || (limit > p.archived_to
+                        && created_ts(&server.dir.join(name)).is_ok_and(|ts| ts != p.created_ts))
             })
         }) || {
             // a file never seen that is no newer than one archived: the
@@ -321,7 +355,7 @@ impl Archiver {
         let mut archived = (String::new(), 0);
         for (name, size) in &server.files {
             let current = *name == server.current.0;
-            let limit = if current { server.current.1 } else { *size };
+            let limit = server.limit(name, *size);
             let path = server.dir.join(name);
             let progress = match self.state.files.get(name) {
                 Some(p) => p.clone(),
@@ -335,16 +369,17 @@ impl Archiver {
             let gap_before = at == 0 && self.gap_before(name);
             while at < limit {
                 let end = self.chunk(server, name, at, limit, !current, gap_before && at == 0)?;
-                at = end;
                 self.state.files.insert(
                     name.clone(),
                     FileProgress {
-                        archived_to: at,
-                        closed: !current && at == limit,
+                        archived_to: end,
+                        last_chunk: at,
+                        closed: !current && end == limit,
                         ..progress.clone()
                     },
                 );
                 self.save()?;
+                at = end;
             }
             if !current
                 && self
@@ -354,7 +389,8 @@ impl Archiver {
                     .is_some_and(|p| !p.closed && p.archived_to == limit)
             {
                 // archived while current, closed since: nothing more comes
-                if let Some(mut meta) = self.last_chunk_meta(name, limit) {
+                let last = self.state.files.get(name).map_or(0, |p| p.last_chunk);
+                if let Some(mut meta) = self.read_meta(name, last).filter(|m| m.end == limit) {
                     meta.closed = true;
                     self.write_meta(&meta)?;
                 }
@@ -407,18 +443,9 @@ impl Archiver {
             .join(format!("{}.{ext}", ChunkMeta::name(file, start)))
     }
 
-    fn last_chunk_meta(&self, file: &str, end: u64) -> Option<ChunkMeta> {
-        let dir = std::fs::read_dir(self.stream_dir()).ok()?;
-        dir.flatten()
-            .filter_map(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                (n.starts_with(&format!("{file}.")) && n.ends_with(".json"))
-                    .then(|| {
-                        serde_json::from_slice::<ChunkMeta>(&std::fs::read(e.path()).ok()?).ok()
-                    })
-                    .flatten()
-            })
-            .find(|m| m.end == end)
+    fn read_meta(&self, file: &str, start: u64) -> Option<ChunkMeta> {
+        let bytes = std::fs::read(self.chunk_path(file, start, "json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     fn write_meta(&self, meta: &ChunkMeta) -> Result<(), String> {
@@ -461,7 +488,7 @@ impl Archiver {
                 f.seek(SeekFrom::Start(start))
                     .and_then(|_| f.read_exact(&mut bytes))
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                summary = events::summarize(&bytes, bytes.len(), false);
+                summary = events::summarize(&bytes, bytes.len(), start == 0);
             }
         }
         let want = bytes.len() as u64;
@@ -503,7 +530,6 @@ impl Archiver {
             let _ = std::fs::remove_file(&tmp);
             format!("cannot write {}: {e}", data.display())
         })?;
-        let summary = events::summarize(&bytes[..whole], whole, start == 0);
         self.write_meta(&ChunkMeta {
             format: 1,
             stream: self.state.stream.clone(),

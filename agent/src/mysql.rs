@@ -5,3 +5,4 @@ pub mod control;
 pub mod flavor;
 pub mod links;
 pub mod observer;
+pub mod process;

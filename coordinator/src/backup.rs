@@ -385,8 +385,10 @@ impl Backups {
             return;
         };
         for cluster in self.fleet.cluster_names() {
-            self.follow_restores(&cluster, &epoch).await;
             let rec = self.fleet.cluster_record(&cluster);
+            // Restores and backups are apart in the record: ending a
+            // restore leaves `rec.backups` as read.
+            self.follow_restores(&cluster, &epoch, &rec).await;
             if !rec
                 .backups
                 .values()

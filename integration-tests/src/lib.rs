@@ -326,6 +326,35 @@ impl TestFleet {
         conn.disconnect().await
     }
 
+    /// Waits until a process of this fleet runs `tool` with `needle` in
+    /// its command line (another test's fleet may run the same tool with
+    /// the same ids: its command line names its own directory) and
+    /// returns its pid.
+    pub async fn wait_tool(&self, tool: &str, needle: &str) -> nix::unistd::Pid {
+        let ours = self.dir.to_string_lossy().into_owned();
+        let find = || {
+            fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                let runs = cmdline.starts_with(&format!("{tool}\0"))
+                    || cmdline.contains(&format!("/{tool}\0"));
+                (runs && cmdline.contains(needle) && cmdline.contains(&ours)).then_some(pid)
+            })
+        };
+        let give_up = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(p) = find() {
+                return nix::unistd::Pid::from_raw(p);
+            }
+            assert!(
+                tokio::time::Instant::now() < give_up,
+                "{tool} ({needle}) never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Runs the CLI with `--output json`: whether it succeeded, and what
     /// it printed, parsed.
     pub fn cli_json(&self, args: &[&str]) -> (bool, serde_json::Value) {

@@ -98,23 +98,6 @@ async fn a_corrupted_backup_fails_verification() {
     writer.stop().await;
 }
 
-/// The pid of the mariadb-backup process taking backup `id`.
-fn backup_tool_pid(fleet: &TestFleet, id: &str) -> Option<i32> {
-    // Another test's fleet may run a backup of the same id (ids are a
-    // cluster, a second and a host): the tool's scratch directory is in
-    // this fleet's directory.
-    let ours = fleet.dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        (cmdline.starts_with("mariadb-backup") || cmdline.contains("/mariadb-backup\0"))
-            .then_some(())
-            .filter(|()| cmdline.contains(id) && cmdline.contains(&ours))
-            .map(|()| pid)
-    })
-}
-
 #[tokio::test]
 async fn an_agent_killed_mid_backup_leaves_no_usable_looking_backup() {
     let (mut fleet, writer) = fleet_with_writes().await;
@@ -130,17 +113,7 @@ async fn an_agent_killed_mid_backup_leaves_no_usable_looking_backup() {
     assert!(ok, "{b}");
     let id = b["id"].as_str().unwrap().to_string();
     // Hold the tool mid-stream, then kill the agent under it.
-    let give_up = tokio::time::Instant::now() + PATIENCE;
-    let tool = loop {
-        if let Some(p) = backup_tool_pid(&fleet, &id) {
-            break nix::unistd::Pid::from_raw(p);
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "mariadb-backup never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let tool = fleet.wait_tool("mariadb-backup", &id).await;
     nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGSTOP).unwrap();
     fleet.kill("agent-db2");
     nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGKILL).unwrap();

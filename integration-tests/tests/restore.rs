@@ -453,3 +453,41 @@ async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap(
         .unwrap();
     assert_eq!(archived, seq(&binlog_pos), "up to db2's last transaction");
 }
+
+#[tokio::test]
+async fn an_agent_killed_mid_restore_leaves_the_server_running_and_the_restore_failed() {
+    let mut fleet = fleet().await;
+    let id = backup(&fleet, "db2");
+    let (ok, r) = fleet.cli_json(&["backup", "restore", &id, "--host", "db3", "--detach"]);
+    assert!(ok, "{r}");
+    let job = r["id"].as_str().unwrap().to_string();
+    // Hold the unpacking (before mysqld is touched), then kill the agent.
+    let tool = fleet.wait_tool("mbstream", &job).await;
+    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    fleet.kill("agent-db3");
+    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let staging = fleet.dir.join(format!("db3/.data.restore-{job}"));
+    assert!(staging.exists(), "the staging directory was being written");
+    fleet.start_agent("db3").unwrap();
+    let view = fleet
+        .wait_until("the restore ended failed, db3 kept out of service", |c| {
+            c.problems.iter().any(|p| {
+                p.kind == "detached"
+                    && p.host == "db3"
+                    && p.message.contains("agent stopped during the restore")
+            })
+        })
+        .await;
+    assert!(member(&view, "db3").reachable, "mysqld kept running");
+    assert!(
+        !staging.exists(),
+        "the restarted agent removed the staging directory"
+    );
+    assert_eq!(
+        fleet
+            .query_one("db3", "SELECT @@read_only")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+}

@@ -31,6 +31,7 @@ use super::verify::unpack_and_prepare;
 use crate::binlog_archive::events;
 use crate::binlog_archive::store::{self, Target};
 use crate::mysql::observer::{self, MysqlTarget};
+use crate::mysql::process::{read_pid, wait_gone};
 
 /// How long mysqld may take to shut down, and to accept connections
 /// after its start (crash recovery of a large buffer pool is slow).
@@ -167,30 +168,6 @@ fn fetch_binlogs(plan: &store::Plan, dir: &Path) -> Result<Vec<PathBuf>, String>
     Ok(files)
 }
 
-/// Whether process `pid` still runs: it exists (signal 0 does not say
-/// "no such process") and is no zombie.
-fn running(pid: i32) -> bool {
-    use nix::errno::Errno;
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Err(Errno::ESRCH) => false,
-        _ => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().next())
-                .is_none_or(|state| state != "Z" && state != "X"),
-            Err(_) => true,
-        },
-    }
-}
-
-/// The pid in mysqld's pid file.
-fn read_pid(pid_file: &Path) -> Option<i32> {
-    std::fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-}
-
 /// Stops a mysqld that may not answer: SIGTERM, then SIGKILL after
 /// [`STOP_TIMEOUT`], waiting until it is gone.
 async fn terminate(pid_file: &Path) {
@@ -199,12 +176,9 @@ async fn terminate(pid_file: &Path) {
     };
     let p = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while running(pid) {
-        if Instant::now() > deadline {
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if !wait_gone(pid, STOP_TIMEOUT).await {
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        wait_gone(pid, STOP_TIMEOUT).await;
     }
 }
 
@@ -221,14 +195,10 @@ async fn stop_mysqld(t: &MysqlTarget, pid_file: &Path) -> Result<(), String> {
         .await
         .map_err(|e| format!("SHUTDOWN: {e}"))?;
     drop(conn);
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while running(pid) {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "mysqld (pid {pid}) did not stop within {STOP_TIMEOUT:?}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if !wait_gone(pid, STOP_TIMEOUT).await {
+        return Err(format!(
+            "mysqld (pid {pid}) did not stop within {STOP_TIMEOUT:?}"
+        ));
     }
     Ok(())
 }
@@ -643,12 +613,6 @@ mod tests {
     fn versions_compare_by_major_and_minor() {
         assert_eq!(major_minor("10.11.19-MariaDB-0+deb12u1-log"), "10.11");
         assert_ne!(major_minor("10.6.1-MariaDB"), major_minor("10.11.2"));
-    }
-
-    #[test]
-    fn a_zombie_or_missing_process_is_not_running() {
-        assert!(running(std::process::id() as i32));
-        assert!(!running(i32::MAX));
     }
 
     #[test]

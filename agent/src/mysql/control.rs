@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dbfleet_common::config::Secret;
 use dbfleet_proto::model::{Flavor, ServerState};
@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use super::flavor::role;
 use super::observer::{MysqlTarget, connect, read_state};
+use super::process::{alive, read_pid, wait_gone};
 use crate::guard::{Guard, GuardError};
 
 /// Why a command did not complete.
@@ -83,21 +84,6 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 
 fn sql_error(what: &str) -> impl Fn(mysql_async::Error) -> ControlError + '_ {
     move |e| ControlError::Mysql(format!("{what}: {e}"))
-}
-
-/// Whether `pid` names a live (not zombie) process.
-fn alive(pid: i32) -> bool {
-    if kill(Pid::from_raw(pid), None).is_err() {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state letter follows the parenthesized command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X'),
-        Err(_) => false,
-    }
 }
 
 impl Controller {
@@ -211,8 +197,7 @@ impl Controller {
     }
 
     fn pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.pid_file.as_ref()?).ok()?;
-        text.trim().parse().ok()
+        read_pid(self.pid_file.as_ref()?)
     }
 
     /// Makes the server unable to commit, durably: the guard first, then
@@ -263,14 +248,10 @@ impl Controller {
                     "killing the unresponsive mysqld to fence it"
                 );
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                let start = Instant::now();
-                while alive(pid) {
-                    if start.elapsed() > KILL_WAIT {
-                        return Err(ControlError::Timeout(format!(
-                            "mysqld (pid {pid}) did not exit within {KILL_WAIT:?} of SIGKILL"
-                        )));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                if !wait_gone(pid, KILL_WAIT).await {
+                    return Err(ControlError::Timeout(format!(
+                        "mysqld (pid {pid}) did not exit within {KILL_WAIT:?} of SIGKILL"
+                    )));
                 }
                 Ok(Outcome {
                     state: None,

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::{Backups, RUNNING, job_end, stamp};
 use crate::error::ServiceError;
-use crate::failover::reconcile::event;
+use crate::failover::journal::Event;
 use crate::fleet::MemberState;
 use crate::store::ClusterRecord;
 
@@ -189,7 +189,7 @@ impl Backups {
         // Intent first, and the host out of service before its mysqld stops.
         let r = {
             let mut r = r;
-            let e = event(
+            let e = Event::new(
                 "restore-started",
                 &m.host,
                 format!(
@@ -277,8 +277,7 @@ impl Backups {
     }
 
     /// Ends running restores from the agents' reports.
-    pub(super) async fn follow_restores(&self, cluster: &str, epoch: &Epoch) {
-        let rec = self.fleet.cluster_record(cluster);
+    pub(super) async fn follow_restores(&self, cluster: &str, epoch: &Epoch, rec: &ClusterRecord) {
         if !rec.restores.values().any(|r| r.status == RUNNING) {
             return;
         }
@@ -343,7 +342,7 @@ impl Backups {
                 status = r.status,
                 "restore ended"
             );
-            let e = event(kind, &r.host, message, epoch, vec![r.detail.clone()]);
+            let e = Event::new(kind, &r.host, message, epoch, vec![r.detail.clone()]);
             let res = self
                 .fleet
                 .update_cluster(cluster, epoch.clone(), move |rec| {

@@ -296,3 +296,24 @@ pub struct Event {
     /// Observations and proofs.
     pub evidence: Vec<String>,
 }
+
+impl Event {
+    /// An event of no operation, decided now under `epoch`.
+    pub fn new(
+        kind: &str,
+        host: &str,
+        message: String,
+        epoch: &Epoch,
+        evidence: Vec<String>,
+    ) -> Event {
+        Event {
+            at_unix_ms: dbfleet_common::clock::unix_ms(),
+            kind: kind.to_string(),
+            host: host.to_string(),
+            message,
+            operation_id: String::new(),
+            epoch: Some(epoch.clone()),
+            evidence,
+        }
+    }
+}

@@ -565,13 +565,8 @@ impl Failovers {
         evidence: Vec<String>,
     ) -> Event {
         Event {
-            at_unix_ms: now_unix_ms(),
-            kind: kind.to_string(),
-            host: host.to_string(),
-            message,
             operation_id: op.id.clone(),
-            epoch: Some(op.epoch.clone()),
-            evidence,
+            ..Event::new(kind, host, message, &op.epoch, evidence)
         }
     }
 

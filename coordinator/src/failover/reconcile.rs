@@ -53,24 +53,6 @@ fn untuned(r: &Replication, heartbeat: Duration, net_timeout: Duration) -> Optio
     (!diffs.is_empty()).then(|| diffs.join(", "))
 }
 
-pub(crate) fn event(
-    kind: &str,
-    host: &str,
-    message: String,
-    epoch: &Epoch,
-    evidence: Vec<String>,
-) -> Event {
-    Event {
-        at_unix_ms: now_unix_ms(),
-        kind: kind.to_string(),
-        host: host.to_string(),
-        message,
-        operation_id: String::new(),
-        epoch: Some(epoch.clone()),
-        evidence,
-    }
-}
-
 impl Failovers {
     fn remember_semi_sync(&self, members: &[MemberState]) {
         let mut seen = crate::ha::relock(&self.last_seen);
@@ -158,7 +140,7 @@ impl Failovers {
                 self.note_once(
                     c,
                     &epoch,
-                    event(
+                    Event::new(
                         "failover-breaker",
                         primary,
                         format!(
@@ -227,7 +209,8 @@ impl Failovers {
         epoch: &Epoch,
     ) {
         let rec = self.fleet.cluster_record(cluster);
-        let skip = |kind: &str, why: String| event(kind, primary, why, epoch, evidence.clone());
+        let skip =
+            |kind: &str, why: String| Event::new(kind, primary, why, epoch, evidence.clone());
         if rec.control.maintenance || !rec.control.auto_failover {
             let why = if rec.control.maintenance {
                 "maintenance mode"
@@ -331,7 +314,7 @@ impl Failovers {
             info!(operation = op.id, step = ?op.step, from = %op.epoch, "resuming an operation journaled by an earlier active");
             op.epoch = epoch.clone();
             let o = op.clone();
-            let e = event(
+            let e = Event::new(
                 &format!("{}-resumed", op.kind.as_str()),
                 &op.old_primary,
                 format!("resumed at step {:?} under a new epoch", op.step),
@@ -432,7 +415,7 @@ impl Failovers {
             self.note_once(
                 cluster,
                 epoch,
-                event("stale-primary-fenced", &m.host, message, epoch, vec![]),
+                Event::new("stale-primary-fenced", &m.host, message, epoch, vec![]),
             )
             .await;
         }
@@ -463,7 +446,7 @@ impl Failovers {
         let cmd = self.repoint_to(source);
         match self.repair_command(cluster, epoch, m, cmd).await {
             Ok(_) => {
-                let e = event(
+                let e = Event::new(
                     "replication-tuned",
                     &m.host,
                     format!(
@@ -526,7 +509,7 @@ impl Failovers {
                 format!("{host} is no longer stopped by the failover that did not complete")
             };
             info!(cluster, host, "frozen replica released");
-            let e = event("thawed", host, message, epoch, vec![]);
+            let e = Event::new("thawed", host, message, epoch, vec![]);
             let h = host.clone();
             let _ = self
                 .fleet
@@ -586,7 +569,7 @@ impl Failovers {
                 .await
             {
                 Ok(_) => {
-                    let e = event(
+                    let e = Event::new(
                         "primary-restored",
                         &primary,
                         format!(
@@ -636,7 +619,7 @@ impl Failovers {
             };
             if !diverged.is_empty() {
                 let host = m.host.clone();
-                let e = event(
+                let e = Event::new(
                     "needs-rebuild",
                     &m.host,
                     format!(
@@ -668,7 +651,7 @@ impl Failovers {
             match self.repair_command(cluster, epoch, m, cmd).await {
                 Ok(_) => {
                     let host = m.host.clone();
-                    let e = event(
+                    let e = Event::new(
                         "rejoined",
                         &host,
                         format!("{host} replicates from {primary} again"),
