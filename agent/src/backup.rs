@@ -7,9 +7,12 @@
 //! killed mid-job finds it at its next start, removes the partial files
 //! and reports the job failed, so nothing half-written ever looks usable.
 
+pub mod datadir;
+pub mod logical;
 pub mod physical;
 pub mod repo;
 pub mod restore;
+pub mod scratch;
 pub mod tools;
 pub mod verify;
 
@@ -27,7 +30,8 @@ use tracing::{error, info, warn};
 use crate::binlog_archive::store::Target;
 use crate::mysql::control::ControlError;
 use crate::mysql::observer::{self, MysqlTarget};
-use repo::{Manifest, backup_dir};
+use dbfleet_common::gtid::Position;
+use repo::{Manifest, StoredFile, backup_dir};
 
 /// `[backup]` of the agent's config.
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +71,30 @@ fn default_level() -> i32 {
 }
 fn default_threads() -> u32 {
     2
+}
+
+/// What a backup tool produced, for the manifest.
+#[derive(Debug)]
+pub struct Taken {
+    /// Uncompressed stream bytes.
+    pub stream_bytes: u64,
+    /// The stored stream.
+    pub stored: StoredFile,
+    /// GTID the backup is consistent at.
+    pub end_gtid: String,
+    /// Binary log coordinates at that point.
+    pub binlog_file: String,
+    /// Position.
+    pub binlog_position: u64,
+    /// The LSN it copied changes from (0: a full backup) and the
+    /// checkpoint LSN it reached.
+    pub lsn_from: u64,
+    /// See `lsn_from`.
+    pub lsn_to: u64,
+    /// Tables a logical backup holds.
+    pub tables: u64,
+    /// Tool and version.
+    pub tool: String,
 }
 
 const RUNNING: &str = "running";
@@ -348,13 +376,32 @@ impl Jobs {
             })
     }
 
-    /// Starts a physical backup `id` into the repository.
-    pub fn start_backup(self: &Arc<Self>, id: &str, method: &str) -> Result<String, ControlError> {
+    /// Starts backup `id` into the repository: `method` "physical" (an
+    /// incremental one on top of `parent` when given) or "logical".
+    pub fn start_backup(
+        self: &Arc<Self>,
+        id: &str,
+        method: &str,
+        parent: &str,
+    ) -> Result<String, ControlError> {
         valid_id(id)?;
-        if !matches!(method, "" | "physical") {
-            return Err(ControlError::NotConfigured(format!(
-                "backup method {method:?} is not supported yet; use physical"
-            )));
+        let method = match (method, parent) {
+            ("" | "physical", _) => "physical",
+            ("logical", "") => "logical",
+            ("logical", _) => {
+                return Err(ControlError::NotConfigured(
+                    "a logical backup cannot be incremental".into(),
+                ));
+            }
+            (other, _) => {
+                return Err(ControlError::NotConfigured(format!(
+                    "backup method {other:?} is unknown; use physical or logical"
+                )));
+            }
+        };
+        let parent = (!parent.is_empty()).then(|| parent.to_string());
+        if let Some(p) = &parent {
+            valid_id(p)?;
         }
         let cfg = self.config()?.clone();
         let dir = backup_dir(&cfg.repository, &self.cluster, id);
@@ -391,8 +438,11 @@ impl Jobs {
         }
         let jobs = self.clone();
         let id = id.to_string();
+        let method = method.to_string();
         tokio::spawn(async move {
-            let result = jobs.backup(&id, &cfg, dir.clone(), progress).await;
+            let result = jobs
+                .backup(&id, &method, parent, &cfg, dir.clone(), progress)
+                .await;
             if let Err(e) = &result {
                 error!(backup = id, error = e, "backup failed; removing its files");
                 let _ = std::fs::remove_dir_all(&dir);
@@ -405,6 +455,8 @@ impl Jobs {
     async fn backup(
         &self,
         id: &str,
+        method: &str,
+        parent: Option<String>,
         cfg: &BackupConfig,
         dir: PathBuf,
         progress: Arc<AtomicU64>,
@@ -412,30 +464,56 @@ impl Jobs {
         let started = unix_ms();
         let (flavor, state, datadir) = self.server_facts().await?;
         if flavor != Flavor::MariaDb {
-            return Err("physical backups of MySQL (xtrabackup) are not supported yet".into());
+            return Err(
+                "backups of MySQL (xtrabackup, mysqldump) are not supported yet; this agent backs up MariaDB only"
+                    .into(),
+            );
         }
-        let tool = tools::find("mariadb-backup")?;
+        let base = match &parent {
+            Some(p) => Some(self.incremental_base(cfg, p, &state)?),
+            None => None,
+        };
+        let tool = tools::find(if method == "logical" {
+            "mariadb-dump"
+        } else {
+            "mariadb-backup"
+        })?;
         let tool_version = tools::version(&tool)?;
         tools::check_matches(&tool_version, &state.version)?;
         let defaults = self.dir.join(format!("{id}.cnf"));
         self.write_defaults(&defaults)?;
         let tool_tmp = self.scratch.join(format!("{id}.tool"));
-        let b = physical::PhysicalBackup {
-            tool,
-            tool_version,
-            tool_tmp: tool_tmp.clone(),
-            dir: dir.clone(),
-            defaults_file: defaults.clone(),
-            datadir: datadir.unwrap_or_default(),
-            level: cfg.compression_level,
-            threads: cfg.compression_threads,
-            progress,
-            cancel: self.cancel.clone(),
-        };
-        info!(backup = id, dir = %dir.display(), "physical backup running");
-        let taken = tokio::task::spawn_blocking(move || physical::take(&b))
-            .await
-            .map_err(|e| format!("backup task: {e}"));
+        info!(backup = id, method, parent, dir = %dir.display(), "backup running");
+        let taken = if method == "logical" {
+            let b = logical::LogicalBackup {
+                tool,
+                tool_version,
+                dir: dir.clone(),
+                defaults_file: defaults.clone(),
+                ignore_tables: self.unkept_system_tables().await?,
+                level: cfg.compression_level,
+                threads: cfg.compression_threads,
+                progress,
+                cancel: self.cancel.clone(),
+            };
+            tokio::task::spawn_blocking(move || logical::take(&b)).await
+        } else {
+            let b = physical::PhysicalBackup {
+                tool,
+                tool_version,
+                tool_tmp: tool_tmp.clone(),
+                dir: dir.clone(),
+                defaults_file: defaults.clone(),
+                datadir: datadir.unwrap_or_default(),
+                level: cfg.compression_level,
+                threads: cfg.compression_threads,
+                progress,
+                cancel: self.cancel.clone(),
+                incremental_lsn: base.as_ref().map(|m| m.lsn_to),
+            };
+            tokio::task::spawn_blocking(move || physical::take(&b)).await
+        }
+        .map_err(|e| format!("backup task: {e}"));
         let _ = std::fs::remove_file(&defaults);
         let _ = std::fs::remove_dir_all(&tool_tmp);
         let taken = taken??;
@@ -448,8 +526,11 @@ impl Jobs {
             server_uuid: state.server_uuid.clone(),
             flavor: flavor.as_str().to_string(),
             server_version: state.version.clone(),
-            method: "physical".into(),
-            parent: None,
+            method: method.into(),
+            parent,
+            lsn_from: taken.lsn_from,
+            lsn_to: taken.lsn_to,
+            tables: taken.tables,
             start_gtid: state.gtid.executed.clone(),
             end_gtid: taken.end_gtid,
             binlog_file: taken.binlog_file,
@@ -478,6 +559,43 @@ impl Jobs {
         ))
     }
 
+    /// The manifest an incremental backup builds on, once it is known to
+    /// be this server's: taken here, by the same server, physical, and
+    /// part of what the server holds now. (A host restored since then is
+    /// refused by the coordinator, which knows its restores.)
+    fn incremental_base(
+        &self,
+        cfg: &BackupConfig,
+        parent: &str,
+        state: &dbfleet_proto::model::ServerState,
+    ) -> Result<Manifest, String> {
+        let m = Manifest::read_usable(&backup_dir(&cfg.repository, &self.cluster, parent))?;
+        let held = Position::parse(&state.gtid.executed)
+            .map(|now| Position::parse(&m.end_gtid).is_ok_and(|then| now.covers(&then)))
+            .unwrap_or(false);
+        let why = if m.method != "physical" || m.lsn_to == 0 {
+            Some(format!("{parent} is no physical backup with a known LSN"))
+        } else if m.host != self.host || m.server_id != state.server_id {
+            Some(format!(
+                "{parent} was taken on {} (server id {}), not on this server",
+                m.host, m.server_id
+            ))
+        } else if !held {
+            Some(format!(
+                "this server no longer holds {parent}'s GTID {}",
+                m.end_gtid
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(format!(
+                "cannot take an incremental backup on top of it: {why}; take a full backup"
+            )),
+            None => Ok(m),
+        }
+    }
+
     /// What the manifest says about the server, and its data directory,
     /// within the connect and query timeouts (a hung mysqld fails the job
     /// instead of keeping it, and every later one, waiting).
@@ -497,6 +615,28 @@ impl Jobs {
         })
         .await
         .map_err(|_| format!("mysqld did not answer within {limit:?}"))?
+    }
+
+    /// The server's `mysql` tables a logical backup leaves out.
+    async fn unkept_system_tables(&self) -> Result<Vec<String>, String> {
+        let limit = self.target.connect_timeout + self.target.query_timeout;
+        let all: Vec<String> = tokio::time::timeout(limit, async {
+            let (mut conn, _) = observer::connect(&self.target).await?;
+            let all = conn
+                .query(
+                    "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'mysql'",
+                )
+                .await
+                .map_err(|e| e.to_string());
+            let _ = conn.disconnect().await;
+            all
+        })
+        .await
+        .map_err(|_| format!("mysqld did not answer within {limit:?}"))??;
+        Ok(all
+            .into_iter()
+            .filter(|t| !logical::SYSTEM_TABLES.contains(&t.as_str()))
+            .collect())
     }
 
     /// The agent's credentials for the tools, mode 0600: passwords never

@@ -134,7 +134,7 @@ async fn run_command(
         Command::StartBackup(b) => Outcome {
             state: None,
             fenced: None,
-            detail: jobs.start_backup(&b.id, &b.method)?,
+            detail: jobs.start_backup(&b.id, &b.method, &b.parent)?,
         },
         Command::StartVerify(v) => Outcome {
             state: None,

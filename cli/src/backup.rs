@@ -14,6 +14,7 @@ pub fn backup_json(b: &pb::BackupView) -> Value {
     let manifest: Value = serde_json::from_str(&b.manifest_json).unwrap_or(Value::Null);
     json!({
         "id": b.id, "cluster": b.cluster, "host": b.host, "method": b.method,
+        "parent": (!b.parent.is_empty()).then_some(&b.parent),
         "status": b.status, "error": b.error, "bytes": b.bytes,
         "verification": b.verification, "verification_detail": b.verification_detail,
         "started_at_unix_ms": b.started_at_unix_ms, "finished_at_unix_ms": b.finished_at_unix_ms,
@@ -29,13 +30,18 @@ pub fn list_json(r: &pb::ListBackupsResponse) -> Value {
 /// The catalog as a table.
 pub fn list_table(r: &pb::ListBackupsResponse) -> String {
     let mut s = format!(
-        "{:<44} {:<8} {:<9} {:<10} {:<12} {:>12}\n",
+        "{:<44} {:<8} {:<11} {:<10} {:<12} {:>12}\n",
         "ID", "HOST", "METHOD", "STATUS", "VERIFIED", "BYTES"
     );
     for b in &r.backups {
+        let method = if b.parent.is_empty() {
+            b.method.as_str()
+        } else {
+            "incremental"
+        };
         s.push_str(&format!(
-            "{:<44} {:<8} {:<9} {:<10} {:<12} {:>12}\n",
-            b.id, b.host, b.method, b.status, b.verification, b.bytes
+            "{:<44} {:<8} {:<11} {:<10} {:<12} {:>12}\n",
+            b.id, b.host, method, b.status, b.verification, b.bytes
         ));
     }
     s
@@ -47,6 +53,9 @@ pub fn show_text(b: &pb::BackupView) -> String {
         "backup {} of {} on {} ({}): {}, verification {}\n",
         b.id, b.cluster, b.host, b.method, b.status, b.verification
     );
+    if !b.parent.is_empty() {
+        s.push_str(&format!("  incremental on top of {}\n", b.parent));
+    }
     if !b.error.is_empty() {
         s.push_str(&format!("  error: {}\n", b.error));
     }

@@ -348,15 +348,8 @@ impl Client {
     /// Starts a backup.
     pub async fn run_backup(
         &self,
-        cluster: &str,
-        host: Option<&str>,
-        method: &str,
+        req: pb::RunBackupRequest,
     ) -> Result<pb::BackupView, ClientError> {
-        let req = pb::RunBackupRequest {
-            cluster: cluster.to_string(),
-            host: host.unwrap_or_default().to_string(),
-            method: method.to_string(),
-        };
         self.write(WRITE_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.run_backup(req).await }

@@ -195,9 +195,13 @@ enum BackupCommand {
         /// Host to take it on (default: a healthy replica, else the primary).
         #[arg(long)]
         host: Option<String>,
-        /// Method.
-        #[arg(long, default_value = "physical")]
+        /// physical (mariadb-backup) or logical (mariadb-dump).
+        #[arg(long, default_value = "physical", value_parser = ["physical", "logical"])]
         method: String,
+        /// Only the pages changed since the newest physical backup, on its
+        /// host (restoring it applies the whole chain).
+        #[arg(long)]
+        incremental: bool,
         /// Print the entry as soon as the backup started, without waiting.
         #[arg(long)]
         detach: bool,
@@ -370,10 +374,16 @@ async fn backup_command(
             cluster,
             host,
             method,
+            incremental,
             detach,
         } => {
             let started = client
-                .run_backup(&cluster, host.as_deref(), &method)
+                .run_backup(pb::RunBackupRequest {
+                    cluster,
+                    host: host.unwrap_or_default(),
+                    method,
+                    incremental,
+                })
                 .await?;
             if detach {
                 return show(&started);

@@ -38,8 +38,11 @@ pub struct BackupRecord {
     pub id: String,
     /// Host that takes it.
     pub host: String,
-    /// "physical".
+    /// "physical" or "logical".
     pub method: String,
+    /// The backup an incremental one is built on.
+    #[serde(default)]
+    pub parent: Option<String>,
     /// "running", "completed" or "failed".
     pub status: String,
     /// Why it failed.
@@ -89,7 +92,44 @@ pub fn backup_view(cluster: &str, b: &BackupRecord) -> pb::BackupView {
         bytes: b.bytes,
         error: b.error.clone(),
         manifest_json: b.manifest_json.clone(),
+        parent: b.parent.clone().unwrap_or_default(),
     }
+}
+
+/// The backup an incremental one builds on: the newest completed physical
+/// backup of the cluster, whose host must take the incremental one (InnoDB
+/// LSNs are one server's). Refused when that host was restored since:
+/// its data no longer continues the backup's.
+pub(crate) fn incremental_parent(
+    rec: &crate::store::ClusterRecord,
+    host: Option<&str>,
+) -> Result<BackupRecord, String> {
+    let parent = rec
+        .backups
+        .values()
+        .filter(|b| b.status == "completed" && b.method == "physical")
+        .max_by_key(|b| b.started_at_unix_ms)
+        .ok_or("there is no completed physical backup to build on: take a full backup first")?;
+    if let Some(h) = host
+        && h != parent.host
+    {
+        return Err(format!(
+            "an incremental backup continues the newest physical backup {}, taken on {}: \
+             run it there (omit --host) or take a full backup on {h}",
+            parent.id, parent.host
+        ));
+    }
+    if let Some(r) = rec
+        .restores
+        .values()
+        .find(|r| r.host == parent.host && r.started_at_unix_ms >= parent.started_at_unix_ms)
+    {
+        return Err(format!(
+            "{} was restored (restore {}) after backup {}: its data no longer continues it; take a full backup",
+            parent.host, r.id, parent.id
+        ));
+    }
+    Ok(parent.clone())
 }
 
 /// `20261121T094600Z` for now.
@@ -182,16 +222,20 @@ impl Backups {
     /// `dbfleet backup run`.
     pub async fn run(&self, req: pb::RunBackupRequest) -> Result<pb::BackupView, ServiceError> {
         let epoch = self.fleet.ha().write_epoch()?;
-        let method = if req.method.is_empty() {
-            "physical"
-        } else {
-            req.method.as_str()
+        let method = match (req.method.as_str(), req.incremental) {
+            ("" | "physical", _) => "physical",
+            ("logical", false) => "logical",
+            ("logical", true) => {
+                return Err(ServiceError::Refused(
+                    "a logical backup cannot be incremental: use --method physical".into(),
+                ));
+            }
+            (other, _) => {
+                return Err(ServiceError::Refused(format!(
+                    "backup method {other:?} is unknown: use physical or logical"
+                )));
+            }
         };
-        if method != "physical" {
-            return Err(ServiceError::Refused(format!(
-                "backup method {method:?} is not supported yet; use physical"
-            )));
-        }
         if !self.fleet.cluster_names().contains(&req.cluster) {
             return Err(ServiceError::Refused(format!(
                 "no cluster named {:?}",
@@ -199,10 +243,17 @@ impl Backups {
             )));
         }
         let members = self.fleet.members(&req.cluster);
-        let host = if req.host.is_empty() {
-            choose_host(&members).map_err(ServiceError::Refused)?
+        let parent = if req.incremental {
+            let rec = self.fleet.cluster_record(&req.cluster);
+            let given = (!req.host.is_empty()).then_some(req.host.as_str());
+            Some(incremental_parent(&rec, given).map_err(ServiceError::Refused)?)
         } else {
-            req.host.clone()
+            None
+        };
+        let host = match (&parent, req.host.is_empty()) {
+            (Some(p), _) => p.host.clone(),
+            (None, true) => choose_host(&members).map_err(ServiceError::Refused)?,
+            (None, false) => req.host.clone(),
         };
         let m = members.iter().find(|m| m.host == host).ok_or_else(|| {
             ServiceError::Refused(format!("{host} is not a member of {}", req.cluster))
@@ -216,6 +267,7 @@ impl Backups {
             id: format!("{}-{}-{host}", req.cluster, stamp()),
             host: host.clone(),
             method: method.to_string(),
+            parent: parent.as_ref().map(|p| p.id.clone()),
             status: RUNNING.into(),
             error: String::new(),
             bytes: 0,
@@ -233,6 +285,7 @@ impl Backups {
         let cmd = Command::StartBackup(pb::StartBackup {
             id: id.clone(),
             method: method.to_string(),
+            parent: record.parent.clone().unwrap_or_default(),
         });
         let record = match self.command(m, &epoch, cmd).await {
             Ok(detail) => {
@@ -540,6 +593,60 @@ mod tests {
             received_at: None,
             reporting,
         }
+    }
+
+    fn record(id: &str, host: &str, method: &str, status: &str, at: i64) -> BackupRecord {
+        BackupRecord {
+            id: id.into(),
+            host: host.into(),
+            method: method.into(),
+            parent: None,
+            status: status.into(),
+            error: String::new(),
+            bytes: 0,
+            manifest_json: String::new(),
+            started_at_unix_ms: at,
+            finished_at_unix_ms: 0,
+            verification: never(),
+            verification_detail: String::new(),
+            verify_job: None,
+            verify_started_at_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn an_incremental_builds_on_the_newest_completed_physical_backup_on_its_host() {
+        let mut rec = crate::store::ClusterRecord::empty("main");
+        let e = incremental_parent(&rec, None).unwrap_err();
+        assert!(e.contains("take a full backup first"), "{e}");
+        for b in [
+            record("full", "db2", "physical", "completed", 10),
+            record("dump", "db3", "logical", "completed", 30),
+            record("broken", "db3", "physical", "failed", 40),
+        ] {
+            rec.backups.insert(b.id.clone(), b);
+        }
+        assert_eq!(incremental_parent(&rec, None).unwrap().id, "full");
+        assert_eq!(incremental_parent(&rec, Some("db2")).unwrap().id, "full");
+        let e = incremental_parent(&rec, Some("db3")).unwrap_err();
+        assert!(e.contains("taken on db2"), "{e}");
+        rec.restores.insert(
+            "r1".into(),
+            restore::RestoreRecord {
+                id: "r1".into(),
+                backup_id: "other".into(),
+                host: "db2".into(),
+                to_time_unix: 0,
+                to_gtid: String::new(),
+                status: "completed".into(),
+                error: String::new(),
+                detail: String::new(),
+                started_at_unix_ms: 20,
+                finished_at_unix_ms: 25,
+            },
+        );
+        let e = incremental_parent(&rec, None).unwrap_err();
+        assert!(e.contains("db2 was restored"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+pub mod backups;
 pub mod workload;
 
 use dbfleet_cli::sandbox::{self, Binaries, Fleet, SandboxError, SandboxSpec};

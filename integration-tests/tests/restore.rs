@@ -4,8 +4,9 @@
 //! starts again and (for a point in time) replays archived binlogs into.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use dbfleet_integration_tests::backups::{self, now_ms, rows, wait_archived};
 use dbfleet_integration_tests::workload::{Writer, ids_on};
 use dbfleet_integration_tests::{PATIENCE, TestFleet, has_problem, member, sole_active};
 use mysql_async::prelude::Queryable;
@@ -20,70 +21,8 @@ async fn fleet() -> TestFleet {
 }
 
 fn backup(fleet: &TestFleet, host: &str) -> String {
-    let (ok, b) = fleet.cli_json(&["backup", "run", "--cluster", "main", "--host", host]);
-    assert!(ok, "{b}");
-    assert_eq!(b["status"], "completed", "{b}");
+    let b = backups::backup(fleet, &["--host", host]);
     b["id"].as_str().expect("an id").to_string()
-}
-
-/// Every row of `table` on `host`, by id.
-async fn rows(fleet: &TestFleet, host: &str, table: &str) -> BTreeMap<u64, String> {
-    let s = fleet.server(host).expect("host");
-    let mut c = mysql_async::Conn::new(s.tcp_opts(
-        dbfleet_cli::sandbox::mariadb::AGENT_USER,
-        &fleet.credentials.agent,
-    ))
-    .await
-    .expect("connect");
-    let r: Vec<(u64, String)> = c
-        .query(format!("SELECT id, note FROM {table}"))
-        .await
-        .expect("read the table");
-    let _ = c.disconnect().await;
-    r.into_iter().collect()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as i64
-}
-
-/// Waits until an archive stream of `host` had caught up with its server
-/// at a check made after `after_ms`.
-async fn wait_archived(fleet: &TestFleet, host: &str, after_ms: i64) {
-    let dir = fleet.dir.join("backups/main/binlogs");
-    let give_up = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let caught_up = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{host}-"))
-            })
-            .any(|e| {
-                std::fs::read(e.path().join("head.json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                    .is_some_and(|h| {
-                        h["checked_at_unix_ms"].as_i64().unwrap_or(0) > after_ms
-                            && h["file"] == h["server_file"]
-                            && h["position"] == h["server_position"]
-                    })
-            });
-        if caught_up {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "no binlog archive caught up after {after_ms}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn unix_now_on(fleet: &TestFleet, host: &str) -> i64 {

@@ -3,13 +3,13 @@
 //! process on its way to the repository, never staged whole on local disk.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
-use super::repo::{DATA_FILE, HashingWriter, LOG_FILE, StoredFile, tail};
+use super::Taken;
+use super::repo::{DATA_FILE, LOG_FILE, StoredFile, store_stream, sync_dir, tail};
 
 /// What a physical backup needs.
 pub struct PhysicalBackup {
@@ -36,23 +36,9 @@ pub struct PhysicalBackup {
     pub progress: Arc<AtomicU64>,
     /// Set to stop early (the agent shuts down).
     pub cancel: Arc<AtomicBool>,
-}
-
-/// What the tool produced.
-#[derive(Debug)]
-pub struct Taken {
-    /// Uncompressed stream bytes.
-    pub stream_bytes: u64,
-    /// The stored stream.
-    pub stored: StoredFile,
-    /// GTID the backup is consistent at.
-    pub end_gtid: String,
-    /// Binary log coordinates at that point.
-    pub binlog_file: String,
-    /// Position.
-    pub binlog_position: u64,
-    /// Tool and version.
-    pub tool: String,
+    /// For an incremental backup: copy only the pages changed after this
+    /// LSN (the parent's `lsn_to`).
+    pub incremental_lsn: Option<u64>,
 }
 
 /// `MySQL binlog position: filename 'F', position 'P', GTID of the last
@@ -70,6 +56,17 @@ fn binlog_position(log: &str) -> Option<(String, u64, String)> {
     Some((file, position, gtid))
 }
 
+/// `from_lsn` and `to_lsn` of an `xtrabackup_checkpoints` file.
+fn checkpoints(text: &str) -> Option<(u64, u64)> {
+    let value = |key: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().parse::<u64>().ok())?
+        })
+    };
+    Some((value("from_lsn")?, value("to_lsn")?))
+}
+
 /// Runs the backup into `b.dir`. On error the caller removes the directory.
 pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
     let tool = &b.tool;
@@ -79,21 +76,27 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
     }
     std::fs::create_dir(&b.dir).map_err(|e| format!("cannot create {}: {e}", b.dir.display()))?;
     let scratch = &b.tool_tmp;
-    std::fs::create_dir_all(scratch)
-        .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
+    let lsn_dir = scratch.join("lsn");
+    std::fs::create_dir_all(&lsn_dir)
+        .map_err(|e| format!("cannot create {}: {e}", lsn_dir.display()))?;
     let log_path = b.dir.join(LOG_FILE);
     let log = File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-    let mut child = Command::new(tool)
-        .arg(format!(
-            "--defaults-extra-file={}",
-            b.defaults_file.display()
-        ))
-        .arg("--backup")
-        .arg("--stream=xbstream")
-        .arg("--slave-info")
-        .arg(format!("--datadir={}", b.datadir))
-        .arg(format!("--target-dir={}", scratch.display()))
+    let mut cmd = Command::new(tool);
+    cmd.arg(format!(
+        "--defaults-extra-file={}",
+        b.defaults_file.display()
+    ))
+    .arg("--backup")
+    .arg("--stream=xbstream")
+    .arg("--slave-info")
+    .arg(format!("--datadir={}", b.datadir))
+    .arg(format!("--target-dir={}", scratch.display()))
+    .arg(format!("--extra-lsndir={}", lsn_dir.display()));
+    if let Some(lsn) = b.incremental_lsn {
+        cmd.arg(format!("--incremental-lsn={lsn}"));
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -101,41 +104,15 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
         .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
     let mut stdout = child.stdout.take().expect("piped");
     let partial = b.dir.join(format!("{DATA_FILE}.partial"));
-    let streamed = (|| -> Result<(u64, u64, String), String> {
-        let file = File::create(&partial)
-            .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
-        let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), b.progress.clone());
-        let mut z = zstd::stream::Encoder::new(sink, b.level).map_err(|e| format!("zstd: {e}"))?;
-        z.multithread(b.threads.max(1))
-            .map_err(|e| format!("zstd threads: {e}"))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut raw = 0u64;
-        loop {
-            if b.cancel.load(Ordering::Relaxed) {
-                return Err("stopped: the agent is shutting down".into());
-            }
-            let n = stdout
-                .read(&mut buf)
-                .map_err(|e| format!("reading the backup stream: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            raw += n as u64;
-            z.write_all(&buf[..n])
-                .map_err(|e| format!("writing {}: {e}", partial.display()))?;
-        }
-        let sink = z
-            .finish()
-            .map_err(|e| format!("writing {}: {e}", partial.display()))?;
-        let (writer, stored, sha) = sink.finish();
-        let file = writer
-            .into_inner()
-            .map_err(|e| format!("writing {}: {}", partial.display(), e.error()))?;
-        file.sync_all()
-            .map_err(|e| format!("syncing {}: {e}", partial.display()))?;
-        Ok((raw, stored, sha))
-    })();
-    let (raw, stored, sha) = match streamed {
+    let stored = match store_stream(
+        &mut stdout,
+        &partial,
+        b.level,
+        b.threads,
+        b.progress.clone(),
+        &b.cancel,
+        |_| {},
+    ) {
         Ok(v) => v,
         Err(e) => {
             let _ = child.kill();
@@ -155,28 +132,31 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
     }
     let (binlog_file, binlog_position, end_gtid) = binlog_position(&log_text)
         .ok_or("mariadb-backup did not log its binlog position (is log_bin on?)")?;
+    let lsn_file = lsn_dir.join("xtrabackup_checkpoints");
+    let (lsn_from, lsn_to) = std::fs::read_to_string(&lsn_file)
+        .ok()
+        .as_deref()
+        .and_then(checkpoints)
+        .ok_or_else(|| format!("mariadb-backup wrote no readable {}", lsn_file.display()))?;
     let data = b.dir.join(DATA_FILE);
     std::fs::rename(&partial, &data)
         .map_err(|e| format!("cannot rename {}: {e}", partial.display()))?;
     sync_dir(&b.dir)?;
     Ok(Taken {
-        stream_bytes: raw,
+        stream_bytes: stored.raw,
         stored: StoredFile {
             name: DATA_FILE.into(),
-            bytes: stored,
-            sha256: sha,
+            bytes: stored.stored,
+            sha256: stored.sha256,
         },
         end_gtid,
         binlog_file,
         binlog_position,
+        lsn_from,
+        lsn_to,
+        tables: 0,
         tool: b.tool_version.clone(),
     })
-}
-
-fn sync_dir(dir: &Path) -> Result<(), String> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("syncing {}: {e}", dir.display()))
 }
 
 #[cfg(test)]
@@ -193,5 +173,13 @@ mod tests {
             Some(("mysql-bin.000002".into(), 321, "0-1-42".into()))
         );
         assert_eq!(binlog_position("completed OK!"), None);
+    }
+
+    #[test]
+    fn the_lsns_are_read_from_the_checkpoints_file() {
+        let text =
+            "backup_type = incremental\nfrom_lsn = 44404\nto_lsn = 52186\nlast_lsn = 52190\n";
+        assert_eq!(checkpoints(text), Some((44404, 52186)));
+        assert_eq!(checkpoints("backup_type = full-backuped\n"), None);
     }
 }

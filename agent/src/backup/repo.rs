@@ -10,13 +10,15 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The stream file of a physical backup.
 pub const DATA_FILE: &str = "data.xbstream.zst";
+/// The SQL of a logical backup.
+pub const DUMP_FILE: &str = "dump.sql.zst";
 /// The manifest: written last; its presence is what makes a backup.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The backup tool's log.
@@ -57,10 +59,22 @@ pub struct Manifest {
     pub flavor: String,
     /// Server version.
     pub server_version: String,
-    /// "physical".
+    /// "physical" or "logical".
     pub method: String,
-    /// Base backup of an incremental one (none yet).
+    /// The backup an incremental one is built on.
     pub parent: Option<String>,
+    /// InnoDB's LSN an incremental backup copies changes from (0 for a
+    /// full one): its parent's `lsn_to`.
+    #[serde(default)]
+    pub lsn_from: u64,
+    /// The checkpoint LSN a physical backup reached; the next incremental
+    /// one starts there.
+    #[serde(default)]
+    pub lsn_to: u64,
+    /// Tables a logical backup holds (its `CREATE TABLE` statements), for
+    /// verification.
+    #[serde(default)]
+    pub tables: u64,
     /// The server's executed GTID set when the backup started.
     pub start_gtid: String,
     /// The GTID position the backup is consistent at (from the tool).
@@ -90,12 +104,171 @@ impl Manifest {
         serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
+    /// The manifest of a backup directory, or an error that says the
+    /// directory is no usable backup.
+    pub fn read_usable(dir: &Path) -> Result<Manifest, String> {
+        Manifest::read(dir).map_err(|e| {
+            format!(
+                "{} is not a usable backup: no readable manifest ({e})",
+                dir.display()
+            )
+        })
+    }
+
+    /// The stored file holding the backup's data.
+    pub fn data_file(&self) -> Result<&StoredFile, String> {
+        let name = if self.method == "logical" {
+            DUMP_FILE
+        } else {
+            DATA_FILE
+        };
+        self.files
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| format!("the manifest of {} lists no {name}", self.id))
+    }
+
+    /// Whether this is an incremental backup.
+    pub fn incremental(&self) -> bool {
+        self.parent.is_some()
+    }
+
     /// Writes it last and atomically (temporary file, fsync, rename, fsync
     /// of the directory): a backup exists from this moment on.
     pub fn write(&self, dir: &Path) -> io::Result<()> {
         let json = serde_json::to_vec_pretty(self).expect("manifests always encode");
         dbfleet_common::durable::write_atomic(&dir.join(MANIFEST_FILE), &json, 0o640)
     }
+}
+
+/// The backups a restore of the backup in `dir` needs, oldest first: the
+/// full one and the incremental ones on top of it, each directory with its
+/// manifest. Every link must be present and continue its parent's LSN.
+pub fn chain(dir: &Path) -> Result<Vec<(PathBuf, Manifest)>, String> {
+    let mut out = vec![(dir.to_path_buf(), Manifest::read_usable(dir)?)];
+    while let Some(parent) = out.last().and_then(|(_, m)| m.parent.clone()) {
+        let (child_dir, child) = out.last().expect("not empty");
+        if out.len() > 1000 {
+            return Err(format!(
+                "backup {} has a chain of over 1000 parents",
+                child.id
+            ));
+        }
+        let parent_dir = child_dir.with_file_name(&parent);
+        let m = Manifest::read(&parent_dir).map_err(|e| {
+            format!(
+                "backup {} is built on {parent}, which is not usable ({e}): restore a full backup instead",
+                child.id
+            )
+        })?;
+        if m.method != "physical" || child.lsn_from != m.lsn_to || m.lsn_to == 0 {
+            return Err(format!(
+                "backup {} does not continue its parent {parent} (LSN {} after {} {} at LSN {})",
+                child.id, child.lsn_from, m.method, parent, m.lsn_to
+            ));
+        }
+        out.push((parent_dir, m));
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// What [`store_stream`] stored.
+#[derive(Debug)]
+pub struct Stored {
+    /// Uncompressed bytes read.
+    pub raw: u64,
+    /// Compressed bytes written.
+    pub stored: u64,
+    /// SHA-256 of the written bytes, hex.
+    pub sha256: String,
+}
+
+/// Compresses (zstd, `threads` workers) and hashes everything `input`
+/// yields into a new file `path`, synced to disk; `observe` sees each
+/// uncompressed piece on its way. Checks `cancel` between pieces.
+pub fn store_stream(
+    input: &mut impl io::Read,
+    path: &Path,
+    level: i32,
+    threads: u32,
+    progress: Arc<AtomicU64>,
+    cancel: &AtomicBool,
+    mut observe: impl FnMut(&[u8]),
+) -> Result<Stored, String> {
+    let file = std::fs::File::create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let sink = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), progress);
+    let mut z = zstd::stream::Encoder::new(sink, level).map_err(|e| format!("zstd: {e}"))?;
+    z.multithread(threads.max(1))
+        .map_err(|e| format!("zstd threads: {e}"))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut raw = 0u64;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err("stopped: the agent is shutting down".into());
+        }
+        let n = input
+            .read(&mut buf)
+            .map_err(|e| format!("reading the backup stream: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        raw += n as u64;
+        observe(&buf[..n]);
+        z.write_all(&buf[..n])
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    let sink = z
+        .finish()
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let (writer, stored, sha256) = sink.finish();
+    let file = writer
+        .into_inner()
+        .map_err(|e| format!("writing {}: {}", path.display(), e.error()))?;
+    file.sync_all()
+        .map_err(|e| format!("syncing {}: {e}", path.display()))?;
+    Ok(Stored {
+        raw,
+        stored,
+        sha256,
+    })
+}
+
+/// Decompresses the stored file `path` into `out`, checking it against
+/// its manifest entry. A file that does not match is reported corrupt
+/// whatever else went wrong (it is hashed whole even when `out` stops
+/// taking bytes: a full scratch disk is no corrupt backup).
+pub fn read_stored(
+    path: &Path,
+    expected: &StoredFile,
+    progress: Arc<AtomicU64>,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut reader = HashingReader::new(io::BufReader::new(file), progress);
+    let copied = zstd::stream::copy_decode(&mut reader, &mut *out).and_then(|()| out.flush());
+    if copied.is_err() {
+        let _ = io::copy(&mut reader, &mut io::sink());
+    }
+    let (bytes, sha) = reader.finish();
+    if sha != expected.sha256 || bytes != expected.bytes {
+        return Err(format!(
+            "{} is corrupt: {bytes} bytes with SHA-256 {sha}, the manifest says {} bytes with {}",
+            path.display(),
+            expected.bytes,
+            expected.sha256
+        ));
+    }
+    copied.map_err(|e| format!("cannot decompress {} into its reader: {e}", path.display()))
+}
+
+/// Fsyncs a directory, so the names in it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), String> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("syncing {}: {e}", dir.display()))
 }
 
 /// Hashes and counts every byte written through it into `inner`, and
@@ -202,12 +375,10 @@ mod tests {
         assert_eq!(r.finish(), (12, sha));
     }
 
-    #[test]
-    fn a_manifest_is_written_whole_and_read_back() {
-        let d = tempfile::tempdir().unwrap();
-        let m = Manifest {
+    fn manifest(id: &str) -> Manifest {
+        Manifest {
             format: 1,
-            id: "b1".into(),
+            id: id.into(),
             cluster: "main".into(),
             host: "db2".into(),
             server_id: 2,
@@ -216,6 +387,9 @@ mod tests {
             server_version: "10.11".into(),
             method: "physical".into(),
             parent: None,
+            lsn_from: 0,
+            lsn_to: 500,
+            tables: 0,
             start_gtid: "0-1-5".into(),
             end_gtid: "0-1-7".into(),
             binlog_file: "bin.000001".into(),
@@ -230,8 +404,60 @@ mod tests {
             tool: "mariadb-backup 10.11".into(),
             started_at_unix_ms: 1,
             finished_at_unix_ms: 2,
-        };
+        }
+    }
+
+    #[test]
+    fn a_manifest_is_written_whole_and_read_back() {
+        let d = tempfile::tempdir().unwrap();
+        let m = manifest("b1");
         m.write(d.path()).unwrap();
         assert_eq!(Manifest::read(d.path()).unwrap(), m);
+    }
+
+    #[test]
+    fn an_incremental_chain_is_resolved_oldest_first_and_every_link_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let put = |m: &Manifest| {
+            let dir = d.path().join(&m.id);
+            std::fs::create_dir_all(&dir).unwrap();
+            m.write(&dir).unwrap();
+            dir
+        };
+        put(&manifest("full"));
+        let inc1 = Manifest {
+            parent: Some("full".into()),
+            lsn_from: 500,
+            lsn_to: 700,
+            ..manifest("inc1")
+        };
+        put(&inc1);
+        let inc2 = put(&Manifest {
+            parent: Some("inc1".into()),
+            lsn_from: 700,
+            lsn_to: 900,
+            ..manifest("inc2")
+        });
+        let ids: Vec<String> = chain(&inc2)
+            .unwrap()
+            .into_iter()
+            .map(|(_, m)| m.id)
+            .collect();
+        assert_eq!(ids, ["full", "inc1", "inc2"]);
+        // a gap in the LSNs
+        let bad = put(&Manifest {
+            parent: Some("inc1".into()),
+            lsn_from: 650,
+            ..manifest("bad")
+        });
+        let e = chain(&bad).unwrap_err();
+        assert!(e.contains("does not continue its parent inc1"), "{e}");
+        // a parent gone from the repository
+        std::fs::remove_dir_all(d.path().join("full")).unwrap();
+        let e = chain(&inc2).unwrap_err();
+        assert!(
+            e.contains("inc1 is built on full, which is not usable"),
+            "{e}"
+        );
     }
 }

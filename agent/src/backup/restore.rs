@@ -3,8 +3,9 @@
 //!
 //! Everything that can fail without touching the running server happens
 //! first: the binlogs a point-in-time target needs are found and fetched
-//! through their checksums, and the backup is unpacked and prepared next
-//! to the data directory. Only then is mysqld shut down, the data
+//! through their checksums, and the backup is made a data directory next
+//! to the current one (unpacked and prepared with its increments, or a
+//! dump loaded into a new server). Only then is mysqld shut down, the data
 //! directory swapped (the old one kept aside until the restored server
 //! runs), and mysqld started with the operator's `start_command`. The
 //! restored server starts a new binlog history (`RESET MASTER`), takes the
@@ -26,8 +27,7 @@ use mysql_async::prelude::Queryable;
 use tracing::info;
 
 use super::repo::{HashingReader, Manifest, tail};
-use super::tools;
-use super::verify::unpack_and_prepare;
+use super::{datadir, tools};
 use crate::binlog_archive::events;
 use crate::binlog_archive::store::{self, Target};
 use crate::mysql::observer::{self, MysqlTarget};
@@ -86,18 +86,19 @@ struct Facts {
     datadir: PathBuf,
     pid_file: PathBuf,
     version: String,
+    page_size: u64,
 }
 
 async fn facts(t: &MysqlTarget) -> Result<Facts, String> {
     let limit = t.connect_timeout + t.query_timeout;
     tokio::time::timeout(limit, async {
         let (mut conn, _) = observer::connect(t).await?;
-        let row: Option<(String, String, String, u8)> = conn
-            .query_first("SELECT @@datadir, @@pid_file, @@version, @@read_only")
+        let row: Option<(String, String, String, u8, u64)> = conn
+            .query_first("SELECT @@datadir, @@pid_file, @@version, @@read_only, @@innodb_page_size")
             .await
             .map_err(|e| e.to_string())?;
         let _ = conn.disconnect().await;
-        let (datadir, pid_file, version, read_only) = row.ok_or("no answer")?;
+        let (datadir, pid_file, version, read_only, page_size) = row.ok_or("no answer")?;
         if read_only == 0 {
             return Err(
                 "mysqld here is writable: a primary is never restored over (switch over first)"
@@ -114,6 +115,7 @@ async fn facts(t: &MysqlTarget) -> Result<Facts, String> {
             datadir,
             pid_file,
             version,
+            page_size,
         })
     })
     .await
@@ -380,12 +382,7 @@ pub async fn restore(
 ) -> Result<String, String> {
     let started = Instant::now();
     let f = facts(&r.target).await?;
-    let manifest = Manifest::read(&r.backup_dir).map_err(|e| {
-        format!(
-            "{} is not a usable backup: no readable manifest ({e})",
-            r.backup_dir.display()
-        )
-    })?;
+    let manifest = Manifest::read_usable(&r.backup_dir)?;
     if major_minor(&manifest.server_version) != major_minor(&f.version) {
         return Err(format!(
             "the backup is of {} and this server runs {}: restore onto the same major version",
@@ -430,21 +427,18 @@ pub async fn restore(
         }
         None => None,
     };
-    // 2. the backup, unpacked and prepared beside the data directory
+    // 2. the backup, made a data directory beside the current one
     let staging = Restore::staging(&f.datadir, &r.job_id);
     note_staging(&staging)?;
     let _ = std::fs::remove_dir_all(&staging);
-    {
-        let (backup, staging, work, progress) = (
-            r.backup_dir.clone(),
-            staging.clone(),
-            r.work.clone(),
-            r.progress.clone(),
-        );
-        tokio::task::spawn_blocking(move || unpack_and_prepare(&backup, &staging, &work, progress))
-            .await
-            .map_err(|e| format!("unpack task: {e}"))??;
-    }
+    datadir::build(datadir::Build {
+        backup_dir: r.backup_dir.clone(),
+        data: staging.clone(),
+        work: r.work.clone(),
+        server_options: vec![format!("--innodb-page-size={}", f.page_size)],
+        progress: r.progress.clone(),
+    })
+    .await?;
     chown_tree(&staging, datadir_meta.uid(), datadir_meta.gid())
         .and_then(|()| {
             std::fs::set_permissions(

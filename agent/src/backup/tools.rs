@@ -11,7 +11,7 @@ const EXTRA_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/usr/local/bin"];
 fn package_of(name: &str) -> &'static str {
     match name {
         "mariadb-backup" | "mbstream" => "mariadb-backup",
-        "mariadbd" => "mariadb-server",
+        "mariadbd" | "mariadb-install-db" => "mariadb-server",
         _ => "mariadb-client",
     }
 }

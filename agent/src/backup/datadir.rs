@@ -1,0 +1,133 @@
+//! Turning a backup into a data directory mysqld can start on, for a
+//! restore and for a verification alike. A physical backup is unpacked
+//! through its checksum and prepared, an incremental one on top of its
+//! full backup and every incremental in between; a logical one is loaded
+//! into a new server. Either way the result must be at the GTID its
+//! manifest names.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use super::repo::{Manifest, chain, read_stored, tail};
+use super::{logical, tools};
+
+/// What building a data directory needs.
+pub struct Build {
+    /// The backup's directory in the repository.
+    pub backup_dir: PathBuf,
+    /// The data directory to create.
+    pub data: PathBuf,
+    /// A directory of the job's own for logs and unpacked increments.
+    pub work: PathBuf,
+    /// Server options the target needs when a new server is initialised
+    /// for a logical backup (its InnoDB page size).
+    pub server_options: Vec<String>,
+    /// Bytes read from the repository so far.
+    pub progress: Arc<AtomicU64>,
+}
+
+/// Builds the data directory; returns the backup's manifest.
+pub async fn build(b: Build) -> Result<Manifest, String> {
+    let m = Manifest::read_usable(&b.backup_dir)?;
+    std::fs::create_dir_all(&b.work)
+        .map_err(|e| format!("cannot create {}: {e}", b.work.display()))?;
+    if m.method == "logical" {
+        logical::load(
+            &b.backup_dir,
+            &m,
+            &b.data,
+            &b.work,
+            b.server_options,
+            b.progress,
+        )
+        .await?;
+        return Ok(m);
+    }
+    tokio::task::spawn_blocking(move || {
+        let links = chain(&b.backup_dir)?;
+        let (full_dir, full) = &links[0];
+        unpack(full_dir, full, &b.data, b.progress.clone())?;
+        prepare(&b.data, None, &b.work)?;
+        for (dir, inc) in &links[1..] {
+            let delta = b.work.join(format!("incremental-{}", inc.id));
+            let _ = std::fs::remove_dir_all(&delta);
+            unpack(dir, inc, &delta, b.progress.clone())?;
+            prepare(&b.data, Some(&delta), &b.work)?;
+            let _ = std::fs::remove_dir_all(&delta);
+        }
+        let info =
+            std::fs::read_to_string(b.data.join("xtrabackup_binlog_info")).unwrap_or_default();
+        let gtid = info.split_whitespace().nth(2).unwrap_or_default();
+        if gtid != m.end_gtid {
+            return Err(format!(
+                "the restored data is at GTID {gtid:?}, the manifest says {:?}",
+                m.end_gtid
+            ));
+        }
+        Ok(m)
+    })
+    .await
+    .map_err(|e| format!("restore task: {e}"))?
+}
+
+/// Unpacks one physical backup's stream into `into` (created).
+fn unpack(dir: &Path, m: &Manifest, into: &Path, progress: Arc<AtomicU64>) -> Result<(), String> {
+    let stored = m.data_file()?;
+    std::fs::create_dir_all(into).map_err(|e| format!("cannot create {}: {e}", into.display()))?;
+    let mbstream = tools::find("mbstream")?;
+    let mut child = Command::new(&mbstream)
+        .arg("-x")
+        .arg("-C")
+        .arg(into)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", mbstream.display()))?;
+    let fed = {
+        let mut stdin = child.stdin.take().expect("piped");
+        read_stored(&dir.join(&stored.name), stored, progress, &mut stdin)
+    };
+    let status = child.wait().map_err(|e| format!("mbstream: {e}"))?;
+    if let Err(e) = fed
+        && (e.contains("is corrupt") || status.success())
+    {
+        return Err(e);
+    }
+    if !status.success() {
+        return Err(format!(
+            "mbstream could not unpack the stream of {} ({status})",
+            m.id
+        ));
+    }
+    Ok(())
+}
+
+/// `mariadb-backup --prepare` of `data`, applying `delta` (an unpacked
+/// incremental backup) when given.
+fn prepare(data: &Path, delta: Option<&Path>, work: &Path) -> Result<(), String> {
+    let tool = tools::find("mariadb-backup")?;
+    let log = work.join("prepare.log");
+    let out = File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let mut cmd = Command::new(&tool);
+    cmd.arg("--prepare")
+        .arg(format!("--target-dir={}", data.display()));
+    if let Some(d) = delta {
+        cmd.arg(format!("--incremental-dir={}", d.display()));
+    }
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(out)
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+    if !status.success() {
+        return Err(format!(
+            "mariadb-backup --prepare failed ({status}): {}",
+            tail(&log, 3)
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! A private mysqld on a directory of the agent's: verification checks a
+//! restored backup with one, and a logical backup is loaded into one to
+//! become a data directory. It listens only on a Unix socket in a
+//! directory of mode 0700, never on the network, and is killed when
+//! dropped.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mysql_async::{Conn, OptsBuilder};
+
+use super::repo::tail;
+use super::tools;
+
+/// How long a scratch server may take to start and to stop.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How to start a scratch server.
+pub struct ScratchOptions {
+    /// The option file the data needs (a physical backup's
+    /// `backup-my.cnf`, which carries the source's InnoDB layout); `None`:
+    /// no option file at all.
+    pub defaults_file: Option<PathBuf>,
+    /// Without grant tables anyone on the socket is root: for checking a
+    /// restored server, whose accounts are the source's.
+    pub skip_grant_tables: bool,
+    /// More server options (e.g. `--innodb-page-size`).
+    pub extra: Vec<String>,
+}
+
+/// A running scratch mysqld on `data`.
+pub struct ScratchServer {
+    child: Child,
+    /// The socket's private directory.
+    socket_dir: PathBuf,
+    socket: PathBuf,
+    error_log: PathBuf,
+}
+
+impl Drop for ScratchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
+    }
+}
+
+/// Whether the agent runs as root (then mysqld must be told it may).
+fn as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Creates the system tables of a new server in `data`, with a
+/// password-less `root@localhost` (reachable only through the scratch
+/// server's private socket, and dropped before the data is used).
+pub fn install_db(data: &Path, extra: &[String], log: &Path) -> Result<(), String> {
+    let tool = tools::find("mariadb-install-db")?;
+    std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    let out =
+        std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let mut cmd = Command::new(&tool);
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .arg("--auth-root-authentication-method=normal")
+        .arg("--skip-test-db")
+        .args(extra);
+    if as_root() {
+        cmd.arg("--user=root");
+    }
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().map_err(|e| e.to_string())?)
+        .stderr(out)
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+    if !status.success() {
+        return Err(format!(
+            "mariadb-install-db failed ({status}): {}",
+            tail(log, 3)
+        ));
+    }
+    Ok(())
+}
+
+impl ScratchServer {
+    /// Starts mysqld on `data`; its pid file and error log go into `dir`.
+    pub fn start(data: &Path, dir: &Path, o: &ScratchOptions) -> Result<ScratchServer, String> {
+        let mysqld = tools::find("mariadbd")?;
+        // A Unix socket path must stay under 108 bytes; scratch paths can
+        // be longer.
+        let socket_dir = std::env::temp_dir().join(format!(
+            "dbfleet-scratch-{}-{}",
+            std::process::id(),
+            dbfleet_common::clock::unix_ms()
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&socket_dir)
+            .map_err(|e| format!("cannot create {}: {e}", socket_dir.display()))?;
+        let socket = socket_dir.join("mysqld.sock");
+        let error_log = dir.join("mysqld.err");
+        let mut cmd = Command::new(&mysqld);
+        match &o.defaults_file {
+            Some(f) => cmd.arg(format!("--defaults-file={}", f.display())),
+            None => cmd.arg("--no-defaults"),
+        };
+        cmd.arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", error_log.display()))
+            .arg("--skip-networking")
+            .arg("--skip-log-bin")
+            .arg("--skip-slave-start")
+            .arg("--innodb-buffer-pool-size=256M")
+            .args(&o.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if o.skip_grant_tables {
+            cmd.arg("--skip-grant-tables");
+        }
+        if as_root() {
+            cmd.arg("--user=root");
+        }
+        let child = cmd.spawn().map_err(|e| {
+            let _ = std::fs::remove_dir_all(&socket_dir);
+            format!("cannot run {}: {e}", mysqld.display())
+        })?;
+        Ok(ScratchServer {
+            child,
+            socket_dir,
+            socket,
+            error_log,
+        })
+    }
+
+    /// The server's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A connection as `user` (no password), once the server accepts one.
+    pub async fn connect(&mut self, user: &str) -> Result<Conn, String> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "the scratch server would not start ({status}): {}",
+                    tail(&self.error_log, 3)
+                ));
+            }
+            if self.socket.exists() {
+                let opts = OptsBuilder::default()
+                    .socket(Some(self.socket.to_string_lossy().into_owned()))
+                    .user(Some(user))
+                    .prefer_socket(true);
+                match Conn::new(opts).await {
+                    Ok(c) => return Ok(c),
+                    Err(mysql_async::Error::Server(e)) => {
+                        return Err(format!("the scratch server refused {user}: {e}"));
+                    }
+                    Err(_) => {}
+                }
+            }
+            if started.elapsed() > TIMEOUT {
+                return Err(format!(
+                    "the scratch server did not accept connections within {TIMEOUT:?}: {}",
+                    tail(&self.error_log, 3)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Shuts the server down cleanly (SIGTERM), so its data directory can
+    /// be used by another server, and waits for it.
+    pub async fn stop(mut self) -> Result<(), String> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let started = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    return Err(format!(
+                        "the scratch server did not shut down cleanly ({status}): {}",
+                        tail(&self.error_log, 3)
+                    ));
+                }
+                Ok(None) if started.elapsed() < TIMEOUT => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ => {
+                    return Err(format!(
+                        "the scratch server did not stop within {TIMEOUT:?}"
+                    ));
+                }
+            }
+        }
+    }
+}

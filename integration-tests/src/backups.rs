@@ -1,0 +1,82 @@
+//! Helpers of the backup and restore tests: reading a table row for row,
+//! taking a backup through the CLI, and waiting for the binlog archive.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mysql_async::prelude::Queryable;
+use serde_json::Value;
+
+use crate::{PATIENCE, TestFleet};
+
+/// Takes a backup through the CLI with `extra` arguments and waits for it;
+/// panics unless it completed. Returns its catalog entry.
+pub fn backup(fleet: &TestFleet, extra: &[&str]) -> Value {
+    let mut args = vec!["backup", "run", "--cluster", "main"];
+    args.extend(extra);
+    let (ok, b) = fleet.cli_json(&args);
+    assert!(ok, "{b}");
+    assert_eq!(b["status"], "completed", "{b}");
+    b
+}
+
+/// Every row of `table` on `host`, by id.
+pub async fn rows(fleet: &TestFleet, host: &str, table: &str) -> BTreeMap<u64, String> {
+    let s = fleet.server(host).expect("host");
+    let mut c = mysql_async::Conn::new(s.tcp_opts(
+        dbfleet_cli::sandbox::mariadb::AGENT_USER,
+        &fleet.credentials.agent,
+    ))
+    .await
+    .expect("connect");
+    let r: Vec<(u64, String)> = c
+        .query(format!("SELECT id, note FROM {table}"))
+        .await
+        .expect("read the table");
+    let _ = c.disconnect().await;
+    r.into_iter().collect()
+}
+
+/// Now, Unix ms, on this machine's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+/// Waits until an archive stream of `host` had caught up with its server
+/// at a check made after `after_ms`.
+pub async fn wait_archived(fleet: &TestFleet, host: &str, after_ms: i64) {
+    let dir = fleet.dir.join("backups/main/binlogs");
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let caught_up = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{host}-"))
+            })
+            .any(|e| {
+                std::fs::read(e.path().join("head.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .is_some_and(|h| {
+                        h["checked_at_unix_ms"].as_i64().unwrap_or(0) > after_ms
+                            && h["file"] == h["server_file"]
+                            && h["position"] == h["server_position"]
+                    })
+            });
+        if caught_up {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "no binlog archive caught up after {after_ms}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
