@@ -660,6 +660,39 @@ impl Jobs {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
+    /// Removes backup `id` from the repository (retention): its manifest
+    /// first, so a deletion cut short leaves no usable-looking backup.
+    /// Refused while a job of this agent uses it.
+    pub fn delete_backup(&self, id: &str) -> Result<String, ControlError> {
+        valid_id(id)?;
+        let cfg = self.config()?;
+        if let Some(e) = self
+            .lock()
+            .iter()
+            .find(|e| e.job.state == RUNNING && e.job.id.contains(id))
+        {
+            return Err(ControlError::Busy(format!(
+                "{} {} uses backup {id}",
+                e.job.kind, e.job.id
+            )));
+        }
+        let dir = backup_dir(&cfg.repository, &self.cluster, id);
+        if !dir.exists() {
+            return Ok(format!("backup {id} is not in the repository"));
+        }
+        let gone = std::fs::remove_file(dir.join(repo::MANIFEST_FILE))
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+            .and_then(|()| std::fs::remove_dir_all(&dir));
+        gone.map_err(|e| {
+            ControlError::Repository(format!("cannot delete {}: {e}", dir.display()))
+        })?;
+        info!(backup = id, "backup deleted from the repository");
+        Ok(format!("backup {id} deleted"))
+    }
+
     /// Starts verifying backup `backup_id` as job `job_id`.
     pub fn start_verify(
         self: &Arc<Self>,

@@ -68,6 +68,7 @@ fn control_status(e: ControlError) -> Status {
         )),
         ControlError::Timeout(m) => Status::deadline_exceeded(m),
         ControlError::Busy(m) => Status::resource_exhausted(m),
+        ControlError::Repository(m) => Status::unavailable(m),
     }
 }
 
@@ -135,6 +136,11 @@ async fn run_command(
             state: None,
             fenced: None,
             detail: jobs.start_backup(&b.id, &b.method, &b.parent)?,
+        },
+        Command::DeleteBackup(d) => Outcome {
+            state: None,
+            fenced: None,
+            detail: jobs.delete_backup(&d.id)?,
         },
         Command::StartVerify(v) => Outcome {
             state: None,
@@ -260,6 +266,7 @@ fn command_name(c: &pb::command_request::Command) -> &'static str {
         Command::StartBackup(_) => "start-backup",
         Command::StartVerify(_) => "start-verify",
         Command::StartRestore(_) => "start-restore",
+        Command::DeleteBackup(_) => "delete-backup",
     }
 }
 

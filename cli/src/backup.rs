@@ -94,6 +94,66 @@ pub fn restore_text(r: &pb::RestoreView) -> String {
     s
 }
 
+/// A schedule interval or age: a duration (`30s`, `6h`, `7d`) or `off`.
+pub fn parse_every(text: &str) -> Result<u64, String> {
+    if matches!(text, "off" | "0") {
+        return Ok(0);
+    }
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration ({e}); give e.g. 30s, 6h, 7d, or off"))?;
+    if d.as_secs() == 0 {
+        return Err(format!(
+            "{text:?} is under a second; give at least 1s, or off"
+        ));
+    }
+    Ok(d.as_secs())
+}
+
+/// A backup policy as JSON.
+pub fn policy_json(p: &pb::BackupPolicy) -> Value {
+    json!({
+        "cluster": p.cluster, "full_every_secs": p.full_every_secs,
+        "incremental_every_secs": p.incremental_every_secs,
+        "logical_every_secs": p.logical_every_secs, "keep_full": p.keep_full,
+        "keep_logical": p.keep_logical, "max_age_secs": p.max_age_secs, "verify": p.verify,
+        "set_at_unix_ms": p.set_at_unix_ms,
+    })
+}
+
+/// A backup policy in words.
+pub fn policy_text(p: &pb::BackupPolicy) -> String {
+    let every = |s: u64| {
+        if s == 0 {
+            "off".to_string()
+        } else {
+            humantime::format_duration(std::time::Duration::from_secs(s)).to_string()
+        }
+    };
+    let count = |n: u32| {
+        if n == 0 {
+            "-".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    format!(
+        "backups of {}:\n  full every {}, incremental every {}, logical every {}\n  \
+         keep: {} full, {} logical, all younger than {}\n  verify each: {}\n",
+        p.cluster,
+        every(p.full_every_secs),
+        every(p.incremental_every_secs),
+        every(p.logical_every_secs),
+        count(p.keep_full),
+        count(p.keep_logical),
+        if p.max_age_secs == 0 {
+            "-".to_string()
+        } else {
+            every(p.max_age_secs)
+        },
+        if p.verify { "yes" } else { "no" }
+    )
+}
+
 /// `--to-time`: RFC 3339 (`2026-11-21T10:00:00Z`) or Unix seconds.
 pub fn parse_time(text: &str) -> Result<i64, String> {
     if let Ok(n) = text.parse::<i64>() {

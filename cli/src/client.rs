@@ -412,6 +412,33 @@ impl Client {
         .await
     }
 
+    /// A cluster's backup policy.
+    pub async fn get_backup_policy(&self, cluster: &str) -> Result<pb::BackupPolicy, ClientError> {
+        let req = pb::GetBackupPolicyRequest {
+            cluster: cluster.to_string(),
+        };
+        self.read(|mut c| {
+            let req = req.clone();
+            async move { c.get_backup_policy(req).await }
+        })
+        .await
+    }
+
+    /// Sets a cluster's backup policy.
+    pub async fn set_backup_policy(
+        &self,
+        policy: pb::BackupPolicy,
+    ) -> Result<pb::BackupPolicy, ClientError> {
+        let req = pb::SetBackupPolicyRequest {
+            policy: Some(policy),
+        };
+        self.write(WRITE_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.set_backup_policy(req).await }
+        })
+        .await
+    }
+
     /// One backup.
     pub async fn get_backup(&self, id: &str) -> Result<pb::BackupView, ClientError> {
         let req = pb::GetBackupRequest { id: id.to_string() };

@@ -239,6 +239,35 @@ enum BackupCommand {
         #[arg(long)]
         detach: bool,
     },
+    /// Show a cluster's backup schedule and retention, or change the
+    /// settings given (durations like 30s, 6h, 7d; "off" turns one off).
+    Schedule {
+        /// Cluster.
+        #[arg(long)]
+        cluster: String,
+        /// Take a full physical backup this often.
+        #[arg(long, value_parser = backup::parse_every)]
+        full: Option<u64>,
+        /// Take an incremental physical backup this often.
+        #[arg(long, value_parser = backup::parse_every)]
+        incremental: Option<u64>,
+        /// Take a logical backup this often.
+        #[arg(long, value_parser = backup::parse_every)]
+        logical: Option<u64>,
+        /// Keep at least this many full backups, each with its
+        /// incrementals (0: no count).
+        #[arg(long)]
+        keep_full: Option<u32>,
+        /// Keep at least this many logical backups (0: no count).
+        #[arg(long)]
+        keep_logical: Option<u32>,
+        /// Keep every backup younger than this.
+        #[arg(long, value_parser = backup::parse_every)]
+        max_age: Option<u64>,
+        /// Verify every backup once it completed (true or false).
+        #[arg(long)]
+        verify: Option<bool>,
+    },
     /// Restore a backup into a scratch server, check it, and record the
     /// result; waits for it.
     Verify {
@@ -438,6 +467,40 @@ async fn backup_command(
             }
             if r.status == "failed" {
                 std::process::exit(1);
+            }
+        }
+        BackupCommand::Schedule {
+            cluster,
+            full,
+            incremental,
+            logical,
+            keep_full,
+            keep_logical,
+            max_age,
+            verify,
+        } => {
+            let mut p = client.get_backup_policy(&cluster).await?;
+            let before = p.clone();
+            p.full_every_secs = full.unwrap_or(p.full_every_secs);
+            p.incremental_every_secs = incremental.unwrap_or(p.incremental_every_secs);
+            p.logical_every_secs = logical.unwrap_or(p.logical_every_secs);
+            p.keep_full = keep_full.unwrap_or(p.keep_full);
+            p.keep_logical = keep_logical.unwrap_or(p.keep_logical);
+            p.max_age_secs = max_age.unwrap_or(p.max_age_secs);
+            p.verify = verify.unwrap_or(p.verify);
+            let any_given = full.is_some()
+                || incremental.is_some()
+                || logical.is_some()
+                || keep_full.is_some()
+                || keep_logical.is_some()
+                || max_age.is_some()
+                || verify.is_some();
+            if any_given && p != before {
+                p = client.set_backup_policy(p).await?;
+            }
+            match output {
+                Output::Json => print_json(&backup::policy_json(&p))?,
+                Output::Table => print!("{}", backup::policy_text(&p)),
             }
         }
         BackupCommand::Verify { id, host } => {

@@ -20,14 +20,18 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod automatic;
 pub mod restore;
+pub mod schedule;
 
 use crate::error::ServiceError;
 use crate::fleet::{Fleet, MemberState};
 use crate::ha::voters::VoterClients;
 
-/// "running", "completed", "failed".
+/// "running", "completed", "failed", and "deleting" while retention
+/// removes it.
 const RUNNING: &str = "running";
+const DELETING: &str = "deleting";
 /// How long an agent may take to accept a job.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -187,12 +191,18 @@ pub(crate) fn choose_host(members: &[MemberState]) -> Result<String, String> {
 pub struct Backups {
     fleet: Arc<Fleet>,
     clients: Arc<VoterClients>,
+    /// When an automatic start was last refused, by cluster and kind.
+    tried: std::sync::Mutex<BTreeMap<String, i64>>,
 }
 
 impl Backups {
     /// The backup machinery of one coordinator.
     pub fn new(fleet: Arc<Fleet>, clients: Arc<VoterClients>) -> Arc<Backups> {
-        Arc::new(Backups { fleet, clients })
+        Arc::new(Backups {
+            fleet,
+            clients,
+            tried: Default::default(),
+        })
     }
 
     async fn command(
@@ -442,6 +452,7 @@ impl Backups {
             // Restores and backups are apart in the record: ending a
             // restore leaves `rec.backups` as read.
             self.follow_restores(&cluster, &epoch, &rec).await;
+            self.follow_policy(&cluster, &epoch, &rec).await;
             if !rec
                 .backups
                 .values()

@@ -20,7 +20,8 @@ pub fn policy(path: &str) -> Option<&'static [Role]> {
         | "/dbfleet.v1.AdminService/ListEvents"
         | "/dbfleet.v1.AdminService/ListBackups"
         | "/dbfleet.v1.AdminService/GetBackup"
-        | "/dbfleet.v1.AdminService/GetRestore" => Some(READERS),
+        | "/dbfleet.v1.AdminService/GetRestore"
+        | "/dbfleet.v1.AdminService/GetBackupPolicy" => Some(READERS),
         "/dbfleet.v1.AdminService/SetClusterPolicy"
         | "/dbfleet.v1.AdminService/ForgetAgent"
         | "/dbfleet.v1.AdminService/SetVoters"
@@ -33,7 +34,8 @@ pub fn policy(path: &str) -> Option<&'static [Role]> {
         | "/dbfleet.v1.AdminService/Acknowledge"
         | "/dbfleet.v1.AdminService/RunBackup"
         | "/dbfleet.v1.AdminService/VerifyBackup"
-        | "/dbfleet.v1.AdminService/RestoreBackup" => Some(&[Role::Operator]),
+        | "/dbfleet.v1.AdminService/RestoreBackup"
+        | "/dbfleet.v1.AdminService/SetBackupPolicy" => Some(&[Role::Operator]),
         "/dbfleet.v1.PeerService/Replicate" => Some(&[Role::Coordinator]),
         _ => None,
     }

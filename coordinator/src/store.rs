@@ -55,6 +55,9 @@ pub struct ClusterRecord {
     /// Restores, by job id.
     #[serde(default)]
     pub restores: std::collections::BTreeMap<String, crate::backup::restore::RestoreRecord>,
+    /// When backups are taken, verified and deleted.
+    #[serde(default)]
+    pub backup_policy: crate::backup::schedule::BackupPolicy,
 }
 
 impl ClusterRecord {
@@ -67,6 +70,7 @@ impl ClusterRecord {
             control: ClusterControl::default(),
             backups: Default::default(),
             restores: Default::default(),
+            backup_policy: Default::default(),
         }
     }
 }

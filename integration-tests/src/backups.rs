@@ -2,6 +2,7 @@
 //! taking a backup through the CLI, and waiting for the binlog archive.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mysql_async::prelude::Queryable;
@@ -78,5 +79,32 @@ pub async fn wait_archived(fleet: &TestFleet, host: &str, after_ms: i64) {
             "no binlog archive caught up after {after_ms}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A 256 KiB tmpfs over `dir`, unmounted when dropped.
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts it (tests run as root).
+    pub fn mount(dir: &Path) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount (tests run as root)");
+        assert!(
+            out.status.success(),
+            "mount a small tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }

@@ -3,9 +3,10 @@
 //! and verified by restoring into a scratch mariadbd. Faults: an agent
 //! killed mid-backup, a full repository, a corrupted stored file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use dbfleet_integration_tests::backups::SmallDisk;
 use dbfleet_integration_tests::workload::Writer;
 use dbfleet_integration_tests::{PATIENCE, TestFleet, sole_active};
 use serde_json::Value;
@@ -144,32 +145,6 @@ async fn an_agent_killed_mid_backup_leaves_no_usable_looking_backup() {
         "{err}"
     );
     writer.stop().await;
-}
-
-/// A 256 KiB tmpfs over `dir`, unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &Path) -> SmallDisk {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("run mount (tests run as root)");
-        assert!(
-            out.status.success(),
-            "mount a small tmpfs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk(dir.to_path_buf())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[tokio::test]

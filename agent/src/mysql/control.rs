@@ -45,6 +45,9 @@ pub enum ControlError {
     /// Another heavy job runs on this host.
     #[error("{0}")]
     Busy(String),
+    /// The backup repository could not be changed.
+    #[error("{0}")]
+    Repository(String),
 }
 
 /// How a fence made the server unable to commit.

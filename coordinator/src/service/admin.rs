@@ -70,6 +70,26 @@ impl AdminService for AdminApi {
         ))
     }
 
+    async fn set_backup_policy(
+        &self,
+        request: Request<pb::SetBackupPolicyRequest>,
+    ) -> Result<Response<pb::BackupPolicy>, Status> {
+        let policy = request
+            .into_inner()
+            .policy
+            .ok_or_else(|| Status::invalid_argument("no policy given"))?;
+        Ok(Response::new(self.backups.set_policy(policy).await?))
+    }
+
+    async fn get_backup_policy(
+        &self,
+        request: Request<pb::GetBackupPolicyRequest>,
+    ) -> Result<Response<pb::BackupPolicy>, Status> {
+        Ok(Response::new(
+            self.backups.get_policy(&request.into_inner().cluster)?,
+        ))
+    }
+
     async fn get_restore(
         &self,
         request: Request<pb::GetRestoreRequest>,

@@ -233,6 +233,10 @@ impl Controls {
     }
 }
 
+/// An archive further behind its server than this is a problem: the RPO
+/// of a lost host.
+const ARCHIVE_LAG_PROBLEM_MS: u64 = 60_000;
+
 /// Adds what desired state knows to a derived view: each member's rule,
 /// fence and rebuild mark, and the problems an operator must act on.
 pub(crate) fn decorate(view: &mut pb::ClusterView, rec: &ClusterRecord) {
@@ -266,6 +270,28 @@ pub(crate) fn decorate(view: &mut pb::ClusterView, rec: &ClusterRecord) {
                 ),
             ));
         }
+    }
+    for m in &view.members {
+        if let Some(a) = m
+            .binlog_archive
+            .as_ref()
+            .filter(|a| a.error.is_empty() && a.lag_ms > ARCHIVE_LAG_PROBLEM_MS)
+        {
+            view.problems.push(problem(
+                "binlog-archive-lagging",
+                &m.host,
+                format!(
+                    "the binlog archive of {} is {} s behind its server: transactions since then would be lost with the host",
+                    m.host,
+                    a.lag_ms / 1000
+                ),
+            ));
+        }
+    }
+    let now = dbfleet_common::clock::unix_ms();
+    for (kind, message) in crate::backup::schedule::problems(now, &rec.backup_policy, &rec.backups)
+    {
+        view.problems.push(problem(kind, "", message));
     }
     for (h, why) in &c.detached {
         view.problems.push(problem(

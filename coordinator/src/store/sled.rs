@@ -402,6 +402,7 @@ mod tests {
                 control: Default::default(),
                 backups: Default::default(),
                 restores: Default::default(),
+                backup_policy: Default::default(),
                 name: "main".into(),
                 max_lag_seconds: Some(9),
                 last_primary: Some("db1".into())

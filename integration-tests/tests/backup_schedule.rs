@@ -1,0 +1,139 @@
+//! Backup schedules and retention with real processes: the active
+//! coordinator takes, verifies and deletes backups by a cluster's policy,
+//! set with `dbfleet backup schedule`; failed scheduled backups are
+//! retried and reported as problems.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use dbfleet_integration_tests::backups::SmallDisk;
+use dbfleet_integration_tests::{PATIENCE, TestFleet, sole_active};
+use serde_json::Value;
+
+async fn fleet() -> TestFleet {
+    let fleet = TestFleet::start(2, 1).await;
+    fleet
+        .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
+        .await;
+    fleet
+}
+
+fn listed(fleet: &TestFleet) -> Vec<Value> {
+    let (ok, v) = fleet.cli_json(&["backup", "list", "--cluster", "main"]);
+    assert!(ok, "{v}");
+    v["backups"].as_array().cloned().unwrap_or_default()
+}
+
+fn problems(fleet: &TestFleet) -> Vec<Value> {
+    fleet.status_json()["clusters"][0]["problems"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn schedule(fleet: &TestFleet, args: &[&str]) -> Value {
+    let mut all = vec!["backup", "schedule", "--cluster", "main"];
+    all.extend(args);
+    let (ok, p) = fleet.cli_json(&all);
+    assert!(ok, "{p}");
+    p
+}
+
+/// Polls the catalog until `done` says so, panicking with the last listing
+/// after twice the usual patience (a schedule needs several backups).
+async fn wait_catalog(fleet: &TestFleet, what: &str, mut done: impl FnMut(&[Value]) -> bool) {
+    let give_up = tokio::time::Instant::now() + 2 * PATIENCE;
+    loop {
+        let l = listed(fleet);
+        if done(&l) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "{what}: {l:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_schedule_takes_verifies_and_expires_backups_keeping_the_newest() {
+    let fleet = fleet().await;
+    let p = schedule(&fleet, &[]);
+    assert_eq!(p["full_every_secs"], 0, "no schedule by default: {p}");
+    let p = schedule(
+        &fleet,
+        &["--full", "2s", "--keep-full", "2", "--verify", "true"],
+    );
+    assert_eq!(p["full_every_secs"], 2);
+    assert_eq!(p["keep_full"], 2);
+    assert_eq!(p["verify"], true);
+
+    let repo = fleet.dir.join("backups/main/backups");
+    let mut seen: Vec<String> = Vec::new();
+    wait_catalog(
+        &fleet,
+        "backups taken, verified and the oldest deleted",
+        |l| {
+            for b in l {
+                let id = b["id"].as_str().unwrap_or_default().to_string();
+                if !seen.contains(&id) {
+                    seen.push(id);
+                }
+            }
+            let now: BTreeSet<&str> = l.iter().filter_map(|b| b["id"].as_str()).collect();
+            let first_gone = seen
+                .first()
+                .is_some_and(|f| !now.contains(f.as_str()) && !repo.join(f).exists());
+            seen.len() >= 4 && first_gone && l.iter().any(|b| b["verification"] == "verified")
+        },
+    )
+    .await;
+    let l = listed(&fleet);
+    let kept: Vec<&Value> = l.iter().filter(|b| b["status"] == "completed").collect();
+    assert!(
+        kept.len() <= 3,
+        "two newest full backups, and the newest verified one: {l:?}"
+    );
+    for b in &kept {
+        let id = b["id"].as_str().unwrap();
+        assert!(
+            repo.join(id).join("manifest.json").is_file(),
+            "a listed backup is in the repository: {id}"
+        );
+    }
+    let p = schedule(&fleet, &["--full", "off"]);
+    assert_eq!(p["full_every_secs"], 0);
+    assert_eq!(p["keep_full"], 2, "other settings stay");
+}
+
+#[tokio::test]
+async fn failing_scheduled_backups_are_retried_and_reported() {
+    let fleet = fleet().await;
+    let _disk = SmallDisk::mount(&fleet.dir.join("backups"));
+    schedule(&fleet, &["--full", "1s"]);
+    wait_catalog(&fleet, "two failed attempts", |l| {
+        l.iter().filter(|b| b["status"] == "failed").count() >= 2
+    })
+    .await;
+    assert!(
+        listed(&fleet).iter().all(|b| b["status"] != "completed"),
+        "no failed backup is listed as good"
+    );
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let found = problems(&fleet);
+        let failing = found.iter().any(|p| {
+            p["kind"] == "backup-failing"
+                && p["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("No space left on device"))
+        });
+        let overdue = found.iter().any(|p| p["kind"] == "backup-overdue");
+        if failing && overdue {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "backup-failing and backup-overdue: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
