@@ -118,6 +118,8 @@ struct Marker {
 struct Entry {
     job: pb::Job,
     progress: Arc<AtomicU64>,
+    /// The backup a verification or restore reads.
+    uses: String,
 }
 
 /// A value for a MySQL option file, double-quoted so that `#`, spaces
@@ -269,6 +271,7 @@ impl Jobs {
                     ..job
                 },
                 progress: Arc::new(AtomicU64::new(0)),
+                uses: String::new(),
             });
             let _ = std::fs::remove_file(&path);
         }
@@ -308,6 +311,7 @@ impl Jobs {
         &self,
         id: &str,
         kind: &str,
+        uses: &str,
     ) -> Result<Result<Arc<AtomicU64>, String>, ControlError> {
         let mut list = self.lock();
         if let Some(e) = list.iter().find(|e| e.job.id == id) {
@@ -328,6 +332,7 @@ impl Jobs {
                 ..Default::default()
             },
             progress: progress.clone(),
+            uses: uses.to_string(),
         });
         let finished: Vec<usize> = list
             .iter()
@@ -413,6 +418,7 @@ impl Jobs {
                 list.push(Entry {
                     job: completed_job(id, "backup", "completed earlier", &manifest),
                     progress: Arc::new(AtomicU64::new(0)),
+                    uses: String::new(),
                 });
             }
             return Ok(format!("backup {id} is already completed"));
@@ -423,7 +429,7 @@ impl Jobs {
                 dir.display()
             )));
         }
-        let progress = match self.register(id, "backup")? {
+        let progress = match self.register(id, "backup", "")? {
             Ok(p) => p,
             Err(known) => return Ok(known),
         };
@@ -480,6 +486,11 @@ impl Jobs {
         })?;
         let tool_version = tools::version(&tool)?;
         tools::check_matches(&tool_version, &state.version)?;
+        let ignore_tables = if method == "logical" {
+            self.unkept_system_tables().await?
+        } else {
+            Vec::new()
+        };
         let defaults = self.dir.join(format!("{id}.cnf"));
         self.write_defaults(&defaults)?;
         let tool_tmp = self.scratch.join(format!("{id}.tool"));
@@ -490,7 +501,7 @@ impl Jobs {
                 tool_version,
                 dir: dir.clone(),
                 defaults_file: defaults.clone(),
-                ignore_tables: self.unkept_system_tables().await?,
+                ignore_tables,
                 level: cfg.compression_level,
                 threads: cfg.compression_threads,
                 progress,
@@ -663,13 +674,13 @@ impl Jobs {
     /// Removes backup `id` from the repository (retention): its manifest
     /// first, so a deletion cut short leaves no usable-looking backup.
     /// Refused while a job of this agent uses it.
-    pub fn delete_backup(&self, id: &str) -> Result<String, ControlError> {
+    pub async fn delete_backup(&self, id: &str) -> Result<String, ControlError> {
         valid_id(id)?;
         let cfg = self.config()?;
         if let Some(e) = self
             .lock()
             .iter()
-            .find(|e| e.job.state == RUNNING && e.job.id.contains(id))
+            .find(|e| e.job.state == RUNNING && e.uses == id)
         {
             return Err(ControlError::Busy(format!(
                 "{} {} uses backup {id}",
@@ -680,17 +691,44 @@ impl Jobs {
         if !dir.exists() {
             return Ok(format!("backup {id} is not in the repository"));
         }
-        let gone = std::fs::remove_file(dir.join(repo::MANIFEST_FILE))
-            .or_else(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Ok(()),
-                _ => Err(e),
-            })
-            .and_then(|()| std::fs::remove_dir_all(&dir));
+        let target = dir.clone();
+        let gone = tokio::task::spawn_blocking(move || {
+            std::fs::remove_file(target.join(repo::MANIFEST_FILE))
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                })
+                .and_then(|()| std::fs::remove_dir_all(&target))
+        })
+        .await
+        .map_err(|e| ControlError::Repository(format!("delete task: {e}")))?;
         gone.map_err(|e| {
             ControlError::Repository(format!("cannot delete {}: {e}", dir.display()))
         })?;
         info!(backup = id, "backup deleted from the repository");
         Ok(format!("backup {id} deleted"))
+    }
+
+    /// Deletes the archived binlogs of every stream of the cluster that no
+    /// restore of a backup at or after `keep_from` needs (retention).
+    pub async fn prune_archive(&self, keep_from: &str) -> Result<String, ControlError> {
+        let keep = Position::parse(keep_from).map_err(ControlError::NotConfigured)?;
+        let repository = self.config()?.repository.clone();
+        let cluster = self.cluster.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            crate::binlog_archive::store::prune(&repository, &cluster, &keep)
+        })
+        .await
+        .map_err(|e| ControlError::Repository(format!("prune task: {e}")))?
+        .map_err(|e| ControlError::Repository(format!("cannot prune the binlog archive: {e}")))?;
+        if pruned > 0 {
+            info!(
+                keep_from,
+                chunks = pruned,
+                "archived binlogs no kept backup needs deleted"
+            );
+        }
+        Ok(format!("{pruned} archived binlog chunks deleted"))
     }
 
     /// Starts verifying backup `backup_id` as job `job_id`.
@@ -704,7 +742,7 @@ impl Jobs {
         let cfg = self.config()?.clone();
         let backup = backup_dir(&cfg.repository, &self.cluster, backup_id);
         let scratch = self.scratch.join(job_id);
-        let progress = match self.register(job_id, "verify")? {
+        let progress = match self.register(job_id, "verify", backup_id)? {
             Ok(p) => p,
             Err(known) => return Ok(known),
         };
@@ -760,7 +798,7 @@ impl Jobs {
         })?;
         let backup = backup_dir(&cfg.repository, &self.cluster, backup_id);
         let work = self.scratch.join(job_id);
-        let progress = match self.register(job_id, "restore")? {
+        let progress = match self.register(job_id, "restore", backup_id)? {
             Ok(p) => p,
             Err(known) => return Ok(known),
         };

@@ -137,10 +137,15 @@ async fn run_command(
             fenced: None,
             detail: jobs.start_backup(&b.id, &b.method, &b.parent)?,
         },
+        Command::PruneArchive(p) => Outcome {
+            state: None,
+            fenced: None,
+            detail: jobs.prune_archive(&p.keep_from_gtid).await?,
+        },
         Command::DeleteBackup(d) => Outcome {
             state: None,
             fenced: None,
-            detail: jobs.delete_backup(&d.id)?,
+            detail: jobs.delete_backup(&d.id).await?,
         },
         Command::StartVerify(v) => Outcome {
             state: None,
@@ -267,6 +272,7 @@ fn command_name(c: &pb::command_request::Command) -> &'static str {
         Command::StartVerify(_) => "start-verify",
         Command::StartRestore(_) => "start-restore",
         Command::DeleteBackup(_) => "delete-backup",
+        Command::PruneArchive(_) => "prune-archive",
     }
 }
 

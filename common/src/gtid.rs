@@ -68,6 +68,18 @@ impl Position {
         Position(out)
     }
 
+    /// The nearer of the two in every domain; a domain one of them lacks
+    /// is left out (neither has reached further than nothing in it).
+    pub fn min(&self, other: &Position) -> Position {
+        let mut out = BTreeMap::new();
+        for (d, &(s, n)) in &self.0 {
+            if let Some(&(s2, n2)) = other.0.get(d) {
+                out.insert(*d, if n2 < n { (s2, n2) } else { (s, n) });
+            }
+        }
+        Position(out)
+    }
+
     /// Transactions this server wrote itself beyond what it replicated:
     /// a domain whose binlog position comes from `server_id` and is ahead
     /// of the replication position (`slave`).

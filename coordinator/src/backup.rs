@@ -27,6 +27,7 @@ pub mod schedule;
 use crate::error::ServiceError;
 use crate::fleet::{Fleet, MemberState};
 use crate::ha::voters::VoterClients;
+use crate::store::ClusterRecord;
 
 /// "running", "completed", "failed", and "deleting" while retention
 /// removes it.
@@ -108,12 +109,28 @@ pub(crate) fn incremental_parent(
     rec: &crate::store::ClusterRecord,
     host: Option<&str>,
 ) -> Result<BackupRecord, String> {
+    if let Some(full) = rec
+        .backups
+        .values()
+        .find(|b| b.status == RUNNING && b.method == "physical" && b.parent.is_none())
+    {
+        return Err(format!(
+            "full backup {} is running; the next incremental backup builds on it",
+            full.id
+        ));
+    }
     let parent = rec
         .backups
         .values()
         .filter(|b| b.status == "completed" && b.method == "physical")
         .max_by_key(|b| b.started_at_unix_ms)
         .ok_or("there is no completed physical backup to build on: take a full backup first")?;
+    if parent.verification == "failed" {
+        return Err(format!(
+            "the newest physical backup {} failed its verification: take a full backup",
+            parent.id
+        ));
+    }
     if let Some(h) = host
         && h != parent.host
     {
@@ -143,7 +160,7 @@ fn stamp() -> String {
         .replace(['-', ':'], "")
 }
 
-fn running_job(m: &MemberState) -> Option<String> {
+pub(crate) fn running_job(m: &MemberState) -> Option<String> {
     m.report
         .as_ref()?
         .agent
@@ -193,6 +210,8 @@ pub struct Backups {
     clients: Arc<VoterClients>,
     /// When an automatic start was last refused, by cluster and kind.
     tried: std::sync::Mutex<BTreeMap<String, i64>>,
+    /// The position each cluster's binlog archive was last pruned to.
+    pruned: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl Backups {
@@ -202,6 +221,7 @@ impl Backups {
             fleet,
             clients,
             tried: Default::default(),
+            pruned: Default::default(),
         })
     }
 
@@ -350,22 +370,47 @@ impl Backups {
         }
         let job = format!("verify-{}-{}", b.id, stamp());
         // Intent first, as for a backup: a verification the agent runs is
-        // always one the catalog follows.
-        let before = b.clone();
-        let running = BackupRecord {
-            verification: RUNNING.into(),
-            verification_detail: format!("verifying on {host}"),
-            verify_job: Some((job.clone(), host.clone())),
-            verify_started_at_unix_ms: unix_ms(),
-            ..b
-        };
-        self.put(&cluster, &epoch, running.clone()).await?;
+        // always one the catalog follows. Only the verification fields
+        // change, and only of an entry still completed (retention may be
+        // deleting it).
+        let (id, job2, host2) = (b.id.clone(), job.clone(), host.clone());
+        let running = self
+            .fleet
+            .update_cluster(&cluster, epoch.clone(), move |rec| {
+                let e = rec
+                    .backups
+                    .get_mut(&id)
+                    .filter(|e| e.status == "completed" && e.verify_job.is_none())
+                    .ok_or_else(|| {
+                        ServiceError::Refused(format!(
+                            "backup {id} is no longer completed, or is being verified"
+                        ))
+                    })?;
+                e.verification = RUNNING.into();
+                e.verification_detail = format!("verifying on {host2}");
+                e.verify_job = Some((job2, host2));
+                e.verify_started_at_unix_ms = unix_ms();
+                Ok(e.clone())
+            })
+            .await?;
         let cmd = Command::StartVerify(pb::StartVerify {
-            job_id: job,
+            job_id: job.clone(),
             backup_id: running.id.clone(),
         });
         if let Err(e) = self.command(m, &epoch, cmd).await {
-            self.put(&cluster, &epoch, before).await?;
+            let (id, before) = (b.id.clone(), b);
+            self.fleet
+                .update_cluster(&cluster, epoch.clone(), move |rec| {
+                    if let Some(e) = rec.backups.get_mut(&id)
+                        && e.verify_job.as_ref().is_some_and(|(j, _)| *j == job)
+                    {
+                        e.verification = before.verification;
+                        e.verification_detail = before.verification_detail;
+                        e.verify_job = None;
+                    }
+                    Ok(())
+                })
+                .await?;
             return Err(ServiceError::Refused(e));
         }
         Ok(self.view(&cluster, &running, &members))
@@ -452,15 +497,22 @@ impl Backups {
             // Restores and backups are apart in the record: ending a
             // restore leaves `rec.backups` as read.
             self.follow_restores(&cluster, &epoch, &rec).await;
-            self.follow_policy(&cluster, &epoch, &rec).await;
+            self.follow_jobs(&cluster, &epoch, &rec).await;
+            self.follow_policy(&cluster, &epoch).await;
+        }
+    }
+
+    /// Ends running backups and verifications from the agents' reports.
+    async fn follow_jobs(&self, cluster: &str, epoch: &Epoch, rec: &ClusterRecord) {
+        {
             if !rec
                 .backups
                 .values()
                 .any(|b| b.status == RUNNING || b.verify_job.is_some())
             {
-                continue;
+                return;
             }
-            let members = self.fleet.members(&cluster);
+            let members = self.fleet.members(cluster);
             let now = unix_ms();
             let mut changed: BTreeMap<String, BackupRecord> = BTreeMap::new();
             for b in rec.backups.values() {
@@ -469,8 +521,9 @@ impl Backups {
                 }
             }
             if changed.is_empty() {
-                continue;
+                return;
             }
+            let read = rec.backups.clone();
             for b in changed.values() {
                 if b.status != RUNNING
                     && rec.backups.get(&b.id).is_some_and(|o| o.status == RUNNING)
@@ -483,10 +536,15 @@ impl Backups {
                     );
                 }
             }
+            // only over entries still as they were read
             let r = self
                 .fleet
-                .update_cluster(&cluster, epoch.clone(), move |rec| {
-                    rec.backups.extend(changed);
+                .update_cluster(cluster, epoch.clone(), move |now| {
+                    for (id, n) in changed {
+                        if now.backups.get(&id) == read.get(&id) {
+                            now.backups.insert(id, n);
+                        }
+                    }
                     Ok(())
                 })
                 .await;

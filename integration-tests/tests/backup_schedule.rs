@@ -6,7 +6,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use dbfleet_integration_tests::backups::SmallDisk;
+use dbfleet_integration_tests::backups::{SmallDisk, now_ms, wait_archived};
+use dbfleet_integration_tests::workload::Writer;
 use dbfleet_integration_tests::{PATIENCE, TestFleet, sole_active};
 use serde_json::Value;
 
@@ -53,9 +54,50 @@ async fn wait_catalog(fleet: &TestFleet, what: &str, mut done: impl FnMut(&[Valu
     }
 }
 
+/// Whether any archive stream of `host` still holds binlog `file`.
+fn archived(fleet: &TestFleet, host: &str, file: &str) -> bool {
+    let dir = fleet.dir.join("backups/main/binlogs");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|s| {
+            s.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{host}-"))
+        })
+        .flat_map(|s| std::fs::read_dir(s.path()).into_iter().flatten().flatten())
+        .any(|c| {
+            let name = c.file_name().to_string_lossy().into_owned();
+            name.starts_with(&format!("{file}.")) && name.ends_with(".json")
+        })
+}
+
 #[tokio::test]
 async fn a_schedule_takes_verifies_and_expires_backups_keeping_the_newest() {
     let fleet = fleet().await;
+    let writer = Writer::start(&fleet, "db1").await;
+    // new binlog files on the primary while backups come and go
+    let rotating = {
+        let s = fleet.server("db1").expect("db1").clone();
+        let password = fleet.credentials.agent.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(mut c) = mysql_async::Conn::new(
+                    s.tcp_opts(dbfleet_cli::sandbox::mariadb::AGENT_USER, &password),
+                )
+                .await
+                {
+                    use mysql_async::prelude::Queryable;
+                    let _ = c.query_drop("FLUSH BINARY LOGS").await;
+                    let _ = c.disconnect().await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    wait_archived(&fleet, "db1", now_ms()).await;
+    assert!(archived(&fleet, "db1", "ON.000001"));
     let p = schedule(&fleet, &[]);
     assert_eq!(p["full_every_secs"], 0, "no schedule by default: {p}");
     let p = schedule(
@@ -82,10 +124,14 @@ async fn a_schedule_takes_verifies_and_expires_backups_keeping_the_newest() {
             let first_gone = seen
                 .first()
                 .is_some_and(|f| !now.contains(f.as_str()) && !repo.join(f).exists());
-            seen.len() >= 4 && first_gone && l.iter().any(|b| b["verification"] == "verified")
+            seen.len() >= 4
+                && first_gone
+                && l.iter().any(|b| b["verification"] == "verified")
+                && !archived(&fleet, "db1", "ON.000001")
         },
     )
     .await;
+    rotating.abort();
     let l = listed(&fleet);
     let kept: Vec<&Value> = l.iter().filter(|b| b["status"] == "completed").collect();
     assert!(
@@ -99,9 +145,45 @@ async fn a_schedule_takes_verifies_and_expires_backups_keeping_the_newest() {
             "a listed backup is in the repository: {id}"
         );
     }
-    let p = schedule(&fleet, &["--full", "off"]);
+    let p = schedule(&fleet, &["--full", "off", "--verify", "false"]);
     assert_eq!(p["full_every_secs"], 0);
     assert_eq!(p["keep_full"], 2, "other settings stay");
+
+    // What pruning kept still serves a kept backup: a restore from it
+    // replays up to the primary's position now.
+    wait_catalog(&fleet, "no job running", |l| {
+        l.iter()
+            .all(|b| b["status"] != "running" && b["verification"] != "running")
+    })
+    .await;
+    // the older of the two newest, which retention keeps whatever else
+    // it still deletes
+    let mut completed: Vec<Value> = listed(&fleet)
+        .into_iter()
+        .filter(|b| b["status"] == "completed")
+        .collect();
+    completed.sort_by_key(|b| std::cmp::Reverse(b["started_at_unix_ms"].as_i64()));
+    let oldest = completed.get(1).expect("two kept backups").clone();
+    writer.stop().await;
+    let now = fleet
+        .query_one("db1", "SELECT @@gtid_binlog_pos")
+        .await
+        .unwrap();
+    wait_archived(&fleet, "db1", now_ms()).await;
+    let (ok, r) = fleet.cli_json(&[
+        "backup",
+        "restore",
+        oldest["id"].as_str().unwrap(),
+        "--host",
+        "db3",
+        "--to-gtid",
+        &now,
+    ]);
+    assert!(ok, "{r}");
+    assert_eq!(
+        fleet.query_one("db3", "SELECT @@gtid_slave_pos").await,
+        Some(now)
+    );
 }
 
 #[tokio::test]

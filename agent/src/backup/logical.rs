@@ -123,14 +123,16 @@ impl DumpScan {
                 "the dump is incomplete: it does not end with \"-- Dump completed\"".into(),
             );
         }
+        let head = String::from_utf8_lossy(&self.head);
+        // at the end in current mariadb-dump, at the top in older ones
         let gtid = tail
             .lines()
             .rev()
+            .chain(head.lines())
             .find_map(|l| l.strip_prefix("-- SET GLOBAL gtid_slave_pos='"))
             .and_then(|rest| rest.split('\'').next())
             .ok_or("the dump names no GTID position (is log_bin on?)")?
             .to_string();
-        let head = String::from_utf8_lossy(&self.head);
         let line = head
             .lines()
             .find_map(|l| l.strip_prefix("-- CHANGE MASTER TO MASTER_LOG_FILE='"))

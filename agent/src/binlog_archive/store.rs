@@ -270,6 +270,45 @@ pub fn plan(streams: &[Stream], start: &Position, target: &Target) -> Result<Pla
     ))
 }
 
+/// The chunks of a stream that no restore of a backup at or after
+/// `keep_from` needs: those before the stream's last file start whose GTID
+/// state `keep_from` covers. A restore from such a backup starts replaying
+/// at that file or a later one ([`plan`]), so they can only serve points
+/// before every kept backup.
+pub fn prunable<'a>(s: &'a Stream, keep_from: &Position) -> &'a [ChunkMeta] {
+    let boundary = s.chunks.iter().rposition(|c| {
+        c.start == 0
+            && c.gtid_list
+                .as_deref()
+                .and_then(|g| Position::parse(g).ok())
+                .is_some_and(|g| keep_from.covers(&g))
+    });
+    &s.chunks[..boundary.unwrap_or(0)]
+}
+
+/// Deletes, in every stream of the cluster, the chunks [`prunable`] names
+/// (meta first: a chunk without one is not archived); returns how many.
+pub fn prune(repository: &Path, cluster: &str, keep_from: &Position) -> io::Result<usize> {
+    let mut n = 0;
+    for s in read_streams(repository, cluster)? {
+        for c in prunable(&s, keep_from) {
+            let meta = s
+                .dir
+                .join(format!("{}.json", ChunkMeta::name(&c.file, c.start)));
+            match std::fs::remove_file(&meta) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            match std::fs::remove_file(s.dir.join(&c.stored.name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => n += 1,
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// Per binlog file, its chunks in order (a plan's chunks, regrouped).
 pub fn by_file(chunks: &[ChunkMeta]) -> BTreeMap<(u64, String), Vec<ChunkMeta>> {
     let mut out: BTreeMap<(u64, String), Vec<ChunkMeta>> = BTreeMap::new();
@@ -336,6 +375,30 @@ mod tests {
         let plan = plan_from(&s, "0-1-15", Target::Time(100 + 39)).unwrap();
         assert_eq!(plan.chunks[0].file, "b.000001");
         assert_eq!(plan.chunks.len(), 4);
+    }
+
+    #[test]
+    fn pruning_keeps_the_files_a_kept_backup_replays_from() {
+        let s = stream(vec![
+            chunk("b.000001", 0, 10, false, Some("")),
+            chunk("b.000001", 10, 20, true, None),
+            chunk("b.000002", 0, 30, true, Some("0-1-20")),
+            chunk("b.000003", 0, 40, false, Some("0-1-30")),
+        ]);
+        assert!(
+            prunable(&s, &p("")).is_empty(),
+            "the first file start is kept"
+        );
+        assert_eq!(prunable(&s, &p("0-1-25")).len(), 2, "b.000001 goes");
+        assert_eq!(prunable(&s, &p("0-1-35")).len(), 3, "b.000002 goes too");
+        // a backup at the oldest kept position still finds its binlogs
+        for keep in ["0-1-25", "0-1-35"] {
+            let kept = stream(s.chunks[prunable(&s, &p(keep)).len()..].to_vec());
+            assert!(
+                plan_from(&kept, keep, Target::Gtid(p("0-1-40"))).is_ok(),
+                "{keep}"
+            );
+        }
     }
 
     fn plan_from(s: &Stream, start: &str, t: Target) -> Result<Plan, String> {

@@ -6,8 +6,6 @@
 //! (a deletion is marked `deleting` first, so a backup being deleted is
 //! never listed as usable, and a coordinator that takes over finishes it).
 
-use std::collections::BTreeSet;
-
 use dbfleet_common::clock::unix_ms;
 use dbfleet_lease::Epoch;
 use dbfleet_proto::pb;
@@ -15,12 +13,13 @@ use dbfleet_proto::pb::command_request::Command;
 use tracing::{info, warn};
 
 use super::schedule::{self, BackupPolicy, Kind};
-use super::{Backups, DELETING, RUNNING};
+use super::{Backups, DELETING};
 use crate::error::ServiceError;
-use crate::store::ClusterRecord;
 
 /// How soon a verification no host could start is tried again.
 const VERIFY_RETRY_MS: i64 = 5_000;
+/// How soon the deletion of a backup's files is tried again.
+const DELETE_RETRY_MS: i64 = 10_000;
 
 impl Backups {
     /// `dbfleet backup schedule --cluster C ...`: sets the policy.
@@ -63,53 +62,82 @@ impl Backups {
     }
 
     /// One pass of the cluster's automatic work.
-    pub(super) async fn follow_policy(&self, cluster: &str, epoch: &Epoch, rec: &ClusterRecord) {
+    pub(super) async fn follow_policy(&self, cluster: &str, epoch: &Epoch) {
         let now = unix_ms();
-        self.delete_expired(cluster, epoch, rec, now).await;
+        self.delete_expired(cluster, epoch, now).await;
+        self.prune_archive(cluster, epoch).await;
+        let rec = self.fleet.cluster_record(cluster);
         let p = &rec.backup_policy;
         if let Some(kind) = schedule::due(now, p, &rec.backups)
             && self.may_try(cluster, kind.as_str(), now, kind.retry_after_ms(p))
         {
-            let req = pb::RunBackupRequest {
-                cluster: cluster.to_string(),
-                host: String::new(),
-                method: if kind == Kind::Logical {
-                    "logical"
-                } else {
-                    "physical"
-                }
-                .into(),
-                incremental: kind == Kind::Incremental,
-            };
-            match self.run(req).await {
-                Ok(b) => info!(
-                    cluster,
-                    backup = b.id,
-                    kind = kind.as_str(),
-                    "scheduled backup started"
-                ),
-                Err(e) => {
-                    warn!(cluster, kind = kind.as_str(), error = %e, "scheduled backup could not start; retrying later")
+            self.start_scheduled(cluster, kind).await;
+        }
+        if let Some(b) = schedule::to_verify(p, &rec.backups)
+            && self.may_try(cluster, "verify", now, VERIFY_RETRY_MS)
+        {
+            // the host that took it, else any member free to (they share
+            // the repository)
+            let members = self.fleet.members(cluster);
+            let host = members
+                .iter()
+                .filter(|m| m.reporting && super::running_job(m).is_none())
+                .min_by_key(|m| m.host != b.host)
+                .map(|m| m.host.clone());
+            if let Some(host) = host {
+                let req = pb::VerifyBackupRequest {
+                    id: b.id.clone(),
+                    host,
+                };
+                match self.verify(req).await {
+                    Ok(_) => info!(
+                        cluster,
+                        backup = b.id,
+                        "verification of a new backup started"
+                    ),
+                    Err(e) => {
+                        warn!(cluster, backup = b.id, error = %e, "verification could not start; retrying later")
+                    }
                 }
             }
         }
-        if let Some(b) = schedule::to_verify(p, &rec.backups)
-            && !rec.backups.values().any(|b| b.status == RUNNING)
-            && self.may_try(cluster, "verify", now, VERIFY_RETRY_MS)
+    }
+
+    /// Starts a scheduled backup of `kind`; an incremental one that
+    /// cannot build on the newest physical backup (its host was restored,
+    /// it failed verification) becomes a full one.
+    async fn start_scheduled(&self, cluster: &str, kind: Kind) {
+        let req = |kind: Kind| pb::RunBackupRequest {
+            cluster: cluster.to_string(),
+            host: String::new(),
+            method: if kind == Kind::Logical {
+                "logical"
+            } else {
+                "physical"
+            }
+            .into(),
+            incremental: kind == Kind::Incremental,
+        };
+        let mut started = self.run(req(kind)).await;
+        if kind == Kind::Incremental
+            && let Err(ServiceError::Refused(why)) = &started
+            && why.contains("take a full backup")
         {
-            let req = pb::VerifyBackupRequest {
-                id: b.id.clone(),
-                host: String::new(),
-            };
-            match self.verify(req).await {
-                Ok(_) => info!(
-                    cluster,
-                    backup = b.id,
-                    "verification of a new backup started"
-                ),
-                Err(e) => {
-                    warn!(cluster, backup = b.id, error = %e, "verification could not start; retrying later")
-                }
+            info!(
+                cluster,
+                why, "scheduled incremental backup becomes a full one"
+            );
+            started = self.run(req(Kind::Full)).await;
+        }
+        match started {
+            Ok(b) => info!(
+                cluster,
+                backup = b.id,
+                kind = kind.as_str(),
+                "scheduled backup started"
+            ),
+            Err(e) => {
+                warn!(cluster, kind = kind.as_str(), error = %e, "scheduled backup could not start; retrying later")
             }
         }
     }
@@ -129,38 +157,32 @@ impl Backups {
 
     /// Marks what retention removes as `deleting`, then has an agent
     /// delete each from the repository and drops its entry.
-    async fn delete_expired(&self, cluster: &str, epoch: &Epoch, rec: &ClusterRecord, now: i64) {
-        let mut busy: BTreeSet<String> = rec
-            .restores
-            .values()
-            .filter(|r| r.status == RUNNING)
-            .map(|r| r.backup_id.clone())
-            .collect();
-        busy.extend(
-            rec.backups
-                .values()
-                .filter(|b| b.status == RUNNING)
-                .filter_map(|b| b.parent.clone()),
-        );
-        let expired = schedule::expired(now, &rec.backup_policy, &rec.backups, &busy);
-        if !expired.is_empty() {
-            let ids = expired.clone();
+    async fn delete_expired(&self, cluster: &str, epoch: &Epoch, now: i64) {
+        let rec = self.fleet.cluster_record(cluster);
+        let busy = schedule::in_use(&rec.backups, &rec.restores);
+        if !schedule::expired(now, &rec.backup_policy, &rec.backups, &busy).is_empty() {
+            // decided again on the record being changed: a restore or a
+            // verification may have started using one since
             let marked = self
                 .fleet
                 .update_cluster(cluster, epoch.clone(), move |rec| {
+                    let busy = schedule::in_use(&rec.backups, &rec.restores);
+                    let ids = schedule::expired(now, &rec.backup_policy, &rec.backups, &busy);
                     for id in &ids {
                         if let Some(b) = rec.backups.get_mut(id) {
                             b.status = DELETING.into();
                         }
                     }
-                    Ok(())
+                    Ok(ids)
                 })
                 .await;
-            if let Err(e) = marked {
-                warn!(cluster, error = %e, "cannot mark expired backups; retrying");
-                return;
+            match marked {
+                Ok(ids) => info!(cluster, backups = ?ids, "retention removes these backups"),
+                Err(e) => {
+                    warn!(cluster, error = %e, "cannot mark expired backups; retrying");
+                    return;
+                }
             }
-            info!(cluster, backups = ?expired, "retention removes these backups");
         }
         let deleting: Vec<(String, String, bool)> = self
             .fleet
@@ -171,20 +193,27 @@ impl Backups {
             .map(|b| (b.id.clone(), b.host.clone(), b.manifest_json.is_empty()))
             .collect();
         for (id, host, no_files) in deleting {
-            if !no_files && let Err(e) = self.delete_files(cluster, epoch, &id, &host).await {
-                warn!(
-                    cluster,
-                    backup = id,
-                    error = e,
-                    "cannot delete the backup's files yet; retrying"
-                );
-                continue;
+            if !no_files {
+                if !self.may_try(cluster, &format!("delete/{id}"), now, DELETE_RETRY_MS) {
+                    continue;
+                }
+                if let Err(e) = self.delete_files(cluster, epoch, &id, &host).await {
+                    warn!(
+                        cluster,
+                        backup = id,
+                        error = e,
+                        "cannot delete the backup's files yet; retrying"
+                    );
+                    continue;
+                }
             }
             let gone = id.clone();
             let r = self
                 .fleet
                 .update_cluster(cluster, epoch.clone(), move |rec| {
-                    rec.backups.remove(&gone);
+                    if rec.backups.get(&gone).is_some_and(|b| b.status == DELETING) {
+                        rec.backups.remove(&gone);
+                    }
                     Ok(())
                 })
                 .await;
@@ -194,6 +223,48 @@ impl Backups {
                     warn!(cluster, backup = id, error = %e, "cannot drop the catalog entry; retrying")
                 }
             }
+        }
+    }
+
+    /// Has an agent delete the archived binlogs older than every kept
+    /// backup needs, when retention is on and the oldest kept backup
+    /// changed since the last time.
+    async fn prune_archive(&self, cluster: &str, epoch: &Epoch) {
+        let rec = self.fleet.cluster_record(cluster);
+        if !rec.backup_policy.retains() {
+            return;
+        }
+        let Some(keep_from) = schedule::archive_keep_from(&rec.backups) else {
+            return;
+        };
+        let done = self
+            .pruned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster)
+            == Some(&keep_from);
+        if done {
+            return;
+        }
+        let mut members = self.fleet.members(cluster);
+        members.retain(|m| m.reporting);
+        let Some(m) = members.first() else { return };
+        let cmd = Command::PruneArchive(pb::PruneArchive {
+            keep_from_gtid: keep_from.clone(),
+        });
+        match self.command(m, epoch, cmd).await {
+            Ok(detail) => {
+                info!(cluster, keep_from, detail, "binlog archive pruned");
+                self.pruned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(cluster.to_string(), keep_from);
+            }
+            Err(e) => warn!(
+                cluster,
+                error = e,
+                "cannot prune the binlog archive yet; retrying"
+            ),
         }
     }
 

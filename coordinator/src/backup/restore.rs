@@ -205,7 +205,9 @@ impl Backups {
                 .update_cluster(&cluster, epoch.clone(), move |rec| {
                     // again on the record being changed: a switchover or
                     // another restore may have started since the check
-                    if let Some(why) = refuse_in(rec, &r.host) {
+                    if let Some(why) = refuse_in(rec, &r.host)
+                        .or_else(|| super::schedule::unusable(&rec.backups, &r.backup_id))
+                    {
                         return Err(ServiceError::Refused(why));
                     }
                     while rec.restores.contains_key(&r.id) {

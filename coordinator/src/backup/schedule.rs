@@ -5,12 +5,14 @@
 //!
 //! Retention keeps, for full physical backups (each with the incrementals
 //! built on it, a chain restored as one) and logical backups separately:
-//! the newest `keep_*`, every one younger than `max_age`, always the newest
-//! one, always the newest verified one, and any a job is using. With no
+//! the newest `keep_*` (chains ranked by their newest member), every one
+//! younger than `max_age`, always the newest chain and the newest full
+//! backup's, always the newest verified one, and any a job is using. With no
 //! count and no age set, nothing is deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use dbfleet_common::gtid::Position;
 use dbfleet_proto::pb;
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +70,8 @@ impl BackupPolicy {
         }
     }
 
-    fn retains(&self) -> bool {
+    /// Whether retention deletes anything.
+    pub fn retains(&self) -> bool {
         self.keep_full > 0 || self.keep_logical > 0 || self.max_age_secs > 0
     }
 }
@@ -141,15 +144,52 @@ fn newest(
         .max_by_key(|b| b.started_at_unix_ms)
 }
 
+/// Why backup `id` cannot be restored now, if it cannot: it, or a backup
+/// its chain needs, is not in the catalog as completed (retention may be
+/// deleting it).
+pub fn unusable(backups: &BTreeMap<String, BackupRecord>, id: &str) -> Option<String> {
+    let mut next = Some(id.to_string());
+    let mut seen = 0;
+    while let Some(id) = next {
+        match backups.get(&id) {
+            Some(b) if b.status == "completed" => next = b.parent.clone(),
+            Some(b) => return Some(format!("backup {id} is {}", b.status)),
+            None => return Some(format!("backup {id} is not in the catalog")),
+        }
+        seen += 1;
+        if seen > 1000 {
+            return Some(format!("backup {id}'s chain does not end"));
+        }
+    }
+    None
+}
+
+/// The backups jobs use: those being restored (with their chains) and the
+/// parents of incrementals being taken. Retention keeps them.
+pub fn in_use(
+    backups: &BTreeMap<String, BackupRecord>,
+    restores: &BTreeMap<String, super::restore::RestoreRecord>,
+) -> BTreeSet<String> {
+    let mut busy: BTreeSet<String> = restores
+        .values()
+        .filter(|r| r.status == super::RUNNING)
+        .map(|r| r.backup_id.clone())
+        .collect();
+    busy.extend(
+        backups
+            .values()
+            .filter(|b| b.status == super::RUNNING)
+            .filter_map(|b| b.parent.clone()),
+    );
+    busy
+}
+
 /// The backup the schedule takes now, if any: one at a time per cluster,
 /// full before incremental before logical; an incremental one only on top
 /// of a completed physical backup; a failed attempt retried after
 /// [`retry_after_ms`].
 pub fn due(now: i64, p: &BackupPolicy, backups: &BTreeMap<String, BackupRecord>) -> Option<Kind> {
-    if backups
-        .values()
-        .any(|b| b.status == super::RUNNING || b.status == super::DELETING)
-    {
+    if backups.values().any(|b| b.status == super::RUNNING) {
         return None;
     }
     ALL.into_iter().find(|&kind| {
@@ -242,27 +282,30 @@ pub fn expired(
     let mut kept_ids = BTreeSet::new();
     for (kind, keep) in [(Kind::Full, p.keep_full), (Kind::Logical, p.keep_logical)] {
         let applies = keep > 0 || p.max_age_secs > 0;
-        let mut roots: Vec<&BackupRecord> = backups
+        // newest chain first, by its newest member: incrementals may
+        // continue an older full backup after a newer one was taken
+        let mut chains: Vec<Vec<&BackupRecord>> = backups
             .values()
             .filter(|b| b.status == "completed" && Kind::of(b) == kind)
-            .collect();
-        roots.sort_by_key(|b| std::cmp::Reverse(b.started_at_unix_ms));
-        let chains: Vec<Vec<&BackupRecord>> = roots
-            .iter()
             .map(|r| {
                 if kind == Kind::Full {
                     chain_of(r, backups)
                 } else {
-                    vec![*r]
+                    vec![r]
                 }
             })
             .collect();
+        chains.sort_by_key(|c| {
+            std::cmp::Reverse(c.iter().map(|b| b.started_at_unix_ms).max().unwrap_or(0))
+        });
+        let newest_root = (0..chains.len()).max_by_key(|&i| chains[i][0].started_at_unix_ms);
         let newest_verified = chains
             .iter()
             .position(|c| c.iter().any(|b| b.verification == "verified"));
         for (i, chain) in chains.iter().enumerate() {
             let keep = !applies
                 || i == 0
+                || Some(i) == newest_root
                 || (i as u32) < keep
                 || Some(i) == newest_verified
                 || chain
@@ -290,6 +333,21 @@ pub fn expired(
         }
     }
     gone
+}
+
+/// The GTID position archived binlogs are kept from: in every domain the
+/// lowest end of any completed backup (any method, on any host, however
+/// far its replica lagged; none being deleted), so every point-in-time
+/// restore a kept backup allows keeps its binlogs. `None`: no completed
+/// backup, or one whose end is unknown: nothing may be pruned.
+pub fn archive_keep_from(backups: &BTreeMap<String, BackupRecord>) -> Option<String> {
+    let mut keep: Option<Position> = None;
+    for b in backups.values().filter(|b| b.status == "completed") {
+        let m: serde_json::Value = serde_json::from_str(&b.manifest_json).ok()?;
+        let end = Position::parse(m["end_gtid"].as_str()?).ok()?;
+        keep = Some(keep.map_or(end.clone(), |k| k.min(&end)));
+    }
+    keep.map(|k| k.to_string())
 }
 
 /// What an operator must be told about a cluster's backups: the newest of

@@ -210,13 +210,13 @@ fn retention_never_breaks_a_kept_chain_nor_removes_what_must_stay_over_many_seed
                 );
             }
         }
-        // the newest verified full chain stays whole
+        // the newest verified full chain (by its newest member) stays
         if p.retains()
             && let Some(v) = c
                 .values()
                 .filter(|b| b.status == "completed" && Kind::of(b) == Kind::Full)
                 .filter(|b| chain_of(b, &c).iter().any(|m| m.verification == "verified"))
-                .max_by_key(|b| b.started_at_unix_ms)
+                .max_by_key(|b| chain_of(b, &c).iter().map(|m| m.started_at_unix_ms).max())
         {
             assert!(
                 !gone.contains(&v.id),
@@ -228,4 +228,27 @@ fn retention_never_breaks_a_kept_chain_nor_removes_what_must_stay_over_many_seed
         removed > 500,
         "the seeds exercise deletion: {removed} removed"
     );
+}
+
+#[test]
+fn the_archive_is_kept_from_the_lowest_end_of_any_completed_backup() {
+    let with_end = |id: &str, status: &str, at: i64, end: &str| {
+        let mut e = b(id, "physical", None, status, at);
+        e.manifest_json = format!(r#"{{"end_gtid": "{end}"}}"#);
+        e
+    };
+    assert_eq!(archive_keep_from(&catalog(vec![])), None);
+    let c = catalog(vec![
+        with_end("older-but-further", "completed", 10, "0-1-100,1-1-7"),
+        with_end(
+            "newer-from-a-lagging-replica",
+            "completed",
+            20,
+            "0-1-90,1-1-9",
+        ),
+        with_end("deleting", "deleting", 5, "0-1-1"),
+    ]);
+    assert_eq!(archive_keep_from(&c).as_deref(), Some("0-1-90,1-1-7"));
+    let unknown = catalog(vec![b("no-manifest", "physical", None, "completed", 0)]);
+    assert_eq!(archive_keep_from(&unknown), None, "never prune on a guess");
 }
