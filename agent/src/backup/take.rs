@@ -1,0 +1,290 @@
+//! Taking a backup as a job: the method's tool found and checked against
+//! the server, an incremental backup's parent proven to be this server's,
+//! the tool run with the agent's credentials in a private option file,
+//! and the manifest written last.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use dbfleet_common::clock::unix_ms;
+use dbfleet_common::gtid::Position;
+use dbfleet_proto::model::Flavor;
+use mysql_async::prelude::Queryable;
+use tracing::{error, info};
+
+use super::repo::{Manifest, backup_dir};
+use super::{BackupConfig, Entry, Jobs, Marker, completed_job, logical, physical, tools, valid_id};
+use crate::mysql::control::ControlError;
+use crate::mysql::observer;
+
+impl Jobs {
+    /// Starts backup `id` into the repository: `method` "physical" (an
+    /// incremental one on top of `parent` when given) or "logical".
+    pub fn start_backup(
+        self: &Arc<Self>,
+        id: &str,
+        method: &str,
+        parent: &str,
+    ) -> Result<String, ControlError> {
+        valid_id(id)?;
+        let method = match (method, parent) {
+            ("" | "physical", _) => "physical",
+            ("logical", "") => "logical",
+            ("logical", _) => {
+                return Err(ControlError::NotConfigured(
+                    "a logical backup cannot be incremental".into(),
+                ));
+            }
+            (other, _) => {
+                return Err(ControlError::NotConfigured(format!(
+                    "backup method {other:?} is unknown; use physical or logical"
+                )));
+            }
+        };
+        let parent = (!parent.is_empty()).then(|| parent.to_string());
+        if let Some(p) = &parent {
+            valid_id(p)?;
+        }
+        let cfg = self.config()?.clone();
+        let dir = backup_dir(&cfg.repository, &self.cluster, id);
+        // The id may be one an earlier agent process finished (its job list
+        // is gone): never write into, or on failure remove, another backup.
+        if let Ok(manifest) = Manifest::read(&dir) {
+            let mut list = self.lock();
+            if !list.iter().any(|e| e.job.id == id) {
+                list.push(Entry {
+                    job: completed_job(id, "backup", "completed earlier", &manifest),
+                    progress: Arc::new(AtomicU64::new(0)),
+                    uses: String::new(),
+                });
+            }
+            return Ok(format!("backup {id} is already completed"));
+        }
+        if dir.exists() {
+            return Err(ControlError::NotConfigured(format!(
+                "{} exists without a manifest; remove it or use another backup id",
+                dir.display()
+            )));
+        }
+        let progress = match self.register(id, "backup", "")? {
+            Ok(p) => p,
+            Err(known) => return Ok(known),
+        };
+        if let Err(e) = self.write_marker(&Marker {
+            id: id.to_string(),
+            kind: "backup".into(),
+            partial: dir.clone(),
+            also: vec![],
+        }) {
+            self.finish(id, Err(e.to_string()));
+            return Err(e);
+        }
+        let jobs = self.clone();
+        let id = id.to_string();
+        let method = method.to_string();
+        tokio::spawn(async move {
+            let result = jobs
+                .backup(&id, &method, parent, &cfg, dir.clone(), progress)
+                .await;
+            if let Err(e) = &result {
+                error!(backup = id, error = e, "backup failed; removing its files");
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            jobs.finish(&id, result);
+        });
+        Ok("backup started".into())
+    }
+
+    async fn backup(
+        &self,
+        id: &str,
+        method: &str,
+        parent: Option<String>,
+        cfg: &BackupConfig,
+        dir: PathBuf,
+        progress: Arc<AtomicU64>,
+    ) -> Result<(String, String), String> {
+        let started = unix_ms();
+        let (flavor, state, datadir) = self.server_facts().await?;
+        if flavor != Flavor::MariaDb {
+            return Err(
+                "backups of MySQL (xtrabackup, mysqldump) are not supported yet; this agent backs up MariaDB only"
+                    .into(),
+            );
+        }
+        let base = match &parent {
+            Some(p) => Some(self.incremental_base(cfg, p, &state)?),
+            None => None,
+        };
+        let tool = tools::find(if method == "logical" {
+            "mariadb-dump"
+        } else {
+            "mariadb-backup"
+        })?;
+        let tool_version = tools::version(&tool)?;
+        tools::check_matches(&tool_version, &state.version)?;
+        let ignore_tables = if method == "logical" {
+            self.unkept_system_tables().await?
+        } else {
+            Vec::new()
+        };
+        let defaults = self.dir.join(format!("{id}.cnf"));
+        self.write_defaults(&defaults)?;
+        let tool_tmp = self.scratch.join(format!("{id}.tool"));
+        info!(backup = id, method, parent, dir = %dir.display(), "backup running");
+        let taken = if method == "logical" {
+            let b = logical::LogicalBackup {
+                tool,
+                tool_version,
+                dir: dir.clone(),
+                defaults_file: defaults.clone(),
+                ignore_tables,
+                level: cfg.compression_level,
+                threads: cfg.compression_threads,
+                progress,
+                cancel: self.cancel.clone(),
+            };
+            tokio::task::spawn_blocking(move || logical::take(&b)).await
+        } else {
+            let b = physical::PhysicalBackup {
+                tool,
+                tool_version,
+                tool_tmp: tool_tmp.clone(),
+                dir: dir.clone(),
+                defaults_file: defaults.clone(),
+                datadir: datadir.unwrap_or_default(),
+                level: cfg.compression_level,
+                threads: cfg.compression_threads,
+                progress,
+                cancel: self.cancel.clone(),
+                incremental_lsn: base.as_ref().map(|m| m.lsn_to),
+            };
+            tokio::task::spawn_blocking(move || physical::take(&b)).await
+        }
+        .map_err(|e| format!("backup task: {e}"));
+        let _ = std::fs::remove_file(&defaults);
+        let _ = std::fs::remove_dir_all(&tool_tmp);
+        let taken = taken??;
+        let manifest = Manifest {
+            format: 1,
+            id: id.to_string(),
+            cluster: self.cluster.clone(),
+            host: self.host.clone(),
+            server_id: state.server_id,
+            server_uuid: state.server_uuid.clone(),
+            flavor: flavor.as_str().to_string(),
+            server_version: state.version.clone(),
+            method: method.into(),
+            parent,
+            lsn_from: taken.lsn_from,
+            lsn_to: taken.lsn_to,
+            tables: taken.tables,
+            start_gtid: state.gtid.executed.clone(),
+            end_gtid: taken.end_gtid,
+            binlog_file: taken.binlog_file,
+            binlog_position: taken.binlog_position,
+            stream_bytes: taken.stream_bytes,
+            files: vec![taken.stored],
+            compression: format!("zstd-{}", cfg.compression_level),
+            tool: taken.tool,
+            started_at_unix_ms: started,
+            finished_at_unix_ms: unix_ms(),
+        };
+        manifest
+            .write(&dir)
+            .map_err(|e| format!("cannot write the manifest in {}: {e}", dir.display()))?;
+        let detail = format!(
+            "{} stream bytes stored as {} ({} ms) at GTID {:?}",
+            manifest.stream_bytes,
+            manifest.files[0].bytes,
+            manifest.finished_at_unix_ms - manifest.started_at_unix_ms,
+            manifest.end_gtid
+        );
+        info!(backup = id, detail, "backup completed");
+        Ok((
+            detail,
+            serde_json::to_string(&manifest).expect("manifests encode"),
+        ))
+    }
+
+    /// The manifest an incremental backup builds on, once it is known to
+    /// be this server's: taken here, by the same server, physical, and
+    /// part of what the server holds now. (A host restored since then is
+    /// refused by the coordinator, which knows its restores.)
+    fn incremental_base(
+        &self,
+        cfg: &BackupConfig,
+        parent: &str,
+        state: &dbfleet_proto::model::ServerState,
+    ) -> Result<Manifest, String> {
+        let m = Manifest::read_usable(&backup_dir(&cfg.repository, &self.cluster, parent))?;
+        let held = Position::parse(&state.gtid.executed)
+            .map(|now| Position::parse(&m.end_gtid).is_ok_and(|then| now.covers(&then)))
+            .unwrap_or(false);
+        let why = if m.method != "physical" || m.lsn_to == 0 {
+            Some(format!("{parent} is no physical backup with a known LSN"))
+        } else if m.host != self.host || m.server_id != state.server_id {
+            Some(format!(
+                "{parent} was taken on {} (server id {}), not on this server",
+                m.host, m.server_id
+            ))
+        } else if !held {
+            Some(format!(
+                "this server no longer holds {parent}'s GTID {}",
+                m.end_gtid
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(format!(
+                "cannot take an incremental backup on top of it: {why}; take a full backup"
+            )),
+            None => Ok(m),
+        }
+    }
+
+    /// What the manifest says about the server, and its data directory,
+    /// within the connect and query timeouts (a hung mysqld fails the job
+    /// instead of keeping it, and every later one, waiting).
+    async fn server_facts(
+        &self,
+    ) -> Result<(Flavor, dbfleet_proto::model::ServerState, Option<String>), String> {
+        let limit = self.target.connect_timeout + self.target.query_timeout;
+        tokio::time::timeout(limit, async {
+            let (mut conn, flavor) = observer::connect(&self.target).await?;
+            let state = observer::read_state(&mut conn, flavor).await?;
+            let datadir: Option<String> = conn
+                .query_first("SELECT @@datadir")
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = conn.disconnect().await;
+            Ok((flavor, state, datadir))
+        })
+        .await
+        .map_err(|_| format!("mysqld did not answer within {limit:?}"))?
+    }
+
+    /// The server's `mysql` tables a logical backup leaves out.
+    async fn unkept_system_tables(&self) -> Result<Vec<String>, String> {
+        let limit = self.target.connect_timeout + self.target.query_timeout;
+        let all: Vec<String> = tokio::time::timeout(limit, async {
+            let (mut conn, _) = observer::connect(&self.target).await?;
+            let all = conn
+                .query(
+                    "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'mysql'",
+                )
+                .await
+                .map_err(|e| e.to_string());
+            let _ = conn.disconnect().await;
+            all
+        })
+        .await
+        .map_err(|_| format!("mysqld did not answer within {limit:?}"))??;
+        Ok(all
+            .into_iter()
+            .filter(|t| !logical::SYSTEM_TABLES.contains(&t.as_str()))
+            .collect())
+    }
+}
