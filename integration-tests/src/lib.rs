@@ -302,6 +302,15 @@ impl TestFleet {
         }
     }
 
+    /// A fleet whose coordinators have settled on one active.
+    pub async fn start_active(replicas: usize, coordinators: usize) -> TestFleet {
+        let fleet = TestFleet::start(replicas, coordinators).await;
+        fleet
+            .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
+            .await;
+        fleet
+    }
+
     /// The first column of the first row `query` returns on `host`, as
     /// text, asked as the agent account.
     pub async fn query_one(&self, host: &str, query: &str) -> Option<String> {

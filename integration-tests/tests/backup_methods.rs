@@ -8,16 +8,13 @@ use std::time::Duration;
 
 use dbfleet_integration_tests::backups::{backup, now_ms, rows, wait_archived};
 use dbfleet_integration_tests::workload::{Writer, ids_on};
-use dbfleet_integration_tests::{PATIENCE, TestFleet, sole_active};
+use dbfleet_integration_tests::{PATIENCE, TestFleet};
 use serde_json::Value;
 
 const TABLE: &str = "app.changes";
 
 async fn fleet() -> TestFleet {
-    let fleet = TestFleet::start(2, 1).await;
-    fleet
-        .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
-        .await;
+    let fleet = TestFleet::start_active(2, 1).await;
     fleet
         .sql(
             "db1",

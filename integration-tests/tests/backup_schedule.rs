@@ -8,16 +8,8 @@ use std::time::Duration;
 
 use dbfleet_integration_tests::backups::{SmallDisk, now_ms, wait_archived};
 use dbfleet_integration_tests::workload::Writer;
-use dbfleet_integration_tests::{PATIENCE, TestFleet, sole_active};
+use dbfleet_integration_tests::{PATIENCE, TestFleet};
 use serde_json::Value;
-
-async fn fleet() -> TestFleet {
-    let fleet = TestFleet::start(2, 1).await;
-    fleet
-        .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
-        .await;
-    fleet
-}
 
 fn listed(fleet: &TestFleet) -> Vec<Value> {
     let (ok, v) = fleet.cli_json(&["backup", "list", "--cluster", "main"]);
@@ -75,7 +67,7 @@ fn archived(fleet: &TestFleet, host: &str, file: &str) -> bool {
 
 #[tokio::test]
 async fn a_schedule_takes_verifies_and_expires_backups_keeping_the_newest() {
-    let fleet = fleet().await;
+    let fleet = TestFleet::start_active(2, 1).await;
     let writer = Writer::start(&fleet, "db1").await;
     // new binlog files on the primary while backups come and go
     let rotating = {
@@ -188,7 +180,7 @@ async fn a_schedule_takes_verifies_and_expires_backups_keeping_the_newest() {
 
 #[tokio::test]
 async fn failing_scheduled_backups_are_retried_and_reported() {
-    let fleet = fleet().await;
+    let fleet = TestFleet::start_active(2, 1).await;
     let _disk = SmallDisk::mount(&fleet.dir.join("backups"));
     schedule(&fleet, &["--full", "1s"]);
     wait_catalog(&fleet, "two failed attempts", |l| {

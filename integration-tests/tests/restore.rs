@@ -8,17 +8,9 @@ use std::time::Duration;
 
 use dbfleet_integration_tests::backups::{self, now_ms, rows, wait_archived};
 use dbfleet_integration_tests::workload::{Writer, ids_on};
-use dbfleet_integration_tests::{PATIENCE, TestFleet, has_problem, member, sole_active};
+use dbfleet_integration_tests::{PATIENCE, TestFleet, has_problem, member};
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
-
-async fn fleet() -> TestFleet {
-    let fleet = TestFleet::start(2, 1).await;
-    fleet
-        .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
-        .await;
-    fleet
-}
 
 fn backup(fleet: &TestFleet, host: &str) -> String {
     let b = backups::backup(fleet, &["--host", host]);
@@ -35,7 +27,7 @@ async fn unix_now_on(fleet: &TestFleet, host: &str) -> i64 {
 
 #[tokio::test]
 async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_the_chosen_time() {
-    let fleet = fleet().await;
+    let fleet = TestFleet::start_active(2, 1).await;
     let table = "app.pitr";
     fleet
         .sql(
@@ -219,7 +211,7 @@ async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_th
 
 #[tokio::test]
 async fn a_restored_replica_rejoins_and_matches_the_primary_row_for_row() {
-    let fleet = fleet().await;
+    let fleet = TestFleet::start_active(2, 1).await;
     let writer = Writer::start(&fleet, "db1").await;
     let give_up = tokio::time::Instant::now() + PATIENCE;
     while writer.acked_count() < 20 {
@@ -291,7 +283,7 @@ fn streams_of(fleet: &TestFleet, host: &str) -> BTreeMap<String, Vec<Value>> {
 
 #[tokio::test]
 async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap() {
-    let mut fleet = fleet().await;
+    let mut fleet = TestFleet::start_active(2, 1).await;
     let table = "app.archived";
     fleet
         .sql(
@@ -395,7 +387,7 @@ async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap(
 
 #[tokio::test]
 async fn an_agent_killed_mid_restore_leaves_the_server_running_and_the_restore_failed() {
-    let mut fleet = fleet().await;
+    let mut fleet = TestFleet::start_active(2, 1).await;
     let id = backup(&fleet, "db2");
     let (ok, r) = fleet.cli_json(&["backup", "restore", &id, "--host", "db3", "--detach"]);
     assert!(ok, "{r}");

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::Taken;
 use super::repo::{
-    DUMP_FILE, LOG_FILE, Manifest, StoredFile, read_stored, store_stream, sync_dir, tail,
+    DUMP_FILE, LOG_FILE, Manifest, StoredFile, read_stored, store_output, sync_dir, tail,
 };
 use super::scratch::{ScratchOptions, ScratchServer, install_db};
 use super::tools;
@@ -183,28 +183,17 @@ pub fn take(b: &LogicalBackup) -> Result<Taken, String> {
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", b.tool.display()))?;
-    let mut stdout = child.stdout.take().expect("piped");
     let partial = b.dir.join(format!("{DUMP_FILE}.partial"));
     let mut scan = DumpScan::default();
-    let stored = match store_stream(
-        &mut stdout,
+    let (stored, status) = store_output(
+        &mut child,
         &partial,
         b.level,
         b.threads,
         b.progress.clone(),
         &b.cancel,
         |piece| scan.observe(piece),
-    ) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    };
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for {}: {e}", b.tool.display()))?;
+    )?;
     if !status.success() {
         return Err(format!(
             "mariadb-dump failed ({status}): {}",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::Taken;
-use super::repo::{DATA_FILE, LOG_FILE, StoredFile, store_stream, sync_dir, tail};
+use super::repo::{DATA_FILE, LOG_FILE, StoredFile, store_output, sync_dir, tail};
 
 /// What a physical backup needs.
 pub struct PhysicalBackup {
@@ -102,27 +102,16 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
-    let mut stdout = child.stdout.take().expect("piped");
     let partial = b.dir.join(format!("{DATA_FILE}.partial"));
-    let stored = match store_stream(
-        &mut stdout,
+    let (stored, status) = store_output(
+        &mut child,
         &partial,
         b.level,
         b.threads,
         b.progress.clone(),
         &b.cancel,
         |_| {},
-    ) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    };
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for {}: {e}", tool.display()))?;
+    )?;
     let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
     if !status.success() || !log_text.contains("completed OK!") {
         return Err(format!(

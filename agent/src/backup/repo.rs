@@ -235,6 +235,32 @@ pub fn store_stream(
     })
 }
 
+/// [`store_stream`] of a tool's standard output; the tool is killed when
+/// storing fails, and waited for either way. Returns its exit status.
+#[allow(clippy::too_many_arguments)]
+pub fn store_output(
+    child: &mut std::process::Child,
+    path: &Path,
+    level: i32,
+    threads: u32,
+    progress: Arc<AtomicU64>,
+    cancel: &AtomicBool,
+    observe: impl FnMut(&[u8]),
+) -> Result<(Stored, std::process::ExitStatus), String> {
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or("the tool's output is not piped")?;
+    let stored = store_stream(&mut stdout, path, level, threads, progress, cancel, observe);
+    if stored.is_err() {
+        let _ = child.kill();
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for the backup tool: {e}"))?;
+    Ok((stored?, status))
+}
+
 /// Decompresses the stored file `path` into `out`, checking it against
 /// its manifest entry. A file that does not match is reported corrupt
 /// whatever else went wrong (it is hashed whole even when `out` stops
