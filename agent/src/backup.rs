@@ -240,6 +240,7 @@ impl Jobs {
                 ),
                 _ => {
                     for p in std::iter::once(&m.partial).chain(&m.also) {
+                        scratch::kill_left_running(p);
                         let _ = std::fs::remove_dir_all(p);
                     }
                     warn!(

@@ -488,14 +488,8 @@ async fn backup_command(
             p.keep_logical = keep_logical.unwrap_or(p.keep_logical);
             p.max_age_secs = max_age.unwrap_or(p.max_age_secs);
             p.verify = verify.unwrap_or(p.verify);
-            let any_given = full.is_some()
-                || incremental.is_some()
-                || logical.is_some()
-                || keep_full.is_some()
-                || keep_logical.is_some()
-                || max_age.is_some()
-                || verify.is_some();
-            if any_given && p != before {
+            // unchanged when nothing (or nothing new) was given
+            if p != before {
                 p = client.set_backup_policy(p).await?;
             }
             match output {

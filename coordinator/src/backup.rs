@@ -101,6 +101,25 @@ pub fn backup_view(cluster: &str, b: &BackupRecord) -> pb::BackupView {
     }
 }
 
+/// Why no incremental backup can be taken now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NoParent {
+    /// Only a full backup can continue: none yet, the parent's host was
+    /// restored since, the parent failed verification, or another host
+    /// was asked for.
+    TakeFull(String),
+    /// A full backup is running: the next incremental builds on it.
+    Wait(String),
+}
+
+impl NoParent {
+    fn message(self) -> String {
+        match self {
+            NoParent::TakeFull(m) | NoParent::Wait(m) => m,
+        }
+    }
+}
+
 /// The backup an incremental one builds on: the newest completed physical
 /// backup of the cluster, whose host must take the incremental one (InnoDB
 /// LSNs are one server's). Refused when that host was restored since:
@@ -108,49 +127,54 @@ pub fn backup_view(cluster: &str, b: &BackupRecord) -> pb::BackupView {
 pub(crate) fn incremental_parent(
     rec: &crate::store::ClusterRecord,
     host: Option<&str>,
-) -> Result<BackupRecord, String> {
+) -> Result<BackupRecord, NoParent> {
     if let Some(full) = rec
         .backups
         .values()
         .find(|b| b.status == RUNNING && b.method == "physical" && b.parent.is_none())
     {
-        return Err(format!(
+        return Err(NoParent::Wait(format!(
             "full backup {} is running; the next incremental backup builds on it",
             full.id
-        ));
+        )));
     }
     let parent = rec
         .backups
         .values()
         .filter(|b| b.status == "completed" && b.method == "physical")
         .max_by_key(|b| b.started_at_unix_ms)
-        .ok_or("there is no completed physical backup to build on: take a full backup first")?;
-    if parent.verification == "failed" {
-        return Err(format!(
+        .ok_or_else(|| {
+            NoParent::TakeFull(
+                "there is no completed physical backup to build on: take a full backup first"
+                    .into(),
+            )
+        })?;
+    let why = if parent.verification == "failed" {
+        Some(format!(
             "the newest physical backup {} failed its verification: take a full backup",
             parent.id
-        ));
-    }
-    if let Some(h) = host
-        && h != parent.host
-    {
-        return Err(format!(
+        ))
+    } else if let Some(h) = host.filter(|h| *h != parent.host) {
+        Some(format!(
             "an incremental backup continues the newest physical backup {}, taken on {}: \
              run it there (omit --host) or take a full backup on {h}",
             parent.id, parent.host
-        ));
+        ))
+    } else {
+        rec.restores
+            .values()
+            .find(|r| r.host == parent.host && r.started_at_unix_ms >= parent.started_at_unix_ms)
+            .map(|r| {
+                format!(
+                    "{} was restored (restore {}) after backup {}: its data no longer continues it; take a full backup",
+                    parent.host, r.id, parent.id
+                )
+            })
+    };
+    match why {
+        Some(why) => Err(NoParent::TakeFull(why)),
+        None => Ok(parent.clone()),
     }
-    if let Some(r) = rec
-        .restores
-        .values()
-        .find(|r| r.host == parent.host && r.started_at_unix_ms >= parent.started_at_unix_ms)
-    {
-        return Err(format!(
-            "{} was restored (restore {}) after backup {}: its data no longer continues it; take a full backup",
-            parent.host, r.id, parent.id
-        ));
-    }
-    Ok(parent.clone())
 }
 
 /// `20261121T094600Z` for now.
@@ -276,7 +300,7 @@ impl Backups {
         let parent = if req.incremental {
             let rec = self.fleet.cluster_record(&req.cluster);
             let given = (!req.host.is_empty()).then_some(req.host.as_str());
-            Some(incremental_parent(&rec, given).map_err(ServiceError::Refused)?)
+            Some(incremental_parent(&rec, given).map_err(|e| ServiceError::Refused(e.message()))?)
         } else {
             None
         };
@@ -504,53 +528,49 @@ impl Backups {
 
     /// Ends running backups and verifications from the agents' reports.
     async fn follow_jobs(&self, cluster: &str, epoch: &Epoch, rec: &ClusterRecord) {
+        if !rec
+            .backups
+            .values()
+            .any(|b| b.status == RUNNING || b.verify_job.is_some())
         {
-            if !rec
-                .backups
-                .values()
-                .any(|b| b.status == RUNNING || b.verify_job.is_some())
-            {
-                return;
+            return;
+        }
+        let members = self.fleet.members(cluster);
+        let now = unix_ms();
+        let mut changed: BTreeMap<String, BackupRecord> = BTreeMap::new();
+        for b in rec.backups.values() {
+            if let Some(n) = follow(b, &members, now) {
+                changed.insert(n.id.clone(), n);
             }
-            let members = self.fleet.members(cluster);
-            let now = unix_ms();
-            let mut changed: BTreeMap<String, BackupRecord> = BTreeMap::new();
-            for b in rec.backups.values() {
-                if let Some(n) = follow(b, &members, now) {
-                    changed.insert(n.id.clone(), n);
-                }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let read = rec.backups.clone();
+        for b in changed.values() {
+            if b.status != RUNNING && rec.backups.get(&b.id).is_some_and(|o| o.status == RUNNING) {
+                info!(
+                    backup = b.id,
+                    status = b.status,
+                    error = b.error,
+                    "backup ended"
+                );
             }
-            if changed.is_empty() {
-                return;
-            }
-            let read = rec.backups.clone();
-            for b in changed.values() {
-                if b.status != RUNNING
-                    && rec.backups.get(&b.id).is_some_and(|o| o.status == RUNNING)
-                {
-                    info!(
-                        backup = b.id,
-                        status = b.status,
-                        error = b.error,
-                        "backup ended"
-                    );
-                }
-            }
-            // only over entries still as they were read
-            let r = self
-                .fleet
-                .update_cluster(cluster, epoch.clone(), move |now| {
-                    for (id, n) in changed {
-                        if now.backups.get(&id) == read.get(&id) {
-                            now.backups.insert(id, n);
-                        }
+        }
+        // only over entries still as they were read
+        let r = self
+            .fleet
+            .update_cluster(cluster, epoch.clone(), move |now| {
+                for (id, n) in changed {
+                    if now.backups.get(&id) == read.get(&id) {
+                        now.backups.insert(id, n);
                     }
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = r {
-                warn!(cluster, error = %e, "cannot update the backup catalog; retrying");
-            }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(cluster, error = %e, "cannot update the backup catalog; retrying");
         }
     }
 }
@@ -686,7 +706,7 @@ mod tests {
     #[test]
     fn an_incremental_builds_on_the_newest_completed_physical_backup_on_its_host() {
         let mut rec = crate::store::ClusterRecord::empty("main");
-        let e = incremental_parent(&rec, None).unwrap_err();
+        let e = incremental_parent(&rec, None).unwrap_err().message();
         assert!(e.contains("take a full backup first"), "{e}");
         for b in [
             record("full", "db2", "physical", "completed", 10),
@@ -697,7 +717,7 @@ mod tests {
         }
         assert_eq!(incremental_parent(&rec, None).unwrap().id, "full");
         assert_eq!(incremental_parent(&rec, Some("db2")).unwrap().id, "full");
-        let e = incremental_parent(&rec, Some("db3")).unwrap_err();
+        let e = incremental_parent(&rec, Some("db3")).unwrap_err().message();
         assert!(e.contains("taken on db2"), "{e}");
         rec.restores.insert(
             "r1".into(),
@@ -714,7 +734,7 @@ mod tests {
                 finished_at_unix_ms: 25,
             },
         );
-        let e = incremental_parent(&rec, None).unwrap_err();
+        let e = incremental_parent(&rec, None).unwrap_err().message();
         assert!(e.contains("db2 was restored"), "{e}");
     }
 

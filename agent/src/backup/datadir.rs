@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use super::repo::{Manifest, chain, read_stored, tail};
+use super::repo::{Manifest, chain, fed_outcome, read_stored, tail};
 use super::{logical, tools};
 
 /// What building a data directory needs.
@@ -92,18 +92,12 @@ fn unpack(dir: &Path, m: &Manifest, into: &Path, progress: Arc<AtomicU64>) -> Re
         read_stored(&dir.join(&stored.name), stored, progress, &mut stdin)
     };
     let status = child.wait().map_err(|e| format!("mbstream: {e}"))?;
-    if let Err(e) = fed
-        && (e.contains("is corrupt") || status.success())
-    {
-        return Err(e);
-    }
-    if !status.success() {
-        return Err(format!(
+    fed_outcome(fed, status, |status| {
+        format!(
             "mbstream could not unpack the stream of {} ({status})",
             m.id
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// `mariadb-backup --prepare` of `data`, applying `delta` (an unpacked

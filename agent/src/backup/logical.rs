@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::Taken;
 use super::repo::{
-    DUMP_FILE, LOG_FILE, Manifest, StoredFile, read_stored, store_output, sync_dir, tail,
+    DUMP_FILE, Manifest, create_backup_dir, fed_outcome, partial, publish, read_stored,
+    store_output, tail,
 };
 use super::scratch::{ScratchOptions, ScratchServer, install_db};
 use super::tools;
@@ -149,14 +150,7 @@ impl DumpScan {
 
 /// Runs the dump into `b.dir`. On error the caller removes the directory.
 pub fn take(b: &LogicalBackup) -> Result<Taken, String> {
-    if let Some(parent) = b.dir.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    }
-    std::fs::create_dir(&b.dir).map_err(|e| format!("cannot create {}: {e}", b.dir.display()))?;
-    let log_path = b.dir.join(LOG_FILE);
-    let log = std::fs::File::create(&log_path)
-        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let (log_path, log) = create_backup_dir(&b.dir)?;
     let mut child = Command::new(&b.tool)
         .arg(format!(
             "--defaults-extra-file={}",
@@ -183,11 +177,10 @@ pub fn take(b: &LogicalBackup) -> Result<Taken, String> {
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", b.tool.display()))?;
-    let partial = b.dir.join(format!("{DUMP_FILE}.partial"));
     let mut scan = DumpScan::default();
     let (stored, status) = store_output(
         &mut child,
-        &partial,
+        &partial(&b.dir, DUMP_FILE),
         b.level,
         b.threads,
         b.progress.clone(),
@@ -201,17 +194,11 @@ pub fn take(b: &LogicalBackup) -> Result<Taken, String> {
         ));
     }
     let (binlog_file, binlog_position, end_gtid) = scan.position()?;
-    let data = b.dir.join(DUMP_FILE);
-    std::fs::rename(&partial, &data)
-        .map_err(|e| format!("cannot rename {}: {e}", partial.display()))?;
-    sync_dir(&b.dir)?;
+    let stream_bytes = stored.raw;
+    let stored = publish(&b.dir, DUMP_FILE, stored)?;
     Ok(Taken {
-        stream_bytes: stored.raw,
-        stored: StoredFile {
-            name: DUMP_FILE.into(),
-            bytes: stored.stored,
-            sha256: stored.sha256,
-        },
+        stream_bytes,
+        stored,
         end_gtid,
         binlog_file,
         binlog_position,
@@ -305,18 +292,9 @@ pub async fn load(
         .await
         .map_err(|e| format!("load task: {e}"))?
         .map_err(|e| format!("waiting for the client: {e}"))?;
-    // a corrupt file first: the client's error is its consequence
-    if let Err(e) = fed
-        && (e.contains("is corrupt") || status.success())
-    {
-        return Err(e);
-    }
-    if !status.success() {
-        return Err(format!(
-            "loading the dump failed ({status}): {}",
-            tail(&load_log, 3)
-        ));
-    }
+    fed_outcome(fed, status, |status| {
+        format!("loading the dump failed ({status}): {}", tail(&load_log, 3))
+    })?;
     let (_, _, gtid) = scan.position()?;
     if gtid != m.end_gtid {
         return Err(format!(

@@ -2,14 +2,13 @@
 //! output is compressed (zstd, multithreaded) and hashed (SHA-256) in this
 //! process on its way to the repository, never staged whole on local disk.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::Taken;
-use super::repo::{DATA_FILE, LOG_FILE, StoredFile, store_output, sync_dir, tail};
+use super::repo::{DATA_FILE, create_backup_dir, partial, publish, store_output, tail};
 
 /// What a physical backup needs.
 pub struct PhysicalBackup {
@@ -70,18 +69,11 @@ fn checkpoints(text: &str) -> Option<(u64, u64)> {
 /// Runs the backup into `b.dir`. On error the caller removes the directory.
 pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
     let tool = &b.tool;
-    if let Some(parent) = b.dir.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    }
-    std::fs::create_dir(&b.dir).map_err(|e| format!("cannot create {}: {e}", b.dir.display()))?;
+    let (log_path, log) = create_backup_dir(&b.dir)?;
     let scratch = &b.tool_tmp;
     let lsn_dir = scratch.join("lsn");
     std::fs::create_dir_all(&lsn_dir)
         .map_err(|e| format!("cannot create {}: {e}", lsn_dir.display()))?;
-    let log_path = b.dir.join(LOG_FILE);
-    let log = File::create(&log_path)
-        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
     let mut cmd = Command::new(tool);
     cmd.arg(format!(
         "--defaults-extra-file={}",
@@ -102,10 +94,9 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
-    let partial = b.dir.join(format!("{DATA_FILE}.partial"));
     let (stored, status) = store_output(
         &mut child,
-        &partial,
+        &partial(&b.dir, DATA_FILE),
         b.level,
         b.threads,
         b.progress.clone(),
@@ -127,17 +118,11 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
         .as_deref()
         .and_then(checkpoints)
         .ok_or_else(|| format!("mariadb-backup wrote no readable {}", lsn_file.display()))?;
-    let data = b.dir.join(DATA_FILE);
-    std::fs::rename(&partial, &data)
-        .map_err(|e| format!("cannot rename {}: {e}", partial.display()))?;
-    sync_dir(&b.dir)?;
+    let stream_bytes = stored.raw;
+    let stored = publish(&b.dir, DATA_FILE, stored)?;
     Ok(Taken {
-        stream_bytes: stored.raw,
-        stored: StoredFile {
-            name: DATA_FILE.into(),
-            bytes: stored.stored,
-            sha256: stored.sha256,
-        },
+        stream_bytes,
+        stored,
         end_gtid,
         binlog_file,
         binlog_position,

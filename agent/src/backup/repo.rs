@@ -235,6 +235,40 @@ pub fn store_stream(
     })
 }
 
+/// Creates a new backup's directory (never an existing one: a backup
+/// never writes into another) and the tool's log in it; returns the log's
+/// path and file.
+pub fn create_backup_dir(dir: &Path) -> Result<(PathBuf, std::fs::File), String> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    std::fs::create_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let log_path = dir.join(LOG_FILE);
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    Ok((log_path, log))
+}
+
+/// The `.partial` file a backup's `name` is written as.
+pub fn partial(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.partial"))
+}
+
+/// Gives the finished `.partial` file its name, durably; returns it as
+/// the manifest lists it.
+pub fn publish(dir: &Path, name: &str, stored: Stored) -> Result<StoredFile, String> {
+    let from = partial(dir, name);
+    std::fs::rename(&from, dir.join(name))
+        .map_err(|e| format!("cannot rename {}: {e}", from.display()))?;
+    sync_dir(dir)?;
+    Ok(StoredFile {
+        name: name.to_string(),
+        bytes: stored.stored,
+        sha256: stored.sha256,
+    })
+}
+
 /// [`store_stream`] of a tool's standard output; the tool is killed when
 /// storing fails, and waited for either way. Returns its exit status.
 #[allow(clippy::too_many_arguments)]
@@ -261,18 +295,35 @@ pub fn store_output(
     Ok((stored?, status))
 }
 
+/// Why a stored file could not be read back.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Its bytes are not the ones stored: the backup is damaged.
+    Corrupt(String),
+    /// It could not be opened, or its reader stopped taking bytes.
+    Failed(String),
+}
+
+impl From<ReadError> for String {
+    fn from(e: ReadError) -> String {
+        match e {
+            ReadError::Corrupt(m) | ReadError::Failed(m) => m,
+        }
+    }
+}
+
 /// Decompresses the stored file `path` into `out`, checking it against
-/// its manifest entry. A file that does not match is reported corrupt
-/// whatever else went wrong (it is hashed whole even when `out` stops
-/// taking bytes: a full scratch disk is no corrupt backup).
+/// the size and checksum it was stored with. A file that does not match
+/// is corrupt whatever else went wrong (it is hashed whole even when `out`
+/// stops taking bytes: a full scratch disk is no corrupt backup).
 pub fn read_stored(
     path: &Path,
     expected: &StoredFile,
     progress: Arc<AtomicU64>,
     out: &mut impl Write,
-) -> Result<(), String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+) -> Result<(), ReadError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| ReadError::Failed(format!("cannot open {}: {e}", path.display())))?;
     let mut reader = HashingReader::new(io::BufReader::new(file), progress);
     let copied = zstd::stream::copy_decode(&mut reader, &mut *out).and_then(|()| out.flush());
     if copied.is_err() {
@@ -280,14 +331,34 @@ pub fn read_stored(
     }
     let (bytes, sha) = reader.finish();
     if sha != expected.sha256 || bytes != expected.bytes {
-        return Err(format!(
-            "{} is corrupt: {bytes} bytes with SHA-256 {sha}, the manifest says {} bytes with {}",
+        return Err(ReadError::Corrupt(format!(
+            "{} is corrupt: {bytes} bytes with SHA-256 {sha}, it was stored as {} bytes with {}",
             path.display(),
             expected.bytes,
             expected.sha256
-        ));
+        )));
     }
-    copied.map_err(|e| format!("cannot decompress {} into its reader: {e}", path.display()))
+    copied.map_err(|e| {
+        ReadError::Failed(format!(
+            "cannot decompress {} into its reader: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// What feeding a stored file to a tool came to: a corrupt file first
+/// (the tool's failure is its consequence), then the tool's own failure
+/// in `tool_failed`'s words, then a feed that stopped.
+pub fn fed_outcome(
+    fed: Result<(), ReadError>,
+    status: std::process::ExitStatus,
+    tool_failed: impl FnOnce(std::process::ExitStatus) -> String,
+) -> Result<(), String> {
+    match fed {
+        Err(ReadError::Corrupt(e)) => Err(e),
+        _ if !status.success() => Err(tool_failed(status)),
+        other => other.map_err(String::from),
+    }
 }
 
 /// Fsyncs a directory, so the names in it survive a crash.

@@ -26,7 +26,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use tracing::info;
 
-use super::repo::{HashingReader, Manifest, tail};
+use super::repo::{Manifest, read_stored, tail};
 use super::{datadir, tools};
 use crate::binlog_archive::events;
 use crate::binlog_archive::store::{self, Target};
@@ -138,22 +138,9 @@ fn fetch_binlogs(plan: &store::Plan, dir: &Path) -> Result<Vec<PathBuf>, String>
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         for c in chunks {
             let stored = plan.dir.join(&c.stored.name);
-            let f = std::fs::File::open(&stored)
-                .map_err(|e| format!("cannot open {}: {e}", stored.display()))?;
-            let mut reader = HashingReader::new(BufReader::new(f), Arc::new(AtomicU64::new(0)));
             let mut bytes = Vec::new();
-            let decoded = zstd::stream::copy_decode(&mut reader, &mut bytes);
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-            let (n, sha) = reader.finish();
-            if sha != c.stored.sha256 || n != c.stored.bytes {
-                return Err(format!(
-                    "archived binlog {} is corrupt: {n} bytes with SHA-256 {sha}, its meta says {} bytes with {}",
-                    stored.display(),
-                    c.stored.bytes,
-                    c.stored.sha256
-                ));
-            }
-            decoded.map_err(|e| format!("cannot decompress {}: {e}", stored.display()))?;
+            read_stored(&stored, &c.stored, Arc::new(AtomicU64::new(0)), &mut bytes)
+                .map_err(|e| format!("archived binlog: {}", String::from(e)))?;
             if bytes.len() as u64 != c.end - c.start {
                 return Err(format!(
                     "archived binlog {} holds {} bytes, its meta says {}",

@@ -47,6 +47,24 @@ impl Drop for ScratchServer {
     }
 }
 
+/// Kills a scratch server a killed agent left running in `dir` (its pid
+/// file is `dir/mysqld.pid`), so the directory can be removed: only a
+/// process whose command line names `dir`, never another that reuses
+/// the pid.
+pub fn kill_left_running(dir: &Path) {
+    let Some(pid) = crate::mysql::process::read_pid(&dir.join("mysqld.pid")) else {
+        return;
+    };
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy()));
+    if ours {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// Whether the agent runs as root (then mysqld must be told it may).
 fn as_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -199,5 +217,36 @@ impl ScratchServer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn only_a_process_naming_the_directory_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spawn = |arg: String| {
+            Command::new("sh")
+                .args(["-c", "sleep 60; true", &arg])
+                .spawn()
+                .unwrap()
+        };
+        let mut stranger = spawn("elsewhere".into());
+        std::fs::write(dir.path().join("mysqld.pid"), stranger.id().to_string()).unwrap();
+        kill_left_running(dir.path());
+        let pid = nix::unistd::Pid::from_raw(stranger.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert_eq!(
+            stranger.wait().unwrap().signal(),
+            Some(15),
+            "a reused pid is left alone (ended by our SIGTERM, not a SIGKILL)"
+        );
+        let mut left = spawn(dir.path().to_string_lossy().into_owned());
+        std::fs::write(dir.path().join("mysqld.pid"), left.id().to_string()).unwrap();
+        kill_left_running(dir.path());
+        assert_eq!(left.wait().unwrap().signal(), Some(9));
     }
 }

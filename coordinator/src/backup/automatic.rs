@@ -13,8 +13,9 @@ use dbfleet_proto::pb::command_request::Command;
 use tracing::{info, warn};
 
 use super::schedule::{self, BackupPolicy, Kind};
-use super::{Backups, DELETING};
+use super::{Backups, DELETING, NoParent};
 use crate::error::ServiceError;
+use crate::store::ClusterRecord;
 
 /// How soon a verification no host could start is tried again.
 const VERIFY_RETRY_MS: i64 = 5_000;
@@ -64,14 +65,14 @@ impl Backups {
     /// One pass of the cluster's automatic work.
     pub(super) async fn follow_policy(&self, cluster: &str, epoch: &Epoch) {
         let now = unix_ms();
-        self.delete_expired(cluster, epoch, now).await;
-        self.prune_archive(cluster, epoch).await;
         let rec = self.fleet.cluster_record(cluster);
+        self.delete_expired(cluster, epoch, &rec, now).await;
+        self.prune_archive(cluster, epoch, &rec).await;
         let p = &rec.backup_policy;
         if let Some(kind) = schedule::due(now, p, &rec.backups)
             && self.may_try(cluster, kind.as_str(), now, kind.retry_after_ms(p))
         {
-            self.start_scheduled(cluster, kind).await;
+            self.start_scheduled(cluster, &rec, kind).await;
         }
         if let Some(b) = schedule::to_verify(p, &rec.backups)
             && self.may_try(cluster, "verify", now, VERIFY_RETRY_MS)
@@ -105,9 +106,23 @@ impl Backups {
 
     /// Starts a scheduled backup of `kind`; an incremental one that
     /// cannot build on the newest physical backup (its host was restored,
-    /// it failed verification) becomes a full one.
-    async fn start_scheduled(&self, cluster: &str, kind: Kind) {
-        let req = |kind: Kind| pb::RunBackupRequest {
+    /// it failed verification) becomes a full one, and one that waits for
+    /// a running full backup is not started.
+    async fn start_scheduled(&self, cluster: &str, rec: &ClusterRecord, mut kind: Kind) {
+        if kind == Kind::Incremental {
+            match super::incremental_parent(rec, None) {
+                Ok(_) => {}
+                Err(NoParent::Wait(_)) => return,
+                Err(NoParent::TakeFull(why)) => {
+                    info!(
+                        cluster,
+                        why, "scheduled incremental backup becomes a full one"
+                    );
+                    kind = Kind::Full;
+                }
+            }
+        }
+        let req = pb::RunBackupRequest {
             cluster: cluster.to_string(),
             host: String::new(),
             method: if kind == Kind::Logical {
@@ -118,18 +133,7 @@ impl Backups {
             .into(),
             incremental: kind == Kind::Incremental,
         };
-        let mut started = self.run(req(kind)).await;
-        if kind == Kind::Incremental
-            && let Err(ServiceError::Refused(why)) = &started
-            && why.contains("take a full backup")
-        {
-            info!(
-                cluster,
-                why, "scheduled incremental backup becomes a full one"
-            );
-            started = self.run(req(Kind::Full)).await;
-        }
-        match started {
+        match self.run(req).await {
             Ok(b) => info!(
                 cluster,
                 backup = b.id,
@@ -157,8 +161,15 @@ impl Backups {
 
     /// Marks what retention removes as `deleting`, then has an agent
     /// delete each from the repository and drops its entry.
-    async fn delete_expired(&self, cluster: &str, epoch: &Epoch, now: i64) {
-        let rec = self.fleet.cluster_record(cluster);
+    async fn delete_expired(&self, cluster: &str, epoch: &Epoch, rec: &ClusterRecord, now: i64) {
+        let being_deleted = |rec: &ClusterRecord| -> Vec<(String, String, bool)> {
+            rec.backups
+                .values()
+                .filter(|b| b.status == DELETING)
+                .map(|b| (b.id.clone(), b.host.clone(), b.manifest_json.is_empty()))
+                .collect()
+        };
+        let mut deleting = being_deleted(rec);
         let busy = schedule::in_use(&rec.backups, &rec.restores);
         if !schedule::expired(now, &rec.backup_policy, &rec.backups, &busy).is_empty() {
             // decided again on the record being changed: a restore or a
@@ -173,25 +184,20 @@ impl Backups {
                             b.status = DELETING.into();
                         }
                     }
-                    Ok(ids)
+                    Ok((ids, being_deleted(rec)))
                 })
                 .await;
             match marked {
-                Ok(ids) => info!(cluster, backups = ?ids, "retention removes these backups"),
+                Ok((ids, now_deleting)) => {
+                    info!(cluster, backups = ?ids, "retention removes these backups");
+                    deleting = now_deleting;
+                }
                 Err(e) => {
                     warn!(cluster, error = %e, "cannot mark expired backups; retrying");
                     return;
                 }
             }
         }
-        let deleting: Vec<(String, String, bool)> = self
-            .fleet
-            .cluster_record(cluster)
-            .backups
-            .values()
-            .filter(|b| b.status == DELETING)
-            .map(|b| (b.id.clone(), b.host.clone(), b.manifest_json.is_empty()))
-            .collect();
         for (id, host, no_files) in deleting {
             if !no_files {
                 if !self.may_try(cluster, &format!("delete/{id}"), now, DELETE_RETRY_MS) {
@@ -229,8 +235,7 @@ impl Backups {
     /// Has an agent delete the archived binlogs older than every kept
     /// backup needs, when retention is on and the oldest kept backup
     /// changed since the last time.
-    async fn prune_archive(&self, cluster: &str, epoch: &Epoch) {
-        let rec = self.fleet.cluster_record(cluster);
+    async fn prune_archive(&self, cluster: &str, epoch: &Epoch, rec: &ClusterRecord) {
         if !rec.backup_policy.retains() {
             return;
         }
