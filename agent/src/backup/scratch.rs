@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mysql_async::{Conn, OptsBuilder};
+use tracing::warn;
 
 use super::repo::tail;
 use super::tools;
@@ -47,22 +48,63 @@ impl Drop for ScratchServer {
     }
 }
 
-/// Kills a scratch server a killed agent left running in `dir` (its pid
-/// file is `dir/mysqld.pid`), so the directory can be removed: only a
-/// process whose command line names `dir`, never another that reuses
-/// the pid.
+/// Kills a scratch server a killed agent left running on a data
+/// directory under `dir` (at most three levels down), and waits until it
+/// has let go, so the directory can be removed.
+///
+/// The server is found through the POSIX lock InnoDB holds on `ibdata1`
+/// while it runs: the kernel names the holder in our own pid namespace,
+/// so neither a pid file (whose pid may have been reused) nor `/proc`
+/// (which may show another namespace) is trusted.
 pub fn kill_left_running(dir: &Path) {
-    let Some(pid) = crate::mysql::process::read_pid(&dir.join("mysqld.pid")) else {
-        return;
-    };
-    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy()));
-    if ours {
+    for data in data_dirs(dir, 3) {
+        let Some(pid) = lock_holder(&data.join("ibdata1")) else {
+            continue;
+        };
+        warn!(pid, data = %data.display(), "killing a scratch mysqld a killed agent left running");
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
+        let started = Instant::now();
+        while lock_holder(&data.join("ibdata1")).is_some() && started.elapsed() < TIMEOUT {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
+}
+
+/// `dir` and the directories below it, `depth` levels down, that hold an
+/// `ibdata1`.
+fn data_dirs(dir: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if dir.join("ibdata1").is_file() {
+        found.push(dir.to_path_buf());
+    }
+    if depth > 0
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                found.extend(data_dirs(&e.path(), depth - 1));
+            }
+        }
+    }
+    found
+}
+
+/// The pid of the process holding a POSIX write lock on `file`, if any.
+fn lock_holder(file: &Path) -> Option<i32> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let f = std::fs::File::open(file).ok()?;
+    let mut lock = nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as i16,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    fcntl(&f, FcntlArg::F_GETLK(&mut lock)).ok()?;
+    (lock.l_type != nix::libc::F_UNLCK as i16 && lock.l_pid > 0).then_some(lock.l_pid)
 }
 
 /// Whether the agent runs as root (then mysqld must be told it may).
@@ -223,30 +265,52 @@ impl ScratchServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::ExitStatusExt;
 
-    #[test]
-    fn only_a_process_naming_the_directory_is_killed() {
+    /// A real scratch server whose agent died (its handle forgotten, so
+    /// nothing stops it) is killed by the next start's clean-up; a live
+    /// process the leftover pid file names, but which holds no lock, is
+    /// left alone.
+    #[tokio::test]
+    async fn a_left_running_scratch_server_is_killed_and_a_reused_pid_is_not() {
         let dir = tempfile::tempdir().unwrap();
-        let spawn = |arg: String| {
-            Command::new("sh")
-                .args(["-c", "sleep 60; true", &arg])
-                .spawn()
-                .unwrap()
-        };
-        let mut stranger = spawn("elsewhere".into());
-        std::fs::write(dir.path().join("mysqld.pid"), stranger.id().to_string()).unwrap();
+        let data = dir.path().join("job").join("data");
+        install_db(&data, &[], &dir.path().join("install.log")).unwrap();
+        let mut server = ScratchServer::start(
+            &data,
+            &dir.path().join("job"),
+            &ScratchOptions {
+                defaults_file: None,
+                skip_grant_tables: true,
+                extra: Vec::new(),
+            },
+        )
+        .unwrap();
+        drop(server.connect("root").await.unwrap());
+        let mysqld = server.child.id() as i32;
+        assert_eq!(lock_holder(&data.join("ibdata1")), Some(mysqld));
+        let socket_dir = server.socket_dir.clone();
+        std::mem::forget(server);
+
+        let mut stranger = Command::new("sleep").arg("600").spawn().unwrap();
+        std::fs::write(
+            dir.path().join("job").join("mysqld.pid"),
+            stranger.id().to_string(),
+        )
+        .unwrap();
+
         kill_left_running(dir.path());
-        let pid = nix::unistd::Pid::from_raw(stranger.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        assert_eq!(
-            stranger.wait().unwrap().signal(),
-            Some(15),
-            "a reused pid is left alone (ended by our SIGTERM, not a SIGKILL)"
+        assert_eq!(lock_holder(&data.join("ibdata1")), None);
+        assert!(
+            !crate::mysql::process::alive(mysqld),
+            "the scratch mysqld is gone"
         );
-        let mut left = spawn(dir.path().to_string_lossy().into_owned());
-        std::fs::write(dir.path().join("mysqld.pid"), left.id().to_string()).unwrap();
-        kill_left_running(dir.path());
-        assert_eq!(left.wait().unwrap().signal(), Some(9));
+        assert_eq!(
+            stranger.try_wait().unwrap(),
+            None,
+            "the process the pid file names, holding no lock, still runs"
+        );
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
+        let _ = std::fs::remove_dir_all(socket_dir);
     }
 }
