@@ -29,15 +29,23 @@ use tracing::{error, info, warn};
 use crate::binlog_archive::store::Target;
 use crate::mysql::control::ControlError;
 use crate::mysql::observer::MysqlTarget;
-use repo::{Manifest, StoredFile, backup_dir};
+use crate::repository::Repository;
+use repo::{BackupDir, Manifest, StoredFile};
 
 /// `[backup]` of the agent's config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupConfig {
-    /// The repository: a local or mounted directory shared by the
-    /// cluster's agents (docs/backups.md).
-    pub repository: PathBuf,
+    /// The repository shared by the cluster's agents (docs/backups.md):
+    /// an absolute path to a local or mounted directory, or
+    /// `s3://BUCKET[/PREFIX]` with a `[backup.s3]` section.
+    pub repository: String,
+    /// How to reach the bucket of an `s3://` repository.
+    #[serde(default)]
+    pub s3: Option<crate::repository::S3Config>,
+    /// The opened repository (set when the config is loaded).
+    #[serde(skip)]
+    pub store: Option<Arc<Repository>>,
     /// Where verifications restore into a scratch server (default
     /// `state_dir/scratch`); emptied after each.
     #[serde(default)]
@@ -111,6 +119,10 @@ struct Marker {
     /// More of it, known once the job runs.
     #[serde(default)]
     also: Vec<PathBuf>,
+    /// A backup job's backup, removed from the repository if it has no
+    /// manifest.
+    #[serde(default)]
+    backup: Option<String>,
 }
 
 struct Entry {
@@ -229,10 +241,15 @@ impl Jobs {
             else {
                 continue;
             };
+            let backup = m
+                .backup
+                .as_ref()
+                .zip(self.store())
+                .map(|(id, repo)| BackupDir::new(repo, &self.cluster, id));
             // Killed between the manifest and the marker's removal: the
             // backup is complete and says so.
-            let job = match Manifest::read(&m.partial) {
-                Ok(manifest) if m.kind == "backup" => completed_job(
+            let job = match backup.as_ref().map(Manifest::read) {
+                Some(Ok(manifest)) => completed_job(
                     &m.id,
                     &m.kind,
                     "completed before the agent stopped",
@@ -242,6 +259,11 @@ impl Jobs {
                     for p in std::iter::once(&m.partial).chain(&m.also) {
                         scratch::kill_left_running(p);
                         let _ = std::fs::remove_dir_all(p);
+                    }
+                    if let Some(b) = &backup
+                        && let Err(e) = b.repo.remove_all(&b.key)
+                    {
+                        warn!(job = m.id, error = %e, "the partial backup could not be removed");
                     }
                     warn!(
                         job = m.id,
@@ -296,11 +318,23 @@ impl Jobs {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
+    /// The repository, when backups are configured.
+    fn store(&self) -> Option<&Arc<Repository>> {
+        self.config.as_ref().and_then(|c| c.store.as_ref())
+    }
+
     fn config(&self) -> Result<&BackupConfig, ControlError> {
         self.config.as_ref().ok_or_else(|| {
             ControlError::NotConfigured(
                 "this agent has no [backup] section (repository = \"/path\") in its config".into(),
             )
+        })
+    }
+
+    /// The repository, or why there is none.
+    fn repository(&self) -> Result<&Arc<Repository>, ControlError> {
+        self.config()?.store.as_ref().ok_or_else(|| {
+            ControlError::NotConfigured("the backup repository was not opened".into())
         })
     }
 
@@ -409,8 +443,7 @@ impl Jobs {
     ) -> Result<String, ControlError> {
         valid_id(job_id)?;
         valid_id(backup_id)?;
-        let cfg = self.config()?.clone();
-        let backup = backup_dir(&cfg.repository, &self.cluster, backup_id);
+        let backup = BackupDir::new(self.repository()?, &self.cluster, backup_id);
         let scratch = self.scratch.join(job_id);
         let progress = match self.register(job_id, "verify", backup_id)? {
             Ok(p) => p,
@@ -421,6 +454,7 @@ impl Jobs {
             kind: "verify".into(),
             partial: scratch.clone(),
             also: vec![],
+            backup: None,
         }) {
             self.finish(job_id, Err(e.to_string()));
             return Err(e);
@@ -458,7 +492,6 @@ impl Jobs {
     ) -> Result<String, ControlError> {
         valid_id(job_id)?;
         valid_id(backup_id)?;
-        let cfg = self.config()?.clone();
         let start_command = self.start_command.clone().ok_or_else(|| {
             ControlError::NotConfigured(
                 "this agent cannot start mysqld after a restore: set [mysql] start_command \
@@ -466,7 +499,7 @@ impl Jobs {
                     .into(),
             )
         })?;
-        let backup = backup_dir(&cfg.repository, &self.cluster, backup_id);
+        let backup = BackupDir::new(self.repository()?, &self.cluster, backup_id);
         let work = self.scratch.join(job_id);
         let progress = match self.register(job_id, "restore", backup_id)? {
             Ok(p) => p,
@@ -477,6 +510,7 @@ impl Jobs {
             kind: "restore".into(),
             partial: work.clone(),
             also: vec![],
+            backup: None,
         };
         if let Err(e) = self.write_marker(&marker) {
             self.finish(job_id, Err(e.to_string()));
@@ -495,8 +529,8 @@ impl Jobs {
                 Ok(()) => {
                     let r = restore::Restore {
                         job_id: job_id.clone(),
+                        repository: backup.repo.clone(),
                         backup_dir: backup,
-                        repository: cfg.repository.clone(),
                         cluster: jobs.cluster.clone(),
                         work: work.clone(),
                         target: jobs.target.clone(),

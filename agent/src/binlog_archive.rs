@@ -32,7 +32,8 @@ use tracing::{info, warn};
 
 use crate::backup::repo::{HashingWriter, StoredFile};
 use crate::mysql::observer::{self, MysqlTarget};
-use store::{ChunkMeta, Head, file_number, streams_dir};
+use crate::repository::Repository;
+use store::{ChunkMeta, Head, file_number, streams_key};
 
 /// Largest chunk: a long-idle archive catching up writes several.
 const MAX_CHUNK: u64 = 64 << 20;
@@ -187,7 +188,7 @@ impl ServerBinlogs {
 pub struct Archiver {
     cluster: String,
     host: String,
-    repository: PathBuf,
+    repository: Arc<Repository>,
     state_path: PathBuf,
     target: MysqlTarget,
     level: i32,
@@ -219,7 +220,7 @@ impl Archiver {
     pub fn new(
         cluster: &str,
         host: &str,
-        repository: &Path,
+        repository: Arc<Repository>,
         state_dir: &Path,
         target: MysqlTarget,
         level: i32,
@@ -230,7 +231,7 @@ impl Archiver {
         Archiver {
             cluster: cluster.to_string(),
             host: host.to_string(),
-            repository: repository.to_path_buf(),
+            repository,
             state_path,
             target,
             level,
@@ -262,8 +263,9 @@ impl Archiver {
         .map_err(|_| format!("mysqld did not answer within {limit:?}"))?
     }
 
-    fn stream_dir(&self) -> PathBuf {
-        streams_dir(&self.repository, &self.cluster).join(&self.state.stream)
+    /// The current stream's key prefix.
+    fn stream_key(&self) -> String {
+        format!("{}/{}", streams_key(&self.cluster), self.state.stream)
     }
 
     fn save(&self) -> Result<(), String> {
@@ -285,8 +287,6 @@ impl Archiver {
             stream: format!("{}-{server_id}-{stamp}", self.host),
             files: BTreeMap::new(),
         };
-        std::fs::create_dir_all(self.stream_dir())
-            .map_err(|e| format!("cannot create {}: {e}", self.stream_dir().display()))?;
         self.save()?;
         info!(
             stream = self.state.stream,
@@ -438,24 +438,30 @@ impl Archiver {
             .any(|(f, p)| file_number(f) == Some(n.saturating_sub(1)) && p.closed)
     }
 
-    fn chunk_path(&self, file: &str, start: u64, ext: &str) -> PathBuf {
-        self.stream_dir()
-            .join(format!("{}.{ext}", ChunkMeta::name(file, start)))
+    fn chunk_key(&self, file: &str, start: u64, ext: &str) -> String {
+        format!(
+            "{}/{}.{ext}",
+            self.stream_key(),
+            ChunkMeta::name(file, start)
+        )
     }
 
     fn read_meta(&self, file: &str, start: u64) -> Option<ChunkMeta> {
-        let bytes = std::fs::read(self.chunk_path(file, start, "json")).ok()?;
+        let bytes = self
+            .repository
+            .read(&self.chunk_key(file, start, "json"))
+            .ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     fn write_meta(&self, meta: &ChunkMeta) -> Result<(), String> {
-        let path = self.chunk_path(&meta.file, meta.start, "json");
-        dbfleet_common::durable::write_atomic(
-            &path,
-            &serde_json::to_vec_pretty(meta).expect("metas encode"),
-            0o644,
-        )
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        let key = self.chunk_key(&meta.file, meta.start, "json");
+        self.repository
+            .put(
+                &key,
+                &serde_json::to_vec_pretty(meta).expect("metas encode"),
+            )
+            .map_err(|e| format!("cannot write {}: {e}", self.repository.describe(&key)))
     }
 
     /// Archives `file` from `start` towards `limit` (at most
@@ -505,31 +511,20 @@ impl Archiver {
             ));
         }
         let end = start + whole as u64;
-        let data = self.chunk_path(file, start, "zst");
-        let tmp = data.with_extension("zst.tmp");
+        let data = self.chunk_key(file, start, "zst");
         let stored = (|| -> std::io::Result<StoredFile> {
-            let out = std::fs::File::create(&tmp)?;
-            let sink =
-                HashingWriter::new(std::io::BufWriter::new(out), Arc::new(AtomicU64::new(0)));
+            let sink = HashingWriter::new(Vec::new(), Arc::new(AtomicU64::new(0)));
             let mut z = zstd::stream::Encoder::new(sink, self.level)?;
             z.write_all(&bytes[..whole])?;
-            let (w, n, sha) = z.finish()?.finish();
-            let file = w.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &data)?;
+            let (compressed, n, sha) = z.finish()?.finish();
+            self.repository.put(&data, &compressed)?;
             Ok(StoredFile {
-                name: data
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                name: format!("{}.zst", ChunkMeta::name(file, start)),
                 bytes: n,
                 sha256: sha,
             })
         })()
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("cannot write {}: {e}", data.display())
-        })?;
+        .map_err(|e| format!("cannot write {}: {e}", self.repository.describe(&data)))?;
         self.write_meta(&ChunkMeta {
             format: 1,
             stream: self.state.stream.clone(),
@@ -574,13 +569,13 @@ impl Archiver {
         if fresh {
             return Ok(());
         }
-        let path = self.stream_dir().join("head.json");
-        dbfleet_common::durable::write_atomic(
-            &path,
-            &serde_json::to_vec_pretty(&head).expect("heads encode"),
-            0o644,
-        )
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let key = format!("{}/head.json", self.stream_key());
+        self.repository
+            .put(
+                &key,
+                &serde_json::to_vec_pretty(&head).expect("heads encode"),
+            )
+            .map_err(|e| format!("cannot write {}: {e}", self.repository.describe(&key)))?;
         self.last_head = Some((head, checked));
         Ok(())
     }

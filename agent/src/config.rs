@@ -176,13 +176,10 @@ impl AgentConfig {
             return Ok(c);
         }
         Name::parse(&c.cluster).map_err(|r| invalid("cluster", r))?;
-        if let Some(b) = &c.backup {
-            if !b.repository.is_absolute() {
-                return Err(invalid(
-                    "backup.repository",
-                    "must be an absolute path (a local or mounted directory)".into(),
-                ));
-            }
+        if let Some(b) = &mut c.backup {
+            let store = crate::repository::Repository::open(&b.repository, b.s3.as_ref())
+                .map_err(|r| invalid("backup.repository", r))?;
+            b.store = Some(std::sync::Arc::new(store));
             if !(1..=19).contains(&b.compression_level) {
                 return Err(invalid(
                     "backup.compression_level",

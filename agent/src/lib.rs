@@ -12,6 +12,7 @@ pub mod fence;
 pub mod guard;
 pub mod mysql;
 pub mod reporter;
+pub mod repository;
 pub mod service;
 
 use std::sync::Arc;
@@ -173,7 +174,7 @@ pub async fn run(
                 let archiver = binlog_archive::Archiver::new(
                     &config.cluster,
                     &config.host,
-                    &b.repository,
+                    b.store.clone().expect("opened in AgentConfig::load"),
                     &config.state_dir,
                     target.clone(),
                     b.compression_level,

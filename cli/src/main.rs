@@ -760,6 +760,7 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         lease: sandbox::sandbox_lease(),
         coordinator_extra: String::new(),
         self_fence_timeout: None,
+        agent_backup: String::new(),
         bins,
     };
     if output == Output::Table {

@@ -191,6 +191,9 @@ pub struct SandboxSpec {
     pub coordinator_extra: String,
     /// The agents' `self_fence_timeout` (unset: no self-fence).
     pub self_fence_timeout: Option<Duration>,
+    /// The agents' `[backup]` section (e.g. an S3 repository); empty: a
+    /// repository directory in the sandbox.
+    pub agent_backup: String,
     /// Programs to run.
     pub bins: Binaries,
 }
@@ -528,7 +531,7 @@ impl Fleet {
             .map(|c| format!("{:?}", c.address))
             .collect();
         let text = format!(
-            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\nstart_command = [{start}]\n\n[backup]\nrepository = {repo}\n\n{tls}",
+            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\nstart_command = [{start}]\n\n{backup}\n{tls}",
             host = m.host,
             cluster = self.info.cluster,
             listen = m.agent_address,
@@ -550,7 +553,11 @@ impl Fleet {
             ip = m.address,
             port = m.mysql_port,
             socket = quoted(&self.server(&m.host)?.socket),
-            repo = quoted(&self.path("backups")),
+            backup = if self.spec.agent_backup.is_empty() {
+                format!("[backup]\nrepository = {}\n", quoted(&self.path("backups")))
+            } else {
+                self.spec.agent_backup.clone()
+            },
             user = mariadb::AGENT_USER,
             pw = quoted(&self.path("secrets/agent-mysql.password")),
             repl_user = mariadb::REPL_USER,

@@ -14,6 +14,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 pub mod backups;
+pub mod s3;
 pub mod workload;
 
 use dbfleet_cli::sandbox::{self, Binaries, Fleet, SandboxError, SandboxSpec};
@@ -286,6 +287,7 @@ impl TestFleet {
             lease: sandbox::sandbox_lease(),
             coordinator_extra: String::new(),
             self_fence_timeout: None,
+            agent_backup: String::new(),
             bins,
         };
         customize(&mut spec);

@@ -11,13 +11,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use super::repo::{Manifest, chain, fed_outcome, read_stored, tail};
+use super::repo::{BackupDir, Manifest, chain, fed_outcome, read_stored, tail};
 use super::{logical, tools};
 
 /// What building a data directory needs.
 pub struct Build {
-    /// The backup's directory in the repository.
-    pub backup_dir: PathBuf,
+    /// The backup in the repository.
+    pub backup_dir: BackupDir,
     /// The data directory to create.
     pub data: PathBuf,
     /// A directory of the job's own for logs and unpacked increments.
@@ -74,7 +74,12 @@ pub async fn build(b: Build) -> Result<Manifest, String> {
 }
 
 /// Unpacks one physical backup's stream into `into` (created).
-fn unpack(dir: &Path, m: &Manifest, into: &Path, progress: Arc<AtomicU64>) -> Result<(), String> {
+fn unpack(
+    dir: &BackupDir,
+    m: &Manifest,
+    into: &Path,
+    progress: Arc<AtomicU64>,
+) -> Result<(), String> {
     let stored = m.data_file()?;
     std::fs::create_dir_all(into).map_err(|e| format!("cannot create {}: {e}", into.display()))?;
     let mbstream = tools::find("mbstream")?;
@@ -89,7 +94,13 @@ fn unpack(dir: &Path, m: &Manifest, into: &Path, progress: Arc<AtomicU64>) -> Re
         .map_err(|e| format!("cannot run {}: {e}", mbstream.display()))?;
     let fed = {
         let mut stdin = child.stdin.take().expect("piped");
-        read_stored(&dir.join(&stored.name), stored, progress, &mut stdin)
+        read_stored(
+            &dir.repo,
+            &dir.file(&stored.name),
+            stored,
+            progress,
+            &mut stdin,
+        )
     };
     let status = child.wait().map_err(|e| format!("mbstream: {e}"))?;
     fed_outcome(fed, status, |status| {

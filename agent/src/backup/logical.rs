@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::Taken;
 use super::repo::{
-    DUMP_FILE, Manifest, create_backup_dir, fed_outcome, partial, publish, read_stored,
-    store_output, tail,
+    BackupDir, DUMP_FILE, Manifest, create_log, fed_outcome, keep_log, read_stored, store_output,
+    tail,
 };
 use super::scratch::{ScratchOptions, ScratchServer, install_db};
 use super::tools;
@@ -31,8 +31,12 @@ pub struct LogicalBackup {
     pub tool: PathBuf,
     /// Its `--version` line, for the manifest.
     pub tool_version: String,
-    /// The backup's directory in the repository (created here).
-    pub dir: PathBuf,
+    /// The backup's place in the repository (new: the caller has made
+    /// sure no other backup is there).
+    pub dir: BackupDir,
+    /// A directory of the agent's for the tool's log (removed by the
+    /// caller).
+    pub work: PathBuf,
     /// `--defaults-extra-file` with the agent's credentials (mode 0600).
     pub defaults_file: PathBuf,
     /// The server's `mysql` tables not in [`SYSTEM_TABLES`].
@@ -148,9 +152,10 @@ impl DumpScan {
     }
 }
 
-/// Runs the dump into `b.dir`. On error the caller removes the directory.
+/// Runs the dump into `b.dir`. On error the caller removes what it
+/// stored.
 pub fn take(b: &LogicalBackup) -> Result<Taken, String> {
-    let (log_path, log) = create_backup_dir(&b.dir)?;
+    let (log_path, log) = create_log(&b.work)?;
     let mut child = Command::new(&b.tool)
         .arg(format!(
             "--defaults-extra-file={}",
@@ -180,7 +185,8 @@ pub fn take(b: &LogicalBackup) -> Result<Taken, String> {
     let mut scan = DumpScan::default();
     let (stored, status) = store_output(
         &mut child,
-        &partial(&b.dir, DUMP_FILE),
+        &b.dir,
+        DUMP_FILE,
         b.level,
         b.threads,
         b.progress.clone(),
@@ -194,11 +200,10 @@ pub fn take(b: &LogicalBackup) -> Result<Taken, String> {
         ));
     }
     let (binlog_file, binlog_position, end_gtid) = scan.position()?;
-    let stream_bytes = stored.raw;
-    let stored = publish(&b.dir, DUMP_FILE, stored)?;
+    keep_log(&b.dir, &log_path)?;
     Ok(Taken {
-        stream_bytes,
-        stored,
+        stream_bytes: stored.raw,
+        stored: stored.file(DUMP_FILE),
         end_gtid,
         binlog_file,
         binlog_position,
@@ -232,7 +237,7 @@ impl<W: Write> Write for Scanned<'_, W> {
 /// through its checksum, shut down cleanly. `extra` are server options the
 /// target needs (InnoDB page size). Logs go into `work`.
 pub async fn load(
-    backup_dir: &Path,
+    backup_dir: &BackupDir,
     m: &Manifest,
     data: &Path,
     work: &Path,
@@ -275,14 +280,14 @@ pub async fn load(
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", client.display()))?;
     let stdin = child.stdin.take().expect("piped");
-    let path = backup_dir.join(&stored.name);
+    let (repo, key) = (backup_dir.repo.clone(), backup_dir.file(&stored.name));
     let (fed, scan) = tokio::task::spawn_blocking(move || {
         let mut scan = DumpScan::default();
         let mut out = Scanned {
             inner: stdin,
             scan: &mut scan,
         };
-        let fed = read_stored(&path, &stored, progress, &mut out);
+        let fed = read_stored(&repo, &key, &stored, progress, &mut out);
         drop(out);
         (fed, scan)
     })

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::Taken;
-use super::repo::{DATA_FILE, create_backup_dir, partial, publish, store_output, tail};
+use super::repo::{BackupDir, DATA_FILE, create_log, keep_log, store_output, tail};
 
 /// What a physical backup needs.
 pub struct PhysicalBackup {
@@ -16,11 +16,11 @@ pub struct PhysicalBackup {
     pub tool: PathBuf,
     /// Its `--version` line, for the manifest.
     pub tool_version: String,
-    /// The backup's directory in the repository (created here; an
-    /// existing one is refused, so a backup never writes into another).
-    pub dir: PathBuf,
-    /// The tool's own temporary directory, on the agent's disk rather
-    /// than in the repository (removed by the caller).
+    /// The backup's place in the repository (new: the caller has made
+    /// sure no other backup is there).
+    pub dir: BackupDir,
+    /// The tool's own temporary directory and its log, on the agent's
+    /// disk rather than in the repository (removed by the caller).
     pub tool_tmp: PathBuf,
     /// `--defaults-extra-file` with the agent's credentials (mode 0600):
     /// the password never appears in argv.
@@ -66,11 +66,12 @@ fn checkpoints(text: &str) -> Option<(u64, u64)> {
     Some((value("from_lsn")?, value("to_lsn")?))
 }
 
-/// Runs the backup into `b.dir`. On error the caller removes the directory.
+/// Runs the backup into `b.dir`. On error the caller removes what it
+/// stored.
 pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
     let tool = &b.tool;
-    let (log_path, log) = create_backup_dir(&b.dir)?;
     let scratch = &b.tool_tmp;
+    let (log_path, log) = create_log(scratch)?;
     let lsn_dir = scratch.join("lsn");
     std::fs::create_dir_all(&lsn_dir)
         .map_err(|e| format!("cannot create {}: {e}", lsn_dir.display()))?;
@@ -96,7 +97,8 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
         .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
     let (stored, status) = store_output(
         &mut child,
-        &partial(&b.dir, DATA_FILE),
+        &b.dir,
+        DATA_FILE,
         b.level,
         b.threads,
         b.progress.clone(),
@@ -118,11 +120,10 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
         .as_deref()
         .and_then(checkpoints)
         .ok_or_else(|| format!("mariadb-backup wrote no readable {}", lsn_file.display()))?;
-    let stream_bytes = stored.raw;
-    let stored = publish(&b.dir, DATA_FILE, stored)?;
+    keep_log(&b.dir, &log_path)?;
     Ok(Taken {
-        stream_bytes,
-        stored,
+        stream_bytes: stored.raw,
+        stored: stored.file(DATA_FILE),
         end_gtid,
         binlog_file,
         binlog_position,

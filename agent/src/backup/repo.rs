@@ -1,19 +1,21 @@
-//! The backup repository on disk: where each backup's files go, the
-//! manifest that makes a backup exist, and the streaming pieces (a writer
-//! that hashes and counts what it stores).
+//! Backups in the repository: where each backup's files go, the manifest
+//! that makes a backup exist, and the streaming pieces (a writer that
+//! hashes and counts what it stores).
 //!
-//! Layout (docs/backups.md): `REPO/CLUSTER/backups/ID/` holds
-//! `data.xbstream.zst` (while being written: `.partial`), `backup.log` (the
-//! tool's own log) and `manifest.json`, written last and atomically. A
-//! directory without a manifest is not a backup.
+//! Layout (docs/backups.md): `CLUSTER/backups/ID/` holds
+//! `data.xbstream.zst` (or `dump.sql.zst`), `backup.log` (the tool's own
+//! log) and `manifest.json`, written last and atomically. A backup without
+//! a manifest is not a backup.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::repository::Repository;
 
 /// The stream file of a physical backup.
 pub const DATA_FILE: &str = "data.xbstream.zst";
@@ -24,9 +26,42 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// The backup tool's log.
 pub const LOG_FILE: &str = "backup.log";
 
-/// One backup's directory.
-pub fn backup_dir(repository: &Path, cluster: &str, id: &str) -> PathBuf {
-    repository.join(cluster).join("backups").join(id)
+/// One backup's place in the repository: its key prefix.
+#[derive(Debug, Clone)]
+pub struct BackupDir {
+    /// The repository.
+    pub repo: Arc<Repository>,
+    /// `CLUSTER/backups/ID`.
+    pub key: String,
+}
+
+impl BackupDir {
+    /// Backup `id` of `cluster`.
+    pub fn new(repo: &Arc<Repository>, cluster: &str, id: &str) -> BackupDir {
+        BackupDir {
+            repo: repo.clone(),
+            key: format!("{cluster}/backups/{id}"),
+        }
+    }
+
+    /// The key of its file `name`.
+    pub fn file(&self, name: &str) -> String {
+        format!("{}/{name}", self.key)
+    }
+
+    /// Another backup of the same cluster.
+    pub fn sibling(&self, id: &str) -> BackupDir {
+        let base = self.key.rsplit_once('/').map_or("", |(b, _)| b);
+        BackupDir {
+            repo: self.repo.clone(),
+            key: format!("{base}/{id}"),
+        }
+    }
+
+    /// Where it is, for messages.
+    pub fn describe(&self) -> String {
+        self.repo.describe(&self.key)
+    }
 }
 
 /// A stored file of a backup.
@@ -98,19 +133,19 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Reads the manifest of a backup directory.
-    pub fn read(dir: &Path) -> io::Result<Manifest> {
-        let bytes = std::fs::read(dir.join(MANIFEST_FILE))?;
+    /// Reads the manifest of a backup.
+    pub fn read(dir: &BackupDir) -> io::Result<Manifest> {
+        let bytes = dir.repo.read(&dir.file(MANIFEST_FILE))?;
         serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    /// The manifest of a backup directory, or an error that says the
-    /// directory is no usable backup.
-    pub fn read_usable(dir: &Path) -> Result<Manifest, String> {
+    /// The manifest of a backup, or an error that says it is no usable
+    /// backup.
+    pub fn read_usable(dir: &BackupDir) -> Result<Manifest, String> {
         Manifest::read(dir).map_err(|e| {
             format!(
                 "{} is not a usable backup: no readable manifest ({e})",
-                dir.display()
+                dir.describe()
             )
         })
     }
@@ -133,19 +168,18 @@ impl Manifest {
         self.parent.is_some()
     }
 
-    /// Writes it last and atomically (temporary file, fsync, rename, fsync
-    /// of the directory): a backup exists from this moment on.
-    pub fn write(&self, dir: &Path) -> io::Result<()> {
+    /// Writes it last and atomically: a backup exists from this moment on.
+    pub fn write(&self, dir: &BackupDir) -> io::Result<()> {
         let json = serde_json::to_vec_pretty(self).expect("manifests always encode");
-        dbfleet_common::durable::write_atomic(&dir.join(MANIFEST_FILE), &json, 0o640)
+        dir.repo.put(&dir.file(MANIFEST_FILE), &json)
     }
 }
 
 /// The backups a restore of the backup in `dir` needs, oldest first: the
-/// full one and the incremental ones on top of it, each directory with its
+/// full one and the incremental ones on top of it, each with its
 /// manifest. Every link must be present and continue its parent's LSN.
-pub fn chain(dir: &Path) -> Result<Vec<(PathBuf, Manifest)>, String> {
-    let mut out = vec![(dir.to_path_buf(), Manifest::read_usable(dir)?)];
+pub fn chain(dir: &BackupDir) -> Result<Vec<(BackupDir, Manifest)>, String> {
+    let mut out = vec![(dir.clone(), Manifest::read_usable(dir)?)];
     while let Some(parent) = out.last().and_then(|(_, m)| m.parent.clone()) {
         let (child_dir, child) = out.last().expect("not empty");
         if out.len() > 1000 {
@@ -154,7 +188,7 @@ pub fn chain(dir: &Path) -> Result<Vec<(PathBuf, Manifest)>, String> {
                 child.id
             ));
         }
-        let parent_dir = child_dir.with_file_name(&parent);
+        let parent_dir = child_dir.sibling(&parent);
         let m = Manifest::read(&parent_dir).map_err(|e| {
             format!(
                 "backup {} is built on {parent}, which is not usable ({e}): restore a full backup instead",
@@ -184,21 +218,39 @@ pub struct Stored {
     pub sha256: String,
 }
 
+impl Stored {
+    /// The file as the manifest lists it.
+    pub fn file(&self, name: &str) -> StoredFile {
+        StoredFile {
+            name: name.to_string(),
+            bytes: self.stored,
+            sha256: self.sha256.clone(),
+        }
+    }
+}
+
 /// Compresses (zstd, `threads` workers) and hashes everything `input`
-/// yields into a new file `path`, synced to disk; `observe` sees each
+/// yields into the new file `name` of backup `dir`, complete and durable
+/// when this returns (and absent when it fails); `observe` sees each
 /// uncompressed piece on its way. Checks `cancel` between pieces.
+#[allow(clippy::too_many_arguments)]
 pub fn store_stream(
     input: &mut impl io::Read,
-    path: &Path,
+    dir: &BackupDir,
+    name: &str,
     level: i32,
     threads: u32,
     progress: Arc<AtomicU64>,
     cancel: &AtomicBool,
     mut observe: impl FnMut(&[u8]),
 ) -> Result<Stored, String> {
-    let file = std::fs::File::create(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let sink = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), progress);
+    let key = dir.file(name);
+    let what = || dir.repo.describe(&key);
+    let file = dir
+        .repo
+        .create(&key)
+        .map_err(|e| format!("cannot create {}: {e}", what()))?;
+    let sink = HashingWriter::new(file, progress);
     let mut z = zstd::stream::Encoder::new(sink, level).map_err(|e| format!("zstd: {e}"))?;
     z.multithread(threads.max(1))
         .map_err(|e| format!("zstd threads: {e}"))?;
@@ -217,17 +269,13 @@ pub fn store_stream(
         raw += n as u64;
         observe(&buf[..n]);
         z.write_all(&buf[..n])
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            .map_err(|e| format!("writing {}: {e}", what()))?;
     }
-    let sink = z
-        .finish()
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let sink = z.finish().map_err(|e| format!("writing {}: {e}", what()))?;
     let (writer, stored, sha256) = sink.finish();
-    let file = writer
-        .into_inner()
-        .map_err(|e| format!("writing {}: {}", path.display(), e.error()))?;
-    file.sync_all()
-        .map_err(|e| format!("syncing {}: {e}", path.display()))?;
+    writer
+        .finish()
+        .map_err(|e| format!("writing {}: {e}", what()))?;
     Ok(Stored {
         raw,
         stored,
@@ -235,38 +283,24 @@ pub fn store_stream(
     })
 }
 
-/// Creates a new backup's directory (never an existing one: a backup
-/// never writes into another) and the tool's log in it; returns the log's
-/// path and file.
-pub fn create_backup_dir(dir: &Path) -> Result<(PathBuf, std::fs::File), String> {
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    }
-    std::fs::create_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let log_path = dir.join(LOG_FILE);
+/// Creates the tool's log in `work` (a directory of the agent's, created
+/// here); returns its path and file. [`keep_log`] stores it with the
+/// backup.
+pub fn create_log(work: &Path) -> Result<(std::path::PathBuf, std::fs::File), String> {
+    std::fs::create_dir_all(work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let log_path = work.join(LOG_FILE);
     let log = std::fs::File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
     Ok((log_path, log))
 }
 
-/// The `.partial` file a backup's `name` is written as.
-pub fn partial(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.partial"))
-}
-
-/// Gives the finished `.partial` file its name, durably; returns it as
-/// the manifest lists it.
-pub fn publish(dir: &Path, name: &str, stored: Stored) -> Result<StoredFile, String> {
-    let from = partial(dir, name);
-    std::fs::rename(&from, dir.join(name))
-        .map_err(|e| format!("cannot rename {}: {e}", from.display()))?;
-    sync_dir(dir)?;
-    Ok(StoredFile {
-        name: name.to_string(),
-        bytes: stored.stored,
-        sha256: stored.sha256,
-    })
+/// Stores the tool's log with backup `dir`.
+pub fn keep_log(dir: &BackupDir, log_path: &Path) -> Result<(), String> {
+    let text = std::fs::read(log_path).unwrap_or_default();
+    let key = dir.file(LOG_FILE);
+    dir.repo
+        .put(&key, &text)
+        .map_err(|e| format!("cannot write {}: {e}", dir.repo.describe(&key)))
 }
 
 /// [`store_stream`] of a tool's standard output; the tool is killed when
@@ -274,7 +308,8 @@ pub fn publish(dir: &Path, name: &str, stored: Stored) -> Result<StoredFile, Str
 #[allow(clippy::too_many_arguments)]
 pub fn store_output(
     child: &mut std::process::Child,
-    path: &Path,
+    dir: &BackupDir,
+    name: &str,
     level: i32,
     threads: u32,
     progress: Arc<AtomicU64>,
@@ -285,7 +320,16 @@ pub fn store_output(
         .stdout
         .take()
         .ok_or("the tool's output is not piped")?;
-    let stored = store_stream(&mut stdout, path, level, threads, progress, cancel, observe);
+    let stored = store_stream(
+        &mut stdout,
+        dir,
+        name,
+        level,
+        threads,
+        progress,
+        cancel,
+        observe,
+    );
     if stored.is_err() {
         let _ = child.kill();
     }
@@ -312,19 +356,21 @@ impl From<ReadError> for String {
     }
 }
 
-/// Decompresses the stored file `path` into `out`, checking it against
-/// the size and checksum it was stored with. A file that does not match
-/// is corrupt whatever else went wrong (it is hashed whole even when `out`
-/// stops taking bytes: a full scratch disk is no corrupt backup).
+/// Decompresses the stored file `key` of `repo` into `out`, checking it
+/// against the size and checksum it was stored with. A file that does not
+/// match is corrupt whatever else went wrong (it is hashed whole even when
+/// `out` stops taking bytes: a full scratch disk is no corrupt backup).
 pub fn read_stored(
-    path: &Path,
+    repo: &Repository,
+    key: &str,
     expected: &StoredFile,
     progress: Arc<AtomicU64>,
     out: &mut impl Write,
 ) -> Result<(), ReadError> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| ReadError::Failed(format!("cannot open {}: {e}", path.display())))?;
-    let mut reader = HashingReader::new(io::BufReader::new(file), progress);
+    let file = repo
+        .open_read(key)
+        .map_err(|e| ReadError::Failed(format!("cannot open {}: {e}", repo.describe(key))))?;
+    let mut reader = HashingReader::new(file, progress);
     let copied = zstd::stream::copy_decode(&mut reader, &mut *out).and_then(|()| out.flush());
     if copied.is_err() {
         let _ = io::copy(&mut reader, &mut io::sink());
@@ -333,7 +379,7 @@ pub fn read_stored(
     if sha != expected.sha256 || bytes != expected.bytes {
         return Err(ReadError::Corrupt(format!(
             "{} is corrupt: {bytes} bytes with SHA-256 {sha}, it was stored as {} bytes with {}",
-            path.display(),
+            repo.describe(key),
             expected.bytes,
             expected.sha256
         )));
@@ -341,7 +387,7 @@ pub fn read_stored(
     copied.map_err(|e| {
         ReadError::Failed(format!(
             "cannot decompress {} into its reader: {e}",
-            path.display()
+            repo.describe(key)
         ))
     })
 }
@@ -359,13 +405,6 @@ pub fn fed_outcome(
         _ if !status.success() => Err(tool_failed(status)),
         other => other.map_err(String::from),
     }
-}
-
-/// Fsyncs a directory, so the names in it survive a crash.
-pub fn sync_dir(dir: &Path) -> Result<(), String> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("syncing {}: {e}", dir.display()))
 }
 
 /// Hashes and counts every byte written through it into `inner`, and
@@ -504,20 +543,25 @@ mod tests {
         }
     }
 
+    fn repository(d: &tempfile::TempDir) -> Arc<Repository> {
+        Arc::new(Repository::open(&d.path().to_string_lossy(), None).unwrap())
+    }
+
     #[test]
     fn a_manifest_is_written_whole_and_read_back() {
         let d = tempfile::tempdir().unwrap();
+        let dir = BackupDir::new(&repository(&d), "main", "b1");
         let m = manifest("b1");
-        m.write(d.path()).unwrap();
-        assert_eq!(Manifest::read(d.path()).unwrap(), m);
+        m.write(&dir).unwrap();
+        assert_eq!(Manifest::read(&dir).unwrap(), m);
     }
 
     #[test]
     fn an_incremental_chain_is_resolved_oldest_first_and_every_link_checked() {
         let d = tempfile::tempdir().unwrap();
+        let repo = repository(&d);
         let put = |m: &Manifest| {
-            let dir = d.path().join(&m.id);
-            std::fs::create_dir_all(&dir).unwrap();
+            let dir = BackupDir::new(&repo, "main", &m.id);
             m.write(&dir).unwrap();
             dir
         };
@@ -550,7 +594,7 @@ mod tests {
         let e = chain(&bad).unwrap_err();
         assert!(e.contains("does not continue its parent inc1"), "{e}");
         // a parent gone from the repository
-        std::fs::remove_dir_all(d.path().join("full")).unwrap();
+        repo.remove_all("main/backups/full").unwrap();
         let e = chain(&inc2).unwrap_err();
         assert!(
             e.contains("inc1 is built on full, which is not usable"),

@@ -26,12 +26,13 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use tracing::info;
 
-use super::repo::{Manifest, read_stored, tail};
+use super::repo::{BackupDir, Manifest, read_stored, tail};
 use super::{datadir, tools};
 use crate::binlog_archive::events;
 use crate::binlog_archive::store::{self, Target};
 use crate::mysql::observer::{self, MysqlTarget};
 use crate::mysql::process::{read_pid, wait_gone};
+use crate::repository::Repository;
 
 /// How long mysqld may take to shut down, and to accept connections
 /// after its start (crash recovery of a large buffer pool is slow).
@@ -42,10 +43,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Restore {
     /// The job's id (names its directories).
     pub job_id: String,
-    /// The backup's directory in the repository.
-    pub backup_dir: PathBuf,
+    /// The backup in the repository.
+    pub backup_dir: BackupDir,
     /// The repository and cluster, for the binlog archive.
-    pub repository: PathBuf,
+    pub repository: Arc<Repository>,
     /// See `repository`.
     pub cluster: String,
     /// A directory of the job's own for logs and fetched binlogs.
@@ -129,7 +130,11 @@ fn major_minor(version: &str) -> String {
 
 /// Decompresses the chunks of a plan into whole binlog files in `dir`,
 /// each chunk through its checksum; returns the files in order.
-fn fetch_binlogs(plan: &store::Plan, dir: &Path) -> Result<Vec<PathBuf>, String> {
+fn fetch_binlogs(
+    repo: &Repository,
+    plan: &store::Plan,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut files = Vec::new();
     for ((_, name), chunks) in store::by_file(&plan.chunks) {
@@ -137,14 +142,20 @@ fn fetch_binlogs(plan: &store::Plan, dir: &Path) -> Result<Vec<PathBuf>, String>
         let mut out = std::fs::File::create(&path)
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         for c in chunks {
-            let stored = plan.dir.join(&c.stored.name);
+            let stored = format!("{}/{}", plan.key, c.stored.name);
             let mut bytes = Vec::new();
-            read_stored(&stored, &c.stored, Arc::new(AtomicU64::new(0)), &mut bytes)
-                .map_err(|e| format!("archived binlog: {}", String::from(e)))?;
+            read_stored(
+                repo,
+                &stored,
+                &c.stored,
+                Arc::new(AtomicU64::new(0)),
+                &mut bytes,
+            )
+            .map_err(|e| format!("archived binlog: {}", String::from(e)))?;
             if bytes.len() as u64 != c.end - c.start {
                 return Err(format!(
                     "archived binlog {} holds {} bytes, its meta says {}",
-                    stored.display(),
+                    repo.describe(&stored),
                     bytes.len(),
                     c.end - c.start
                 ));
@@ -402,9 +413,9 @@ pub async fn restore(
                 .collect();
             let plan = store::plan(&streams, &start, target)?;
             let dir = r.work.join("binlogs");
-            let (target, start2) = (target.clone(), start.clone());
+            let (target, start2, repo) = (target.clone(), start.clone(), r.repository.clone());
             let fetched = tokio::task::spawn_blocking(move || {
-                let files = fetch_binlogs(&plan, &dir)?;
+                let files = fetch_binlogs(&repo, &plan, &dir)?;
                 let stop = stop_position(&files, &start2, &target)?;
                 Ok::<_, String>((plan, files, stop))
             })

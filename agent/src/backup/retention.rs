@@ -4,7 +4,7 @@
 use dbfleet_common::gtid::Position;
 use tracing::info;
 
-use super::repo::{self, backup_dir};
+use super::repo::{self, BackupDir};
 use super::{Jobs, RUNNING, valid_id};
 use crate::mysql::control::ControlError;
 
@@ -14,7 +14,7 @@ impl Jobs {
     /// Refused while a job of this agent uses it.
     pub async fn delete_backup(&self, id: &str) -> Result<String, ControlError> {
         valid_id(id)?;
-        let cfg = self.config()?;
+        let dir = BackupDir::new(self.repository()?, &self.cluster, id);
         if let Some(e) = self
             .lock()
             .iter()
@@ -25,24 +25,22 @@ impl Jobs {
                 e.job.kind, e.job.id
             )));
         }
-        let dir = backup_dir(&cfg.repository, &self.cluster, id);
-        if !dir.exists() {
-            return Ok(format!("backup {id} is not in the repository"));
-        }
         let target = dir.clone();
         let gone = tokio::task::spawn_blocking(move || {
-            std::fs::remove_file(target.join(repo::MANIFEST_FILE))
-                .or_else(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Ok(()),
-                    _ => Err(e),
-                })
-                .and_then(|()| std::fs::remove_dir_all(&target))
+            if !target.repo.exists(&target.key)? {
+                return Ok(false);
+            }
+            target.repo.remove(&target.file(repo::MANIFEST_FILE))?;
+            target.repo.remove_all(&target.key).map(|()| true)
         })
         .await
         .map_err(|e| ControlError::Repository(format!("delete task: {e}")))?;
-        gone.map_err(|e| {
-            ControlError::Repository(format!("cannot delete {}: {e}", dir.display()))
+        let gone = gone.map_err(|e| {
+            ControlError::Repository(format!("cannot delete {}: {e}", dir.describe()))
         })?;
+        if !gone {
+            return Ok(format!("backup {id} is not in the repository"));
+        }
         info!(backup = id, "backup deleted from the repository");
         Ok(format!("backup {id} deleted"))
     }
@@ -51,7 +49,7 @@ impl Jobs {
     /// restore of a backup at or after `keep_from` needs (retention).
     pub async fn prune_archive(&self, keep_from: &str) -> Result<String, ControlError> {
         let keep = Position::parse(keep_from).map_err(ControlError::NotConfigured)?;
-        let repository = self.config()?.repository.clone();
+        let repository = self.repository()?.clone();
         let cluster = self.cluster.clone();
         let pruned = tokio::task::spawn_blocking(move || {
             crate::binlog_archive::store::prune(&repository, &cluster, &keep)

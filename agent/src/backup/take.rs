@@ -3,7 +3,6 @@
 //! the tool run with the agent's credentials in a private option file,
 //! and the manifest written last.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -11,9 +10,9 @@ use dbfleet_common::clock::unix_ms;
 use dbfleet_common::gtid::Position;
 use dbfleet_proto::model::Flavor;
 use mysql_async::prelude::Queryable;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use super::repo::{Manifest, backup_dir};
+use super::repo::{BackupDir, Manifest};
 use super::{BackupConfig, Entry, Jobs, Marker, completed_job, logical, physical, tools, valid_id};
 use crate::mysql::control::ControlError;
 use crate::mysql::observer;
@@ -47,7 +46,7 @@ impl Jobs {
             valid_id(p)?;
         }
         let cfg = self.config()?.clone();
-        let dir = backup_dir(&cfg.repository, &self.cluster, id);
+        let dir = BackupDir::new(self.repository()?, &self.cluster, id);
         // The id may be one an earlier agent process finished (its job list
         // is gone): never write into, or on failure remove, another backup.
         if let Ok(manifest) = Manifest::read(&dir) {
@@ -61,10 +60,13 @@ impl Jobs {
             }
             return Ok(format!("backup {id} is already completed"));
         }
-        if dir.exists() {
+        let taken = dir.repo.exists(&dir.key).map_err(|e| {
+            ControlError::Repository(format!("cannot look up {}: {e}", dir.describe()))
+        })?;
+        if taken {
             return Err(ControlError::NotConfigured(format!(
                 "{} exists without a manifest; remove it or use another backup id",
-                dir.display()
+                dir.describe()
             )));
         }
         let progress = match self.register(id, "backup", "")? {
@@ -74,8 +76,9 @@ impl Jobs {
         if let Err(e) = self.write_marker(&Marker {
             id: id.to_string(),
             kind: "backup".into(),
-            partial: dir.clone(),
+            partial: self.scratch.join(format!("{id}.tool")),
             also: vec![],
+            backup: Some(id.to_string()),
         }) {
             self.finish(id, Err(e.to_string()));
             return Err(e);
@@ -89,7 +92,12 @@ impl Jobs {
                 .await;
             if let Err(e) = &result {
                 error!(backup = id, error = e, "backup failed; removing its files");
-                let _ = std::fs::remove_dir_all(&dir);
+                let gone = dir.clone();
+                let removed =
+                    tokio::task::spawn_blocking(move || gone.repo.remove_all(&gone.key)).await;
+                if let Ok(Err(e)) = removed {
+                    warn!(backup = id, error = %e, "the failed backup's files could not be removed");
+                }
             }
             jobs.finish(&id, result);
         });
@@ -102,7 +110,7 @@ impl Jobs {
         method: &str,
         parent: Option<String>,
         cfg: &BackupConfig,
-        dir: PathBuf,
+        dir: BackupDir,
         progress: Arc<AtomicU64>,
     ) -> Result<(String, String), String> {
         let started = unix_ms();
@@ -114,7 +122,7 @@ impl Jobs {
             );
         }
         let base = match &parent {
-            Some(p) => Some(self.incremental_base(cfg, p, &state)?),
+            Some(p) => Some(self.incremental_base(&dir, p, &state)?),
             None => None,
         };
         let tool = tools::find(if method == "logical" {
@@ -132,12 +140,19 @@ impl Jobs {
         let defaults = self.dir.join(format!("{id}.cnf"));
         self.write_defaults(&defaults)?;
         let tool_tmp = self.scratch.join(format!("{id}.tool"));
-        info!(backup = id, method, parent, dir = %dir.display(), "backup running");
+        info!(
+            backup = id,
+            method,
+            parent,
+            dir = dir.describe(),
+            "backup running"
+        );
         let taken = if method == "logical" {
             let b = logical::LogicalBackup {
                 tool,
                 tool_version,
                 dir: dir.clone(),
+                work: tool_tmp.clone(),
                 defaults_file: defaults.clone(),
                 ignore_tables,
                 level: cfg.compression_level,
@@ -191,9 +206,12 @@ impl Jobs {
             started_at_unix_ms: started,
             finished_at_unix_ms: unix_ms(),
         };
-        manifest
-            .write(&dir)
-            .map_err(|e| format!("cannot write the manifest in {}: {e}", dir.display()))?;
+        let written = dir.clone();
+        let manifest =
+            tokio::task::spawn_blocking(move || manifest.write(&written).map(|()| manifest))
+                .await
+                .map_err(|e| format!("manifest task: {e}"))?
+                .map_err(|e| format!("cannot write the manifest of {}: {e}", dir.describe()))?;
         let detail = format!(
             "{} stream bytes stored as {} ({} ms) at GTID {:?}",
             manifest.stream_bytes,
@@ -214,11 +232,11 @@ impl Jobs {
     /// refused by the coordinator, which knows its restores.)
     fn incremental_base(
         &self,
-        cfg: &BackupConfig,
+        dir: &BackupDir,
         parent: &str,
         state: &dbfleet_proto::model::ServerState,
     ) -> Result<Manifest, String> {
-        let m = Manifest::read_usable(&backup_dir(&cfg.repository, &self.cluster, parent))?;
+        let m = Manifest::read_usable(&dir.sibling(parent))?;
         let held = Position::parse(&state.gtid.executed)
             .map(|now| Position::parse(&m.end_gtid).is_ok_and(|then| now.covers(&then)))
             .unwrap_or(false);

@@ -19,8 +19,8 @@ use super::scratch::{ScratchOptions, ScratchServer};
 
 /// What a verification needs.
 pub struct Verification {
-    /// The backup's directory in the repository.
-    pub backup_dir: PathBuf,
+    /// The backup in the repository.
+    pub backup_dir: super::repo::BackupDir,
     /// An empty directory of its own (removed by the caller).
     pub scratch: PathBuf,
     /// Bytes read so far.

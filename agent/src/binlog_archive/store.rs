@@ -1,7 +1,7 @@
 //! The binlog archive in the repository, and how point-in-time recovery
 //! finds the binlogs it needs there.
 //!
-//! Layout (docs/backups.md): `REPO/CLUSTER/binlogs/STREAM/` holds chunks
+//! Layout (docs/backups.md): `CLUSTER/binlogs/STREAM/` holds chunks
 //! `FILE.OFFSET.zst` (bytes `start..end` of binlog `FILE`, compressed)
 //! each with `FILE.OFFSET.json`, its meta, written last; `head.json` says
 //! how far the server was archived when last checked. A stream is one
@@ -11,16 +11,16 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::{Path, PathBuf};
 
 use dbfleet_common::gtid::Position;
 use serde::{Deserialize, Serialize};
 
 use crate::backup::repo::StoredFile;
+use crate::repository::Repository;
 
-/// Every stream of a cluster.
-pub fn streams_dir(repository: &Path, cluster: &str) -> PathBuf {
-    repository.join(cluster).join("binlogs")
+/// The key under which every stream of a cluster is.
+pub fn streams_key(cluster: &str) -> String {
+    format!("{cluster}/binlogs")
 }
 
 /// What one archived chunk holds.
@@ -101,8 +101,8 @@ pub fn file_number(name: &str) -> Option<u64> {
 /// A stream as found in the repository.
 #[derive(Debug, Clone)]
 pub struct Stream {
-    /// Its directory.
-    pub dir: PathBuf,
+    /// Its key prefix, `CLUSTER/binlogs/NAME`.
+    pub key: String,
     /// Its name.
     pub name: String,
     /// Its chunks in binlog order.
@@ -113,46 +113,46 @@ pub struct Stream {
 
 /// Reads every stream of the cluster (chunks without a meta are not
 /// archived yet and are skipped).
-pub fn read_streams(repository: &Path, cluster: &str) -> io::Result<Vec<Stream>> {
+pub fn read_streams(repo: &Repository, cluster: &str) -> io::Result<Vec<Stream>> {
     let mut out = Vec::new();
-    let dir = streams_dir(repository, cluster);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for e in entries {
-        let e = e?;
-        if !e.file_type()?.is_dir() {
+    let all = streams_key(cluster);
+    for name in repo.list(&all)? {
+        let key = format!("{all}/{name}");
+        let files = repo.list(&key)?;
+        if files.is_empty() {
             continue;
         }
+        let metas: Vec<String> = files
+            .iter()
+            .filter(|f| f.ends_with(".json") && *f != "head.json")
+            .map(|f| format!("{key}/{f}"))
+            .collect();
         let mut chunks = Vec::new();
-        let mut head = None;
-        for f in std::fs::read_dir(e.path())? {
-            let path = f?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name == "head.json" {
-                head = serde_json::from_slice(&std::fs::read(&path)?).ok();
-            } else if name.ends_with(".json") {
-                // An unreadable meta, or one naming paths, makes the
-                // chunk unusable (a hole), not the whole archive.
-                match std::fs::read(&path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<ChunkMeta>(&b).ok())
-                {
-                    Some(meta) if plain_name(&meta.file) && plain_name(&meta.stored.name) => {
-                        chunks.push(meta)
-                    }
-                    _ => {
-                        tracing::warn!(meta = %path.display(), "unusable binlog chunk meta skipped")
-                    }
+        for (meta_key, read) in metas.iter().zip(repo.read_many(&metas)) {
+            // An unreadable meta, or one naming paths, makes the chunk
+            // unusable (a hole), not the whole archive.
+            match read
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ChunkMeta>(&b).ok())
+            {
+                Some(meta) if plain_name(&meta.file) && plain_name(&meta.stored.name) => {
+                    chunks.push(meta)
                 }
+                _ => tracing::warn!(
+                    meta = repo.describe(meta_key),
+                    "unusable binlog chunk meta skipped"
+                ),
             }
         }
+        let head = if files.iter().any(|f| f == "head.json") {
+            serde_json::from_slice(&repo.read(&format!("{key}/head.json"))?).ok()
+        } else {
+            None
+        };
         chunks.sort_by_key(|c| (file_number(&c.file), c.start));
         out.push(Stream {
-            dir: e.path(),
-            name: e.file_name().to_string_lossy().into_owned(),
+            key,
+            name,
             chunks,
             head,
         });
@@ -175,8 +175,8 @@ pub enum Target {
 pub struct Plan {
     /// The stream they come from.
     pub stream: String,
-    /// The stream's directory.
-    pub dir: PathBuf,
+    /// The stream's key prefix.
+    pub key: String,
     /// Chunks to decompress, in order, grouped into files by the caller.
     pub chunks: Vec<ChunkMeta>,
 }
@@ -256,7 +256,7 @@ pub fn plan(streams: &[Stream], start: &Position, target: &Target) -> Result<Pla
             }
             return Ok(Plan {
                 stream: s.name.clone(),
-                dir: s.dir.clone(),
+                key: s.key.clone(),
                 chunks: tail.to_vec(),
             });
         }
@@ -288,22 +288,17 @@ pub fn prunable<'a>(s: &'a Stream, keep_from: &Position) -> &'a [ChunkMeta] {
 
 /// Deletes, in every stream of the cluster, the chunks [`prunable`] names
 /// (meta first: a chunk without one is not archived); returns how many.
-pub fn prune(repository: &Path, cluster: &str, keep_from: &Position) -> io::Result<usize> {
+pub fn prune(repo: &Repository, cluster: &str, keep_from: &Position) -> io::Result<usize> {
     let mut n = 0;
-    for s in read_streams(repository, cluster)? {
+    for s in read_streams(repo, cluster)? {
         for c in prunable(&s, keep_from) {
-            let meta = s
-                .dir
-                .join(format!("{}.json", ChunkMeta::name(&c.file, c.start)));
-            match std::fs::remove_file(&meta) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            }
-            match std::fs::remove_file(s.dir.join(&c.stored.name)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => n += 1,
-            }
+            repo.remove(&format!(
+                "{}/{}.json",
+                s.key,
+                ChunkMeta::name(&c.file, c.start)
+            ))?;
+            repo.remove(&format!("{}/{}", s.key, c.stored.name))?;
+            n += 1;
         }
     }
     Ok(n)
@@ -350,7 +345,7 @@ mod tests {
 
     fn stream(chunks: Vec<ChunkMeta>) -> Stream {
         Stream {
-            dir: PathBuf::from("/r"),
+            key: "main/binlogs/s".into(),
             name: "s".into(),
             chunks,
             head: None,
