@@ -28,6 +28,18 @@ pub trait ObjectWriter: io::Write + Send {
     fn finish(self: Box<Self>) -> io::Result<()>;
 }
 
+/// Runs blocking repository I/O so that an async worker calling it first
+/// hands its other tasks to the rest of the runtime: a hung bucket or
+/// mount must never stall the agent's reports, lease votes or RPCs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// A backup repository.
 #[derive(Debug)]
 pub enum Repository {
@@ -79,77 +91,77 @@ impl Repository {
 
     /// The whole of a small file; `NotFound` when there is none.
     pub fn read(&self, key: &str) -> io::Result<Vec<u8>> {
-        match self {
+        blocking(|| match self {
             Repository::Dir(d) => d.read(key),
             Repository::S3(s) => s.read(key),
-        }
+        })
     }
 
     /// Several small files, in the order of `keys` (a bucket is asked
     /// for many at once: a binlog archive has a meta per chunk).
     pub fn read_many(&self, keys: &[String]) -> Vec<io::Result<Vec<u8>>> {
-        match self {
+        blocking(|| match self {
             Repository::Dir(d) => keys.iter().map(|k| d.read(k)).collect(),
             Repository::S3(s) => s.read_many(keys),
-        }
+        })
     }
 
     /// Writes a small file atomically and durably, replacing any.
     pub fn put(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
-        match self {
+        blocking(|| match self {
             Repository::Dir(d) => d.put(key, bytes),
             Repository::S3(s) => s.put(key, bytes),
-        }
+        })
     }
 
     /// The names directly below `prefix` (files and the first component
     /// of deeper keys), sorted; empty when there are none.
     pub fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
-        match self {
+        blocking(|| match self {
             Repository::Dir(d) => d.list(prefix),
             Repository::S3(s) => s.list(prefix),
-        }
+        })
     }
 
     /// Whether any file is stored below `prefix` (a backup's files, say).
     pub fn exists(&self, prefix: &str) -> io::Result<bool> {
-        match self {
+        blocking(|| match self {
             Repository::Dir(d) => d.exists(prefix),
             Repository::S3(s) => s.exists(prefix),
-        }
+        })
     }
 
     /// Removes one file; a missing one is no error.
     pub fn remove(&self, key: &str) -> io::Result<()> {
-        match self {
+        blocking(|| match self {
             Repository::Dir(d) => d.remove(key),
             Repository::S3(s) => s.remove(key),
-        }
+        })
     }
 
     /// Removes every file below `prefix`.
     pub fn remove_all(&self, prefix: &str) -> io::Result<()> {
-        match self {
+        blocking(|| match self {
             Repository::Dir(d) => d.remove_all(prefix),
             Repository::S3(s) => s.remove_all(prefix),
-        }
+        })
     }
 
     /// Starts writing a (large) file, streamed: a directory writes it as
     /// `KEY.partial` and renames it when finished, a bucket uploads it in
     /// parts that become an object only when the upload completes.
     pub fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
-        match self {
+        blocking(|| match self {
             Repository::Dir(d) => d.create(key),
             Repository::S3(s) => s.create(key),
-        }
+        })
     }
 
     /// Reads a (large) file as a stream.
     pub fn open_read(&self, key: &str) -> io::Result<Box<dyn io::Read + Send>> {
-        match self {
+        blocking(|| match self {
             Repository::Dir(d) => d.open_read(key),
             Repository::S3(s) => s.open_read(key),
-        }
+        })
     }
 }

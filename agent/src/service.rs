@@ -80,6 +80,12 @@ fn ms(v: u64, default: Duration) -> Duration {
     }
 }
 
+/// Commands that only touch the backup repository.
+fn repository_only(command: &pb::command_request::Command) -> bool {
+    use pb::command_request::Command;
+    matches!(command, Command::DeleteBackup(_) | Command::PruneArchive(_))
+}
+
 /// What a command waits for on purpose, on top of its statements.
 fn command_waits(command: &pb::command_request::Command) -> Duration {
     use pb::command_request::Command;
@@ -222,6 +228,11 @@ impl AgentService for AgentApi {
             Err(CommandRefused::Persist(e)) => return Err(fence_status(e)),
         };
         let name = command_name(&command);
+        let promised = permit.promised.clone();
+        // Repository housekeeping is admitted under the epoch lock but runs
+        // outside it: lease votes wait for that lock, and a bucket or a
+        // mount may hang. It changes no roles, and is idempotent.
+        let _held = (!repository_only(&command)).then_some(permit);
         let limit = self.control.bound(command_waits(&command));
         let outcome = tokio::time::timeout(limit, run_command(&self.control, &self.jobs, command))
             .await
@@ -235,7 +246,7 @@ impl AgentService for AgentApi {
             control_status(e)
         })?;
         let mut reply = pb::CommandReply {
-            promised: Some(permit.promised.clone().into()),
+            promised: Some(promised.into()),
             ..Default::default()
         };
         if let Some(o) = outcome {

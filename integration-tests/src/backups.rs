@@ -49,10 +49,15 @@ pub fn now_ms() -> i64 {
 /// Waits until an archive stream of `host` had caught up with its server
 /// at a check made after `after_ms`.
 pub async fn wait_archived(fleet: &TestFleet, host: &str, after_ms: i64) {
-    let dir = fleet.dir.join("backups/main/binlogs");
+    wait_archived_in(&fleet.dir.join("backups/main/binlogs"), host, after_ms).await
+}
+
+/// [`wait_archived`] with the archive's streams in `dir` (a bucket's
+/// objects, as files of the test's S3 server).
+pub async fn wait_archived_in(dir: &Path, host: &str, after_ms: i64) {
     let give_up = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let caught_up = std::fs::read_dir(&dir)
+        let caught_up = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()

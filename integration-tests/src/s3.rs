@@ -110,7 +110,7 @@ impl S3Server {
     /// keys under `prefix`.
     pub fn backup_section(&self, prefix: &str) -> String {
         format!(
-            "[backup]\nrepository = \"s3://{BUCKET}/{prefix}\"\n\n[backup.s3]\nendpoint = {:?}\nallow_http = true\naccess_key_id_file = {}\nsecret_access_key_file = {}\npart_size_mib = 5\n",
+            "[backup]\nrepository = \"s3://{BUCKET}/{prefix}\"\n\n[backup.s3]\nendpoint = {:?}\nallow_http = true\naccess_key_id_file = {}\nsecret_access_key_file = {}\npart_size_mib = 5\nrequest_timeout = \"3s\"\n",
             self.endpoint,
             toml_path(&self.key_id_file),
             toml_path(&self.secret_file),

@@ -13,7 +13,7 @@ use mysql_async::prelude::Queryable;
 use tracing::{error, info, warn};
 
 use super::repo::{BackupDir, Manifest};
-use super::{BackupConfig, Entry, Jobs, Marker, completed_job, logical, physical, tools, valid_id};
+use super::{BackupConfig, Jobs, Marker, logical, physical, tools, valid_id};
 use crate::mysql::control::ControlError;
 use crate::mysql::observer;
 
@@ -47,61 +47,81 @@ impl Jobs {
         }
         let cfg = self.config()?.clone();
         let dir = BackupDir::new(self.repository()?, &self.cluster, id);
-        // The id may be one an earlier agent process finished (its job list
-        // is gone): never write into, or on failure remove, another backup.
-        if let Ok(manifest) = Manifest::read(&dir) {
-            let mut list = self.lock();
-            if !list.iter().any(|e| e.job.id == id) {
-                list.push(Entry {
-                    job: completed_job(id, "backup", "completed earlier", &manifest),
-                    progress: Arc::new(AtomicU64::new(0)),
-                    uses: String::new(),
-                });
-            }
-            return Ok(format!("backup {id} is already completed"));
-        }
-        let taken = dir.repo.exists(&dir.key).map_err(|e| {
-            ControlError::Repository(format!("cannot look up {}: {e}", dir.describe()))
-        })?;
-        if taken {
-            return Err(ControlError::NotConfigured(format!(
-                "{} exists without a manifest; remove it or use another backup id",
-                dir.describe()
-            )));
-        }
         let progress = match self.register(id, "backup", "")? {
             Ok(p) => p,
             Err(known) => return Ok(known),
         };
-        if let Err(e) = self.write_marker(&Marker {
-            id: id.to_string(),
-            kind: "backup".into(),
-            partial: self.scratch.join(format!("{id}.tool")),
-            also: vec![],
-            backup: Some(id.to_string()),
-        }) {
-            self.finish(id, Err(e.to_string()));
-            return Err(e);
-        }
+        // Nothing here touches the repository: a command holds the agent's
+        // epoch lock, which lease votes need, and a bucket may hang.
         let jobs = self.clone();
         let id = id.to_string();
         let method = method.to_string();
         tokio::spawn(async move {
             let result = jobs
-                .backup(&id, &method, parent, &cfg, dir.clone(), progress)
+                .backup_unless_present(&id, &method, parent, &cfg, dir, progress)
                 .await;
-            if let Err(e) = &result {
-                error!(backup = id, error = e, "backup failed; removing its files");
-                let gone = dir.clone();
-                let removed =
-                    tokio::task::spawn_blocking(move || gone.repo.remove_all(&gone.key)).await;
-                if let Ok(Err(e)) = removed {
-                    warn!(backup = id, error = %e, "the failed backup's files could not be removed");
-                }
-            }
             jobs.finish(&id, result);
         });
         Ok("backup started".into())
+    }
+
+    /// Runs backup `id` unless the repository has it already: the id may
+    /// be one an earlier agent process finished (its job list is gone).
+    /// Never writes into, or on failure removes, another backup.
+    async fn backup_unless_present(
+        &self,
+        id: &str,
+        method: &str,
+        parent: Option<String>,
+        cfg: &BackupConfig,
+        dir: BackupDir,
+        progress: Arc<AtomicU64>,
+    ) -> Result<(String, String), String> {
+        let look = dir.clone();
+        let present = tokio::task::spawn_blocking(move || match Manifest::read(&look) {
+            Ok(m) => Ok(Some(Some(m))),
+            Err(_) => look
+                .repo
+                .exists(&look.key)
+                .map(|taken| taken.then_some(None))
+                .map_err(|e| format!("cannot look up {}: {e}", look.describe())),
+        })
+        .await
+        .map_err(|e| format!("look-up task: {e}"))??;
+        match present {
+            Some(Some(m)) => {
+                return Ok((
+                    "completed earlier".into(),
+                    serde_json::to_string(&m).expect("manifests encode"),
+                ));
+            }
+            Some(None) => {
+                return Err(format!(
+                    "{} exists without a manifest; remove it or use another backup id",
+                    dir.describe()
+                ));
+            }
+            None => {}
+        }
+        self.write_marker(&Marker {
+            id: id.to_string(),
+            kind: "backup".into(),
+            partial: self.scratch.join(format!("{id}.tool")),
+            also: vec![],
+            backup: Some(id.to_string()),
+        })
+        .map_err(|e| e.to_string())?;
+        let result = self
+            .backup(id, method, parent, cfg, dir.clone(), progress)
+            .await;
+        if let Err(e) = &result {
+            error!(backup = id, error = e, "backup failed; removing its files");
+            let removed = tokio::task::spawn_blocking(move || dir.repo.remove_all(&dir.key)).await;
+            if let Ok(Err(e)) = removed {
+                warn!(backup = id, error = %e, "the failed backup's files could not be removed");
+            }
+        }
+        result
     }
 
     async fn backup(
