@@ -17,6 +17,16 @@ use super::{BackupConfig, Jobs, Marker, logical, physical, tools, valid_id};
 use crate::mysql::control::ControlError;
 use crate::mysql::observer;
 
+/// What the repository holds under a new backup's id.
+enum Found {
+    /// A backup, complete.
+    Completed(Manifest),
+    /// Files without a manifest: another backup's, cut short.
+    Unfinished,
+    /// Nothing: the id is free.
+    Nothing,
+}
+
 impl Jobs {
     /// Starts backup `id` into the repository: `method` "physical" (an
     /// incremental one on top of `parent` when given) or "logical".
@@ -78,30 +88,30 @@ impl Jobs {
         progress: Arc<AtomicU64>,
     ) -> Result<(String, String), String> {
         let look = dir.clone();
-        let present = tokio::task::spawn_blocking(move || match Manifest::read(&look) {
-            Ok(m) => Ok(Some(Some(m))),
-            Err(_) => look
-                .repo
-                .exists(&look.key)
-                .map(|taken| taken.then_some(None))
-                .map_err(|e| format!("cannot look up {}: {e}", look.describe())),
+        let found = tokio::task::spawn_blocking(move || match Manifest::read(&look) {
+            Ok(m) => Ok(Found::Completed(m)),
+            Err(_) => match look.repo.exists(&look.key) {
+                Ok(true) => Ok(Found::Unfinished),
+                Ok(false) => Ok(Found::Nothing),
+                Err(e) => Err(format!("cannot look up {}: {e}", look.describe())),
+            },
         })
         .await
         .map_err(|e| format!("look-up task: {e}"))??;
-        match present {
-            Some(Some(m)) => {
+        match found {
+            Found::Completed(m) => {
                 return Ok((
                     "completed earlier".into(),
                     serde_json::to_string(&m).expect("manifests encode"),
                 ));
             }
-            Some(None) => {
+            Found::Unfinished => {
                 return Err(format!(
                     "{} exists without a manifest; remove it or use another backup id",
                     dir.describe()
                 ));
             }
-            None => {}
+            Found::Nothing => {}
         }
         self.write_marker(&Marker {
             id: id.to_string(),
