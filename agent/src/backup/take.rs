@@ -20,7 +20,7 @@ use crate::mysql::observer;
 /// What the repository holds under a new backup's id.
 enum Found {
     /// A backup, complete.
-    Completed(Manifest),
+    Completed(Box<Manifest>),
     /// Files without a manifest: another backup's, cut short.
     Unfinished,
     /// Nothing: the id is free.
@@ -89,7 +89,7 @@ impl Jobs {
     ) -> Result<(String, String), String> {
         let look = dir.clone();
         let found = tokio::task::spawn_blocking(move || match Manifest::read(&look) {
-            Ok(m) => Ok(Found::Completed(m)),
+            Ok(m) => Ok(Found::Completed(Box::new(m))),
             Err(_) => match look.repo.exists(&look.key) {
                 Ok(true) => Ok(Found::Unfinished),
                 Ok(false) => Ok(Found::Nothing),
