@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::Taken;
 use super::repo::{
-    BackupDir, DUMP_FILE, Manifest, create_log, fed_outcome, keep_log, read_stored, store_output,
-    tail,
+    BackupDir, DUMP_FILE, Manifest, StreamTo, create_log, fed_outcome, keep_log, read_stored,
+    store_output, tail,
 };
 use super::scratch::{ScratchOptions, ScratchServer, install_db};
 use super::tools;
@@ -183,16 +183,15 @@ pub fn take(b: &LogicalBackup) -> Result<Taken, String> {
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", b.tool.display()))?;
     let mut scan = DumpScan::default();
-    let (stored, status) = store_output(
-        &mut child,
-        &b.dir,
-        DUMP_FILE,
-        b.level,
-        b.threads,
-        b.progress.clone(),
-        &b.cancel,
-        |piece| scan.observe(piece),
-    )?;
+    let to = StreamTo {
+        dir: &b.dir,
+        name: DUMP_FILE,
+        level: b.level,
+        threads: b.threads,
+        progress: b.progress.clone(),
+        cancel: &b.cancel,
+    };
+    let (stored, status) = store_output(&mut child, to, |piece| scan.observe(piece))?;
     if !status.success() {
         return Err(format!(
             "mariadb-dump failed ({status}): {}",

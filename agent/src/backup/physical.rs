@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::Taken;
-use super::repo::{BackupDir, DATA_FILE, create_log, keep_log, store_output, tail};
+use super::repo::{BackupDir, DATA_FILE, StreamTo, create_log, keep_log, store_output, tail};
 
 /// What a physical backup needs.
 pub struct PhysicalBackup {
@@ -95,16 +95,15 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
-    let (stored, status) = store_output(
-        &mut child,
-        &b.dir,
-        DATA_FILE,
-        b.level,
-        b.threads,
-        b.progress.clone(),
-        &b.cancel,
-        |_| {},
-    )?;
+    let to = StreamTo {
+        dir: &b.dir,
+        name: DATA_FILE,
+        level: b.level,
+        threads: b.threads,
+        progress: b.progress.clone(),
+        cancel: &b.cancel,
+    };
+    let (stored, status) = store_output(&mut child, to, |_| {})?;
     let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
     if !status.success() || !log_text.contains("completed OK!") {
         return Err(format!(

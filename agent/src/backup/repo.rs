@@ -229,35 +229,45 @@ impl Stored {
     }
 }
 
-/// Compresses (zstd, `threads` workers) and hashes everything `input`
-/// yields into the new file `name` of backup `dir`, complete and durable
-/// when this returns (and absent when it fails); `observe` sees each
-/// uncompressed piece on its way. Checks `cancel` between pieces.
-#[allow(clippy::too_many_arguments)]
-pub fn store_stream(
+/// Where a backup's stream is stored, and how.
+pub struct StreamTo<'a> {
+    /// The backup.
+    pub dir: &'a BackupDir,
+    /// The new file's name in it.
+    pub name: &'a str,
+    /// zstd level.
+    pub level: i32,
+    /// zstd worker threads.
+    pub threads: u32,
+    /// Bytes stored so far, for reports.
+    pub progress: Arc<AtomicU64>,
+    /// Set to stop early (the agent shuts down); checked between pieces.
+    pub cancel: &'a AtomicBool,
+}
+
+/// Compresses and hashes everything `input` yields into the new file
+/// `to` names, complete and durable when this returns (and absent when it
+/// fails); `observe` sees each uncompressed piece on its way.
+fn store_stream(
     input: &mut impl io::Read,
-    dir: &BackupDir,
-    name: &str,
-    level: i32,
-    threads: u32,
-    progress: Arc<AtomicU64>,
-    cancel: &AtomicBool,
+    to: StreamTo<'_>,
     mut observe: impl FnMut(&[u8]),
 ) -> Result<Stored, String> {
-    let key = dir.file(name);
-    let what = || dir.repo.describe(&key);
-    let file = dir
+    let key = to.dir.file(to.name);
+    let what = || to.dir.repo.describe(&key);
+    let file = to
+        .dir
         .repo
         .create(&key)
         .map_err(|e| format!("cannot create {}: {e}", what()))?;
-    let sink = HashingWriter::new(file, progress);
-    let mut z = zstd::stream::Encoder::new(sink, level).map_err(|e| format!("zstd: {e}"))?;
-    z.multithread(threads.max(1))
+    let sink = HashingWriter::new(file, to.progress);
+    let mut z = zstd::stream::Encoder::new(sink, to.level).map_err(|e| format!("zstd: {e}"))?;
+    z.multithread(to.threads.max(1))
         .map_err(|e| format!("zstd threads: {e}"))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut raw = 0u64;
     loop {
-        if cancel.load(Ordering::Relaxed) {
+        if to.cancel.load(Ordering::Relaxed) {
             return Err("stopped: the agent is shutting down".into());
         }
         let n = input
@@ -303,33 +313,19 @@ pub fn keep_log(dir: &BackupDir, log_path: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", dir.repo.describe(&key)))
 }
 
-/// [`store_stream`] of a tool's standard output; the tool is killed when
-/// storing fails, and waited for either way. Returns its exit status.
-#[allow(clippy::too_many_arguments)]
+/// Stores a tool's standard output (compressed and hashed, see
+/// [`StreamTo`]); the tool is killed when storing fails, and waited for
+/// either way. Returns its exit status.
 pub fn store_output(
     child: &mut std::process::Child,
-    dir: &BackupDir,
-    name: &str,
-    level: i32,
-    threads: u32,
-    progress: Arc<AtomicU64>,
-    cancel: &AtomicBool,
+    to: StreamTo<'_>,
     observe: impl FnMut(&[u8]),
 ) -> Result<(Stored, std::process::ExitStatus), String> {
     let mut stdout = child
         .stdout
         .take()
         .ok_or("the tool's output is not piped")?;
-    let stored = store_stream(
-        &mut stdout,
-        dir,
-        name,
-        level,
-        threads,
-        progress,
-        cancel,
-        observe,
-    );
+    let stored = store_stream(&mut stdout, to, observe);
     if stored.is_err() {
         let _ = child.kill();
     }

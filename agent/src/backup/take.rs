@@ -17,6 +17,18 @@ use super::{BackupConfig, Jobs, Marker, logical, physical, tools, valid_id};
 use crate::mysql::control::ControlError;
 use crate::mysql::observer;
 
+/// A backup to take, as the job runs it.
+struct BackupJob {
+    id: String,
+    /// "physical" or "logical".
+    method: String,
+    /// The backup an incremental one builds on.
+    parent: Option<String>,
+    cfg: BackupConfig,
+    dir: BackupDir,
+    progress: Arc<AtomicU64>,
+}
+
 /// What the repository holds under a new backup's id.
 enum Found {
     /// A backup, complete.
@@ -64,13 +76,17 @@ impl Jobs {
         // Nothing here touches the repository: a command holds the agent's
         // epoch lock, which lease votes need, and a bucket may hang.
         let jobs = self.clone();
-        let id = id.to_string();
-        let method = method.to_string();
+        let job = BackupJob {
+            id: id.to_string(),
+            method: method.to_string(),
+            parent,
+            cfg,
+            dir,
+            progress,
+        };
         tokio::spawn(async move {
-            let result = jobs
-                .backup_unless_present(&id, &method, parent, &cfg, dir, progress)
-                .await;
-            jobs.finish(&id, result);
+            let result = jobs.backup_unless_present(&job).await;
+            jobs.finish(&job.id, result);
         });
         Ok("backup started".into())
     }
@@ -78,15 +94,8 @@ impl Jobs {
     /// Runs backup `id` unless the repository has it already: the id may
     /// be one an earlier agent process finished (its job list is gone).
     /// Never writes into, or on failure removes, another backup.
-    async fn backup_unless_present(
-        &self,
-        id: &str,
-        method: &str,
-        parent: Option<String>,
-        cfg: &BackupConfig,
-        dir: BackupDir,
-        progress: Arc<AtomicU64>,
-    ) -> Result<(String, String), String> {
+    async fn backup_unless_present(&self, job: &BackupJob) -> Result<(String, String), String> {
+        let (id, dir) = (&job.id, &job.dir);
         let look = dir.clone();
         let found = tokio::task::spawn_blocking(move || match Manifest::read(&look) {
             Ok(m) => Ok(Found::Completed(Box::new(m))),
@@ -121,12 +130,12 @@ impl Jobs {
             backup: Some(id.to_string()),
         })
         .map_err(|e| e.to_string())?;
-        let result = self
-            .backup(id, method, parent, cfg, dir.clone(), progress)
-            .await;
+        let result = self.backup(job).await;
         if let Err(e) = &result {
             error!(backup = id, error = e, "backup failed; removing its files");
-            let removed = tokio::task::spawn_blocking(move || dir.repo.remove_all(&dir.key)).await;
+            let gone = dir.clone();
+            let removed =
+                tokio::task::spawn_blocking(move || gone.repo.remove_all(&gone.key)).await;
             if let Ok(Err(e)) = removed {
                 warn!(backup = id, error = %e, "the failed backup's files could not be removed");
             }
@@ -134,15 +143,15 @@ impl Jobs {
         result
     }
 
-    async fn backup(
-        &self,
-        id: &str,
-        method: &str,
-        parent: Option<String>,
-        cfg: &BackupConfig,
-        dir: BackupDir,
-        progress: Arc<AtomicU64>,
-    ) -> Result<(String, String), String> {
+    async fn backup(&self, job: &BackupJob) -> Result<(String, String), String> {
+        let BackupJob {
+            id,
+            method,
+            parent,
+            cfg,
+            dir,
+            progress,
+        } = job;
         let started = unix_ms();
         let (flavor, state, datadir) = self.server_facts().await?;
         if flavor != Flavor::MariaDb {
@@ -152,7 +161,7 @@ impl Jobs {
             );
         }
         let base = match &parent {
-            Some(p) => Some(self.incremental_base(&dir, p, &state)?),
+            Some(p) => Some(self.incremental_base(dir, p, &state)?),
             None => None,
         };
         let tool = tools::find(if method == "logical" {
@@ -187,7 +196,7 @@ impl Jobs {
                 ignore_tables,
                 level: cfg.compression_level,
                 threads: cfg.compression_threads,
-                progress,
+                progress: progress.clone(),
                 cancel: self.cancel.clone(),
             };
             tokio::task::spawn_blocking(move || logical::take(&b)).await
@@ -201,7 +210,7 @@ impl Jobs {
                 datadir: datadir.unwrap_or_default(),
                 level: cfg.compression_level,
                 threads: cfg.compression_threads,
-                progress,
+                progress: progress.clone(),
                 cancel: self.cancel.clone(),
                 incremental_lsn: base.as_ref().map(|m| m.lsn_to),
             };
@@ -221,7 +230,7 @@ impl Jobs {
             flavor: flavor.as_str().to_string(),
             server_version: state.version.clone(),
             method: method.into(),
-            parent,
+            parent: parent.clone(),
             lsn_from: taken.lsn_from,
             lsn_to: taken.lsn_to,
             tables: taken.tables,
