@@ -15,6 +15,7 @@ pub mod restore;
 mod retention;
 pub mod scratch;
 mod take;
+pub mod throttle;
 pub mod tools;
 pub mod verify;
 
@@ -56,6 +57,12 @@ pub struct BackupConfig {
     /// zstd worker threads.
     #[serde(default = "default_threads")]
     pub compression_threads: u32,
+    /// Read a backup tool's stream no faster than this many MiB per second,
+    /// so that a backup taken on a busy server leaves it disk bandwidth
+    /// (unlimited when absent). A slower backup must copy more redo log:
+    /// one whose redo log wraps before it is copied fails (docs/backups.md).
+    #[serde(default)]
+    pub rate_limit_mib_per_s: Option<u64>,
     /// Archive this server's binlogs into the repository continuously
     /// (point-in-time recovery needs them).
     #[serde(default = "yes")]
@@ -70,6 +77,17 @@ fn yes() -> bool {
 }
 fn default_archive_interval() -> std::time::Duration {
     std::time::Duration::from_secs(1)
+}
+
+impl BackupConfig {
+    /// How backup streams are stored.
+    pub fn pipeline(&self) -> repo::Pipeline {
+        repo::Pipeline {
+            level: self.compression_level,
+            threads: self.compression_threads,
+            rate_limit_bytes_per_s: self.rate_limit_mib_per_s.map(|m| m << 20),
+        }
+    }
 }
 
 fn default_level() -> i32 {

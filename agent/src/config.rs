@@ -192,6 +192,14 @@ impl AgentConfig {
                     "must be between 1 and 64".into(),
                 ));
             }
+            if b.rate_limit_mib_per_s
+                .is_some_and(|m| !(1..=1 << 20).contains(&m))
+            {
+                return Err(invalid(
+                    "backup.rate_limit_mib_per_s",
+                    "must be between 1 and 1048576 MiB/s; remove it for no limit".into(),
+                ));
+            }
             if b.archive_interval < Duration::from_millis(100) {
                 return Err(invalid(
                     "backup.archive_interval",

@@ -8,13 +8,26 @@ use std::time::Duration;
 
 use dbfleet_integration_tests::backups::{backup, now_ms, rows, wait_archived};
 use dbfleet_integration_tests::workload::{Writer, ids_on};
-use dbfleet_integration_tests::{PATIENCE, TestFleet};
+use dbfleet_integration_tests::{PATIENCE, TestFleet, sole_active};
 use serde_json::Value;
 
 const TABLE: &str = "app.changes";
 
+/// The backups of this fleet are read at no more than this, which the
+/// manifests must show.
+const RATE_LIMIT_MIB_PER_S: u64 = 16;
+
 async fn fleet() -> TestFleet {
-    let fleet = TestFleet::start_active(2, 1).await;
+    let fleet = TestFleet::start_spec(2, 1, |spec| {
+        spec.agent_backup = format!(
+            "[backup]\nrepository = {:?}\nrate_limit_mib_per_s = {RATE_LIMIT_MIB_PER_S}\n",
+            spec.dir.join("backups")
+        );
+    })
+    .await;
+    fleet
+        .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
+        .await;
     fleet
         .sql(
             "db1",
@@ -88,8 +101,21 @@ async fn writer_rows_are_a_prefix_of_the_primary(fleet: &TestFleet, host: &str) 
     here.len()
 }
 
+/// A completed backup's manifest, checked to show that its stream was
+/// read no faster than the fleet's rate limit (a lower bound the throttle
+/// enforces, so it holds however slow the machine).
 fn manifest(b: &Value) -> &Value {
-    &b["manifest"]
+    let m = &b["manifest"];
+    let limit = RATE_LIMIT_MIB_PER_S << 20;
+    assert_eq!(m["rate_limit_bytes_per_s"], limit, "{m}");
+    let took_ms =
+        m["finished_at_unix_ms"].as_i64().unwrap() - m["started_at_unix_ms"].as_i64().unwrap();
+    let stream = m["stream_bytes"].as_u64().unwrap();
+    assert!(
+        took_ms as u64 >= stream * 1000 / limit,
+        "{stream} stream bytes in {took_ms} ms exceed {RATE_LIMIT_MIB_PER_S} MiB/s"
+    );
+    m
 }
 
 #[tokio::test]

@@ -85,6 +85,22 @@ fn agent_check_config_accepts_good_and_names_what_is_wrong() {
         "{out}"
     );
 
+    let (ok, out) = check(
+        "dbfleet-agent",
+        &agent_config(
+            &f,
+            "db1",
+            &format!(
+                "[backup]\nrepository = {:?}\nrate_limit_mib_per_s = 0",
+                f.slot.dir.join("backups")
+            ),
+        ),
+    );
+    assert!(
+        !ok && out.contains("backup.rate_limit_mib_per_s") && out.contains("remove it"),
+        "{out}"
+    );
+
     let (ok, out) = check("dbfleet-agent", &agent_config(&f, "db9", ""));
     assert!(
         !ok && out.contains("dbfleet://agent/db9"),

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::Taken;
 use super::repo::{
-    BackupDir, DUMP_FILE, Manifest, StreamTo, create_log, fed_outcome, keep_log, read_stored,
-    store_output, tail,
+    BackupDir, DUMP_FILE, Manifest, Pipeline, StreamTo, create_log, fed_outcome, keep_log,
+    read_stored, store_output, tail,
 };
 use super::scratch::{ScratchOptions, ScratchServer, install_db};
 use super::tools;
@@ -41,10 +41,8 @@ pub struct LogicalBackup {
     pub defaults_file: PathBuf,
     /// The server's `mysql` tables not in [`SYSTEM_TABLES`].
     pub ignore_tables: Vec<String>,
-    /// zstd level.
-    pub level: i32,
-    /// zstd worker threads.
-    pub threads: u32,
+    /// Compression and rate limit.
+    pub pipeline: Pipeline,
     /// Bytes stored so far, for reports.
     pub progress: Arc<AtomicU64>,
     /// Set to stop early (the agent shuts down).
@@ -186,8 +184,7 @@ pub fn take(b: &LogicalBackup) -> Result<Taken, String> {
     let to = StreamTo {
         dir: &b.dir,
         name: DUMP_FILE,
-        level: b.level,
-        threads: b.threads,
+        pipeline: b.pipeline,
         progress: b.progress.clone(),
         cancel: &b.cancel,
     };

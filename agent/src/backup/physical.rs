@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::Taken;
-use super::repo::{BackupDir, DATA_FILE, StreamTo, create_log, keep_log, store_output, tail};
+use super::repo::{
+    BackupDir, DATA_FILE, Pipeline, StreamTo, create_log, keep_log, store_output, tail,
+};
 
 /// What a physical backup needs.
 pub struct PhysicalBackup {
@@ -27,10 +29,8 @@ pub struct PhysicalBackup {
     pub defaults_file: PathBuf,
     /// mysqld's data directory.
     pub datadir: String,
-    /// zstd level.
-    pub level: i32,
-    /// zstd worker threads.
-    pub threads: u32,
+    /// Compression and rate limit.
+    pub pipeline: Pipeline,
     /// Bytes stored so far, for reports.
     pub progress: Arc<AtomicU64>,
     /// Set to stop early (the agent shuts down).
@@ -98,8 +98,7 @@ pub fn take(b: &PhysicalBackup) -> Result<Taken, String> {
     let to = StreamTo {
         dir: &b.dir,
         name: DATA_FILE,
-        level: b.level,
-        threads: b.threads,
+        pipeline: b.pipeline,
         progress: b.progress.clone(),
         cancel: &b.cancel,
     };

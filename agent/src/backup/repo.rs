@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::throttle::Throttle;
 use crate::repository::Repository;
 
 /// The stream file of a physical backup.
@@ -124,6 +125,9 @@ pub struct Manifest {
     pub files: Vec<StoredFile>,
     /// "zstd" and its level.
     pub compression: String,
+    /// The rate limit the tool's stream was read at, if any.
+    #[serde(default)]
+    pub rate_limit_bytes_per_s: Option<u64>,
     /// The backup tool and its version.
     pub tool: String,
     /// When it started and ended (Unix ms, agent clock).
@@ -229,16 +233,26 @@ impl Stored {
     }
 }
 
+/// How a backup's stream is stored: `[backup]`'s compression and rate
+/// limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pipeline {
+    /// zstd level.
+    pub level: i32,
+    /// zstd worker threads.
+    pub threads: u32,
+    /// Read the tool's stream no faster than this (see [`super::throttle`]).
+    pub rate_limit_bytes_per_s: Option<u64>,
+}
+
 /// Where a backup's stream is stored, and how.
 pub struct StreamTo<'a> {
     /// The backup.
     pub dir: &'a BackupDir,
     /// The new file's name in it.
     pub name: &'a str,
-    /// zstd level.
-    pub level: i32,
-    /// zstd worker threads.
-    pub threads: u32,
+    /// Compression and rate limit.
+    pub pipeline: Pipeline,
     /// Bytes stored so far, for reports.
     pub progress: Arc<AtomicU64>,
     /// Set to stop early (the agent shuts down); checked between pieces.
@@ -261,9 +275,11 @@ fn store_stream(
         .create(&key)
         .map_err(|e| format!("cannot create {}: {e}", what()))?;
     let sink = HashingWriter::new(file, to.progress);
-    let mut z = zstd::stream::Encoder::new(sink, to.level).map_err(|e| format!("zstd: {e}"))?;
-    z.multithread(to.threads.max(1))
+    let mut z =
+        zstd::stream::Encoder::new(sink, to.pipeline.level).map_err(|e| format!("zstd: {e}"))?;
+    z.multithread(to.pipeline.threads.max(1))
         .map_err(|e| format!("zstd threads: {e}"))?;
+    let mut throttle = to.pipeline.rate_limit_bytes_per_s.map(Throttle::new);
     let mut buf = vec![0u8; 1 << 20];
     let mut raw = 0u64;
     loop {
@@ -277,6 +293,9 @@ fn store_stream(
             break;
         }
         raw += n as u64;
+        if let Some(t) = &mut throttle {
+            t.pass(n, to.cancel)?;
+        }
         observe(&buf[..n]);
         z.write_all(&buf[..n])
             .map_err(|e| format!("writing {}: {e}", what()))?;
@@ -533,6 +552,7 @@ mod tests {
                 sha256: "00".into(),
             }],
             compression: "zstd-3".into(),
+            rate_limit_bytes_per_s: None,
             tool: "mariadb-backup 10.11".into(),
             started_at_unix_ms: 1,
             finished_at_unix_ms: 2,
@@ -596,5 +616,52 @@ mod tests {
             e.contains("inc1 is built on full, which is not usable"),
             "{e}"
         );
+    }
+
+    /// A tool's output is stored whole and hashed, and read no faster than
+    /// the rate limit: the elapsed time's lower bound is what the throttle
+    /// enforces, so it holds on any machine however slow.
+    #[test]
+    fn a_rate_limited_stream_is_stored_whole_no_faster_than_the_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = repository(&d);
+        let dir = BackupDir::new(&repo, "main", "limited");
+        let mib = 1u64 << 20;
+        let mut child = std::process::Command::new("head")
+            .args(["-c", &(6 * mib).to_string(), "/dev/zero"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let to = StreamTo {
+            dir: &dir,
+            name: DATA_FILE,
+            pipeline: Pipeline {
+                level: 1,
+                threads: 1,
+                rate_limit_bytes_per_s: Some(2 * mib),
+            },
+            progress: Arc::new(AtomicU64::new(0)),
+            cancel: &AtomicBool::new(false),
+        };
+        let started = std::time::Instant::now();
+        let (stored, status) = store_output(&mut child, to, |_| {}).unwrap();
+        let elapsed = started.elapsed();
+        assert!(status.success());
+        assert_eq!(stored.raw, 6 * mib);
+        assert!(
+            elapsed >= std::time::Duration::from_secs(3),
+            "6 MiB at 2 MiB/s took only {elapsed:?}"
+        );
+        let mut back = Vec::new();
+        let file = stored.file(DATA_FILE);
+        read_stored(
+            &repo,
+            &dir.file(DATA_FILE),
+            &file,
+            Arc::new(AtomicU64::new(0)),
+            &mut back,
+        )
+        .unwrap();
+        assert_eq!(back.len() as u64, 6 * mib);
     }
 }
