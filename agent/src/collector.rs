@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::guard::Guard;
-use crate::mysql::observer::Observer;
+use crate::mysql::observer::{Collection, Observer};
 
 /// What every report of this agent process carries.
 #[derive(Debug, Clone)]
@@ -40,6 +40,14 @@ pub struct BackupReporting {
     pub archive: Arc<crate::binlog_archive::ArchiveStatus>,
 }
 
+/// Where the collector publishes.
+pub struct Outputs {
+    /// Reports, for the coordinators.
+    pub reports: watch::Sender<Option<pb::AgentReport>>,
+    /// Every collection, raw, for the metrics endpoint.
+    pub collections: watch::Sender<Option<Arc<Collection>>>,
+}
+
 /// Observes every `collect` and publishes a report when the observation,
 /// the read-only guard or a job's state changed, or `report` has passed
 /// since the last one, until `cancel`.
@@ -49,7 +57,7 @@ pub async fn run(
     backups: BackupReporting,
     id: ReportIdentity,
     (collect, report): (Duration, Duration),
-    out: watch::Sender<Option<pb::AgentReport>>,
+    out: Outputs,
     cancel: CancellationToken,
 ) {
     let mut sequence = 0u64;
@@ -63,10 +71,12 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = guard_changes.changed() => {}
         }
-        let observation = tokio::select! {
+        let collection = tokio::select! {
             _ = cancel.cancelled() => return,
-            o = observer.observe() => o,
+            c = observer.collect() => Arc::new(c),
         };
+        let observation = collection.observation.clone();
+        out.collections.send_replace(Some(collection));
         let g = guard.current();
         let job_list = backups.jobs.snapshot();
         // A job that starts or ends is reported at once; progress waits
@@ -109,6 +119,6 @@ pub async fn run(
             },
         };
         last = Some((Instant::now(), observation, g.fenced, job_states));
-        out.send_replace(Some(pb::AgentReport::from(r)));
+        out.reports.send_replace(Some(pb::AgentReport::from(r)));
     }
 }

@@ -49,6 +49,11 @@ pub struct AgentConfig {
     pub self_fence_timeout: Option<Duration>,
     /// Every coordinator, `host:port`; the agent reports to each.
     pub coordinators: Vec<String>,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP). Default: the
+    /// `listen` address's IP on port 9104, mysqld_exporter's port, so an
+    /// existing scrape config finds it. A witness serves none.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Longest time between two reports.
     #[serde(default = "default_report_interval", with = "humantime_serde")]
     pub report_interval: Duration,
@@ -117,6 +122,9 @@ pub struct MysqlConfig {
 fn default_amnesia_quarantine() -> Duration {
     Duration::from_secs(30)
 }
+/// mysqld_exporter's port, the agent's default for `/metrics`.
+pub const METRICS_PORT: u16 = 9104;
+
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/dbfleet/agent")
 }
@@ -271,6 +279,17 @@ impl AgentConfig {
     /// Where the read-only guard keeps its durable flag.
     pub fn guard_path(&self) -> PathBuf {
         self.state_dir.join("read-only-guard.json")
+    }
+
+    /// Where `/metrics` is served (`None` for a witness).
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        if self.witness {
+            return None;
+        }
+        Some(
+            self.metrics_listen
+                .unwrap_or_else(|| std::net::SocketAddr::new(self.listen.ip(), METRICS_PORT)),
+        )
     }
 
     /// The gRPC address coordinators dial.

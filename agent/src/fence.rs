@@ -72,6 +72,9 @@ pub struct Fence {
     path: PathBuf,
     clock: Monotonic,
     inner: Mutex<Inner>,
+    /// The durable promise's term, readable without the lock (a command
+    /// holds it for as long as it runs; a metrics scrape must not wait).
+    promised_term: std::sync::atomic::AtomicU64,
 }
 
 /// Holds the fence while a command admitted under an epoch runs, so no
@@ -133,6 +136,7 @@ impl Fence {
         Ok(Fence {
             path: path.to_path_buf(),
             clock,
+            promised_term: durable.promised.term.into(),
             inner: Mutex::new(Inner { voter, durable }),
         })
     }
@@ -145,6 +149,8 @@ impl Fence {
             .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
         match written {
             Ok(()) => {
+                self.promised_term
+                    .store(rec.promised.term, std::sync::atomic::Ordering::Relaxed);
                 inner.durable = rec;
                 Ok(())
             }
@@ -193,6 +199,13 @@ impl Fence {
             _guard: inner,
             promised,
         })
+    }
+
+    /// The term of the highest epoch durably promised, without waiting for
+    /// a command under way.
+    pub fn promised_term(&self) -> u64 {
+        self.promised_term
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The record and timers, for operators.

@@ -10,6 +10,7 @@ pub mod collector;
 pub mod config;
 pub mod fence;
 pub mod guard;
+pub mod metrics;
 pub mod mysql;
 pub mod reporter;
 pub mod repository;
@@ -124,6 +125,7 @@ pub struct Checked {
 pub async fn run(
     config: AgentConfig,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let (tls, target) = check(&config)?;
@@ -153,6 +155,7 @@ pub async fn run(
                 guard.clone(),
             ));
             let acks = Arc::new(AckClock::default());
+            let accepted = Arc::new(metrics::ReportAcks::new());
             let archive = Arc::new(binlog_archive::ArchiveStatus::default());
             let jobs = backup::Jobs::open(
                 &config.cluster,
@@ -212,6 +215,21 @@ pub async fn run(
                 rx.clone(),
                 shutdown.clone(),
             ));
+            let (collections, collected) = watch::channel(None);
+            if let Some(l) = metrics_listener {
+                let sources = metrics::Sources {
+                    cluster: config.cluster.clone(),
+                    host: config.host.clone(),
+                    coordinators: config.coordinators.clone(),
+                    collections: collected,
+                    guard: guard.clone(),
+                    fence: fence.clone(),
+                    jobs: jobs.clone(),
+                    archive: archive.clone(),
+                    acks: accepted.clone(),
+                };
+                tokio::spawn(metrics::serve(l, Arc::new(sources), shutdown.clone()));
+            }
             tasks.spawn(collector::run(
                 Observer::new(target),
                 guard,
@@ -221,7 +239,10 @@ pub async fn run(
                 },
                 id,
                 (config.collect_interval, config.report_interval),
-                tx,
+                collector::Outputs {
+                    reports: tx,
+                    collections,
+                },
                 shutdown.clone(),
             ));
             for addr in &config.coordinators {
@@ -230,6 +251,7 @@ pub async fn run(
                     tls.clone(),
                     rx.clone(),
                     acks.clone(),
+                    accepted.clone(),
                     shutdown.clone(),
                 ));
             }

@@ -66,9 +66,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
     rt.block_on(async {
         let listener = bind(config.listen).await?;
+        let metrics = match config.metrics_address() {
+            Some(a) => Some(bind(a).await.context("metrics_listen")?),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         dbfleet_common::shutdown::cancel_on_signals(shutdown.clone());
-        dbfleet_agent::run(config, listener, shutdown).await?;
+        dbfleet_agent::run(config, listener, metrics, shutdown).await?;
         Ok(())
     })
 }

@@ -29,13 +29,14 @@ pub async fn report_to(
     tls: Arc<TlsContext>,
     mut reports: watch::Receiver<Option<pb::AgentReport>>,
     acks: Arc<AckClock>,
+    accepted: Arc<crate::metrics::ReportAcks>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
     let mut failures = 0u32;
     let mut last_refusal = String::new();
     loop {
-        match stream_once(&addr, &tls, &mut reports, &acks, &cancel).await {
+        match stream_once(&addr, &tls, &mut reports, (&acks, &accepted), &cancel).await {
             Ok(Ended::Cancelled) => return,
             Ok(Ended::Acked) => {
                 backoff.reset();
@@ -79,7 +80,7 @@ async fn stream_once(
     addr: &str,
     tls: &Arc<TlsContext>,
     reports: &mut watch::Receiver<Option<pb::AgentReport>>,
-    clock: &AckClock,
+    (clock, accepted): (&AckClock, &crate::metrics::ReportAcks),
     cancel: &CancellationToken,
 ) -> Result<Ended, tonic::Status> {
     let channel = tls::channel(tls.clone(), addr, Role::Coordinator, CONNECT_TIMEOUT);
@@ -114,6 +115,7 @@ async fn stream_once(
             }
             ack = acks.message() => match ack {
                 Ok(Some(a)) => {
+                    accepted.accepted(addr);
                     if a.active {
                         clock.acked();
                     }

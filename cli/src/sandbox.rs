@@ -531,10 +531,11 @@ impl Fleet {
             .map(|c| format!("{:?}", c.address))
             .collect();
         let text = format!(
-            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\nstart_command = [{start}]\n\n{backup}\n{tls}",
+            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\nmetrics_listen = {metrics:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\nstart_command = [{start}]\n\n{backup}\n{tls}",
             host = m.host,
             cluster = self.info.cluster,
             listen = m.agent_address,
+            metrics = m.metrics_address,
             coords = coordinators.join(", "),
             interval = humantime::format_duration(self.spec.report_interval).to_string(),
             collect = humantime::format_duration(self.spec.report_interval / 2).to_string(),

@@ -41,6 +41,11 @@ impl Position {
         }
     }
 
+    /// The domains present.
+    pub fn domains(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.keys().copied()
+    }
+
     /// No domain at all.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use dbfleet_common::identity::Role;
 use dbfleet_common::tls::{TlsContext, TlsPaths, channel_to};
-use dbfleet_integration_tests::{Partition, TestFleet, sole_active, term, with_role};
+use dbfleet_integration_tests::{Partition, TestFleet, scrape, sole_active, term, with_role};
 use dbfleet_proto::lease::{PROMISED_EPOCH_METADATA, epoch_from_metadata};
 use dbfleet_proto::pb;
 use serde_json::Value;
@@ -34,21 +34,6 @@ fn by_id<'a>(c: &'a [Value], id: &str) -> &'a Value {
     c.iter()
         .find(|x| x["id"] == id)
         .unwrap_or_else(|| panic!("no {id} in {c:#?}"))
-}
-
-/// `GET /metrics` over plain HTTP/1.1.
-fn scrape(address: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(address).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
 }
 
 fn policy_of(fleet: &TestFleet) -> u64 {

@@ -17,56 +17,10 @@ pub fn detect(version: &str) -> Flavor {
     }
 }
 
-/// Global variables read on every observation. Names a flavor lacks are
-/// simply absent from the result.
-pub const VARIABLES: &[&str] = &[
-    "version",
-    "port",
-    "server_id",
-    "server_uuid",
-    "read_only",
-    "super_read_only",
-    "log_bin",
-    "binlog_format",
-    "gtid_executed",
-    "gtid_current_pos",
-    "gtid_binlog_pos",
-    "gtid_slave_pos",
-    "rpl_semi_sync_master_enabled",
-    "rpl_semi_sync_slave_enabled",
-    "rpl_semi_sync_source_enabled",
-    "rpl_semi_sync_replica_enabled",
-    "rpl_semi_sync_master_timeout",
-    "rpl_semi_sync_source_timeout",
-    "rpl_semi_sync_master_wait_no_slave",
-    "rpl_semi_sync_source_wait_no_replica",
-    "slave_net_timeout",
-];
-
-/// Global status values read on every observation.
-pub const STATUS: &[&str] = &[
-    "Rpl_semi_sync_master_status",
-    "Rpl_semi_sync_slave_status",
-    "Rpl_semi_sync_source_status",
-    "Rpl_semi_sync_replica_status",
-    "Rpl_semi_sync_master_clients",
-    "Rpl_semi_sync_source_clients",
-    "Slave_heartbeat_period",
-];
-
 /// Where the replicas connected to this server (binlog dump threads) come
 /// from, for [`super::links`] to judge which are alive.
 pub const REPLICA_HOSTS_SQL: &str = "SELECT HOST FROM information_schema.PROCESSLIST \
      WHERE COMMAND LIKE 'Binlog Dump%'";
-
-/// `SHOW GLOBAL VARIABLES WHERE Variable_name IN (...)` for `names`.
-pub fn show_where(kind: &str, names: &[&str]) -> String {
-    let list: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
-    format!(
-        "SHOW GLOBAL {kind} WHERE Variable_name IN ({})",
-        list.join(",")
-    )
-}
 
 /// Session settings that keep the agent's own queries from waiting on
 /// locks or running long.
@@ -86,7 +40,9 @@ pub fn session_setup(flavor: Flavor) -> &'static [&'static str] {
 /// The replica status statement.
 pub fn replica_status_sql(flavor: Flavor) -> &'static str {
     match flavor {
-        Flavor::MariaDb => "SHOW SLAVE STATUS",
+        // every connection, with the columns mysqld_exporter reads
+        // (retried transactions, heartbeats)
+        Flavor::MariaDb => "SHOW ALL SLAVES STATUS",
         Flavor::MySql => "SHOW REPLICA STATUS",
     }
 }

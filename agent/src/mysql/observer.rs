@@ -77,6 +77,56 @@ pub(crate) async fn connect(t: &MysqlTarget) -> Result<(Conn, Flavor), String> {
 pub struct Observer {
     target: MysqlTarget,
     conn: Option<(Conn, Flavor)>,
+    runs: Vec<CollectorRun>,
+}
+
+/// The queries of one collection, named as mysqld_exporter names its
+/// collectors where one matches.
+pub const COLLECTORS: [&str; 4] = [
+    "global_variables",
+    "global_status",
+    "slave_status",
+    "replica_hosts",
+];
+
+/// How one collector fared in the last collection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectorRun {
+    /// One of [`COLLECTORS`].
+    pub name: &'static str,
+    /// It answered within its deadline.
+    pub ok: bool,
+    /// How long it took (up to its deadline).
+    pub seconds: f64,
+}
+
+/// Everything one collection read from mysqld, raw: the report's
+/// [`ServerState`] and the metrics endpoint are both made from it, so the
+/// server is asked once.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSample {
+    /// `SHOW GLOBAL VARIABLES`.
+    pub variables: HashMap<String, String>,
+    /// `SHOW GLOBAL STATUS`.
+    pub status: HashMap<String, String>,
+    /// The replica status rows (none: replication not configured).
+    pub replica_rows: Vec<Row>,
+    /// Hosts of the binlog dump threads.
+    pub replica_hosts: Vec<String>,
+}
+
+/// The outcome of one collection.
+#[derive(Debug, Clone)]
+pub struct Collection {
+    /// What reports say about the server.
+    pub observation: MysqlObservation,
+    /// The raw values, when every collector answered.
+    pub sample: Option<ServerSample>,
+    /// mysqld answered at least one collector (it is up, though a
+    /// collector may have failed).
+    pub answered: bool,
+    /// Each collector that ran, in order.
+    pub runs: Vec<CollectorRun>,
 }
 
 /// The innermost cause of an error: mysql_async wraps an I/O error in
@@ -143,48 +193,144 @@ async fn name_values(
 impl Observer {
     /// An observer that connects on first use.
     pub fn new(target: MysqlTarget) -> Observer {
-        Observer { target, conn: None }
+        Observer {
+            target,
+            conn: None,
+            runs: Vec::new(),
+        }
     }
 
-    /// Observes the server once, within the query deadline.
-    pub async fn observe(&mut self) -> MysqlObservation {
+    /// Collects once: every collector under its own deadline (the query
+    /// timeout), the whole under connect plus query timeout.
+    pub async fn collect(&mut self) -> Collection {
+        self.runs.clear();
         let deadline = self.target.connect_timeout + self.target.query_timeout;
-        let result = tokio::time::timeout(deadline, self.try_observe()).await;
+        let result = tokio::time::timeout(deadline, self.try_collect()).await;
+        let runs = std::mem::take(&mut self.runs);
+        let answered = runs.iter().any(|r| r.ok);
         let error = match result {
-            Ok(Ok(state)) => return MysqlObservation::Reachable(Box::new(state)),
+            Ok(Ok((state, sample))) => {
+                return Collection {
+                    observation: MysqlObservation::Reachable(Box::new(state)),
+                    sample: Some(sample),
+                    answered,
+                    runs,
+                };
+            }
             Ok(Err(e)) => e,
             Err(_) => format!("mysqld did not answer within {deadline:?}"),
         };
         if self.conn.take().is_some() {
             info!(error, "lost the connection to mysqld; will reconnect");
         }
-        MysqlObservation::Unreachable { error }
+        Collection {
+            observation: MysqlObservation::Unreachable { error },
+            sample: None,
+            answered,
+            runs,
+        }
     }
 
-    async fn try_observe(&mut self) -> Result<ServerState, String> {
+    async fn try_collect(&mut self) -> Result<(ServerState, ServerSample), String> {
         if self.conn.is_none() {
             self.conn = Some(connect(&self.target).await?);
         }
         let (conn, flavor) = self.conn.as_mut().expect("connection set just above");
-        read_state(conn, *flavor).await
+        let sample = read_sample(
+            conn,
+            *flavor,
+            Some(self.target.query_timeout),
+            &mut self.runs,
+        )
+        .await?;
+        Ok((state_of(*flavor, &sample)?, sample))
     }
+}
+
+/// Runs one collector under `deadline`, noting how it fared in `runs`.
+async fn run_collector<T>(
+    name: &'static str,
+    deadline: Option<Duration>,
+    runs: &mut Vec<CollectorRun>,
+    query: impl std::future::Future<Output = Result<T, mysql_async::Error>>,
+) -> Result<T, String> {
+    let started = std::time::Instant::now();
+    let result = match deadline {
+        Some(d) => tokio::time::timeout(d, query).await.unwrap_or_else(|_| {
+            Err(mysql_async::Error::Other(
+                format!("no answer within {d:?}").into(),
+            ))
+        }),
+        None => query.await,
+    };
+    runs.push(CollectorRun {
+        name,
+        ok: result.is_ok(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    result.map_err(|e| format!("{name}: {e}"))
+}
+
+/// Reads every collector once on `conn`.
+pub(crate) async fn read_sample(
+    conn: &mut Conn,
+    flavor: Flavor,
+    deadline: Option<Duration>,
+    runs: &mut Vec<CollectorRun>,
+) -> Result<ServerSample, String> {
+    let [vars, status, replica, hosts] = COLLECTORS;
+    let variables = run_collector(
+        vars,
+        deadline,
+        runs,
+        name_values(conn, "SHOW GLOBAL VARIABLES"),
+    )
+    .await?;
+    let status = run_collector(
+        status,
+        deadline,
+        runs,
+        name_values(conn, "SHOW GLOBAL STATUS"),
+    )
+    .await?;
+    let replica_rows = run_collector(
+        replica,
+        deadline,
+        runs,
+        query_rows(conn, flavor::replica_status_sql(flavor)),
+    )
+    .await?;
+    let replica_hosts =
+        run_collector(hosts, deadline, runs, conn.query(flavor::REPLICA_HOSTS_SQL)).await?;
+    Ok(ServerSample {
+        variables,
+        status,
+        replica_rows,
+        replica_hosts,
+    })
 }
 
 /// Reads everything a report says about the server, on `conn`.
 pub(crate) async fn read_state(conn: &mut Conn, flavor: Flavor) -> Result<ServerState, String> {
-    let err = |e: mysql_async::Error| e.to_string();
-    let vars = name_values(conn, &flavor::show_where("VARIABLES", flavor::VARIABLES))
-        .await
-        .map_err(err)?;
-    let status = name_values(conn, &flavor::show_where("STATUS", flavor::STATUS))
-        .await
-        .map_err(err)?;
-    let replica_rows = query_rows(conn, flavor::replica_status_sql(flavor))
-        .await
-        .map_err(err)?;
-    let replica_hosts: Vec<String> = conn.query(flavor::REPLICA_HOSTS_SQL).await.map_err(err)?;
+    let sample = read_sample(conn, flavor, None, &mut Vec::new()).await?;
+    state_of(flavor, &sample)
+}
+
+/// What a report says about the server, from one sample.
+pub fn state_of(flavor: Flavor, sample: &ServerSample) -> Result<ServerState, String> {
+    let ServerSample {
+        variables: vars,
+        status,
+        replica_rows,
+        replica_hosts,
+    } = sample;
+    // the default connection (MariaDB lists named ones too)
     let replication = replica_rows
-        .first()
+        .iter()
+        .find(|r| {
+            r.get("Connection_name")
+                .is_none_or(|n| n.as_deref().unwrap_or_default().is_empty())
+        })
         .map(|r| flavor::parse_replica_status(flavor, r))
         .transpose()?
         .map(|mut r| {
@@ -200,7 +346,7 @@ pub(crate) async fn read_state(conn: &mut Conn, flavor: Flavor) -> Result<Server
     let get = |k: &str| vars.get(k).cloned().unwrap_or_default();
     let read_only = on(vars.get("read_only"));
     let [src_en, rep_en, src_st, rep_st, timeout, wait_no, clients] =
-        flavor::semi_sync_names(flavor, &vars);
+        flavor::semi_sync_names(flavor, vars);
     let gtid = match flavor {
         Flavor::MariaDb => GtidState {
             executed: get("gtid_current_pos"),
@@ -241,6 +387,6 @@ pub(crate) async fn read_state(conn: &mut Conn, flavor: Flavor) -> Result<Server
             enabled: on(vars.get("log_bin")),
             format: get("binlog_format"),
         },
-        replicas_connected: links::alive_replicas(get("port").parse().unwrap_or(0), &replica_hosts),
+        replicas_connected: links::alive_replicas(get("port").parse().unwrap_or(0), replica_hosts),
     })
 }
