@@ -76,6 +76,7 @@ pub async fn run(
             c = observer.collect() => Arc::new(c),
         };
         let observation = collection.observation.clone();
+        let load = collection.sample.as_ref().map(|s| load_of(&s.status));
         out.collections.send_replace(Some(collection));
         let g = guard.current();
         let job_list = backups.jobs.snapshot();
@@ -116,9 +117,26 @@ pub async fn run(
                 report_interval_ms: id.report_interval_ms,
                 jobs: job_list,
                 binlog_archive: backups.archive.report(),
+                load,
             },
         };
         last = Some((Instant::now(), observation, g.fenced, job_states));
         out.reports.send_replace(Some(pb::AgentReport::from(r)));
+    }
+}
+
+/// The load counters `dbfleet top` shows, from SHOW GLOBAL STATUS.
+fn load_of(status: &std::collections::HashMap<String, String>) -> pb::ServerLoad {
+    let n = |k: &str| {
+        status
+            .get(k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    pb::ServerLoad {
+        queries_total: n("Questions"),
+        threads_connected: n("Threads_connected") as u32,
+        threads_running: n("Threads_running") as u32,
+        uptime_seconds: n("Uptime"),
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dbfleet_cli::client::{CONFIG_ENV, Client, ClientError};
 use dbfleet_cli::sandbox::{self, Binaries, Fleet, SandboxSpec};
-use dbfleet_cli::{backup, cert, failover, ha, status};
+use dbfleet_cli::watch::{self, Display, Refresh};
+use dbfleet_cli::{backup, cert, failover, ha, status, top};
 use dbfleet_common::identity::Role;
 use dbfleet_proto::pb;
 
@@ -43,6 +44,29 @@ enum Command {
         /// Only this cluster.
         #[arg(long)]
         cluster: Option<String>,
+        /// Repeat every --interval (redrawn in place on a terminal).
+        #[arg(long)]
+        watch: bool,
+        /// Time between refreshes with --watch (e.g. 2s, 500ms).
+        #[arg(long, default_value = "2s", value_parser = watch::parse_interval, requires = "watch")]
+        interval: Duration,
+        /// With --watch, stop after this many frames (default: until
+        /// interrupted).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..), requires = "watch")]
+        iterations: Option<u64>,
+    },
+    /// Live view of the fleet: per member role, QPS, threads, lag,
+    /// replication and report age, refreshed every --interval.
+    Top {
+        /// Only this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Time between refreshes (e.g. 2s, 500ms).
+        #[arg(long, default_value = "2s", value_parser = watch::parse_interval)]
+        interval: Duration,
+        /// Stop after this many frames (default: until interrupted).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        iterations: Option<u64>,
     },
     /// Show registered agents and whether they report.
     Agents,
@@ -514,7 +538,58 @@ async fn backup_command(
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Status { cluster } => {
+        Command::Status {
+            cluster,
+            watch: true,
+            interval,
+            iterations,
+        } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let json = cli.output == Output::Json;
+            let refresh = Refresh {
+                interval,
+                iterations,
+            };
+            watch::run(
+                "dbfleet status",
+                refresh,
+                Display::choose(json),
+                async || {
+                    let s = status::to_json(&client.list_clusters(cluster.as_deref()).await?);
+                    Ok(if json {
+                        serde_json::to_string(&s)?
+                    } else {
+                        status::to_table(&s)
+                    })
+                },
+            )
+            .await?;
+        }
+        Command::Top {
+            cluster,
+            interval,
+            iterations,
+        } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let json = cli.output == Output::Json;
+            let refresh = Refresh {
+                interval,
+                iterations,
+            };
+            let mut previous = top::Previous::default();
+            watch::run("dbfleet top", refresh, Display::choose(json), async || {
+                let resp = client.list_clusters(cluster.as_deref()).await?;
+                let (frame, next) = top::frame(&resp, &previous, dbfleet_common::clock::unix_ms());
+                previous = next;
+                Ok(if json {
+                    serde_json::to_string(&frame)?
+                } else {
+                    top::lines(&frame).join("\n")
+                })
+            })
+            .await?;
+        }
+        Command::Status { cluster, .. } => {
             let client = Client::from_file(cli.config.as_deref())?;
             let resp = client.list_clusters(cluster.as_deref()).await?;
             let json = status::to_json(&resp);
@@ -761,6 +836,7 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         coordinator_extra: String::new(),
         self_fence_timeout: None,
         agent_backup: String::new(),
+        json_logs: false,
         bins,
     };
     if output == Output::Table {

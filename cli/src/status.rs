@@ -101,7 +101,9 @@ pub struct ProblemJson {
     pub message: String,
 }
 
-fn role_name(role: i32) -> &'static str {
+/// The contract's word for a member role: "primary", "replica" or
+/// "unknown" (shared with `dbfleet top`, so both say the same).
+pub fn role_name(role: i32) -> &'static str {
     match pb::MemberRole::try_from(role) {
         Ok(pb::MemberRole::Primary) => "primary",
         Ok(pb::MemberRole::Replica) => "replica",

@@ -353,6 +353,9 @@ fn member_view(m: &Member<'_>, primary: Option<&str>) -> pb::MemberView {
         needs_rebuild: false,
         semi_sync: s.map(|s| semi_sync_word(&s.semi_sync)).unwrap_or_default(),
         binlog_archive: m.input.last.and_then(|r| r.agent.binlog_archive.clone()),
+        // Only a reachable server's counters: a down one has no load.
+        load: s.and(m.input.last.and_then(|r| r.agent.load)),
+        observed_at_unix_ms: m.input.last.map_or(0, |r| r.observed_at_unix_ms),
     }
 }
 

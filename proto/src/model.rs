@@ -276,6 +276,8 @@ pub struct AgentState {
     pub jobs: Vec<pb::Job>,
     /// Binlog archiving, when the agent archives.
     pub binlog_archive: Option<pb::BinlogArchive>,
+    /// Load counters, when mysqld answered.
+    pub load: Option<pb::ServerLoad>,
 }
 
 /// Binary log settings.
@@ -394,6 +396,7 @@ impl TryFrom<pb::AgentReport> for Report {
                 report_interval_ms: m.report_interval_ms,
                 jobs: m.jobs,
                 binlog_archive: m.binlog_archive,
+                load: m.load,
             },
         })
     }
@@ -576,6 +579,7 @@ impl From<Report> for pb::AgentReport {
             report_interval_ms: r.agent.report_interval_ms,
             jobs: r.agent.jobs,
             binlog_archive: r.agent.binlog_archive,
+            load: r.agent.load,
         }
     }
 }
@@ -672,6 +676,12 @@ mod tests {
                 report_interval_ms: 1000,
                 jobs: vec![],
                 binlog_archive: None,
+                load: Some(pb::ServerLoad {
+                    queries_total: 12,
+                    threads_connected: 3,
+                    threads_running: 1,
+                    uptime_seconds: 60,
+                }),
             },
         }
     }
