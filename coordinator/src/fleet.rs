@@ -62,6 +62,8 @@ pub struct Fleet {
     state: Mutex<FleetState>,
     /// Serializes changes of desired state (see [`Fleet::commit`]).
     writes: tokio::sync::Mutex<()>,
+    /// What the metrics endpoint counts.
+    counters: crate::metrics::Counters,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -166,6 +168,7 @@ impl Fleet {
             rules,
             state: Mutex::new(state),
             writes: tokio::sync::Mutex::new(()),
+            counters: crate::metrics::Counters::default(),
         })
     }
 
@@ -614,7 +617,12 @@ impl Fleet {
         Ok(out)
     }
 
-    /// The coordinator's lease and op-log state.
+    /// What this coordinator counts for its metrics endpoint.
+    pub fn counters(&self) -> &crate::metrics::Counters {
+        &self.counters
+    }
+
+    /// The lease and op-log state.
     pub fn ha(&self) -> &Arc<Ha> {
         &self.ha
     }

@@ -148,7 +148,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     if let Some(l) = metrics_listener {
-        tokio::spawn(metrics::serve(l, ha.clone(), shutdown.clone()));
+        tokio::spawn(metrics::serve(l, fleet.clone(), shutdown.clone()));
     }
 
     let report = ReportApi {

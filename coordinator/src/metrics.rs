@@ -1,5 +1,14 @@
-//! The coordinator's Prometheus endpoint: role, epoch, lease time left and
-//! op-log position and lag, read from the HA state at every scrape.
+//! The coordinator's Prometheus endpoint: its lease role, epoch and
+//! op-log; the fleet as it derives it (clusters by health, members by role
+//! and problem, agents connected), which both coordinators show alike; and
+//! what it counted (operations by outcome, detections that did or did not
+//! lead to a failover, report processing time).
+
+mod counters;
+mod fleet;
+
+pub use counters::{Counters, Detection};
+pub use fleet::{Health, health, primary_up};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::fleet::Fleet;
 use crate::ha::Ha;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,106 +37,82 @@ struct RoleLabel {
 
 const ROLES: [&str; 4] = ["active", "active-degraded", "candidate", "standby"];
 
-struct Metrics {
-    registry: Registry,
-    role: Family<RoleLabel, Gauge>,
-    epoch: Gauge,
-    lease_remaining: Gauge<f64, AtomicU64>,
-    applied: Gauge,
-    lag: Gauge,
-    lost_found: Gauge,
+/// The lease and op-log families, read from the HA state.
+fn register_ha(registry: &mut Registry, ha: &Ha) {
+    let s = ha.status();
+    let role = Family::<RoleLabel, Gauge>::default();
+    for r in ROLES {
+        role.get_or_create(&RoleLabel {
+            role: r.to_string(),
+        })
+        .set(i64::from(s.role == r));
+    }
+    registry.register("role", "1 for this coordinator's current lease role", role);
+    let gauge = |v: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        g
+    };
+    registry.register(
+        "epoch_term",
+        "Term of the epoch held (0 when holding none)",
+        gauge(s.epoch.as_ref().map_or(0, |e| e.term as i64)),
+    );
+    let lease = Gauge::<f64, AtomicU64>::default();
+    lease.set(s.lease_remaining_ms.unwrap_or(0) as f64 / 1000.0);
+    registry.register(
+        "lease_remaining_seconds",
+        "Lease time left (0 when holding none)",
+        lease,
+    );
+    registry.register(
+        "oplog_applied_seq",
+        "Last desired-state op applied here",
+        gauge(s.applied_seq as i64),
+    );
+    registry.register(
+        "oplog_lag",
+        "Ops the standby has not acknowledged (on the active) or not applied (on the standby)",
+        gauge(ha.oplog_lag() as i64),
+    );
+    registry.register(
+        "oplog_lost_found",
+        "Diverged ops set aside for the operator",
+        gauge(s.lost_and_found as i64),
+    );
 }
 
-impl Metrics {
-    fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("dbfleet_coordinator");
-        let role = Family::<RoleLabel, Gauge>::default();
-        registry.register(
-            "role",
-            "1 for this coordinator's current lease role",
-            role.clone(),
-        );
-        let epoch = Gauge::default();
-        registry.register(
-            "epoch_term",
-            "Term of the epoch held (0 when holding none)",
-            epoch.clone(),
-        );
-        let lease_remaining = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "lease_remaining_seconds",
-            "Lease time left (0 when holding none)",
-            lease_remaining.clone(),
-        );
-        let applied = Gauge::default();
-        registry.register(
-            "oplog_applied_seq",
-            "Last desired-state op applied here",
-            applied.clone(),
-        );
-        let lag = Gauge::default();
-        registry.register(
-            "oplog_lag",
-            "Ops the standby has not acknowledged (on the active) or not applied (on the standby)",
-            lag.clone(),
-        );
-        let lost_found = Gauge::default();
-        registry.register(
-            "oplog_lost_found",
-            "Diverged ops set aside for the operator",
-            lost_found.clone(),
-        );
-        Metrics {
-            registry,
-            role,
-            epoch,
-            lease_remaining,
-            applied,
-            lag,
-            lost_found,
-        }
+/// One scrape's text: every family built from the state at this instant
+/// (the counters keep their values across scrapes).
+fn render(fleet: &Fleet) -> String {
+    let mut registry = Registry::with_prefix("dbfleet_coordinator");
+    register_ha(&mut registry, fleet.ha());
+    let views = crate::service::control::full_views(fleet, None);
+    fleet::register(&mut registry, &views, &fleet.agent_views());
+    fleet.counters().register(&mut registry);
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        out.clear();
     }
-
-    fn render(&self, ha: &Ha) -> String {
-        let s = ha.status();
-        for r in ROLES {
-            self.role
-                .get_or_create(&RoleLabel {
-                    role: r.to_string(),
-                })
-                .set(i64::from(s.role == r));
-        }
-        self.epoch
-            .set(s.epoch.as_ref().map_or(0, |e| e.term as i64));
-        self.lease_remaining
-            .set(s.lease_remaining_ms.unwrap_or(0) as f64 / 1000.0);
-        self.applied.set(s.applied_seq as i64);
-        self.lag.set(ha.oplog_lag() as i64);
-        self.lost_found.set(s.lost_and_found as i64);
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
-    }
+    out
 }
 
-async fn scrape(State((metrics, ha)): State<(Arc<Metrics>, Arc<Ha>)>) -> impl IntoResponse {
+async fn scrape(State(fleet): State<Arc<Fleet>>) -> impl IntoResponse {
     (
         [(
             CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics.render(&ha),
+        render(&fleet),
     )
 }
 
 /// Serves `/metrics` on `listener` until `cancel`.
-pub async fn serve(listener: TcpListener, ha: Arc<Ha>, cancel: CancellationToken) {
+pub async fn serve(listener: TcpListener, fleet: Arc<Fleet>, cancel: CancellationToken) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state((Arc::new(Metrics::new()), ha));
+        .with_state(fleet);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await

@@ -20,6 +20,7 @@ use super::gtid::Position;
 use super::journal::{Event, Operation, OperationKind, Step};
 use super::procedure::now_unix_ms;
 use crate::fleet::MemberState;
+use crate::metrics::Detection;
 use crate::store::ClusterRecord;
 
 /// How often the loop runs.
@@ -137,7 +138,8 @@ impl Failovers {
             let names: Vec<&str> = dead.iter().map(|d| d.0.as_str()).collect();
             warn!(clusters = ?names, "breaker: too many clusters look dead at once; no automatic failover");
             for (c, primary, _, evidence) in &dead {
-                self.note_once(
+                self.decided(
+                    Detection::Breaker,
                     c,
                     &epoch,
                     Event::new(
@@ -190,14 +192,24 @@ impl Failovers {
         (fresh && since.elapsed() >= window).then_some((primary, path, evidence))
     }
 
-    /// Records `e` unless the last event of the cluster is the same kind.
-    async fn note_once(&self, cluster: &str, epoch: &Epoch, e: Event) {
+    /// Records `e`, a decision about a dead primary, as [`Self::note_once`]
+    /// does, and counts it when recorded: the same decision taken again on
+    /// the next tick is neither recorded nor counted twice.
+    async fn decided(&self, outcome: Detection, cluster: &str, epoch: &Epoch, e: Event) {
+        if self.note_once(cluster, epoch, e).await {
+            self.fleet.counters().detected(cluster, outcome);
+        }
+    }
+
+    /// Records `e` unless the last event of the cluster is the same kind;
+    /// says whether it did.
+    async fn note_once(&self, cluster: &str, epoch: &Epoch, e: Event) -> bool {
         let rec = self.fleet.cluster_record(cluster);
         if rec.control.events.back().is_some_and(|l| l.kind == e.kind) {
-            return;
+            return false;
         }
-        info!(cluster, kind = e.kind, message = e.message, "event");
-        let _ = self.record_event(cluster, epoch, e).await;
+        info!(cluster, kind = e.kind, detail = e.message, "event");
+        self.record_event(cluster, epoch, e).await.is_ok()
     }
 
     async fn automatic(
@@ -217,7 +229,8 @@ impl Failovers {
             } else {
                 "automatic failover off"
             };
-            self.note_once(
+            self.decided(
+                Detection::Skipped,
                 cluster,
                 epoch,
                 skip(
@@ -229,12 +242,17 @@ impl Failovers {
             return;
         }
         if let Some(held) = &rec.control.held {
-            self.note_once(cluster, epoch, skip("failover-held", format!("{primary} is down; automatic failover is held ({held}); run `dbfleet ack --cluster {cluster}` or `dbfleet failover`"))).await;
+            self.decided(Detection::Held, cluster, epoch, skip("failover-held", format!("{primary} is down; automatic failover is held ({held}); run `dbfleet ack --cluster {cluster}` or `dbfleet failover`"))).await;
             return;
         }
         if let Err(e) = Failovers::check_flavor(&self.fleet.members(cluster)) {
-            self.note_once(cluster, epoch, skip("failover-skipped", e.to_string()))
-                .await;
+            self.decided(
+                Detection::Skipped,
+                cluster,
+                epoch,
+                skip("failover-skipped", e.to_string()),
+            )
+            .await;
             return;
         }
         let (budget, window) = self.budget(&rec);
@@ -250,6 +268,7 @@ impl Failovers {
                 "anti-flap budget spent: {recent} automatic failover(s) within {}; run `dbfleet ack --cluster {cluster}` to re-arm",
                 humantime::format_duration(window)
             );
+            self.fleet.counters().detected(cluster, Detection::Budget);
             let e = skip("failover-held", format!("{primary} is down; {why}"));
             let _ = self
                 .fleet
@@ -281,6 +300,7 @@ impl Failovers {
         };
         if let Err(e) = self.pre_hook(&op).await {
             warn!(cluster, error = %e, "automatic failover vetoed");
+            self.fleet.counters().detected(cluster, Detection::Vetoed);
             let why = e.to_string();
             let _ = self
                 .fleet
@@ -292,6 +312,7 @@ impl Failovers {
             return;
         }
         info!(cluster, primary, "starting automatic failover");
+        self.fleet.counters().detected(cluster, Detection::Failover);
         if let Err(e) = self.start(op).await {
             warn!(cluster, error = %e, "cannot start the failover");
         }

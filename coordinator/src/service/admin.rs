@@ -171,10 +171,9 @@ impl AdminService for AdminApi {
         request: Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
         let only = model::cluster_filter(request.get_ref()).map_err(ServiceError::from)?;
-        let mut clusters = self.fleet.cluster_views(only.as_ref());
+        let mut clusters = crate::service::control::full_views(&self.fleet, only.as_ref());
         for c in &mut clusters {
             let rec = self.fleet.cluster_record(&c.name);
-            crate::service::control::decorate(c, &rec);
             c.control = Some(control_view(
                 &rec,
                 self.controls.default_budget,

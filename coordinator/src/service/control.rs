@@ -97,7 +97,7 @@ impl Controls {
                 Ok(r.clone())
             })
             .await?;
-        info!(cluster, kind, message, "cluster control changed");
+        info!(cluster, kind, detail = message, "cluster control changed");
         Ok(control_view(
             &rec,
             self.default_budget,
@@ -236,6 +236,16 @@ impl Controls {
 /// An archive further behind its server than this is a problem: the RPO
 /// of a lost host.
 const ARCHIVE_LAG_PROBLEM_MS: u64 = 60_000;
+
+/// Every cluster's view (or `only`'s) with what desired state adds: what
+/// `dbfleet status` and the metrics endpoint both show.
+pub(crate) fn full_views(fleet: &Fleet, only: Option<&Name>) -> Vec<pb::ClusterView> {
+    let mut views = fleet.cluster_views(only);
+    for v in &mut views {
+        decorate(v, &fleet.cluster_record(&v.name));
+    }
+    views
+}
 
 /// Adds what desired state knows to a derived view: each member's rule,
 /// fence and rebuild mark, and the problems an operator must act on.

@@ -54,10 +54,12 @@ impl ReportService for ReportApi {
                     }
                 };
                 let sequence = message.sequence;
+                let started = std::time::Instant::now();
                 let accepted = match Report::try_from(message) {
                     Ok(report) => fleet.accept_report(&host, report).await,
                     Err(e) => Err(ServiceError::from(e)),
                 };
+                fleet.counters().report_processed(started.elapsed());
                 if let Err(e) = accepted {
                     warn!(host, error = %e, "report refused; closing the stream");
                     let _ = tx.send(Err(e.into())).await;
