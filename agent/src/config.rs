@@ -25,6 +25,10 @@ pub struct AgentConfig {
     /// The replication cluster this host belongs to (not for a witness).
     #[serde(default)]
     pub cluster: String,
+    /// Log level or filter (`info`, `info,dbfleet_agent=debug`); read
+    /// again on SIGHUP. Absent: `RUST_LOG`, else `info`.
+    #[serde(default)]
+    pub log_level: Option<String>,
     /// Where the agent keeps its fence record (the lease promise), which
     /// must survive restarts.
     #[serde(default = "default_state_dir")]
@@ -49,11 +53,17 @@ pub struct AgentConfig {
     pub self_fence_timeout: Option<Duration>,
     /// Every coordinator, `host:port`; the agent reports to each.
     pub coordinators: Vec<String>,
-    /// Where Prometheus scrapes `/metrics` (plain HTTP). Default: the
-    /// `listen` address's IP on port 9104, mysqld_exporter's port, so an
-    /// existing scrape config finds it. A witness serves none.
+    /// Where Prometheus scrapes `/metrics`. Default: the `listen`
+    /// address's IP on port 9104, mysqld_exporter's port, so an existing
+    /// scrape config finds it. A witness serves none.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve `/metrics` over mutual TLS with the `[tls]` certificates
+    /// instead of plain HTTP: scrapers need a certificate from the fleet
+    /// CA with role viewer, operator or coordinator. Off by default, so an
+    /// existing plain scrape config keeps working.
+    #[serde(default)]
+    pub metrics_tls: bool,
     /// Longest time between two reports.
     #[serde(default = "default_report_interval", with = "humantime_serde")]
     pub report_interval: Duration,
@@ -164,6 +174,9 @@ impl AgentConfig {
             reason,
         };
         Name::parse(&c.host).map_err(|r| invalid("host", r))?;
+        if let Some(l) = &c.log_level {
+            dbfleet_common::telemetry::check_level(l).map_err(|r| invalid("log_level", r))?;
+        }
         if c.coordinators.is_empty() {
             return Err(invalid(
                 "coordinators",
@@ -179,6 +192,12 @@ impl AgentConfig {
                     "witness",
                     "a witness watches no mysqld: remove [mysql] and cluster, or set witness = false"
                         .into(),
+                ));
+            }
+            if c.metrics_tls {
+                return Err(invalid(
+                    "metrics_tls",
+                    "a witness serves no /metrics: remove metrics_tls".into(),
                 ));
             }
             return Ok(c);
@@ -324,5 +343,22 @@ mod tests {
         std::fs::write(&bad, text).unwrap();
         let e = AgentConfig::load(&bad, None).unwrap_err().to_string();
         assert!(e.contains("witness watches no mysqld"), "{e}");
+    }
+
+    #[test]
+    fn metrics_tls_is_off_by_default_and_refused_on_a_witness() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/agent.toml");
+        assert!(!AgentConfig::load(&p, None).unwrap().metrics_tls);
+        let d = tempfile::tempdir().unwrap();
+        let on = d.path().join("a.toml");
+        let text = "metrics_tls = true\n".to_string() + &std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&on, text).unwrap();
+        assert!(AgentConfig::load(&on, None).unwrap().metrics_tls);
+        let w = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/witness.toml");
+        let bad = d.path().join("w.toml");
+        let text = "metrics_tls = true\n".to_string() + &std::fs::read_to_string(&w).unwrap();
+        std::fs::write(&bad, text).unwrap();
+        let e = AgentConfig::load(&bad, None).unwrap_err().to_string();
+        assert!(e.contains("remove metrics_tls"), "{e}");
     }
 }

@@ -227,8 +227,14 @@ pub async fn run(
                     jobs: jobs.clone(),
                     archive: archive.clone(),
                     acks: accepted.clone(),
+                    history: Default::default(),
                 };
-                tokio::spawn(metrics::serve(l, Arc::new(sources), shutdown.clone()));
+                tokio::spawn(metrics::serve(
+                    l,
+                    Arc::new(sources),
+                    config.metrics_tls.then(|| tls.clone()),
+                    shutdown.clone(),
+                ));
             }
             tasks.spawn(collector::run(
                 Observer::new(target),

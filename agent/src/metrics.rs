@@ -1,13 +1,19 @@
 //! The agent's Prometheus endpoint. A scrape runs no query: it renders
 //! the collector's last collection (the same one the reports are made
-//! from) and the agent's in-memory state, so scrapes never pile work onto
-//! mysqld and answer at once even while mysqld is stuck or down.
+//! from), what earlier collections showed, the agent's in-memory state and
+//! a few `/proc` reads, so scrapes never pile work onto mysqld and answer
+//! at once even while mysqld is stuck or down. Plain HTTP by default;
+//! mutual TLS with `metrics_tls`.
 
 pub mod family;
 pub mod ha;
+pub mod host;
 pub mod mysqld;
+pub mod receive;
+pub mod tls;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,11 +22,12 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use dbfleet_common::tls::{TlsContext, tls_incoming_http1};
 use dbfleet_proto::model::MysqlObservation;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::backup::Jobs;
 use crate::binlog_archive::ArchiveStatus;
@@ -70,6 +77,29 @@ impl Default for ReportAcks {
     }
 }
 
+/// What earlier collections showed that the last one alone does not.
+#[derive(Debug, Default)]
+pub struct History {
+    /// When replication last received something.
+    pub receive: receive::ReceiveTracker,
+    /// mysqld's `datadir`, as last shown: the disk metrics stay while
+    /// mysqld is down (a full disk being one reason it might be).
+    pub datadir: Option<PathBuf>,
+}
+
+impl History {
+    /// Takes in a collection that arrived at `now`.
+    pub fn record(&mut self, c: &Collection, now: Instant) {
+        let Some(s) = &c.sample else {
+            return;
+        };
+        self.receive.observe(&s.replica_rows, &s.status, now);
+        if let Some(d) = s.variables.get("datadir").filter(|d| !d.is_empty()) {
+            self.datadir = Some(PathBuf::from(d));
+        }
+    }
+}
+
 /// Everything a scrape reads.
 pub struct Sources {
     /// The agent's cluster.
@@ -90,6 +120,9 @@ pub struct Sources {
     pub archive: Arc<ArchiveStatus>,
     /// Report acknowledgements.
     pub acks: Arc<ReportAcks>,
+    /// What earlier collections showed, kept by [`serve`] from every
+    /// collection as it arrives.
+    pub history: Mutex<History>,
 }
 
 impl Sources {
@@ -123,6 +156,10 @@ impl Sources {
             .collect();
         let jobs = self.jobs.snapshot();
         let archive = self.archive.report();
+        let (receive_age, datadir) = {
+            let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            (h.receive.age(Instant::now()), h.datadir.clone())
+        };
         out.extend(ha::families(&ha::HaInputs {
             cluster: &self.cluster,
             host: &self.host,
@@ -133,9 +170,35 @@ impl Sources {
             coordinators: &coordinators,
             jobs: &jobs,
             archive: archive.as_ref(),
+            receive_age,
             now_unix_ms: dbfleet_common::clock::unix_ms(),
         }));
+        out.extend(host::families(
+            &self.cluster,
+            &self.host,
+            &host::read(datadir.as_deref()),
+        ));
         out
+    }
+
+    /// Feeds every collection to the history as it arrives, until
+    /// `cancel`: the receive age is only as fine as the collections it
+    /// compares, not the scrapes.
+    async fn follow(self: Arc<Self>, cancel: CancellationToken) {
+        let mut collections = self.collections.clone();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = collections.changed() => if changed.is_err() { return },
+            }
+            let c = collections.borrow_and_update().clone();
+            if let Some(c) = c {
+                self.history
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(&c, Instant::now());
+            }
+        }
     }
 }
 
@@ -149,16 +212,40 @@ async fn scrape(State(sources): State<Arc<Sources>>) -> impl IntoResponse {
     )
 }
 
-/// Serves `/metrics` on `listener` until `cancel`.
-pub async fn serve(listener: TcpListener, sources: Arc<Sources>, cancel: CancellationToken) {
+/// Serves `/metrics` on `listener` until `cancel`: over mutual TLS with
+/// `tls` (the agent's own certificates; only [`tls::SCRAPER_ROLES`] may
+/// scrape), plain HTTP without.
+pub async fn serve(
+    listener: TcpListener,
+    sources: Arc<Sources>,
+    tls: Option<Arc<TlsContext>>,
+    cancel: CancellationToken,
+) {
     let addr = listener.local_addr().ok();
+    tokio::spawn(sources.clone().follow(cancel.clone()));
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(sources);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
+    let shutdown = cancel.clone().cancelled_owned();
+    let served = match tls {
+        Some(tls) => {
+            info!(?addr, "serving /metrics over mutual TLS");
+            let incoming = tls_incoming_http1(listener, tls, cancel);
+            let app = app.route_layer(axum::middleware::from_fn(tls::require_scraper));
+            axum::serve(
+                tls::TlsListener::new(incoming),
+                app.into_make_service_with_connect_info::<tls::Peer>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    if let Err(e) = served {
         warn!(?addr, error = %e, "metrics endpoint stopped");
     }
 }

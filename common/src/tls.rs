@@ -316,6 +316,49 @@ pub fn tls_incoming(
     tls: Arc<TlsContext>,
     cancel: CancellationToken,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+    accept_loop(listener, move || tls.server_config(), Some, cancel)
+}
+
+/// [`tls_incoming`] for an HTTP/1.1 server (the Prometheus endpoints): the
+/// same certificates, CA and required client certificate, but no ALPN, as
+/// the gRPC servers' `h2` would turn away a client offering only
+/// `http/1.1` (and a client offering `h2` falls back to HTTP/1.1 when
+/// nothing is chosen). Each stream comes with its client's identity, so
+/// the server can decide by role; a CA-signed certificate without a
+/// dbfleet identity is dropped after the handshake.
+pub fn tls_incoming_http1(
+    listener: TcpListener,
+    tls: Arc<TlsContext>,
+    cancel: CancellationToken,
+) -> ReceiverStream<Result<(TlsStream<TcpStream>, Identity), io::Error>> {
+    let config = move || {
+        let mut c = (*tls.server_config()).clone();
+        c.alpn_protocols.clear();
+        Arc::new(c)
+    };
+    let identify = |s: TlsStream<TcpStream>| {
+        let der = s.get_ref().1.peer_certificates()?.first()?;
+        match Identity::from_cert_der(der) {
+            Ok(id) => Some((s, id)),
+            Err(e) => {
+                debug!(error = %e, "client certificate without a dbfleet identity");
+                None
+            }
+        }
+    };
+    accept_loop(listener, config, identify, cancel)
+}
+
+/// The accept loop of [`tls_incoming`] and [`tls_incoming_http1`]: one
+/// handshake task per connection with the server config of the moment;
+/// `finish` turns a completed handshake into what the stream yields (or
+/// drops the connection).
+fn accept_loop<T: Send + 'static>(
+    listener: TcpListener,
+    config: impl Fn() -> Arc<ServerConfig> + Send + 'static,
+    finish: fn(TlsStream<TcpStream>) -> Option<T>,
+    cancel: CancellationToken,
+) -> ReceiverStream<Result<T, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -334,12 +377,14 @@ pub fn tls_incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(tls.server_config());
+            let acceptor = TlsAcceptor::from(config());
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
+                        if let Some(item) = finish(stream) {
+                            let _ = tx.send(Ok(item)).await;
+                        }
                     }
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake refused"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),

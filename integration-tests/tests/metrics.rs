@@ -1,10 +1,16 @@
 //! The agent's `/metrics` against real MariaDB: mysqld_exporter's core
-//! names and the HA families, a replica's lag, a scrape that answers while
-//! a metadata lock piles up on the server, and `mysql_up` going to 0 when
-//! mysqld is killed while the endpoint keeps answering.
+//! names and the HA families, host metrics, a replica's lag and receive
+//! age, a scrape that answers while a metadata lock piles up on the server,
+//! `mysql_up` going to 0 when mysqld is killed while the endpoint keeps
+//! answering, and the endpoint over mutual TLS.
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
+use dbfleet_common::certs::{self, LeafRequest};
+use dbfleet_common::identity::Role;
+use dbfleet_common::tls::{TlsContext, TlsPaths, connect_tls};
 use dbfleet_integration_tests::{PATIENCE, TestFleet, sample, scrape};
 use mysql_async::prelude::Queryable;
 
@@ -109,6 +115,11 @@ async fn an_agent_exports_mysqld_exporter_names_and_ha_metrics_of_real_mariadb()
         Some(1.0)
     );
     assert!(sample(&text, "dbfleet_gtid_executed_transactions", &db1).is_some());
+    assert!(
+        sample(&text, "dbfleet_replication_last_received_age_seconds", &[]).is_none(),
+        "a primary receives from no source:\n{text}"
+    );
+    assert_host_families(&text, &db1);
     let coordinator = fleet.coordinator("c1").address;
     wait_scrape(&fleet, "db1", "an accepted report and an epoch", |t| {
         sample(
@@ -152,6 +163,12 @@ async fn an_agent_exports_mysqld_exporter_names_and_ha_metrics_of_real_mariadb()
         sample(&text, "dbfleet_replication_lag_known", &db2),
         Some(1.0)
     );
+    assert!(
+        sample(&text, "dbfleet_replication_last_received_age_seconds", &db2)
+            .is_some_and(|a| a >= 0.0),
+        "{text}"
+    );
+    assert_host_families(&text, &db2);
     // one round trip: the coordinator restarts a stopped replica
     fleet
         .sql(
@@ -160,10 +177,20 @@ async fn an_agent_exports_mysqld_exporter_names_and_ha_metrics_of_real_mariadb()
         )
         .await
         .unwrap();
+    // The delayed replica's IO thread still receives the event at once:
+    // the receive age falls below the time since the write was sent,
+    // while the applier lags (an age counted from the agent's start, or
+    // from anything before the write, would be above it).
+    let written = Instant::now();
     fleet
         .sql("db1", "CREATE TABLE app.lagging (id INT PRIMARY KEY)")
         .await
         .unwrap();
+    wait_scrape(&fleet, "db2", "something received after the write", |t| {
+        sample(t, "dbfleet_replication_last_received_age_seconds", &db2)
+            .is_some_and(|a| a < written.elapsed().as_secs_f64())
+    })
+    .await;
     let text = wait_scrape(&fleet, "db2", "a lag of at least a second", |t| {
         sample(t, "dbfleet_replication_lag_seconds", &db2).is_some_and(|l| l >= 1.0)
     })
@@ -251,7 +278,205 @@ async fn an_agent_exports_mysqld_exporter_names_and_ha_metrics_of_real_mariadb()
         "stale values of a dead server:\n{text}"
     );
     assert!(!text.contains("dbfleet_replication_configured"), "{text}");
+    assert!(
+        !text.contains("dbfleet_replication_last_received_age_seconds"),
+        "{text}"
+    );
     assert!(sample(&text, "dbfleet_coordinator_report_age_seconds", &[]).is_some());
+    // the data directory is remembered: its disk is watched while mysqld
+    // is down (a full disk may be why)
+    assert!(
+        sample(&text, "dbfleet_datadir_filesystem_avail_bytes", &db2).is_some_and(|a| a > 0.0),
+        "{text}"
+    );
+    assert!(sample(&text, "dbfleet_host_memory_total_bytes", &db2).is_some());
+}
+
+/// The host families of a scrape of a running mysqld's agent: CPU and
+/// memory of the host, space of the data directory's filesystem, the
+/// agent's own footprint, with plausible values. The data directory's disk
+/// I/O is there only where the directory sits on a block device (not on
+/// overlayfs or tmpfs), and then all three families are.
+fn assert_host_families(text: &str, id: &[(&str, &str); 2]) {
+    let cpu = |mode: &str| {
+        sample(
+            text,
+            "dbfleet_host_cpu_seconds_total",
+            &[id[0], id[1], ("mode", mode)],
+        )
+    };
+    assert!(cpu("user").is_some_and(|v| v > 0.0), "{text}");
+    assert!(cpu("system").is_some_and(|v| v > 0.0), "{text}");
+    assert!(cpu("idle").is_some(), "{text}");
+    let total = sample(text, "dbfleet_host_memory_total_bytes", id).expect("memory total");
+    let available =
+        sample(text, "dbfleet_host_memory_available_bytes", id).expect("memory available");
+    assert!(total > available && available > 0.0, "{total} {available}");
+    let size = sample(text, "dbfleet_datadir_filesystem_size_bytes", id).expect("fs size");
+    let avail = sample(text, "dbfleet_datadir_filesystem_avail_bytes", id).expect("fs avail");
+    assert!(size >= avail && avail > 0.0, "{size} {avail}");
+    let disk: Vec<Option<f64>> = [
+        "dbfleet_datadir_disk_read_bytes_total",
+        "dbfleet_datadir_disk_written_bytes_total",
+        "dbfleet_datadir_disk_io_time_seconds_total",
+    ]
+    .iter()
+    .map(|n| sample(text, n, id))
+    .collect();
+    assert!(
+        disk.iter().all(Option::is_some) || disk.iter().all(Option::is_none),
+        "{disk:?}"
+    );
+    assert!(
+        sample(text, "dbfleet_agent_resident_memory_bytes", id).is_some_and(|r| r > 0.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            text,
+            "dbfleet_agent_cpu_seconds_total",
+            &[id[0], id[1], ("mode", "user")]
+        )
+        .is_some(),
+        "{text}"
+    );
+}
+
+/// `GET /metrics` over mutual TLS with the certificate of `client`,
+/// checking the server is `host`'s agent: the whole answer, status line
+/// first.
+async fn tls_get(client: &TlsPaths, address: &str, host: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ctx = TlsContext::load(client).unwrap();
+    let mut s = connect_tls(&ctx, address, Role::Agent, Some(host))
+        .await
+        .unwrap_or_else(|e| panic!("TLS to {address}: {e}"));
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    // the answer is complete when the server closes; how it closes
+    // (close_notify or not) does not matter here
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// curl, the scraper stand-in that is not dbfleet's own TLS code.
+fn curl(args: &[&str]) -> std::process::Output {
+    let curl = Path::new("/usr/bin/curl");
+    assert!(
+        curl.exists(),
+        "{} is missing: apt-get install curl",
+        curl.display()
+    );
+    std::process::Command::new(curl)
+        .args(args)
+        .output()
+        .expect("run curl")
+}
+
+/// With `metrics_tls = true` the agent serves `/metrics` only over mutual
+/// TLS with its own certificates: a viewer certificate from the fleet CA
+/// scrapes (with dbfleet's client and with curl), an agent certificate is
+/// refused with 403, and neither plain HTTP nor TLS without a client
+/// certificate gets an answer.
+#[tokio::test]
+async fn metrics_over_mutual_tls_need_a_fleet_certificate_of_a_scraper_role() {
+    let mut fleet = TestFleet::start(0, 1).await;
+    let db1 = [("cluster", "main"), ("host", "db1")];
+    let address = metrics_of(&fleet, "db1");
+    let config = fleet.dir.join("agent-db1.toml");
+    fleet.stop("agent-db1", Duration::from_secs(5));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("metrics_tls = true\n{text}")).unwrap();
+    fleet.start_agent("db1").unwrap();
+    fleet
+        .wait_listening("agent-db1", &address, PATIENCE)
+        .await
+        .unwrap();
+
+    let certs_dir = fleet.dir.join("certs");
+    let issued = fleet.dir.join("scrapers");
+    std::fs::create_dir_all(&issued).unwrap();
+    let issue = |role: Role, name: &str| {
+        let files = certs::issue_leaf(&certs_dir, &issued, &LeafRequest::new(role, name)).unwrap();
+        TlsPaths {
+            ca: certs_dir.join(certs::CA_CERT),
+            cert: files.cert,
+            key: files.key,
+        }
+    };
+    let viewer = issue(Role::Viewer, "prometheus");
+    let agent = issue(Role::Agent, "db9");
+
+    let give_up = Instant::now() + PATIENCE;
+    let text = loop {
+        let text = tls_get(&viewer, &address, "db1").await;
+        assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+        if sample(&text, "mysql_up", &[]) == Some(1.0) {
+            break text;
+        }
+        assert!(Instant::now() < give_up, "no collection over TLS:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        sample(
+            &text,
+            "dbfleet_role",
+            &[db1[0], db1[1], ("role", "primary")]
+        ),
+        Some(1.0)
+    );
+    assert_host_families(&text, &db1);
+
+    let refused = tls_get(&agent, &address, "db1").await;
+    assert!(refused.starts_with("HTTP/1.0 403"), "{refused}");
+    assert!(
+        refused.contains("dbfleet://agent/db9") && refused.contains("viewer"),
+        "{refused}"
+    );
+    assert!(!refused.contains("mysql_up"), "{refused}");
+
+    // curl offers h2 and http/1.1 and checks the agent's certificate
+    // against its IP address, as Prometheus would
+    let url = format!("https://{address}/metrics");
+    let ca = viewer.ca.display().to_string();
+    let out = curl(&[
+        "--silent",
+        "--show-error",
+        "--fail",
+        "--cacert",
+        &ca,
+        "--cert",
+        &viewer.cert.display().to_string(),
+        "--key",
+        &viewer.key.display().to_string(),
+        &url,
+    ]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sample(&body, "dbfleet_fenced", &db1).is_some(), "{body}");
+
+    let out = curl(&["--silent", "--show-error", "--cacert", &ca, &url]);
+    assert!(
+        !out.status.success() && out.stdout.is_empty(),
+        "TLS without a client certificate answered: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let mut plain = std::net::TcpStream::connect(&address).unwrap();
+    write!(plain, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plain HTTP answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
 }
 
 /// The names of every sample in a scrape.

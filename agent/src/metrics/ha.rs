@@ -1,7 +1,8 @@
 //! What HA needs beyond mysqld_exporter, as `dbfleet_*` families: the
 //! server's role and writability, replication configured (always present
 //! while mysqld answers, so "not replicating" is a value rather than a
-//! missing series), lag known and lag, semi-sync state and acks, the GTID
+//! missing series), lag known and lag, how long ago anything arrived from
+//! the source, semi-sync state and acks, the GTID
 //! transaction count, the agent's fence and epoch, how long ago each
 //! coordinator accepted a report, the last backup and the binlog archive's
 //! lag. Every family carries `cluster` and `host`, so rules can group by
@@ -35,6 +36,9 @@ pub struct HaInputs<'a> {
     pub jobs: &'a [pb::Job],
     /// The binlog archive, when archiving.
     pub archive: Option<&'a pb::BinlogArchive>,
+    /// Seconds since replication last received something from the source
+    /// (see [`super::receive`]).
+    pub receive_age: Option<f64>,
     /// Now, Unix ms.
     pub now_unix_ms: i64,
 }
@@ -235,6 +239,14 @@ pub fn families(i: &HaInputs<'_>) -> Vec<Family> {
                     ms as f64 / 1000.0,
                 ));
             }
+            if let Some(age) = i.receive_age {
+                out.push(one(
+                    "dbfleet_replication_last_received_age_seconds",
+                    "Seconds since the IO thread last received a heartbeat or an event from the source (since the agent first saw the replica, if nothing since)",
+                    Kind::Gauge,
+                    age,
+                ));
+            }
             if let Some(v) = status(["Slave_received_heartbeats", "Replica_received_heartbeats"]) {
                 out.push(one(
                     "dbfleet_replication_heartbeats_received_total",
@@ -321,17 +333,17 @@ mod tests {
             coordinators: &[("127.0.0.1:7200".into(), 1.5)],
             jobs: &[],
             archive: None,
+            receive_age: Some(1.0),
             now_unix_ms: 0,
         };
         let fams = families(&inputs);
         let role = fams.iter().find(|f| f.name == "dbfleet_role").unwrap();
         assert_eq!(role.value(&[("role", "down")]), Some(1.0));
         assert_eq!(role.value(&[("role", "primary")]), Some(0.0));
-        assert!(
-            !fams
-                .iter()
-                .any(|f| f.name == "dbfleet_replication_configured")
-        );
+        assert!(!fams.iter().any(|f| {
+            f.name == "dbfleet_replication_configured"
+                || f.name == "dbfleet_replication_last_received_age_seconds"
+        }));
         let fenced = fams.iter().find(|f| f.name == "dbfleet_fenced").unwrap();
         assert_eq!(
             fenced.value(&[("cluster", "main"), ("host", "db1")]),
