@@ -194,6 +194,8 @@ pub struct SandboxSpec {
     /// The agents' `[backup]` section (e.g. an S3 repository); empty: a
     /// repository directory in the sandbox.
     pub agent_backup: String,
+    /// Log lines of the agents and coordinators as JSON instead of text.
+    pub json_logs: bool,
     /// Programs to run.
     pub bins: Binaries,
 }
@@ -668,17 +670,26 @@ impl Fleet {
         self.spawn(&name, self.spec.bins.mariadbd.clone(), args)
     }
 
+    /// The arguments of an agent or coordinator run on `config`.
+    fn daemon_args(&self, config: &Path) -> Vec<String> {
+        let mut args = vec!["--config".into(), config.display().to_string()];
+        if self.spec.json_logs {
+            args.extend(["--log-format".into(), "json".into()]);
+        }
+        args
+    }
+
     /// Starts (or restarts) the agent of `host`.
     pub fn start_agent(&mut self, host: &str) -> Result<(), SandboxError> {
         let cfg = self.path(&format!("agent-{host}.toml"));
-        let args = vec!["--config".into(), cfg.display().to_string()];
+        let args = self.daemon_args(&cfg);
         self.spawn(&format!("agent-{host}"), self.spec.bins.agent.clone(), args)
     }
 
     /// Starts (or restarts) coordinator `id`.
     pub fn start_coordinator(&mut self, id: &str) -> Result<(), SandboxError> {
         let cfg = self.path(&format!("coordinator-{id}.toml"));
-        let args = vec!["--config".into(), cfg.display().to_string()];
+        let args = self.daemon_args(&cfg);
         self.spawn(
             &format!("coordinator-{id}"),
             self.spec.bins.coordinator.clone(),

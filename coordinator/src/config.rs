@@ -38,6 +38,10 @@ pub struct CoordinatorConfig {
     /// Where Prometheus scrapes `/metrics` (plain HTTP; omit to disable).
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Log level or filter (`info`, `info,dbfleet_coordinator=debug`);
+    /// read again on SIGHUP. Absent: `RUST_LOG`, else `info`.
+    #[serde(default)]
+    pub log_level: Option<String>,
     /// Detection windows, anti-flap defaults, hooks.
     #[serde(default)]
     pub failover: FailoverConfig,
@@ -279,6 +283,9 @@ impl CoordinatorConfig {
             reason,
         };
         Name::parse(&c.id).map_err(|r| invalid("id", r))?;
+        if let Some(l) = &c.log_level {
+            dbfleet_common::telemetry::check_level(l).map_err(|r| invalid("log_level", r))?;
+        }
         if c.topology.agent_timeout < Duration::from_millis(500) {
             return Err(invalid(
                 "topology.agent_timeout",

@@ -18,7 +18,12 @@ struct Cli {
     #[arg(long, env = "DBFLEET_COORDINATOR_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Log line format: human or json.
-    #[arg(long, default_value = "human", global = true)]
+    #[arg(
+        long,
+        env = "DBFLEET_LOG_FORMAT",
+        default_value = "human",
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -32,9 +37,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let log = telemetry::init(cli.log_format);
     install_crypto_provider();
-    match real_main(cli) {
+    match real_main(cli, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dbfleet-coordinator: {e:#}");
@@ -43,17 +48,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: Cli) -> anyhow::Result<()> {
+fn real_main(cli: Cli, log: telemetry::LogControl) -> anyhow::Result<()> {
     let path = cli
         .config
         .context("no config file: pass --config FILE or set DBFLEET_COORDINATOR_CONFIG")?;
     let config = CoordinatorConfig::load(&path)?;
+    log.apply(config.log_level.as_deref())
+        .map_err(anyhow::Error::msg)?;
     if let Some(Command::CheckConfig) = cli.command {
         dbfleet_coordinator::check(&config)?;
         println!("{}: ok (coordinator {})", path.display(), config.id);
         return Ok(());
     }
-    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let rt = telemetry::runtime_in(tracing::error_span!("coordinator", coordinator = %config.id))
+        .context("start the async runtime")?;
     rt.block_on(async {
         let listener = bind(config.listen).await?;
         let metrics = match config.metrics_listen {
@@ -62,6 +70,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         };
         let shutdown = CancellationToken::new();
         dbfleet_common::shutdown::cancel_on_signals(shutdown.clone());
+        log.reload_on_sighup(path.clone(), shutdown.clone());
         dbfleet_coordinator::run(config, listener, metrics, shutdown).await?;
         Ok(())
     })

@@ -288,6 +288,7 @@ impl TestFleet {
             coordinator_extra: String::new(),
             self_fence_timeout: None,
             agent_backup: String::new(),
+            json_logs: false,
             bins,
         };
         customize(&mut spec);

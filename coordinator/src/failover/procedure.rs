@@ -18,6 +18,7 @@ use dbfleet_proto::model::{Flavor, MysqlAddress, ServerState};
 use dbfleet_proto::pb;
 use dbfleet_proto::pb::command_request::Command;
 use futures::future::join_all;
+use tracing::Instrument;
 use tracing::{error, info, warn};
 
 use super::Failovers;
@@ -621,11 +622,22 @@ impl Failovers {
             duration_ms: millis(started.elapsed()),
             write_gap_ms,
         };
+        self.fleet
+            .counters()
+            .operation_ended(&cluster, kind, outcome);
         match outcome {
-            "completed" => info!(operation = op.id, kind, message, "operation completed"),
+            "completed" => info!(
+                operation = op.id,
+                kind,
+                detail = message,
+                "operation completed"
+            ),
             _ => error!(
                 operation = op.id,
-                kind, outcome, message, "operation did not complete"
+                kind,
+                outcome,
+                detail = message,
+                "operation did not complete"
             ),
         }
         if matches!(result, Err(StepError::Aborted(_))) {
@@ -728,12 +740,17 @@ impl Failovers {
             return rx.clone();
         }
         let (tx, rx) = tokio::sync::watch::channel(None);
+        // Every line the operation logs names its cluster and id.
+        let span = tracing::error_span!("operation", cluster = %cluster, operation = %op.id, kind = op.kind.as_str());
         running.insert(cluster, rx.clone());
         let me = self.clone();
-        tokio::spawn(async move {
-            let result = me.drive(op, resumed).await;
-            tx.send_replace(Some(result));
-        });
+        tokio::spawn(
+            async move {
+                let result = me.drive(op, resumed).await;
+                tx.send_replace(Some(result));
+            }
+            .instrument(span),
+        );
         rx
     }
 
