@@ -469,6 +469,19 @@ impl Client {
         self.read(|mut c| async move { c.list_agents(pb::ListAgentsRequest {}).await })
             .await
     }
+
+    /// Removes a decommissioned host's agent from the registry (refused
+    /// while it still reports).
+    pub async fn forget_agent(&self, host: &str) -> Result<pb::ForgetAgentResponse, ClientError> {
+        let req = pb::ForgetAgentRequest {
+            host: host.to_string(),
+        };
+        self.write(WRITE_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.forget_agent(req).await }
+        })
+        .await
+    }
 }
 
 /// A standby's (or candidate's) answer to a write: ask the active instead.

@@ -68,8 +68,11 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         iterations: Option<u64>,
     },
-    /// Show registered agents and whether they report.
-    Agents,
+    /// Show registered agents and whether they report, or forget one.
+    Agents {
+        #[command(subcommand)]
+        action: Option<AgentsCommand>,
+    },
     /// Show the coordinator pair: role, epoch, lease, op-log position.
     Coordinators {
         #[command(subcommand)]
@@ -173,6 +176,16 @@ enum Command {
     /// A complete local fleet for trying dbfleet out.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsCommand {
+    /// Remove a decommissioned host's agent from the registry; refused
+    /// while it still reports. It is no longer a member of its cluster.
+    Forget {
+        /// The host.
+        host: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -598,7 +611,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Table => print!("{}", status::to_table(&json)),
             }
         }
-        Command::Agents => {
+        Command::Agents {
+            action: Some(AgentsCommand::Forget { host }),
+        } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            client.forget_agent(&host).await?;
+            match cli.output {
+                Output::Json => print_json(&serde_json::json!({ "forgotten": host }))?,
+                Output::Table => println!("{host} forgotten"),
+            }
+        }
+        Command::Agents { action: None } => {
             let client = Client::from_file(cli.config.as_deref())?;
             let resp = client.list_agents().await?;
             let agents: Vec<serde_json::Value> = resp

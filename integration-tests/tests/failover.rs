@@ -563,3 +563,71 @@ async fn a_failover_without_fence_proof_blocks_and_its_replicas_resume_when_the_
     evidence_of(&fleet, "thawed");
     check_witnesses(&fleet, writer, sampler, "db1").await;
 }
+
+#[tokio::test]
+async fn an_unmanaged_semi_sync_replica_voids_the_semi_sync_fence_proof() {
+    let (mut fleet, writer, sampler) = loaded_fleet_of(3, "").await;
+    // db4 leaves dbfleet's management but keeps acknowledging db1's
+    // commits: its agent stops, it leaves the lease's voters (so the
+    // other three keep a majority when db1 dies) and the operator
+    // forgets it.
+    fleet.kill("agent-db4");
+    let voter = |h: &str| {
+        let m = fleet.info.members.iter().find(|m| m.host == h).unwrap();
+        format!("{h}@{}", m.agent_address)
+    };
+    let (db1, db2, db3) = (voter("db1"), voter("db2"), voter("db3"));
+    let out = fleet.cli(&["voters", "set", &db1, &db2, &db3]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let give_up = std::time::Instant::now() + dbfleet_integration_tests::PATIENCE;
+    loop {
+        let out = fleet.cli(&["agents", "forget", "db4"]);
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            std::time::Instant::now() < give_up,
+            "db4 never forgotten: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fleet
+        .wait_until("db4 no longer a member", |c| {
+            !c.members.iter().any(|m| m.host == "db4")
+        })
+        .await;
+    assert_eq!(
+        fleet
+            .query_one("db4", "SELECT @@rpl_semi_sync_slave_enabled")
+            .await
+            .as_deref(),
+        Some("1"),
+        "db4 still acknowledges db1"
+    );
+    // The primary host dies: lossless semi-sync with db2 and db3 frozen is
+    // no proof while db4 may still acknowledge, so the failover blocks.
+    fleet.kill("agent-db1");
+    fleet.kill("mariadbd-db1");
+    let blocked = fleet
+        .wait_until("the failover blocked", |c| {
+            c.control.as_ref().is_some_and(|k| {
+                k.needs_ack && k.operation.is_empty() && k.frozen == ["db2", "db3"]
+            })
+        })
+        .await;
+    assert_eq!(blocked.primary, "db1", "nobody was promoted");
+    assert!(blocked.members.iter().all(|m| !m.writable));
+    let why = evidence_of(&fleet, "failover-blocked");
+    assert!(
+        why.contains("unmanaged replica may still acknowledge"),
+        "the semi-sync proof names the unmanaged replica: {why}"
+    );
+    writer.stop().await;
+    let ((most, which), _) = sampler.stop().await;
+    assert!(most <= 1, "{most} members were writable at once: {which:?}");
+}

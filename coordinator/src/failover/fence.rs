@@ -86,6 +86,29 @@ pub(super) fn self_fence_wait(f: &SelfFenceFacts) -> Result<Duration, String> {
         + Duration::from_secs(1))
 }
 
+/// The semi-sync proof stands only if every replica that can acknowledge
+/// the old primary's commits is one we froze: more semi-sync clients on it
+/// than managed ackers means a replica dbfleet does not manage (set up by
+/// hand, or forgotten) may still acknowledge, and so let it commit. A dump
+/// thread outlives a cut-off replica for minutes, so when the kernel's
+/// count of live replica connections is known and lower, it bounds the
+/// clients that can still acknowledge.
+pub(super) fn unmanaged_ackers(
+    old: &str,
+    clients: u32,
+    live: Option<u32>,
+    managed: usize,
+) -> Result<(), String> {
+    let clients = live.map_or(clients, |l| clients.min(l));
+    if clients as usize > managed {
+        return Err(format!(
+            "semi-sync: {old} last had {clients} semi-sync replica(s) connected but only {managed} \
+             managed member(s) acknowledge it; an unmanaged replica may still acknowledge its commits"
+        ));
+    }
+    Ok(())
+}
+
 impl Failovers {
     /// The Fence step: a proof that the old primary can no longer commit,
     /// or a stop that leaves the replicas frozen and read-only.
@@ -234,6 +257,13 @@ impl Failovers {
                 })
             })
             .collect();
+        let live = old
+            .and_then(|m| m.report.as_ref())
+            .and_then(|r| match &r.mysql {
+                dbfleet_proto::model::MysqlObservation::Reachable(s) => Some(s.replicas_connected),
+                _ => None,
+            });
+        unmanaged_ackers(&op.old_primary, semi.clients, live, ackers.len())?;
         let unfrozen: Vec<&str> = ackers
             .iter()
             .filter(|m| !op.frozen.contains_key(&m.host))
@@ -359,6 +389,17 @@ mod tests {
             others: vec!["db2".into(), "db3".into()],
             unfrozen: vec![],
         }
+    }
+
+    #[test]
+    fn an_unmanaged_semi_sync_replica_voids_the_semi_sync_proof() {
+        assert!(unmanaged_ackers("db1", 2, Some(2), 2).is_ok());
+        let e = unmanaged_ackers("db1", 3, Some(3), 2).unwrap_err();
+        assert!(e.contains("unmanaged replica"), "{e}");
+        // a stale dump thread of a cut-off managed replica: not live
+        assert!(unmanaged_ackers("db1", 3, Some(2), 2).is_ok());
+        // liveness unknown (mysqld down when last seen): the clients count
+        assert!(unmanaged_ackers("db1", 3, None, 2).is_err());
     }
 
     #[test]
