@@ -9,6 +9,13 @@
 //! (fsync, rename, fsync the directory) before anything acts on it, and
 //! enforced on every observation, so it holds across restarts of mysqld
 //! and of the agent.
+//!
+//! A primary's crash is also caught when the agent did not see it: the
+//! record keeps when the mysqld last seen as primary started (now minus
+//! its `Uptime`), so a primary whose mysqld restarted since (the whole
+//! host rebooted, the agent was down, or mysqld came back between two
+//! observations) is fenced like one seen going down. A failover may have
+//! happened meanwhile; only the coordinator may make it writable again.
 
 use dbfleet_common::clock::unix_ms as now_unix_ms;
 use std::path::{Path, PathBuf};
@@ -34,6 +41,39 @@ pub struct GuardRecord {
     pub reason: String,
     /// When it was set (Unix ms, agent clock).
     pub since_unix_ms: i64,
+    /// When the mysqld last seen as an unfenced primary started (Unix ms,
+    /// agent clock); None once it was seen read-only or a replica.
+    #[serde(default)]
+    pub primary_started_unix_ms: Option<i64>,
+}
+
+/// How far two readings of one mysqld's start time may differ: `Uptime`
+/// counts whole seconds and the two readings take a little time.
+const SAME_START_MS: i64 = 5_000;
+
+/// What an observation of an unfenced server means for the guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PrimaryStart {
+    /// Nothing to record.
+    Same,
+    /// A primary seen for the first time (or no longer one): record this.
+    Record(Option<i64>),
+    /// The primary's mysqld restarted since it was last seen: fence it.
+    Restarted,
+}
+
+/// Compares the recorded start of the primary's mysqld with an
+/// observation: `start` is the observed server's start (None: unknown),
+/// `primary` whether it is writable with no replication.
+fn primary_start(recorded: Option<i64>, primary: bool, start: Option<i64>) -> PrimaryStart {
+    match (primary, recorded, start) {
+        (false, None, _) => PrimaryStart::Same,
+        (false, Some(_), _) => PrimaryStart::Record(None),
+        (true, _, None) => PrimaryStart::Same,
+        (true, None, Some(s)) => PrimaryStart::Record(Some(s)),
+        (true, Some(r), Some(s)) if (r - s).abs() <= SAME_START_MS => PrimaryStart::Same,
+        (true, Some(_), Some(_)) => PrimaryStart::Restarted,
+    }
 }
 
 /// Why the guard cannot be loaded or saved.
@@ -140,6 +180,20 @@ impl Guard {
             fenced: true,
             reason: reason.to_string(),
             since_unix_ms: now_unix_ms(),
+            primary_started_unix_ms: None,
+        })
+    }
+
+    /// Records when the mysqld seen as primary started (None: it is no
+    /// longer a primary).
+    fn record_primary_start(&self, started: Option<i64>) -> Result<(), GuardError> {
+        let cur = self.current();
+        if cur.fenced {
+            return Ok(());
+        }
+        self.save(GuardRecord {
+            primary_started_unix_ms: started,
+            ..cur
         })
     }
 
@@ -205,7 +259,12 @@ pub async fn enforce(
     cancel: CancellationToken,
 ) {
     let started = Instant::now();
-    let mut was_primary = false;
+    // A primary when the agent last stopped: its mysqld found down at the
+    // first observation is a crash too.
+    let mut was_primary = {
+        let g = guard.current();
+        !g.fenced && g.primary_started_unix_ms.is_some()
+    };
     let mut last_replica = Instant::now();
     loop {
         tokio::select! {
@@ -223,6 +282,31 @@ pub async fn enforce(
                     last_replica = Instant::now();
                 }
                 was_primary = primary;
+                if !fenced {
+                    let start = report
+                        .agent
+                        .load
+                        .map(|l| report.observed_at_unix_ms - l.uptime_seconds as i64 * 1000);
+                    match primary_start(guard.current().primary_started_unix_ms, primary, start) {
+                        PrimaryStart::Same => {}
+                        PrimaryStart::Record(s) => {
+                            if let Err(e) = guard.record_primary_start(s) {
+                                warn!(error = %e, "cannot record the primary's start; will retry");
+                            }
+                        }
+                        PrimaryStart::Restarted => {
+                            let reason = "the primary's mysqld restarted since the agent last saw it (a failover may have happened meanwhile)";
+                            warn!(reason, "fencing this primary");
+                            if let Err(e) = guard.fence(reason) {
+                                error!(error = %e, "cannot persist the read-only guard after a restart");
+                            }
+                            if let Err(e) = control.make_read_only().await {
+                                error!(error = %e, "cannot make the restarted primary read-only; retrying on the next observation");
+                            }
+                            continue;
+                        }
+                    }
+                }
                 if fenced && s.writable() {
                     warn!(
                         "mysqld is writable while the read-only guard is set; making it read-only"
@@ -292,6 +376,39 @@ mod tests {
         assert!(cut_off_for(t, Instant::now(), None, long_ago).is_none());
         assert!(cut_off_for(t, long_ago, Some(Instant::now()), long_ago).is_none());
         assert!(cut_off_for(t, long_ago, Some(long_ago), Instant::now()).is_none());
+    }
+
+    #[test]
+    fn a_primary_whose_mysqld_restarted_unseen_is_fenced() {
+        use PrimaryStart::*;
+        let t = 1_700_000_000_000;
+        assert_eq!(primary_start(None, true, Some(t)), Record(Some(t)));
+        assert_eq!(primary_start(Some(t), true, Some(t + 1_500)), Same);
+        assert_eq!(primary_start(Some(t), true, Some(t + 60_000)), Restarted);
+        assert_eq!(primary_start(Some(t), true, None), Same);
+        assert_eq!(primary_start(Some(t), false, Some(t)), Record(None));
+        assert_eq!(primary_start(None, false, Some(t)), Same);
+    }
+
+    #[test]
+    fn the_primary_start_survives_a_reopen_and_a_fence_forgets_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("guard.json");
+        let g = Guard::open(&p).unwrap();
+        g.record_primary_start(Some(42)).unwrap();
+        assert_eq!(
+            Guard::open(&p).unwrap().current().primary_started_unix_ms,
+            Some(42)
+        );
+        g.fence("test").unwrap();
+        let again = Guard::open(&p).unwrap().current();
+        assert!(again.fenced && again.primary_started_unix_ms.is_none());
+        // an older file without the field still loads
+        std::fs::write(&p, br#"{"fenced":false,"reason":"","since_unix_ms":0}"#).unwrap();
+        assert_eq!(
+            Guard::open(&p).unwrap().current().primary_started_unix_ms,
+            None
+        );
     }
 
     #[test]

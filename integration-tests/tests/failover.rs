@@ -631,3 +631,62 @@ async fn an_unmanaged_semi_sync_replica_voids_the_semi_sync_fence_proof() {
     let ((most, which), _) = sampler.stop().await;
     assert!(most <= 1, "{most} members were writable at once: {which:?}");
 }
+
+#[tokio::test]
+async fn a_primary_host_that_comes_back_writable_is_fenced_by_its_own_agent() {
+    let (mut fleet, writer, sampler) = loaded_fleet("").await;
+    fleet.kill("agent-db1");
+    fleet.kill("mariadbd-db1");
+    let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
+    check_witnesses(&fleet, writer, sampler, &view.primary).await;
+    // No coordinator repair may fence it for us: only the agent acts.
+    let out = fleet.cli(&["maintenance", "on", "--cluster", "main"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The host comes back with a mysqld that starts writable (a my.cnf
+    // without read_only) while its agent is still down.
+    fleet.start_mariadbd("db1").unwrap();
+    let give_up = std::time::Instant::now() + dbfleet_integration_tests::PATIENCE;
+    while let Err(e) = fleet.sql("db1", "SET GLOBAL read_only = 0").await {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "db1's mysqld never answered: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.start_agent("db1").unwrap();
+    loop {
+        let g = guard_of(&fleet, "db1");
+        let ro = fleet.query_one("db1", "SELECT @@read_only").await;
+        if g["fenced"] == true && ro.as_deref() == Some("1") {
+            let reason = g["reason"].as_str().unwrap_or_default();
+            assert!(
+                reason.contains("restarted since the agent last saw it"),
+                "{g}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "db1 was never fenced by its agent: guard {g}, read_only {ro:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = fleet.cli(&["maintenance", "off", "--cluster", "main"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fleet
+        .wait_until("db1 rejoined or marked for rebuild", |c| {
+            let m = member(c, "db1");
+            !m.writable
+                && (m.needs_rebuild
+                    || (m.source == member(c, &view.primary).mysql_address && m.io_running))
+        })
+        .await;
+}
