@@ -74,14 +74,30 @@ pub struct Status {
 
 /// The archive's state for reports, shared with the collector, and the
 /// restore's say over the archiver.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ArchiveStatus {
+    /// When this process started archiving: until a first pass catches
+    /// up, nothing committed since may be safe, so the lag counts from
+    /// here (a first pass that takes long, or fails from the start, shows
+    /// a growing lag instead of 0).
+    started_unix_ms: i64,
     status: Mutex<Option<Status>>,
     /// A restore is replacing the server's data: no passes.
     paused: AtomicBool,
     /// The next pass starts a new stream (the server's history was
     /// replaced).
     new_stream: AtomicBool,
+}
+
+impl Default for ArchiveStatus {
+    fn default() -> Self {
+        ArchiveStatus {
+            started_unix_ms: unix_ms(),
+            status: Mutex::default(),
+            paused: AtomicBool::default(),
+            new_stream: AtomicBool::default(),
+        }
+    }
 }
 
 impl ArchiveStatus {
@@ -103,11 +119,12 @@ impl ArchiveStatus {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()?;
-        let lag_ms = if s.caught_up_at_unix_ms == 0 {
-            0
+        let since = if s.caught_up_at_unix_ms == 0 {
+            self.started_unix_ms
         } else {
-            (unix_ms() - s.caught_up_at_unix_ms).max(0) as u64
+            s.caught_up_at_unix_ms
         };
+        let lag_ms = (unix_ms() - since).max(0) as u64;
         Some(pb::BinlogArchive {
             stream: s.stream,
             file: s.file,
@@ -602,5 +619,23 @@ pub async fn run(mut archiver: Archiver, interval: Duration, shutdown: Cancellat
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_archive_that_never_caught_up_lags_since_it_started() {
+        let a = ArchiveStatus {
+            started_unix_ms: unix_ms() - 10_000,
+            ..ArchiveStatus::default()
+        };
+        a.update(|s| s.error = "repository unreachable".into());
+        let r = a.report().expect("archiving");
+        assert!(r.lag_ms >= 10_000, "{r:?}");
+        a.update(|s| s.caught_up_at_unix_ms = unix_ms());
+        assert!(a.report().unwrap().lag_ms < 10_000);
     }
 }
