@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dbfleet_lease::Epoch;
-use dbfleet_proto::model::SemiSync;
+use dbfleet_proto::model::ServerState;
 use dbfleet_proto::pb;
 use tokio::sync::watch;
 
@@ -40,9 +40,9 @@ pub struct Failovers {
     cfg: FailoverConfig,
     /// Outcome of the operation running here, per cluster.
     running: Mutex<HashMap<String, watch::Receiver<Option<pb::OperationResult>>>>,
-    /// Last semi-sync settings each member was seen with (a dead primary's
-    /// last report no longer says).
-    last_seen: Mutex<HashMap<String, SemiSync>>,
+    /// The last observation of each member's server (a dead primary's
+    /// last report no longer says what its semi-sync and replicas were).
+    last_seen: Mutex<HashMap<String, ServerState>>,
     /// Since when each cluster's primary looks down.
     down_since: Mutex<HashMap<String, Instant>>,
     /// When each repair (per member) was last tried, to pace retries.

@@ -410,6 +410,7 @@ mod tests {
             semi_sync: SemiSync::default(),
             binlog: Binlog::default(),
             replicas_connected: 0,
+            replica_server_ids: vec![],
         }
     }
 

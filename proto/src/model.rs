@@ -315,6 +315,8 @@ pub struct ServerState {
     /// Replicas connected now whose connection is alive (binlog dump
     /// threads whose replica acknowledges what it is sent).
     pub replicas_connected: u32,
+    /// Server ids of the replicas registered with it now.
+    pub replica_server_ids: Vec<u32>,
 }
 
 impl ServerState {
@@ -449,6 +451,7 @@ fn server_state(m: pb::MysqlState) -> Result<ServerState, ProtocolError> {
             format: binlog.format,
         },
         replicas_connected: m.replicas_connected,
+        replica_server_ids: m.replica_server_ids,
     })
 }
 
@@ -540,6 +543,7 @@ impl From<ServerState> for pb::MysqlState {
                 format: s.binlog.format,
             }),
             replicas_connected: s.replicas_connected,
+            replica_server_ids: s.replica_server_ids,
         }
     }
 }
@@ -667,6 +671,7 @@ mod tests {
                     format: "ROW".into(),
                 },
                 replicas_connected: 2,
+                replica_server_ids: vec![2, 3],
             })),
             agent: AgentState {
                 address: "127.0.0.11:7000".into(),

@@ -22,6 +22,32 @@ pub fn detect(version: &str) -> Flavor {
 pub const REPLICA_HOSTS_SQL: &str = "SELECT HOST FROM information_schema.PROCESSLIST \
      WHERE COMMAND LIKE 'Binlog Dump%'";
 
+/// The replicas registered with this server (each replica registers when
+/// its IO thread connects, and is removed when its dump thread ends).
+pub fn registered_replicas_sql(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::MariaDb => "SHOW SLAVE HOSTS",
+        // 8.0.22 and later; 8.4 removed SHOW SLAVE HOSTS
+        Flavor::MySql => "SHOW REPLICAS",
+    }
+}
+
+/// The server ids in [`registered_replicas_sql`]'s rows (`Server_id` on
+/// MariaDB, `Server_Id` on MySQL).
+pub fn registered_server_ids(rows: &[Row]) -> Vec<u32> {
+    let mut ids: Vec<u32> = rows
+        .iter()
+        .filter_map(|r| {
+            r.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("server_id"))
+                .and_then(|(_, v)| v.as_deref()?.parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Session settings that keep the agent's own queries from waiting on
 /// locks or running long.
 pub fn session_setup(flavor: Flavor) -> &'static [&'static str] {
@@ -286,6 +312,17 @@ pub fn on(v: Option<&String>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registered_replicas_are_read_by_server_id_on_both_flavors() {
+        let rows = [
+            row(&[("Server_id", Some("3")), ("Host", Some(""))]),
+            row(&[("Server_Id", Some("2"))]),
+            row(&[("Server_id", Some("3"))]),
+            row(&[("Server_id", None)]),
+        ];
+        assert_eq!(registered_server_ids(&rows), vec![2, 3]);
+    }
 
     fn row(pairs: &[(&str, Option<&str>)]) -> Row {
         pairs

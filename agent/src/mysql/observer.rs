@@ -113,6 +113,8 @@ pub struct ServerSample {
     pub replica_rows: Vec<Row>,
     /// Hosts of the binlog dump threads.
     pub replica_hosts: Vec<String>,
+    /// Server ids of the registered replicas.
+    pub replica_server_ids: Vec<u32>,
 }
 
 /// The outcome of one collection.
@@ -300,13 +302,18 @@ pub(crate) async fn read_sample(
         query_rows(conn, flavor::replica_status_sql(flavor)),
     )
     .await?;
-    let replica_hosts =
-        run_collector(hosts, deadline, runs, conn.query(flavor::REPLICA_HOSTS_SQL)).await?;
+    let (replica_hosts, replica_server_ids) = run_collector(hosts, deadline, runs, async {
+        let hosts: Vec<String> = conn.query(flavor::REPLICA_HOSTS_SQL).await?;
+        let registered = query_rows(conn, flavor::registered_replicas_sql(flavor)).await?;
+        Ok((hosts, flavor::registered_server_ids(&registered)))
+    })
+    .await?;
     Ok(ServerSample {
         variables,
         status,
         replica_rows,
         replica_hosts,
+        replica_server_ids,
     })
 }
 
@@ -323,6 +330,7 @@ pub fn state_of(flavor: Flavor, sample: &ServerSample) -> Result<ServerState, St
         status,
         replica_rows,
         replica_hosts,
+        replica_server_ids,
     } = sample;
     // the default connection (MariaDB lists named ones too)
     let replication = replica_rows
@@ -388,5 +396,6 @@ pub fn state_of(flavor: Flavor, sample: &ServerSample) -> Result<ServerState, St
             format: get("binlog_format"),
         },
         replicas_connected: links::alive_replicas(get("port").parse().unwrap_or(0), replica_hosts),
+        replica_server_ids: replica_server_ids.clone(),
     })
 }

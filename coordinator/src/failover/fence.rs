@@ -89,22 +89,43 @@ pub(super) fn self_fence_wait(f: &SelfFenceFacts) -> Result<Duration, String> {
 /// The semi-sync proof stands only if every replica that can acknowledge
 /// the old primary's commits is one we froze: more semi-sync clients on it
 /// than managed ackers means a replica dbfleet does not manage (set up by
-/// hand, or forgotten) may still acknowledge, and so let it commit. A dump
-/// thread outlives a cut-off replica for minutes, so when the kernel's
-/// count of live replica connections is known and lower, it bounds the
-/// clients that can still acknowledge.
-pub(super) fn unmanaged_ackers(
-    old: &str,
-    clients: u32,
-    live: Option<u32>,
-    managed: usize,
-) -> Result<(), String> {
-    let clients = live.map_or(clients, |l| clients.min(l));
+/// hand, or forgotten) may still acknowledge, and so let it commit.
+pub(super) fn unmanaged_ackers(old: &str, clients: u32, managed: usize) -> Result<(), String> {
     if clients as usize > managed {
         return Err(format!(
             "semi-sync: {old} last had {clients} semi-sync replica(s) connected but only {managed} \
              managed member(s) acknowledge it; an unmanaged replica may still acknowledge its commits"
         ));
+    }
+    Ok(())
+}
+
+/// Every replica registered with the old primary when it was last seen
+/// (by server id) must be a managed member this operation stopped: a
+/// count alone misses an unmanaged replica standing in for a managed one
+/// that was disconnected. `members` are the other members and their
+/// server ids (None: never seen).
+pub(super) fn registered_replicas_frozen(
+    old: &str,
+    registered: &[u32],
+    members: &[(String, Option<u32>)],
+    frozen: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    for id in registered {
+        match members.iter().find(|(_, m)| *m == Some(*id)) {
+            None => {
+                return Err(format!(
+                    "semi-sync: a replica with server id {id} was registered with {old} but is no managed member; \
+                     an unmanaged replica may still acknowledge its commits"
+                ));
+            }
+            Some((host, _)) if !frozen(host) => {
+                return Err(format!(
+                    "semi-sync: {host} (server id {id}) was registered with {old} and could not be stopped"
+                ));
+            }
+            Some(_) => {}
+        }
     }
     Ok(())
 }
@@ -223,15 +244,12 @@ impl Failovers {
     /// replica frozen: a commit there can no longer be acknowledged.
     fn semi_sync_proof(&self, op: &Operation, old: Option<&MemberState>) -> Result<String, String> {
         let last = old
-            .and_then(|m| m.report.as_ref())
-            .and_then(|r| match &r.mysql {
-                dbfleet_proto::model::MysqlObservation::Reachable(s) => Some(s.semi_sync),
-                _ => None,
-            })
-            .or_else(|| self.last_semi_sync(&op.old_primary));
-        let Some(semi) = last else {
+            .and_then(|m| m.server().cloned())
+            .or_else(|| self.last_server(&op.old_primary));
+        let Some(state) = last else {
             return Err("semi-sync: the old primary's settings were never observed".into());
         };
+        let semi = state.semi_sync;
         if !semi.lossless() {
             return Err(format!(
                 "semi-sync: not lossless on {} (enabled {}, wait_no_slave {}, timeout {} ms)",
@@ -257,13 +275,21 @@ impl Failovers {
                 })
             })
             .collect();
-        let live = old
-            .and_then(|m| m.report.as_ref())
-            .and_then(|r| match &r.mysql {
-                dbfleet_proto::model::MysqlObservation::Reachable(s) => Some(s.replicas_connected),
-                _ => None,
-            });
-        unmanaged_ackers(&op.old_primary, semi.clients, live, ackers.len())?;
+        unmanaged_ackers(&op.old_primary, semi.clients, ackers.len())?;
+        let ids: Vec<(String, Option<u32>)> = members
+            .iter()
+            .filter(|m| m.host != op.old_primary)
+            .map(|m| {
+                let id = m
+                    .server()
+                    .map(|s| s.server_id)
+                    .or_else(|| self.last_server(&m.host).map(|s| s.server_id));
+                (m.host.clone(), id)
+            })
+            .collect();
+        registered_replicas_frozen(&op.old_primary, &state.replica_server_ids, &ids, |h| {
+            op.frozen.contains_key(h)
+        })?;
         let unfrozen: Vec<&str> = ackers
             .iter()
             .filter(|m| !op.frozen.contains_key(&m.host))
@@ -284,7 +310,12 @@ impl Failovers {
     }
 
     pub(super) fn last_semi_sync(&self, host: &str) -> Option<dbfleet_proto::model::SemiSync> {
-        crate::ha::relock(&self.last_seen).get(host).copied()
+        self.last_server(host).map(|s| s.semi_sync)
+    }
+
+    /// The last observation of `host`'s server.
+    pub(super) fn last_server(&self, host: &str) -> Option<dbfleet_proto::model::ServerState> {
+        crate::ha::relock(&self.last_seen).get(host).cloned()
     }
 
     async fn fenced(&self, op: &mut Operation, proof: String) -> Result<bool, StepError> {
@@ -393,13 +424,23 @@ mod tests {
 
     #[test]
     fn an_unmanaged_semi_sync_replica_voids_the_semi_sync_proof() {
-        assert!(unmanaged_ackers("db1", 2, Some(2), 2).is_ok());
-        let e = unmanaged_ackers("db1", 3, Some(3), 2).unwrap_err();
+        assert!(unmanaged_ackers("db1", 2, 2).is_ok());
+        let e = unmanaged_ackers("db1", 3, 2).unwrap_err();
         assert!(e.contains("unmanaged replica"), "{e}");
-        // a stale dump thread of a cut-off managed replica: not live
-        assert!(unmanaged_ackers("db1", 3, Some(2), 2).is_ok());
-        // liveness unknown (mysqld down when last seen): the clients count
-        assert!(unmanaged_ackers("db1", 3, None, 2).is_err());
+        let members = [("db2".to_string(), Some(2)), ("db3".to_string(), Some(3))];
+        let all = |_: &str| true;
+        assert!(registered_replicas_frozen("db1", &[2, 3], &members, all).is_ok());
+        // the counts match, but server 4 stands in for a disconnected db3
+        let e = registered_replicas_frozen("db1", &[2, 4], &members, all).unwrap_err();
+        assert!(
+            e.contains("server id 4") && e.contains("unmanaged replica"),
+            "{e}"
+        );
+        let e = registered_replicas_frozen("db1", &[2, 3], &members, |h| h == "db2").unwrap_err();
+        assert!(e.contains("db3 (server id 3)"), "{e}");
+        // a member never seen cannot vouch for an id
+        let unseen = [("db2".to_string(), None)];
+        assert!(registered_replicas_frozen("db1", &[2], &unseen, all).is_err());
     }
 
     #[test]
