@@ -75,14 +75,14 @@ fn real_main(cli: Cli, log: telemetry::LogControl) -> anyhow::Result<()> {
     )
     .context("start the async runtime")?;
     rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        log.reload_on_sighup(path.clone(), shutdown.clone());
         let listener = bind(config.listen).await?;
         let metrics = match config.metrics_address() {
             Some(a) => Some(bind(a).await.context("metrics_listen")?),
             None => None,
         };
-        let shutdown = CancellationToken::new();
         dbfleet_common::shutdown::cancel_on_signals(shutdown.clone());
-        log.reload_on_sighup(path.clone(), shutdown.clone());
         dbfleet_agent::run(config, listener, metrics, shutdown).await?;
         Ok(())
     })

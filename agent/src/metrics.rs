@@ -85,6 +85,12 @@ pub struct History {
     /// mysqld's `datadir`, as last shown: the disk metrics stay while
     /// mysqld is down (a full disk being one reason it might be).
     pub datadir: Option<PathBuf>,
+    /// The host as last read (off the async workers: a `statvfs` of a
+    /// hung data directory's filesystem never returns).
+    pub host: host::HostSample,
+    /// A host read is under way (one at a time: a hung one is not joined
+    /// by another on every collection).
+    pub host_reading: bool,
 }
 
 impl History {
@@ -156,9 +162,9 @@ impl Sources {
             .collect();
         let jobs = self.jobs.snapshot();
         let archive = self.archive.report();
-        let (receive_age, datadir) = {
+        let (receive_age, host_sample) = {
             let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-            (h.receive.age(Instant::now()), h.datadir.clone())
+            (h.receive.age(Instant::now()), h.host.clone())
         };
         out.extend(ha::families(&ha::HaInputs {
             cluster: &self.cluster,
@@ -173,11 +179,7 @@ impl Sources {
             receive_age,
             now_unix_ms: dbfleet_common::clock::unix_ms(),
         }));
-        out.extend(host::families(
-            &self.cluster,
-            &self.host,
-            &host::read(datadir.as_deref()),
-        ));
+        out.extend(host::families(&self.cluster, &self.host, &host_sample));
         out
     }
 
@@ -192,12 +194,24 @@ impl Sources {
                 changed = collections.changed() => if changed.is_err() { return },
             }
             let c = collections.borrow_and_update().clone();
-            if let Some(c) = c {
-                self.history
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .record(&c, Instant::now());
-            }
+            let datadir = {
+                let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(c) = c {
+                    h.record(&c, Instant::now());
+                }
+                if h.host_reading {
+                    continue;
+                }
+                h.host_reading = true;
+                h.datadir.clone()
+            };
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let sample = host::read(datadir.as_deref());
+                let mut h = me.history.lock().unwrap_or_else(|p| p.into_inner());
+                h.host = sample;
+                h.host_reading = false;
+            });
         }
     }
 }

@@ -79,12 +79,15 @@ impl LogControl {
     /// On every SIGHUP, reads `log_level` from the config file at `path`
     /// again and applies it, until `cancel`. Only the level changes; a
     /// file that no longer parses keeps the level as it was.
+    ///
+    /// Call it first thing in the runtime: the handler is installed before
+    /// it returns, and until then SIGHUP's default action ends the process.
     pub fn reload_on_sighup(self, path: PathBuf, cancel: CancellationToken) {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            warn!("cannot install the SIGHUP handler; the log level is fixed");
+            return;
+        };
         tokio::spawn(async move {
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                warn!("cannot install the SIGHUP handler; the log level is fixed");
-                return;
-            };
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -123,12 +126,25 @@ fn level_in(path: &Path) -> Result<Option<String>, String> {
 /// pool, the thread that calls `block_on`) runs inside `span`, so every
 /// line the process logs carries its fields (an agent's cluster and host,
 /// a coordinator's id) without each task being instrumented by hand.
+///
+/// Each runtime thread holds its entered span in a thread local and
+/// leaves it when the thread stops: the subscriber's per-thread span
+/// stacks outlive their threads and are handed to new ones, so a span
+/// never left would pile up on the blocking pool's re-created threads.
 pub fn runtime_in(span: tracing::Span) -> std::io::Result<tokio::runtime::Runtime> {
+    thread_local! {
+        static ENTERED: std::cell::RefCell<Option<tracing::span::EnteredSpan>> =
+            const { std::cell::RefCell::new(None) };
+    }
     let each = span.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_start(move || std::mem::forget(each.clone().entered()))
+        .on_thread_start(move || {
+            ENTERED.with(|e| *e.borrow_mut() = Some(each.clone().entered()));
+        })
+        .on_thread_stop(|| ENTERED.with(|e| drop(e.borrow_mut().take())))
         .build()?;
+    // The thread that calls `block_on` lives as long as the process.
     std::mem::forget(span.entered());
     Ok(rt)
 }
@@ -143,6 +159,9 @@ pub fn init(format: LogFormat) -> LogControl {
         LogFormat::Human => registry.with(fmt).try_init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
     };
+    // `try_init` caps `log` records at the level in force now; the filter
+    // decides instead, so a level raised on SIGHUP reaches them too.
+    log::set_max_level(log::LevelFilter::Trace);
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         tracing::error!(panic = %info, "panicked");

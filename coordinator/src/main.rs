@@ -63,14 +63,14 @@ fn real_main(cli: Cli, log: telemetry::LogControl) -> anyhow::Result<()> {
     let rt = telemetry::runtime_in(tracing::error_span!("coordinator", coordinator = %config.id))
         .context("start the async runtime")?;
     rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        log.reload_on_sighup(path.clone(), shutdown.clone());
         let listener = bind(config.listen).await?;
         let metrics = match config.metrics_listen {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        let shutdown = CancellationToken::new();
         dbfleet_common::shutdown::cancel_on_signals(shutdown.clone());
-        log.reload_on_sighup(path.clone(), shutdown.clone());
         dbfleet_coordinator::run(config, listener, metrics, shutdown).await?;
         Ok(())
     })
