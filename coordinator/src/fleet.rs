@@ -526,6 +526,24 @@ impl Fleet {
                     if e.streams > 0 || fresh {
                         return Err(ServiceError::AgentStillReporting(host));
                     }
+                    // A silent primary may still be writable behind a cut:
+                    // forgetting it would drop it from the failover's view.
+                    if let Some(rec) = st.clusters.get(&e.record.cluster) {
+                        if rec.last_primary.as_deref() == Some(host.as_str()) {
+                            return Err(ServiceError::Refused(format!(
+                                "{host} is the primary of {}; fail over or switch over first",
+                                rec.name
+                            )));
+                        }
+                        if let Some(op) = &rec.control.operation {
+                            return Err(ServiceError::Refused(format!(
+                                "{} {} is under way in {}; wait for it to end",
+                                op.kind.as_str(),
+                                op.id,
+                                rec.name
+                            )));
+                        }
+                    }
                 }
                 f.commit_locked(epoch, DesiredOp::ForgetAgent { host })
                     .await
@@ -818,6 +836,7 @@ mod tests {
             semi_sync: SemiSync::default(),
             binlog: Binlog::default(),
             replicas_connected: 0,
+            replica_server_ids: vec![],
         }));
         f.accept_report("db1", r).await.unwrap();
         f.remember_primaries().await.unwrap();

@@ -59,7 +59,7 @@ impl Failovers {
         let mut seen = crate::ha::relock(&self.last_seen);
         for m in members {
             if let Some(s) = m.server() {
-                seen.insert(m.host.clone(), s.semi_sync);
+                seen.insert(m.host.clone(), s.clone());
             }
         }
     }
@@ -268,9 +268,8 @@ impl Failovers {
                 "anti-flap budget spent: {recent} automatic failover(s) within {}; run `dbfleet ack --cluster {cluster}` to re-arm",
                 humantime::format_duration(window)
             );
-            self.fleet.counters().detected(cluster, Detection::Budget);
             let e = skip("failover-held", format!("{primary} is down; {why}"));
-            let _ = self
+            let held = self
                 .fleet
                 .update_cluster(cluster, epoch.clone(), move |r| {
                     r.control.held = Some(why);
@@ -278,6 +277,10 @@ impl Failovers {
                     Ok(())
                 })
                 .await;
+            // Counted once recorded: a failed write is decided again next tick.
+            if held.is_ok() {
+                self.fleet.counters().detected(cluster, Detection::Budget);
+            }
             return;
         }
         let op = Operation {
@@ -300,21 +303,23 @@ impl Failovers {
         };
         if let Err(e) = self.pre_hook(&op).await {
             warn!(cluster, error = %e, "automatic failover vetoed");
-            self.fleet.counters().detected(cluster, Detection::Vetoed);
             let why = e.to_string();
-            let _ = self
+            let held = self
                 .fleet
                 .update_cluster(cluster, epoch.clone(), move |r| {
                     r.control.held = Some(why);
                     Ok(())
                 })
                 .await;
+            if held.is_ok() {
+                self.fleet.counters().detected(cluster, Detection::Vetoed);
+            }
             return;
         }
         info!(cluster, primary, "starting automatic failover");
-        self.fleet.counters().detected(cluster, Detection::Failover);
-        if let Err(e) = self.start(op).await {
-            warn!(cluster, error = %e, "cannot start the failover");
+        match self.start(op).await {
+            Ok(_) => self.fleet.counters().detected(cluster, Detection::Failover),
+            Err(e) => warn!(cluster, error = %e, "cannot start the failover"),
         }
         crate::ha::relock(&self.down_since).remove(cluster);
     }
