@@ -139,7 +139,7 @@ impl Failovers {
     ) -> Result<pb::OperationResult, ServiceError> {
         let epoch = self.fleet.ha().write_epoch()?;
         let cluster = req.cluster.clone();
-        let (members, rec, primary) = self.operable(&cluster)?;
+        let (members, _, primary) = self.operable(&cluster)?;
         let old = members.iter().find(|m| m.host == primary);
         if old.and_then(|m| m.server()).is_some_and(|s| s.writable()) {
             return Err(ServiceError::Refused(format!(
@@ -159,16 +159,9 @@ impl Failovers {
                 procedure::now_unix_ms(),
             )
         };
-        // A manual failover re-arms a held cluster: the operator decided.
-        if rec.control.held.is_some() {
-            let e = op.epoch.clone();
-            self.fleet
-                .update_cluster(&cluster, e, |r| {
-                    r.control.held = None;
-                    Ok(())
-                })
-                .await?;
-        }
+        // A manual failover re-arms a held cluster once it starts (the
+        // operator decided; `start` clears the hold in the same change that
+        // journals it), and a vetoed or refused one leaves it held.
         self.pre_hook(&op).await?;
         self.wait(self.start(op).await?).await
     }

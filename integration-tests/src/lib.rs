@@ -14,6 +14,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 pub mod backups;
+pub mod failover;
 pub mod s3;
 pub mod workload;
 

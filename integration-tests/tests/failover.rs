@@ -7,97 +7,14 @@
 
 use std::time::Duration;
 
-use dbfleet_integration_tests::workload::{Sampler, Writer, ids_on};
-use dbfleet_integration_tests::{PATIENCE, Partition, TestFleet, member, sole_active};
+use dbfleet_integration_tests::failover::{
+    check_witnesses, cut_off_db1, events, evidence_of, loaded_fleet, loaded_fleet_of, new_primary,
+    wait_acked,
+};
+use dbfleet_integration_tests::workload::{Sampler, Writer};
+use dbfleet_integration_tests::{PATIENCE, TestFleet, member, sole_active};
 use dbfleet_proto::pb;
 use serde_json::Value;
-
-/// A fleet of a primary and two replicas with an active coordinator, a
-/// writer and a sampler running, and some writes acknowledged.
-async fn loaded_fleet(extra: &str) -> (TestFleet, Writer, Sampler) {
-    loaded_fleet_of(2, extra).await
-}
-
-/// [`loaded_fleet`] with `replicas` replicas.
-async fn loaded_fleet_of(replicas: usize, extra: &str) -> (TestFleet, Writer, Sampler) {
-    let fleet = TestFleet::start_with(replicas, 2, extra).await;
-    fleet
-        .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
-        .await;
-    let writer = Writer::start(&fleet, "db1").await;
-    let sampler = Sampler::start(&fleet);
-    wait_acked(&writer, 20).await;
-    (fleet, writer, sampler)
-}
-
-async fn wait_acked(w: &Writer, n: usize) {
-    let give_up = tokio::time::Instant::now() + PATIENCE;
-    while w.acked_count() < n {
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "only {} writes acknowledged, waiting for {n}",
-            w.acked_count()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until a member other than `old` is the only writable primary and
-/// every member in `followers` replicates from it with both threads.
-async fn new_primary(fleet: &TestFleet, old: &str, followers: &[&str]) -> pb::ClusterView {
-    fleet
-        .wait_until("a new primary with its replicas following", |c| {
-            let p = c.primary.as_str();
-            !p.is_empty()
-                && p != old
-                && c.members.iter().filter(|m| m.writable).count() == 1
-                && member(c, p).writable
-                && followers.iter().filter(|h| **h != p).all(|h| {
-                    let m = member(c, h);
-                    m.source == member(c, p).mysql_address && m.io_running && m.sql_running
-                })
-        })
-        .await
-}
-
-/// Stops the witnesses and checks what every test promises.
-async fn check_witnesses(fleet: &TestFleet, writer: Writer, sampler: Sampler, primary: &str) {
-    let n = writer.acked_count();
-    wait_acked(&writer, n + 10).await;
-    let acked = writer.stop().await;
-    let ((most, which), samples) = sampler.stop().await;
-    assert!(samples > 10, "the sampler ran ({samples} samples)");
-    assert!(most <= 1, "{most} members were writable at once: {which:?}");
-    let present = ids_on(fleet, primary).await;
-    let missing: Vec<&u64> = acked.iter().filter(|id| !present.contains(id)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged writes missing on {primary}: {missing:?}",
-        missing.len()
-    );
-}
-
-fn events(fleet: &TestFleet) -> Vec<Value> {
-    let out = fleet.cli(&["events", "--output", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("events JSON");
-    v["events"].as_array().cloned().unwrap_or_default()
-}
-
-/// The evidence of the last event of `kind`, joined.
-fn evidence_of(fleet: &TestFleet, kind: &str) -> String {
-    let e = events(fleet);
-    let last = e
-        .iter()
-        .rev()
-        .find(|e| e["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} event in {e:#?}"));
-    format!("{last}")
-}
 
 /// After the active coordinator `killed` was killed mid-failover: waits
 /// until the other one finished it, checks the witnesses, that it was
@@ -123,26 +40,6 @@ async fn finished_by_the_other(
         "completed under the new active's epoch: {done}"
     );
     (view, done)
-}
-
-/// Cuts db1's host off from every other member, the coordinators, and
-/// 127.0.0.1 (where replicas and test clients connect from); its agent
-/// still reaches its own mysqld through the socket.
-fn cut_off_db1(fleet: &TestFleet) -> Partition {
-    let db1 = fleet.info.members[0].address.clone();
-    let mut others: Vec<String> = fleet.info.members[1..]
-        .iter()
-        .map(|m| m.address.clone())
-        .collect();
-    others.extend(
-        fleet
-            .info
-            .coordinators
-            .iter()
-            .map(|c| c.address.split(':').next().unwrap().to_string()),
-    );
-    others.push("127.0.0.1".into());
-    Partition::cut(&fleet.slot, &[db1], &others)
 }
 
 fn pid(fleet: &TestFleet, name: &str) -> nix::unistd::Pid {

@@ -95,6 +95,20 @@ async fn json_logs_carry_their_subjects_change_level_on_sighup_and_hold_no_secre
     .await;
     wait_line(&clog, "a DEBUG line", applied, |l| l["level"] == "DEBUG").await;
 
+    // The agent that handles the passwords, at debug too.
+    let alog = logs.join("agent-db1.log");
+    let agent_config = fleet.dir.join("agent-db1.toml");
+    set_level(&agent_config, Some("debug"));
+    hup(&fleet, "agent-db1");
+    let agent_applied = wait_line(&alog, "the agent's debug level applied", 0, |l| {
+        field(l, "log_level") == Some("debug")
+    })
+    .await;
+    wait_line(&alog, "a DEBUG line of the agent", agent_applied, |l| {
+        l["level"] == "DEBUG"
+    })
+    .await;
+
     // An operation: its lines name the cluster and the operation.
     let out = fleet.cli(&[
         "switchover",
@@ -135,9 +149,19 @@ async fn json_logs_carry_their_subjects_change_level_on_sighup_and_hold_no_secre
         field(l, "log_level") == Some("default")
     })
     .await;
-    // Some more lines: a status read and a report stream's worth of time.
-    fleet.status_json();
-    wait_line(&clog, "a later line", back + 1, |_| true).await;
+    // Work that logs at info and, at debug, much more: an operator write.
+    for state in ["on", "off"] {
+        let out = fleet.cli(&["maintenance", state, "--cluster", "main"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_line(&clog, "the control change logged", back + 1, |l| {
+        l["message"] == "cluster control changed" && l["detail"] == "maintenance off"
+    })
+    .await;
     let after = json_lines(&clog);
     assert!(
         after.iter().skip(back).all(|l| l["level"] != "DEBUG"),

@@ -718,6 +718,10 @@ impl Failovers {
                         cur.step
                     )));
                 }
+                // An operator's failover is the decision a hold waits for.
+                if !o.automatic && o.kind == OperationKind::Failover {
+                    rec.control.held = None;
+                }
                 rec.control.operation = Some(o);
                 rec.control.record(intent);
                 Ok(())
