@@ -38,7 +38,7 @@ use crate::config::AgentConfig;
 use crate::fence::Fence;
 use crate::guard::{AckClock, Guard};
 use crate::mysql::control::Controller;
-use crate::mysql::observer::{MysqlTarget, Observer};
+use crate::mysql::observer::{LiveReplicas, MysqlTarget, Observer};
 use crate::service::{AgentApi, VoterApi};
 
 /// Why the agent cannot start or run.
@@ -237,7 +237,14 @@ pub async fn run(
                 ));
             }
             tasks.spawn(collector::run(
-                Observer::new(target),
+                Observer::new(
+                    target,
+                    if config.self_fence_timeout.is_some() {
+                        LiveReplicas::Check
+                    } else {
+                        LiveReplicas::DumpThreads
+                    },
+                ),
                 guard,
                 collector::BackupReporting {
                     jobs: jobs.clone(),

@@ -312,8 +312,8 @@ pub struct ServerState {
     pub semi_sync: SemiSync,
     /// Binary log settings.
     pub binlog: Binlog,
-    /// Replicas connected now whose connection is alive (binlog dump
-    /// threads whose replica acknowledges what it is sent).
+    /// Replicas connected now: with self-fencing on, those whose
+    /// connection the kernel shows alive; otherwise the dump threads.
     pub replicas_connected: u32,
     /// Server ids of the replicas registered with it now.
     pub replica_server_ids: Vec<u32>,
