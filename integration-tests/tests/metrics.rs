@@ -59,6 +59,27 @@ async fn an_agent_exports_mysqld_exporter_names_and_ha_metrics_of_real_mariadb()
         sample(t, "mysql_up", &[]) == Some(1.0)
     })
     .await;
+    // A Prometheus scrape asks for gzip and gets it.
+    {
+        use std::io::{Read, Write};
+        let addr = metrics_of(&fleet, "db1");
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nAccept-Encoding: gzip\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let head = String::from_utf8_lossy(&out[..out.len().min(512)]).to_ascii_lowercase();
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        assert!(
+            out.len() < text.len() / 2,
+            "compressed: {} of {} bytes",
+            out.len(),
+            text.len()
+        );
+    }
     for name in [
         "mysql_global_status_uptime",
         "mysql_global_status_threads_connected",
