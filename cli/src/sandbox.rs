@@ -306,7 +306,11 @@ pub struct Fleet {
 impl Fleet {
     /// Builds and starts the whole fleet; on any failure stops what it
     /// started and removes the directory.
-    pub async fn up(spec: SandboxSpec) -> Result<Fleet, SandboxError> {
+    pub async fn up(mut spec: SandboxSpec) -> Result<Fleet, SandboxError> {
+        // Every path the servers and daemons get is absolute (and as
+        // `down` spells it): mariadb-install-db resolves a relative
+        // datadir against its basedir, /usr.
+        spec.dir = absolute_dir(&spec.dir)?;
         if spec.replicas > 20 || !(1..=2).contains(&spec.coordinators) {
             return Err(SandboxError::Usage(
                 "--replicas must be 0-20 and --coordinators 1 or 2".into(),
@@ -880,6 +884,20 @@ pub struct DownReport {
     pub stopped: Vec<String>,
     /// Pid files whose process was already gone or not ours.
     pub skipped: Vec<String>,
+}
+
+/// `dir`, which need not exist yet, as an absolute path through its
+/// canonical parent.
+fn absolute_dir(dir: &Path) -> Result<PathBuf, SandboxError> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = fs::canonicalize(parent).map_err(|e| SandboxError::io(parent, e))?;
+    match dir.file_name() {
+        Some(name) => Ok(parent.join(name)),
+        None => Ok(parent),
+    }
 }
 
 /// Stops the sandbox in `dir` by its pid files and removes the directory.

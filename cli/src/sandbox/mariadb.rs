@@ -42,6 +42,13 @@ pub struct Credentials {
     pub app: String,
 }
 
+impl Credentials {
+    /// Every password, for scans that prove none leaked.
+    pub fn all(&self) -> [&str; 4] {
+        [&self.root, &self.agent, &self.repl, &self.app]
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Credentials(<redacted>)")
