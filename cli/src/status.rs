@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use dbfleet_proto::model::member_role_name;
 use dbfleet_proto::pb;
 use serde::Serialize;
 
@@ -101,16 +102,6 @@ pub struct ProblemJson {
     pub message: String,
 }
 
-/// The contract's word for a member role: "primary", "replica" or
-/// "unknown" (shared with `dbfleet top`, so both say the same).
-pub fn role_name(role: i32) -> &'static str {
-    match pb::MemberRole::try_from(role) {
-        Ok(pb::MemberRole::Primary) => "primary",
-        Ok(pb::MemberRole::Replica) => "replica",
-        _ => "unknown",
-    }
-}
-
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
@@ -130,7 +121,7 @@ pub fn to_json(resp: &pb::ListClustersResponse) -> StatusJson {
                     .iter()
                     .map(|m| MemberJson {
                         host: m.host.clone(),
-                        role: role_name(m.role),
+                        role: member_role_name(m.role),
                         writable: m.writable,
                         reachable: m.reachable,
                         reporting: m.reporting,

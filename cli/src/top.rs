@@ -11,7 +11,8 @@ use std::fmt::Write;
 use dbfleet_proto::pb;
 use serde::Serialize;
 
-use crate::status::{ProblemJson, role_name};
+use crate::status::ProblemJson;
+use dbfleet_proto::model::member_role_name;
 
 /// Shown for a value that does not apply or is unknown.
 const NONE: &str = "—";
@@ -155,7 +156,7 @@ pub fn frame(
                     }
                     TopMember {
                         host: m.host.clone(),
-                        role: role_name(m.role),
+                        role: member_role_name(m.role),
                         writable: m.writable,
                         reachable: m.reachable,
                         qps: s.and_then(|s| s.qps),

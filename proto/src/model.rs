@@ -629,6 +629,16 @@ pub fn cluster_filter(m: &pb::ListClustersRequest) -> Result<Option<Name>, Proto
     }
 }
 
+/// A member role's word ("primary", "replica" or "unknown"), the one
+/// the CLI's JSON, `dbfleet top` and the coordinator's metrics all use.
+pub fn member_role_name(role: i32) -> &'static str {
+    match pb::MemberRole::try_from(role) {
+        Ok(pb::MemberRole::Primary) => "primary",
+        Ok(pb::MemberRole::Replica) => "replica",
+        _ => "unknown",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

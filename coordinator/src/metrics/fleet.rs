@@ -69,14 +69,6 @@ pub fn health(view: &pb::ClusterView) -> Health {
     }
 }
 
-fn role_word(role: i32) -> &'static str {
-    match pb::MemberRole::try_from(role) {
-        Ok(pb::MemberRole::Primary) => "primary",
-        Ok(pb::MemberRole::Replica) => "replica",
-        _ => "unknown",
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HealthLabel {
     health: String,
@@ -154,7 +146,7 @@ pub(super) fn register(
                 .set(
                     view.members
                         .iter()
-                        .filter(|m| role_word(m.role) == role)
+                        .filter(|m| dbfleet_proto::model::member_role_name(m.role) == role)
                         .count() as i64,
                 );
         }
