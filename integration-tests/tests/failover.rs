@@ -587,3 +587,48 @@ async fn a_primary_host_that_comes_back_writable_is_fenced_by_its_own_agent() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn a_primary_only_the_coordinators_lose_is_reported_and_never_failed_over() {
+    let (fleet, writer, sampler) = loaded_fleet("").await;
+    // db1's host loses both coordinators, but its replicas still receive
+    // from it: unreachable-primary, an alert, not a failover.
+    let db1 = fleet.info.members[0].address.clone();
+    let coordinators: Vec<String> = fleet
+        .info
+        .coordinators
+        .iter()
+        .map(|c| c.address.split(':').next().unwrap().to_string())
+        .collect();
+    let cut = dbfleet_integration_tests::Partition::cut(&fleet.slot, &[db1], &coordinators);
+    fleet
+        .wait_until("db1 reported as an unreachable primary", |c| {
+            dbfleet_integration_tests::has_problem(c, "unreachable-primary", "db1")
+        })
+        .await;
+    // A failover of a silent primary would start once its agent had been
+    // silent for the agent timeout and then the slow window (5 s by
+    // default): nothing may start while we watch twice that.
+    let watch = 2 * (dbfleet_integration_tests::AGENT_TIMEOUT + Duration::from_secs(5));
+    let until = std::time::Instant::now() + watch;
+    while std::time::Instant::now() < until {
+        let status = fleet.status_json();
+        assert_eq!(status["clusters"][0]["primary"], "db1", "{status}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        !events(&fleet)
+            .iter()
+            .any(|e| e["kind"] == "failover-started"),
+        "no failover started: {:#?}",
+        events(&fleet)
+    );
+    drop(cut);
+    fleet
+        .wait_until("db1 observed again and the problem gone", |c| {
+            member(c, "db1").reporting
+                && !dbfleet_integration_tests::has_problem(c, "unreachable-primary", "db1")
+        })
+        .await;
+    check_witnesses(&fleet, writer, sampler, "db1").await;
+}
