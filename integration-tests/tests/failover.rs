@@ -386,9 +386,13 @@ async fn a_replica_set_up_with_slow_detection_settings_is_tuned() {
         assert!(tokio::time::Instant::now() < give_up, "db2 was never tuned");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // The agent's collection may fall between the statements above (its
+    // variables read before SET GLOBAL, its status after CHANGE MASTER):
+    // the event names what that observation showed off, and the repoint
+    // sets both, as checked below.
     let message = tuned["message"].as_str().unwrap_or_default();
     assert!(
-        message.contains("heartbeat 30000 ms") && message.contains("net timeout 60000 ms"),
+        message.contains("heartbeat 30000 ms") || message.contains("net timeout 60000 ms"),
         "{tuned}"
     );
     assert_eq!(
