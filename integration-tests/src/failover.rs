@@ -118,3 +118,18 @@ pub fn cut_off_db1(fleet: &TestFleet) -> Partition {
     others.push("127.0.0.1".into());
     Partition::cut(&fleet.slot, &[db1], &others)
 }
+
+/// Makes db1 a semi-sync source that may fall back to asynchronous
+/// replication: no fence proof, though it still keeps acknowledged writes
+/// on a replica.
+pub async fn semi_sync_may_fall_back(fleet: &TestFleet) {
+    fleet
+        .sql("db1", "SET GLOBAL rpl_semi_sync_master_timeout = 10000")
+        .await
+        .unwrap();
+    fleet
+        .wait_until("db1 a semi-sync source that may fall back", |c| {
+            member(c, "db1").semi_sync == "source"
+        })
+        .await;
+}

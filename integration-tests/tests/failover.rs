@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dbfleet_integration_tests::failover::{
     check_witnesses, cut_off_db1, events, evidence_of, loaded_fleet, loaded_fleet_of, new_primary,
-    wait_acked,
+    semi_sync_may_fall_back, wait_acked,
 };
 use dbfleet_integration_tests::workload::{Sampler, Writer};
 use dbfleet_integration_tests::{PATIENCE, TestFleet, member, sole_active};
@@ -299,15 +299,7 @@ async fn a_cut_off_primary_fences_itself_and_a_coordinator_killed_while_waiting_
     let active = sole_active(&c).unwrap()["id"].as_str().unwrap().to_string();
     // Semi-sync that falls back to asynchronous replication is no fence
     // proof, yet it still keeps acknowledged writes on a replica.
-    fleet
-        .sql("db1", "SET GLOBAL rpl_semi_sync_master_timeout = 10000")
-        .await
-        .unwrap();
-    fleet
-        .wait_until("db1 a semi-sync source that may fall back", |c| {
-            member(c, "db1").semi_sync == "source"
-        })
-        .await;
+    semi_sync_may_fall_back(&fleet).await;
     let writer = Writer::start(&fleet, "db1").await;
     let sampler = Sampler::start(&fleet);
     wait_acked(&writer, 20).await;
@@ -424,15 +416,7 @@ async fn a_failover_without_fence_proof_blocks_and_its_replicas_resume_when_the_
     let (fleet, writer, sampler) = loaded_fleet("").await;
     // Semi-sync that may fall back is no proof, and there is no STONITH
     // hook and no self-fence: a cut-off primary cannot be proven fenced.
-    fleet
-        .sql("db1", "SET GLOBAL rpl_semi_sync_master_timeout = 10000")
-        .await
-        .unwrap();
-    fleet
-        .wait_until("db1 a semi-sync source that may fall back", |c| {
-            member(c, "db1").semi_sync == "source"
-        })
-        .await;
+    semi_sync_may_fall_back(&fleet).await;
     let cut = cut_off_db1(&fleet);
     let blocked = fleet
         .wait_until("the failover blocked with the replicas frozen", |c| {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dbfleet_integration_tests::failover::{
     check_witnesses, cut_off_db1, evidence_of, loaded_fleet, loaded_fleet_of, new_primary,
-    wait_acked,
+    semi_sync_may_fall_back, wait_acked,
 };
 use dbfleet_integration_tests::{PATIENCE, TestFleet, bin, member, sole_active};
 use dbfleet_proto::pb;
@@ -114,21 +114,6 @@ async fn active_id(fleet: &TestFleet) -> String {
         .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
         .await;
     sole_active(&c).unwrap()["id"].as_str().unwrap().to_string()
-}
-
-/// Makes db1 a semi-sync source that may fall back to asynchronous
-/// replication: no fence proof, though it still keeps acknowledged writes
-/// on a replica.
-async fn semi_sync_may_fall_back(fleet: &TestFleet) {
-    fleet
-        .sql("db1", "SET GLOBAL rpl_semi_sync_master_timeout = 10000")
-        .await
-        .unwrap();
-    fleet
-        .wait_until("db1 a semi-sync source that may fall back", |c| {
-            member(c, "db1").semi_sync == "source"
-        })
-        .await;
 }
 
 /// Waits until the failover stopped without a fence proof, the replicas
