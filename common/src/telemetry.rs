@@ -154,7 +154,11 @@ pub fn runtime_in(span: tracing::Span) -> std::io::Result<tokio::runtime::Runtim
 pub fn init(format: LogFormat) -> LogControl {
     let (filter, handle) = reload::Layer::new(default_filter());
     let registry = tracing_subscriber::registry().with(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: journald and log files keep
+    // the plain text that grep and log shippers read.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => registry.with(fmt).try_init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),

@@ -460,6 +460,56 @@ impl TestFleet {
             .unwrap_or_else(|| panic!("no coordinator {id}"))
     }
 
+    /// Where every log file of the fleet ends now, so a test can read only
+    /// what was logged after a fault it injects.
+    pub fn log_marks(&self) -> LogMarks {
+        LogMarks(
+            fs::read_dir(self.dir.join("logs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| {
+                    let len = e.metadata().map_or(0, |m| m.len());
+                    (e.path(), len)
+                })
+                .collect(),
+        )
+    }
+
+    /// What the fleet logged after `marks` (whole files that are new).
+    pub fn logs_after(&self, marks: &LogMarks) -> String {
+        let mut out = String::new();
+        for e in fs::read_dir(self.dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = fs::read(e.path()).unwrap_or_default();
+            let from = marks.0.get(&e.path()).copied().unwrap_or(0) as usize;
+            out.push_str(&String::from_utf8_lossy(
+                text.get(from..).unwrap_or_default(),
+            ));
+        }
+        out
+    }
+
+    /// Waits until the log of `process` (as named in `logs/`) holds a line
+    /// with every one of `needles`, panicking with the log after [`PATIENCE`].
+    pub async fn wait_log_line(&self, process: &str, needles: &[&str]) {
+        let path = self.dir.join(format!("logs/{process}.log"));
+        let give_up = std::time::Instant::now() + PATIENCE;
+        loop {
+            let log = fs::read_to_string(&path).unwrap_or_default();
+            if log.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+                return;
+            }
+            if std::time::Instant::now() >= give_up {
+                panic!("timed out waiting for a line with {needles:?} in {path:?}:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Every log file of the fleet concatenated (for secret scans).
     pub fn all_logs(&self) -> String {
         let mut out = String::new();
@@ -473,6 +523,9 @@ impl TestFleet {
         out
     }
 }
+
+/// Where each log file ended at one moment: see [`TestFleet::log_marks`].
+pub struct LogMarks(std::collections::HashMap<PathBuf, u64>);
 
 /// The coordinators whose role is `role`.
 pub fn with_role<'a>(c: &'a [serde_json::Value], role: &str) -> Vec<&'a serde_json::Value> {

@@ -125,18 +125,26 @@ async fn barrier(ha: Arc<Ha>, clients: Arc<VoterClients>, epoch: Epoch) {
     let addresses = ha.voters().addresses;
     let remaining = ha.holder().lease_remaining(boottime()).map_or(0, millis);
     let calls = addresses.iter().map(|(name, address)| {
-        let (clients, epoch, holder) = (clients.clone(), epoch.clone(), holder.clone());
+        let (ha, clients, epoch, holder) =
+            (ha.clone(), clients.clone(), epoch.clone(), holder.clone());
         async move {
-            (
-                name.clone(),
-                clients
-                    .barrier(name, address, &epoch, &holder, remaining)
-                    .await,
-            )
+            // Like every command, a barrier whose lease ended while this
+            // process was paused is not sent at all.
+            if ha.holder().command_epoch(boottime()).as_ref() != Some(&epoch) {
+                return (name.clone(), None);
+            }
+            let r = clients
+                .barrier(name, address, &epoch, &holder, remaining)
+                .await;
+            (name.clone(), Some(r))
         }
     });
     let mut fenced = 0;
     for (name, r) in join_all(calls).await {
+        let Some(r) = r else {
+            debug!(voter = name, %epoch, "epoch barrier not sent: the lease of its epoch is gone");
+            continue;
+        };
         match r {
             Ok(_) => fenced += 1,
             Err(VoterCallError::StaleEpoch(p)) => {
