@@ -273,9 +273,13 @@ struct UpArgs {
     /// Sandbox directory (must not exist).
     #[arg(long, default_value = "dbfleet-sandbox")]
     dir: PathBuf,
-    /// Number of replicas.
+    /// Number of replicas in each cluster.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
+    /// Number of clusters (`main`, `main2`, ...), all managed by the same
+    /// coordinators.
+    #[arg(long, default_value_t = 1)]
+    clusters: usize,
     /// Number of coordinators.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
     coordinators: u8,
@@ -632,6 +636,7 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         coordinators: usize::from(args.coordinators),
         base: args.base,
         cluster: "main".into(),
+        clusters: args.clusters,
         report_interval: Duration::from_secs(1),
         agent_timeout: Duration::from_secs(5),
         lease: sandbox::sandbox_lease(),
@@ -668,10 +673,17 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => print_json(&info)?,
         Output::Table => {
+            let mut clusters: Vec<&str> = info.members.iter().map(|m| m.cluster.as_str()).collect();
+            clusters.dedup();
             println!(
-                "sandbox is up in {}: cluster {} with {} members, {} coordinator(s)",
+                "sandbox is up in {}: {} {} with {} members, {} coordinator(s)",
                 dir.display(),
-                info.cluster,
+                if clusters.len() == 1 {
+                    "cluster"
+                } else {
+                    "clusters"
+                },
+                clusters.join(", "),
                 info.members.len(),
                 info.coordinators.len()
             );

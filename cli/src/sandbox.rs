@@ -9,19 +9,21 @@
 //! processes whose pid file is in the sandbox and whose command line
 //! names the sandbox directory.
 
+mod health;
 pub mod mariadb;
 pub mod process;
+
+pub use self::health::{describe_status, healthy};
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dbfleet_common::certs::{self, LeafRequest};
 use dbfleet_common::identity::Role;
 use dbfleet_lease::Timing;
-use dbfleet_proto::pb;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,9 @@ pub const METRICS_PORT: u16 = 9104;
 pub const COORDINATOR_PORT: u16 = 7200;
 /// Coordinators' Prometheus port.
 pub const COORDINATOR_METRICS_PORT: u16 = 9200;
+/// Most servers one sandbox runs: its members take .11 to .20 of its
+/// address range, its coordinators .21 and .22.
+pub const MAX_SERVERS: usize = 10;
 /// Name of the operator certificate the sandbox issues for the CLI.
 pub const OPERATOR: &str = "sandbox";
 
@@ -178,8 +183,12 @@ pub struct SandboxSpec {
     pub coordinators: usize,
     /// First three octets of every address, e.g. [127, 0, 0].
     pub base: [u8; 3],
-    /// Cluster name.
+    /// Name of the first cluster; more clusters get it with their number
+    /// appended (`main2`, `main3`, ...).
     pub cluster: String,
+    /// Number of clusters, each a primary and `replicas` replicas (hosts
+    /// are numbered across the whole fleet: db1, db2, ...).
+    pub clusters: usize,
     /// Agents' report interval.
     pub report_interval: Duration,
     /// Coordinators' agent timeout.
@@ -205,6 +214,10 @@ pub struct SandboxSpec {
 pub struct MemberInfo {
     /// Host name.
     pub host: String,
+    /// Its cluster (empty in files written before sandboxes had several:
+    /// the file's `cluster`).
+    #[serde(default)]
+    pub cluster: String,
     /// mysqld IP address.
     pub address: String,
     /// mysqld port.
@@ -243,9 +256,9 @@ pub fn sandbox_lease() -> Timing {
 /// `Debug` leaves the password out.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct SandboxFile {
-    /// Cluster name.
+    /// Name of the first cluster.
     pub cluster: String,
-    /// Members; the first is the initial primary.
+    /// Members; the first of each cluster is its initial primary.
     pub members: Vec<MemberInfo>,
     /// Coordinators.
     pub coordinators: Vec<CoordinatorInfo>,
@@ -267,6 +280,15 @@ impl std::fmt::Debug for SandboxFile {
             .field("app_password", &"<redacted>")
             .field("app_database", &self.app_database)
             .finish()
+    }
+}
+
+/// The name of the sandbox's cluster number `k` (from 0).
+pub fn cluster_name(first: &str, k: usize) -> String {
+    if k == 0 {
+        first.to_string()
+    } else {
+        format!("{first}{}", k + 1)
     }
 }
 
@@ -311,15 +333,20 @@ impl Fleet {
         // `down` spells it): mariadb-install-db resolves a relative
         // datadir against its basedir, /usr.
         spec.dir = absolute_dir(&spec.dir)?;
-        if spec.replicas > 20 || !(1..=2).contains(&spec.coordinators) {
-            return Err(SandboxError::Usage(
-                "--replicas must be 0-20 and --coordinators 1 or 2".into(),
-            ));
+        // Members take .11 to .20 and coordinators .21 and .22.
+        let per_cluster = spec.replicas + 1;
+        if spec.clusters == 0
+            || spec.clusters * per_cluster > MAX_SERVERS
+            || !(1..=2).contains(&spec.coordinators)
+        {
+            return Err(SandboxError::Usage(format!(
+                "--clusters × (--replicas + 1) must be 1-{MAX_SERVERS} and --coordinators 1 or 2"
+            )));
         }
         if spec.dir.exists() {
             return Err(SandboxError::Exists(spec.dir.display().to_string()));
         }
-        let servers: Vec<Server> = (0..=spec.replicas)
+        let servers: Vec<Server> = (0..spec.clusters * per_cluster)
             .map(|i| {
                 let host = format!("db{}", i + 1);
                 let addr = ip(spec.base, 11 + i as u8);
@@ -327,10 +354,11 @@ impl Fleet {
                     dir: spec.dir.join(&host),
                     socket: PathBuf::from(format!("/tmp/dbfleet-{addr}-{MYSQL_PORT}.sock")),
                     host,
+                    cluster: cluster_name(&spec.cluster, i / per_cluster),
                     ip: addr,
                     port: MYSQL_PORT,
                     server_id: i as u32 + 1,
-                    read_only: i > 0,
+                    read_only: i % per_cluster > 0,
                 }
             })
             .collect();
@@ -340,6 +368,7 @@ impl Fleet {
                 .iter()
                 .map(|s| MemberInfo {
                     host: s.host.clone(),
+                    cluster: s.cluster.clone(),
                     address: s.ip.to_string(),
                     mysql_port: s.port,
                     agent_address: format!("{}:{AGENT_PORT}", s.ip),
@@ -428,10 +457,16 @@ impl Fleet {
             let root = mariadb::wait_ready(&s, child, &log, Duration::from_secs(60)).await?;
             mariadb::bootstrap(root, &self.credentials).await?;
         }
-        for replica in &self.servers[1..] {
-            mariadb::replicate_from(replica, &self.servers[0], &self.credentials).await?;
+        for primary in self.servers.iter().filter(|s| !s.read_only) {
+            for replica in self
+                .servers
+                .iter()
+                .filter(|s| s.read_only && s.cluster == primary.cluster)
+            {
+                mariadb::replicate_from(replica, primary, &self.credentials).await?;
+            }
+            mariadb::make_writable(primary, &self.credentials).await?;
         }
-        mariadb::make_writable(&self.servers[0], &self.credentials).await?;
         for c in self.info.coordinators.clone() {
             self.write_coordinator_config(&c)?;
             self.start_coordinator(&c.id)?;
@@ -539,7 +574,7 @@ impl Fleet {
         let text = format!(
             "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\nmetrics_listen = {metrics:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\nstart_command = [{start}]\n\n{backup}\n{tls}",
             host = m.host,
-            cluster = self.info.cluster,
+            cluster = m.cluster,
             listen = m.agent_address,
             metrics = m.metrics_address,
             coords = coordinators.join(", "),
@@ -747,43 +782,6 @@ impl Fleet {
         self.path("dbfleet.toml")
     }
 
-    /// Waits until `done` holds for the status, or fails with the last
-    /// status seen (or the last error) after `timeout`.
-    pub async fn wait_for(
-        &self,
-        timeout: Duration,
-        what: &str,
-        done: impl Fn(&pb::ListClustersResponse) -> bool,
-    ) -> Result<pb::ListClustersResponse, SandboxError> {
-        let client = self
-            .client()
-            .map_err(|e| SandboxError::Usage(e.to_string()))?;
-        let start = Instant::now();
-        loop {
-            let last = match client.list_clusters(None).await {
-                Ok(r) if done(&r) => return Ok(r),
-                Ok(r) => describe_status(&r),
-                Err(e) => e.to_string(),
-            };
-            if start.elapsed() > timeout {
-                return Err(SandboxError::Unhealthy {
-                    timeout,
-                    last: format!("({what}) {last}"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until the cluster is healthy: db1 the writable primary,
-    /// every replica read-only and replicating, no problems.
-    pub async fn wait_healthy(&self, timeout: Duration) -> Result<(), SandboxError> {
-        let members = self.servers.len();
-        self.wait_for(timeout, "healthy", |r| healthy(r, members))
-            .await
-            .map(|_| ())
-    }
-
     /// Leaves the processes running and the directory in place (for
     /// `sandbox up`, whose fleet outlives the command).
     pub fn detach(mut self) {
@@ -828,31 +826,6 @@ impl Drop for Fleet {
             self.teardown();
         }
     }
-}
-
-/// Problems and member states in one line, for failure messages.
-pub fn describe_status(r: &pb::ListClustersResponse) -> String {
-    let j = crate::status::to_json(r);
-    serde_json::to_string(&j).unwrap_or_default()
-}
-
-/// The sandbox's health rule, also used by tests.
-pub fn healthy(r: &pb::ListClustersResponse, members: usize) -> bool {
-    let [c] = r.clusters.as_slice() else {
-        return false;
-    };
-    c.problems.is_empty()
-        && c.primary == "db1"
-        && c.members.len() == members
-        && c.members.iter().all(|m| {
-            m.reporting
-                && m.reachable
-                && if m.host == "db1" {
-                    m.writable
-                } else {
-                    !m.writable && m.io_running && m.sql_running
-                }
-        })
 }
 
 fn check_addresses_free(info: &SandboxFile) -> Result<(), SandboxError> {

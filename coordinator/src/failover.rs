@@ -49,6 +49,9 @@ pub struct Failovers {
     repair_tried: Mutex<HashMap<String, Instant>>,
     /// The epoch we hold and since when (fresh observation rule).
     active_since: Mutex<Option<(Epoch, Instant)>>,
+    /// Whether the breaker held failovers on the last tick (its log lines
+    /// mark the changes, not every tick).
+    breaker_on: std::sync::atomic::AtomicBool,
 }
 
 impl Failovers {
@@ -63,6 +66,7 @@ impl Failovers {
             down_since: Mutex::new(HashMap::new()),
             repair_tried: Mutex::new(HashMap::new()),
             active_since: Mutex::new(None),
+            breaker_on: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

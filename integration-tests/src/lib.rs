@@ -283,6 +283,7 @@ impl TestFleet {
             coordinators,
             base: slot.base(),
             cluster: "main".into(),
+            clusters: 1,
             report_interval: REPORT_INTERVAL,
             agent_timeout: AGENT_TIMEOUT,
             lease: sandbox::sandbox_lease(),
@@ -417,6 +418,25 @@ impl TestFleet {
             .await
             .unwrap_or_else(|e: SandboxError| panic!("{e}"));
         r.clusters.into_iter().next().expect("checked above")
+    }
+
+    /// [`TestFleet::wait_until`] on the cluster named `cluster`.
+    pub async fn wait_cluster(
+        &self,
+        cluster: &str,
+        what: &str,
+        done: impl Fn(&pb::ClusterView) -> bool,
+    ) -> pb::ClusterView {
+        let r = self
+            .wait_for(PATIENCE, what, |r| {
+                r.clusters.iter().any(|c| c.name == cluster && done(c))
+            })
+            .await
+            .unwrap_or_else(|e: SandboxError| panic!("{e}"));
+        r.clusters
+            .into_iter()
+            .find(|c| c.name == cluster)
+            .expect("checked above")
     }
 
     /// `dbfleet coordinators --output json`: one entry per coordinator.

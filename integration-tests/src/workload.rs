@@ -2,7 +2,7 @@
 //! the database acknowledged, and a sampler that watches how many members
 //! accept writes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +37,14 @@ impl Writer {
     /// Creates the table on `primary` and starts writing.
     pub async fn start(fleet: &Fleet, primary: &str) -> Writer {
         let password = fleet.credentials.app.clone();
-        let servers = fleet.servers.clone();
+        let cluster = &fleet.server(primary).expect("primary").cluster;
+        // A failover moves the writes within the primary's cluster only.
+        let servers: Vec<_> = fleet
+            .servers
+            .iter()
+            .filter(|s| s.cluster == *cluster)
+            .cloned()
+            .collect();
         let p = servers.iter().find(|s| s.host == primary).expect("primary");
         let mut c = connect(p, &password, Duration::from_secs(5))
             .await
@@ -115,7 +122,7 @@ pub async fn ids_on(fleet: &Fleet, host: &str) -> BTreeSet<u64> {
 
 /// Samples every member's `read_only` at once, every 50 ms (well within
 /// the 100 ms the tests promise), and keeps the largest number of members
-/// seen writable in one sample.
+/// of one cluster seen writable in one sample.
 #[derive(Debug)]
 pub struct Sampler {
     stop: Arc<AtomicBool>,
@@ -151,7 +158,9 @@ impl Sampler {
                         )
                         .await;
                         match r {
-                            Ok(Ok(Some(ro))) => Some((server.host.clone(), ro == 0)),
+                            Ok(Ok(Some(ro))) => {
+                                Some((server.cluster.clone(), server.host.clone(), ro == 0))
+                            }
                             _ => {
                                 *slot = None;
                                 None
@@ -159,17 +168,21 @@ impl Sampler {
                         }
                     }
                 });
-                let seen: Vec<(String, bool)> =
+                let seen: Vec<(String, String, bool)> =
                     join_all(probes).await.into_iter().flatten().collect();
-                let writable: Vec<String> = seen
-                    .into_iter()
-                    .filter(|(_, w)| *w)
-                    .map(|(h, _)| h)
-                    .collect();
+                // Writable members per cluster: each cluster may have one.
+                let mut by_cluster: HashMap<String, Vec<String>> = HashMap::new();
+                for (cluster, host, writable) in seen {
+                    if writable {
+                        by_cluster.entry(cluster).or_default().push(host);
+                    }
+                }
                 *n.lock().unwrap() += 1;
                 let mut worst = w.lock().unwrap();
-                if writable.len() > worst.0 {
-                    *worst = (writable.len(), writable);
+                for writable in by_cluster.into_values() {
+                    if writable.len() > worst.0 {
+                        *worst = (writable.len(), writable);
+                    }
                 }
             }
         });

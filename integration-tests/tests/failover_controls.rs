@@ -214,6 +214,68 @@ async fn a_spent_anti_flap_budget_holds_the_next_failover_until_ack() {
 }
 
 #[tokio::test]
+async fn with_automatic_failover_off_a_dead_primary_is_reported_and_only_an_operator_fails_over() {
+    let (mut fleet, writer, sampler) = loaded_fleet("").await;
+    let control = cli_json(
+        &fleet,
+        &["failover-policy", "--cluster", "main", "--auto", "off"],
+    )
+    .await;
+    assert_eq!(control["auto_failover"], false, "{control}");
+    fleet.kill("mariadbd-db1");
+    let skipped = wait_event(&fleet, "failover-skipped", |e| e["host"] == "db1").await;
+    assert!(
+        skipped["message"]
+            .as_str()
+            .unwrap()
+            .contains("db1 is down; no failover: automatic failover off"),
+        "{skipped}"
+    );
+    // The detection is decided: nothing may start while we watch well
+    // past the fast path's 1 s window.
+    let until = std::time::Instant::now() + 2 * dbfleet_integration_tests::AGENT_TIMEOUT;
+    while std::time::Instant::now() < until {
+        let view = fleet.wait_until("a view", |_| true).await;
+        assert!(
+            view.members.iter().all(|m| !m.writable),
+            "nobody may be promoted with automatic failover off: {view:?}"
+        );
+        assert!(
+            view.control
+                .as_ref()
+                .is_some_and(|k| k.operation.is_empty()),
+            "{view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The operator's failover runs and says so.
+    let result = cli_json(&fleet, &["failover", "--cluster", "main"]).await;
+    assert_eq!(result["outcome"], "completed", "{result}");
+    let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
+    check_witnesses(&fleet, writer, sampler, &view.primary).await;
+    let events = all_events(&fleet).await;
+    assert_eq!(
+        sequence(
+            &events,
+            &["failover-skipped", "failover-started", "failover-completed"]
+        ),
+        ["failover-skipped", "failover-started", "failover-completed"],
+        "{events:#?}"
+    );
+    let started = events
+        .iter()
+        .find(|e| e["kind"] == "failover-started")
+        .unwrap();
+    assert!(
+        started["message"]
+            .as_str()
+            .unwrap()
+            .contains("operator requested a failover"),
+        "the failover was the operator's: {started}"
+    );
+}
+
+#[tokio::test]
 async fn a_pre_hook_veto_holds_automatic_failover_until_ack() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("payloads.jsonl");

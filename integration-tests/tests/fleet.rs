@@ -238,7 +238,7 @@ async fn coordinator_killed_and_restarted_keeps_registrations_and_agents_reconne
     let start = std::time::Instant::now();
     loop {
         let r = c1.list_clusters(None).await.unwrap();
-        if dbfleet_cli::sandbox::healthy(&r, 3) {
+        if dbfleet_cli::sandbox::healthy(&r, &fleet.info) {
             break;
         }
         assert!(

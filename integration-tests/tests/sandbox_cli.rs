@@ -140,6 +140,30 @@ fn up_refuses_taken_addresses_and_missing_mariadb_without_leaving_anything() {
     assert!(!dir.exists());
     drop(_squatter);
 
+    // Members and coordinators would share addresses past ten servers.
+    let up = dbfleet(
+        &[
+            "sandbox",
+            "up",
+            "--dir",
+            &d,
+            "--base",
+            &base,
+            "--clusters",
+            "4",
+            "--replicas",
+            "2",
+        ],
+        &[],
+    );
+    assert!(!up.status.success());
+    assert!(
+        text(&up).contains("--clusters × (--replicas + 1) must be 1-10"),
+        "{}",
+        text(&up)
+    );
+    assert!(!dir.exists());
+
     let empty = slot.dir.join("empty-bin");
     std::fs::create_dir_all(&empty).unwrap();
     let up = dbfleet(

@@ -60,6 +60,8 @@ impl std::fmt::Debug for Credentials {
 pub struct Server {
     /// Member name (db1, db2, ...).
     pub host: String,
+    /// The cluster it belongs to.
+    pub cluster: String,
     /// Address it listens on.
     pub ip: Ipv4Addr,
     /// Port it listens on.

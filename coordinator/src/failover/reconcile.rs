@@ -5,6 +5,7 @@
 //! after a crash nobody failed over is made writable again).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dbfleet_lease::Epoch;
@@ -52,6 +53,15 @@ fn untuned(r: &Replication, heartbeat: Duration, net_timeout: Duration) -> Optio
         diffs.push(format!("net timeout {net} ms (wanted {want_net} ms)"));
     }
     (!diffs.is_empty()).then(|| diffs.join(", "))
+}
+
+/// What detection found on one cluster this tick.
+enum Detected {
+    /// The primary is not dead (or there is no primary to judge).
+    Alive,
+    /// The primary looks dead; `Some` once the rule has held for its
+    /// window: the primary, the path and the evidence.
+    Down(Option<(String, DownPath, Vec<String>)>),
 }
 
 impl Failovers {
@@ -116,6 +126,11 @@ impl Failovers {
                 }
             }
         };
+        // Every cluster whose primary looks dead now counts for the
+        // breaker, including those still inside their detection window:
+        // primaries that die together are seen a report apart, and the
+        // first must not be failed over before the others are counted.
+        let mut looks_dead = 0;
         let mut dead = Vec::new();
         for (c, members, primary) in &clusters {
             let rec = self.fleet.cluster_record(c);
@@ -123,20 +138,37 @@ impl Failovers {
                 self.resume(op, &epoch).await;
                 continue;
             }
-            if let Some((primary, path, evidence)) =
-                self.detect(c, primary.as_deref(), members, since)
-            {
-                dead.push((c.clone(), primary, path, evidence));
-                continue;
+            match self.detect(c, primary.as_deref(), members, since) {
+                Detected::Alive => {}
+                Detected::Down(ready) => {
+                    looks_dead += 1;
+                    if let Some((primary, path, evidence)) = ready {
+                        dead.push((c.clone(), primary, path, evidence));
+                    }
+                    continue;
+                }
             }
             if !rec.control.maintenance {
                 self.repair(c, primary.as_deref(), members, &rec, &epoch)
                     .await;
             }
         }
-        if dead.len() > self.cfg.breaker_max_dead_clusters {
-            let names: Vec<&str> = dead.iter().map(|d| d.0.as_str()).collect();
-            warn!(clusters = ?names, "breaker: too many clusters look dead at once; no automatic failover");
+        let tripped = looks_dead > self.cfg.breaker_max_dead_clusters;
+        if self.breaker_on.swap(tripped, Ordering::Relaxed) != tripped {
+            if tripped {
+                warn!(
+                    looks_dead,
+                    max = self.cfg.breaker_max_dead_clusters,
+                    "breaker: too many clusters look dead at once; no automatic failover"
+                );
+            } else {
+                info!(
+                    looks_dead,
+                    "breaker released: automatic failover allowed again"
+                );
+            }
+        }
+        if tripped {
             for (c, primary, _, evidence) in &dead {
                 self.decided(
                     Detection::Breaker,
@@ -146,8 +178,7 @@ impl Failovers {
                         "failover-breaker",
                         primary,
                         format!(
-                            "{} clusters look dead at once (more than {}): automatic failover held; check the coordinator's network",
-                            dead.len(),
+                            "{looks_dead} clusters look dead at once (more than {}): automatic failover held; check the coordinator's network",
                             self.cfg.breaker_max_dead_clusters
                         ),
                         &epoch,
@@ -163,20 +194,25 @@ impl Failovers {
         }
     }
 
-    /// The primary of `cluster` is dead under the full rule, after its
-    /// window, with fresh observation since we became active.
+    /// Whether the primary of `cluster` is dead under the full rule, and
+    /// whether that has held for its window with fresh observation since
+    /// we became active.
     fn detect(
         &self,
         cluster: &str,
         primary: Option<&str>,
         members: &[MemberState],
         active_since: Instant,
-    ) -> Option<(String, DownPath, Vec<String>)> {
-        let (primary, health) = Self::assess_members(primary?.to_string(), members)?;
+    ) -> Detected {
+        let Some((primary, health)) =
+            primary.and_then(|p| Self::assess_members(p.to_string(), members))
+        else {
+            return Detected::Alive;
+        };
         let mut down = crate::ha::relock(&self.down_since);
         let Health::Down { path, evidence } = health else {
             down.remove(cluster);
-            return None;
+            return Detected::Alive;
         };
         let since = *down.entry(cluster.to_string()).or_insert_with(Instant::now);
         let window = match path {
@@ -189,7 +225,7 @@ impl Failovers {
             m.received_at.is_some_and(|at| at > active_since)
                 || active_since.elapsed() > self.fleet.rules().agent_timeout
         });
-        (fresh && since.elapsed() >= window).then_some((primary, path, evidence))
+        Detected::Down((fresh && since.elapsed() >= window).then_some((primary, path, evidence)))
     }
 
     /// Records `e`, a decision about a dead primary, as [`Self::note_once`]
