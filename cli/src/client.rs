@@ -229,16 +229,11 @@ impl Client {
         .await
     }
 
-    /// Sets a cluster's lag threshold.
+    /// Changes a cluster's policy; returns the policy in force after it.
     pub async fn set_cluster_policy(
         &self,
-        cluster: &str,
-        max_lag_seconds: u64,
+        req: pb::SetClusterPolicyRequest,
     ) -> Result<pb::ClusterPolicy, ClientError> {
-        let req = pb::SetClusterPolicyRequest {
-            cluster: cluster.to_string(),
-            max_lag_seconds,
-        };
         self.write(WRITE_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.set_cluster_policy(req).await }

@@ -87,13 +87,24 @@ enum Command {
         action: Option<VotersCommand>,
     },
     /// Change a cluster's policy (desired state, replicated to the standby).
+    /// Sets a cluster's policy: the lag threshold and how fast replicas
+    /// notice a lost primary. Prints the policy in force.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
     Policy {
         /// The cluster.
         #[arg(long)]
         cluster: String,
         /// Replica lag above which a problem is raised.
-        #[arg(long)]
-        max_lag_seconds: u64,
+        #[arg(long, group = "change")]
+        max_lag_seconds: Option<u64>,
+        /// Replication heartbeat period the agents set on every replica
+        /// (e.g. 500ms, 1s).
+        #[arg(long, group = "change", value_parser = humantime::parse_duration)]
+        replica_heartbeat: Option<Duration>,
+        /// Silence after which a replica reconnects and so confirms it
+        /// lost its primary (whole seconds, e.g. 4s).
+        #[arg(long, group = "change", value_parser = humantime::parse_duration)]
+        replica_net_timeout: Option<Duration>,
     },
     /// Planned change of primary: fence the primary, let the candidate
     /// catch up, promote it, make the old primary a replica.
@@ -486,16 +497,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy {
             cluster,
             max_lag_seconds,
+            replica_heartbeat,
+            replica_net_timeout,
         } => {
             let client = Client::from_file(cli.config.as_deref())?;
-            let p = client.set_cluster_policy(&cluster, max_lag_seconds).await?;
+            let ms = |d: Duration| d.as_millis() as u64;
+            let p = client
+                .set_cluster_policy(pb::SetClusterPolicyRequest {
+                    cluster,
+                    max_lag_seconds,
+                    replica_heartbeat_ms: replica_heartbeat.map(ms),
+                    replica_net_timeout_ms: replica_net_timeout.map(ms),
+                })
+                .await?;
             match cli.output {
-                Output::Json => print_json(
-                    &serde_json::json!({ "cluster": p.cluster, "max_lag_seconds": p.max_lag_seconds }),
-                )?,
+                Output::Json => print_json(&serde_json::json!({
+                    "cluster": p.cluster,
+                    "max_lag_seconds": p.max_lag_seconds,
+                    "replica_heartbeat_ms": p.replica_heartbeat_ms,
+                    "replica_net_timeout_ms": p.replica_net_timeout_ms,
+                }))?,
                 Output::Table => println!(
-                    "cluster {}: max_lag_seconds = {}",
-                    p.cluster, p.max_lag_seconds
+                    "cluster {}: max_lag_seconds = {}, replica heartbeat = {} ms, replica net timeout = {} ms",
+                    p.cluster, p.max_lag_seconds, p.replica_heartbeat_ms, p.replica_net_timeout_ms
                 ),
             }
         }

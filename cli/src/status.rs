@@ -30,6 +30,10 @@ pub struct ClusterJson {
     pub problems: Vec<ProblemJson>,
     /// Lag above this is a problem.
     pub max_lag_seconds: u64,
+    /// Heartbeat period every replica gets.
+    pub replica_heartbeat_ms: u64,
+    /// Net timeout every replica gets.
+    pub replica_net_timeout_ms: u64,
 }
 
 /// One member.
@@ -161,6 +165,8 @@ pub fn to_json(resp: &pb::ListClustersResponse) -> StatusJson {
                     })
                     .collect(),
                 max_lag_seconds: c.policy.as_ref().map_or(0, |p| p.max_lag_seconds),
+                replica_heartbeat_ms: c.policy.as_ref().map_or(0, |p| p.replica_heartbeat_ms),
+                replica_net_timeout_ms: c.policy.as_ref().map_or(0, |p| p.replica_net_timeout_ms),
             })
             .collect(),
     }

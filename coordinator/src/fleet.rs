@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dbfleet_proto::model::{ClusterPolicyChange, MysqlObservation, Name, Report};
+use dbfleet_proto::model::{ClusterPolicyChange, MysqlObservation, Name, ProtocolError, Report};
 use dbfleet_proto::pb;
 use tracing::info;
 
@@ -36,6 +36,19 @@ pub struct FleetRules {
     pub agent_timeout: Duration,
     /// Lag threshold for clusters without a policy of their own.
     pub default_max_lag_seconds: u64,
+    /// Replication heartbeat and net timeout for clusters without their
+    /// own (the coordinator's `[failover]` section).
+    pub default_tuning: ReplicaTuning,
+}
+
+/// How quickly a replica notices it lost its primary: the heartbeat period
+/// its primary sends at, and the silence after which it reconnects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaTuning {
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Net timeout.
+    pub net_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -448,6 +461,7 @@ impl Fleet {
                     max_lag_seconds: rec
                         .and_then(|c| c.max_lag_seconds)
                         .unwrap_or(self.rules.default_max_lag_seconds),
+                    tuning: self.tuning_of(rec),
                     agent_timeout: self.rules.agent_timeout,
                     last_primary: rec.and_then(|c| c.last_primary.as_deref()),
                 })
@@ -485,26 +499,75 @@ impl Fleet {
             .collect()
     }
 
-    /// Sets a cluster policy (an operator write on the active).
+    /// Sets a cluster policy (an operator write on the active); returns
+    /// the policy in force after it.
     pub async fn set_policy(
         self: &Arc<Self>,
         change: ClusterPolicyChange,
     ) -> Result<pb::ClusterPolicy, ServiceError> {
         let cluster = change.cluster.to_string();
+        let before = self.cluster_record(&cluster);
+        let tuning = self.tuning_of(Some(&ClusterRecord {
+            replica_heartbeat_ms: change.replica_heartbeat_ms.or(before.replica_heartbeat_ms),
+            replica_net_timeout_ms: change
+                .replica_net_timeout_ms
+                .or(before.replica_net_timeout_ms),
+            ..before
+        }));
+        // A replica that times out before its next heartbeat reconnects
+        // all the time and confirms a loss that did not happen.
+        if tuning.heartbeat >= tuning.net_timeout {
+            return Err(ServiceError::Protocol(ProtocolError::Invalid {
+                field: "replica_heartbeat_ms",
+                reason: format!(
+                    "the heartbeat ({} ms) must be shorter than the replica net timeout ({} ms); set --replica-heartbeat lower or --replica-net-timeout higher",
+                    tuning.heartbeat.as_millis(),
+                    tuning.net_timeout.as_millis()
+                ),
+            }));
+        }
         self.commit_operator(DesiredOp::SetClusterPolicy {
             cluster: cluster.clone(),
             max_lag_seconds: change.max_lag_seconds,
+            replica_heartbeat_ms: change.replica_heartbeat_ms,
+            replica_net_timeout_ms: change.replica_net_timeout_ms,
         })
         .await?;
+        let rec = self.cluster_record(&cluster);
+        let policy = pb::ClusterPolicy {
+            cluster: cluster.clone(),
+            max_lag_seconds: rec
+                .max_lag_seconds
+                .unwrap_or(self.rules.default_max_lag_seconds),
+            replica_heartbeat_ms: tuning.heartbeat.as_millis() as u64,
+            replica_net_timeout_ms: tuning.net_timeout.as_millis() as u64,
+        };
         info!(
             cluster,
-            max_lag_seconds = change.max_lag_seconds,
+            max_lag_seconds = policy.max_lag_seconds,
+            replica_heartbeat_ms = policy.replica_heartbeat_ms,
+            replica_net_timeout_ms = policy.replica_net_timeout_ms,
             "cluster policy changed"
         );
-        Ok(pb::ClusterPolicy {
-            cluster,
-            max_lag_seconds: change.max_lag_seconds,
-        })
+        Ok(policy)
+    }
+
+    /// The replication tuning in force for a cluster of record `rec`.
+    fn tuning_of(&self, rec: Option<&ClusterRecord>) -> ReplicaTuning {
+        let d = self.rules.default_tuning;
+        ReplicaTuning {
+            heartbeat: rec
+                .and_then(|r| r.replica_heartbeat_ms)
+                .map_or(d.heartbeat, Duration::from_millis),
+            net_timeout: rec
+                .and_then(|r| r.replica_net_timeout_ms)
+                .map_or(d.net_timeout, Duration::from_millis),
+        }
+    }
+
+    /// The heartbeat and net timeout the replicas of `cluster` get.
+    pub fn replica_tuning(&self, cluster: &str) -> ReplicaTuning {
+        self.tuning_of(Some(&self.cluster_record(cluster)))
     }
 
     /// Removes an agent that no longer reports (an operator write).
@@ -784,6 +847,10 @@ mod tests {
                 FleetRules {
                     agent_timeout: Duration::from_secs(5),
                     default_max_lag_seconds: 60,
+                    default_tuning: ReplicaTuning {
+                        heartbeat: Duration::from_secs(1),
+                        net_timeout: Duration::from_secs(4),
+                    },
                 },
             )
             .unwrap(),

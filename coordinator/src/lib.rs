@@ -36,7 +36,7 @@ use tracing::{info, warn};
 use crate::config::CoordinatorConfig;
 use crate::error::StartError;
 use crate::failover::Failovers;
-use crate::fleet::{Fleet, FleetRules};
+use crate::fleet::{Fleet, FleetRules, ReplicaTuning};
 use crate::ha::replication::PeerApi;
 use crate::ha::voters::VoterClients;
 use crate::ha::{Ha, KnownActive};
@@ -122,6 +122,10 @@ pub async fn run(
         FleetRules {
             agent_timeout: config.topology.agent_timeout,
             default_max_lag_seconds: config.topology.default_max_lag_seconds,
+            default_tuning: ReplicaTuning {
+                heartbeat: config.failover.replica_heartbeat,
+                net_timeout: config.failover.replica_net_timeout,
+            },
         },
     )?);
     info!(id = config.id, incarnation = format!("{incarnation:016x}"), applied = stored.applied.seq,

@@ -42,6 +42,14 @@ pub struct ClusterRecord {
     /// Operator-set lag threshold; `None` uses the coordinator default.
     #[serde(default)]
     pub max_lag_seconds: Option<u64>,
+    /// Operator-set replication heartbeat period, ms; `None` uses the
+    /// coordinator's `[failover] replica_heartbeat`.
+    #[serde(default)]
+    pub replica_heartbeat_ms: Option<u64>,
+    /// Operator-set replica net timeout, ms; `None` uses the coordinator's
+    /// `[failover] replica_net_timeout`.
+    #[serde(default)]
+    pub replica_net_timeout_ms: Option<u64>,
     /// The last primary observed, so a primary whose mysqld is down is
     /// still known as the primary after a coordinator restart or takeover.
     #[serde(default)]
@@ -66,6 +74,8 @@ impl ClusterRecord {
         ClusterRecord {
             name: name.to_string(),
             max_lag_seconds: None,
+            replica_heartbeat_ms: None,
+            replica_net_timeout_ms: None,
             last_primary: None,
             control: ClusterControl::default(),
             backups: Default::default(),
@@ -89,12 +99,19 @@ pub struct VoterList {
 /// One change of desired state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DesiredOp {
-    /// An operator set a cluster's lag threshold.
+    /// An operator changed a cluster's policy: the fields that are set.
     SetClusterPolicy {
         /// Cluster.
         cluster: String,
-        /// Threshold.
-        max_lag_seconds: u64,
+        /// Lag threshold.
+        #[serde(default)]
+        max_lag_seconds: Option<u64>,
+        /// Replication heartbeat period, ms.
+        #[serde(default)]
+        replica_heartbeat_ms: Option<u64>,
+        /// Replica net timeout, ms.
+        #[serde(default)]
+        replica_net_timeout_ms: Option<u64>,
     },
     /// The active observed a cluster's primary.
     RememberPrimary {
@@ -254,11 +271,15 @@ pub(crate) fn apply_op<W: DesiredWriter>(op: &DesiredOp, w: &mut W) -> Result<()
         DesiredOp::SetClusterPolicy {
             cluster,
             max_lag_seconds,
+            replica_heartbeat_ms,
+            replica_net_timeout_ms,
         } => {
             let mut c = w
                 .get_cluster(cluster)?
                 .unwrap_or_else(|| ClusterRecord::empty(cluster));
-            c.max_lag_seconds = Some(*max_lag_seconds);
+            c.max_lag_seconds = max_lag_seconds.or(c.max_lag_seconds);
+            c.replica_heartbeat_ms = replica_heartbeat_ms.or(c.replica_heartbeat_ms);
+            c.replica_net_timeout_ms = replica_net_timeout_ms.or(c.replica_net_timeout_ms);
             w.put_cluster(c)
         }
         DesiredOp::RememberPrimary { cluster, primary } => {

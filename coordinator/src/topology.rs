@@ -62,6 +62,8 @@ pub struct ClusterInput<'a> {
     pub members: Vec<MemberInput<'a>>,
     /// Lag above this is a problem.
     pub max_lag_seconds: u64,
+    /// The replication tuning in force (shown with the policy).
+    pub tuning: crate::fleet::ReplicaTuning,
     /// A report older than this means the agent is not reporting.
     pub agent_timeout: Duration,
     /// The primary remembered from earlier observations.
@@ -196,6 +198,8 @@ pub fn derive(input: &ClusterInput<'_>) -> pb::ClusterView {
         policy: Some(pb::ClusterPolicy {
             cluster: input.name.to_string(),
             max_lag_seconds: input.max_lag_seconds,
+            replica_heartbeat_ms: input.tuning.heartbeat.as_millis() as u64,
+            replica_net_timeout_ms: input.tuning.net_timeout.as_millis() as u64,
         }),
     }
 }
@@ -460,6 +464,10 @@ mod tests {
             name: "main",
             members,
             max_lag_seconds: 30,
+            tuning: crate::fleet::ReplicaTuning {
+                heartbeat: Duration::from_secs(1),
+                net_timeout: Duration::from_secs(4),
+            },
             agent_timeout: Duration::from_secs(5),
             last_primary,
         })
@@ -572,6 +580,10 @@ mod tests {
             name: "main",
             members,
             max_lag_seconds: 30,
+            tuning: crate::fleet::ReplicaTuning {
+                heartbeat: Duration::from_secs(1),
+                net_timeout: Duration::from_secs(4),
+            },
             agent_timeout: Duration::from_secs(5),
             last_primary: Some("db1"),
         };
@@ -610,6 +622,10 @@ mod tests {
             name: "main",
             members,
             max_lag_seconds: 30,
+            tuning: crate::fleet::ReplicaTuning {
+                heartbeat: Duration::from_secs(1),
+                net_timeout: Duration::from_secs(4),
+            },
             agent_timeout: Duration::from_secs(5),
             last_primary: None,
         });

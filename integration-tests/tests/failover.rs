@@ -352,7 +352,8 @@ async fn a_cut_off_primary_fences_itself_and_a_coordinator_killed_while_waiting_
 }
 
 #[tokio::test]
-async fn a_replica_set_up_with_slow_detection_settings_is_tuned() {
+async fn replicas_get_the_cluster_policy_heartbeat_and_net_timeout_and_are_retuned_when_it_changes()
+{
     let fleet = TestFleet::start(2, 1).await;
     fleet
         .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
@@ -407,6 +408,83 @@ async fn a_replica_set_up_with_slow_detection_settings_is_tuned() {
         .wait_until("db2 replicating from db1 again", |c| {
             let m = member(c, "db2");
             m.io_running && m.sql_running && m.source.starts_with(&db1)
+        })
+        .await;
+
+    // A policy that would have replicas time out before a heartbeat, or a
+    // net timeout MariaDB cannot keep, is refused and changes nothing.
+    for (args, expected) in [
+        (
+            ["--replica-heartbeat", "5s", "--replica-net-timeout", "3s"],
+            "must be shorter than the replica net timeout",
+        ),
+        (
+            [
+                "--replica-heartbeat",
+                "500ms",
+                "--replica-net-timeout",
+                "2500ms",
+            ],
+            "must be whole seconds",
+        ),
+    ] {
+        let mut all = vec!["policy", "--cluster", "main"];
+        all.extend(args);
+        let out = fleet.cli(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expected),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        fleet.status_json()["clusters"][0]["replica_net_timeout_ms"],
+        4000
+    );
+
+    // The cluster's own policy: every replica is re-tuned to it.
+    let (ok, policy) = fleet.cli_json(&[
+        "policy",
+        "--cluster",
+        "main",
+        "--replica-heartbeat",
+        "500ms",
+        "--replica-net-timeout",
+        "3s",
+    ]);
+    assert!(ok, "{policy}");
+    assert_eq!(policy["replica_heartbeat_ms"], 500, "{policy}");
+    assert_eq!(policy["replica_net_timeout_ms"], 3000, "{policy}");
+    assert_eq!(policy["max_lag_seconds"], 60, "unchanged: {policy}");
+    let status = fleet.status_json();
+    assert_eq!(status["clusters"][0]["replica_heartbeat_ms"], 500);
+    for host in ["db2", "db3"] {
+        let give_up = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let net = fleet.query_one(host, "SELECT @@slave_net_timeout").await;
+            let period = fleet
+                .query_one(
+                    host,
+                    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+                     WHERE VARIABLE_NAME = 'SLAVE_HEARTBEAT_PERIOD'",
+                )
+                .await;
+            if net.as_deref() == Some("3") && period.as_deref() == Some("0.500") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < give_up,
+                "{host} not re-tuned: net timeout {net:?}, heartbeat {period:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    fleet
+        .wait_until("both replicas replicating from db1", |c| {
+            ["db2", "db3"].iter().all(|h| {
+                let m = member(c, h);
+                m.io_running && m.sql_running && m.source.starts_with(&db1)
+            })
         })
         .await;
 }

@@ -144,7 +144,8 @@ async fn rpcs_are_authorized_by_role() {
         .expect("viewers may read");
     let change = pb::SetClusterPolicyRequest {
         cluster: "main".into(),
-        max_lag_seconds: 5,
+        max_lag_seconds: Some(5),
+        ..Default::default()
     };
     let e = admin(&s, &viewer)
         .set_cluster_policy(change.clone())
@@ -163,7 +164,8 @@ async fn rpcs_are_authorized_by_role() {
     let e = admin(&s, &operator)
         .set_cluster_policy(pb::SetClusterPolicyRequest {
             cluster: "main".into(),
-            max_lag_seconds: 0,
+            max_lag_seconds: Some(0),
+            ..Default::default()
         })
         .await
         .unwrap_err();

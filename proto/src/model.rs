@@ -588,29 +588,69 @@ impl From<Report> for pb::AgentReport {
     }
 }
 
-/// A validated policy change for one cluster.
+/// A validated policy change for one cluster: the fields that are `Some`
+/// change, the others keep their value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterPolicyChange {
     /// The cluster to change.
     pub cluster: Name,
     /// Replica lag above which the coordinator flags a problem.
-    pub max_lag_seconds: u64,
+    pub max_lag_seconds: Option<u64>,
+    /// Replication heartbeat period, in ms.
+    pub replica_heartbeat_ms: Option<u64>,
+    /// Replica net timeout, in ms (whole seconds: MariaDB and MySQL keep
+    /// it in seconds).
+    pub replica_net_timeout_ms: Option<u64>,
 }
+
+/// Shortest heartbeat period a policy may ask for: shorter ones cost
+/// every primary an event per replica that often, for no faster failover
+/// than the report interval allows.
+pub const MIN_REPLICA_HEARTBEAT_MS: u64 = 100;
+/// Longest heartbeat period or net timeout a policy may ask for.
+pub const MAX_REPLICA_TIMING_MS: u64 = 3_600_000;
 
 impl TryFrom<pb::SetClusterPolicyRequest> for ClusterPolicyChange {
     type Error = ProtocolError;
 
     fn try_from(m: pb::SetClusterPolicyRequest) -> Result<Self, Self::Error> {
         let cluster = name_field("cluster", &m.cluster)?;
-        if m.max_lag_seconds == 0 {
+        if m.max_lag_seconds.is_none()
+            && m.replica_heartbeat_ms.is_none()
+            && m.replica_net_timeout_ms.is_none()
+        {
+            return Err(ProtocolError::invalid(
+                "policy",
+                "nothing to change: set max_lag_seconds, replica_heartbeat_ms or replica_net_timeout_ms",
+            ));
+        }
+        if m.max_lag_seconds == Some(0) {
             return Err(ProtocolError::invalid(
                 "max_lag_seconds",
                 "must be at least 1 second",
             ));
         }
+        if let Some(hb) = m.replica_heartbeat_ms
+            && !(MIN_REPLICA_HEARTBEAT_MS..=MAX_REPLICA_TIMING_MS).contains(&hb)
+        {
+            return Err(ProtocolError::invalid(
+                "replica_heartbeat_ms",
+                "must be between 100 ms and 1 hour",
+            ));
+        }
+        if let Some(net) = m.replica_net_timeout_ms
+            && (!(1_000..=MAX_REPLICA_TIMING_MS).contains(&net) || net % 1_000 != 0)
+        {
+            return Err(ProtocolError::invalid(
+                "replica_net_timeout_ms",
+                "must be whole seconds between 1 s and 1 hour",
+            ));
+        }
         Ok(ClusterPolicyChange {
             cluster,
             max_lag_seconds: m.max_lag_seconds,
+            replica_heartbeat_ms: m.replica_heartbeat_ms,
+            replica_net_timeout_ms: m.replica_net_timeout_ms,
         })
     }
 }

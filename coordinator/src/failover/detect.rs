@@ -30,8 +30,8 @@ pub enum DownPath {
 pub enum Health {
     /// The primary's agent reaches it.
     Up,
-    /// Down from our side and confirmed by a majority of replicas, every
-    /// reachable one of which lost it.
+    /// Down from our side and confirmed by a majority of the other members
+    /// (replicas that lost it), with no reachable replica still receiving.
     Down {
         /// Fast or slow.
         path: DownPath,
@@ -79,6 +79,7 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
     }
     let reachable: Vec<&&MemberSeen<'_>> = replicas.iter().filter(|m| m.server.is_some()).collect();
     let mut still_receiving = Vec::new();
+    let mut confirming = 0;
     for m in &reachable {
         let s = m.server.expect("filtered on server");
         match &s.replication {
@@ -90,6 +91,7 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
                         m.host
                     ));
                 } else {
+                    confirming += 1;
                     evidence.push(format!(
                         "{}: lost {primary} (IO thread {:?}{})",
                         m.host,
@@ -108,12 +110,15 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
     if !still_receiving.is_empty() {
         return Health::UnreachablePrimary { evidence };
     }
-    if reachable.len() * 2 <= replicas.len() {
+    // Only a replica of this primary can confirm it lost it: one reachable
+    // but replicating from elsewhere (or not at all) neither confirms nor
+    // vetoes, and does not make up the majority.
+    if confirming * 2 <= replicas.len() {
         return Health::Unconfirmed {
             why: format!(
-                "only {} of {} replicas are reachable; a majority must confirm",
+                "only {confirming} of {} other members confirm they lost {primary} ({} reachable); a majority must confirm",
+                replicas.len(),
                 reachable.len(),
-                replicas.len()
             ),
         };
     }
@@ -210,6 +215,21 @@ mod tests {
             assess("db1", &addr, &m),
             Health::Unconfirmed { .. }
         ));
+        // a reachable member that does not replicate from the primary does
+        // not confirm: one of three confirming is no majority
+        let m = [primary_down, r("db2", &lost), r("db3", &up), silent("db4")];
+        let Health::Unconfirmed { why } = assess("db1", &addr, &m) else {
+            panic!("{:?}", assess("db1", &addr, &m));
+        };
+        assert!(why.contains("only 1 of 3 other members confirm"), "{why}");
+        // ... nor does it veto: two of three confirming is one
+        let m = [
+            primary_down,
+            r("db2", &lost),
+            r("db3", &up),
+            r("db4", &lost),
+        ];
+        assert!(matches!(assess("db1", &addr, &m), Health::Down { .. }));
         // no replicas at all
         let m = [silent("db1")];
         assert!(matches!(

@@ -382,7 +382,7 @@ impl Failovers {
             self.command(
                 op,
                 &candidate,
-                self.repoint_to(&addr),
+                self.repoint_to(&self.cluster_of(op), &addr),
                 Duration::from_secs(20),
             )
             .await
@@ -410,12 +410,15 @@ impl Failovers {
         Ok(())
     }
 
-    pub(super) fn repoint_to(&self, source: &MysqlAddress) -> Command {
+    /// Replication from `source` with the heartbeat and net timeout of
+    /// `cluster`'s policy.
+    pub(super) fn repoint_to(&self, cluster: &str, source: &MysqlAddress) -> Command {
+        let tuning = self.fleet.replica_tuning(cluster);
         Command::Repoint(pb::Repoint {
             source_host: source.host.clone(),
             source_port: u32::from(source.port),
-            heartbeat_ms: millis(self.cfg.replica_heartbeat),
-            net_timeout_ms: millis(self.cfg.replica_net_timeout),
+            heartbeat_ms: millis(tuning.heartbeat),
+            net_timeout_ms: millis(tuning.net_timeout),
         })
     }
 
@@ -499,8 +502,9 @@ impl Failovers {
                 // divergence check); a switched-over one follows now.
                 && (m.host != op.old_primary || op.kind == OperationKind::Switchover)
         });
+        let cluster = self.cluster_of(op);
         let calls = others.map(|m| {
-            let cmd = self.repoint_to(&addr);
+            let cmd = self.repoint_to(&cluster, &addr);
             async move {
                 let r = self.command(op, m, cmd, Duration::from_secs(20)).await;
                 (m.host.clone(), r)

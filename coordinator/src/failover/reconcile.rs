@@ -499,20 +499,21 @@ impl Failovers {
         if r.io_thread == IoThread::Stopped || !r.sql_running {
             return;
         }
-        let Some(why) = untuned(r, self.cfg.replica_heartbeat, self.cfg.replica_net_timeout) else {
+        let tuning = self.fleet.replica_tuning(cluster);
+        let Some(why) = untuned(r, tuning.heartbeat, tuning.net_timeout) else {
             return;
         };
         if !self.may_try(&format!("tune:{}", m.host)) {
             return;
         }
-        let cmd = self.repoint_to(source);
+        let cmd = self.repoint_to(cluster, source);
         match self.repair_command(cluster, epoch, m, cmd).await {
             Ok(_) => {
                 let e = Event::new(
                     "replication-tuned",
                     &m.host,
                     format!(
-                        "{} had {why}; replication restarted with the configured settings",
+                        "{} had {why}; replication restarted with the cluster's settings",
                         m.host
                     ),
                     epoch,
@@ -709,7 +710,7 @@ impl Failovers {
             if !self.may_try(&m.host) {
                 continue;
             }
-            let cmd = self.repoint_to(&p_addr);
+            let cmd = self.repoint_to(cluster, &p_addr);
             match self.repair_command(cluster, epoch, m, cmd).await {
                 Ok(_) => {
                     let host = m.host.clone();

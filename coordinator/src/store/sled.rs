@@ -359,8 +359,36 @@ mod tests {
     fn policy(cluster: &str, lag: u64) -> DesiredOp {
         DesiredOp::SetClusterPolicy {
             cluster: cluster.into(),
-            max_lag_seconds: lag,
+            max_lag_seconds: Some(lag),
+            replica_heartbeat_ms: None,
+            replica_net_timeout_ms: None,
         }
+    }
+
+    #[test]
+    fn a_policy_change_keeps_the_fields_it_does_not_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.commit(&e(1, "c1"), &policy("main", 9)).unwrap();
+        s.commit(
+            &e(1, "c1"),
+            &DesiredOp::SetClusterPolicy {
+                cluster: "main".into(),
+                max_lag_seconds: None,
+                replica_heartbeat_ms: Some(500),
+                replica_net_timeout_ms: None,
+            },
+        )
+        .unwrap();
+        let c = &s.load().unwrap().clusters[0];
+        assert_eq!(c.max_lag_seconds, Some(9));
+        assert_eq!(c.replica_heartbeat_ms, Some(500));
+        assert_eq!(c.replica_net_timeout_ms, None);
+        // An op-log entry written before the tuning fields existed.
+        let old: DesiredOp =
+            serde_json::from_str(r#"{"SetClusterPolicy":{"cluster":"main","max_lag_seconds":7}}"#)
+                .unwrap();
+        assert_eq!(old, policy("main", 7));
     }
 
     #[test]
@@ -405,6 +433,8 @@ mod tests {
                 backup_policy: Default::default(),
                 name: "main".into(),
                 max_lag_seconds: Some(9),
+                replica_heartbeat_ms: None,
+                replica_net_timeout_ms: None,
                 last_primary: Some("db1".into())
             }]
         );
