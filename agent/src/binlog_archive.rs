@@ -145,6 +145,8 @@ impl ArchiveStatus {
 struct ServerBinlogs {
     dir: PathBuf,
     server_id: u32,
+    /// MySQL's `server_uuid`; MariaDB has none (empty).
+    server_uuid: String,
     writable: bool,
     /// (name, size) oldest first.
     files: Vec<(String, u64)>,
@@ -159,6 +161,13 @@ async fn ask_server(conn: &mut mysql_async::Conn) -> Result<ServerBinlogs, Strin
         .map_err(|e| e.to_string())?
         .ok_or("no answer")?;
     let basename = basename.ok_or("the binary log is off (log_bin); nothing to archive")?;
+    // Asked this way because MariaDB has no such variable: no row there.
+    let server_uuid: String = conn
+        .query_first::<(String, String), _>("SHOW GLOBAL VARIABLES LIKE 'server_uuid'")
+        .await
+        .map_err(|e| format!("SHOW GLOBAL VARIABLES: {e}"))?
+        .map(|(_, v)| v)
+        .unwrap_or_default();
     let rows: Vec<mysql_async::Row> = conn
         .query("SHOW BINARY LOGS")
         .await
@@ -183,6 +192,7 @@ async fn ask_server(conn: &mut mysql_async::Conn) -> Result<ServerBinlogs, Strin
     Ok(ServerBinlogs {
         dir,
         server_id,
+        server_uuid,
         writable: read_only == 0,
         files,
         current,
@@ -295,13 +305,20 @@ impl Archiver {
     }
 
     /// Starts a new stream: the first pass, or the server's binlog history
-    /// started over.
-    fn new_stream(&mut self, server_id: u32, why: &str) -> Result<(), String> {
+    /// started over. It is named after the server (its `server_uuid` on
+    /// MySQL, its `server_id` on MariaDB, which has no UUID) and the time,
+    /// so no two streams ever share a name.
+    fn new_stream(&mut self, server: &ServerBinlogs, why: &str) -> Result<(), String> {
         let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now())
             .to_string()
             .replace(['-', ':', '.'], "");
+        let id = if server.server_uuid.is_empty() {
+            server.server_id.to_string()
+        } else {
+            server.server_uuid.clone()
+        };
         self.state = State {
-            stream: format!("{}-{server_id}-{stamp}", self.host),
+            stream: format!("{}-{id}-{stamp}", self.host),
             files: BTreeMap::new(),
         };
         self.save()?;
@@ -366,7 +383,7 @@ impl Archiver {
             } else {
                 "no archive state"
             };
-            self.new_stream(server.server_id, why)?;
+            self.new_stream(server, why)?;
         }
         let listed: Vec<&String> = server.files.iter().map(|(n, _)| n).collect();
         let mut archived = (String::new(), 0);
