@@ -146,6 +146,7 @@ struct Marker {
 struct Entry {
     job: pb::Job,
     progress: Arc<AtomicU64>,
+    phase: Phase,
     /// The backup a verification or restore reads.
     uses: String,
 }
@@ -165,6 +166,22 @@ fn completed_job(id: &str, kind: &str, detail: &str, manifest: &Manifest) -> pb:
         detail: detail.to_string(),
         manifest_json: serde_json::to_string(manifest).expect("manifests encode"),
         ..Default::default()
+    }
+}
+
+/// The step a running job is on ("reading the backup", "preparing", ...),
+/// shown with its byte count while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct Phase(Arc<Mutex<&'static str>>);
+
+impl Phase {
+    /// Moves the job to step `now`.
+    pub fn set(&self, now: &'static str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = now;
+    }
+
+    fn get(&self) -> &'static str {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -310,6 +327,7 @@ impl Jobs {
                     ..job
                 },
                 progress: Arc::new(AtomicU64::new(0)),
+                phase: Phase::default(),
                 uses: String::new(),
             });
             let _ = std::fs::remove_file(&path);
@@ -326,6 +344,11 @@ impl Jobs {
             .iter()
             .map(|e| pb::Job {
                 bytes: e.progress.load(Ordering::Relaxed),
+                phase: if e.job.state == RUNNING {
+                    e.phase.get().to_string()
+                } else {
+                    String::new()
+                },
                 ..e.job.clone()
             })
             .collect()
@@ -363,7 +386,7 @@ impl Jobs {
         id: &str,
         kind: &str,
         uses: &str,
-    ) -> Result<Result<Arc<AtomicU64>, String>, ControlError> {
+    ) -> Result<Result<(Arc<AtomicU64>, Phase), String>, ControlError> {
         let mut list = self.lock();
         if let Some(e) = list.iter().find(|e| e.job.id == id) {
             return Ok(Err(format!("{kind} {id} is already {}", e.job.state)));
@@ -375,6 +398,8 @@ impl Jobs {
             )));
         }
         let progress = Arc::new(AtomicU64::new(0));
+        let phase = Phase::default();
+        phase.set("starting");
         list.push(Entry {
             job: pb::Job {
                 id: id.to_string(),
@@ -383,6 +408,7 @@ impl Jobs {
                 ..Default::default()
             },
             progress: progress.clone(),
+            phase: phase.clone(),
             uses: uses.to_string(),
         });
         let finished: Vec<usize> = list
@@ -394,7 +420,7 @@ impl Jobs {
         if finished.len() > KEEP_FINISHED {
             list.remove(finished[0]);
         }
-        Ok(Ok(progress))
+        Ok(Ok((progress, phase)))
     }
 
     fn finish(&self, id: &str, result: Result<(String, String), String>) {
@@ -463,7 +489,7 @@ impl Jobs {
         valid_id(backup_id)?;
         let backup = BackupDir::new(self.repository()?, &self.cluster, backup_id);
         let scratch = self.scratch.join(job_id);
-        let progress = match self.register(job_id, "verify", backup_id)? {
+        let (progress, phase) = match self.register(job_id, "verify", backup_id)? {
             Ok(p) => p,
             Err(known) => return Ok(known),
         };
@@ -485,6 +511,7 @@ impl Jobs {
                 backup_dir: backup,
                 scratch: scratch.clone(),
                 progress,
+                phase,
             })
             .await;
             let _ = std::fs::remove_dir_all(&scratch);
@@ -519,7 +546,7 @@ impl Jobs {
         })?;
         let backup = BackupDir::new(self.repository()?, &self.cluster, backup_id);
         let work = self.scratch.join(job_id);
-        let progress = match self.register(job_id, "restore", backup_id)? {
+        let (progress, phase) = match self.register(job_id, "restore", backup_id)? {
             Ok(p) => p,
             Err(known) => return Ok(known),
         };
@@ -557,6 +584,7 @@ impl Jobs {
                         to,
                         exclude_hosts,
                         progress,
+                        phase,
                     };
                     let marker_jobs = jobs.clone();
                     restore::restore(r, move |staging| {

@@ -80,11 +80,11 @@ pub async fn run(
         out.collections.send_replace(Some(collection));
         let g = guard.current();
         let job_list = backups.jobs.snapshot();
-        // A job that starts or ends is reported at once; progress waits
-        // for the next report.
+        // A job that starts, moves to its next step or ends is reported
+        // at once; its byte count waits for the next report.
         let job_states: Vec<String> = job_list
             .iter()
-            .map(|j| format!("{}:{}", j.id, j.state))
+            .map(|j| format!("{}:{}:{}", j.id, j.state, j.phase))
             .collect();
         let due = match &last {
             None => true,

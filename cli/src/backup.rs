@@ -16,7 +16,10 @@ pub fn backup_json(b: &pb::BackupView) -> Value {
         "id": b.id, "cluster": b.cluster, "host": b.host, "method": b.method,
         "parent": (!b.parent.is_empty()).then_some(&b.parent),
         "status": b.status, "error": b.error, "bytes": b.bytes,
+        "phase": (!b.phase.is_empty()).then_some(&b.phase),
         "verification": b.verification, "verification_detail": b.verification_detail,
+        "verification_phase": (!b.verification_phase.is_empty()).then_some(&b.verification_phase),
+        "verification_bytes": b.verification_bytes,
         "started_at_unix_ms": b.started_at_unix_ms, "finished_at_unix_ms": b.finished_at_unix_ms,
         "manifest": manifest,
     })
@@ -76,6 +79,7 @@ pub fn restore_json(r: &pb::RestoreView) -> Value {
     json!({
         "id": r.id, "cluster": r.cluster, "backup_id": r.backup_id, "host": r.host,
         "target": r.target, "status": r.status, "error": r.error, "detail": r.detail,
+        "phase": (!r.phase.is_empty()).then_some(&r.phase), "bytes": r.bytes,
         "started_at_unix_ms": r.started_at_unix_ms, "finished_at_unix_ms": r.finished_at_unix_ms,
     })
 }
@@ -170,35 +174,86 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
         })
 }
 
-/// Polls restore `id` until it ends.
-pub async fn wait_restore(client: &Client, id: &str) -> Result<pb::RestoreView, ClientError> {
+/// Polls restore `id` until it ends, printing each new step and how much
+/// of the backup it read to stderr when `progress` is set.
+pub async fn wait_restore(
+    client: &Client,
+    id: &str,
+    progress: bool,
+) -> Result<pb::RestoreView, ClientError> {
+    let mut shown = Progress::default();
     loop {
         let r = client.get_restore(id).await?;
         if r.status != "running" {
             return Ok(r);
         }
+        if progress {
+            shown.show(id, &r.phase, r.bytes, "read");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// Polls `id` until `done` says so, printing progress to stderr when
-/// `progress` is set.
+/// Which job a progress line is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watched {
+    /// The backup itself.
+    Backup,
+    /// Its verification.
+    Verification,
+}
+
+/// Polls backup `id` until `done` says so, printing each new step and
+/// byte count of the `watched` job to stderr when `progress` is set.
 pub async fn wait(
     client: &Client,
     id: &str,
-    progress: bool,
+    progress: Option<Watched>,
     done: impl Fn(&pb::BackupView) -> bool,
 ) -> Result<pb::BackupView, ClientError> {
-    let mut last = u64::MAX;
+    let mut shown = Progress::default();
     loop {
         let b = client.get_backup(id).await?;
         if done(&b) {
             return Ok(b);
         }
-        if progress && b.bytes != last {
-            eprintln!("{id}: {} bytes stored", b.bytes);
-            last = b.bytes;
+        match progress {
+            Some(Watched::Backup) => shown.show(id, &b.phase, b.bytes, "stored"),
+            Some(Watched::Verification) => {
+                shown.show(id, &b.verification_phase, b.verification_bytes, "read")
+            }
+            None => {}
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The last progress line printed, so only changes are printed; bytes at
+/// most every MiB.
+#[derive(Debug, Default)]
+struct Progress {
+    phase: String,
+    mib: Option<u64>,
+}
+
+impl Progress {
+    fn show(&mut self, id: &str, phase: &str, bytes: u64, verb: &str) {
+        let mib = bytes >> 20;
+        if phase.is_empty() || (phase == self.phase && Some(mib) == self.mib) {
+            return;
+        }
+        eprintln!("{id}: {phase}, {} {verb}", human_bytes(bytes));
+        self.phase = phase.to_string();
+        self.mib = Some(mib);
+    }
+}
+
+/// `bytes` as a person reads it.
+pub fn human_bytes(bytes: u64) -> String {
+    const MIB: f64 = (1 << 20) as f64;
+    if bytes < 1 << 20 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{:.1} MiB", bytes as f64 / MIB)
     }
 }

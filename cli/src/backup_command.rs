@@ -140,7 +140,8 @@ pub(crate) async fn backup_command(
             if table {
                 eprintln!("backup {} running on {}", started.id, started.host);
             }
-            let b = backup::wait(&client, &started.id, table, |b| b.status != "running").await?;
+            let watched = table.then_some(backup::Watched::Backup);
+            let b = backup::wait(&client, &started.id, watched, |b| b.status != "running").await?;
             show(&b)?;
             if b.status != "completed" {
                 std::process::exit(1);
@@ -179,7 +180,7 @@ pub(crate) async fn backup_command(
                 if table {
                     eprintln!("restore {} running on {}", started.id, started.host);
                 }
-                backup::wait_restore(&client, &started.id).await?
+                backup::wait_restore(&client, &started.id, table).await?
             };
             match output {
                 Output::Json => print_json(&backup::restore_json(&r))?,
@@ -222,7 +223,8 @@ pub(crate) async fn backup_command(
             if table {
                 eprintln!("verifying {} ({})", started.id, started.verification_detail);
             }
-            let b = backup::wait(&client, &id, false, |b| b.verification != "running").await?;
+            let watched = table.then_some(backup::Watched::Verification);
+            let b = backup::wait(&client, &id, watched, |b| b.verification != "running").await?;
             show(&b)?;
             if b.verification != "verified" {
                 std::process::exit(1);

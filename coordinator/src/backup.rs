@@ -98,6 +98,7 @@ pub fn backup_view(cluster: &str, b: &BackupRecord) -> pb::BackupView {
         error: b.error.clone(),
         manifest_json: b.manifest_json.clone(),
         parent: b.parent.clone().unwrap_or_default(),
+        ..Default::default()
     }
 }
 
@@ -484,6 +485,13 @@ impl Backups {
             && let Some(j) = jobs_of(members, &b.host).iter().find(|j| j.id == b.id)
         {
             v.bytes = j.bytes;
+            v.phase = j.phase.clone();
+        }
+        if let Some((job, host)) = &b.verify_job
+            && let Some(j) = jobs_of(members, host).iter().find(|j| j.id == *job)
+        {
+            v.verification_bytes = j.bytes;
+            v.verification_phase = j.phase.clone();
         }
         v
     }

@@ -69,12 +69,44 @@ async fn a_backup_under_write_load_is_consistent_and_verified() {
     assert!(backup_dir(&fleet, &id).join("manifest.json").is_file());
     assert_eq!(b["verification"], "never");
 
-    let (ok, v) = fleet.cli_json(&["backup", "verify", &id]);
-    assert!(ok, "{v}");
+    // As a person runs it: the steps go by on stderr, the outcome on stdout.
+    let out = fleet.cli(&["backup", "verify", &id]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("verified"), "{stdout}");
+    assert!(
+        progress_lines(&stderr, &id).next().is_some(),
+        "no progress shown: {stderr}"
+    );
+    let (_, v) = fleet.cli_json(&["backup", "show", &id]);
     assert_eq!(v["verification"], "verified", "{v}");
+    assert!(v["verification_phase"].is_null(), "no step once ended: {v}");
     let (_, list) = fleet.cli_json(&["backup", "list"]);
     assert_eq!(list["backups"][0]["verification"], "verified");
     writer.stop().await;
+}
+
+/// The progress lines about `id` in a CLI's stderr: `ID: STEP, N UNIT
+/// read|stored` with one of the steps the agent names.
+fn progress_lines<'a>(stderr: &'a str, id: &'a str) -> impl Iterator<Item = &'a str> {
+    const STEPS: [&str; 6] = [
+        "starting",
+        "reading the backup",
+        "preparing",
+        "loading the dump",
+        "starting a scratch mysqld",
+        "checking tables",
+    ];
+    stderr.lines().filter(move |l| {
+        l.strip_prefix(&format!("{id}: "))
+            .and_then(|rest| rest.split_once(", "))
+            .is_some_and(|(step, n)| {
+                STEPS.contains(&step) && (n.ends_with(" read") || n.ends_with(" stored"))
+            })
+    })
 }
 
 #[tokio::test]

@@ -219,9 +219,29 @@ async fn a_restored_replica_rejoins_and_matches_the_primary_row_for_row() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let id = backup(&fleet, "db2");
-    let (ok, r) = fleet.cli_json(&["backup", "restore", &id, "--host", "db3"]);
-    assert!(ok, "{r}");
-    assert_eq!(r["status"], "completed", "{r}");
+    // As a person runs it: the steps go by on stderr, the outcome on stdout.
+    let out = fleet.cli(&["backup", "restore", &id, "--host", "db3"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("): completed"), "{stdout}");
+    let steps = [
+        "starting",
+        "reading the backup",
+        "preparing",
+        "swapping the data directory",
+        "starting mysqld",
+    ];
+    let shown: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.split_once(": ")?.1.split_once(", ").map(|(s, _)| s))
+        .collect();
+    assert!(
+        !shown.is_empty() && shown.iter().all(|s| steps.contains(s)),
+        "{stderr}"
+    );
     fleet
         .wait_until("db3 replicating again, in service", |c| {
             !has_problem(c, "detached", "db3")

@@ -27,6 +27,8 @@ pub struct Build {
     pub server_options: Vec<String>,
     /// Bytes read from the repository so far.
     pub progress: Arc<AtomicU64>,
+    /// The step it is on.
+    pub phase: super::Phase,
 }
 
 /// Builds the data directory; returns the backup's manifest.
@@ -35,6 +37,7 @@ pub async fn build(b: Build) -> Result<Manifest, String> {
     std::fs::create_dir_all(&b.work)
         .map_err(|e| format!("cannot create {}: {e}", b.work.display()))?;
     if m.method == "logical" {
+        b.phase.set("loading the dump");
         logical::load(
             &b.backup_dir,
             &m,
@@ -49,12 +52,16 @@ pub async fn build(b: Build) -> Result<Manifest, String> {
     tokio::task::spawn_blocking(move || {
         let links = chain(&b.backup_dir)?;
         let (full_dir, full) = &links[0];
+        b.phase.set("reading the backup");
         unpack(full_dir, full, &b.data, b.progress.clone())?;
+        b.phase.set("preparing");
         prepare(&b.data, None, &b.work)?;
         for (dir, inc) in &links[1..] {
             let delta = b.work.join(format!("incremental-{}", inc.id));
             let _ = std::fs::remove_dir_all(&delta);
+            b.phase.set("reading an incremental backup");
             unpack(dir, inc, &delta, b.progress.clone())?;
+            b.phase.set("preparing an incremental backup");
             prepare(&b.data, Some(&delta), &b.work)?;
             let _ = std::fs::remove_dir_all(&delta);
         }

@@ -64,6 +64,8 @@ pub struct Restore {
     pub exclude_hosts: Vec<String>,
     /// Bytes read so far.
     pub progress: Arc<AtomicU64>,
+    /// The step it is on.
+    pub phase: super::Phase,
 }
 
 impl Restore {
@@ -412,6 +414,7 @@ pub async fn restore(
                 })
                 .collect();
             let plan = store::plan(&streams, &start, target)?;
+            r.phase.set("fetching archived binlogs");
             let dir = r.work.join("binlogs");
             let (target, start2, repo) = (target.clone(), start.clone(), r.repository.clone());
             let fetched = tokio::task::spawn_blocking(move || {
@@ -435,6 +438,7 @@ pub async fn restore(
         work: r.work.clone(),
         server_options: vec![format!("--innodb-page-size={}", f.page_size)],
         progress: r.progress.clone(),
+        phase: r.phase.clone(),
     })
     .await?;
     chown_tree(&staging, datadir_meta.uid(), datadir_meta.gid())
@@ -448,6 +452,7 @@ pub async fn restore(
     // 3. the swap; the server may have been promoted meanwhile
     facts(&r.target).await?;
     info!(datadir = %f.datadir.display(), "restore: stopping mysqld");
+    r.phase.set("swapping the data directory");
     stop_mysqld(&r.target, &f.pid_file).await?;
     let before = sibling(&f.datadir, &format!("before-{}", r.job_id));
     let swapped = std::fs::rename(&f.datadir, &before)
@@ -475,6 +480,7 @@ pub async fn restore(
         };
         return Err(format!("{e}; {again}"));
     }
+    r.phase.set("starting mysqld");
     let mut conn = match start_mysqld(&r).await {
         Ok(c) => c,
         Err(e) => {
@@ -528,6 +534,7 @@ pub async fn restore(
     // 5. the point in time
     if let Some((plan, files, stop)) = binlogs {
         let replayed_at = Instant::now();
+        r.phase.set("replaying binlogs");
         if let Some(stop) = stop {
             let r = Arc::new(r);
             let (rr, files2, start2, stop2) =

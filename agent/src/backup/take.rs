@@ -69,10 +69,15 @@ impl Jobs {
         }
         let cfg = self.config()?.clone();
         let dir = BackupDir::new(self.repository()?, &self.cluster, id);
-        let progress = match self.register(id, "backup", "")? {
+        let (progress, phase) = match self.register(id, "backup", "")? {
             Ok(p) => p,
             Err(known) => return Ok(known),
         };
+        phase.set(if method == "logical" {
+            "dumping"
+        } else {
+            "streaming the backup"
+        });
         // Nothing here touches the repository: a command holds the agent's
         // epoch lock, which lease votes need, and a bucket may hang.
         let jobs = self.clone();

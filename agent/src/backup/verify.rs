@@ -25,6 +25,8 @@ pub struct Verification {
     pub scratch: PathBuf,
     /// Bytes read so far.
     pub progress: Arc<AtomicU64>,
+    /// The step it is on.
+    pub phase: super::Phase,
 }
 
 /// Checks every table of the restored server; returns how many, and how
@@ -71,8 +73,10 @@ pub async fn verify(v: Verification) -> Result<String, String> {
         work: v.scratch.clone(),
         server_options: Vec::new(),
         progress: v.progress,
+        phase: v.phase.clone(),
     })
     .await?;
+    v.phase.set("starting a scratch mysqld");
     // backup-my.cnf carries the source's InnoDB layout (page size, redo
     // and undo settings) that a physical backup's files need.
     let defaults_file = (manifest.method != "logical").then(|| data.join("backup-my.cnf"));
@@ -86,6 +90,7 @@ pub async fn verify(v: Verification) -> Result<String, String> {
         },
     )?;
     let mut conn = server.connect("root").await?;
+    v.phase.set("checking tables");
     let checked = check_tables(&mut conn).await;
     drop(conn);
     server.stop().await?;

@@ -16,7 +16,7 @@ use dbfleet_proto::pb::command_request::Command;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Backups, RUNNING, job_end, stamp};
+use super::{Backups, RUNNING, job_end, jobs_of, stamp};
 use crate::error::ServiceError;
 use crate::failover::journal::Event;
 use crate::fleet::MemberState;
@@ -82,6 +82,7 @@ impl RestoreRecord {
             detail: self.detail.clone(),
             started_at_unix_ms: self.started_at_unix_ms,
             finished_at_unix_ms: self.finished_at_unix_ms,
+            ..Default::default()
         }
     }
 }
@@ -273,7 +274,18 @@ impl Backups {
             .into_iter()
             .find_map(|c| {
                 let rec = self.fleet.cluster_record(&c);
-                rec.restores.get(id).map(|r| r.view(&c))
+                let r = rec.restores.get(id)?;
+                let mut v = r.view(&c);
+                // how far it is, live from its agent's report
+                if r.status == RUNNING
+                    && let Some(j) = jobs_of(&self.fleet.members(&c), &r.host)
+                        .iter()
+                        .find(|j| j.id == r.id)
+                {
+                    v.bytes = j.bytes;
+                    v.phase = j.phase.clone();
+                }
+                Some(v)
             })
             .ok_or_else(|| ServiceError::UnknownBackup(format!("restore {id}")))
     }
