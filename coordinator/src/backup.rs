@@ -318,6 +318,13 @@ impl Backups {
                 "{host}'s mysqld is not reachable now"
             )));
         }
+        // One heavy job per host: refused here rather than recorded and
+        // failed by the agent (which refuses it too).
+        if let Some(job) = running_job(m) {
+            return Err(ServiceError::Refused(format!(
+                "{host} is busy with {job}; retry when it ends, or leave out --host"
+            )));
+        }
         let record = BackupRecord {
             id: format!("{}-{}-{host}", req.cluster, stamp()),
             host: host.clone(),

@@ -1,14 +1,15 @@
 //! Backups with real processes: mariadb-backup on a real replica under
 //! write load, streamed through the agent into the sandbox's repository,
 //! and verified by restoring into a scratch mariadbd. Faults: an agent
-//! killed mid-backup, a full repository, a corrupted stored file.
+//! killed mid-backup, a full repository, a corrupted stored file; and
+//! one heavy job per host.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dbfleet_integration_tests::backups::SmallDisk;
+use dbfleet_integration_tests::backups::{self, SmallDisk};
 use dbfleet_integration_tests::workload::Writer;
-use dbfleet_integration_tests::{PATIENCE, TestFleet, sole_active};
+use dbfleet_integration_tests::{PATIENCE, TestFleet, sample, scrape, sole_active};
 use serde_json::Value;
 
 async fn fleet_with_writes() -> (TestFleet, Writer) {
@@ -194,4 +195,82 @@ async fn a_full_repository_fails_the_backup_cleanly() {
         "its partial files are gone"
     );
     writer.stop().await;
+}
+
+#[tokio::test]
+async fn two_heavy_jobs_never_share_a_host() {
+    let fleet = TestFleet::start_active(2, 1).await;
+    let first = backups::backup(&fleet, &["--host", "db2"]);
+    let first = first["id"].as_str().unwrap().to_string();
+    // The agent exports how its last backup went.
+    let db2_metrics = fleet.info.members[1].metrics_address.clone();
+    let text = scrape(&db2_metrics);
+    assert_eq!(
+        sample(&text, "dbfleet_backup_last_succeeded", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "dbfleet_backup_last_completed_age_seconds", &[]).is_some(),
+        "{text}"
+    );
+
+    let (ok, second) = fleet.cli_json(&[
+        "backup",
+        "run",
+        "--cluster",
+        "main",
+        "--host",
+        "db2",
+        "--detach",
+    ]);
+    assert!(ok, "{second}");
+    let second = second["id"].as_str().unwrap().to_string();
+    // The tool held mid-stream: the backup runs for as long as we look.
+    let tool = fleet.wait_tool("mariadb-backup", &second).await;
+    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    wait_entry(&fleet, &second, "db2 reporting the backup running", |v| {
+        v["status"] == "running" && v["phase"] == "streaming the backup"
+    })
+    .await;
+    // Neither a verification nor another backup joins it on db2, and a
+    // refused backup leaves nothing in the catalog.
+    let out = fleet.cli(&["backup", "verify", &first, "--host", "db2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("db2 is busy with backup {second}")),
+        "{err}"
+    );
+    let out = fleet.cli(&[
+        "backup",
+        "run",
+        "--cluster",
+        "main",
+        "--host",
+        "db2",
+        "--detach",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("db2 is busy with backup {second}")),
+        "{err}"
+    );
+    let (_, list) = fleet.cli_json(&["backup", "list"]);
+    assert_eq!(list["backups"].as_array().unwrap().len(), 2, "{list}");
+    // Left to choose, the coordinator takes the other replica.
+    let (ok, third) = fleet.cli_json(&["backup", "run", "--cluster", "main", "--detach"]);
+    assert!(ok, "{third}");
+    assert_eq!(third["host"], "db3", "{third}");
+    let third = third["id"].as_str().unwrap().to_string();
+    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGCONT).unwrap();
+    for id in [&second, &third] {
+        wait_entry(&fleet, id, "the backup completed", |v| {
+            v["status"] == "completed"
+        })
+        .await;
+    }
+    // Once db2 is free the verification runs there.
+    let (ok, v) = fleet.cli_json(&["backup", "verify", &first, "--host", "db2"]);
+    assert!(ok, "{v}");
+    assert_eq!(v["verification"], "verified", "{v}");
 }
