@@ -219,6 +219,11 @@ async fn a_restored_replica_rejoins_and_matches_the_primary_row_for_row() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let id = backup(&fleet, "db2");
+    // db3's server is configured to start writable (the sandbox's start
+    // read-only): the restore still leaves it read-only, and says so.
+    let cnf = fleet.server("db3").unwrap().cnf();
+    let text = std::fs::read_to_string(&cnf).unwrap();
+    std::fs::write(&cnf, text.replace("read_only = ON", "read_only = OFF")).unwrap();
     // As a person runs it: the steps go by on stderr, the outcome on stdout.
     let out = fleet.cli(&["backup", "restore", &id, "--host", "db3"]);
     let (stdout, stderr) = (
@@ -227,6 +232,14 @@ async fn a_restored_replica_rejoins_and_matches_the_primary_row_for_row() {
     );
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("): completed"), "{stdout}");
+    assert!(
+        stdout.contains("mysqld started writable (set read_only = ON in its configuration)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        fleet.query_one("db3", "SELECT @@read_only").await.as_deref(),
+        Some("1")
+    );
     let steps = [
         "starting",
         "reading the backup",

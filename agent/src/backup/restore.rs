@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use dbfleet_common::gtid::Position;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::repo::{BackupDir, Manifest, read_stored, tail};
 use super::{datadir, tools};
@@ -502,6 +502,18 @@ pub async fn restore(
             ));
         }
     };
+    // A server configured to start writable accepted writes between its
+    // start and the statements below: say so, with the fix.
+    let started_writable = conn
+        .query_first::<u8, _>("SELECT @@read_only")
+        .await
+        .map_err(|e| format!("restored server: {e}"))?
+        == Some(0);
+    if started_writable {
+        warn!(
+            "the restored mysqld started writable; add read_only = ON to its configuration so that a restored or restarted server never accepts writes before the coordinator decides"
+        );
+    }
     // 4. a new history that starts at the backup's position: as a
     // replica's (slave_pos) and as its own (binlog_state), which is where
     // a later repoint takes the replication position from
@@ -559,6 +571,9 @@ pub async fn restore(
         ));
     }
     let _ = conn.disconnect().await;
+    if started_writable {
+        summary.push_str("; mysqld started writable (set read_only = ON in its configuration)");
+    }
     summary.push_str(&format!(
         "; read-only ({:.1}s)",
         started.elapsed().as_secs_f64()
