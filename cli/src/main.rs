@@ -86,9 +86,9 @@ enum Command {
         #[command(subcommand)]
         action: Option<VotersCommand>,
     },
-    /// Change a cluster's policy (desired state, replicated to the standby).
-    /// Sets a cluster's policy: the lag threshold and how fast replicas
-    /// notice a lost primary. Prints the policy in force.
+    /// Change a cluster's policy: the lag threshold and how fast replicas
+    /// notice a lost primary (desired state, replicated to the standby).
+    /// Prints the policy in force.
     #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
     Policy {
         /// The cluster.
@@ -502,6 +502,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let client = Client::from_file(cli.config.as_deref())?;
             let ms = |d: Duration| d.as_millis() as u64;
+            let tunes = replica_heartbeat.is_some() || replica_net_timeout.is_some();
             let p = client
                 .set_cluster_policy(pb::SetClusterPolicyRequest {
                     cluster,
@@ -510,6 +511,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     replica_net_timeout_ms: replica_net_timeout.map(ms),
                 })
                 .await?;
+            // A coordinator from before per-cluster tuning answers without it
+            // (and ignored it).
+            if tunes && p.replica_heartbeat_ms == 0 {
+                anyhow::bail!(
+                    "the active coordinator does not know per-cluster replica tuning (upgrade it); only the lag threshold may have changed"
+                );
+            }
             match cli.output {
                 Output::Json => print_json(&serde_json::json!({
                     "cluster": p.cluster,

@@ -34,6 +34,10 @@ pub struct ClusterJson {
     pub replica_heartbeat_ms: u64,
     /// Net timeout every replica gets.
     pub replica_net_timeout_ms: u64,
+    /// The failover controls (automatic failover, maintenance, budget,
+    /// hold, the operation running), as `dbfleet failover-policy` prints
+    /// them; null from a coordinator that does not send them.
+    pub control: Option<serde_json::Value>,
 }
 
 /// One member.
@@ -167,6 +171,7 @@ pub fn to_json(resp: &pb::ListClustersResponse) -> StatusJson {
                 max_lag_seconds: c.policy.as_ref().map_or(0, |p| p.max_lag_seconds),
                 replica_heartbeat_ms: c.policy.as_ref().map_or(0, |p| p.replica_heartbeat_ms),
                 replica_net_timeout_ms: c.policy.as_ref().map_or(0, |p| p.replica_net_timeout_ms),
+                control: c.control.as_ref().map(crate::failover::control_json),
             })
             .collect(),
     }

@@ -321,8 +321,13 @@ impl Backups {
         // One heavy job per host: refused here rather than recorded and
         // failed by the agent (which refuses it too).
         if let Some(job) = running_job(m) {
+            let hint = if parent.is_some() {
+                "an incremental backup runs on its parent's host"
+            } else {
+                "or leave out --host"
+            };
             return Err(ServiceError::Refused(format!(
-                "{host} is busy with {job}; retry when it ends, or leave out --host"
+                "{host} is busy with {job}; retry when it ends ({hint})"
             )));
         }
         let record = BackupRecord {

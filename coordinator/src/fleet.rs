@@ -515,8 +515,12 @@ impl Fleet {
             ..before
         }));
         // A replica that times out before its next heartbeat reconnects
-        // all the time and confirms a loss that did not happen.
-        if tuning.heartbeat >= tuning.net_timeout {
+        // all the time and confirms a loss that did not happen. Checked
+        // when the tuning changes only: a lag change is not refused for
+        // values set earlier.
+        let tunes =
+            change.replica_heartbeat_ms.is_some() || change.replica_net_timeout_ms.is_some();
+        if tunes && tuning.heartbeat >= tuning.net_timeout {
             return Err(ServiceError::Protocol(ProtocolError::Invalid {
                 field: "replica_heartbeat_ms",
                 reason: format!(

@@ -100,17 +100,20 @@ pub struct VoterList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DesiredOp {
     /// An operator changed a cluster's policy: the fields that are set.
+    /// Unset fields are left out of the op-log entry, so a change of the
+    /// lag threshold alone reads as it did before the tuning fields
+    /// existed (a standby not yet upgraded applies it).
     SetClusterPolicy {
         /// Cluster.
         cluster: String,
         /// Lag threshold.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         max_lag_seconds: Option<u64>,
         /// Replication heartbeat period, ms.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         replica_heartbeat_ms: Option<u64>,
         /// Replica net timeout, ms.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         replica_net_timeout_ms: Option<u64>,
     },
     /// The active observed a cluster's primary.

@@ -89,7 +89,7 @@ async fn a_schedule_takes_verifies_and_expires_backups_keeping_the_newest() {
         })
     };
     wait_archived(&fleet, "db1", now_ms()).await;
-    assert!(archived(&fleet, "db1", "ON.000001"));
+    assert!(archived(&fleet, "db1", "db1-bin.000001"));
     let p = schedule(&fleet, &[]);
     assert_eq!(p["full_every_secs"], 0, "no schedule by default: {p}");
     let p = schedule(
@@ -119,7 +119,7 @@ async fn a_schedule_takes_verifies_and_expires_backups_keeping_the_newest() {
             seen.len() >= 4
                 && first_gone
                 && l.iter().any(|b| b["verification"] == "verified")
-                && !archived(&fleet, "db1", "ON.000001")
+                && !archived(&fleet, "db1", "db1-bin.000001")
         },
     )
     .await;

@@ -222,6 +222,11 @@ async fn with_automatic_failover_off_a_dead_primary_is_reported_and_only_an_oper
     )
     .await;
     assert_eq!(control["auto_failover"], false, "{control}");
+    let status = fleet.status_json();
+    assert_eq!(
+        status["clusters"][0]["control"]["auto_failover"], false,
+        "status shows the controls: {status}"
+    );
     fleet.kill("mariadbd-db1");
     let skipped = wait_event(&fleet, "failover-skipped", |e| e["host"] == "db1").await;
     assert!(

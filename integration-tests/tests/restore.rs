@@ -237,7 +237,10 @@ async fn a_restored_replica_rejoins_and_matches_the_primary_row_for_row() {
         "{stdout}"
     );
     assert_eq!(
-        fleet.query_one("db3", "SELECT @@read_only").await.as_deref(),
+        fleet
+            .query_one("db3", "SELECT @@read_only")
+            .await
+            .as_deref(),
         Some("1")
     );
     let steps = [

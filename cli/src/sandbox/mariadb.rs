@@ -153,7 +153,7 @@ pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxE
          port = {port}\n\
          server_id = {server_id}\n\
          log_basename = {host}\n\
-         log_bin = ON\n\
+         log_bin = {host}-bin\n\
          binlog_format = ROW\n\
          log_slave_updates = ON\n\
          gtid_strict_mode = ON\n\

@@ -14,6 +14,10 @@ pub struct MemberSeen<'a> {
     pub server: Option<&'a ServerState>,
     /// Why the agent cannot reach mysqld (fresh report only).
     pub mysql_error: Option<&'a str>,
+    /// False for a member out of service (detached by a restore, marked
+    /// for a rebuild): it replicates from nobody on purpose, so it neither
+    /// confirms nor counts.
+    pub in_service: bool,
 }
 
 /// Which path a dead primary takes.
@@ -71,7 +75,10 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
             vec![format!("{primary}: agent not reporting")],
         ),
     };
-    let replicas: Vec<&MemberSeen<'_>> = members.iter().filter(|m| m.host != primary).collect();
+    let replicas: Vec<&MemberSeen<'_>> = members
+        .iter()
+        .filter(|m| m.host != primary && m.in_service)
+        .collect();
     if replicas.is_empty() {
         return Health::Unconfirmed {
             why: "no replica can confirm the primary is down".into(),
@@ -116,7 +123,7 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
     if confirming * 2 <= replicas.len() {
         return Health::Unconfirmed {
             why: format!(
-                "only {confirming} of {} other members confirm they lost {primary} ({} reachable); a majority must confirm",
+                "only {confirming} of {} other members confirm they lost {primary} ({} reachable); a majority must confirm, so members that do not replicate from {primary} count against it: repoint them to {primary} or take them out of service, or fail over with `dbfleet failover`",
                 replicas.len(),
                 reachable.len(),
             ),
@@ -169,18 +176,21 @@ mod tests {
             reporting: true,
             server: None,
             mysql_error: Some("Connection refused"),
+            in_service: true,
         };
         let r = |host, s| MemberSeen {
             host,
             reporting: true,
             server: Some(s),
             mysql_error: None,
+            in_service: true,
         };
         let silent = |host| MemberSeen {
             host,
             reporting: false,
             server: None,
             mysql_error: None,
+            in_service: true,
         };
         // healthy primary
         let m = [r("db1", &up), r("db2", &lost)];
@@ -229,6 +239,13 @@ mod tests {
             r("db3", &up),
             r("db4", &lost),
         ];
+        assert!(matches!(assess("db1", &addr, &m), Health::Down { .. }));
+        // ... and one out of service neither: one confirming of one in service
+        let detached = MemberSeen {
+            in_service: false,
+            ..r("db3", &up)
+        };
+        let m = [primary_down, r("db2", &lost), detached];
         assert!(matches!(assess("db1", &addr, &m), Health::Down { .. }));
         // no replicas at all
         let m = [silent("db1")];

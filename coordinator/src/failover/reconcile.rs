@@ -22,7 +22,7 @@ use super::journal::{Event, Operation, OperationKind, Step};
 use super::procedure::now_unix_ms;
 use crate::fleet::MemberState;
 use crate::metrics::Detection;
-use crate::store::ClusterRecord;
+use crate::store::{ClusterControl, ClusterRecord};
 
 /// How often the loop runs.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(200);
@@ -57,10 +57,14 @@ fn untuned(r: &Replication, heartbeat: Duration, net_timeout: Duration) -> Optio
 
 /// What detection found on one cluster this tick.
 enum Detected {
-    /// The primary is not dead (or there is no primary to judge).
+    /// The primary answers its agent (or there is no primary to judge).
     Alive,
-    /// The primary looks dead; `Some` once the rule has held for its
-    /// window: the primary, the path and the evidence.
+    /// The primary is down from our side, but the rule does not hold
+    /// (a replica still receives from it, or too few confirm): no
+    /// failover, though it counts for the breaker.
+    Unconfirmed,
+    /// The primary is dead under the rule; `Some` once that has held for
+    /// its window: the primary, the path and the evidence.
     Down(Option<(String, DownPath, Vec<String>)>),
 }
 
@@ -77,11 +81,16 @@ impl Failovers {
     /// The holistic rule on one cluster now.
     pub(crate) fn assess(&self, cluster: &str) -> Option<(String, Health)> {
         let primary = self.primary_of(cluster)?;
-        Self::assess_members(primary, &self.fleet.members(cluster))
+        let control = self.fleet.cluster_record(cluster).control;
+        Self::assess_members(primary, &self.fleet.members(cluster), &control)
     }
 
     /// The holistic rule on `members` with `primary`.
-    fn assess_members(primary: String, members: &[MemberState]) -> Option<(String, Health)> {
+    fn assess_members(
+        primary: String,
+        members: &[MemberState],
+        control: &ClusterControl,
+    ) -> Option<(String, Health)> {
         let address =
             MysqlAddress::parse(&members.iter().find(|m| m.host == primary)?.mysql_address).ok()?;
         let seen: Vec<MemberSeen<'_>> = members
@@ -91,6 +100,7 @@ impl Failovers {
                 reporting: m.reporting,
                 server: m.server(),
                 mysql_error: m.mysql_error(),
+                in_service: !control.out_of_service(&m.host),
             })
             .collect();
         Some((primary.clone(), detect::assess(&primary, &address, &seen)))
@@ -114,6 +124,7 @@ impl Failovers {
         let Some(epoch) = self.fleet.ha().automatic_epoch() else {
             *crate::ha::relock(&self.active_since) = None;
             crate::ha::relock(&self.down_since).clear();
+            self.breaker_on.store(false, Ordering::Relaxed);
             return;
         };
         let since = {
@@ -126,10 +137,11 @@ impl Failovers {
                 }
             }
         };
-        // Every cluster whose primary looks dead now counts for the
-        // breaker, including those still inside their detection window:
-        // primaries that die together are seen a report apart, and the
-        // first must not be failed over before the others are counted.
+        // Every cluster whose primary is down from our side now counts for
+        // the breaker: dead under the rule or not (yet), inside its window
+        // or past it. Primaries that die together are seen a report apart,
+        // or confirmed by their replicas a net timeout apart, and the first
+        // must not be failed over before the others are counted.
         let mut looks_dead = 0;
         let mut dead = Vec::new();
         for (c, members, primary) in &clusters {
@@ -138,13 +150,12 @@ impl Failovers {
                 self.resume(op, &epoch).await;
                 continue;
             }
-            match self.detect(c, primary.as_deref(), members, since) {
+            match self.detect(c, &rec.control, primary.as_deref(), members, since) {
                 Detected::Alive => {}
-                Detected::Down(ready) => {
+                Detected::Unconfirmed | Detected::Down(None) => looks_dead += 1,
+                Detected::Down(Some((primary, path, evidence))) => {
                     looks_dead += 1;
-                    if let Some((primary, path, evidence)) = ready {
-                        dead.push((c.clone(), primary, path, evidence));
-                    }
+                    dead.push((c.clone(), primary, path, evidence));
                     continue;
                 }
             }
@@ -200,19 +211,27 @@ impl Failovers {
     fn detect(
         &self,
         cluster: &str,
+        control: &ClusterControl,
         primary: Option<&str>,
         members: &[MemberState],
         active_since: Instant,
     ) -> Detected {
         let Some((primary, health)) =
-            primary.and_then(|p| Self::assess_members(p.to_string(), members))
+            primary.and_then(|p| Self::assess_members(p.to_string(), members, control))
         else {
             return Detected::Alive;
         };
         let mut down = crate::ha::relock(&self.down_since);
-        let Health::Down { path, evidence } = health else {
-            down.remove(cluster);
-            return Detected::Alive;
+        let (path, evidence) = match health {
+            Health::Down { path, evidence } => (path, evidence),
+            Health::Up => {
+                down.remove(cluster);
+                return Detected::Alive;
+            }
+            Health::UnreachablePrimary { .. } | Health::Unconfirmed { .. } => {
+                down.remove(cluster);
+                return Detected::Unconfirmed;
+            }
         };
         let since = *down.entry(cluster.to_string()).or_insert_with(Instant::now);
         let window = match path {
@@ -484,7 +503,7 @@ impl Failovers {
     }
 
     /// Repoints a replica of the primary whose heartbeat or net timeout
-    /// differs from the `[failover]` settings (set up by hand, say): with
+    /// differs from the cluster's policy (set up by hand, say): with
     /// MariaDB's defaults a replica notices a dead primary only after a
     /// minute, and detection waits for every replica to notice.
     async fn tune(

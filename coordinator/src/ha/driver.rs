@@ -123,16 +123,20 @@ fn act(ha: &Arc<Ha>, clients: &Arc<VoterClients>, tx: &mpsc::Sender<Reply>, acti
 async fn barrier(ha: Arc<Ha>, clients: Arc<VoterClients>, epoch: Epoch) {
     let holder = ha.holder().id().clone();
     let addresses = ha.voters().addresses;
-    let remaining = ha.holder().lease_remaining(boottime()).map_or(0, millis);
     let calls = addresses.iter().map(|(name, address)| {
         let (ha, clients, epoch, holder) =
             (ha.clone(), clients.clone(), epoch.clone(), holder.clone());
         async move {
             // Like every command, a barrier whose lease ended while this
             // process was paused is not sent at all.
-            if ha.holder().command_epoch(boottime()).as_ref() != Some(&epoch) {
-                return (name.clone(), None);
-            }
+            let remaining = {
+                let h = ha.holder();
+                let now = boottime();
+                if h.command_epoch(now).as_ref() != Some(&epoch) {
+                    return (name.clone(), None);
+                }
+                h.lease_remaining(now).map_or(0, millis)
+            };
             let r = clients
                 .barrier(name, address, &epoch, &holder, remaining)
                 .await;

@@ -389,6 +389,11 @@ mod tests {
             serde_json::from_str(r#"{"SetClusterPolicy":{"cluster":"main","max_lag_seconds":7}}"#)
                 .unwrap();
         assert_eq!(old, policy("main", 7));
+        // ... and the same change written now reads as it did then.
+        assert_eq!(
+            serde_json::to_string(&policy("main", 7)).unwrap(),
+            r#"{"SetClusterPolicy":{"cluster":"main","max_lag_seconds":7}}"#
+        );
     }
 
     #[test]
