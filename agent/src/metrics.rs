@@ -10,7 +10,6 @@ pub mod ha;
 pub mod host;
 pub mod mysqld;
 pub mod receive;
-pub mod tls;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,12 +21,11 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use dbfleet_common::tls::{TlsContext, tls_incoming_http1};
+use dbfleet_common::tls::TlsContext;
 use dbfleet_proto::model::MysqlObservation;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 use crate::backup::Jobs;
 use crate::binlog_archive::ArchiveStatus;
@@ -227,15 +225,14 @@ async fn scrape(State(sources): State<Arc<Sources>>) -> impl IntoResponse {
 }
 
 /// Serves `/metrics` on `listener` until `cancel`: over mutual TLS with
-/// `tls` (the agent's own certificates; only [`tls::SCRAPER_ROLES`] may
-/// scrape), plain HTTP without.
+/// `tls` (the agent's own certificates; only viewer, operator and
+/// coordinator certificates may scrape), plain HTTP without.
 pub async fn serve(
     listener: TcpListener,
     sources: Arc<Sources>,
     tls: Option<Arc<TlsContext>>,
     cancel: CancellationToken,
 ) {
-    let addr = listener.local_addr().ok();
     tokio::spawn(sources.clone().follow(cancel.clone()));
     // Prometheus asks for gzip: the ~190 KB of text goes out at about a
     // tenth. The fastest level: 15 % more bytes than the default level
@@ -247,26 +244,5 @@ pub async fn serve(
                 .quality(tower_http::CompressionLevel::Fastest),
         )
         .with_state(sources);
-    let shutdown = cancel.clone().cancelled_owned();
-    let served = match tls {
-        Some(tls) => {
-            info!(?addr, "serving /metrics over mutual TLS");
-            let incoming = tls_incoming_http1(listener, tls, cancel);
-            let app = app.route_layer(axum::middleware::from_fn(tls::require_scraper));
-            axum::serve(
-                tls::TlsListener::new(incoming),
-                app.into_make_service_with_connect_info::<tls::Peer>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    };
-    if let Err(e) = served {
-        warn!(?addr, error = %e, "metrics endpoint stopped");
-    }
+    dbfleet_common::metrics_http::serve(listener, app, tls, cancel).await;
 }

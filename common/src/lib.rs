@@ -11,6 +11,7 @@ pub mod config;
 pub mod durable;
 pub mod gtid;
 pub mod identity;
+pub mod metrics_http;
 pub mod shutdown;
 pub mod systemd;
 pub mod telemetry;

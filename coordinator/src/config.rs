@@ -35,9 +35,14 @@ pub struct CoordinatorConfig {
     pub topology: TopologyConfig,
     /// The lease and the peer coordinator.
     pub lease: LeaseConfig,
-    /// Where Prometheus scrapes `/metrics` (plain HTTP; omit to disable).
+    /// Where Prometheus scrapes `/metrics` (omit to disable).
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve `/metrics` over mutual TLS with the `[tls]` certificates:
+    /// only viewer, operator and coordinator certificates may scrape. Off
+    /// by default, so an existing plain scrape config keeps working.
+    #[serde(default)]
+    pub metrics_tls: bool,
     /// Log level or filter (`info`, `info,dbfleet_coordinator=debug`);
     /// read again on SIGHUP. Absent: `RUST_LOG`, else `info`.
     #[serde(default)]

@@ -152,7 +152,8 @@ pub async fn run(
         shutdown.clone(),
     ));
     if let Some(l) = metrics_listener {
-        tokio::spawn(metrics::serve(l, fleet.clone(), shutdown.clone()));
+        let tls = config.metrics_tls.then(|| tls.clone());
+        tokio::spawn(metrics::serve(l, fleet.clone(), tls, shutdown.clone()));
     }
 
     let report = ReportApi {

@@ -10,7 +10,7 @@ mod fleet;
 pub use counters::{Counters, Detection};
 pub use fleet::{Health, health, primary_up};
 
-use std::net::SocketAddr;
+use dbfleet_common::tls::TlsContext;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -25,7 +25,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::fleet::Fleet;
 use crate::ha::Ha;
@@ -107,16 +106,17 @@ async fn scrape(State(fleet): State<Arc<Fleet>>) -> impl IntoResponse {
     )
 }
 
-/// Serves `/metrics` on `listener` until `cancel`.
-pub async fn serve(listener: TcpListener, fleet: Arc<Fleet>, cancel: CancellationToken) {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
+/// Serves `/metrics` on `listener` until `cancel`: over mutual TLS with
+/// `tls` (the coordinator's own certificates; only viewer, operator and
+/// coordinator certificates may scrape), plain HTTP without.
+pub async fn serve(
+    listener: TcpListener,
+    fleet: Arc<Fleet>,
+    tls: Option<Arc<TlsContext>>,
+    cancel: CancellationToken,
+) {
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(fleet);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
-        warn!(?addr, error = %e, "metrics endpoint stopped");
-    }
+    dbfleet_common::metrics_http::serve(listener, app, tls, cancel).await;
 }

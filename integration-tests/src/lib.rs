@@ -16,7 +16,10 @@ use std::time::Duration;
 pub mod backups;
 pub mod failover;
 pub mod s3;
+pub mod scrape;
 pub mod workload;
+
+pub use scrape::{sample, scrape, tls_scrape};
 
 use dbfleet_cli::sandbox::{self, Binaries, Fleet, SandboxError, SandboxSpec};
 use dbfleet_proto::pb;
@@ -721,36 +724,4 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `GET /metrics` over plain HTTP/1.0 (so the body is not chunked);
-/// panics unless the answer is 200.
-pub fn scrape(address: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(address)
-        .unwrap_or_else(|e| panic!("cannot connect to {address}: {e}"));
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(
-        out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
-        "{out}"
-    );
-    out
-}
-
-/// The value of the first sample of `name` in a scrape whose labels
-/// include every `labels` pair.
-pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-        if n != name {
-            return None;
-        }
-        let all = labels
-            .iter()
-            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-        if all { value.parse().ok() } else { None }
-    })
 }

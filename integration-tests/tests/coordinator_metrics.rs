@@ -235,3 +235,74 @@ async fn coordinators_export_the_fleet_and_count_failovers_and_skipped_detection
         "the skip is in the history: {events}"
     );
 }
+
+/// With `metrics_tls = true` a coordinator serves `/metrics` only over
+/// mutual TLS with its own certificates: a viewer certificate of the fleet
+/// CA reads the fleet, an agent certificate gets 403 naming the roles that
+/// may, and plain HTTP gets no answer.
+#[tokio::test]
+async fn coordinator_metrics_over_mutual_tls_need_a_scraper_certificate() {
+    use dbfleet_common::certs::{self, LeafRequest};
+    use dbfleet_common::identity::Role;
+    use dbfleet_common::tls::TlsPaths;
+    use dbfleet_integration_tests::tls_scrape;
+    use std::io::{Read, Write};
+
+    let mut fleet = TestFleet::start(1, 1).await;
+    let address = fleet.coordinator("c1").metrics_address;
+    let config = fleet.dir.join("coordinator-c1.toml");
+    fleet.stop("coordinator-c1", Duration::from_secs(5));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("metrics_tls = true\n{text}")).unwrap();
+    fleet.start_coordinator("c1").unwrap();
+    fleet
+        .wait_listening("coordinator-c1", &address, PATIENCE)
+        .await
+        .unwrap();
+
+    let certs_dir = fleet.dir.join("certs");
+    let issued = fleet.dir.join("scrapers");
+    std::fs::create_dir_all(&issued).unwrap();
+    let issue = |role: Role, name: &str| {
+        let files = certs::issue_leaf(&certs_dir, &issued, &LeafRequest::new(role, name)).unwrap();
+        TlsPaths {
+            ca: certs_dir.join(certs::CA_CERT),
+            cert: files.cert,
+            key: files.key,
+        }
+    };
+    let viewer = issue(Role::Viewer, "prometheus");
+    let agent = issue(Role::Agent, "db9");
+
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = tls_scrape(&viewer, &address, Role::Coordinator, "c1").await;
+        assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+        if sample(&text, "dbfleet_coordinator_agents_connected", &[]) == Some(2.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the agents never showed over TLS:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = tls_scrape(&agent, &address, Role::Coordinator, "c1").await;
+    assert!(refused.starts_with("HTTP/1.0 403"), "{refused}");
+    assert!(
+        refused.contains("dbfleet://agent/db9") && refused.contains("viewer"),
+        "{refused}"
+    );
+    assert!(!refused.contains("dbfleet_coordinator"), "{refused}");
+
+    let mut plain = std::net::TcpStream::connect(&address).unwrap();
+    // a hang-up on the first bytes that are not a TLS hello is an answer too
+    let _ = write!(plain, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plain HTTP answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}

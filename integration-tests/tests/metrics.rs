@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use dbfleet_common::certs::{self, LeafRequest};
 use dbfleet_common::identity::Role;
-use dbfleet_common::tls::{TlsContext, TlsPaths, connect_tls};
-use dbfleet_integration_tests::{PATIENCE, TestFleet, sample, scrape};
+use dbfleet_common::tls::TlsPaths;
+use dbfleet_integration_tests::{PATIENCE, TestFleet, sample, scrape, tls_scrape};
 use mysql_async::prelude::Queryable;
 
 /// Scrapes `host`'s agent until `done` holds for the scrape, which it
@@ -363,25 +363,6 @@ fn assert_host_families(text: &str, id: &[(&str, &str); 2]) {
     );
 }
 
-/// `GET /metrics` over mutual TLS with the certificate of `client`,
-/// checking the server is `host`'s agent: the whole answer, status line
-/// first.
-async fn tls_get(client: &TlsPaths, address: &str, host: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let ctx = TlsContext::load(client).unwrap();
-    let mut s = connect_tls(&ctx, address, Role::Agent, Some(host))
-        .await
-        .unwrap_or_else(|e| panic!("TLS to {address}: {e}"));
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    // the answer is complete when the server closes; how it closes
-    // (close_notify or not) does not matter here
-    let _ = s.read_to_end(&mut out).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// curl, the scraper stand-in that is not dbfleet's own TLS code.
 fn curl(args: &[&str]) -> std::process::Output {
     let curl = Path::new("/usr/bin/curl");
@@ -432,7 +413,7 @@ async fn metrics_over_mutual_tls_need_a_fleet_certificate_of_a_scraper_role() {
 
     let give_up = Instant::now() + PATIENCE;
     let text = loop {
-        let text = tls_get(&viewer, &address, "db1").await;
+        let text = tls_scrape(&viewer, &address, Role::Agent, "db1").await;
         assert!(text.starts_with("HTTP/1.0 200"), "{text}");
         if sample(&text, "mysql_up", &[]) == Some(1.0) {
             break text;
@@ -450,7 +431,7 @@ async fn metrics_over_mutual_tls_need_a_fleet_certificate_of_a_scraper_role() {
     );
     assert_host_families(&text, &db1);
 
-    let refused = tls_get(&agent, &address, "db1").await;
+    let refused = tls_scrape(&agent, &address, Role::Agent, "db1").await;
     assert!(refused.starts_with("HTTP/1.0 403"), "{refused}");
     assert!(
         refused.contains("dbfleet://agent/db9") && refused.contains("viewer"),

@@ -1,22 +1,30 @@
-//! `/metrics` over mutual TLS (`metrics_tls = true`): the agent's own
+//! Serving `/metrics`, for the agent and the coordinator alike: plain
+//! HTTP, or mutual TLS (`metrics_tls = true`) with the process's own
 //! certificate and CA from its `[tls]` section, reloaded like the gRPC
 //! server's, a client certificate from the fleet CA required at the
 //! handshake, and a role check per request. Metrics show topology,
 //! replication state and load, which a fleet that keeps its gRPC behind
-//! mTLS may not want readable by anyone who can reach port 9104.
+//! mTLS may not want readable by anyone who can reach the port.
 
 use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::serve::{IncomingStream, Listener};
-use dbfleet_common::identity::{Identity, Role};
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::debug;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::identity::{Identity, Role};
+use crate::tls::{TlsContext, tls_incoming_http1};
 
 /// Roles whose certificates may scrape: `viewer` (give Prometheus one:
 /// reading is all it does), `operator` (a person with curl) and
@@ -31,7 +39,7 @@ pub const SCRAPER_ROLES: [Role; 3] = [Role::Viewer, Role::Operator, Role::Coordi
 pub struct Peer(pub Option<Identity>);
 
 /// Authenticated TLS streams with their clients' identities (from
-/// `dbfleet_common::tls::tls_incoming_http1`) as an axum listener whose
+/// [`tls_incoming_http1`]) as an axum listener whose
 /// address is the [`Peer`], so that requests can be authorized by role.
 pub struct TlsListener<S> {
     incoming: S,
@@ -107,6 +115,40 @@ pub async fn require_scraper(
         ),
     )
         .into_response()
+}
+
+/// Serves `app` on `listener` until `cancel`: over mutual TLS with `tls`
+/// (only [`SCRAPER_ROLES`] may read), plain HTTP without. Logs why it
+/// stopped, if not asked to.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<Arc<TlsContext>>,
+    cancel: CancellationToken,
+) {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    let shutdown = cancel.clone().cancelled_owned();
+    let served = match tls {
+        Some(tls) => {
+            info!(?addr, "serving /metrics over mutual TLS");
+            let incoming = tls_incoming_http1(listener, tls, cancel);
+            let app = app.route_layer(axum::middleware::from_fn(require_scraper));
+            axum::serve(
+                TlsListener::new(incoming),
+                app.into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    if let Err(e) = served {
+        warn!(?addr, error = %e, "metrics endpoint stopped");
+    }
 }
 
 #[cfg(test)]
