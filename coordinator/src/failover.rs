@@ -52,7 +52,15 @@ pub struct Failovers {
     /// Whether the breaker held failovers on the last tick (its log lines
     /// mark the changes, not every tick).
     breaker_on: std::sync::atomic::AtomicBool,
+    /// Per cluster whose operation ended here: each member's last report
+    /// then (agent instance, sequence). Repairs wait for reports made
+    /// after the end (see `reconcile::Failovers::settled`).
+    ended: Mutex<HashMap<String, LastReports>>,
 }
+
+/// Each member's last report as an operation ended: host → (agent
+/// instance, sequence).
+type LastReports = HashMap<String, (String, u64)>;
 
 impl Failovers {
     /// The failover machinery of one coordinator.
@@ -67,6 +75,7 @@ impl Failovers {
             repair_tried: Mutex::new(HashMap::new()),
             active_since: Mutex::new(None),
             breaker_on: std::sync::atomic::AtomicBool::new(false),
+            ended: Mutex::new(HashMap::new()),
         })
     }
 

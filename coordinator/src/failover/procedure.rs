@@ -694,6 +694,7 @@ impl Failovers {
         if let Err(e) = written {
             error!(operation = op.id, error = %e, "cannot record the operation's end; the next active resumes it");
         }
+        self.mark_ended(&cluster);
         result_pb
     }
 

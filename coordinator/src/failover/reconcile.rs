@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dbfleet_lease::Epoch;
-use dbfleet_proto::model::{IoThread, MysqlAddress, Replication};
+use dbfleet_proto::model::{IoThread, MysqlAddress, Replication, ServerState};
 use dbfleet_proto::pb;
 use dbfleet_proto::pb::command_request::Command;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +53,27 @@ fn untuned(r: &Replication, heartbeat: Duration, net_timeout: Duration) -> Optio
         diffs.push(format!("net timeout {net} ms (wanted {want_net} ms)"));
     }
     (!diffs.is_empty()).then(|| diffs.join(", "))
+}
+
+/// Whether the repair loop makes `primary` (read-only `ps`) writable
+/// again: a primary that came back read-only with no failover under way
+/// (a restarted mysqld the agent kept read-only). Only the primary desired
+/// state names: right after a switchover the old primary, read-only and
+/// not yet repointed, is still what stale reports of the replicas point
+/// at, and making it writable would drop what the new one committed.
+/// Never with a failover held, or another member writable.
+fn restores(
+    primary: &str,
+    desired: Option<&str>,
+    ps: &ServerState,
+    others_writable: bool,
+    held: bool,
+) -> bool {
+    !ps.writable()
+        && ps.replication.is_none()
+        && !others_writable
+        && !held
+        && desired.is_none_or(|d| d == primary)
 }
 
 /// What detection found on one cluster this tick.
@@ -159,7 +180,7 @@ impl Failovers {
                     continue;
                 }
             }
-            if !rec.control.maintenance {
+            if !rec.control.maintenance && self.settled(c, members) {
                 self.repair(c, primary.as_deref(), members, &rec, &epoch)
                     .await;
             }
@@ -203,6 +224,46 @@ impl Failovers {
         for (c, primary, path, evidence) in dead {
             self.automatic(&c, &primary, path, evidence, &epoch).await;
         }
+    }
+
+    /// Notes each member's last report as an operation on `cluster` ends.
+    pub(super) fn mark_ended(&self, cluster: &str) {
+        let seen = self
+            .fleet
+            .members(cluster)
+            .into_iter()
+            .filter_map(|m| {
+                let r = m.report?;
+                Some((m.host, (r.agent_instance, r.sequence)))
+            })
+            .collect();
+        crate::ha::relock(&self.ended).insert(cluster.to_string(), seen);
+    }
+
+    /// Whether repairs may act on `cluster`: every member reporting has
+    /// sent two reports since the last operation here ended (or restarted,
+    /// or stopped reporting). The first may have been made before the end
+    /// and still show a replica not yet repointed or a new primary not
+    /// yet writable; acting on that undoes the operation.
+    fn settled(&self, cluster: &str, members: &[MemberState]) -> bool {
+        let mut ended = crate::ha::relock(&self.ended);
+        let Some(seen) = ended.get(cluster) else {
+            return true;
+        };
+        let settled =
+            members
+                .iter()
+                .filter(|m| m.reporting)
+                .all(|m| match (seen.get(&m.host), &m.report) {
+                    (Some((instance, seq)), Some(r)) => {
+                        r.agent_instance != *instance || r.sequence >= seq + 2
+                    }
+                    _ => true,
+                });
+        if settled {
+            ended.remove(cluster);
+        }
+        settled
     }
 
     /// Whether the primary of `cluster` is dead under the full rule, and
@@ -633,11 +694,13 @@ impl Failovers {
         let others_writable = members
             .iter()
             .any(|m| m.host != primary && m.server().is_some_and(|s| s.writable()));
-        if !ps.writable()
-            && ps.replication.is_none()
-            && !others_writable
-            && rec.control.held.is_none()
-        {
+        if restores(
+            &primary,
+            rec.last_primary.as_deref(),
+            ps,
+            others_writable,
+            rec.control.held.is_some(),
+        ) {
             if !self.may_try(&primary) {
                 return;
             }
@@ -772,6 +835,44 @@ mod tests {
             heartbeat_ms: hb,
             net_timeout_ms: net,
         }
+    }
+
+    fn read_only(replication: Option<Replication>) -> ServerState {
+        ServerState {
+            version: "10.11".into(),
+            flavor: dbfleet_proto::model::Flavor::MariaDb,
+            server_id: 1,
+            server_uuid: String::new(),
+            read_only: true,
+            super_read_only: true,
+            gtid: Default::default(),
+            replication,
+            semi_sync: Default::default(),
+            binlog: Default::default(),
+            replicas_connected: 0,
+            replica_server_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn only_the_desired_primary_is_made_writable_again() {
+        let alone = read_only(None);
+        // a restarted primary the agent kept read-only
+        assert!(restores("db1", Some("db1"), &alone, false, false));
+        assert!(restores("db1", None, &alone, false, false));
+        // right after a switchover to db2: stale reports still point the
+        // replicas at db1, read-only and not yet repointed
+        assert!(!restores("db1", Some("db2"), &alone, false, false));
+        // a replica, someone else writable, or a held failover: never
+        assert!(!restores(
+            "db1",
+            Some("db1"),
+            &read_only(Some(replica(None, None))),
+            false,
+            false
+        ));
+        assert!(!restores("db1", Some("db1"), &alone, true, false));
+        assert!(!restores("db1", Some("db1"), &alone, false, true));
     }
 
     #[test]
