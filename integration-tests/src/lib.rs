@@ -19,7 +19,7 @@ pub mod s3;
 pub mod scrape;
 pub mod workload;
 
-pub use scrape::{sample, scrape, tls_scrape};
+pub use scrape::{plain_http_answer, sample, scrape, scraper_certificate, tls_scrape};
 
 use dbfleet_cli::sandbox::{self, Binaries, Fleet, SandboxError, SandboxSpec};
 use dbfleet_proto::pb;

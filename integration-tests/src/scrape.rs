@@ -1,6 +1,9 @@
 //! Reading `/metrics` as a scraper does: plain HTTP, or mutual TLS with a
 //! certificate of the fleet CA; and picking samples out of the text.
 
+use std::path::Path;
+
+use dbfleet_common::certs::{self, LeafRequest};
 use dbfleet_common::identity::Role;
 use dbfleet_common::tls::{TlsContext, TlsPaths, connect_tls};
 
@@ -53,4 +56,30 @@ pub async fn tls_scrape(client: &TlsPaths, address: &str, role: Role, name: &str
     // (close_notify or not) does not matter here
     let _ = s.read_to_end(&mut out).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client certificate of `role` named `name` from the CA of the sandbox
+/// in `fleet_dir`, as Prometheus or another scraper would hold it.
+pub fn scraper_certificate(fleet_dir: &Path, role: Role, name: &str) -> TlsPaths {
+    let certs_dir = fleet_dir.join("certs");
+    let issued = fleet_dir.join("scrapers");
+    std::fs::create_dir_all(&issued).unwrap();
+    let files = certs::issue_leaf(&certs_dir, &issued, &LeafRequest::new(role, name)).unwrap();
+    TlsPaths {
+        ca: certs_dir.join(certs::CA_CERT),
+        cert: files.cert,
+        key: files.key,
+    }
+}
+
+/// What a plain HTTP `GET /metrics` to `address` got back: nothing from
+/// a TLS-only endpoint (it may hang up before the whole request is
+/// written: a broken pipe is an answer too).
+pub fn plain_http_answer(address: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut plain = std::net::TcpStream::connect(address).unwrap();
+    let _ = write!(plain, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    answer
 }

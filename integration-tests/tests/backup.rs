@@ -12,6 +12,26 @@ use dbfleet_integration_tests::workload::Writer;
 use dbfleet_integration_tests::{PATIENCE, TestFleet, sample, scrape, sole_active};
 use serde_json::Value;
 
+/// Starts a backup on `host` without waiting and holds its mariadb-backup
+/// (SIGSTOP) mid-stream: the backup runs for as long as the test looks.
+/// Returns its id and the tool's pid.
+async fn held_backup(fleet: &TestFleet, host: &str) -> (String, nix::unistd::Pid) {
+    let (ok, b) = fleet.cli_json(&[
+        "backup",
+        "run",
+        "--cluster",
+        "main",
+        "--host",
+        host,
+        "--detach",
+    ]);
+    assert!(ok, "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    let tool = fleet.wait_tool("mariadb-backup", &id).await;
+    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    (id, tool)
+}
+
 async fn fleet_with_writes() -> (TestFleet, Writer) {
     let fleet = TestFleet::start(2, 1).await;
     fleet
@@ -135,20 +155,8 @@ async fn a_corrupted_backup_fails_verification() {
 #[tokio::test]
 async fn an_agent_killed_mid_backup_leaves_no_usable_looking_backup() {
     let (mut fleet, writer) = fleet_with_writes().await;
-    let (ok, b) = fleet.cli_json(&[
-        "backup",
-        "run",
-        "--cluster",
-        "main",
-        "--host",
-        "db2",
-        "--detach",
-    ]);
-    assert!(ok, "{b}");
-    let id = b["id"].as_str().unwrap().to_string();
     // Hold the tool mid-stream, then kill the agent under it.
-    let tool = fleet.wait_tool("mariadb-backup", &id).await;
-    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let (id, tool) = held_backup(&fleet, "db2").await;
     fleet.kill("agent-db2");
     nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGKILL).unwrap();
     assert!(
@@ -215,20 +223,7 @@ async fn two_heavy_jobs_never_share_a_host() {
         "{text}"
     );
 
-    let (ok, second) = fleet.cli_json(&[
-        "backup",
-        "run",
-        "--cluster",
-        "main",
-        "--host",
-        "db2",
-        "--detach",
-    ]);
-    assert!(ok, "{second}");
-    let second = second["id"].as_str().unwrap().to_string();
-    // The tool held mid-stream: the backup runs for as long as we look.
-    let tool = fleet.wait_tool("mariadb-backup", &second).await;
-    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let (second, tool) = held_backup(&fleet, "db2").await;
     wait_entry(&fleet, &second, "db2 reporting the backup running", |v| {
         v["status"] == "running" && v["phase"] == "streaming the backup"
     })

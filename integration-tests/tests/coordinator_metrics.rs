@@ -242,11 +242,8 @@ async fn coordinators_export_the_fleet_and_count_failovers_and_skipped_detection
 /// may, and plain HTTP gets no answer.
 #[tokio::test]
 async fn coordinator_metrics_over_mutual_tls_need_a_scraper_certificate() {
-    use dbfleet_common::certs::{self, LeafRequest};
     use dbfleet_common::identity::Role;
-    use dbfleet_common::tls::TlsPaths;
-    use dbfleet_integration_tests::tls_scrape;
-    use std::io::{Read, Write};
+    use dbfleet_integration_tests::{plain_http_answer, scraper_certificate, tls_scrape};
 
     let mut fleet = TestFleet::start(1, 1).await;
     let address = fleet.coordinator("c1").metrics_address;
@@ -260,19 +257,8 @@ async fn coordinator_metrics_over_mutual_tls_need_a_scraper_certificate() {
         .await
         .unwrap();
 
-    let certs_dir = fleet.dir.join("certs");
-    let issued = fleet.dir.join("scrapers");
-    std::fs::create_dir_all(&issued).unwrap();
-    let issue = |role: Role, name: &str| {
-        let files = certs::issue_leaf(&certs_dir, &issued, &LeafRequest::new(role, name)).unwrap();
-        TlsPaths {
-            ca: certs_dir.join(certs::CA_CERT),
-            cert: files.cert,
-            key: files.key,
-        }
-    };
-    let viewer = issue(Role::Viewer, "prometheus");
-    let agent = issue(Role::Agent, "db9");
+    let viewer = scraper_certificate(&fleet.dir, Role::Viewer, "prometheus");
+    let agent = scraper_certificate(&fleet.dir, Role::Agent, "db9");
 
     let give_up = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -295,11 +281,7 @@ async fn coordinator_metrics_over_mutual_tls_need_a_scraper_certificate() {
     );
     assert!(!refused.contains("dbfleet_coordinator"), "{refused}");
 
-    let mut plain = std::net::TcpStream::connect(&address).unwrap();
-    // a hang-up on the first bytes that are not a TLS hello is an answer too
-    let _ = write!(plain, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    let mut answer = Vec::new();
-    let _ = plain.read_to_end(&mut answer);
+    let answer = plain_http_answer(&address);
     assert!(
         !answer.starts_with(b"HTTP/"),
         "plain HTTP answered: {}",

@@ -4,14 +4,13 @@
 //! `mysql_up` going to 0 when mysqld is killed while the endpoint keeps
 //! answering, and the endpoint over mutual TLS.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dbfleet_common::certs::{self, LeafRequest};
 use dbfleet_common::identity::Role;
-use dbfleet_common::tls::TlsPaths;
-use dbfleet_integration_tests::{PATIENCE, TestFleet, sample, scrape, tls_scrape};
+use dbfleet_integration_tests::{
+    PATIENCE, TestFleet, plain_http_answer, sample, scrape, scraper_certificate, tls_scrape,
+};
 use mysql_async::prelude::Queryable;
 
 /// Scrapes `host`'s agent until `done` holds for the scrape, which it
@@ -397,19 +396,8 @@ async fn metrics_over_mutual_tls_need_a_fleet_certificate_of_a_scraper_role() {
         .await
         .unwrap();
 
-    let certs_dir = fleet.dir.join("certs");
-    let issued = fleet.dir.join("scrapers");
-    std::fs::create_dir_all(&issued).unwrap();
-    let issue = |role: Role, name: &str| {
-        let files = certs::issue_leaf(&certs_dir, &issued, &LeafRequest::new(role, name)).unwrap();
-        TlsPaths {
-            ca: certs_dir.join(certs::CA_CERT),
-            cert: files.cert,
-            key: files.key,
-        }
-    };
-    let viewer = issue(Role::Viewer, "prometheus");
-    let agent = issue(Role::Agent, "db9");
+    let viewer = scraper_certificate(&fleet.dir, Role::Viewer, "prometheus");
+    let agent = scraper_certificate(&fleet.dir, Role::Agent, "db9");
 
     let give_up = Instant::now() + PATIENCE;
     let text = loop {
@@ -470,12 +458,7 @@ async fn metrics_over_mutual_tls_need_a_fleet_certificate_of_a_scraper_role() {
         String::from_utf8_lossy(&out.stdout)
     );
 
-    let mut plain = std::net::TcpStream::connect(&address).unwrap();
-    // The agent may hang up on the first bytes that are not a TLS hello,
-    // before the whole request is written: a broken pipe is an answer too.
-    let _ = write!(plain, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    let mut answer = Vec::new();
-    let _ = plain.read_to_end(&mut answer);
+    let answer = plain_http_answer(&address);
     assert!(
         !answer.starts_with(b"HTTP/"),
         "plain HTTP answered: {}",
