@@ -171,6 +171,11 @@ impl Failovers {
                 self.resume(op, &epoch).await;
                 continue;
             }
+            // Neither detection nor repair on reports from before the last
+            // operation here ended: they show the old roles.
+            if !self.settled(c, members) {
+                continue;
+            }
             match self.detect(c, &rec.control, primary.as_deref(), members, since) {
                 Detected::Alive => {}
                 Detected::Unconfirmed | Detected::Down(None) => looks_dead += 1,
@@ -180,7 +185,7 @@ impl Failovers {
                     continue;
                 }
             }
-            if !rec.control.maintenance && self.settled(c, members) {
+            if !rec.control.maintenance {
                 self.repair(c, primary.as_deref(), members, &rec, &epoch)
                     .await;
             }
@@ -226,8 +231,10 @@ impl Failovers {
         }
     }
 
-    /// Notes each member's last report as an operation on `cluster` ends.
+    /// Notes each member's last report as an operation on `cluster` ends;
+    /// a primary that looks down afterwards starts a new window.
     pub(super) fn mark_ended(&self, cluster: &str) {
+        crate::ha::relock(&self.down_since).remove(cluster);
         let seen = self
             .fleet
             .members(cluster)
@@ -240,11 +247,12 @@ impl Failovers {
         crate::ha::relock(&self.ended).insert(cluster.to_string(), seen);
     }
 
-    /// Whether repairs may act on `cluster`: every member reporting has
-    /// sent two reports since the last operation here ended (or restarted,
-    /// or stopped reporting). The first may have been made before the end
-    /// and still show a replica not yet repointed or a new primary not
-    /// yet writable; acting on that undoes the operation.
+    /// Whether detection and repairs may act on `cluster`: every member
+    /// reporting has sent two reports since the last operation here ended
+    /// (or restarted, or stopped reporting). The first may have been made
+    /// before the end and still show a replica not yet repointed or a new
+    /// primary not yet writable: repairing on that undoes the operation,
+    /// and detecting on it sees the old, dead primary still in charge.
     fn settled(&self, cluster: &str, members: &[MemberState]) -> bool {
         let mut ended = crate::ha::relock(&self.ended);
         let Some(seen) = ended.get(cluster) else {
