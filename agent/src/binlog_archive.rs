@@ -153,21 +153,29 @@ struct ServerBinlogs {
     current: (String, u64),
 }
 
-/// One pass's questions to the server.
-async fn ask_server(conn: &mut mysql_async::Conn) -> Result<ServerBinlogs, String> {
+/// The server's `server_uuid`, empty on MariaDB (asked this way because
+/// MariaDB has no such variable: no row there). It cannot change while a
+/// connection lasts, so it is asked once per connection.
+async fn ask_uuid(conn: &mut mysql_async::Conn) -> Result<String, String> {
+    Ok(conn
+        .query_first::<(String, String), _>("SHOW GLOBAL VARIABLES LIKE 'server_uuid'")
+        .await
+        .map_err(|e| format!("SHOW GLOBAL VARIABLES: {e}"))?
+        .map(|(_, v)| v)
+        .unwrap_or_default())
+}
+
+/// One pass's questions to the server, whose UUID is `server_uuid`.
+async fn ask_server(
+    conn: &mut mysql_async::Conn,
+    server_uuid: String,
+) -> Result<ServerBinlogs, String> {
     let (basename, server_id, read_only): (Option<String>, u32, u8) = conn
         .query_first("SELECT @@log_bin_basename, @@server_id, @@read_only")
         .await
         .map_err(|e| e.to_string())?
         .ok_or("no answer")?;
     let basename = basename.ok_or("the binary log is off (log_bin); nothing to archive")?;
-    // Asked this way because MariaDB has no such variable: no row there.
-    let server_uuid: String = conn
-        .query_first::<(String, String), _>("SHOW GLOBAL VARIABLES LIKE 'server_uuid'")
-        .await
-        .map_err(|e| format!("SHOW GLOBAL VARIABLES: {e}"))?
-        .map(|(_, v)| v)
-        .unwrap_or_default();
     let rows: Vec<mysql_async::Row> = conn
         .query("SHOW BINARY LOGS")
         .await
@@ -222,7 +230,8 @@ pub struct Archiver {
     state: State,
     last_head: Option<(Head, i64)>,
     status: Arc<ArchiveStatus>,
-    conn: Option<mysql_async::Conn>,
+    /// The connection kept from pass to pass, with its server's UUID.
+    conn: Option<(mysql_async::Conn, String)>,
 }
 
 fn read_state(path: &Path) -> Option<State> {
@@ -276,13 +285,17 @@ impl Archiver {
         let limit = self.target.connect_timeout + self.target.query_timeout;
         let (target, slot) = (&self.target, &mut self.conn);
         tokio::time::timeout(limit, async {
-            let mut conn = match slot.take() {
-                Some(c) => c,
-                None => observer::connect(target).await?.0,
+            let (mut conn, uuid) = match slot.take() {
+                Some(kept) => kept,
+                None => {
+                    let mut c = observer::connect(target).await?.0;
+                    let uuid = ask_uuid(&mut c).await?;
+                    (c, uuid)
+                }
             };
-            let answer = ask_server(&mut conn).await;
+            let answer = ask_server(&mut conn, uuid.clone()).await;
             if answer.is_ok() {
-                *slot = Some(conn);
+                *slot = Some((conn, uuid));
             }
             answer
         })

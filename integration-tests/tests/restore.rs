@@ -17,6 +17,11 @@ fn backup(fleet: &TestFleet, host: &str) -> String {
     b["id"].as_str().expect("an id").to_string()
 }
 
+async fn assert_read_only(fleet: &TestFleet, host: &str) {
+    let ro = fleet.query_one(host, "SELECT @@read_only").await;
+    assert_eq!(ro.as_deref(), Some("1"), "{host} must be read-only");
+}
+
 async fn unix_now_on(fleet: &TestFleet, host: &str) -> i64 {
     fleet
         .query_one(host, "SELECT UNIX_TIMESTAMP()")
@@ -168,13 +173,7 @@ async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_th
         restored, expected,
         "row for row, the primary before the chosen time"
     );
-    assert_eq!(
-        fleet
-            .query_one("db3", "SELECT @@read_only")
-            .await
-            .as_deref(),
-        Some("1")
-    );
+    assert_read_only(&fleet, "db3").await;
 
     // Kept apart: the coordinator does not make it a replica again, while
     // the other replica keeps replicating.
@@ -236,13 +235,7 @@ async fn a_restored_replica_rejoins_and_matches_the_primary_row_for_row() {
         stdout.contains("mysqld started writable (set read_only = ON in its configuration)"),
         "{stdout}"
     );
-    assert_eq!(
-        fleet
-            .query_one("db3", "SELECT @@read_only")
-            .await
-            .as_deref(),
-        Some("1")
-    );
+    assert_read_only(&fleet, "db3").await;
     let steps = [
         "starting",
         "reading the backup",
@@ -450,11 +443,5 @@ async fn an_agent_killed_mid_restore_leaves_the_server_running_and_the_restore_f
         !staging.exists(),
         "the restarted agent removed the staging directory"
     );
-    assert_eq!(
-        fleet
-            .query_one("db3", "SELECT @@read_only")
-            .await
-            .as_deref(),
-        Some("1")
-    );
+    assert_read_only(&fleet, "db3").await;
 }
