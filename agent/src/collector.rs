@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use dbfleet_proto::model::{AgentState, MysqlAddress, MysqlObservation, Name, Report};
+use dbfleet_proto::model::{
+    AgentState, ConfigProblem, MysqlAddress, MysqlObservation, Name, Report,
+};
 use dbfleet_proto::pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -32,12 +34,15 @@ pub struct ReportIdentity {
     pub report_interval_ms: u64,
 }
 
-/// What reports carry about backups: the jobs and the binlog archive.
-pub struct BackupReporting {
+/// What reports carry besides the observation: the jobs, the binlog
+/// archive and what the configuration checks found.
+pub struct ReportSources {
     /// Backup, verification and restore jobs.
     pub jobs: Arc<crate::backup::Jobs>,
     /// Binlog archiving.
     pub archive: Arc<crate::binlog_archive::ArchiveStatus>,
+    /// The latest configuration problems (`mysql::verify`).
+    pub config_problems: watch::Receiver<Vec<ConfigProblem>>,
 }
 
 /// Where the collector publishes.
@@ -54,14 +59,14 @@ pub struct Outputs {
 pub async fn run(
     mut observer: Observer,
     guard: Arc<Guard>,
-    backups: BackupReporting,
+    mut backups: ReportSources,
     id: ReportIdentity,
     (collect, report): (Duration, Duration),
     out: Outputs,
     cancel: CancellationToken,
 ) {
     let mut sequence = 0u64;
-    let mut last: Option<(Instant, MysqlObservation, bool, Vec<String>)> = None;
+    let mut last: Option<(Instant, Reported)> = None;
     let mut guard_changes = guard.subscribe();
     let mut tick = tokio::time::interval(collect);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -70,6 +75,7 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
             _ = guard_changes.changed() => {}
+            _ = backups.config_problems.changed() => {}
         }
         let collection = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -86,14 +92,16 @@ pub async fn run(
             .iter()
             .map(|j| format!("{}:{}:{}", j.id, j.state, j.phase))
             .collect();
+        let config_problems = backups.config_problems.borrow_and_update().clone();
+        let now = Reported {
+            observation: observation.clone(),
+            fenced: g.fenced,
+            job_states,
+            config_problems: config_problems.clone(),
+        };
         let due = match &last {
             None => true,
-            Some((at, prev, fenced, states)) => {
-                *prev != observation
-                    || *fenced != g.fenced
-                    || *states != job_states
-                    || at.elapsed() >= report
-            }
+            Some((at, prev)) => *prev != now || at.elapsed() >= report,
         };
         if !due {
             continue;
@@ -118,11 +126,22 @@ pub async fn run(
                 jobs: job_list,
                 binlog_archive: backups.archive.report(),
                 load,
+                config_problems: config_problems.clone(),
             },
         };
-        last = Some((Instant::now(), observation, g.fenced, job_states));
+        last = Some((Instant::now(), now));
         out.reports.send_replace(Some(pb::AgentReport::from(r)));
     }
+}
+
+/// What a report said that makes the next one due at once when it changes.
+#[derive(Debug, PartialEq)]
+struct Reported {
+    observation: MysqlObservation,
+    fenced: bool,
+    /// Each job's id, state and step (not its byte count).
+    job_states: Vec<String>,
+    config_problems: Vec<ConfigProblem>,
 }
 
 /// The load counters `dbfleet top` shows, from SHOW GLOBAL STATUS.

@@ -115,8 +115,10 @@ pub struct MysqlConfig {
     /// File holding its password (mode 0600).
     #[serde(default)]
     pub replication_password_file: Option<PathBuf>,
-    /// mysqld's pid file: with it the agent can prove mysqld is stopped,
-    /// and kill a hung one when fencing.
+    /// mysqld's pid file, for `check-config` to compare with the server's
+    /// `@@pid_file`. Fencing never trusts it: it identifies mysqld's
+    /// process by the lock InnoDB holds on its data file (see
+    /// `mysql::process`).
     #[serde(default)]
     pub pid_file: Option<PathBuf>,
     /// How the agent starts mysqld after restoring a backup onto it, as a
@@ -293,6 +295,12 @@ impl AgentConfig {
     /// Where the fence record lives.
     pub fn fence_record_path(&self) -> PathBuf {
         self.state_dir.join("fence-record.json")
+    }
+
+    /// Where the files of the observed mysqld are recorded (fencing
+    /// identifies its process by them).
+    pub fn known_server_path(&self) -> PathBuf {
+        self.state_dir.join("mysqld-files.json")
     }
 
     /// Where the read-only guard keeps its durable flag.

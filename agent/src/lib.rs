@@ -39,6 +39,7 @@ use crate::fence::Fence;
 use crate::guard::{AckClock, Guard};
 use crate::mysql::control::Controller;
 use crate::mysql::observer::{LiveReplicas, MysqlTarget, Observer};
+use crate::mysql::process::KnownServer;
 use crate::service::{AgentApi, VoterApi};
 
 /// Why the agent cannot start or run.
@@ -148,10 +149,11 @@ pub async fn run(
             replication,
         }) => {
             let guard = Arc::new(Guard::open(&config.guard_path())?);
+            let server = Arc::new(KnownServer::open(&config.known_server_path()));
             let control = Arc::new(Controller::new(
                 target.clone(),
                 replication,
-                config.mysql.as_ref().and_then(|m| m.pid_file.clone()),
+                server.clone(),
                 guard.clone(),
             ));
             let acks = Arc::new(AckClock::default());
@@ -215,7 +217,23 @@ pub async fn run(
                 rx.clone(),
                 shutdown.clone(),
             ));
+            let (problems, config_problems) = watch::channel(Vec::new());
+            tokio::spawn(mysql::verify::watch(
+                target.clone(),
+                mysql::verify::Expectations {
+                    pid_file: config.mysql.as_ref().and_then(|m| m.pid_file.clone()),
+                    coordinators: config.coordinators.clone(),
+                },
+                problems,
+                shutdown.clone(),
+            ));
             let (collections, collected) = watch::channel(None);
+            tasks.spawn(mysql::process::follow(
+                server,
+                collected.clone(),
+                target.address.host.clone(),
+                shutdown.clone(),
+            ));
             if let Some(l) = metrics_listener {
                 let sources = metrics::Sources {
                     cluster: config.cluster.clone(),
@@ -246,9 +264,10 @@ pub async fn run(
                     },
                 ),
                 guard,
-                collector::BackupReporting {
+                collector::ReportSources {
                     jobs: jobs.clone(),
                     archive,
+                    config_problems,
                 },
                 id,
                 (config.collect_interval, config.report_interval),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dbfleet_agent::config::{AgentConfig, PASSWORD_FILE_ENV};
+use dbfleet_agent::mysql::verify::Severity;
 use dbfleet_common::telemetry::{self, LogFormat};
 use dbfleet_common::tls::{bind, install_crypto_provider};
 use tokio_util::sync::CancellationToken;
@@ -31,8 +32,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate the config file, password file and certificates, then exit.
-    CheckConfig,
+    /// Validate the config file, password file and certificates, then
+    /// check them against the live mysqld (the connection, the account's
+    /// privileges, mysqld's process, the address against the socket,
+    /// whether it would start writable, the pid file) and the
+    /// coordinators; exits non-zero naming every problem and its fix.
+    CheckConfig {
+        /// Only the files, not the live server (the unit's ExecStartPre:
+        /// the agent must start, and report, while mysqld is down).
+        #[arg(long)]
+        offline: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,8 +66,40 @@ fn real_main(cli: Cli, log: telemetry::LogControl) -> anyhow::Result<()> {
     let config = AgentConfig::load(&path, override_pw)?;
     log.apply(config.log_level.as_deref())
         .map_err(anyhow::Error::msg)?;
-    if let Some(Command::CheckConfig) = cli.command {
-        dbfleet_agent::check(&config)?;
+    if let Some(Command::CheckConfig { offline }) = cli.command {
+        let (_, target) = dbfleet_agent::check(&config)?;
+        if let (Some(checked), false) = (target, offline) {
+            let expect = dbfleet_agent::mysql::verify::Expectations {
+                pid_file: config.mysql.as_ref().and_then(|m| m.pid_file.clone()),
+                coordinators: config.coordinators.clone(),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the async runtime")?;
+            let found = rt.block_on(dbfleet_agent::mysql::verify::verify(
+                &checked.target,
+                &expect,
+                true,
+            ));
+            let mut problems = 0;
+            for f in &found {
+                let label = match f.severity {
+                    Severity::Problem => {
+                        problems += 1;
+                        "problem"
+                    }
+                    Severity::Warning => "warning",
+                };
+                println!("{label}: {}", f.text);
+            }
+            if problems > 0 {
+                anyhow::bail!(
+                    "{}: {problems} problem(s) against the live server (above)",
+                    path.display()
+                );
+            }
+        }
         if config.witness {
             println!("{}: ok (witness {})", path.display(), config.host);
         } else {

@@ -6,3 +6,4 @@ pub mod flavor;
 pub mod links;
 pub mod observer;
 pub mod process;
+pub mod verify;

@@ -69,6 +69,7 @@ fn control_status(e: ControlError) -> Status {
         ControlError::Timeout(m) => Status::deadline_exceeded(m),
         ControlError::Busy(m) => Status::resource_exhausted(m),
         ControlError::Repository(m) => Status::unavailable(m),
+        ControlError::Process(m) => Status::failed_precondition(m),
     }
 }
 

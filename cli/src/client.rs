@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_ENV: &str = "DBFLEET_CONFIG";
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read waits to learn which coordinator is active.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 const VOTER_CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a failover or switchover may take before the CLI stops waiting.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(180);
@@ -102,16 +104,28 @@ impl Client {
         ))
     }
 
-    /// Runs a call against the first coordinator that answers.
+    /// Runs a read against the active coordinator, whose view is the one
+    /// that acts: a standby's can differ (an agent may reach only one of
+    /// them). The standby answers only when the active does not, and the
+    /// CLI says so on stderr. Every attempt has its own deadline, so a hung
+    /// coordinator costs one deadline and the next is tried.
     async fn read<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
     where
         F: Fn(AdminServiceClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let (order, active) = self.read_order().await;
         let mut failures = Vec::new();
-        for address in &self.config.coordinators {
+        for address in &order {
             match tokio::time::timeout(CALL_TIMEOUT, call(self.admin(address))).await {
-                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Ok(r)) => {
+                    if active.as_deref() != Some(address.as_str()) && order.len() > 1 {
+                        eprintln!(
+                            "dbfleet: {address} answered; it is not the active coordinator, so its view may differ from the one that acts"
+                        );
+                    }
+                    return Ok(r.into_inner());
+                }
                 Ok(Err(s)) if is_refusal(&s) => {
                     return Err(ClientError::Refused {
                         address: address.clone(),
@@ -123,6 +137,35 @@ impl Client {
             }
         }
         Err(ClientError::NoCoordinator(failures))
+    }
+
+    /// The configured coordinators, the one that says it is active first
+    /// (asked all at once, each within [`STATUS_TIMEOUT`]), and that one.
+    async fn read_order(&self) -> (Vec<String>, Option<String>) {
+        let mut order = self.config.coordinators.clone();
+        if order.len() < 2 {
+            let only = order.first().cloned();
+            return (order, only);
+        }
+        let asks = order.iter().map(|address| async move {
+            let mut c = self.admin(address);
+            let r = tokio::time::timeout(
+                STATUS_TIMEOUT,
+                c.get_coordinator_status(pb::GetCoordinatorStatusRequest {}),
+            )
+            .await;
+            matches!(r, Ok(Ok(s)) if s.get_ref().role == "active").then(|| address.clone())
+        });
+        let active = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .next();
+        if let Some(a) = &active {
+            order.retain(|x| x != a);
+            order.insert(0, a.clone());
+        }
+        (order, active)
     }
 
     /// Runs a write against the active coordinator: follows redirects from

@@ -320,6 +320,8 @@ pub struct Fleet {
     pub servers: Vec<Server>,
     /// Account passwords.
     pub credentials: Credentials,
+    /// Who runs mysqld and the agents (`None`: the sandbox's own user).
+    pub service_user: Option<process::ServiceUser>,
     spec: SandboxSpec,
     children: Vec<(String, Child)>,
     detached: bool,
@@ -390,6 +392,7 @@ impl Fleet {
             app_database: mariadb::APP_DATABASE.into(),
         };
         check_addresses_free(&info)?;
+        let service_user = process::ServiceUser::for_sandbox().map_err(SandboxError::Usage)?;
         fs::create_dir_all(&spec.dir).map_err(|e| SandboxError::io(&spec.dir, e))?;
         let dir = fs::canonicalize(&spec.dir).map_err(|e| SandboxError::io(&spec.dir, e))?;
         let credentials = Credentials {
@@ -406,6 +409,7 @@ impl Fleet {
             },
             servers,
             credentials,
+            service_user,
             spec,
             children: Vec::new(),
             detached: false,
@@ -420,14 +424,44 @@ impl Fleet {
     }
 
     async fn build(&mut self) -> Result<(), SandboxError> {
+        // The local repository exists only where an agent uses it.
+        let backups = self.path("backups");
+        let local_backups = self.spec.agent_backup.is_empty()
+            || self
+                .spec
+                .agent_backup
+                .contains(&backups.display().to_string());
         for sub in ["logs", "run", "certs", "secrets"] {
             fs::create_dir_all(self.path(sub)).map_err(|e| SandboxError::io(&self.path(sub), e))?;
+        }
+        if local_backups {
+            fs::create_dir_all(&backups).map_err(|e| SandboxError::io(&backups, e))?;
         }
         self.write_certs()?;
         let secret = self.path("secrets/agent-mysql.password");
         certs::write_file(&secret, self.credentials.agent.as_bytes(), 0o600, false)?;
         let repl = self.path("secrets/repl-mysql.password");
         certs::write_file(&repl, self.credentials.repl.as_bytes(), 0o600, false)?;
+        // What the service user's mysqld and agents write or read: their
+        // logs and pid files, the backup repository, their passwords and
+        // their own keys; nothing else (the CA key, the coordinators' and
+        // the operator's keys, the other credentials stay root's).
+        if let Some(u) = &self.service_user {
+            let mut theirs = vec![self.path("logs"), self.path("run"), secret, repl];
+            if local_backups {
+                theirs.push(backups);
+            }
+            for s in &self.servers {
+                theirs.push(
+                    self.path("certs")
+                        .join(format!("{}.key", certs::leaf_stem(Role::Agent, &s.host))),
+                );
+            }
+            for path in theirs {
+                u.give(&path, false)
+                    .map_err(|e| SandboxError::io(&path, e))?;
+            }
+        }
         certs::write_file(
             &self.path("secrets/credentials.json"),
             serde_json::json!({
@@ -442,7 +476,16 @@ impl Fleet {
 
         for s in self.servers.clone() {
             let log = self.path(&format!("logs/install-{}.log", s.host));
-            mariadb::install(&self.spec.bins.install_db, &s, &log)?;
+            // A socket left by an earlier sandbox (perhaps another user's)
+            // would keep this mysqld from listening; the address was
+            // checked free above, so nothing serves it.
+            let _ = fs::remove_file(&s.socket);
+            mariadb::install(
+                &self.spec.bins.install_db,
+                &s,
+                &log,
+                self.service_user.as_ref(),
+            )?;
             self.start_mariadbd(&s.host)?;
         }
         for s in self.servers.clone() {
@@ -639,15 +682,18 @@ impl Fleet {
         .map_err(|e| SandboxError::io(&path, e))
     }
 
+    /// Starts `program` as `name`; as the service user when `as_service`.
     fn spawn(
         &mut self,
         name: &str,
         program: PathBuf,
         args: Vec<String>,
+        as_service: bool,
     ) -> Result<(), SandboxError> {
         let log = self.path(&format!("logs/{name}.log"));
         let pidfile = self.path(&format!("run/{name}.pid"));
-        let child = process::spawn(&program, &args, &log, &pidfile)
+        let user = self.service_user.as_ref().filter(|_| as_service);
+        let child = process::spawn(&program, &args, &log, &pidfile, user)
             .map_err(|e| SandboxError::io(&program, e))?;
         self.children.retain(|(n, _)| n != name);
         self.children.push((name.to_string(), child));
@@ -706,7 +752,7 @@ impl Fleet {
             &self.path(&format!("run/{name}.pid")),
             &self.path(&format!("logs/{name}.log")),
         );
-        self.spawn(&name, self.spec.bins.mariadbd.clone(), args)
+        self.spawn(&name, self.spec.bins.mariadbd.clone(), args, true)
     }
 
     /// The arguments of an agent or coordinator run on `config`.
@@ -722,7 +768,12 @@ impl Fleet {
     pub fn start_agent(&mut self, host: &str) -> Result<(), SandboxError> {
         let cfg = self.path(&format!("agent-{host}.toml"));
         let args = self.daemon_args(&cfg);
-        self.spawn(&format!("agent-{host}"), self.spec.bins.agent.clone(), args)
+        self.spawn(
+            &format!("agent-{host}"),
+            self.spec.bins.agent.clone(),
+            args,
+            true,
+        )
     }
 
     /// Starts (or restarts) coordinator `id`.
@@ -733,6 +784,7 @@ impl Fleet {
             &format!("coordinator-{id}"),
             self.spec.bins.coordinator.clone(),
             args,
+            false,
         )
     }
 

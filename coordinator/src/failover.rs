@@ -238,6 +238,16 @@ impl Failovers {
                     })
                 })
         };
+        let mismatched = |m: &crate::fleet::MemberState| {
+            m.has_config_problem(&dbfleet_proto::model::ConfigProblemKind::MysqlAddressMismatch)
+        };
+        if let Some(m) = members.iter().find(|m| m.host == to && mismatched(m)) {
+            return Err(ServiceError::Refused(format!(
+                "{to} cannot take over: its address mismatched (problem mysql-address-mismatch: its agent's [mysql] address {} does not reach its server, so the replicas would be pointed at the wrong place); fix the agent's config first",
+                m.mysql_address
+            )));
+        }
+        let healthy = |m: &&crate::fleet::MemberState| healthy(m) && !mismatched(m);
         if !to.is_empty() {
             return members
                 .iter()

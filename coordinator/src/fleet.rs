@@ -103,6 +103,14 @@ pub struct MemberState {
 }
 
 impl MemberState {
+    /// Whether its agent's latest report names a configuration problem of
+    /// `kind`.
+    pub fn has_config_problem(&self, kind: &dbfleet_proto::model::ConfigProblemKind) -> bool {
+        self.report
+            .as_ref()
+            .is_some_and(|r| r.agent.config_problems.iter().any(|p| p.kind == *kind))
+    }
+
     /// Fresh server state, when the agent reports and reaches mysqld.
     pub fn server(&self) -> Option<&dbfleet_proto::model::ServerState> {
         match (&self.report, self.reporting) {

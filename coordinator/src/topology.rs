@@ -259,6 +259,11 @@ fn member_problems(
         out.push(problem(kind::AGENT_NOT_REPORTING, host, message));
         return;
     }
+    // What the agent's configuration checks found (starts-writable,
+    // mysql-address-mismatch, ...), as they were reported.
+    for p in m.input.last.iter().flat_map(|r| &r.agent.config_problems) {
+        out.push(problem(p.kind.as_str(), host, p.message.clone()));
+    }
     let Some(s) = m.server else {
         let error = match m.input.last.map(|r| &r.mysql) {
             Some(MysqlObservation::Unreachable { error }) => error.as_str(),

@@ -24,12 +24,9 @@ pub fn backup(fleet: &TestFleet, extra: &[&str]) -> Value {
 /// Every row of `table` on `host`, by id.
 pub async fn rows(fleet: &TestFleet, host: &str, table: &str) -> BTreeMap<u64, String> {
     let s = fleet.server(host).expect("host");
-    let mut c = mysql_async::Conn::new(s.tcp_opts(
-        dbfleet_cli::sandbox::mariadb::AGENT_USER,
-        &fleet.credentials.agent,
-    ))
-    .await
-    .expect("connect");
+    let mut c = mysql_async::Conn::new(s.root_opts(&fleet.credentials.root))
+        .await
+        .expect("connect");
     let r: Vec<(u64, String)> = c
         .query(format!("SELECT id, note FROM {table}"))
         .await

@@ -320,26 +320,21 @@ impl TestFleet {
     }
 
     /// The first column of the first row `query` returns on `host`, as
-    /// text, asked as the agent account.
+    /// text, asked as the DBA (root over the socket).
     pub async fn query_one(&self, host: &str, query: &str) -> Option<String> {
         let s = self.server(host).expect("known host");
-        let mut conn = mysql_async::Conn::new(
-            s.tcp_opts(sandbox::mariadb::AGENT_USER, &self.credentials.agent),
-        )
-        .await
-        .expect("connect as the agent account");
+        let mut conn = mysql_async::Conn::new(s.root_opts(&self.credentials.root))
+            .await
+            .expect("connect as root");
         let v: Option<String> = conn.query_first(query).await.expect("query");
         let _ = conn.disconnect().await;
         v
     }
 
-    /// Runs SQL on `host` as the agent account (which has all privileges).
+    /// Runs SQL on `host` as the DBA (root over the socket).
     pub async fn sql(&self, host: &str, statement: &str) -> Result<(), mysql_async::Error> {
         let s = self.server(host).expect("known host");
-        let mut conn = mysql_async::Conn::new(
-            s.tcp_opts(sandbox::mariadb::AGENT_USER, &self.credentials.agent),
-        )
-        .await?;
+        let mut conn = mysql_async::Conn::new(s.root_opts(&self.credentials.root)).await?;
         conn.query_drop(statement).await?;
         conn.disconnect().await
     }
@@ -695,7 +690,7 @@ impl Proc {
     /// Starts `program` with `args`, output to `log`.
     pub fn start(program: &Path, args: &[String], log: PathBuf) -> Proc {
         let pidfile = log.with_extension("pid");
-        let child = sandbox::process::spawn(program, args, &log, &pidfile).expect("spawn");
+        let child = sandbox::process::spawn(program, args, &log, &pidfile, None).expect("spawn");
         Proc { child, log }
     }
 

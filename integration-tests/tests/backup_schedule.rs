@@ -72,14 +72,10 @@ async fn a_schedule_takes_verifies_and_expires_backups_keeping_the_newest() {
     // new binlog files on the primary while backups come and go
     let rotating = {
         let s = fleet.server("db1").expect("db1").clone();
-        let password = fleet.credentials.agent.clone();
+        let password = fleet.credentials.root.clone();
         tokio::spawn(async move {
             loop {
-                if let Ok(mut c) = mysql_async::Conn::new(
-                    s.tcp_opts(dbfleet_cli::sandbox::mariadb::AGENT_USER, &password),
-                )
-                .await
-                {
+                if let Ok(mut c) = mysql_async::Conn::new(s.root_opts(&password)).await {
                     use mysql_async::prelude::Queryable;
                     let _ = c.query_drop("FLUSH BINARY LOGS").await;
                     let _ = c.disconnect().await;

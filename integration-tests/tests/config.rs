@@ -44,8 +44,15 @@ fn agent_config(f: &Files, host: &str, extra: &str) -> std::path::PathBuf {
 }
 
 fn check(program: &str, cfg: &std::path::Path) -> (bool, String) {
+    // The agent's files only: no mysqld runs here.
+    let offline: &[&str] = if program == "dbfleet-agent" {
+        &["--offline"]
+    } else {
+        &[]
+    };
     let out = Command::new(bin(program))
         .args(["--config", &cfg.display().to_string(), "check-config"])
+        .args(offline)
         .output()
         .unwrap();
     (

@@ -56,12 +56,9 @@ async fn kill_9_of_the_primary_mysqld_fails_over_fast_and_the_old_primary_rejoin
     // the new primary runs semi-sync as the old one did, so the next
     // failover can be fenced by it too
     let s = fleet.server(&primary).unwrap();
-    let mut c = mysql_async::Conn::new(s.tcp_opts(
-        dbfleet_cli::sandbox::mariadb::AGENT_USER,
-        &fleet.credentials.agent,
-    ))
-    .await
-    .unwrap();
+    let mut c = mysql_async::Conn::new(s.root_opts(&fleet.credentials.root))
+        .await
+        .unwrap();
     let on: Option<u8> = mysql_async::prelude::Queryable::query_first(
         &mut c,
         "SELECT @@rpl_semi_sync_master_enabled",

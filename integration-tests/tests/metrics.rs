@@ -233,10 +233,7 @@ async fn an_agent_exports_mysqld_exporter_names_and_ha_metrics_of_real_mariadb()
     // query on the table would queue behind the ALTER. Scrapes answer,
     // and the values keep coming (uptime moves on).
     let s = fleet.server("db1").unwrap();
-    let opts = s.tcp_opts(
-        dbfleet_cli::sandbox::mariadb::AGENT_USER,
-        &fleet.credentials.agent,
-    );
+    let opts = s.root_opts(&fleet.credentials.root);
     let mut holder = mysql_async::Conn::new(opts.clone()).await.unwrap();
     holder
         .query_drop("CREATE TABLE app.locked (id INT PRIMARY KEY)")
@@ -495,11 +492,9 @@ async fn the_agent_exposes_every_core_name_mysqld_exporter_does() {
         std::fs::write(
             &cnf,
             format!(
-                "[client]\nuser={}\npassword={}\nhost={}\nport={}\n",
-                dbfleet_cli::sandbox::mariadb::AGENT_USER,
-                fleet.credentials.agent,
-                s.ip,
-                s.port
+                "[client]\nuser=root\npassword={}\nsocket={}\n",
+                fleet.credentials.root,
+                s.socket.display()
             ),
         )
         .unwrap();

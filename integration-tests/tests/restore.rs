@@ -361,12 +361,9 @@ async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap(
     // Every byte of every binlog db2 has is archived, in one stream with
     // no hole, up to its last transaction.
     let s = fleet.server("db2").unwrap();
-    let mut c = mysql_async::Conn::new(s.tcp_opts(
-        dbfleet_cli::sandbox::mariadb::AGENT_USER,
-        &fleet.credentials.agent,
-    ))
-    .await
-    .unwrap();
+    let mut c = mysql_async::Conn::new(s.root_opts(&fleet.credentials.root))
+        .await
+        .unwrap();
     let files: Vec<(String, u64)> = c.query("SHOW BINARY LOGS").await.unwrap();
     let (current, position): (String, u64) = {
         let row: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();

@@ -6,6 +6,7 @@
 
 pub mod lease;
 pub mod model;
+pub mod privileges;
 
 /// Generated protobuf and gRPC code for `dbfleet.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -278,6 +278,86 @@ pub struct AgentState {
     pub binlog_archive: Option<pb::BinlogArchive>,
     /// Load counters, when mysqld answered.
     pub load: Option<pb::ServerLoad>,
+    /// What the agent's configuration checks found.
+    pub config_problems: Vec<ConfigProblem>,
+}
+
+/// Kinds of [`ConfigProblem`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigProblemKind {
+    /// mysqld's configuration would start it writable after a restart.
+    StartsWritable,
+    /// `[mysql] address` does not reach the server behind the socket:
+    /// never a candidate, never a source to repoint to.
+    MysqlAddressMismatch,
+    /// The agent cannot identify mysqld's process (no fence proof, no kill).
+    CannotIdentifyMysqld,
+    /// The agent account lacks a privilege dbfleet needs.
+    MissingPrivilege,
+    /// A kind this build does not know (from a newer agent), kept as sent.
+    Other(String),
+}
+
+impl ConfigProblemKind {
+    /// The cluster problem's kind.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ConfigProblemKind::StartsWritable => "starts-writable",
+            ConfigProblemKind::MysqlAddressMismatch => "mysql-address-mismatch",
+            ConfigProblemKind::CannotIdentifyMysqld => "cannot-identify-mysqld",
+            ConfigProblemKind::MissingPrivilege => "missing-privilege",
+            ConfigProblemKind::Other(s) => s,
+        }
+    }
+
+    /// The kind `s` names.
+    pub fn parse(s: &str) -> ConfigProblemKind {
+        match s {
+            "starts-writable" => ConfigProblemKind::StartsWritable,
+            "mysql-address-mismatch" => ConfigProblemKind::MysqlAddressMismatch,
+            "cannot-identify-mysqld" => ConfigProblemKind::CannotIdentifyMysqld,
+            "missing-privilege" => ConfigProblemKind::MissingPrivilege,
+            other => ConfigProblemKind::Other(other.to_string()),
+        }
+    }
+}
+
+/// One thing the agent found wrong in its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// What kind.
+    pub kind: ConfigProblemKind,
+    /// In words, with the fix.
+    pub message: String,
+}
+
+impl From<&ConfigProblem> for pb::ConfigProblem {
+    fn from(p: &ConfigProblem) -> pb::ConfigProblem {
+        pb::ConfigProblem {
+            kind: p.kind.as_str().to_string(),
+            message: p.message.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::ConfigProblem> for ConfigProblem {
+    type Error = ProtocolError;
+
+    fn try_from(m: pb::ConfigProblem) -> Result<Self, Self::Error> {
+        if m.kind.is_empty() || m.kind.len() > 64 {
+            return Err(ProtocolError::invalid(
+                "config_problems.kind",
+                "must be 1 to 64 characters",
+            ));
+        }
+        if m.message.is_empty() {
+            return Err(ProtocolError::Missing("config_problems.message"));
+        }
+        Ok(ConfigProblem {
+            kind: ConfigProblemKind::parse(&m.kind),
+            message: m.message,
+        })
+    }
 }
 
 /// Binary log settings.
@@ -399,6 +479,11 @@ impl TryFrom<pb::AgentReport> for Report {
                 jobs: m.jobs,
                 binlog_archive: m.binlog_archive,
                 load: m.load,
+                config_problems: m
+                    .config_problems
+                    .into_iter()
+                    .map(ConfigProblem::try_from)
+                    .collect::<Result<_, _>>()?,
             },
         })
     }
@@ -584,6 +669,12 @@ impl From<Report> for pb::AgentReport {
             jobs: r.agent.jobs,
             binlog_archive: r.agent.binlog_archive,
             load: r.agent.load,
+            config_problems: r
+                .agent
+                .config_problems
+                .iter()
+                .map(pb::ConfigProblem::from)
+                .collect(),
         }
     }
 }
@@ -737,6 +828,10 @@ mod tests {
                     threads_running: 1,
                     uptime_seconds: 60,
                 }),
+                config_problems: vec![ConfigProblem {
+                    kind: ConfigProblemKind::StartsWritable,
+                    message: "mysqld would start writable".into(),
+                }],
             },
         }
     }

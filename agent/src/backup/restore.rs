@@ -31,13 +31,19 @@ use super::{datadir, tools};
 use crate::binlog_archive::events;
 use crate::binlog_archive::store::{self, Target};
 use crate::mysql::observer::{self, MysqlTarget};
-use crate::mysql::process::{read_pid, wait_gone};
+use crate::mysql::process::{self, ServerFiles};
 use crate::repository::Repository;
+use rustix::process::Signal;
 
 /// How long mysqld may take to shut down, and to accept connections
 /// after its start (crash recovery of a large buffer pool is slow).
 const STOP_TIMEOUT: Duration = Duration::from_secs(600);
 const START_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long mysqld may take to answer after a start command that returned
+/// successfully (one that returns once mysqld runs, like `systemctl
+/// start`): a command that exits 0 without starting it fails the restore
+/// then, quoting its output, instead of after [`START_TIMEOUT`].
+const START_AFTER_EXIT: Duration = Duration::from_secs(60);
 
 /// What a restore needs.
 pub struct Restore {
@@ -87,7 +93,8 @@ fn sibling(datadir: &Path, suffix: &str) -> PathBuf {
 /// The server's facts a restore depends on.
 struct Facts {
     datadir: PathBuf,
-    pid_file: PathBuf,
+    /// Its files, by which its process is identified and proven stopped.
+    files: ServerFiles,
     version: String,
     page_size: u64,
 }
@@ -96,29 +103,36 @@ async fn facts(t: &MysqlTarget) -> Result<Facts, String> {
     let limit = t.connect_timeout + t.query_timeout;
     tokio::time::timeout(limit, async {
         let (mut conn, _) = observer::connect(t).await?;
-        let row: Option<(String, String, String, u8, u64)> = conn
-            .query_first("SELECT @@datadir, @@pid_file, @@version, @@read_only, @@innodb_page_size")
+        let rows: Vec<(String, String)> = conn
+            .query(
+                "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('datadir', 'version', 'read_only', \
+                 'innodb_page_size', 'innodb_data_home_dir', 'innodb_data_file_path', 'port', 'socket')",
+            )
             .await
             .map_err(|e| e.to_string())?;
         let _ = conn.disconnect().await;
-        let (datadir, pid_file, version, read_only, page_size) = row.ok_or("no answer")?;
-        if read_only == 0 {
+        let vars: std::collections::HashMap<String, String> = rows.into_iter().collect();
+        let var = |name: &str| {
+            vars.get(name)
+                .cloned()
+                .ok_or_else(|| format!("mysqld did not report @@{name}"))
+        };
+        if var("read_only")? != "ON" {
             return Err(
                 "mysqld here is writable: a primary is never restored over (switch over first)"
                     .to_string(),
             );
         }
-        let datadir = PathBuf::from(datadir.trim_end_matches('/'));
-        let pid_file = if Path::new(&pid_file).is_absolute() {
-            PathBuf::from(pid_file)
-        } else {
-            datadir.join(pid_file)
-        };
+        let files = ServerFiles::from_variables(&vars, &t.address.host).ok_or(
+            "mysqld's datadir, data file path or port cannot be read: its process cannot be identified",
+        )?;
         Ok(Facts {
-            datadir,
-            pid_file,
-            version,
-            page_size,
+            datadir: PathBuf::from(var("datadir")?.trim_end_matches('/')),
+            files,
+            version: var("version")?,
+            page_size: var("innodb_page_size")?
+                .parse()
+                .map_err(|_| "mysqld reported an innodb_page_size that is not a number")?,
         })
     })
     .await
@@ -171,37 +185,40 @@ fn fetch_binlogs(
 }
 
 /// Stops a mysqld that may not answer: SIGTERM, then SIGKILL after
-/// [`STOP_TIMEOUT`], waiting until it is gone.
-async fn terminate(pid_file: &Path) {
-    let Some(pid) = read_pid(pid_file) else {
-        return;
-    };
-    let p = nix::unistd::Pid::from_raw(pid);
-    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
-    if !wait_gone(pid, STOP_TIMEOUT).await {
-        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-        wait_gone(pid, STOP_TIMEOUT).await;
+/// [`STOP_TIMEOUT`], waiting until it is proven gone. Only the process
+/// holding the server's lock file is signalled.
+async fn terminate(files: &ServerFiles) {
+    for signal in [Signal::TERM, Signal::KILL] {
+        match process::signal_server(files, signal) {
+            Ok(None) => return,
+            Ok(Some(_)) => {}
+            Err(e) => {
+                warn!(error = e, "cannot stop the restored mysqld");
+                return;
+            }
+        }
+        if process::wait_stopped(files, STOP_TIMEOUT).await.is_ok() {
+            return;
+        }
     }
 }
 
-/// Shuts mysqld down and waits until its process has ended.
-async fn stop_mysqld(t: &MysqlTarget, pid_file: &Path) -> Result<(), String> {
-    let pid: i32 = read_pid(pid_file).ok_or_else(|| {
-            format!(
-                "cannot read mysqld's pid from {}: without it the agent cannot tell when it has stopped",
-                pid_file.display()
-            )
-        })?;
+/// Shuts mysqld down and waits until its process is proven gone.
+async fn stop_mysqld(t: &MysqlTarget, files: &ServerFiles) -> Result<(), String> {
+    let pid = process::identify(files)?.ok_or_else(|| {
+        format!(
+            "nothing holds {}'s lock although mysqld answers: the agent cannot tell when it has stopped",
+            files.lock_file.display()
+        )
+    })?;
     let (mut conn, _) = observer::connect(t).await?;
     conn.query_drop("SHUTDOWN")
         .await
         .map_err(|e| format!("SHUTDOWN: {e}"))?;
     drop(conn);
-    if !wait_gone(pid, STOP_TIMEOUT).await {
-        return Err(format!(
-            "mysqld (pid {pid}) did not stop within {STOP_TIMEOUT:?}"
-        ));
-    }
+    process::wait_stopped(files, STOP_TIMEOUT)
+        .await
+        .map_err(|e| format!("mysqld (pid {pid}) did not stop within {STOP_TIMEOUT:?}: {e}"))?;
     Ok(())
 }
 
@@ -210,12 +227,15 @@ async fn stop_mysqld(t: &MysqlTarget, pid_file: &Path) -> Result<(), String> {
 async fn start_mysqld(r: &Restore) -> Result<Conn, String> {
     let (program, args) = r.start_command.split_first().ok_or("empty start_command")?;
     let log = r.work.join("start.log");
-    let err =
+    let out =
         std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(out)
         .stderr(err)
         .process_group(0)
         .spawn()
@@ -228,24 +248,54 @@ async fn start_mysqld(r: &Restore) -> Result<Conn, String> {
             *exited.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
         });
     }
-    let deadline = Instant::now() + START_TIMEOUT;
+    let place = match &r.target.socket {
+        Some(s) => s.display().to_string(),
+        None => r.target.address.to_string(),
+    };
+    r.phase
+        .set("waiting for mysqld to accept connections after start_command");
+    info!(
+        place,
+        "restore: start_command ran; waiting for mysqld to accept connections"
+    );
+    let output = || match tail(&log, 5) {
+        t if t.trim().is_empty() => "it printed nothing".to_string(),
+        t => format!("its output: {t}"),
+    };
+    let mut deadline = Instant::now() + START_TIMEOUT;
+    let mut exited_ok = false;
     loop {
         if let Ok((conn, _)) = observer::connect(&r.target).await {
             return Ok(conn);
         }
         let status = exited.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(Ok(s)) = status
-            && !s.success()
-        {
-            return Err(format!(
-                "start_command {program} failed ({s}): {}",
-                tail(&log, 3)
-            ));
+        match status {
+            Some(Ok(s)) if !s.success() => {
+                return Err(format!(
+                    "start_command {program} failed ({s}); {}",
+                    output()
+                ));
+            }
+            // A command that returns once mysqld runs (systemctl start):
+            // mysqld should answer soon after, not after START_TIMEOUT.
+            Some(Ok(_)) if !exited_ok => {
+                exited_ok = true;
+                deadline = deadline.min(Instant::now() + START_AFTER_EXIT);
+            }
+            Some(Err(e)) => return Err(format!("cannot wait for start_command {program}: {e}")),
+            _ => {}
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "mysqld did not accept connections within {START_TIMEOUT:?} after start_command"
-            ));
+            let how = if exited_ok {
+                format!(
+                    "start_command {program} exited successfully but mysqld did not accept connections at {place} within {START_AFTER_EXIT:?} of it"
+                )
+            } else {
+                format!(
+                    "mysqld did not accept connections at {place} within {START_TIMEOUT:?} after start_command {program}"
+                )
+            };
+            return Err(format!("{how}; {}", output()));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -453,7 +503,7 @@ pub async fn restore(
     facts(&r.target).await?;
     info!(datadir = %f.datadir.display(), "restore: stopping mysqld");
     r.phase.set("swapping the data directory");
-    stop_mysqld(&r.target, &f.pid_file).await?;
+    stop_mysqld(&r.target, &f.files).await?;
     let before = sibling(&f.datadir, &format!("before-{}", r.job_id));
     let swapped = std::fs::rename(&f.datadir, &before)
         .map_err(|e| format!("cannot move {} aside: {e}", f.datadir.display()))
@@ -485,7 +535,7 @@ pub async fn restore(
         Ok(c) => c,
         Err(e) => {
             // it may be running without answering: stopped for good first
-            terminate(&f.pid_file).await;
+            terminate(&f.files).await;
             let failed = sibling(&f.datadir, &format!("failed-{}", r.job_id));
             let back = std::fs::rename(&f.datadir, &failed)
                 .and_then(|()| std::fs::rename(&before, &f.datadir));

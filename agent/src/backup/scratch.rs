@@ -92,19 +92,9 @@ fn data_dirs(dir: &Path, depth: usize) -> Vec<PathBuf> {
     found
 }
 
-/// The pid of the process holding a POSIX write lock on `file`, if any.
+/// The pid locking `file`; none when nobody does or it cannot be told.
 fn lock_holder(file: &Path) -> Option<i32> {
-    use nix::fcntl::{FcntlArg, fcntl};
-    let f = std::fs::File::open(file).ok()?;
-    let mut lock = nix::libc::flock {
-        l_type: nix::libc::F_WRLCK as i16,
-        l_whence: nix::libc::SEEK_SET as i16,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    fcntl(&f, FcntlArg::F_GETLK(&mut lock)).ok()?;
-    (lock.l_type != nix::libc::F_UNLCK as i16 && lock.l_pid > 0).then_some(lock.l_pid)
+    crate::mysql::process::lock_holder(file).ok().flatten()
 }
 
 /// Whether the agent runs as root (then mysqld must be told it may).
@@ -301,7 +291,9 @@ mod tests {
         kill_left_running(dir.path());
         assert_eq!(lock_holder(&data.join("ibdata1")), None);
         assert!(
-            !crate::mysql::process::alive(mysqld),
+            std::fs::read_to_string(format!("/proc/{mysqld}/stat")).map_or(true, |stat| stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, s)| s.starts_with('Z'))),
             "the scratch mysqld is gone"
         );
         assert_eq!(

@@ -10,7 +10,6 @@
 //! before read-only is set, and cleared only when a Promote is about to
 //! make the server writable.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,13 +17,11 @@ use dbfleet_common::config::Secret;
 use dbfleet_proto::model::{Flavor, ServerState};
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use super::flavor::role;
 use super::observer::{MysqlTarget, connect, read_state};
-use super::process::{alive, read_pid, wait_gone};
+use super::process::{self, KnownServer};
 use crate::guard::{Guard, GuardError};
 
 /// Why a command did not complete.
@@ -48,6 +45,10 @@ pub enum ControlError {
     /// The backup repository could not be changed.
     #[error("{0}")]
     Repository(String),
+    /// mysqld's process could not be identified, proven stopped, or
+    /// signalled.
+    #[error("{0}")]
+    Process(String),
 }
 
 /// How a fence made the server unable to commit.
@@ -75,7 +76,7 @@ pub struct Outcome {
 pub struct Controller {
     target: MysqlTarget,
     replication: Option<(String, Secret)>,
-    pid_file: Option<PathBuf>,
+    server: Arc<KnownServer>,
     guard: Arc<Guard>,
     /// One role change at a time (a command and the guard's enforcement
     /// must not interleave).
@@ -91,17 +92,18 @@ fn sql_error(what: &str) -> impl Fn(mysql_async::Error) -> ControlError + '_ {
 
 impl Controller {
     /// A controller for `target`; `replication` is the account replicas of
-    /// this server use, `pid_file` lets it prove (or cause) a stop.
+    /// this server use, `server` what the agent knows of its process (to
+    /// prove, or cause, a stop).
     pub fn new(
         target: MysqlTarget,
         replication: Option<(String, Secret)>,
-        pid_file: Option<PathBuf>,
+        server: Arc<KnownServer>,
         guard: Arc<Guard>,
     ) -> Controller {
         Controller {
             target,
             replication,
-            pid_file,
+            server,
             guard,
             serial: tokio::sync::Mutex::new(()),
         }
@@ -199,13 +201,12 @@ impl Controller {
         Ok(())
     }
 
-    fn pid(&self) -> Option<i32> {
-        read_pid(self.pid_file.as_ref()?)
-    }
-
     /// Makes the server unable to commit, durably: the guard first, then
-    /// read-only and sessions killed; a server that does not answer is
-    /// killed when allowed and a pid file says which process it is.
+    /// read-only and sessions killed. A server that does not answer is
+    /// fenced only with positive evidence: its process (the holder of its
+    /// InnoDB lock file, see [`process`]) is proven gone, or, when
+    /// allowed, that very process is killed and then proven gone. Anything
+    /// less is an error that says why, never "stopped".
     pub async fn fence(
         &self,
         kill_if_unresponsive: bool,
@@ -233,48 +234,47 @@ impl Controller {
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("mysqld did not answer within {deadline:?}"),
         };
-        let Some(pid_file) = &self.pid_file else {
-            return Err(ControlError::NotConfigured(format!(
-                "cannot fence: {why}, and without mysql.pid_file the agent cannot prove mysqld is stopped; set it in the agent config"
+        let Some(files) = self.server.get() else {
+            return Err(ControlError::Process(format!(
+                "cannot fence: {why}, and the agent has never been connected to this mysqld, so it cannot tell which process serves it"
             )));
         };
-        match self.pid() {
-            Some(pid) if alive(pid) => {
-                if !kill_if_unresponsive {
-                    return Err(ControlError::Mysql(format!(
-                        "cannot fence: {why}; mysqld (pid {pid}) is running"
-                    )));
-                }
+        let cannot = |e: String| ControlError::Process(format!("cannot fence: {why}; {e}"));
+        match process::identify(&files).map_err(&cannot)? {
+            Some(pid) if !kill_if_unresponsive => Err(cannot(format!(
+                "mysqld (pid {pid}, holding {}) is running",
+                files.lock_file.display()
+            ))),
+            Some(pid) => {
                 warn!(
                     pid,
                     reason = why,
                     "killing the unresponsive mysqld to fence it"
                 );
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                if !wait_gone(pid, KILL_WAIT).await {
-                    return Err(ControlError::Timeout(format!(
-                        "mysqld (pid {pid}) did not exit within {KILL_WAIT:?} of SIGKILL"
-                    )));
-                }
+                process::signal_server(&files, rustix::process::Signal::KILL).map_err(&cannot)?;
+                let proof = process::wait_stopped(&files, KILL_WAIT)
+                    .await
+                    .map_err(|e| {
+                        ControlError::Timeout(format!(
+                            "killed mysqld (pid {pid}) but cannot prove it stopped within {KILL_WAIT:?}: {e}"
+                        ))
+                    })?;
                 Ok(Outcome {
                     state: None,
                     fenced: Some(Fenced::Stopped),
-                    detail: format!("killed the unresponsive mysqld (pid {pid}): {why}"),
+                    detail: format!("killed the unresponsive mysqld (pid {pid}): {why}; {proof}"),
                 })
             }
-            Some(pid) => Ok(Outcome {
-                state: None,
-                fenced: Some(Fenced::Stopped),
-                detail: format!(
-                    "mysqld is not running (pid {pid} from {} is gone)",
-                    pid_file.display()
-                ),
-            }),
-            None => Ok(Outcome {
-                state: None,
-                fenced: Some(Fenced::Stopped),
-                detail: format!("mysqld is not running (no pid in {})", pid_file.display()),
-            }),
+            None => {
+                let proof = process::prove_stopped(&files)
+                    .await
+                    .map_err(|e| cannot(format!("cannot prove mysqld stopped: {e}")))?;
+                Ok(Outcome {
+                    state: None,
+                    fenced: Some(Fenced::Stopped),
+                    detail: format!("mysqld is not running: {proof}"),
+                })
+            }
         }
     }
 

@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 
+use dbfleet_proto::model::Flavor;
+use dbfleet_proto::privileges;
+
 use super::SandboxError;
+use super::process::ServiceUser;
 
 /// Lossless semi-sync: a commit waits for a replica's ack this long (over
 /// a day) before it would fall back to asynchronous replication, so an
@@ -94,6 +98,16 @@ impl Server {
         self.dir.join("my.cnf")
     }
 
+    /// Options for the DBA's `root@localhost`, over the server's socket
+    /// (the agent account has only what dbfleet needs; the sandbox's own
+    /// setup and the tests act as the DBA).
+    pub fn root_opts(&self, password: &str) -> OptsBuilder {
+        OptsBuilder::default()
+            .socket(Some(self.socket.to_string_lossy().into_owned()))
+            .user(Some("root"))
+            .pass(Some(password))
+    }
+
     /// TCP options for `user`.
     pub fn tcp_opts(&self, user: &str, password: &str) -> OptsBuilder {
         OptsBuilder::default()
@@ -105,15 +119,22 @@ impl Server {
     }
 }
 
-fn running_as_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Creates the datadir with `mariadb-install-db` and writes the option file.
-pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxError> {
+/// Creates the datadir with `mariadb-install-db` and writes the option
+/// file; with `user`, the server's whole directory is theirs (mysqld then
+/// runs as them).
+pub fn install(
+    install_db: &Path,
+    s: &Server,
+    log: &Path,
+    user: Option<&ServiceUser>,
+) -> Result<(), SandboxError> {
     // A private tmpdir: concurrent bootstraps in one /tmp collide on
     // temporary table file names.
     fs::create_dir_all(s.tmpdir()).map_err(|e| SandboxError::io(&s.tmpdir(), e))?;
+    if let Some(u) = user {
+        u.give(&s.dir, true)
+            .map_err(|e| SandboxError::io(&s.dir, e))?;
+    }
     let mut cmd = Command::new(install_db);
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", s.datadir().display()))
@@ -122,8 +143,8 @@ pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxE
         .arg("--skip-test-db")
         .arg("--innodb-log-file-size=16M")
         .arg("--innodb-data-file-path=ibdata1:10M:autoextend");
-    if running_as_root() {
-        cmd.arg("--user=root");
+    if let Some(u) = user {
+        cmd.arg(format!("--user={}", u.name));
     }
     let out = cmd
         .output()
@@ -137,15 +158,9 @@ pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxE
             log_tail(log)
         )));
     }
-    let user = if running_as_root() {
-        "user = root\n"
-    } else {
-        ""
-    };
     let cnf = format!(
         "# Written by `dbfleet sandbox up` for {host}.\n\
          [mariadbd]\n\
-         {user}\
          datadir = {datadir}\n\
          tmpdir = {tmpdir}\n\
          socket = {socket}\n\
@@ -179,7 +194,12 @@ pub fn install(install_db: &Path, s: &Server, log: &Path) -> Result<(), SandboxE
         server_id = s.server_id,
         semi_sync_timeout = SEMI_SYNC_TIMEOUT_MS,
     );
-    fs::write(s.cnf(), cnf).map_err(|e| SandboxError::io(&s.cnf(), e))
+    fs::write(s.cnf(), cnf).map_err(|e| SandboxError::io(&s.cnf(), e))?;
+    if let Some(u) = user {
+        u.give(&s.dir, true)
+            .map_err(|e| SandboxError::io(&s.dir, e))?;
+    }
+    Ok(())
 }
 
 /// The arguments that start this server's mariadbd.
@@ -235,18 +255,36 @@ pub async fn wait_ready(
 /// them to the binlog (every member gets the same ones, so there is
 /// nothing to replicate), then gives root a password.
 pub async fn bootstrap(mut root: Conn, creds: &Credentials) -> Result<(), SandboxError> {
-    let statements = [
-        "SET SESSION sql_log_bin = 0".to_string(),
+    let agent_grant = privileges::agent_grant(Flavor::MariaDb, AGENT_USER, "localhost")
+        .expect("MariaDB's agent privileges are known");
+    let fail = |step: &str, e: mysql_async::Error| {
+        SandboxError::Mariadb(format!("bootstrap step `{step}` failed: {e}"))
+    };
+    root.query_drop("SET SESSION sql_log_bin = 0")
+        .await
+        .map_err(|e| fail("SET SESSION sql_log_bin = 0", e))?;
+    // mariadb-install-db leaves root without a password over TCP
+    // (127.0.0.1, ::1, the host name): only root@localhost, with a
+    // password, stays.
+    let passwordless: Vec<(String, String)> = root
+        .query("SELECT user, host FROM mysql.user WHERE (user = 'root' AND host <> 'localhost') OR user = ''")
+        .await
+        .map_err(|e| fail("listing install-db's accounts", e))?;
+    let mut statements: Vec<String> = passwordless
+        .iter()
+        .map(|(user, host)| format!("DROP USER '{user}'@'{host}'"))
+        .collect();
+    statements.extend([
         format!(
-            "CREATE USER '{AGENT_USER}'@'%' IDENTIFIED BY '{}'",
+            "CREATE USER '{AGENT_USER}'@'localhost' IDENTIFIED BY '{}'",
             creds.agent
         ),
-        format!("GRANT ALL PRIVILEGES ON *.* TO '{AGENT_USER}'@'%' WITH GRANT OPTION"),
+        agent_grant,
         format!(
             "CREATE USER '{REPL_USER}'@'%' IDENTIFIED BY '{}'",
             creds.repl
         ),
-        format!("GRANT REPLICATION SLAVE ON *.* TO '{REPL_USER}'@'%'"),
+        privileges::replication_grant(REPL_USER, "%"),
         format!("CREATE DATABASE {APP_DATABASE}"),
         format!("CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{}'", creds.app),
         format!("GRANT ALL PRIVILEGES ON {APP_DATABASE}.* TO '{APP_USER}'@'%'"),
@@ -254,13 +292,11 @@ pub async fn bootstrap(mut root: Conn, creds: &Credentials) -> Result<(), Sandbo
             "ALTER USER 'root'@'localhost' IDENTIFIED BY '{}'",
             creds.root
         ),
-    ];
+    ]);
     for sql in &statements {
         // The statement may carry a password: say which step failed, not what it was.
         let step = sql.split(" IDENTIFIED").next().unwrap_or(sql);
-        root.query_drop(sql)
-            .await
-            .map_err(|e| SandboxError::Mariadb(format!("bootstrap step `{step}` failed: {e}")))?;
+        root.query_drop(sql).await.map_err(|e| fail(step, e))?;
     }
     let _ = root.disconnect().await;
     Ok(())
@@ -272,7 +308,7 @@ pub async fn replicate_from(
     primary: &Server,
     creds: &Credentials,
 ) -> Result<(), SandboxError> {
-    let mut conn = Conn::new(replica.tcp_opts(AGENT_USER, &creds.agent))
+    let mut conn = Conn::new(replica.root_opts(&creds.root))
         .await
         .map_err(|e| SandboxError::Mariadb(format!("connect to {}: {e}", replica.host)))?;
     let sql = format!(
@@ -294,7 +330,7 @@ pub async fn replicate_from(
 /// Makes the initial primary writable with lossless semi-sync (every
 /// server starts read-only with the source side of semi-sync off).
 pub async fn make_writable(primary: &Server, creds: &Credentials) -> Result<(), SandboxError> {
-    let mut conn = Conn::new(primary.tcp_opts(AGENT_USER, &creds.agent))
+    let mut conn = Conn::new(primary.root_opts(&creds.root))
         .await
         .map_err(|e| SandboxError::Mariadb(format!("connect to {}: {e}", primary.host)))?;
     for sql in [

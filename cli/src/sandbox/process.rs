@@ -8,21 +8,87 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::unistd::{Gid, Pid, Uid};
+
+/// The unprivileged user a sandbox started by root runs mysqld and the
+/// agents as: `mysql`, as the shipped units and Debian's packages do, so
+/// that a permission the agent lacks on a real host fails in the sandbox
+/// and the tests too.
+pub const SERVICE_USER: &str = "mysql";
+
+/// Who runs a sandbox's mysqld and agents.
+#[derive(Debug, Clone)]
+pub struct ServiceUser {
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    pub uid: Uid,
+    /// Its primary group.
+    pub gid: Gid,
+}
+
+impl ServiceUser {
+    /// [`SERVICE_USER`] when running as root; `None` (run as the caller)
+    /// otherwise. Root without that user is an error naming the fix.
+    pub fn for_sandbox() -> Result<Option<ServiceUser>, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(None);
+        }
+        match nix::unistd::User::from_name(SERVICE_USER) {
+            Ok(Some(u)) => Ok(Some(ServiceUser {
+                name: u.name,
+                uid: u.uid,
+                gid: u.gid,
+            })),
+            Ok(None) => Err(format!(
+                "the sandbox runs mysqld and the agents as the `{SERVICE_USER}` user, which does not exist: install mariadb-server (./scripts/setup) or create it with `useradd --system {SERVICE_USER}`"
+            )),
+            Err(e) => Err(format!("cannot look up the `{SERVICE_USER}` user: {e}")),
+        }
+    }
+
+    /// Gives `path` (and, when `recursive`, everything below it) to this
+    /// user and its group.
+    pub fn give(&self, path: &Path, recursive: bool) -> std::io::Result<()> {
+        nix::unistd::chown(path, Some(self.uid), Some(self.gid)).map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("chown {}: {e}", path.display()),
+            )
+        })?;
+        if recursive && fs::symlink_metadata(path)?.is_dir() {
+            for e in fs::read_dir(path)? {
+                self.give(&e?.path(), true)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Starts `program` in its own process group (so the operator's Ctrl-C in
 /// the shell that ran `sandbox up` does not reach it), output appended to
-/// `log`, pid written to `pidfile`.
+/// `log`, pid written to `pidfile`; as `user` when given (the log and the
+/// pid file are then theirs too, so a program that reopens them by name
+/// can).
 pub fn spawn(
     program: &Path,
     args: &[String],
     log: &Path,
     pidfile: &Path,
+    user: Option<&ServiceUser>,
 ) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
     let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
-    let child = Command::new(program)
+    let mut cmd = Command::new(program);
+    if let Some(u) = user {
+        u.give(log, false)?;
+        // mysqld writes its own pid to the same file: theirs before it starts.
+        fs::write(pidfile, "")?;
+        u.give(pidfile, false)?;
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    let child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)

@@ -17,6 +17,9 @@ pub struct Member<'a> {
     pub semi_sync_replica: bool,
     /// Marked for rebuild.
     pub needs_rebuild: bool,
+    /// Its agent reports that `[mysql] address` does not reach its server:
+    /// replicas pointed there would replicate from the wrong place.
+    pub address_mismatch: bool,
 }
 
 /// What to do.
@@ -102,6 +105,13 @@ pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Bloc
     let eligible: Vec<&(&Member<'_>, Position, Position)> = usable
         .iter()
         .filter(|(m, _, _)| {
+            if m.address_mismatch {
+                evidence.push(format!(
+                    "{}: excluded (its [mysql] address does not reach its server: mysql-address-mismatch)",
+                    m.host
+                ));
+                return false;
+            }
             let ok = m.rule != PromotionRule::Never
                 && !m.needs_rebuild
                 && m.frozen.is_some_and(|f| f.applier_error.is_empty());
@@ -119,7 +129,7 @@ pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Bloc
         .collect();
     let chosen = match c.requested_to {
         Some(want) => *eligible.iter().find(|(m, _, _)| m.host == want).ok_or_else(|| {
-            format!("{want} cannot be promoted (unreachable, errant, marked never or for rebuild, or not a member)")
+            format!("{want} cannot be promoted (unreachable, errant, marked never or for rebuild, its address mismatched, or not a member)")
         })?,
         None => *eligible
             .iter()
@@ -181,6 +191,7 @@ mod tests {
             frozen: f,
             semi_sync_replica: true,
             needs_rebuild: false,
+            address_mismatch: false,
         }
     }
 
@@ -189,6 +200,31 @@ mod tests {
         allow_data_loss: false,
         lossless: true,
     };
+
+    #[test]
+    fn a_member_whose_address_does_not_reach_it_is_never_chosen() {
+        let ahead = frozen("0-1-12", "0-1-12", "0-1-12", "0-1-12", 2);
+        let behind = frozen("0-1-10", "0-1-10", "0-1-10", "0-1-10", 3);
+        let mut db2 = member("db2", PromotionRule::Prefer, Some(&ahead));
+        db2.address_mismatch = true;
+        let db3 = member("db3", PromotionRule::Neutral, Some(&behind));
+        let c = choose(&[db2.clone(), db3.clone()], FREE).unwrap();
+        assert_eq!(c.candidate, "db3");
+        assert_eq!(c.catch_up_from.as_deref(), Some("db2"));
+        assert!(
+            c.evidence
+                .iter()
+                .any(|e| e.contains("mysql-address-mismatch")),
+            "{:?}",
+            c.evidence
+        );
+        let asked = Constraints {
+            requested_to: Some("db2"),
+            ..FREE
+        };
+        let e = choose(&[db2, db3], asked).unwrap_err();
+        assert!(e.contains("address mismatched"), "{e}");
+    }
 
     #[test]
     fn an_errant_replica_is_never_chosen_even_when_preferred() {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use dbfleet_lease::Epoch;
 use dbfleet_proto::lease::millis;
-use dbfleet_proto::model::{Flavor, MysqlAddress, ServerState};
+use dbfleet_proto::model::{ConfigProblemKind, Flavor, MysqlAddress, ServerState};
 use dbfleet_proto::pb;
 use dbfleet_proto::pb::command_request::Command;
 use futures::future::join_all;
@@ -352,6 +352,7 @@ impl Failovers {
                     _ => true,
                 }),
                 needs_rebuild: rec.control.out_of_service(&m.host),
+                address_mismatch: m.has_config_problem(&ConfigProblemKind::MysqlAddressMismatch),
             })
             .collect();
         let lossless = self

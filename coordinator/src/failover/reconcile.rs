@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dbfleet_lease::Epoch;
-use dbfleet_proto::model::{IoThread, MysqlAddress, Replication, ServerState};
+use dbfleet_proto::model::{ConfigProblemKind, IoThread, MysqlAddress, Replication, ServerState};
 use dbfleet_proto::pb;
 use dbfleet_proto::pb::command_request::Command;
 use tokio_util::sync::CancellationToken;
@@ -738,6 +738,11 @@ impl Failovers {
             return;
         }
         if !ps.writable() {
+            return;
+        }
+        // Replicas are never pointed at an address that does not reach
+        // the primary (the problem mysql-address-mismatch says so).
+        if p.has_config_problem(&ConfigProblemKind::MysqlAddressMismatch) {
             return;
         }
         if !rec.control.frozen.is_empty() {

@@ -1,0 +1,541 @@
+//! The agent's configuration checked against the live server, at
+//! `check-config`, at start and then periodically: a configuration that
+//! only looks right (a port that reaches another server, an account that
+//! lacks a privilege a fence needs, a primary that would restart writable,
+//! a data file the agent cannot open) is found before a failover depends
+//! on it. What matters at run time travels in every report as a
+//! [`ConfigProblem`] and becomes a cluster problem.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dbfleet_proto::model::{ConfigProblem, ConfigProblemKind, Flavor};
+use dbfleet_proto::privileges;
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use tokio::io::AsyncReadExt;
+
+use super::observer::{MysqlTarget, connect};
+use super::process::{self, ServerFiles};
+
+/// How serious a finding is for `check-config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// dbfleet cannot work safely this way: `check-config` fails.
+    Problem,
+    /// Worth fixing; nothing depends on it.
+    Warning,
+}
+
+/// One thing found wrong, in words with the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// How serious.
+    pub severity: Severity,
+    /// What it is, when it is also a cluster problem at run time.
+    pub kind: Option<ConfigProblemKind>,
+    /// The sentence a DBA reads.
+    pub text: String,
+}
+
+impl Finding {
+    fn problem(kind: ConfigProblemKind, text: String) -> Finding {
+        Finding {
+            severity: Severity::Problem,
+            kind: Some(kind),
+            text,
+        }
+    }
+
+    fn warning(text: String) -> Finding {
+        Finding {
+            severity: Severity::Warning,
+            kind: None,
+            text,
+        }
+    }
+
+    /// The report's form of a run-time finding.
+    pub fn as_config_problem(&self) -> Option<ConfigProblem> {
+        Some(ConfigProblem {
+            kind: self.kind.clone()?,
+            message: self.text.clone(),
+        })
+    }
+}
+
+/// What the checks need beyond the connection target.
+#[derive(Debug, Clone, Default)]
+pub struct Expectations {
+    /// The configured pid file, compared with `@@pid_file`.
+    pub pid_file: Option<PathBuf>,
+    /// Coordinator addresses that should accept connections.
+    pub coordinators: Vec<String>,
+}
+
+/// Every check: the connection, the privileges, mysqld's process, the
+/// address against the socket, whether it would start writable; with
+/// `offline_too`, the pid file and the coordinators (for `check-config`).
+pub async fn verify(
+    target: &MysqlTarget,
+    expect: &Expectations,
+    offline_too: bool,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if offline_too {
+        out.extend(coordinators_answer(&expect.coordinators).await);
+    }
+    let limit = target.connect_timeout + target.query_timeout;
+    let (mut conn, flavor) = match tokio::time::timeout(limit, connect(target)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            out.push(Finding {
+                severity: Severity::Problem,
+                kind: None,
+                text: format!(
+                    "cannot connect to mysqld as {}: {e}; check [mysql] socket/address, the account and its password file (docs/deploy.md, Accounts)",
+                    target.user
+                ),
+            });
+            return out;
+        }
+        Err(_) => {
+            out.push(Finding {
+                severity: Severity::Problem,
+                kind: None,
+                text: format!("mysqld did not answer within {limit:?}"),
+            });
+            return out;
+        }
+    };
+    let checks = async {
+        let mut found = privileges_held(&mut conn, flavor).await?;
+        let vars = variables(&mut conn).await?;
+        let files = ServerFiles::from_variables(&vars, &target.address.host);
+        found.extend(identity(files.as_ref()));
+        if let Some(socket) = &target.socket {
+            found.extend(
+                address_reaches_socket_server(&mut conn, &target.address.to_string(), socket)
+                    .await?,
+            );
+        }
+        if let Some(files) = &files {
+            found.extend(starts_writable(files, flavor).await);
+        }
+        if offline_too {
+            found.extend(pid_file_matches(
+                expect.pid_file.as_deref(),
+                &vars,
+                files.as_ref(),
+            ));
+        }
+        Ok::<_, String>(found)
+    };
+    match tokio::time::timeout(limit * 4, checks).await {
+        Ok(Ok(found)) => out.extend(found),
+        Ok(Err(e)) => out.push(Finding::warning(format!(
+            "the checks against mysqld stopped: {e}"
+        ))),
+        Err(_) => out.push(Finding::warning(format!(
+            "the checks against mysqld did not finish within {:?}",
+            limit * 4
+        ))),
+    }
+    let _ = conn.disconnect().await;
+    out
+}
+
+async fn coordinators_answer(addresses: &[String]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for a in addresses {
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(a)).await;
+        match attempt {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => out.push(Finding::warning(format!(
+                "coordinator {a} does not accept connections ({e}); the agent will keep trying, but check `coordinators`"
+            ))),
+            Err(_) => out.push(Finding::warning(format!(
+                "coordinator {a} did not answer within 2s; the agent will keep trying, but check `coordinators`"
+            ))),
+        }
+    }
+    out
+}
+
+/// The account's global privileges against [`privileges::agent_privileges`].
+async fn privileges_held(conn: &mut Conn, flavor: Flavor) -> Result<Vec<Finding>, String> {
+    let who: Option<String> = conn
+        .query_first("SELECT CURRENT_USER()")
+        .await
+        .map_err(|e| format!("CURRENT_USER(): {e}"))?;
+    let who = who.unwrap_or_default();
+    let Some((user, host)) = who.rsplit_once('@') else {
+        return Ok(vec![Finding::warning(format!(
+            "cannot tell which account the agent uses ({who:?}); its privileges were not checked"
+        ))]);
+    };
+    let grantee = format!("'{user}'@'{host}'");
+    let held: Vec<String> = conn
+        .exec(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = ?",
+            (grantee.clone(),),
+        )
+        .await
+        .map_err(|e| format!("reading the account's privileges: {e}"))?;
+    let Some(missing) = privileges::missing(flavor, &held) else {
+        return Ok(vec![Finding::warning(format!(
+            "the privileges a {} agent account needs are not listed yet; {grantee}'s were not checked",
+            flavor.as_str()
+        ))]);
+    };
+    Ok(missing
+        .iter()
+        .map(|p| {
+            Finding::problem(
+                ConfigProblemKind::MissingPrivilege,
+                format!(
+                    "the agent account {grantee} lacks {} (needed for {}); run: GRANT {} ON *.* TO {grantee}",
+                    p.name, p.needed_for, p.name
+                ),
+            )
+        })
+        .collect())
+}
+
+async fn variables(conn: &mut Conn) -> Result<HashMap<String, String>, String> {
+    let rows: Vec<(String, String)> = conn
+        .query(
+            "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('datadir', 'innodb_data_home_dir', \
+             'innodb_data_file_path', 'port', 'socket', 'pid_file')",
+        )
+        .await
+        .map_err(|e| format!("SHOW GLOBAL VARIABLES: {e}"))?;
+    Ok(rows.into_iter().collect())
+}
+
+fn identity(files: Option<&ServerFiles>) -> Option<Finding> {
+    let Some(files) = files else {
+        return Some(Finding::problem(
+            ConfigProblemKind::CannotIdentifyMysqld,
+            "mysqld does not report its datadir and port: a fence could neither prove it stopped nor kill it".into(),
+        ));
+    };
+    match process::identify(files) {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(Finding::problem(
+            ConfigProblemKind::CannotIdentifyMysqld,
+            format!(
+                "nothing holds {}'s lock although mysqld answers (innodb_read_only?): a fence could neither prove it stopped nor kill it",
+                files.lock_file.display()
+            ),
+        )),
+        Err(e) => Some(Finding::problem(
+            ConfigProblemKind::CannotIdentifyMysqld,
+            format!("{e}: a fence could neither prove mysqld stopped nor kill it"),
+        )),
+    }
+}
+
+/// The MySQL protocol's first packet names the connection's id: the
+/// server that sent it lists that id (with our client port) in its
+/// process list, so the socket's server can tell whether `address`
+/// reached it. `Ok(None)`: it did.
+async fn address_reaches_socket_server(
+    conn: &mut Conn,
+    address: &str,
+    socket: &Path,
+) -> Result<Option<Finding>, String> {
+    let mismatch = |why: String| {
+        Some(Finding::problem(
+            ConfigProblemKind::MysqlAddressMismatch,
+            format!(
+                "[mysql] address {address} {why}, not the server behind socket {}: replicas would be pointed at the wrong place; set address to this server's host:port",
+                socket.display()
+            ),
+        ))
+    };
+    let mut tcp = match tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Ok(mismatch(format!("refuses connections ({e})"))),
+        Err(_) => return Ok(mismatch("does not answer".into())),
+    };
+    let local_port = tcp.local_addr().map_err(|e| e.to_string())?.port();
+    let mut greeting = [0u8; 256];
+    let n = match tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut greeting)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Ok(mismatch(format!("hung up before greeting ({e})"))),
+        Err(_) => return Ok(mismatch("sends no MySQL greeting".into())),
+    };
+    let Some(id) = connection_id(&greeting[..n]) else {
+        return Ok(Some(Finding::warning(format!(
+            "cannot tell whether [mysql] address {address} reaches the server behind {}: it answered with no MySQL greeting the agent can read",
+            socket.display()
+        ))));
+    };
+    let host: Option<String> = conn
+        .exec_first(
+            "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = ?",
+            (id,),
+        )
+        .await
+        .map_err(|e| format!("reading the process list: {e}"))?;
+    drop(tcp);
+    match host {
+        Some(h) if h.ends_with(&format!(":{local_port}")) => Ok(None),
+        _ => Ok(mismatch("reaches another server".into())),
+    }
+}
+
+/// The connection id in a MySQL/MariaDB initial handshake packet (protocol
+/// 10): a 4-byte header, the protocol byte, the NUL-terminated version,
+/// then the id, little-endian.
+fn connection_id(packet: &[u8]) -> Option<u32> {
+    let body = packet.get(4..)?;
+    if *body.first()? != 10 {
+        return None;
+    }
+    let nul = body[1..].iter().position(|b| *b == 0)?;
+    let id = body.get(2 + nul..6 + nul)?;
+    Some(u32::from_le_bytes(id.try_into().ok()?))
+}
+
+/// Whether mysqld would start writable: the options it reads from its
+/// option files (`my_print_defaults`, with the option-file arguments of
+/// its command line) followed by its command line, the last `read_only`
+/// winning. Unknown stays unknown: no finding.
+async fn starts_writable(files: &ServerFiles, flavor: Flavor) -> Option<Finding> {
+    if flavor != Flavor::MariaDb {
+        // MySQL persists read-only with SET PERSIST (mysqld-auto.cnf).
+        return None;
+    }
+    let pid = process::identify(files).ok()??;
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let (_, server_args) = args.split_first()?;
+    let mut print = tokio::process::Command::new("my_print_defaults");
+    print.args(server_args.iter().filter(|a| is_option_file_arg(a)));
+    print.arg("--mysqld").kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(5), print.output())
+        .await
+        .ok()?
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let from_files = String::from_utf8_lossy(&out.stdout);
+    let options = from_files
+        .lines()
+        .map(str::to_string)
+        .chain(server_args.iter().cloned());
+    match last_read_only(options) {
+        Some(true) => None,
+        _ => Some(Finding::problem(
+            ConfigProblemKind::StartsWritable,
+            format!(
+                "mysqld (pid {pid}) would start writable after a restart: its configuration does not set read_only; add `read_only = ON` to its my.cnf (every member, the primary too: dbfleet makes the primary writable), or a systemd drop-in with MYSQLD_OPTS=--read-only (docs/deploy.md)"
+            ),
+        )),
+    }
+}
+
+fn is_option_file_arg(a: &str) -> bool {
+    [
+        "--defaults-file=",
+        "--defaults-extra-file=",
+        "--defaults-group-suffix=",
+    ]
+    .iter()
+    .any(|p| a.starts_with(p))
+        || a == "--no-defaults"
+}
+
+/// The last `read_only` setting among mysqld options, as mysqld reads
+/// them (`-` and `_` alike, `loose-`, `skip-`, `enable-`, `disable-`
+/// prefixes, no value meaning on). `None`: never set.
+fn last_read_only(options: impl Iterator<Item = String>) -> Option<bool> {
+    let mut last = None;
+    for o in options {
+        let Some(o) = o.strip_prefix("--") else {
+            continue;
+        };
+        let (name, value) = match o.split_once('=') {
+            Some((n, v)) => (n.replace('_', "-"), Some(v.trim().to_ascii_lowercase())),
+            None => (o.replace('_', "-"), None),
+        };
+        let name = name.strip_prefix("loose-").unwrap_or(&name);
+        let (name, negated) = match name
+            .strip_prefix("skip-")
+            .or_else(|| name.strip_prefix("disable-"))
+        {
+            Some(n) => (n, true),
+            None => (name.strip_prefix("enable-").unwrap_or(name), false),
+        };
+        if name != "read-only" {
+            continue;
+        }
+        let on = match value.as_deref() {
+            None | Some("on" | "1" | "true") => true,
+            Some("off" | "0" | "false") => false,
+            Some(_) => continue,
+        };
+        last = Some(on != negated);
+    }
+    last
+}
+
+/// Compares the configured pid file with the server's (`check-config`
+/// only: fencing never reads it).
+fn pid_file_matches(
+    configured: Option<&Path>,
+    vars: &HashMap<String, String>,
+    files: Option<&ServerFiles>,
+) -> Vec<Finding> {
+    let Some(configured) = configured else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let (Some(server), Some(files)) = (vars.get("pid_file"), files) {
+        let server = files.datadir.join(server);
+        if server != configured {
+            out.push(Finding::warning(format!(
+                "[mysql] pid_file is {} but mysqld writes its pid to {}; fix the setting (fencing does not depend on it)",
+                configured.display(),
+                server.display()
+            )));
+        }
+    }
+    match std::fs::read_to_string(configured) {
+        Ok(text) => {
+            let holder = files.and_then(|f| process::identify(f).ok().flatten());
+            if let Some(holder) = holder
+                && text.trim().parse::<i32>().ok() != Some(holder)
+            {
+                out.push(Finding::warning(format!(
+                    "{} says pid {} but mysqld runs as pid {holder}: the file is stale or another server's",
+                    configured.display(),
+                    text.trim()
+                )));
+            }
+        }
+        Err(e) => out.push(Finding::warning(format!(
+            "cannot read [mysql] pid_file {} as {}: {e} (fencing does not depend on it)",
+            configured.display(),
+            process::agent_user()
+        ))),
+    }
+    out
+}
+
+/// The run-time form: findings that are cluster problems, sorted so an
+/// unchanged result makes an unchanged report.
+pub fn config_problems(found: &[Finding]) -> Vec<ConfigProblem> {
+    let mut v: Vec<ConfigProblem> = found
+        .iter()
+        .filter_map(Finding::as_config_problem)
+        .collect();
+    v.sort_by(|a, b| {
+        a.kind
+            .as_str()
+            .cmp(b.kind.as_str())
+            .then(a.message.cmp(&b.message))
+    });
+    v
+}
+
+/// How often the running agent checks its configuration against the
+/// server again (a restart of mysqld, a grant or a my.cnf edit show up
+/// within it).
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Runs the run-time checks now and every [`RECHECK_INTERVAL`], logging
+/// each change of what they find and publishing the cluster problems for
+/// the reports, until `shutdown`.
+pub async fn watch(
+    target: MysqlTarget,
+    expect: Expectations,
+    problems: tokio::sync::watch::Sender<Vec<ConfigProblem>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut logged: Vec<Finding> = Vec::new();
+    loop {
+        let found = verify(&target, &expect, false).await;
+        if found != logged {
+            for f in found.iter().filter(|f| !logged.contains(f)) {
+                tracing::warn!(problem = f.text, "configuration check");
+            }
+            if found.is_empty() && !logged.is_empty() {
+                tracing::info!("the configuration checks against mysqld pass again");
+            }
+            logged = found;
+        }
+        problems.send_if_modified(|old| {
+            let new = config_problems(&logged);
+            let changed = *old != new;
+            *old = new;
+            changed
+        });
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RECHECK_INTERVAL) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(list: &[&str]) -> Option<bool> {
+        last_read_only(list.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn the_last_read_only_option_wins_in_every_spelling() {
+        assert_eq!(opts(&["--port=3306"]), None);
+        assert_eq!(opts(&["--read_only=ON"]), Some(true));
+        assert_eq!(opts(&["--read-only"]), Some(true));
+        assert_eq!(opts(&["--read_only=1", "--skip-read-only"]), Some(false));
+        assert_eq!(
+            opts(&["--read-only=OFF", "--loose-read-only=true"]),
+            Some(true)
+        );
+        assert_eq!(opts(&["--disable-read-only"]), Some(false));
+        assert_eq!(
+            opts(&["--read_only=ON", "--read_only_compressed=OFF"]),
+            Some(true)
+        );
+        assert_eq!(opts(&["--super-read-only=ON"]), None);
+    }
+
+    #[test]
+    fn the_greeting_names_the_connection() {
+        let mut p = vec![0x4a, 0, 0, 0, 10];
+        p.extend(b"10.11.19-MariaDB\0");
+        p.extend(1234u32.to_le_bytes());
+        p.extend([0; 20]);
+        assert_eq!(connection_id(&p), Some(1234));
+        // an error packet (e.g. too many connections) names none
+        assert_eq!(connection_id(&[9, 0, 0, 0, 0xff, 0x10, 0x04, b'x']), None);
+        assert_eq!(connection_id(&[1, 0]), None);
+    }
+
+    #[test]
+    fn only_option_file_arguments_go_to_my_print_defaults() {
+        assert!(is_option_file_arg("--defaults-file=/x/my.cnf"));
+        assert!(is_option_file_arg("--defaults-extra-file=/x"));
+        assert!(is_option_file_arg("--no-defaults"));
+        assert!(!is_option_file_arg("--read-only"));
+        assert!(!is_option_file_arg("--pid-file=/run/x.pid"));
+    }
+}

@@ -1,0 +1,216 @@
+//! The agent's configuration checked against the live server, with a real
+//! MariaDB fleet whose agents run as the unprivileged service user and
+//! hold exactly the documented grants: `check-config` names a missing
+//! privilege with its fix and an address that reaches another place than
+//! the socket; a running agent reports a server that would restart
+//! writable and a mismatched address as cluster problems, and a member
+//! whose address does not reach it is never made the primary.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use dbfleet_integration_tests::{TestFleet, bin, has_problem, member};
+
+/// `dbfleet-agent check-config` on `config`, as the agents' user.
+fn check_config(fleet: &TestFleet, config: &std::path::Path) -> (bool, String) {
+    let mut cmd = Command::new(bin("dbfleet-agent"));
+    cmd.args(["--config", &config.display().to_string(), "check-config"]);
+    if let Some(u) = &fleet.service_user {
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    let out: Output = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for secret in fleet.credentials.all() {
+        assert!(!text.contains(secret), "a password leaked: {text}");
+    }
+    (out.status.success(), text)
+}
+
+/// `config` with the line starting `key = ` replaced by `line`.
+fn with_line(config: &str, key: &str, line: &str) -> String {
+    config
+        .lines()
+        .map(|l| {
+            if l.starts_with(&format!("{key} = ")) {
+                format!("{line}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_elsewhere() {
+    let fleet = TestFleet::start_active(1, 1).await;
+    assert!(
+        fleet.service_user.is_some() || !nix::unistd::geteuid().is_root(),
+        "the agents run unprivileged"
+    );
+    // The sandbox holds exactly the documented accounts: the agent's is
+    // local with the listed grants, and no account opens without a
+    // password (mariadb.sys is a locked definer).
+    let grants = fleet
+        .query_one(
+            "db1",
+            "SELECT GROUP_CONCAT(PRIVILEGE_TYPE) FROM information_schema.USER_PRIVILEGES \
+             WHERE GRANTEE = \"'dbfleet_agent'@'localhost'\"",
+        )
+        .await
+        .unwrap_or_default();
+    assert!(
+        grants.contains("CONNECTION ADMIN") && !grants.contains("SUPER"),
+        "{grants}"
+    );
+    let open = fleet
+        .query_one(
+            "db1",
+            "SELECT IFNULL(GROUP_CONCAT(CONCAT(user, '@', host)), '') FROM mysql.global_priv \
+             WHERE IFNULL(JSON_VALUE(Priv, '$.authentication_string'), '') = '' \
+             AND IFNULL(JSON_EXTRACT(Priv, '$.account_locked'), 'false') <> 'true'",
+        )
+        .await;
+    assert_eq!(
+        open.as_deref(),
+        Some(""),
+        "accounts open without a password"
+    );
+    let agent_hosts = fleet
+        .query_one(
+            "db1",
+            "SELECT GROUP_CONCAT(host) FROM mysql.user WHERE user = 'dbfleet_agent'",
+        )
+        .await;
+    assert_eq!(agent_hosts.as_deref(), Some("localhost"));
+
+    let config = fleet.dir.join("agent-db1.toml");
+    let (ok, out) = check_config(&fleet, &config);
+    assert!(ok && !out.contains("problem:"), "{out}");
+
+    // One privilege less: named, with what it is for and the fix.
+    fleet
+        .sql(
+            "db1",
+            "REVOKE CONNECTION ADMIN ON *.* FROM 'dbfleet_agent'@'localhost'",
+        )
+        .await
+        .unwrap();
+    let (ok, out) = check_config(&fleet, &config);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("lacks CONNECTION ADMIN (needed for ending client sessions when fencing)")
+            && out.contains("GRANT CONNECTION ADMIN ON *.* TO 'dbfleet_agent'@'localhost'"),
+        "{out}"
+    );
+    fleet
+        .sql(
+            "db1",
+            "GRANT CONNECTION ADMIN ON *.* TO 'dbfleet_agent'@'localhost'",
+        )
+        .await
+        .unwrap();
+
+    // The right socket and the wrong port; then another member's address.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let db1 = fleet.server("db1").unwrap().clone();
+    let db2 = fleet.server("db2").unwrap().clone();
+    for (name, address) in [
+        ("wrong-port", format!("{}:3307", db1.ip)),
+        ("other-server", format!("{}:{}", db2.ip, db2.port)),
+    ] {
+        let bad = fleet.dir.join(format!("agent-db1-{name}.toml"));
+        std::fs::write(
+            &bad,
+            with_line(&text, "address", &format!("address = {address:?}")),
+        )
+        .unwrap();
+        let (ok, out) = check_config(&fleet, &bad);
+        assert!(
+            !ok && out.contains(&format!("[mysql] address {address}"))
+                && out.contains("not the server behind socket"),
+            "{name}: {out}"
+        );
+    }
+
+    // A pid file that is not the server's is worth a warning, not a failure.
+    let typo = fleet.dir.join("agent-db1-pid-typo.toml");
+    std::fs::write(
+        &typo,
+        with_line(&text, "pid_file", "pid_file = \"/run/mysqld/nope.pid\""),
+    )
+    .unwrap();
+    let (ok, out) = check_config(&fleet, &typo);
+    assert!(
+        ok && out.contains("warning:") && out.contains("/run/mysqld/nope.pid"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_running_agent_reports_a_restart_writable_server_and_a_mismatched_address() {
+    let mut fleet = TestFleet::start_active(2, 1).await;
+    // db3's server would restart writable once its my.cnf loses read_only.
+    let cnf = fleet.server("db3").unwrap().cnf();
+    let original = std::fs::read_to_string(&cnf).unwrap();
+    std::fs::write(&cnf, original.replace("read_only = ON\n", "")).unwrap();
+    // db2's agent is told a port nothing listens on.
+    let config = fleet.dir.join("agent-db2.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let db2 = fleet.server("db2").unwrap().clone();
+    fleet.stop("agent-db2", Duration::from_secs(5));
+    fleet.stop("agent-db3", Duration::from_secs(5));
+    std::fs::write(
+        &config,
+        with_line(&text, "address", &format!("address = \"{}:3307\"", db2.ip)),
+    )
+    .unwrap();
+    fleet.start_agent("db2").unwrap();
+    fleet.start_agent("db3").unwrap();
+    let seen = fleet
+        .wait_until("both configuration problems reported", |c| {
+            has_problem(c, "starts-writable", "db3")
+                && has_problem(c, "mysql-address-mismatch", "db2")
+        })
+        .await;
+    let why = seen
+        .problems
+        .iter()
+        .find(|p| p.kind == "starts-writable")
+        .unwrap();
+    assert!(why.message.contains("read_only = ON"), "{}", why.message);
+
+    // A switchover to the member whose address reaches nothing is refused
+    // and leaves db1 the writable primary with its replicas.
+    let out = fleet.cli(&[
+        "switchover",
+        "--cluster",
+        "main",
+        "--to",
+        "db2",
+        "--output",
+        "json",
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("\"outcome\":\"completed\"") && text.contains("address mismatched"),
+        "{text}"
+    );
+    let after = fleet
+        .wait_until("db1 still the primary, db3 replicating from it", |c| {
+            c.primary == "db1"
+                && member(c, "db1").writable
+                && member(c, "db3").io_running
+                && member(c, "db3").source == member(c, "db1").mysql_address
+        })
+        .await;
+    assert!(!member(&after, "db2").writable);
+}

@@ -1,0 +1,220 @@
+//! The MySQL accounts dbfleet uses and exactly the privileges each needs,
+//! per flavor: the one list that `docs/deploy.md` prints, the sandbox
+//! grants, and `dbfleet-agent check-config` compares the live account with
+//! (naming what is missing and what it is for).
+//!
+//! The agent account is `@localhost` and used over mysqld's Unix socket:
+//! it needs no network reach, and a stolen password is no use from
+//! another host. Point-in-time restores replay archived binlogs through
+//! it, so it holds the data privileges a replay needs, but never `SUPER`,
+//! `GRANT OPTION`, `CREATE USER` or `FILE` (a binlog holding account
+//! changes cannot be replayed through it: the restore then fails naming
+//! the statement, and the DBA replays that part by hand).
+
+use crate::model::Flavor;
+
+/// One global privilege and why dbfleet needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Privilege {
+    /// As `GRANT` spells it.
+    pub name: &'static str,
+    /// What the agent does with it, for messages and the docs.
+    pub needed_for: &'static str,
+}
+
+const fn p(name: &'static str, needed_for: &'static str) -> Privilege {
+    Privilege { name, needed_for }
+}
+
+/// MariaDB 10.6 and later (10.11 verified by the real-process tests).
+const MARIADB_AGENT: &[Privilege] = &[
+    p(
+        "RELOAD",
+        "mariadb-backup's backup locks, RESET MASTER after a restore",
+    ),
+    p(
+        "PROCESS",
+        "listing client sessions to end them when fencing; mariadb-backup",
+    ),
+    p("LOCK TABLES", "mariadb-backup and mariadb-dump"),
+    p(
+        "SHUTDOWN",
+        "stopping mysqld to swap in a restored data directory",
+    ),
+    p(
+        "BINLOG MONITOR",
+        "SHOW MASTER STATUS and SHOW BINARY LOGS (positions, binlog archiving)",
+    ),
+    p(
+        "SLAVE MONITOR",
+        "SHOW ALL SLAVES STATUS (observing replication)",
+    ),
+    p(
+        "REPLICATION MASTER ADMIN",
+        "SHOW SLAVE HOSTS and the semi-sync source settings",
+    ),
+    p(
+        "REPLICATION SLAVE ADMIN",
+        "CHANGE MASTER, START/STOP SLAVE, gtid_slave_pos, replica timeouts",
+    ),
+    p(
+        "READ_ONLY ADMIN",
+        "setting read_only when fencing and promoting",
+    ),
+    p("CONNECTION ADMIN", "ending client sessions when fencing"),
+    p("SELECT", "mariadb-dump (logical backups)"),
+    p("SHOW VIEW", "mariadb-dump of views"),
+    p("TRIGGER", "mariadb-dump of triggers"),
+    p("EVENT", "mariadb-dump of events"),
+    p(
+        "BINLOG REPLAY",
+        "point-in-time restores: replaying archived binlogs",
+    ),
+    p("INSERT", "point-in-time restores: replaying row changes"),
+    p("UPDATE", "point-in-time restores: replaying row changes"),
+    p("DELETE", "point-in-time restores: replaying row changes"),
+    p("CREATE", "point-in-time restores: replaying DDL"),
+    p("DROP", "point-in-time restores: replaying DDL"),
+    p("ALTER", "point-in-time restores: replaying DDL"),
+    p("INDEX", "point-in-time restores: replaying DDL"),
+    p(
+        "REFERENCES",
+        "point-in-time restores: replaying foreign keys",
+    ),
+    p("CREATE VIEW", "point-in-time restores: replaying views"),
+    p(
+        "CREATE ROUTINE",
+        "point-in-time restores: replaying stored routines",
+    ),
+    p(
+        "ALTER ROUTINE",
+        "point-in-time restores: replaying stored routines",
+    ),
+    p(
+        "EXECUTE",
+        "point-in-time restores: replaying statements that call routines",
+    ),
+    p(
+        "CREATE TEMPORARY TABLES",
+        "point-in-time restores: replaying statement-based temporary tables",
+    ),
+];
+
+/// The account's global privileges for `flavor`; `None` where dbfleet has
+/// not verified a list against real servers yet (MySQL).
+pub fn agent_privileges(flavor: Flavor) -> Option<&'static [Privilege]> {
+    match flavor {
+        Flavor::MariaDb => Some(MARIADB_AGENT),
+        Flavor::MySql => None,
+    }
+}
+
+/// The privilege replicas' account needs on every member.
+pub const REPLICATION_PRIVILEGE: &str = "REPLICATION SLAVE";
+
+fn account(user: &str, host: &str) -> String {
+    format!("'{user}'@'{host}'")
+}
+
+/// `GRANT ... ON *.* TO 'user'@'host'` for the agent account, or `None`
+/// (see [`agent_privileges`]).
+pub fn agent_grant(flavor: Flavor, user: &str, host: &str) -> Option<String> {
+    let names: Vec<&str> = agent_privileges(flavor)?.iter().map(|p| p.name).collect();
+    Some(format!(
+        "GRANT {} ON *.* TO {}",
+        names.join(", "),
+        account(user, host)
+    ))
+}
+
+/// `GRANT REPLICATION SLAVE ON *.* TO 'user'@'host'`.
+pub fn replication_grant(user: &str, host: &str) -> String {
+    format!(
+        "GRANT {REPLICATION_PRIVILEGE} ON *.* TO {}",
+        account(user, host)
+    )
+}
+
+/// Which of `flavor`'s required privileges `held` (global privileges as
+/// `information_schema.USER_PRIVILEGES` lists them) lacks.
+pub fn missing(flavor: Flavor, held: &[String]) -> Option<Vec<Privilege>> {
+    let held: Vec<String> = held.iter().map(|h| h.trim().to_ascii_uppercase()).collect();
+    Some(
+        agent_privileges(flavor)?
+            .iter()
+            .filter(|p| {
+                !held
+                    .iter()
+                    .any(|h| h == p.name || aliases(p.name).contains(&h.as_str()))
+            })
+            .copied()
+            .collect(),
+    )
+}
+
+/// Other names a server may list a privilege under (MariaDB renamed
+/// `SLAVE MONITOR` to `REPLICA MONITOR` and `REPLICATION CLIENT` to
+/// `BINLOG MONITOR`).
+fn aliases(name: &str) -> &'static [&'static str] {
+    match name {
+        "SLAVE MONITOR" => &["REPLICA MONITOR"],
+        "BINLOG MONITOR" => &["REPLICATION CLIENT"],
+        "REPLICATION SLAVE ADMIN" => &["REPLICA ADMIN"],
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grant_lists_every_privilege_once_and_nothing_sweeping() {
+        let g = agent_grant(Flavor::MariaDb, "dbfleet_agent", "localhost").unwrap();
+        assert!(g.starts_with("GRANT RELOAD, PROCESS,"), "{g}");
+        assert!(g.ends_with(" ON *.* TO 'dbfleet_agent'@'localhost'"), "{g}");
+        for sweeping in ["ALL", "SUPER", "GRANT OPTION", "CREATE USER", "FILE"] {
+            assert!(
+                !MARIADB_AGENT.iter().any(|p| p.name == sweeping),
+                "{sweeping}"
+            );
+        }
+        let mut names: Vec<&str> = MARIADB_AGENT.iter().map(|p| p.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), MARIADB_AGENT.len());
+        assert_eq!(agent_grant(Flavor::MySql, "a", "b"), None);
+    }
+
+    #[test]
+    fn the_deploy_guide_grants_exactly_this_list() {
+        let guide = include_str!("../../docs/deploy.md");
+        let grant = agent_grant(Flavor::MariaDb, "dbfleet_agent", "localhost").unwrap();
+        assert!(
+            guide.contains(&format!("{grant};")),
+            "docs/deploy.md must carry `{grant};`"
+        );
+        // Each is explained in the guide's table; the replay's data
+        // privileges together, as one row.
+        for p in MARIADB_AGENT {
+            let replay = p.needed_for.starts_with("point-in-time restores");
+            assert!(
+                guide.contains(&format!("`{}`", p.name)) || replay,
+                "{} is explained in docs/deploy.md",
+                p.name
+            );
+        }
+    }
+
+    #[test]
+    fn missing_privileges_are_named_and_renamed_ones_count() {
+        let mut held: Vec<String> = MARIADB_AGENT.iter().map(|p| p.name.to_string()).collect();
+        assert_eq!(missing(Flavor::MariaDb, &held), Some(vec![]));
+        held.retain(|h| h != "CONNECTION ADMIN" && h != "SLAVE MONITOR");
+        held.push("replica monitor".into());
+        let gone = missing(Flavor::MariaDb, &held).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].name, "CONNECTION ADMIN");
+        assert!(gone[0].needed_for.contains("fencing"));
+    }
+}
