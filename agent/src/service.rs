@@ -139,6 +139,7 @@ async fn run_command(
                 .await?
         }
         Command::Thaw(pb::Thaw {}) => control.thaw().await?,
+        Command::SetSemiSync(p) => control.set_semi_sync(p.lossless, p.source).await?,
         Command::StartBackup(b) => Outcome {
             state: None,
             fenced: None,
@@ -285,6 +286,7 @@ fn command_name(c: &pb::command_request::Command) -> &'static str {
         Command::StartRestore(_) => "start-restore",
         Command::DeleteBackup(_) => "delete-backup",
         Command::PruneArchive(_) => "prune-archive",
+        Command::SetSemiSync(_) => "set-semi-sync",
     }
 }
 

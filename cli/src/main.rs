@@ -105,6 +105,13 @@ enum Command {
         /// lost its primary (whole seconds, e.g. 4s).
         #[arg(long, group = "change", value_parser = humantime::parse_duration)]
         replica_net_timeout: Option<Duration>,
+        /// Keep semi-sync on every member: `lossless` (every acknowledged
+        /// commit is on a replica, so a dead primary host can be failed
+        /// over safely; commits wait for a replica) or `off`
+        /// (asynchronous). MariaDB cannot persist it: dbfleet sets it again
+        /// after every restart, and my.cnf should say the same.
+        #[arg(long, group = "change", value_parser = ["lossless", "off"])]
+        semi_sync: Option<String>,
     },
     /// Planned change of primary: fence the primary, let the candidate
     /// catch up, promote it, make the old primary a replica.
@@ -316,6 +323,11 @@ fn parse_base(s: &str) -> Result<[u8; 3], String> {
     }
 }
 
+/// A policy's semi-sync setting in words (empty: dbfleet leaves it alone).
+fn semi_sync_policy(s: &str) -> &str {
+    if s.is_empty() { "as configured" } else { s }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     dbfleet_common::tls::install_crypto_provider();
@@ -499,8 +511,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_lag_seconds,
             replica_heartbeat,
             replica_net_timeout,
+            semi_sync,
         } => {
             let client = Client::from_file(cli.config.as_deref())?;
+            let asked_semi_sync = semi_sync.is_some();
             let ms = |d: Duration| d.as_millis() as u64;
             let tunes = replica_heartbeat.is_some() || replica_net_timeout.is_some();
             let p = client
@@ -509,8 +523,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     max_lag_seconds,
                     replica_heartbeat_ms: replica_heartbeat.map(ms),
                     replica_net_timeout_ms: replica_net_timeout.map(ms),
+                    semi_sync,
                 })
                 .await?;
+            if asked_semi_sync && p.semi_sync.is_empty() {
+                anyhow::bail!(
+                    "the active coordinator does not know the semi-sync policy (upgrade it); nothing about semi-sync changed"
+                );
+            }
             // A coordinator from before per-cluster tuning answers without it
             // (and ignored it).
             if tunes && p.replica_heartbeat_ms == 0 {
@@ -524,10 +544,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "max_lag_seconds": p.max_lag_seconds,
                     "replica_heartbeat_ms": p.replica_heartbeat_ms,
                     "replica_net_timeout_ms": p.replica_net_timeout_ms,
+                    "semi_sync": semi_sync_policy(&p.semi_sync),
                 }))?,
                 Output::Table => println!(
-                    "cluster {}: max_lag_seconds = {}, replica heartbeat = {} ms, replica net timeout = {} ms",
-                    p.cluster, p.max_lag_seconds, p.replica_heartbeat_ms, p.replica_net_timeout_ms
+                    "cluster {}: max_lag_seconds = {}, replica heartbeat = {} ms, replica net timeout = {} ms, semi-sync {}",
+                    p.cluster,
+                    p.max_lag_seconds,
+                    p.replica_heartbeat_ms,
+                    p.replica_net_timeout_ms,
+                    semi_sync_policy(&p.semi_sync)
                 ),
             }
         }

@@ -34,6 +34,9 @@ pub struct ClusterJson {
     pub replica_heartbeat_ms: u64,
     /// Net timeout every replica gets.
     pub replica_net_timeout_ms: u64,
+    /// Semi-sync as dbfleet keeps it (`lossless`, `off`), or null when it
+    /// leaves semi-sync as the members are configured.
+    pub semi_sync_policy: Option<String>,
     /// The failover controls (automatic failover, maintenance, budget,
     /// hold, the operation running), as `dbfleet failover-policy` prints
     /// them; null from a coordinator that does not send them.
@@ -171,6 +174,7 @@ pub fn to_json(resp: &pb::ListClustersResponse) -> StatusJson {
                 max_lag_seconds: c.policy.as_ref().map_or(0, |p| p.max_lag_seconds),
                 replica_heartbeat_ms: c.policy.as_ref().map_or(0, |p| p.replica_heartbeat_ms),
                 replica_net_timeout_ms: c.policy.as_ref().map_or(0, |p| p.replica_net_timeout_ms),
+                semi_sync_policy: c.policy.as_ref().and_then(|p| non_empty(&p.semi_sync)),
                 control: c.control.as_ref().map(crate::failover::control_json),
             })
             .collect(),

@@ -470,6 +470,7 @@ impl Fleet {
                         .and_then(|c| c.max_lag_seconds)
                         .unwrap_or(self.rules.default_max_lag_seconds),
                     tuning: self.tuning_of(rec),
+                    semi_sync: rec.and_then(|c| c.semi_sync),
                     agent_timeout: self.rules.agent_timeout,
                     last_primary: rec.and_then(|c| c.last_primary.as_deref()),
                 })
@@ -543,6 +544,7 @@ impl Fleet {
             max_lag_seconds: change.max_lag_seconds,
             replica_heartbeat_ms: change.replica_heartbeat_ms,
             replica_net_timeout_ms: change.replica_net_timeout_ms,
+            semi_sync: change.semi_sync,
         })
         .await?;
         let rec = self.cluster_record(&cluster);
@@ -553,12 +555,17 @@ impl Fleet {
                 .unwrap_or(self.rules.default_max_lag_seconds),
             replica_heartbeat_ms: tuning.heartbeat.as_millis() as u64,
             replica_net_timeout_ms: tuning.net_timeout.as_millis() as u64,
+            semi_sync: rec
+                .semi_sync
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_default(),
         };
         info!(
             cluster,
             max_lag_seconds = policy.max_lag_seconds,
             replica_heartbeat_ms = policy.replica_heartbeat_ms,
             replica_net_timeout_ms = policy.replica_net_timeout_ms,
+            semi_sync = policy.semi_sync,
             "cluster policy changed"
         );
         Ok(policy)

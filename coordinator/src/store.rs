@@ -50,6 +50,10 @@ pub struct ClusterRecord {
     /// `[failover] replica_net_timeout`.
     #[serde(default)]
     pub replica_net_timeout_ms: Option<u64>,
+    /// Semi-sync as dbfleet keeps it on every member; `None` leaves it as
+    /// the members are configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semi_sync: Option<dbfleet_proto::model::SemiSyncMode>,
     /// The last primary observed, so a primary whose mysqld is down is
     /// still known as the primary after a coordinator restart or takeover.
     #[serde(default)]
@@ -76,6 +80,7 @@ impl ClusterRecord {
             max_lag_seconds: None,
             replica_heartbeat_ms: None,
             replica_net_timeout_ms: None,
+            semi_sync: None,
             last_primary: None,
             control: ClusterControl::default(),
             backups: Default::default(),
@@ -115,6 +120,10 @@ pub enum DesiredOp {
         /// Replica net timeout, ms.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replica_net_timeout_ms: Option<u64>,
+        /// Semi-sync (a standby older than this field ignores it: upgrade
+        /// the standby first).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        semi_sync: Option<dbfleet_proto::model::SemiSyncMode>,
     },
     /// The active observed a cluster's primary.
     RememberPrimary {
@@ -276,6 +285,7 @@ pub(crate) fn apply_op<W: DesiredWriter>(op: &DesiredOp, w: &mut W) -> Result<()
             max_lag_seconds,
             replica_heartbeat_ms,
             replica_net_timeout_ms,
+            semi_sync,
         } => {
             let mut c = w
                 .get_cluster(cluster)?
@@ -283,6 +293,7 @@ pub(crate) fn apply_op<W: DesiredWriter>(op: &DesiredOp, w: &mut W) -> Result<()
             c.max_lag_seconds = max_lag_seconds.or(c.max_lag_seconds);
             c.replica_heartbeat_ms = replica_heartbeat_ms.or(c.replica_heartbeat_ms);
             c.replica_net_timeout_ms = replica_net_timeout_ms.or(c.replica_net_timeout_ms);
+            c.semi_sync = semi_sync.or(c.semi_sync);
             w.put_cluster(c)
         }
         DesiredOp::RememberPrimary { cluster, primary } => {

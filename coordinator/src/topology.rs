@@ -64,6 +64,8 @@ pub struct ClusterInput<'a> {
     pub max_lag_seconds: u64,
     /// The replication tuning in force (shown with the policy).
     pub tuning: crate::fleet::ReplicaTuning,
+    /// Semi-sync as the policy keeps it (`None`: as members are configured).
+    pub semi_sync: Option<dbfleet_proto::model::SemiSyncMode>,
     /// A report older than this means the agent is not reporting.
     pub agent_timeout: Duration,
     /// The primary remembered from earlier observations.
@@ -200,6 +202,10 @@ pub fn derive(input: &ClusterInput<'_>) -> pb::ClusterView {
             max_lag_seconds: input.max_lag_seconds,
             replica_heartbeat_ms: input.tuning.heartbeat.as_millis() as u64,
             replica_net_timeout_ms: input.tuning.net_timeout.as_millis() as u64,
+            semi_sync: input
+                .semi_sync
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_default(),
         }),
     }
 }
@@ -473,6 +479,7 @@ mod tests {
                 heartbeat: Duration::from_secs(1),
                 net_timeout: Duration::from_secs(4),
             },
+            semi_sync: None,
             agent_timeout: Duration::from_secs(5),
             last_primary,
         })
@@ -589,6 +596,7 @@ mod tests {
                 heartbeat: Duration::from_secs(1),
                 net_timeout: Duration::from_secs(4),
             },
+            semi_sync: None,
             agent_timeout: Duration::from_secs(5),
             last_primary: Some("db1"),
         };
@@ -631,6 +639,7 @@ mod tests {
                 heartbeat: Duration::from_secs(1),
                 net_timeout: Duration::from_secs(4),
             },
+            semi_sync: None,
             agent_timeout: Duration::from_secs(5),
             last_primary: None,
         });

@@ -200,8 +200,9 @@ impl Drop for Partition {
 }
 
 /// Kills every process whose command line names `dir`: what a test run
-/// that was itself killed left behind in its slot.
-fn kill_leftovers(dir: &Path) {
+/// that was itself killed left behind in its slot, or what a test that
+/// starts its own processes leaves at its end.
+pub fn kill_leftovers(dir: &Path) {
     let Ok(entries) = fs::read_dir("/proc") else {
         return;
     };

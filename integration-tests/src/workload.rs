@@ -36,7 +36,6 @@ pub struct Writer {
 impl Writer {
     /// Creates the table on `primary` and starts writing.
     pub async fn start(fleet: &Fleet, primary: &str) -> Writer {
-        let password = fleet.credentials.app.clone();
         let cluster = &fleet.server(primary).expect("primary").cluster;
         // A failover moves the writes within the primary's cluster only.
         let servers: Vec<_> = fleet
@@ -45,6 +44,12 @@ impl Writer {
             .filter(|s| s.cluster == *cluster)
             .cloned()
             .collect();
+        Writer::start_on(servers, fleet.credentials.app.clone(), primary).await
+    }
+
+    /// [`Writer::start`] on `servers` (one cluster) with the application
+    /// account's `password`, for fleets not built by the sandbox.
+    pub async fn start_on(servers: Vec<Server>, password: String, primary: &str) -> Writer {
         let p = servers.iter().find(|s| s.host == primary).expect("primary");
         let mut c = connect(p, &password, Duration::from_secs(5))
             .await
@@ -109,8 +114,13 @@ impl Writer {
 
 /// The ids present in [`TABLE`] on `host`.
 pub async fn ids_on(fleet: &Fleet, host: &str) -> BTreeSet<u64> {
-    let s = fleet.server(host).expect("host");
-    let mut c = connect(s, &fleet.credentials.app, Duration::from_secs(5))
+    ids_on_server(fleet.server(host).expect("host"), &fleet.credentials.app).await
+}
+
+/// The ids present in [`TABLE`] on `s`, read with the application
+/// account's `password`.
+pub async fn ids_on_server(s: &Server, password: &str) -> BTreeSet<u64> {
+    let mut c = connect(s, password, Duration::from_secs(5))
         .await
         .expect("connect for the check");
     let ids: Vec<u64> = c
@@ -134,8 +144,12 @@ pub struct Sampler {
 impl Sampler {
     /// Starts sampling.
     pub fn start(fleet: &Fleet) -> Sampler {
-        let password = fleet.credentials.app.clone();
-        let servers = fleet.servers.clone();
+        Sampler::start_on(fleet.servers.clone(), fleet.credentials.app.clone())
+    }
+
+    /// [`Sampler::start`] on `servers` with the application account's
+    /// `password`, for fleets not built by the sandbox.
+    pub fn start_on(servers: Vec<Server>, password: String) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let worst = Arc::new(Mutex::new((0usize, Vec::new())));
         let samples = Arc::new(Mutex::new(0u64));

@@ -692,6 +692,42 @@ pub struct ClusterPolicyChange {
     /// Replica net timeout, in ms (whole seconds: MariaDB and MySQL keep
     /// it in seconds).
     pub replica_net_timeout_ms: Option<u64>,
+    /// Semi-sync as dbfleet keeps it on every member.
+    pub semi_sync: Option<SemiSyncMode>,
+}
+
+/// Semi-sync as a cluster's policy asks dbfleet to keep it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SemiSyncMode {
+    /// Every acknowledged commit is on a replica: the primary's source side
+    /// waits (AFTER_SYNC, with no replica too, never falling back), every
+    /// replica acknowledges. A dead primary host is then fenced by
+    /// stopping its replicas.
+    Lossless,
+    /// Asynchronous replication: no member waits or acknowledges.
+    Off,
+}
+
+impl SemiSyncMode {
+    /// As the CLI and JSON spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SemiSyncMode::Lossless => "lossless",
+            SemiSyncMode::Off => "off",
+        }
+    }
+
+    /// The mode `s` names.
+    pub fn parse(s: &str) -> Result<SemiSyncMode, String> {
+        match s {
+            "lossless" => Ok(SemiSyncMode::Lossless),
+            "off" => Ok(SemiSyncMode::Off),
+            other => Err(format!(
+                "{other:?} is not a semi-sync mode: use lossless or off"
+            )),
+        }
+    }
 }
 
 /// Shortest heartbeat period a policy may ask for: shorter ones cost
@@ -709,12 +745,19 @@ impl TryFrom<pb::SetClusterPolicyRequest> for ClusterPolicyChange {
         if m.max_lag_seconds.is_none()
             && m.replica_heartbeat_ms.is_none()
             && m.replica_net_timeout_ms.is_none()
+            && m.semi_sync.is_none()
         {
             return Err(ProtocolError::invalid(
                 "policy",
-                "nothing to change: set max_lag_seconds, replica_heartbeat_ms or replica_net_timeout_ms",
+                "nothing to change: set max_lag_seconds, replica_heartbeat_ms, replica_net_timeout_ms or semi_sync",
             ));
         }
+        let semi_sync = m
+            .semi_sync
+            .as_deref()
+            .map(SemiSyncMode::parse)
+            .transpose()
+            .map_err(|r| ProtocolError::invalid("semi_sync", r))?;
         if m.max_lag_seconds == Some(0) {
             return Err(ProtocolError::invalid(
                 "max_lag_seconds",
@@ -742,6 +785,7 @@ impl TryFrom<pb::SetClusterPolicyRequest> for ClusterPolicyChange {
             max_lag_seconds: m.max_lag_seconds,
             replica_heartbeat_ms: m.replica_heartbeat_ms,
             replica_net_timeout_ms: m.replica_net_timeout_ms,
+            semi_sync,
         })
     }
 }

@@ -448,6 +448,52 @@ impl Controller {
         })
     }
 
+    /// Sets semi-sync as the cluster's policy asks (see
+    /// `role::semi_sync_policy`); a replica whose acknowledging side
+    /// changed reconnects its IO thread, which is when the source learns
+    /// of it.
+    pub async fn set_semi_sync(
+        &self,
+        lossless: bool,
+        source: bool,
+    ) -> Result<Outcome, ControlError> {
+        let _serial = self.serial.lock().await;
+        let (mut conn, flavor) = self.conn().await?;
+        let before = Self::state(&mut conn, flavor).await?;
+        let statements = role::semi_sync_policy(flavor, lossless, source)
+            .map_err(ControlError::NotConfigured)?;
+        for sql in &statements {
+            Self::run(&mut conn, sql, "setting semi-sync").await?;
+        }
+        let mut detail = if lossless {
+            format!(
+                "lossless semi-sync set ({})",
+                if source {
+                    "source waits for acknowledgements"
+                } else {
+                    "acknowledges its source's commits"
+                }
+            )
+        } else {
+            "semi-sync off".to_string()
+        };
+        if before.semi_sync.replica_enabled != lossless
+            && before
+                .replication
+                .as_ref()
+                .is_some_and(|r| r.io_thread == dbfleet_proto::model::IoThread::Running)
+        {
+            Self::run(&mut conn, role::stop_io(flavor), "stopping the IO thread").await?;
+            Self::run(&mut conn, role::start_io(flavor), "starting the IO thread").await?;
+            detail.push_str("; replication reconnected");
+        }
+        Ok(Outcome {
+            state: Some(Self::state(&mut conn, flavor).await?),
+            fenced: None,
+            detail,
+        })
+    }
+
     /// Starts the IO thread again after a freeze.
     pub async fn thaw(&self) -> Result<Outcome, ControlError> {
         let _serial = self.serial.lock().await;

@@ -230,6 +230,43 @@ pub mod role {
         }
     }
 
+    /// The statements that set semi-sync as a cluster policy asks:
+    /// lossless (AFTER_SYNC, waiting with no replica too, a timeout past
+    /// [`SEMI_SYNC_NO_FALLBACK_MS`], every member acknowledging, the
+    /// source side on the primary only) or off. MySQL's plugins must be
+    /// installed first, which comes with MySQL support.
+    ///
+    /// [`SEMI_SYNC_NO_FALLBACK_MS`]: dbfleet_proto::model::SEMI_SYNC_NO_FALLBACK_MS
+    pub fn semi_sync_policy(
+        f: Flavor,
+        lossless: bool,
+        source: bool,
+    ) -> Result<Vec<String>, String> {
+        if f == Flavor::MySql {
+            return Err(
+                "dbfleet does not set semi-sync on MySQL yet: configure it in my.cnf".into(),
+            );
+        }
+        let on = |b: bool| if b { "ON" } else { "OFF" };
+        if !lossless {
+            return Ok(vec![
+                "SET GLOBAL rpl_semi_sync_master_enabled = OFF".into(),
+                "SET GLOBAL rpl_semi_sync_slave_enabled = OFF".into(),
+            ]);
+        }
+        Ok(vec![
+            "SET GLOBAL rpl_semi_sync_slave_enabled = ON".into(),
+            "SET GLOBAL rpl_semi_sync_master_wait_point = AFTER_SYNC".into(),
+            "SET GLOBAL rpl_semi_sync_master_wait_no_slave = ON".into(),
+            format!("SET GLOBAL rpl_semi_sync_master_timeout = {LOSSLESS_TIMEOUT_MS}"),
+            format!("SET GLOBAL rpl_semi_sync_master_enabled = {}", on(source)),
+        ])
+    }
+
+    /// The semi-sync timeout of a lossless policy (over a day: a commit
+    /// waits for a replica's ack rather than falling back).
+    pub const LOSSLESS_TIMEOUT_MS: u64 = 100_000_000;
+
     /// Waits until `gtid` is executed; the query returns 0 on success.
     pub fn wait_gtid(f: Flavor, gtid: &str, timeout_s: f64) -> String {
         match f {

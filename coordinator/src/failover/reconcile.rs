@@ -9,7 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dbfleet_lease::Epoch;
-use dbfleet_proto::model::{ConfigProblemKind, IoThread, MysqlAddress, Replication, ServerState};
+use dbfleet_proto::model::{
+    ConfigProblemKind, IoThread, MysqlAddress, Replication, SEMI_SYNC_NO_FALLBACK_MS, SemiSync,
+    SemiSyncMode, ServerState,
+};
 use dbfleet_proto::pb;
 use dbfleet_proto::pb::command_request::Command;
 use tokio_util::sync::CancellationToken;
@@ -74,6 +77,49 @@ fn restores(
         && !others_writable
         && !held
         && desired.is_none_or(|d| d == primary)
+}
+
+/// Whether `s` is semi-sync as `mode` asks of a member (`primary`: the
+/// source side too). Under lossless every member also acknowledges and
+/// carries the no-fallback settings, so whichever is promoted next waits
+/// losslessly from its first commit.
+fn semi_sync_as_asked(mode: SemiSyncMode, s: &SemiSync, primary: bool) -> bool {
+    match mode {
+        SemiSyncMode::Lossless => {
+            s.replica_enabled
+                && s.wait_no_replica
+                && s.timeout_ms >= SEMI_SYNC_NO_FALLBACK_MS
+                && s.source_enabled == primary
+        }
+        SemiSyncMode::Off => !s.source_enabled && !s.replica_enabled,
+    }
+}
+
+/// The members to set, each with whether it is the primary, so semi-sync
+/// is as `mode` asks: `members` are the primary's (host, state, whether
+/// it is the primary) as reported. Lossless: the replicas acknowledge
+/// before the primary waits; off: the primary stops waiting before the
+/// replicas stop acknowledging. Either way a commit never waits for acks
+/// nobody can send, and no commit is acknowledged unreplicated while
+/// lossless is asked.
+fn semi_sync_changes(
+    mode: SemiSyncMode,
+    members: &[(&str, &SemiSync, bool)],
+) -> Vec<(String, bool)> {
+    let off = |primary: bool| {
+        members
+            .iter()
+            .filter(|(_, s, p)| *p == primary && !semi_sync_as_asked(mode, s, *p))
+            .map(|(h, _, p)| (h.to_string(), *p))
+            .collect::<Vec<_>>()
+    };
+    let (replicas, primary) = (off(false), off(true));
+    match mode {
+        SemiSyncMode::Lossless if !replicas.is_empty() => replicas,
+        SemiSyncMode::Lossless => primary,
+        SemiSyncMode::Off if !primary.is_empty() => primary,
+        SemiSyncMode::Off => replicas,
+    }
 }
 
 /// What detection found on one cluster this tick.
@@ -575,6 +621,64 @@ impl Failovers {
     /// differs from the cluster's policy (set up by hand, say): with
     /// MariaDB's defaults a replica notices a dead primary only after a
     /// minute, and detection waits for every replica to notice.
+    /// Sets semi-sync on the members that are not as the cluster's policy
+    /// asks (see [`semi_sync_changes`]); members out of service and
+    /// replicas of another source are left alone.
+    async fn keep_semi_sync(
+        &self,
+        cluster: &str,
+        epoch: &Epoch,
+        mode: SemiSyncMode,
+        primary: &str,
+        p_addr: &MysqlAddress,
+        members: &[MemberState],
+    ) {
+        let rec = self.fleet.cluster_record(cluster);
+        let states: Vec<(&str, &SemiSync, bool)> = members
+            .iter()
+            .filter(|m| !rec.control.out_of_service(&m.host))
+            .filter_map(|m| {
+                let s = m.server()?;
+                let is_primary = m.host == primary;
+                let follows = s
+                    .replication
+                    .as_ref()
+                    .is_some_and(|r| r.source.same_endpoint(p_addr));
+                (is_primary || follows).then_some((m.host.as_str(), &s.semi_sync, is_primary))
+            })
+            .collect();
+        for (host, source) in semi_sync_changes(mode, &states) {
+            let Some(m) = members.iter().find(|m| m.host == host) else {
+                continue;
+            };
+            if !self.may_try(&format!("semi-sync:{host}")) {
+                continue;
+            }
+            let cmd = Command::SetSemiSync(pb::SetSemiSync {
+                lossless: mode == SemiSyncMode::Lossless,
+                source,
+            });
+            match self.repair_command(cluster, epoch, m, cmd).await {
+                Ok(reply) => {
+                    let e = Event::new(
+                        "semi-sync-set",
+                        &host,
+                        format!(
+                            "{host}: {} (the cluster's policy is semi-sync {})",
+                            reply.detail,
+                            mode.as_str()
+                        ),
+                        epoch,
+                        vec![],
+                    );
+                    info!(cluster, host, mode = mode.as_str(), "semi-sync set");
+                    let _ = self.record_event(cluster, epoch, e).await;
+                }
+                Err(e) => warn!(cluster, host, error = e, "cannot set semi-sync"),
+            }
+        }
+    }
+
     async fn tune(
         &self,
         cluster: &str,
@@ -717,6 +821,26 @@ impl Failovers {
                 .as_ref()
                 .map(|r| r.agent.fence_reason.clone())
                 .unwrap_or_default();
+            // A restarted MariaDB forgot the semi-sync settings: they are
+            // back before it takes a write, or a commit could be
+            // acknowledged unreplicated under a lossless policy.
+            if rec.semi_sync == Some(SemiSyncMode::Lossless)
+                && !semi_sync_as_asked(SemiSyncMode::Lossless, &ps.semi_sync, true)
+            {
+                let cmd = Command::SetSemiSync(pb::SetSemiSync {
+                    lossless: true,
+                    source: true,
+                });
+                if let Err(e) = self.repair_command(cluster, epoch, p, cmd).await {
+                    warn!(
+                        cluster,
+                        primary,
+                        error = e,
+                        "cannot set semi-sync on the primary before making it writable"
+                    );
+                    return;
+                }
+            }
             match self
                 .repair_command(cluster, epoch, p, Command::Promote(pb::Promote {}))
                 .await
@@ -747,6 +871,10 @@ impl Failovers {
         }
         if !rec.control.frozen.is_empty() {
             self.thaw(cluster, epoch, &primary, &p_addr, members, rec)
+                .await;
+        }
+        if let Some(mode) = rec.semi_sync {
+            self.keep_semi_sync(cluster, epoch, mode, &primary, &p_addr, members)
                 .await;
         }
         let fork = rec
@@ -833,6 +961,60 @@ impl Failovers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ss(source: bool, replica: bool, lossless_settings: bool) -> SemiSync {
+        SemiSync {
+            source_enabled: source,
+            replica_enabled: replica,
+            wait_no_replica: lossless_settings,
+            timeout_ms: if lossless_settings {
+                100_000_000
+            } else {
+                10_000
+            },
+            ..SemiSync::default()
+        }
+    }
+
+    #[test]
+    fn semi_sync_changes_in_an_order_that_never_waits_for_nobody_nor_acks_unreplicated() {
+        use SemiSyncMode::{Lossless, Off};
+        let asynchronous = ss(false, false, false);
+        let acking = ss(false, true, true);
+        let waiting = ss(true, true, true);
+        let set = |v: &[(&str, bool)]| -> Vec<(String, bool)> {
+            v.iter().map(|(h, p)| (h.to_string(), *p)).collect()
+        };
+        // lossless from async: the replicas first, the primary only after
+        let all_async = [
+            ("db1", &asynchronous, true),
+            ("db2", &asynchronous, false),
+            ("db3", &asynchronous, false),
+        ];
+        assert_eq!(
+            semi_sync_changes(Lossless, &all_async),
+            set(&[("db2", false), ("db3", false)])
+        );
+        let replicas_ack = [
+            ("db1", &asynchronous, true),
+            ("db2", &acking, false),
+            ("db3", &acking, false),
+        ];
+        assert_eq!(
+            semi_sync_changes(Lossless, &replicas_ack),
+            set(&[("db1", true)])
+        );
+        let done = [("db1", &waiting, true), ("db2", &acking, false)];
+        assert_eq!(semi_sync_changes(Lossless, &done), vec![]);
+        // a replica that also waits (a former primary) is set again
+        let stray = [("db1", &waiting, true), ("db2", &waiting, false)];
+        assert_eq!(semi_sync_changes(Lossless, &stray), set(&[("db2", false)]));
+        // off: the primary stops waiting first, then the replicas
+        assert_eq!(semi_sync_changes(Off, &done), set(&[("db1", true)]));
+        let primary_off = [("db1", &asynchronous, true), ("db2", &acking, false)];
+        assert_eq!(semi_sync_changes(Off, &primary_off), set(&[("db2", false)]));
+        assert_eq!(semi_sync_changes(Off, &all_async), vec![]);
+    }
     use dbfleet_proto::model::IoThread;
 
     fn replica(hb: Option<u64>, net: Option<u64>) -> Replication {

@@ -362,6 +362,7 @@ mod tests {
             max_lag_seconds: Some(lag),
             replica_heartbeat_ms: None,
             replica_net_timeout_ms: None,
+            semi_sync: None,
         }
     }
 
@@ -377,12 +378,17 @@ mod tests {
                 max_lag_seconds: None,
                 replica_heartbeat_ms: Some(500),
                 replica_net_timeout_ms: None,
+                semi_sync: Some(dbfleet_proto::model::SemiSyncMode::Lossless),
             },
         )
         .unwrap();
         let c = &s.load().unwrap().clusters[0];
         assert_eq!(c.max_lag_seconds, Some(9));
         assert_eq!(c.replica_heartbeat_ms, Some(500));
+        assert_eq!(
+            c.semi_sync,
+            Some(dbfleet_proto::model::SemiSyncMode::Lossless)
+        );
         assert_eq!(c.replica_net_timeout_ms, None);
         // An op-log entry written before the tuning fields existed.
         let old: DesiredOp =
@@ -440,6 +446,7 @@ mod tests {
                 max_lag_seconds: Some(9),
                 replica_heartbeat_ms: None,
                 replica_net_timeout_ms: None,
+                semi_sync: None,
                 last_primary: Some("db1".into())
             }]
         );
