@@ -408,7 +408,7 @@ impl Archiver {
                 Some(p) => p.clone(),
                 None => FileProgress {
                     created_ts: created_ts(&path)
-                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                        .map_err(|e| crate::mysql::process::cannot_read(&path, &e))?,
                     ..Default::default()
                 },
             };
@@ -526,10 +526,10 @@ impl Archiver {
         let want = (limit - start).min(MAX_CHUNK);
         let mut bytes = vec![0u8; want as usize];
         let mut f = std::fs::File::open(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            .map_err(|e| crate::mysql::process::cannot_read(&path, &e))?;
         f.seek(SeekFrom::Start(start))
             .and_then(|_| f.read_exact(&mut bytes))
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            .map_err(|e| crate::mysql::process::cannot_read(&path, &e))?;
         let mut summary = events::summarize(&bytes, bytes.len(), start == 0);
         if summary.whole == 0 && bytes.len() >= 13 {
             // one event larger than a chunk: the chunk grows to hold it
@@ -540,7 +540,7 @@ impl Archiver {
                 bytes.resize(size as usize, 0);
                 f.seek(SeekFrom::Start(start))
                     .and_then(|_| f.read_exact(&mut bytes))
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    .map_err(|e| crate::mysql::process::cannot_read(&path, &e))?;
                 summary = events::summarize(&bytes, bytes.len(), start == 0);
             }
         }

@@ -242,6 +242,7 @@ async fn a_restored_replica_rejoins_and_matches_the_primary_row_for_row() {
         "preparing",
         "swapping the data directory",
         "starting mysqld",
+        "waiting for mysqld to accept connections after start_command",
     ];
     let shown: Vec<&str> = stderr
         .lines()

@@ -83,22 +83,26 @@ pub fn agent_user() -> String {
         .map_or_else(|| format!("uid {uid}"), |u| u.name)
 }
 
+/// "cannot read PATH: ERROR", with the fix when the agent's user lacks
+/// the permission: mysqld's files are its user's, and so must the agent be.
+pub fn cannot_read(path: &Path, e: &std::io::Error) -> String {
+    let fix = if e.kind() == std::io::ErrorKind::PermissionDenied {
+        format!(
+            "; the agent runs as {}: run it as the user mysqld runs as (`mysql`), as the shipped unit does (docs/deploy.md)",
+            agent_user()
+        )
+    } else {
+        String::new()
+    };
+    format!("cannot read {}: {e}{fix}", path.display())
+}
+
 /// The pid holding the POSIX lock on `file`, `None` when nobody holds it.
 /// An error (the file cannot be opened, `fcntl` fails) says so with the
 /// fix: it proves nothing either way.
 pub fn lock_holder(file: &Path) -> Result<Option<i32>, String> {
     use nix::fcntl::{FcntlArg, fcntl};
-    let f = std::fs::File::open(file).map_err(|e| {
-        let fix = if e.kind() == std::io::ErrorKind::PermissionDenied {
-            format!(
-                "; the agent runs as {}: run it as the user mysqld runs as (`mysql`), as the shipped unit does",
-                agent_user()
-            )
-        } else {
-            String::new()
-        };
-        format!("cannot open {}: {e}{fix}", file.display())
-    })?;
+    let f = std::fs::File::open(file).map_err(|e| cannot_read(file, &e))?;
     // Only a regular file is ever locked by mysqld: a directory (or a
     // device) would answer "unlocked" and prove nothing.
     let kind = f
@@ -455,6 +459,20 @@ mod tests {
         let mut zero = vars(&base);
         zero.insert("port".into(), "0".into());
         assert_eq!(ServerFiles::from_variables(&zero, "h"), None);
+    }
+
+    #[test]
+    fn a_permission_error_names_the_user_and_the_fix() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let text = cannot_read(Path::new("/var/lib/mysql/db1-bin.000001"), &denied);
+        assert!(
+            text.starts_with("cannot read /var/lib/mysql/db1-bin.000001: ")
+                && text.contains(&format!("the agent runs as {}", agent_user()))
+                && text.contains("`mysql`"),
+            "{text}"
+        );
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(!cannot_read(Path::new("/x"), &missing).contains("runs as"));
     }
 
     #[test]
