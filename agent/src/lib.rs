@@ -152,7 +152,7 @@ pub async fn run(
             let server = Arc::new(KnownServer::open(&config.known_server_path()));
             let control = Arc::new(Controller::new(
                 target.clone(),
-                replication,
+                replication.clone(),
                 server.clone(),
                 guard.clone(),
             ));
@@ -222,6 +222,7 @@ pub async fn run(
                 target.clone(),
                 mysql::verify::Expectations {
                     pid_file: config.mysql.as_ref().and_then(|m| m.pid_file.clone()),
+                    replication: replication.clone(),
                     coordinators: config.coordinators.clone(),
                 },
                 problems,

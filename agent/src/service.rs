@@ -116,7 +116,7 @@ async fn run_command(
                 .freeze(ms(f.apply_timeout_ms, Duration::from_secs(30)))
                 .await?
         }
-        Command::Promote(pb::Promote {}) => control.promote().await?,
+        Command::Promote(p) => control.promote(p.lossless_semi_sync).await?,
         Command::Repoint(r) => {
             let port = u16::try_from(r.source_port)
                 .ok()

@@ -544,7 +544,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "max_lag_seconds": p.max_lag_seconds,
                     "replica_heartbeat_ms": p.replica_heartbeat_ms,
                     "replica_net_timeout_ms": p.replica_net_timeout_ms,
-                    "semi_sync": semi_sync_policy(&p.semi_sync),
+                    "semi_sync": (!p.semi_sync.is_empty()).then_some(&p.semi_sync),
                 }))?,
                 Output::Table => println!(
                     "cluster {}: max_lag_seconds = {}, replica heartbeat = {} ms, replica net timeout = {} ms, semi-sync {}",

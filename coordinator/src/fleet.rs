@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dbfleet_proto::model::{ClusterPolicyChange, MysqlObservation, Name, ProtocolError, Report};
+use dbfleet_proto::model::{
+    ClusterPolicyChange, Flavor, MysqlObservation, Name, ProtocolError, Report,
+};
 use dbfleet_proto::pb;
 use tracing::info;
 
@@ -515,6 +517,18 @@ impl Fleet {
         change: ClusterPolicyChange,
     ) -> Result<pb::ClusterPolicy, ServiceError> {
         let cluster = change.cluster.to_string();
+        if change.semi_sync.is_some()
+            && let Some(m) = self.members(&cluster).into_iter().find(|m| {
+                m.report.as_ref().is_some_and(|r| {
+                    matches!(&r.mysql, MysqlObservation::Reachable(s) if s.flavor == Flavor::MySql)
+                })
+            })
+        {
+            return Err(ServiceError::Refused(format!(
+                "{} runs MySQL: dbfleet does not set semi-sync on MySQL yet; configure it in my.cnf",
+                m.host
+            )));
+        }
         let before = self.cluster_record(&cluster);
         let tuning = self.tuning_of(Some(&ClusterRecord {
             replica_heartbeat_ms: change.replica_heartbeat_ms.or(before.replica_heartbeat_ms),

@@ -451,3 +451,79 @@ async fn voter_changes_need_majorities_of_both_lists() {
         })
         .await;
 }
+
+/// The CLI reads the active coordinator's view, even when the standby is
+/// listed first: with db2's agent cut off from the active only, status
+/// shows db2 not reporting (the standby would call it healthy). When the
+/// active does not answer, the standby does and the CLI says it is not
+/// the active.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reads_the_active_first_and_says_when_only_the_standby_answers() {
+    let (fleet, active, standby) = started().await;
+    let (a, s) = (
+        fleet.coordinator(&active).address,
+        fleet.coordinator(&standby).address,
+    );
+    let text = std::fs::read_to_string(fleet.cli_config()).unwrap();
+    let listed = format!(
+        "[\"{}\", \"{}\"]",
+        fleet.info.coordinators[0].address, fleet.info.coordinators[1].address
+    );
+    assert!(text.contains(&listed), "{text}");
+    let config = |name: &str, first: &str, second: &str| {
+        let path = fleet.dir.join(name);
+        std::fs::write(
+            &path,
+            text.replace(&listed, &format!("[\"{first}\", \"{second}\"]")),
+        )
+        .unwrap();
+        path
+    };
+    let standby_first = config("standby-first.toml", &s, &a);
+    // Where the active was, nothing listens.
+    let active_gone = config(
+        "active-gone.toml",
+        &s,
+        &format!("{}:7200", fleet.slot.ip(99)),
+    );
+    let status = |config: &std::path::Path| {
+        let out = std::process::Command::new(dbfleet_integration_tests::bin("dbfleet"))
+            .arg("--config")
+            .arg(config)
+            .args(["status", "--output", "json"])
+            .output()
+            .unwrap();
+        (
+            serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let db2 = fleet.info.members[1].address.clone();
+    let active_ip = a.split(':').next().unwrap().to_string();
+    let cut = Partition::cut(&fleet.slot, &[db2], &[active_ip]);
+    let give_up = Instant::now() + dbfleet_integration_tests::PATIENCE;
+    loop {
+        let (v, err) = status(&standby_first);
+        let db2_silent = v["clusters"][0]["problems"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["kind"] == "agent-not-reporting" && p["host"] == "db2")
+        });
+        assert_eq!(v["coordinator"], active.as_str(), "{v} {err}");
+        assert!(!err.contains("not the active coordinator"), "{err}");
+        if db2_silent {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "status never showed the active's view of db2: {v} {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(cut);
+    let (v, err) = status(&active_gone);
+    assert_eq!(v["coordinator"], standby.as_str(), "{v} {err}");
+    assert!(
+        err.contains(&format!("{s} answered; it is not the active coordinator")),
+        "{err}"
+    );
+}

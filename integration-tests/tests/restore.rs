@@ -443,3 +443,49 @@ async fn an_agent_killed_mid_restore_leaves_the_server_running_and_the_restore_f
     );
     assert_read_only(&fleet, "db3").await;
 }
+
+/// A start command that exits 0 without starting mysqld fails the restore
+/// once no mysqld holds the data directory (not after the ten-minute start
+/// timeout), quoting what the command printed.
+#[tokio::test]
+async fn a_start_command_that_starts_nothing_fails_the_restore_quoting_its_output() {
+    let mut fleet = TestFleet::start_active(2, 1).await;
+    let id = backup(&fleet, "db2");
+    let config = fleet.dir.join("agent-db3.toml");
+    let text: String = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("start_command = ") {
+                "start_command = [\"/bin/sh\", \"-c\", \"echo pretending to start mariadb\"]\n"
+                    .to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    fleet.stop("agent-db3", Duration::from_secs(5));
+    std::fs::write(&config, text).unwrap();
+    fleet.start_agent("db3").unwrap();
+    let address = fleet.info.members[2].agent_address.clone();
+    fleet
+        .wait_listening("agent-db3", &address, PATIENCE)
+        .await
+        .unwrap();
+    let out = fleet.cli(&["backup", "restore", &id, "--host", "db3"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("exited successfully but no mysqld runs on")
+            && text.contains("its output: pretending to start mariadb"),
+        "{text}"
+    );
+    assert!(
+        text.contains("waiting for mysqld to accept connections after start_command"),
+        "the wait says what it waits for: {text}"
+    );
+}

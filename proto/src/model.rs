@@ -724,7 +724,7 @@ impl SemiSyncMode {
             "lossless" => Ok(SemiSyncMode::Lossless),
             "off" => Ok(SemiSyncMode::Off),
             other => Err(format!(
-                "{other:?} is not a semi-sync mode: use lossless or off"
+                "\"{other}\" is not a semi-sync mode: use lossless or off"
             )),
         }
     }

@@ -39,11 +39,10 @@ use rustix::process::Signal;
 /// after its start (crash recovery of a large buffer pool is slow).
 const STOP_TIMEOUT: Duration = Duration::from_secs(600);
 const START_TIMEOUT: Duration = Duration::from_secs(600);
-/// How long mysqld may take to answer after a start command that returned
-/// successfully (one that returns once mysqld runs, like `systemctl
-/// start`): a command that exits 0 without starting it fails the restore
-/// then, quoting its output, instead of after [`START_TIMEOUT`].
-const START_AFTER_EXIT: Duration = Duration::from_secs(60);
+/// How long, after a start command exited successfully, no mysqld may
+/// hold the data directory before the restore fails, quoting the
+/// command's output (instead of after [`START_TIMEOUT`]).
+const NO_SERVER_AFTER_EXIT: Duration = Duration::from_secs(10);
 
 /// What a restore needs.
 pub struct Restore {
@@ -185,22 +184,19 @@ fn fetch_binlogs(
 }
 
 /// Stops a mysqld that may not answer: SIGTERM, then SIGKILL after
-/// [`STOP_TIMEOUT`], waiting until it is proven gone. Only the process
-/// holding the server's lock file is signalled.
-async fn terminate(files: &ServerFiles) {
+/// [`STOP_TIMEOUT`]; `Ok` only once it is proven gone (see
+/// [`process::prove_stopped`]). Only the process holding the server's lock
+/// file is signalled.
+async fn terminate(files: &ServerFiles) -> Result<(), String> {
+    let mut last = String::new();
     for signal in [Signal::TERM, Signal::KILL] {
-        match process::signal_server(files, signal) {
-            Ok(None) => return,
-            Ok(Some(_)) => {}
-            Err(e) => {
-                warn!(error = e, "cannot stop the restored mysqld");
-                return;
-            }
-        }
-        if process::wait_stopped(files, STOP_TIMEOUT).await.is_ok() {
-            return;
+        process::signal_server(files, signal)?;
+        match process::wait_stopped(files, STOP_TIMEOUT).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
         }
     }
+    Err(format!("mysqld cannot be proven stopped: {last}"))
 }
 
 /// Shuts mysqld down and waits until its process is proven gone.
@@ -224,7 +220,7 @@ async fn stop_mysqld(t: &MysqlTarget, files: &ServerFiles) -> Result<(), String>
 
 /// Runs the start command in its own process group, reaped in the
 /// background, and waits until mysqld accepts connections.
-async fn start_mysqld(r: &Restore) -> Result<Conn, String> {
+async fn start_mysqld(r: &Restore, files: &ServerFiles) -> Result<Conn, String> {
     let (program, args) = r.start_command.split_first().ok_or("empty start_command")?;
     let log = r.work.join("start.log");
     let out =
@@ -262,8 +258,15 @@ async fn start_mysqld(r: &Restore) -> Result<Conn, String> {
         t if t.trim().is_empty() => "it printed nothing".to_string(),
         t => format!("its output: {t}"),
     };
-    let mut deadline = Instant::now() + START_TIMEOUT;
+    let deadline = Instant::now() + START_TIMEOUT;
     let mut exited_ok = false;
+    // Since when, after the command exited successfully, no mysqld holds
+    // the data directory's lock: a command that returns once mysqld runs
+    // (systemctl start) or starts it in the background leaves one holding
+    // it (crash recovery may take long, and is waited for); one that
+    // exits 0 without starting anything leaves none, and fails the
+    // restore soon instead of after START_TIMEOUT.
+    let mut no_server_since: Option<Instant> = None;
     loop {
         if let Ok((conn, _)) = observer::connect(&r.target).await {
             return Ok(conn);
@@ -276,26 +279,28 @@ async fn start_mysqld(r: &Restore) -> Result<Conn, String> {
                     output()
                 ));
             }
-            // A command that returns once mysqld runs (systemctl start):
-            // mysqld should answer soon after, not after START_TIMEOUT.
-            Some(Ok(_)) if !exited_ok => {
-                exited_ok = true;
-                deadline = deadline.min(Instant::now() + START_AFTER_EXIT);
-            }
+            Some(Ok(_)) => exited_ok = true,
             Some(Err(e)) => return Err(format!("cannot wait for start_command {program}: {e}")),
-            _ => {}
+            None => {}
+        }
+        if exited_ok && matches!(process::identify(files), Ok(None)) {
+            let since = *no_server_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > NO_SERVER_AFTER_EXIT {
+                return Err(format!(
+                    "start_command {program} exited successfully but no mysqld runs on {} (nothing holds {}'s lock {NO_SERVER_AFTER_EXIT:?} later); {}",
+                    files.datadir.display(),
+                    files.lock_file.display(),
+                    output()
+                ));
+            }
+        } else {
+            no_server_since = None;
         }
         if Instant::now() > deadline {
-            let how = if exited_ok {
-                format!(
-                    "start_command {program} exited successfully but mysqld did not accept connections at {place} within {START_AFTER_EXIT:?} of it"
-                )
-            } else {
-                format!(
-                    "mysqld did not accept connections at {place} within {START_TIMEOUT:?} after start_command {program}"
-                )
-            };
-            return Err(format!("{how}; {}", output()));
+            return Err(format!(
+                "mysqld did not accept connections at {place} within {START_TIMEOUT:?} after start_command {program}; {}",
+                output()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -524,23 +529,30 @@ pub async fn restore(
             })
         });
     if let Err(e) = swapped {
-        let again = match start_mysqld(&r).await {
+        let again = match start_mysqld(&r, &f.files).await {
             Ok(_) => "mysqld runs on the previous data".to_string(),
             Err(e2) => format!("mysqld did not start again: {e2}"),
         };
         return Err(format!("{e}; {again}"));
     }
     r.phase.set("starting mysqld");
-    let mut conn = match start_mysqld(&r).await {
+    let mut conn = match start_mysqld(&r, &f.files).await {
         Ok(c) => c,
         Err(e) => {
-            // it may be running without answering: stopped for good first
-            terminate(&f.files).await;
+            // It may be running without answering: stopped for good first,
+            // or the data directory is not moved from under it.
+            if let Err(stop) = terminate(&f.files).await {
+                return Err(format!(
+                    "the restored server did not start: {e}; it cannot be stopped either ({stop}), so the restored data stays in {} and the previous data in {}",
+                    f.datadir.display(),
+                    before.display()
+                ));
+            }
             let failed = sibling(&f.datadir, &format!("failed-{}", r.job_id));
             let back = std::fs::rename(&f.datadir, &failed)
                 .and_then(|()| std::fs::rename(&before, &f.datadir));
             let again = match back {
-                Ok(()) => match start_mysqld(&r).await {
+                Ok(()) => match start_mysqld(&r, &f.files).await {
                     Ok(_) => "the previous data is back and mysqld runs on it".to_string(),
                     Err(e2) => format!("the previous data is back but mysqld did not start: {e2}"),
                 },

@@ -58,14 +58,24 @@ impl Drop for ScratchServer {
 /// (which may show another namespace) is trusted.
 pub fn kill_left_running(dir: &Path) {
     for data in data_dirs(dir, 3) {
-        let Some(pid) = lock_holder(&data.join("ibdata1")) else {
-            continue;
+        // Only the mysqld holding this scratch data directory, pinned as
+        // fencing pins it (see `mysql::process::signal_server`).
+        let files = crate::mysql::process::ServerFiles {
+            lock_file: data.join("ibdata1"),
+            datadir: data.clone(),
+            address: String::new(),
+            socket: None,
         };
-        warn!(pid, data = %data.display(), "killing a scratch mysqld a killed agent left running");
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        match crate::mysql::process::signal_server(&files, rustix::process::Signal::KILL) {
+            Ok(Some(pid)) => {
+                warn!(pid, data = %data.display(), "killed a scratch mysqld a killed agent left running");
+            }
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(data = %data.display(), error = e, "cannot kill what holds a scratch data directory");
+                continue;
+            }
+        }
         let started = Instant::now();
         while lock_holder(&data.join("ibdata1")).is_some() && started.elapsed() < TIMEOUT {
             std::thread::sleep(Duration::from_millis(20));

@@ -352,8 +352,12 @@ impl Controller {
         })
     }
 
-    /// No replication, guard cleared, writable.
-    pub async fn promote(&self) -> Result<Outcome, ControlError> {
+    /// No replication, guard cleared, writable. With `lossless_semi_sync`
+    /// (the cluster's policy) the whole lossless setting is applied before
+    /// the first write; otherwise the source side is on when this member
+    /// acknowledged as a replica (the cluster runs semi-sync as
+    /// configured).
+    pub async fn promote(&self, lossless_semi_sync: bool) -> Result<Outcome, ControlError> {
         let _serial = self.serial.lock().await;
         let (mut conn, flavor) = self.conn().await?;
         Self::run(&mut conn, role::stop(flavor), "stopping replication").await?;
@@ -364,7 +368,13 @@ impl Controller {
         )
         .await?;
         let before = Self::state(&mut conn, flavor).await?;
-        if before.semi_sync.replica_enabled {
+        if lossless_semi_sync {
+            let statements =
+                role::semi_sync_policy(flavor, true, true).map_err(ControlError::NotConfigured)?;
+            for sql in &statements {
+                Self::run(&mut conn, sql, "setting lossless semi-sync").await?;
+            }
+        } else if before.semi_sync.replica_enabled {
             // The cluster runs semi-sync: the new primary waits for acks.
             let sql = role::semi_sync_source(flavor, true);
             Self::run(&mut conn, &sql, "enabling semi-sync").await?;
@@ -477,7 +487,16 @@ impl Controller {
         } else {
             "semi-sync off".to_string()
         };
-        if before.semi_sync.replica_enabled != lossless
+        // A replica acknowledges only after its IO thread reconnects with
+        // the setting: whenever lossless is asked of one not acknowledging
+        // (a reconnect that failed last time is tried again), and when it
+        // stops acknowledging.
+        let reconnect = if lossless {
+            !before.semi_sync.replica_active
+        } else {
+            before.semi_sync.replica_enabled
+        };
+        if reconnect
             && before
                 .replication
                 .as_ref()

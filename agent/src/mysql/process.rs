@@ -211,7 +211,13 @@ async fn probe_socket(path: &Path) -> Endpoint {
 /// lock file, and the address and socket refuse connections. `Err` says
 /// why it cannot be proven (still running, or unknown).
 pub async fn prove_stopped(files: &ServerFiles) -> Result<String, String> {
-    if let Some(pid) = lock_holder(&files.lock_file)? {
+    // open and fcntl block (a data directory on a hung NFS mount would
+    // hold a runtime thread): on the blocking pool.
+    let file = files.lock_file.clone();
+    let holder = tokio::task::spawn_blocking(move || lock_holder(&file))
+        .await
+        .map_err(|e| format!("the lock check did not finish: {e}"))??;
+    if let Some(pid) = holder {
         return Err(format!(
             "pid {pid} still holds {}'s lock: mysqld runs",
             files.lock_file.display()
@@ -394,7 +400,11 @@ pub async fn follow(
             Ok(false) => {}
             Err(e) => tracing::error!(error = e, "cannot record mysqld's files"),
         }
-        let problem = match identify(&files) {
+        let probe = files.clone();
+        let identified = tokio::task::spawn_blocking(move || identify(&probe))
+            .await
+            .unwrap_or_else(|e| Err(format!("the identification did not finish: {e}")));
+        let problem = match identified {
             Ok(Some(_)) => None,
             Ok(None) => Some(format!(
                 "nothing holds {}'s lock although mysqld answers (innodb_read_only?)",
@@ -507,7 +517,7 @@ mod tests {
         let files = files_in(dir.path(), closed_port());
         let why = prove_stopped(&files).await.unwrap_err();
         assert!(
-            why.contains("cannot open") && why.contains("ibdata1"),
+            why.contains("cannot read") && why.contains("ibdata1"),
             "{why}"
         );
         // A directory where the file should be cannot be read either.

@@ -70,6 +70,9 @@ impl Finding {
 pub struct Expectations {
     /// The configured pid file, compared with `@@pid_file`.
     pub pid_file: Option<PathBuf>,
+    /// The replication account: replicas log in with it at `[mysql]
+    /// address`, and so does the address check.
+    pub replication: Option<(String, dbfleet_common::config::Secret)>,
     /// Coordinator addresses that should accept connections.
     pub coordinators: Vec<String>,
 }
@@ -115,10 +118,13 @@ pub async fn verify(
         let files = ServerFiles::from_variables(&vars, &target.address.host);
         found.extend(identity(files.as_ref()));
         if let Some(socket) = &target.socket {
-            found.extend(
-                address_reaches_socket_server(&mut conn, &target.address.to_string(), socket)
-                    .await?,
-            );
+            let check = AddressCheck {
+                address: target.address.to_string(),
+                socket,
+                replication: expect.replication.as_ref(),
+                greeting_allowed: offline_too,
+            };
+            found.extend(check.run(&mut conn).await?);
         }
         if let Some(files) = &files {
             found.extend(starts_writable(files, flavor).await);
@@ -238,59 +244,139 @@ fn identity(files: Option<&ServerFiles>) -> Option<Finding> {
     }
 }
 
-/// The MySQL protocol's first packet names the connection's id: the
-/// server that sent it lists that id (with our client port) in its
-/// process list, so the socket's server can tell whether `address`
-/// reached it. `Ok(None)`: it did.
-async fn address_reaches_socket_server(
-    conn: &mut Conn,
-    address: &str,
-    socket: &Path,
-) -> Result<Option<Finding>, String> {
-    let mismatch = |why: String| {
+/// Whether `[mysql] address` reaches the server behind the socket: a
+/// connection there names its connection id, which the socket's server
+/// lists (with our client port) in its process list when it is the same
+/// server. The running agent logs in with the replication account, as
+/// replicas will (a connection that only reads the greeting counts as a
+/// handshake error towards `max_connect_errors`, which would block this
+/// host after enough checks); `check-config` without one reads the
+/// greeting instead. Only positive evidence of another server, or of
+/// nothing listening, is a mismatch; a timeout or a refused login is a
+/// warning.
+struct AddressCheck<'a> {
+    address: String,
+    socket: &'a Path,
+    replication: Option<&'a (String, dbfleet_common::config::Secret)>,
+    greeting_allowed: bool,
+}
+
+impl AddressCheck<'_> {
+    fn mismatch(&self, why: &str) -> Option<Finding> {
         Some(Finding::problem(
             ConfigProblemKind::MysqlAddressMismatch,
             format!(
-                "[mysql] address {address} {why}, not the server behind socket {}: replicas would be pointed at the wrong place; set address to this server's host:port",
-                socket.display()
+                "[mysql] address {} {why}, not the server behind socket {}: replicas would be pointed at the wrong place; set address to this server's host:port",
+                self.address,
+                self.socket.display()
             ),
         ))
-    };
-    let mut tcp = match tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(address),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Ok(mismatch(format!("refuses connections ({e})"))),
-        Err(_) => return Ok(mismatch("does not answer".into())),
-    };
-    let local_port = tcp.local_addr().map_err(|e| e.to_string())?.port();
-    let mut greeting = [0u8; 256];
-    let n = match tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut greeting)).await {
-        Ok(Ok(n)) => n,
-        Ok(Err(e)) => return Ok(mismatch(format!("hung up before greeting ({e})"))),
-        Err(_) => return Ok(mismatch("sends no MySQL greeting".into())),
-    };
-    let Some(id) = connection_id(&greeting[..n]) else {
-        return Ok(Some(Finding::warning(format!(
-            "cannot tell whether [mysql] address {address} reaches the server behind {}: it answered with no MySQL greeting the agent can read",
-            socket.display()
-        ))));
-    };
-    let host: Option<String> = conn
-        .exec_first(
-            "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = ?",
-            (id,),
+    }
+
+    fn unknown(&self, why: &str) -> Option<Finding> {
+        Some(Finding::warning(format!(
+            "cannot tell whether [mysql] address {} reaches the server behind {}: {why}",
+            self.address,
+            self.socket.display()
+        )))
+    }
+
+    async fn run(&self, conn: &mut Conn) -> Result<Option<Finding>, String> {
+        let Some((user, password)) = self.replication else {
+            if self.greeting_allowed {
+                return self.by_greeting(conn).await;
+            }
+            return Ok(None);
+        };
+        let (host, port) = match dbfleet_proto::model::MysqlAddress::parse(&self.address) {
+            Ok(a) => (a.host, a.port),
+            Err(e) => return Ok(self.unknown(&e)),
+        };
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname(host)
+            .tcp_port(port)
+            .user(Some(user.clone()))
+            .pass(Some(password.expose().to_string()))
+            .prefer_socket(false);
+        let mut tcp = match tokio::time::timeout(Duration::from_secs(2), Conn::new(opts)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(mysql_async::Error::Io(mysql_async::IoError::Io(e)))) if is_refused(&e) => {
+                return Ok(self.mismatch("refuses connections"));
+            }
+            Ok(Err(mysql_async::Error::Server(e))) => {
+                return Ok(self.unknown(&format!(
+                    "the replication account {user} cannot log in there (server error {}); replicas could not either: check its grant",
+                    e.code
+                )));
+            }
+            Ok(Err(e)) => return Ok(self.unknown(&format!("connecting as {user}: {e}"))),
+            Err(_) => return Ok(self.unknown("no answer within 2s")),
+        };
+        // This connection as the server it reached sees it: its id and
+        // our client address and port, which no other connection shares.
+        let me: Option<(u64, String)> = tcp
+            .query_first(
+                "SELECT ID, HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()",
+            )
+            .await
+            .map_err(|e| format!("reading its own connection: {e}"))?;
+        let Some((id, client)) = me else {
+            let _ = tcp.disconnect().await;
+            return Ok(self.unknown("the server there does not list the connection"));
+        };
+        let seen: Option<String> = conn
+            .exec_first(
+                "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = ?",
+                (id,),
+            )
+            .await
+            .map_err(|e| format!("reading the process list: {e}"))?;
+        let _ = tcp.disconnect().await;
+        Ok(match seen {
+            Some(h) if h == client => None,
+            _ => self.mismatch("reaches another server"),
+        })
+    }
+
+    async fn by_greeting(&self, conn: &mut Conn) -> Result<Option<Finding>, String> {
+        let mut tcp = match tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&self.address),
         )
         .await
-        .map_err(|e| format!("reading the process list: {e}"))?;
-    drop(tcp);
-    match host {
-        Some(h) if h.ends_with(&format!(":{local_port}")) => Ok(None),
-        _ => Ok(mismatch("reaches another server".into())),
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) if is_refused(&e) => return Ok(self.mismatch("refuses connections")),
+            Ok(Err(e)) => return Ok(self.unknown(&e.to_string())),
+            Err(_) => return Ok(self.unknown("no answer within 2s")),
+        };
+        let local_port = tcp.local_addr().map_err(|e| e.to_string())?.port();
+        let mut greeting = [0u8; 256];
+        let n = match tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut greeting)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Ok(self.unknown(&format!("hung up before greeting ({e})"))),
+            Err(_) => return Ok(self.unknown("no greeting within 2s")),
+        };
+        let Some(id) = connection_id(&greeting[..n]) else {
+            return Ok(self.unknown("it answered with no MySQL greeting the agent can read"));
+        };
+        let host: Option<String> = conn
+            .exec_first(
+                "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = ?",
+                (id,),
+            )
+            .await
+            .map_err(|e| format!("reading the process list: {e}"))?;
+        drop(tcp);
+        Ok(match host {
+            Some(h) if h.ends_with(&format!(":{local_port}")) => None,
+            _ => self.mismatch("reaches another server"),
+        })
     }
+}
+
+fn is_refused(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::ConnectionRefused
 }
 
 /// The connection id in a MySQL/MariaDB initial handshake packet (protocol

@@ -142,12 +142,26 @@ pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Bloc
     let catch_up_from = if executed.covers(&required) {
         None
     } else {
+        // The candidate replicates from the source's address: never one
+        // that does not reach its server.
         let source = usable
             .iter()
-            .find(|(_, e, _)| e.covers(&required))
+            .find(|(m, e, _)| e.covers(&required) && !m.address_mismatch)
             .map(|(m, _, _)| m.host.to_string())
             .ok_or_else(|| {
-                format!("no reachable replica has applied every received transaction ({required})")
+                let only_mismatched: Vec<&str> = usable
+                    .iter()
+                    .filter(|(m, e, _)| e.covers(&required) && m.address_mismatch)
+                    .map(|(m, _, _)| m.host)
+                    .collect();
+                if only_mismatched.is_empty() {
+                    format!("no reachable replica has applied every received transaction ({required})")
+                } else {
+                    format!(
+                        "only {} applied every received transaction ({required}), and its address does not reach its server (mysql-address-mismatch): fix its agent's [mysql] address",
+                        only_mismatched.join(", ")
+                    )
+                }
             })?;
         evidence.push(format!(
             "{} lacks {} transactions: catching up from {source} first",
@@ -205,18 +219,26 @@ mod tests {
     fn a_member_whose_address_does_not_reach_it_is_never_chosen() {
         let ahead = frozen("0-1-12", "0-1-12", "0-1-12", "0-1-12", 2);
         let behind = frozen("0-1-10", "0-1-10", "0-1-10", "0-1-10", 3);
+        let level = frozen("0-1-12", "0-1-12", "0-1-12", "0-1-12", 4);
         let mut db2 = member("db2", PromotionRule::Prefer, Some(&ahead));
         db2.address_mismatch = true;
         let db3 = member("db3", PromotionRule::Neutral, Some(&behind));
-        let c = choose(&[db2.clone(), db3.clone()], FREE).unwrap();
-        assert_eq!(c.candidate, "db3");
-        assert_eq!(c.catch_up_from.as_deref(), Some("db2"));
+        let db4 = member("db4", PromotionRule::Neutral, Some(&level));
+        let c = choose(&[db2.clone(), db3.clone(), db4], FREE).unwrap();
+        assert_eq!(c.candidate, "db4");
         assert!(
             c.evidence
                 .iter()
                 .any(|e| e.contains("mysql-address-mismatch")),
             "{:?}",
             c.evidence
+        );
+        // Nor is it where a candidate catches up from: with only db2
+        // holding everything received, the failover waits for the fix.
+        let e = choose(&[db2.clone(), db3.clone()], FREE).unwrap_err();
+        assert!(
+            e.contains("only db2") && e.contains("mysql-address-mismatch"),
+            "{e}"
         );
         let asked = Constraints {
             requested_to: Some("db2"),

@@ -295,7 +295,7 @@ impl Failovers {
                 .command(
                     op,
                     &m,
-                    Command::Promote(pb::Promote {}),
+                    Command::Promote(self.promote_command(&self.cluster_of(op))),
                     Duration::from_secs(20),
                 )
                 .await
@@ -423,6 +423,14 @@ impl Failovers {
         })
     }
 
+    /// A Promote that carries the cluster's semi-sync policy.
+    pub(super) fn promote_command(&self, cluster: &str) -> pb::Promote {
+        pb::Promote {
+            lossless_semi_sync: self.fleet.cluster_record(cluster).semi_sync
+                == Some(dbfleet_proto::model::SemiSyncMode::Lossless),
+        }
+    }
+
     async fn promote(&self, op: &mut Operation) -> Result<(), StepError> {
         let candidate = op.candidate.clone().unwrap_or_default();
         let m = self
@@ -432,7 +440,7 @@ impl Failovers {
             .command(
                 op,
                 &m,
-                Command::Promote(pb::Promote {}),
+                Command::Promote(self.promote_command(&self.cluster_of(op))),
                 Duration::from_secs(20),
             )
             .await

@@ -98,8 +98,9 @@ fn semi_sync_as_asked(mode: SemiSyncMode, s: &SemiSync, primary: bool) -> bool {
 /// The members to set, each with whether it is the primary, so semi-sync
 /// is as `mode` asks: `members` are the primary's (host, state, whether
 /// it is the primary) as reported. Lossless: the replicas acknowledge
-/// before the primary waits; off: the primary stops waiting before the
-/// replicas stop acknowledging. Either way a commit never waits for acks
+/// before the primary waits, and the primary waits only once one of them
+/// is acknowledging; off: the primary stops waiting before the replicas
+/// stop acknowledging. Either way a commit never waits for acks
 /// nobody can send, and no commit is acknowledged unreplicated while
 /// lossless is asked.
 fn semi_sync_changes(
@@ -114,9 +115,14 @@ fn semi_sync_changes(
             .collect::<Vec<_>>()
     };
     let (replicas, primary) = (off(false), off(true));
+    // The primary waits only once a replica really acknowledges (its IO
+    // thread connected with semi-sync on): with none, every commit would
+    // block.
+    let acknowledged = members.iter().any(|(_, s, p)| !p && s.replica_active);
     match mode {
         SemiSyncMode::Lossless if !replicas.is_empty() => replicas,
-        SemiSyncMode::Lossless => primary,
+        SemiSyncMode::Lossless if acknowledged => primary,
+        SemiSyncMode::Lossless => Vec::new(),
         SemiSyncMode::Off if !primary.is_empty() => primary,
         SemiSyncMode::Off => replicas,
     }
@@ -617,10 +623,6 @@ impl Failovers {
         }
     }
 
-    /// Repoints a replica of the primary whose heartbeat or net timeout
-    /// differs from the cluster's policy (set up by hand, say): with
-    /// MariaDB's defaults a replica notices a dead primary only after a
-    /// minute, and detection waits for every replica to notice.
     /// Sets semi-sync on the members that are not as the cluster's policy
     /// asks (see [`semi_sync_changes`]); members out of service and
     /// replicas of another source are left alone.
@@ -679,6 +681,10 @@ impl Failovers {
         }
     }
 
+    /// Repoints a replica of the primary whose heartbeat or net timeout
+    /// differs from the cluster's policy (set up by hand, say): with
+    /// MariaDB's defaults a replica notices a dead primary only after a
+    /// minute, and detection waits for every replica to notice.
     async fn tune(
         &self,
         cluster: &str,
@@ -821,28 +827,15 @@ impl Failovers {
                 .as_ref()
                 .map(|r| r.agent.fence_reason.clone())
                 .unwrap_or_default();
-            // A restarted MariaDB forgot the semi-sync settings: they are
-            // back before it takes a write, or a commit could be
-            // acknowledged unreplicated under a lossless policy.
-            if rec.semi_sync == Some(SemiSyncMode::Lossless)
-                && !semi_sync_as_asked(SemiSyncMode::Lossless, &ps.semi_sync, true)
-            {
-                let cmd = Command::SetSemiSync(pb::SetSemiSync {
-                    lossless: true,
-                    source: true,
-                });
-                if let Err(e) = self.repair_command(cluster, epoch, p, cmd).await {
-                    warn!(
-                        cluster,
-                        primary,
-                        error = e,
-                        "cannot set semi-sync on the primary before making it writable"
-                    );
-                    return;
-                }
-            }
             match self
-                .repair_command(cluster, epoch, p, Command::Promote(pb::Promote {}))
+                .repair_command(
+                    cluster,
+                    epoch,
+                    p,
+                    // A restarted MariaDB forgot the semi-sync settings:
+                    // the Promote sets them before the first write.
+                    Command::Promote(self.promote_command(cluster)),
+                )
                 .await
             {
                 Ok(_) => {
@@ -980,7 +973,9 @@ mod tests {
     fn semi_sync_changes_in_an_order_that_never_waits_for_nobody_nor_acks_unreplicated() {
         use SemiSyncMode::{Lossless, Off};
         let asynchronous = ss(false, false, false);
-        let acking = ss(false, true, true);
+        let mut acking = ss(false, true, true);
+        acking.replica_active = true;
+        let set_not_connected = ss(false, true, true);
         let waiting = ss(true, true, true);
         let set = |v: &[(&str, bool)]| -> Vec<(String, bool)> {
             v.iter().map(|(h, p)| (h.to_string(), *p)).collect()
@@ -1003,6 +998,17 @@ mod tests {
         assert_eq!(
             semi_sync_changes(Lossless, &replicas_ack),
             set(&[("db1", true)])
+        );
+        // set, but none acknowledging yet (or no replica at all): the
+        // primary does not wait for nobody
+        let none_acking = [
+            ("db1", &asynchronous, true),
+            ("db2", &set_not_connected, false),
+        ];
+        assert_eq!(semi_sync_changes(Lossless, &none_acking), vec![]);
+        assert_eq!(
+            semi_sync_changes(Lossless, &[("db1", &asynchronous, true)]),
+            vec![]
         );
         let done = [("db1", &waiting, true), ("db2", &acking, false)];
         assert_eq!(semi_sync_changes(Lossless, &done), vec![]);
