@@ -247,6 +247,20 @@ impl Drop for TestFleet {
     }
 }
 
+/// `config` (TOML text) with the line starting `key = ` replaced by `line`.
+pub fn with_line(config: &str, key: &str, line: &str) -> String {
+    config
+        .lines()
+        .map(|l| {
+            if l.starts_with(&format!("{key} = ")) {
+                format!("{line}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
 /// Installs the crypto provider (idempotent); every test calls it first.
 pub fn init() {
     dbfleet_common::tls::install_crypto_provider();
@@ -477,6 +491,36 @@ impl TestFleet {
             .find(|c| c.id == id)
             .cloned()
             .unwrap_or_else(|| panic!("no coordinator {id}"))
+    }
+
+    /// Restarts `host`'s agent with the config line starting `key = `
+    /// replaced by `line`, and waits until it listens again.
+    pub async fn restart_agent_with(&mut self, host: &str, key: &str, line: &str) {
+        let config = self.dir.join(format!("agent-{host}.toml"));
+        let text = with_line(
+            &fs::read_to_string(&config).expect("agent config"),
+            key,
+            line,
+        );
+        assert!(
+            text.contains(line),
+            "no `{key} = ` line in {}",
+            config.display()
+        );
+        self.stop(&format!("agent-{host}"), Duration::from_secs(5));
+        fs::write(&config, text).expect("write the agent config");
+        self.start_agent(host).expect("start the agent");
+        let address = self
+            .info
+            .members
+            .iter()
+            .find(|m| m.host == host)
+            .expect("a member")
+            .agent_address
+            .clone();
+        self.wait_listening(&format!("agent-{host}"), &address, PATIENCE)
+            .await
+            .expect("the agent listens");
     }
 
     /// Where every log file of the fleet ends now, so a test can read only

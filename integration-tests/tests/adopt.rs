@@ -70,33 +70,21 @@ impl Adopted {
         )]
     }
 
-    /// Starts a program as the mysql user, output to `log`.
-    fn start_as_mysql(&mut self, program: &Path, args: &[String], log: &str) {
+    /// Starts a program, output to `log`; as the mysql user when
+    /// `as_mysql` (mysqld and the agents), else as root (coordinators).
+    fn start(&mut self, program: &Path, args: &[String], log: &str, as_mysql: bool) {
         let out = std::fs::File::create(self.dir().join(log)).unwrap();
-        let child = Command::new(program)
-            .args(args)
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
-            .uid(self.mysql.uid.as_raw())
-            .gid(self.mysql.gid.as_raw())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-    }
-
-    fn start_as_root(&mut self, program: &Path, args: &[String], log: &str) {
-        let out = std::fs::File::create(self.dir().join(log)).unwrap();
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        self.children.push(child);
+            .process_group(0);
+        if as_mysql {
+            cmd.uid(self.mysql.uid.as_raw())
+                .gid(self.mysql.gid.as_raw());
+        }
+        self.children.push(cmd.spawn().unwrap());
     }
 
     async fn root(&self, host: &str) -> Conn {
@@ -281,10 +269,11 @@ async fn build_cluster(slot: Slot) -> Adopted {
         .unwrap();
         a.mysql.give(&s.dir, true).unwrap();
         let args = a.mariadbd_args(&s.host);
-        a.start_as_mysql(
+        a.start(
             Path::new("/usr/sbin/mariadbd"),
             &args,
             &format!("{}.out", s.host),
+            true,
         );
     }
     // The primary: the DBA's replication account and application, root's
@@ -479,10 +468,11 @@ fn deploy(a: &mut Adopted) {
                 .display()
                 .to_string(),
         ];
-        a.start_as_root(
+        a.start(
             &bin("dbfleet-coordinator"),
             &args,
             &format!("coordinator-{id}.log"),
+            false,
         );
     }
     for h in HOSTS {
@@ -503,10 +493,11 @@ fn deploy(a: &mut Adopted) {
             out.status.success() && !text.contains("problem:") && text.contains(": ok (agent"),
             "{h}: {text}"
         );
-        a.start_as_mysql(
+        a.start(
             &bin("dbfleet-agent"),
             &["--config".into(), config],
             &format!("agent-{h}.log"),
+            true,
         );
     }
 }

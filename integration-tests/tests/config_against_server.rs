@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use dbfleet_integration_tests::{TestFleet, bin, has_problem, member};
+use dbfleet_integration_tests::{TestFleet, bin, has_problem, member, with_line};
 
 /// `dbfleet-agent check-config` on `config`, as the agents' user.
 fn check_config(fleet: &TestFleet, config: &std::path::Path) -> (bool, String) {
@@ -29,20 +29,6 @@ fn check_config(fleet: &TestFleet, config: &std::path::Path) -> (bool, String) {
         assert!(!text.contains(secret), "a password leaked: {text}");
     }
     (out.status.success(), text)
-}
-
-/// `config` with the line starting `key = ` replaced by `line`.
-fn with_line(config: &str, key: &str, line: &str) -> String {
-    config
-        .lines()
-        .map(|l| {
-            if l.starts_with(&format!("{key} = ")) {
-                format!("{line}\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -159,17 +145,11 @@ async fn a_running_agent_reports_a_restart_writable_server_and_a_mismatched_addr
     let original = std::fs::read_to_string(&cnf).unwrap();
     std::fs::write(&cnf, original.replace("read_only = ON\n", "")).unwrap();
     // db2's agent is told a port nothing listens on.
-    let config = fleet.dir.join("agent-db2.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
     let db2 = fleet.server("db2").unwrap().clone();
-    fleet.stop("agent-db2", Duration::from_secs(5));
+    fleet
+        .restart_agent_with("db2", "address", &format!("address = \"{}:3307\"", db2.ip))
+        .await;
     fleet.stop("agent-db3", Duration::from_secs(5));
-    std::fs::write(
-        &config,
-        with_line(&text, "address", &format!("address = \"{}:3307\"", db2.ip)),
-    )
-    .unwrap();
-    fleet.start_agent("db2").unwrap();
     fleet.start_agent("db3").unwrap();
     let seen = fleet
         .wait_until("both configuration problems reported", |c| {

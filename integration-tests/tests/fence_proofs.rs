@@ -11,11 +11,11 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use dbfleet_cli::sandbox::mariadb::{APP_DATABASE, APP_USER};
+use dbfleet_integration_tests::TestFleet;
 use dbfleet_integration_tests::failover::{
     check_witnesses, evidence_of, loaded_fleet, new_primary, semi_sync_may_fall_back,
 };
 use dbfleet_integration_tests::workload::TABLE;
-use dbfleet_integration_tests::{PATIENCE, TestFleet};
 use mysql_async::prelude::Queryable;
 
 /// What db1's agent is told its mysqld's pid file is.
@@ -61,27 +61,13 @@ async fn point_pid_file(fleet: &mut TestFleet, case: &PidFile, bystander: &Child
             std::fs::write(&path, format!("{pid}\n")).unwrap();
         }
     }
-    let config = fleet.dir.join("agent-db1.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("pid_file = ") {
-                format!("pid_file = {:?}\n", path.display().to_string())
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    assert!(text.contains("pid-file-under-test"), "{text}");
-    fleet.stop("agent-db1", Duration::from_secs(5));
-    std::fs::write(&config, text).unwrap();
-    fleet.start_agent("db1").unwrap();
-    let address = fleet.info.members[0].agent_address.clone();
     fleet
-        .wait_listening("agent-db1", &address, PATIENCE)
-        .await
-        .unwrap();
+        .restart_agent_with(
+            "db1",
+            "pid_file",
+            &format!("pid_file = {:?}", path.display().to_string()),
+        )
+        .await;
 }
 
 async fn a_hung_primary_is_fenced_by_its_lock_holder_whatever_its_pid_file_says(case: PidFile) {

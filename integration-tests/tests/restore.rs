@@ -451,27 +451,13 @@ async fn an_agent_killed_mid_restore_leaves_the_server_running_and_the_restore_f
 async fn a_start_command_that_starts_nothing_fails_the_restore_quoting_its_output() {
     let mut fleet = TestFleet::start_active(2, 1).await;
     let id = backup(&fleet, "db2");
-    let config = fleet.dir.join("agent-db3.toml");
-    let text: String = std::fs::read_to_string(&config)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            if l.starts_with("start_command = ") {
-                "start_command = [\"/bin/sh\", \"-c\", \"echo pretending to start mariadb\"]\n"
-                    .to_string()
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    fleet.stop("agent-db3", Duration::from_secs(5));
-    std::fs::write(&config, text).unwrap();
-    fleet.start_agent("db3").unwrap();
-    let address = fleet.info.members[2].agent_address.clone();
     fleet
-        .wait_listening("agent-db3", &address, PATIENCE)
-        .await
-        .unwrap();
+        .restart_agent_with(
+            "db3",
+            "start_command",
+            "start_command = [\"/bin/sh\", \"-c\", \"echo pretending to start mariadb\"]",
+        )
+        .await;
     let out = fleet.cli(&["backup", "restore", &id, "--host", "db3"]);
     let text = format!(
         "{}{}",
