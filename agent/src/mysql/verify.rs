@@ -179,7 +179,7 @@ async fn privileges_held(conn: &mut Conn, flavor: Flavor) -> Result<Vec<Finding>
     let who = who.unwrap_or_default();
     let Some((user, host)) = who.rsplit_once('@') else {
         return Ok(vec![Finding::warning(format!(
-            "cannot tell which account the agent uses ({who:?}); its privileges were not checked"
+            "cannot tell which account the agent uses (CURRENT_USER() said \"{who}\"); its privileges were not checked"
         ))]);
     };
     let grantee = format!("'{user}'@'{host}'");
