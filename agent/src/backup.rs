@@ -14,6 +14,7 @@ pub mod repo;
 pub mod restore;
 mod retention;
 pub mod scratch;
+pub mod swap;
 mod take;
 pub mod throttle;
 pub mod tools;
@@ -121,6 +122,10 @@ pub struct Taken {
     pub tool: String,
 }
 
+/// A restore's job detail when the agent stopped before mysqld was touched.
+const CUT_SHORT_BEFORE_SWAP: &str = "the agent stopped during the restore, before mysqld was \
+     touched; its partial files were removed: restore again";
+
 const RUNNING: &str = "running";
 const COMPLETED: &str = "completed";
 const FAILED: &str = "failed";
@@ -141,6 +146,60 @@ struct Marker {
     /// manifest.
     #[serde(default)]
     backup: Option<String>,
+    /// A restore's swap of the data directory's contents, once it began.
+    #[serde(default)]
+    swap: Option<SwapRecord>,
+}
+
+/// Where a restore's swap stood (see [`restore::Journal`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SwapRecord {
+    datadir: PathBuf,
+    /// mysqld's files, by which it is proven stopped before anything is
+    /// moved back.
+    #[serde(default)]
+    files: Option<crate::mysql::process::ServerFiles>,
+    step: SwapStep,
+}
+
+/// The restore's step, as the swap sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum SwapStep {
+    /// The restored copy is being built: nothing of the server's moved.
+    Building,
+    /// mysqld was being shut down, its data directory's contents may be
+    /// half moved.
+    Swapping,
+    /// `start_command` ran on the restored data.
+    Starting,
+}
+
+impl Marker {
+    /// Takes down a restore's step.
+    fn record(&mut self, step: restore::Journal<'_>) {
+        match step {
+            restore::Journal::Staging(swap) => {
+                self.also = vec![swap.staging().to_path_buf()];
+                self.swap = Some(SwapRecord {
+                    datadir: swap.datadir().to_path_buf(),
+                    files: None,
+                    step: SwapStep::Building,
+                });
+            }
+            restore::Journal::Swapping(files) => {
+                if let Some(s) = &mut self.swap {
+                    s.files = Some(files.clone());
+                    s.step = SwapStep::Swapping;
+                }
+            }
+            restore::Journal::Starting => {
+                if let Some(s) = &mut self.swap {
+                    s.step = SwapStep::Starting;
+                }
+            }
+        }
+    }
 }
 
 struct Entry {
@@ -219,7 +278,7 @@ fn valid_id(id: &str) -> Result<(), ControlError> {
 impl Jobs {
     /// The registry; cleans up after jobs a previous agent process left
     /// unfinished and lists them as failed.
-    pub fn open(
+    pub async fn open(
         cluster: &str,
         host: &str,
         state_dir: &Path,
@@ -245,11 +304,11 @@ impl Jobs {
             list: Mutex::new(Vec::new()),
             cancel: Arc::new(AtomicBool::new(false)),
         };
-        jobs.clean_leftovers();
+        jobs.clean_leftovers().await;
         Arc::new(jobs)
     }
 
-    fn clean_leftovers(&self) {
+    async fn clean_leftovers(&self) {
         // mariadb-backup's temporary directories of backups cut short
         for e in std::fs::read_dir(&self.scratch)
             .into_iter()
@@ -270,6 +329,7 @@ impl Jobs {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
+            let mut keep_marker = false;
             let Some(m) = std::fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Marker>(&b).ok())
@@ -291,6 +351,16 @@ impl Jobs {
                     &manifest,
                 ),
                 _ => {
+                    let (detail, done) = match &m.swap {
+                        Some(swap) => self.recover_swap(&m.id, swap).await,
+                        None if m.kind == "restore" => (CUT_SHORT_BEFORE_SWAP.to_string(), true),
+                        None => (
+                            "the agent stopped during the job; its partial files were removed"
+                                .to_string(),
+                            true,
+                        ),
+                    };
+                    keep_marker = !done;
                     for p in std::iter::once(&m.partial).chain(&m.also) {
                         scratch::kill_left_running(p);
                         let _ = std::fs::remove_dir_all(p);
@@ -305,17 +375,9 @@ impl Jobs {
                         kind = m.kind,
                         "a job was cut short by the agent's restart; its partial files were removed"
                     );
-                    let detail = if m.kind == "restore" {
-                        "the agent stopped during the restore; its partial files were removed. \
-                         mysqld may be stopped, or running the restored data without its \
-                         point-in-time replay; the previous data directory, if it was moved, \
-                         is beside it as .NAME.before-JOB: restore again"
-                    } else {
-                        "the agent stopped during the job; its partial files were removed"
-                    };
                     pb::Job {
                         state: FAILED.into(),
-                        detail: detail.into(),
+                        detail,
                         ..Default::default()
                     }
                 }
@@ -330,7 +392,106 @@ impl Jobs {
                 phase: Phase::default(),
                 uses: String::new(),
             });
-            let _ = std::fs::remove_file(&path);
+            if !keep_marker {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// What a restore cut short by the agent's death left of its swap,
+    /// made whole where that is proven safe. Returns the job's detail, and
+    /// whether the marker is done with (`false`: tried again at the
+    /// agent's next start).
+    async fn recover_swap(&self, job: &str, record: &SwapRecord) -> (String, bool) {
+        let swap = swap::Swap::new(&record.datadir, job);
+        let aside = swap.aside().display().to_string();
+        let files = match (record.step, &record.files) {
+            (SwapStep::Swapping, Some(files)) => files,
+            (SwapStep::Starting, _) => {
+                return (
+                    format!(
+                        "the agent stopped while mysqld started on the restored data, before the \
+                         restore gave it its new history: restore again. The previous data is in \
+                         {aside}: remove it once the host is restored"
+                    ),
+                    true,
+                );
+            }
+            _ => return (CUT_SHORT_BEFORE_SWAP.to_string(), true),
+        };
+        let moved = swap.aside().exists();
+        match crate::mysql::process::prove_stopped(files).await {
+            Err(why) if !moved => (
+                format!(
+                    "the agent stopped while shutting mysqld down for the restore; nothing of its \
+                     data was moved, and mysqld cannot be proven stopped ({why}): restore again"
+                ),
+                true,
+            ),
+            Err(why) => (
+                format!(
+                    "the agent stopped while swapping in the restored data, and mysqld cannot be \
+                     proven stopped ({why}), so nothing was moved back: the previous data is in \
+                     {aside}. Stop mysqld: the agent puts the previous data back at its next start"
+                ),
+                false,
+            ),
+            Ok(_) => match swap.put_back() {
+                Ok(kept) => {
+                    if let Some(k) = kept {
+                        let _ = std::fs::remove_dir_all(k);
+                    }
+                    (
+                        format!(
+                            "the agent stopped while swapping in the restored data; mysqld was \
+                             proven stopped, the previous data is back in place and {}: restore \
+                             again",
+                            self.start_mysqld_detached(job)
+                        ),
+                        true,
+                    )
+                }
+                Err(e) => (
+                    format!(
+                        "the agent stopped while swapping in the restored data, and putting the \
+                         previous data back failed: {e}. It is in {aside}; the agent tries again at \
+                         its next start"
+                    ),
+                    false,
+                ),
+            },
+        }
+    }
+
+    /// Runs `start_command` in its own process group without waiting for
+    /// mysqld (the agent's observer sees it come up); says what was done.
+    fn start_mysqld_detached(&self, job: &str) -> String {
+        let Some((program, args)) = self.start_command.as_ref().and_then(|c| c.split_first())
+        else {
+            return "mysqld stays stopped: start it (set [mysql] start_command for the agent to)"
+                .to_string();
+        };
+        use std::os::unix::process::CommandExt;
+        let spawned = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn();
+        match spawned {
+            Ok(mut child) => {
+                let (job, command) = (job.to_string(), program.clone());
+                std::thread::spawn(move || match child.wait() {
+                    Ok(s) if s.success() => {}
+                    Ok(s) => {
+                        warn!(job, command, status = %s, "start_command failed after a restore was cut short")
+                    }
+                    Err(e) => warn!(job, command, error = %e, "cannot wait for start_command"),
+                });
+                format!("start_command {program} was run to start mysqld again")
+            }
+            Err(e) => format!("start_command {program} could not run ({e}): start mysqld"),
         }
     }
 
@@ -499,6 +660,7 @@ impl Jobs {
             partial: scratch.clone(),
             also: vec![],
             backup: None,
+            swap: None,
         }) {
             self.finish(job_id, Err(e.to_string()));
             return Err(e);
@@ -556,6 +718,7 @@ impl Jobs {
             partial: work.clone(),
             also: vec![],
             backup: None,
+            swap: None,
         };
         if let Err(e) = self.write_marker(&marker) {
             self.finish(job_id, Err(e.to_string()));
@@ -587,13 +750,10 @@ impl Jobs {
                         phase,
                     };
                     let marker_jobs = jobs.clone();
-                    restore::restore(r, move |staging| {
-                        marker_jobs
-                            .write_marker(&Marker {
-                                also: vec![staging.to_path_buf()],
-                                ..marker
-                            })
-                            .map_err(|e| e.to_string())
+                    let mut marker = marker;
+                    restore::restore(r, move |step| {
+                        marker.record(step);
+                        marker_jobs.write_marker(&marker).map_err(|e| e.to_string())
                     })
                     .await
                 }
@@ -618,6 +778,116 @@ mod tests {
     #[test]
     fn option_file_values_are_quoted_and_escaped() {
         assert_eq!(option_value(r#"p#a ss\"w"#), r#""p#a ss\\\"w""#);
+    }
+
+    /// An agent killed mid-swap, as its next start finds it: the restored
+    /// data moved in, the previous data aside, mysqld stopped. Nothing moves
+    /// while something still answers on mysqld's address; once nothing
+    /// does, the previous data is put back whole and `start_command` runs.
+    #[tokio::test]
+    async fn a_restore_cut_short_mid_swap_is_rolled_back_only_once_mysqld_is_proven_stopped() {
+        let root = std::env::temp_dir().join(format!("dbfleet-recover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (datadir, state_dir) = (root.join("data"), root.join("state"));
+        std::fs::create_dir_all(datadir.join("app")).unwrap();
+        std::fs::write(datadir.join("ibdata1"), "previous").unwrap();
+        let swap = swap::Swap::new(&datadir, "r1");
+        std::fs::create_dir_all(swap.staging()).unwrap();
+        std::fs::write(swap.staging().join("ibdata1"), "restored").unwrap();
+        swap.swap_in().unwrap();
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let mut marker = Marker {
+            id: "r1".into(),
+            kind: "restore".into(),
+            partial: root.join("work"),
+            also: vec![],
+            backup: None,
+            swap: None,
+        };
+        marker.record(restore::Journal::Staging(&swap));
+        let files = crate::mysql::process::ServerFiles {
+            datadir: datadir.clone(),
+            lock_file: datadir.join("ibdata1"),
+            address: address.clone(),
+            socket: None,
+        };
+        marker.record(restore::Journal::Swapping(&files));
+        let marker_file = state_dir.join("jobs/r1.json");
+        std::fs::create_dir_all(marker_file.parent().unwrap()).unwrap();
+        std::fs::write(&marker_file, serde_json::to_vec(&marker).unwrap()).unwrap();
+        let started = root.join("started");
+        let open = || {
+            Jobs::open(
+                "main",
+                "db1",
+                &state_dir,
+                None,
+                MysqlTarget {
+                    address: dbfleet_proto::model::MysqlAddress::parse(&address).unwrap(),
+                    socket: None,
+                    user: "agent".into(),
+                    password: dbfleet_common::config::Secret::new("x"),
+                    connect_timeout: std::time::Duration::from_secs(1),
+                    query_timeout: std::time::Duration::from_secs(1),
+                },
+                Some(vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    format!("touch {}", started.display()),
+                ]),
+                Arc::new(crate::binlog_archive::ArchiveStatus::default()),
+            )
+        };
+        let detail = |jobs: &Jobs| jobs.snapshot().pop().unwrap().detail;
+
+        // something answers on mysqld's address: nothing moves
+        let jobs = open().await;
+        let d = detail(&jobs);
+        assert!(
+            d.contains("cannot be proven stopped") && d.contains("accepts connections"),
+            "{d}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(datadir.join("ibdata1")).unwrap(),
+            "restored"
+        );
+        assert!(marker_file.exists(), "tried again at the next start");
+
+        // nothing does: the previous data is back, mysqld is started
+        drop(listener);
+        let jobs = open().await;
+        let d = detail(&jobs);
+        assert!(
+            d.contains("the previous data is back in place") && d.contains("was run"),
+            "{d}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(datadir.join("ibdata1")).unwrap(),
+            "previous"
+        );
+        assert!(datadir.join("app").is_dir());
+        let names: Vec<_> = std::fs::read_dir(&datadir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            names.len(),
+            2,
+            "no directory of the swap is left: {names:?}"
+        );
+        assert!(!marker_file.exists());
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !started.exists() {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "start_command never ran"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub struct AgentConfig {
     /// again on SIGHUP. Absent: `RUST_LOG`, else `info`.
     #[serde(default)]
     pub log_level: Option<String>,
-    /// Where the agent keeps its fence record (the lease promise), which
-    /// must survive restarts.
+    /// Where the agent keeps its fence record (the lease promise, in
+    /// `voter/`), which must survive restarts.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     /// How long a voter whose fence record was lost grants nothing; at
@@ -292,8 +292,17 @@ impl AgentConfig {
         Some(MysqlAddress::parse(&m.address).expect("validated in AgentConfig::load"))
     }
 
-    /// Where the fence record lives.
+    /// Where the fence record lives: in a directory of its own, which the
+    /// agent creates at its first start. Its absence is what tells a first
+    /// start from a lost record, and `state_dir` itself may exist empty
+    /// before the first start (systemd's `StateDirectory`, or a DBA's
+    /// provisioning).
     pub fn fence_record_path(&self) -> PathBuf {
+        self.state_dir.join("voter").join("fence-record.json")
+    }
+
+    /// Where earlier agents kept the fence record (moved at start).
+    pub fn legacy_fence_record_path(&self) -> PathBuf {
         self.state_dir.join("fence-record.json")
     }
 

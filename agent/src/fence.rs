@@ -86,6 +86,34 @@ pub struct CommandPermit<'a> {
 }
 
 impl Fence {
+    /// Moves a record kept at `legacy` (where earlier agents kept it) to
+    /// `path` when `path`'s directory does not exist yet, so an upgraded
+    /// agent keeps its promises instead of starting as if for the first
+    /// time.
+    pub fn move_legacy_record(legacy: &Path, path: &Path) -> Result<(), FenceError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if dir.exists() || !legacy.exists() {
+            return Ok(());
+        }
+        let io_err = |source| FenceError::Io {
+            path: legacy.to_path_buf(),
+            source,
+        };
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err)?;
+        std::fs::rename(legacy, path).map_err(io_err)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .and_then(|()| std::fs::File::open(legacy.parent().unwrap_or(Path::new("."))))
+            .and_then(|d| d.sync_all())
+            .map_err(io_err)?;
+        info!(from = %legacy.display(), to = %path.display(), "fence record moved to its own directory");
+        Ok(())
+    }
+
     /// Loads the record from `path`, creating its directory (0700). A first
     /// start (no directory yet) boots clean; a missing file in an existing
     /// directory means the record was lost, so the voter starts amnesiac
@@ -273,6 +301,39 @@ mod tests {
         drop(f);
         let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
         assert_eq!(f.snapshot().await.record.promised, newer);
+    }
+
+    /// systemd's `StateDirectory` (or a DBA) creates the state directory
+    /// before the first start: that is still a first start, not a lost
+    /// record. A record where earlier agents kept it is moved, promise
+    /// and all.
+    #[tokio::test]
+    async fn an_empty_state_directory_is_a_first_start_and_a_legacy_record_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("voter/fence-record.json");
+        let legacy = d.path().join("fence-record.json");
+        Fence::move_legacy_record(&legacy, &path).unwrap();
+        let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
+        assert!(f.snapshot().await.quarantine.is_none(), "a first start");
+        drop(f);
+
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("voter/fence-record.json");
+        let legacy = d.path().join("fence-record.json");
+        let promised = Epoch {
+            term: 7,
+            coordinator: "c2".into(),
+        };
+        let rec = FenceRecord {
+            promised: promised.clone(),
+            ..FenceRecord::default()
+        };
+        std::fs::write(&legacy, serde_json::to_vec(&rec).unwrap()).unwrap();
+        Fence::move_legacy_record(&legacy, &path).unwrap();
+        assert!(!legacy.exists());
+        let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
+        assert!(f.snapshot().await.quarantine.is_none());
+        assert_eq!(f.snapshot().await.record.promised, promised);
     }
 
     #[tokio::test]

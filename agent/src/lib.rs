@@ -130,6 +130,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let (tls, target) = check(&config)?;
+    Fence::move_legacy_record(
+        &config.legacy_fence_record_path(),
+        &config.fence_record_path(),
+    )?;
     let fence = Arc::new(Fence::open(
         &config.fence_record_path(),
         config.amnesia_quarantine,
@@ -167,7 +171,8 @@ pub async fn run(
                 target.clone(),
                 config.mysql.as_ref().and_then(|m| m.start_command.clone()),
                 archive.clone(),
-            );
+            )
+            .await;
             {
                 let (jobs, shutdown) = (jobs.clone(), shutdown.clone());
                 tokio::spawn(async move {
@@ -224,6 +229,7 @@ pub async fn run(
                     pid_file: config.mysql.as_ref().and_then(|m| m.pid_file.clone()),
                     replication: replication.clone(),
                     coordinators: config.coordinators.clone(),
+                    tls: None,
                 },
                 problems,
                 shutdown.clone(),

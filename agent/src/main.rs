@@ -67,12 +67,13 @@ fn real_main(cli: Cli, log: telemetry::LogControl) -> anyhow::Result<()> {
     log.apply(config.log_level.as_deref())
         .map_err(anyhow::Error::msg)?;
     if let Some(Command::CheckConfig { offline }) = cli.command {
-        let (_, target) = dbfleet_agent::check(&config)?;
+        let (tls, target) = dbfleet_agent::check(&config)?;
         if let (Some(checked), false) = (target, offline) {
             let expect = dbfleet_agent::mysql::verify::Expectations {
                 pid_file: config.mysql.as_ref().and_then(|m| m.pid_file.clone()),
                 replication: checked.replication.clone(),
                 coordinators: config.coordinators.clone(),
+                tls: Some(tls),
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

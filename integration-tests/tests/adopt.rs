@@ -9,6 +9,7 @@
 //! failover with no acknowledged write lost, a verified backup and a
 //! restore.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -234,10 +235,17 @@ async fn build_cluster(slot: Slot) -> Adopted {
         root_password: "r00t-adopt".into(),
         app_password: "app-adopt".into(),
     };
-    // The DBA's servers: mariadb-install-db, a my.cnf, mysql owns it all.
+    // The DBA's servers: mariadb-install-db, a my.cnf, in Debian's layout:
+    // the data directory's parent is root's (as /var/lib is), mysqld's own
+    // directories (data, run, log, tmp) are mysql's, and so is the state
+    // directory systemd creates for the agent.
     for s in a.servers.clone() {
-        std::fs::create_dir_all(s.dir.join("tmp")).unwrap();
-        a.mysql.give(&s.dir, true).unwrap();
+        std::fs::create_dir_all(&s.dir).unwrap();
+        std::fs::set_permissions(&s.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for d in ["data", "tmp", "run", "log", "agent-state"] {
+            std::fs::create_dir_all(s.dir.join(d)).unwrap();
+            a.mysql.give(&s.dir.join(d), false).unwrap();
+        }
         let _ = std::fs::remove_file(&s.socket);
         let out = Command::new("mariadb-install-db")
             .arg(format!("--user={}", a.mysql.name))
@@ -254,8 +262,8 @@ async fn build_cluster(slot: Slot) -> Adopted {
         std::fs::write(
             s.cnf(),
             format!(
-                "[mariadbd]\ndatadir = {data}\ntmpdir = {dir}/tmp\nsocket = {sock}\npid-file = {dir}/mysqld.pid\n\
-                 log-error = {dir}/error.log\nbind-address = {ip}\nport = 3306\nserver_id = {id}\n\
+                "[mariadbd]\ndatadir = {data}\ntmpdir = {dir}/tmp\nsocket = {sock}\npid-file = {dir}/run/mysqld.pid\n\
+                 log-error = {dir}/log/error.log\nbind-address = {ip}\nport = 3306\nserver_id = {id}\n\
                  log_bin = {host}-bin\nlog_slave_updates = ON\nbinlog_format = ROW\ngtid_strict_mode = ON\n\
                  read_only = ON\nskip_name_resolve = ON\ninnodb_buffer_pool_size = 32M\n",
                 data = s.datadir().display(),
@@ -267,7 +275,7 @@ async fn build_cluster(slot: Slot) -> Adopted {
             ),
         )
         .unwrap();
-        a.mysql.give(&s.dir, true).unwrap();
+        a.mysql.give(&s.datadir(), true).unwrap();
         let args = a.mariadbd_args(&s.host);
         a.start(
             Path::new("/usr/sbin/mariadbd"),
@@ -417,7 +425,7 @@ fn deploy(a: &mut Adopted) {
             .replace("/run/mysqld/mysqld.sock", &s.socket.display().to_string())
             .replace(
                 "/run/mysqld/mysqld.pid",
-                &s.dir.join("mysqld.pid").display().to_string(),
+                &s.dir.join("run/mysqld.pid").display().to_string(),
             )
             .replace("/etc/dbfleet/tls/", &format!("{tls_s}/"))
             .replace("agent-db1", &format!("agent-{h}"))
@@ -554,7 +562,7 @@ async fn adopt_a_hand_built_async_cluster_by_the_guide_then_switch_over_fail_ove
     .await;
 
     // kill -9 of db2's mysqld: another member takes over, proven.
-    let pid: i32 = std::fs::read_to_string(a.server("db2").dir.join("mysqld.pid"))
+    let pid: i32 = std::fs::read_to_string(a.server("db2").dir.join("run/mysqld.pid"))
         .unwrap()
         .trim()
         .parse()
@@ -619,4 +627,15 @@ async fn adopt_a_hand_built_async_cluster_by_the_guide_then_switch_over_fail_ove
     let mut c = a.root(target).await;
     let ro: Option<u8> = c.query_first("SELECT @@read_only").await.unwrap();
     assert_eq!(ro, Some(1), "the restored {target} is read-only");
+    // Restored in place: the data directory's parent is root's, and no
+    // directory of the swap is left in it.
+    let s = a.server(target);
+    assert_eq!(std::fs::metadata(&s.dir).unwrap().uid(), 0);
+    let left: Vec<String> = std::fs::read_dir(s.datadir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("#sql-dbfleet-"))
+        .collect();
+    assert!(left.is_empty(), "left in the data directory: {left:?}");
 }

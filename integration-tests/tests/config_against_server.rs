@@ -76,7 +76,38 @@ async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_else
 
     let config = fleet.dir.join("agent-db1.toml");
     let (ok, out) = check_config(&fleet, &config);
-    assert!(ok && !out.contains("problem:"), "{out}");
+    assert!(
+        ok && !out.contains("problem:") && !out.contains("coordinator"),
+        "the coordinator accepted the agent over mutual TLS: {out}"
+    );
+
+    // A coordinator address where another agent answers: its certificate
+    // is not a coordinator's.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let db2_listen = std::fs::read_to_string(fleet.dir.join("agent-db2.toml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("listen = ")
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap();
+    let wrong = fleet.dir.join("agent-db1-wrong-coordinator.toml");
+    std::fs::write(
+        &wrong,
+        with_line(
+            &text,
+            "coordinators",
+            &format!("coordinators = [{db2_listen:?}]"),
+        ),
+    )
+    .unwrap();
+    let (ok, out) = check_config(&fleet, &wrong);
+    assert!(
+        ok && out.contains(&format!("warning: coordinator {db2_listen}"))
+            && out.contains("expected a coordinator"),
+        "{out}"
+    );
 
     // One privilege less: named, with what it is for and the fix.
     fleet
@@ -102,7 +133,6 @@ async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_else
         .unwrap();
 
     // The right socket and the wrong port; then another member's address.
-    let text = std::fs::read_to_string(&config).unwrap();
     let db1 = fleet.server("db1").unwrap().clone();
     let db2 = fleet.server("db2").unwrap().clone();
     for (name, address) in [

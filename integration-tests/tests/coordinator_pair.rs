@@ -404,7 +404,7 @@ async fn an_agent_restarted_with_its_record_refuses_an_older_epoch() {
         other => panic!("expected a rejection, got {other:?}"),
     }
     let record =
-        std::fs::read_to_string(fleet.dir.join("db2/agent-state/fence-record.json")).unwrap();
+        std::fs::read_to_string(fleet.dir.join("db2/agent-state/voter/fence-record.json")).unwrap();
     assert!(record.contains("\"promised\""), "{record}");
 }
 

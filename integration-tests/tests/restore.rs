@@ -424,7 +424,9 @@ async fn an_agent_killed_mid_restore_leaves_the_server_running_and_the_restore_f
     nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGSTOP).unwrap();
     fleet.kill("agent-db3");
     nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGKILL).unwrap();
-    let staging = fleet.dir.join(format!("db3/.data.restore-{job}"));
+    let staging = fleet
+        .dir
+        .join(format!("db3/data/#sql-dbfleet-restore-{job}"));
     assert!(staging.exists(), "the staging directory was being written");
     fleet.start_agent("db3").unwrap();
     let view = fleet
@@ -442,6 +444,82 @@ async fn an_agent_killed_mid_restore_leaves_the_server_running_and_the_restore_f
         "the restarted agent removed the staging directory"
     );
     assert_read_only(&fleet, "db3").await;
+}
+
+/// A data directory holding something its agent (the mysql user) may not
+/// move, as a DBA's root-owned directory: the swap stops at it, every
+/// entry already moved goes back, mysqld is started again on the previous
+/// data, and the error names the entry, the user and the fix. No copy of
+/// the backup is left in the data directory.
+#[tokio::test]
+async fn a_swap_that_cannot_move_an_entry_puts_the_previous_data_back_and_starts_mysqld() {
+    let fleet = TestFleet::start_active(2, 1).await;
+    let id = backup(&fleet, "db2");
+    let datadir = fleet.server("db3").unwrap().datadir();
+    // a row the backup does not hold: db3 keeps it only on its previous data
+    fleet
+        .sql("db1", "CREATE TABLE app.after_backup (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    fleet
+        .sql("db1", "INSERT INTO app.after_backup VALUES (7)")
+        .await
+        .unwrap();
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    let count = "SELECT COUNT(*) FROM app.after_backup";
+    while fleet.query_one("db3", count).await.as_deref() != Some("1") {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "db3 never replicated the row"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before: Vec<String> = listing(&datadir);
+    // root's, 0700, sorted after the server's own entries
+    let notes = datadir.join("zz-dba-notes");
+    std::fs::create_dir(&notes).unwrap();
+    std::fs::write(notes.join("README"), "the DBA's").unwrap();
+    std::fs::set_permissions(&notes, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let out = fleet.cli(&["backup", "restore", &id, "--host", "db3"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("zz-dba-notes")
+            && text.contains("the agent runs as mysql")
+            && text.contains("the previous data is back in place")
+            && text.contains("mysqld runs on the previous data"),
+        "{text}"
+    );
+    assert_read_only(&fleet, "db3").await;
+    assert_eq!(
+        fleet.query_one("db3", count).await.as_deref(),
+        Some("1"),
+        "db3 runs on its previous data"
+    );
+    let mut after = listing(&datadir);
+    after.retain(|n| n != "zz-dba-notes");
+    let ours: Vec<&String> = after
+        .iter()
+        .filter(|n| n.starts_with("#sql-dbfleet-"))
+        .collect();
+    assert!(ours.is_empty(), "left in the data directory: {ours:?}");
+    assert!(
+        before.iter().all(|n| after.contains(n)),
+        "{before:?} → {after:?}"
+    );
+}
+
+/// The names in a directory.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// A start command that exits 0 without starting mysqld fails the restore

@@ -4,16 +4,17 @@
 //! Everything that can fail without touching the running server happens
 //! first: the binlogs a point-in-time target needs are found and fetched
 //! through their checksums, and the backup is made a data directory next
-//! to the current one (unpacked and prepared with its increments, or a
+//! inside the current one (unpacked and prepared with its increments, or a
 //! dump loaded into a new server). Only then is mysqld shut down, the data
-//! directory swapped (the old one kept aside until the restored server
-//! runs), and mysqld started with the operator's `start_command`. The
+//! directory's contents swapped (see [`super::swap`]: the previous ones
+//! kept aside until the restored server runs), and mysqld started with the
+//! operator's `start_command`. The
 //! restored server starts a new binlog history (`RESET MASTER`), takes the
 //! backup's GTID position as its replication position, and replays the
 //! archived binlogs up to the target. It is left read-only.
 
 use std::io::{BufReader, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,6 +28,7 @@ use mysql_async::prelude::Queryable;
 use tracing::{info, warn};
 
 use super::repo::{BackupDir, Manifest, read_stored, tail};
+use super::swap::Swap;
 use super::{datadir, tools};
 use crate::binlog_archive::events;
 use crate::binlog_archive::store::{self, Target};
@@ -73,20 +75,34 @@ pub struct Restore {
     pub phase: super::Phase,
 }
 
-impl Restore {
-    /// Where the backup is unpacked: next to the data directory, so the
-    /// swap is a rename.
-    pub fn staging(datadir: &Path, job_id: &str) -> PathBuf {
-        sibling(datadir, &format!("restore-{job_id}"))
-    }
+/// What a restore writes into its job's marker before each step an agent
+/// killed mid-restore must undo, or report, at its next start.
+pub enum Journal<'a> {
+    /// The backup is about to be made a data directory in the swap's
+    /// staging directory: remove it.
+    Staging(&'a Swap),
+    /// mysqld is about to be shut down and the data directory's contents
+    /// swapped: once mysqld is proven stopped, put the previous contents
+    /// back (wherever the swap stopped) and start it again.
+    Swapping(&'a ServerFiles),
+    /// `start_command` is about to run on the restored data: nothing may
+    /// be moved from under it any more.
+    Starting,
 }
 
-fn sibling(datadir: &Path, suffix: &str) -> PathBuf {
-    let name = datadir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "data".into());
-    datadir.with_file_name(format!(".{name}.{suffix}"))
+/// The staging directory, removed however the restore ends: after a
+/// swap it is gone already; a restore that failed before leaves no copy
+/// of the backup in the data directory.
+struct RemovedWhenDone(PathBuf);
+
+impl Drop for RemovedWhenDone {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %self.0.display(), error = %e, "the restore's staging directory could not be removed");
+        }
+    }
 }
 
 /// The server's facts a restore depends on.
@@ -306,6 +322,49 @@ async fn start_mysqld(r: &Restore, files: &ServerFiles) -> Result<Conn, String> 
     }
 }
 
+/// After the restored server did not start (`failure`): stops it for
+/// good, puts the previous data back and starts mysqld on it; returns
+/// the restore's error, saying where everything is.
+async fn put_back(
+    r: &Restore,
+    files: &ServerFiles,
+    swap: &Swap,
+    journal: &mut impl FnMut(Journal<'_>) -> Result<(), String>,
+    failure: String,
+) -> String {
+    // It may be running without answering: stopped for good first, or
+    // the data would move from under it.
+    if let Err(stop) = terminate(files).await {
+        return format!(
+            "the restored server did not start: {failure}; it cannot be stopped either ({stop}), so the restored data stays in {} and the previous data in {}",
+            files.datadir.display(),
+            swap.aside().display()
+        );
+    }
+    let back = journal(Journal::Swapping(files)).and_then(|()| swap.put_back());
+    let again = match back {
+        Ok(kept) => {
+            let kept = kept
+                .map(|k| {
+                    format!(
+                        " (the restored copy is kept in {}: remove it once it is no longer needed)",
+                        k.display()
+                    )
+                })
+                .unwrap_or_default();
+            match start_mysqld(r, files).await {
+                Ok(_) => format!("the previous data is back and mysqld runs on it{kept}"),
+                Err(e) => format!("the previous data is back but mysqld did not start: {e}{kept}"),
+            }
+        }
+        Err(e) => format!(
+            "the previous data could not be put back: {e}; it is in {}",
+            swap.aside().display()
+        ),
+    };
+    format!("the restored server did not start: {failure}; {again}")
+}
+
 /// Gives `dir` and everything in it `uid`/`gid`.
 fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
@@ -428,12 +487,12 @@ fn replay(r: &Restore, files: &[PathBuf], start: &Position, stop: &Position) -> 
     Ok(())
 }
 
-/// Runs the restore; returns a one-line summary. `note_staging` is told
-/// where the backup will be unpacked before anything is written there (so
-/// an agent killed mid-restore can remove it at its next start).
+/// Runs the restore; returns a one-line summary. `journal` is told of each
+/// step before it is taken (see [`Journal`]); when it cannot record one,
+/// the step is not taken.
 pub async fn restore(
     r: Restore,
-    note_staging: impl FnOnce(&Path) -> Result<(), String>,
+    mut journal: impl FnMut(Journal<'_>) -> Result<(), String>,
 ) -> Result<String, String> {
     let started = Instant::now();
     let f = facts(&r.target).await?;
@@ -445,15 +504,8 @@ pub async fn restore(
         ));
     }
     let start = Position::parse(&manifest.end_gtid)?;
-    let datadir_meta = std::fs::metadata(&f.datadir)
-        .map_err(|e| format!("cannot read {}: {e}", f.datadir.display()))?;
-    let parent = f.datadir.parent().unwrap_or(Path::new("/"));
-    if std::fs::metadata(parent).is_ok_and(|p| p.dev() != datadir_meta.dev()) {
-        return Err(format!(
-            "{} is a mount point: the restore swaps it by renaming; restore onto a data directory inside the volume",
-            f.datadir.display()
-        ));
-    }
+    let datadir_meta =
+        std::fs::metadata(&f.datadir).map_err(|e| process::cannot_read(&f.datadir, &e))?;
     std::fs::create_dir_all(&r.work)
         .map_err(|e| format!("cannot create {}: {e}", r.work.display()))?;
     // 1. the binlogs and where replay stops, before anything is touched
@@ -483,10 +535,12 @@ pub async fn restore(
         }
         None => None,
     };
-    // 2. the backup, made a data directory beside the current one
-    let staging = Restore::staging(&f.datadir, &r.job_id);
-    note_staging(&staging)?;
+    // 2. the backup, made a data directory inside the current one
+    let swap = Swap::new(&f.datadir, &r.job_id);
+    let staging = swap.staging().to_path_buf();
+    journal(Journal::Staging(&swap))?;
     let _ = std::fs::remove_dir_all(&staging);
+    let _staging = RemovedWhenDone(staging.clone());
     datadir::build(datadir::Build {
         backup_dir: r.backup_dir.clone(),
         data: staging.clone(),
@@ -497,38 +551,14 @@ pub async fn restore(
     })
     .await?;
     chown_tree(&staging, datadir_meta.uid(), datadir_meta.gid())
-        .and_then(|()| {
-            std::fs::set_permissions(
-                &staging,
-                std::fs::Permissions::from_mode(datadir_meta.mode()),
-            )
-        })
         .map_err(|e| format!("cannot give {} mysqld's owner: {e}", staging.display()))?;
     // 3. the swap; the server may have been promoted meanwhile
     facts(&r.target).await?;
     info!(datadir = %f.datadir.display(), "restore: stopping mysqld");
     r.phase.set("swapping the data directory");
+    journal(Journal::Swapping(&f.files))?;
     stop_mysqld(&r.target, &f.files).await?;
-    let before = sibling(&f.datadir, &format!("before-{}", r.job_id));
-    let swapped = std::fs::rename(&f.datadir, &before)
-        .map_err(|e| format!("cannot move {} aside: {e}", f.datadir.display()))
-        .and_then(|()| {
-            std::fs::rename(&staging, &f.datadir).map_err(|e| {
-                let back = std::fs::rename(&before, &f.datadir);
-                format!(
-                    "cannot move the restored data into {}: {e}{}",
-                    f.datadir.display(),
-                    match back {
-                        Ok(()) => String::new(),
-                        Err(e2) => format!(
-                            "; the previous data could not be put back from {}: {e2}",
-                            before.display()
-                        ),
-                    }
-                )
-            })
-        });
-    if let Err(e) = swapped {
+    if let Err(e) = swap.swap_in() {
         let again = match start_mysqld(&r, &f.files).await {
             Ok(_) => "mysqld runs on the previous data".to_string(),
             Err(e2) => format!("mysqld did not start again: {e2}"),
@@ -536,33 +566,13 @@ pub async fn restore(
         return Err(format!("{e}; {again}"));
     }
     r.phase.set("starting mysqld");
-    let mut conn = match start_mysqld(&r, &f.files).await {
+    let conn = match journal(Journal::Starting) {
+        Ok(()) => start_mysqld(&r, &f.files).await,
+        Err(e) => Err(e),
+    };
+    let mut conn = match conn {
         Ok(c) => c,
-        Err(e) => {
-            // It may be running without answering: stopped for good first,
-            // or the data directory is not moved from under it.
-            if let Err(stop) = terminate(&f.files).await {
-                return Err(format!(
-                    "the restored server did not start: {e}; it cannot be stopped either ({stop}), so the restored data stays in {} and the previous data in {}",
-                    f.datadir.display(),
-                    before.display()
-                ));
-            }
-            let failed = sibling(&f.datadir, &format!("failed-{}", r.job_id));
-            let back = std::fs::rename(&f.datadir, &failed)
-                .and_then(|()| std::fs::rename(&before, &f.datadir));
-            let again = match back {
-                Ok(()) => match start_mysqld(&r, &f.files).await {
-                    Ok(_) => "the previous data is back and mysqld runs on it".to_string(),
-                    Err(e2) => format!("the previous data is back but mysqld did not start: {e2}"),
-                },
-                Err(e2) => format!("the previous data could not be put back: {e2}"),
-            };
-            return Err(format!(
-                "the restored server did not start: {e}; {again} (restored copy kept in {})",
-                failed.display()
-            ));
-        }
+        Err(e) => return Err(put_back(&r, &f.files, &swap, &mut journal, e).await),
     };
     // A server configured to start writable accepted writes between its
     // start and the statements below: say so, with the fix.
@@ -602,7 +612,9 @@ pub async fn restore(
             .await
             .map_err(|e| format!("restored server: {sql}: {e}"))?;
     }
-    let _ = std::fs::remove_dir_all(&before);
+    if let Err(e) = swap.discard_previous() {
+        warn!(error = e, "the previous data could not be removed");
+    }
     let mut summary = format!(
         "restored backup {} at GTID {:?}",
         manifest.id, manifest.end_gtid
@@ -691,14 +703,5 @@ mod tests {
     fn versions_compare_by_major_and_minor() {
         assert_eq!(major_minor("10.11.19-MariaDB-0+deb12u1-log"), "10.11");
         assert_ne!(major_minor("10.6.1-MariaDB"), major_minor("10.11.2"));
-    }
-
-    #[test]
-    fn restore_directories_sit_beside_the_data_directory() {
-        let d = Path::new("/var/lib/mysql");
-        assert_eq!(
-            Restore::staging(d, "j1"),
-            PathBuf::from("/var/lib/.mysql.restore-j1")
-        );
     }
 }

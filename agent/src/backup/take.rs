@@ -133,6 +133,7 @@ impl Jobs {
             partial: self.scratch.join(format!("{id}.tool")),
             also: vec![],
             backup: Some(id.to_string()),
+            swap: None,
         })
         .map_err(|e| e.to_string())?;
         let result = self.backup(job).await;

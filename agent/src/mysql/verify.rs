@@ -73,8 +73,11 @@ pub struct Expectations {
     /// The replication account: replicas log in with it at `[mysql]
     /// address`, and so does the address check.
     pub replication: Option<(String, dbfleet_common::config::Secret)>,
-    /// Coordinator addresses that should accept connections.
+    /// Coordinator addresses that should accept this agent over mutual
+    /// TLS.
     pub coordinators: Vec<String>,
+    /// The agent's certificates, to try the coordinators with.
+    pub tls: Option<std::sync::Arc<dbfleet_common::tls::TlsContext>>,
 }
 
 /// Every check: the connection, the privileges, mysqld's process, the
@@ -86,8 +89,8 @@ pub async fn verify(
     offline_too: bool,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    if offline_too {
-        out.extend(coordinators_answer(&expect.coordinators).await);
+    if offline_too && let Some(tls) = &expect.tls {
+        out.extend(coordinators_answer(tls, &expect.coordinators).await);
     }
     let limit = target.connect_timeout + target.query_timeout;
     let (mut conn, flavor) = match tokio::time::timeout(limit, connect(target)).await {
@@ -152,20 +155,53 @@ pub async fn verify(
     out
 }
 
-async fn coordinators_answer(addresses: &[String]) -> Vec<Finding> {
+/// How long one coordinator may take to accept this agent.
+const COORDINATOR_CHECK: Duration = Duration::from_secs(3);
+
+/// Each coordinator, dialled as the agent dials it: a TCP connection, a
+/// TLS handshake in which it must present a coordinator's certificate
+/// from the agent's CA, and then the first bytes of its HTTP/2 preface,
+/// which a coordinator sends only once it accepted the agent's own
+/// certificate (with TLS 1.3 a refusal arrives after the handshake).
+async fn coordinators_answer(
+    tls: &dbfleet_common::tls::TlsContext,
+    addresses: &[String],
+) -> Vec<Finding> {
     let mut out = Vec::new();
     for a in addresses {
-        let attempt =
-            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(a)).await;
-        match attempt {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => out.push(Finding::warning(format!(
-                "coordinator {a} does not accept connections ({e}); the agent will keep trying, but check `coordinators`"
-            ))),
-            Err(_) => out.push(Finding::warning(format!(
-                "coordinator {a} did not answer within 2s; the agent will keep trying, but check `coordinators`"
-            ))),
-        }
+        let attempt = tokio::time::timeout(COORDINATOR_CHECK, async {
+            let mut stream = dbfleet_common::tls::connect_tls(
+                tls,
+                a,
+                dbfleet_common::identity::Role::Coordinator,
+                None,
+            )
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    format!("does not accept connections ({e})")
+                }
+                _ => format!("cannot be reached over mutual TLS: {e}"),
+            })?;
+            let mut first = [0u8; 9];
+            match stream.read(&mut first).await {
+                Ok(n) if n > 0 => Ok(()),
+                Ok(_) => Err(
+                    "closed the connection after the TLS handshake: it did not accept this agent's certificate"
+                        .to_string(),
+                ),
+                Err(e) => Err(format!("refused this agent's certificate ({e})")),
+            }
+        })
+        .await;
+        let why = match attempt {
+            Ok(Ok(())) => continue,
+            Ok(Err(why)) => why,
+            Err(_) => format!("did not answer within {COORDINATOR_CHECK:?}"),
+        };
+        out.push(Finding::warning(format!(
+            "coordinator {a} {why}; the agent will keep trying, but check `coordinators` and the [tls] files"
+        )));
     }
     out
 }
