@@ -51,7 +51,11 @@ pub struct AgentConfig {
     /// when a heartbeat goes unacknowledged).
     #[serde(default, with = "humantime_serde")]
     pub self_fence_timeout: Option<Duration>,
-    /// Every coordinator, `host:port`; the agent reports to each.
+    /// Every coordinator, `NAME@HOST:PORT`: the name its certificate
+    /// carries (its `id`) and where it listens. The agent reports to each,
+    /// and obeys (votes, commands, state) only these names: a certificate
+    /// of role coordinator with another name is refused. The names are
+    /// read again on SIGHUP; the addresses at the next start.
     pub coordinators: Vec<String>,
     /// Where Prometheus scrapes `/metrics`. Default: the `listen`
     /// address's IP on port 9104, mysqld_exporter's port, so an existing
@@ -85,6 +89,9 @@ pub struct AgentConfig {
     pub backup: Option<crate::backup::BackupConfig>,
     /// Certificates.
     pub tls: TlsPaths,
+    /// The file it was loaded from (read again on SIGHUP).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// How to reach the local mysqld.
@@ -167,6 +174,7 @@ impl AgentConfig {
         password_file_override: Option<PathBuf>,
     ) -> Result<AgentConfig, ConfigError> {
         let mut c: AgentConfig = load_toml(path)?;
+        c.source = Some(path.to_path_buf());
         if let (Some(p), Some(m)) = (password_file_override, c.mysql.as_mut()) {
             m.password_file = p;
         }
@@ -182,11 +190,19 @@ impl AgentConfig {
         if c.coordinators.is_empty() {
             return Err(invalid(
                 "coordinators",
-                "list at least one coordinator host:port".into(),
+                "list at least one coordinator as NAME@HOST:PORT".into(),
             ));
         }
+        let mut names = std::collections::BTreeSet::new();
         for (i, a) in c.coordinators.iter().enumerate() {
-            MysqlAddress::parse(a).map_err(|r| invalid(&format!("coordinators[{i}]"), r))?;
+            let (name, _) =
+                parse_coordinator(a).map_err(|r| invalid(&format!("coordinators[{i}]"), r))?;
+            if !names.insert(name.clone()) {
+                return Err(invalid(
+                    &format!("coordinators[{i}]"),
+                    format!("coordinator {name} is listed twice: each coordinator once"),
+                ));
+            }
         }
         if c.witness {
             if c.mysql.is_some() || !c.cluster.is_empty() {
@@ -292,6 +308,23 @@ impl AgentConfig {
         Some(MysqlAddress::parse(&m.address).expect("validated in AgentConfig::load"))
     }
 
+    /// The coordinators as (certificate name, `host:port`) (validated by
+    /// `load`).
+    pub fn coordinator_endpoints(&self) -> Vec<(String, String)> {
+        self.coordinators
+            .iter()
+            .map(|c| parse_coordinator(c).expect("validated in AgentConfig::load"))
+            .collect()
+    }
+
+    /// The coordinators' certificate names, the only ones obeyed.
+    pub fn coordinator_names(&self) -> Vec<String> {
+        self.coordinator_endpoints()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
     /// Where the fence record lives: in a directory of its own, which the
     /// agent creates at its first start. Its absence is what tells a first
     /// start from a lost record, and `state_dir` itself may exist empty
@@ -334,6 +367,37 @@ impl AgentConfig {
             .clone()
             .unwrap_or_else(|| self.listen.to_string())
     }
+}
+
+/// The coordinators' names in the configuration file at `path`, checked as
+/// `load` checks them: what SIGHUP applies.
+pub fn coordinator_names_in(path: &Path) -> Result<Vec<String>, String> {
+    #[derive(Deserialize)]
+    struct Coordinators {
+        coordinators: Vec<String>,
+    }
+    let c: Coordinators = load_toml(path).map_err(|e| e.to_string())?;
+    if c.coordinators.is_empty() {
+        return Err("coordinators lists no coordinator".into());
+    }
+    c.coordinators
+        .iter()
+        .map(|e| parse_coordinator(e).map(|(n, _)| n))
+        .collect()
+}
+
+/// One `coordinators` entry, `NAME@HOST:PORT`, as (name, `host:port`).
+fn parse_coordinator(entry: &str) -> Result<(String, String), String> {
+    let Some((name, address)) = entry.split_once('@') else {
+        return Err(format!(
+            "{entry:?} names no coordinator: write NAME@HOST:PORT with the name its certificate \
+             carries (the coordinator's id), e.g. \"c1@{entry}\"; the agent obeys only the \
+             coordinators listed"
+        ));
+    };
+    Name::parse(name).map_err(|r| format!("{entry:?}: {r}"))?;
+    MysqlAddress::parse(address).map_err(|r| format!("{entry:?}: {r}"))?;
+    Ok((name.to_string(), address.to_string()))
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use dbfleet_common::clock::Monotonic;
 use dbfleet_common::durable::write_atomic;
-use dbfleet_lease::{Epoch, FenceRecord, HolderId, StaleEpoch, Voter, VoterReply, VoterRequest};
+use dbfleet_lease::{
+    CommandRefusal, Epoch, FenceRecord, HolderId, StaleEpoch, Voter, VoterReply, VoterRequest,
+};
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{error, info};
 
@@ -46,6 +48,9 @@ pub enum CommandRefused {
     /// Sent under an epoch below the promise: the sender must step down.
     #[error(transparent)]
     Stale(#[from] StaleEpoch),
+    /// Sent under an epoch no honest coordinator sends.
+    #[error("{0}")]
+    Implausible(String),
     /// The raised promise could not be made durable, so the command did not run.
     #[error(transparent)]
     Persist(#[from] FenceError),
@@ -217,7 +222,15 @@ impl Fence {
         holder: &HolderId,
     ) -> Result<CommandPermit<'_>, CommandRefused> {
         let mut inner = self.inner.lock().await;
-        let verdict = inner.voter.check_command(epoch, holder)?;
+        let verdict = inner
+            .voter
+            .check_command(epoch, holder)
+            .map_err(|r| match r {
+                CommandRefusal::Stale(s) => CommandRefused::Stale(s),
+                i @ CommandRefusal::Implausible { .. } => {
+                    CommandRefused::Implausible(i.to_string())
+                }
+            })?;
         if let Some(rec) = verdict.persist {
             self.persist(&mut inner, rec).await?;
             info!(promised = %epoch, "a command raised the promised epoch");

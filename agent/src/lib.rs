@@ -19,7 +19,7 @@ pub mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbfleet_common::authz::AuthorizeLayer;
+use dbfleet_common::authz::{AllowedNames, AuthorizeLayer};
 use dbfleet_common::config::{ConfigError, read_secret};
 use dbfleet_common::identity::{Identity, Role};
 use dbfleet_common::tls::{TlsContext, TlsError, tls_incoming};
@@ -122,6 +122,38 @@ pub struct Checked {
     pub replication: Option<(String, dbfleet_common::config::Secret)>,
 }
 
+/// On every SIGHUP, the coordinators' names are read again: a coordinator
+/// taken out of `coordinators` is refused from the next call on. A file
+/// that no longer checks out changes nothing.
+fn reload_coordinator_names(
+    path: std::path::PathBuf,
+    names: AllowedNames,
+    cancel: CancellationToken,
+) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler; the coordinators' names are fixed");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = hup.recv() => {}
+            }
+            match config::coordinator_names_in(&path) {
+                Ok(list) => {
+                    info!(
+                        coordinators = list.join(", "),
+                        "SIGHUP: the agent obeys these coordinators"
+                    );
+                    names.only(Role::Coordinator, list);
+                }
+                Err(e) => warn!(error = e, "SIGHUP: the coordinators' names are unchanged"),
+            }
+        }
+    });
+}
+
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run(
     config: AgentConfig,
@@ -130,6 +162,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let (tls, target) = check(&config)?;
+    let names = AllowedNames::default();
+    names.only(Role::Coordinator, config.coordinator_names());
+    if let Some(path) = &config.source {
+        reload_coordinator_names(path.clone(), names.clone(), shutdown.clone());
+    }
     Fence::move_legacy_record(
         &config.legacy_fence_record_path(),
         &config.fence_record_path(),
@@ -228,7 +265,7 @@ pub async fn run(
                 mysql::verify::Expectations {
                     pid_file: config.mysql.as_ref().and_then(|m| m.pid_file.clone()),
                     replication: replication.clone(),
-                    coordinators: config.coordinators.clone(),
+                    coordinators: config.coordinator_endpoints(),
                     tls: None,
                 },
                 problems,
@@ -284,9 +321,9 @@ pub async fn run(
                 },
                 shutdown.clone(),
             ));
-            for addr in &config.coordinators {
+            for endpoint in config.coordinator_endpoints() {
                 tasks.spawn(reporter::report_to(
-                    addr.clone(),
+                    endpoint,
                     tls.clone(),
                     rx.clone(),
                     acks.clone(),
@@ -295,7 +332,7 @@ pub async fn run(
                 ));
             }
             tonic::transport::Server::builder()
-                .layer(AuthorizeLayer::new(service::policy))
+                .layer(AuthorizeLayer::new(service::policy).with_names(names.clone()))
                 .add_service(AgentServiceServer::new(AgentApi {
                     reports: rx,
                     fence,
@@ -307,7 +344,7 @@ pub async fn run(
         None => {
             info!(host = config.host, "witness starting: voting only");
             tonic::transport::Server::builder()
-                .layer(AuthorizeLayer::new(service::witness_policy))
+                .layer(AuthorizeLayer::new(service::witness_policy).with_names(names.clone()))
                 .add_service(voter)
         }
     };

@@ -72,7 +72,7 @@ fn real_main(cli: Cli, log: telemetry::LogControl) -> anyhow::Result<()> {
             let expect = dbfleet_agent::mysql::verify::Expectations {
                 pid_file: config.mysql.as_ref().and_then(|m| m.pid_file.clone()),
                 replication: checked.replication.clone(),
-                coordinators: config.coordinators.clone(),
+                coordinators: config.coordinator_endpoints(),
                 tls: Some(tls),
             };
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dbfleet_common::backoff::Backoff;
-use dbfleet_common::identity::Role;
+use dbfleet_common::identity::{Identity, Role};
 use dbfleet_common::tls::{self, TlsContext};
 use dbfleet_proto::pb;
 use dbfleet_proto::pb::report_service_client::ReportServiceClient;
@@ -22,10 +22,11 @@ const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Streams every published report to the coordinator at `addr` until
-/// `cancel`, reconnecting with capped, jittered backoff.
+/// Streams every published report to coordinator `name` at `addr` until
+/// `cancel`, reconnecting with capped, jittered backoff. Whatever answers
+/// at `addr` must carry that coordinator's certificate.
 pub async fn report_to(
-    addr: String,
+    (name, addr): (String, String),
     tls: Arc<TlsContext>,
     mut reports: watch::Receiver<Option<pb::AgentReport>>,
     acks: Arc<AckClock>,
@@ -36,7 +37,8 @@ pub async fn report_to(
     let mut failures = 0u32;
     let mut last_refusal = String::new();
     loop {
-        match stream_once(&addr, &tls, &mut reports, (&acks, &accepted), &cancel).await {
+        let to = (name.as_str(), addr.as_str());
+        match stream_once(to, &tls, &mut reports, (&acks, &accepted), &cancel).await {
             Ok(Ended::Cancelled) => return,
             Ok(Ended::Acked) => {
                 backoff.reset();
@@ -77,13 +79,14 @@ enum Ended {
 }
 
 async fn stream_once(
-    addr: &str,
+    (name, addr): (&str, &str),
     tls: &Arc<TlsContext>,
     reports: &mut watch::Receiver<Option<pb::AgentReport>>,
     (clock, accepted): (&AckClock, &crate::metrics::ReportAcks),
     cancel: &CancellationToken,
 ) -> Result<Ended, tonic::Status> {
-    let channel = tls::channel(tls.clone(), addr, Role::Coordinator, CONNECT_TIMEOUT);
+    let coordinator = Identity::new(Role::Coordinator, name);
+    let channel = tls::channel_to(tls.clone(), addr, &coordinator, CONNECT_TIMEOUT);
     let mut client = ReportServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(4);
     // Send what we have straight away: the coordinator learns of us on

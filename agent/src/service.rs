@@ -227,6 +227,10 @@ impl AgentService for AgentApi {
                 }
                 return Err(status);
             }
+            Err(CommandRefused::Implausible(why)) => {
+                warn!(sent = %epoch, from = %caller, "refused a command of an implausible epoch");
+                return Err(Status::permission_denied(why));
+            }
             Err(CommandRefused::Persist(e)) => return Err(fence_status(e)),
         };
         let name = command_name(&command);

@@ -612,7 +612,7 @@ impl Fleet {
             .info
             .coordinators
             .iter()
-            .map(|c| format!("{:?}", c.address))
+            .map(|c| format!("\"{}@{}\"", c.id, c.address))
             .collect();
         let text = format!(
             "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\nmetrics_listen = {metrics:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\nstart_command = [{start}]\n\n{backup}\n{tls}",

@@ -19,7 +19,7 @@ pub mod topology;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbfleet_common::authz::AuthorizeLayer;
+use dbfleet_common::authz::{AllowedNames, AuthorizeLayer};
 use dbfleet_common::clock::boottime;
 use dbfleet_common::identity::{Identity, Role};
 use dbfleet_common::tls::{TlsContext, tls_incoming};
@@ -188,11 +188,18 @@ pub async fn run(
         },
     };
     let addr = listener.local_addr().ok();
+    // Of the coordinator certificates, only the peer's (and this
+    // coordinator's own, for a CLI run with it on this host).
+    let names = AllowedNames::default();
+    names.only(
+        Role::Coordinator,
+        [config.id.clone(), config.lease.peer().0],
+    );
     let incoming = tls_incoming(listener, tls, shutdown.clone());
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .layer(AuthorizeLayer::new(service::policy))
+        .layer(AuthorizeLayer::new(service::policy).with_names(names))
         .add_service(ReportServiceServer::new(report))
         .add_service(AdminServiceServer::new(admin))
         .add_service(PeerServiceServer::new(peer))

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use dbfleet_common::identity::Role;
 use dbfleet_integration_tests::{
-    Proc, Slot, TestPki, bin, init, tls_section, toml_path, write_coordinator_config,
+    Proc, Slot, TestPki, bin, init, tls_section, toml_path, with_line, write_coordinator_config,
 };
 
 struct Files {
@@ -31,7 +31,7 @@ fn agent_config(f: &Files, host: &str, extra: &str) -> std::path::PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "host = {host:?}\ncluster = \"main\"\nlisten = \"{}:7100\"\ncoordinators = [\"{}:7200\"]\n{extra}\n[mysql]\naddress = \"{}:3306\"\nuser = \"dbfleet_agent\"\npassword_file = {}\n{}",
+            "host = {host:?}\ncluster = \"main\"\nlisten = \"{}:7100\"\ncoordinators = [\"c1@{}:7200\"]\n{extra}\n[mysql]\naddress = \"{}:3306\"\nuser = \"dbfleet_agent\"\npassword_file = {}\n{}",
             f.slot.ip(11),
             f.slot.ip(21),
             f.slot.ip(11),
@@ -107,6 +107,25 @@ fn agent_check_config_accepts_good_and_names_what_is_wrong() {
         !ok && out.contains("backup.rate_limit_mib_per_s") && out.contains("remove it"),
         "{out}"
     );
+
+    // A coordinator without its certificate name, and one named twice.
+    let good = std::fs::read_to_string(agent_config(&f, "db1", "")).unwrap();
+    let ip = f.slot.ip(21);
+    for (line, needle) in [
+        (
+            format!("coordinators = [\"{ip}:7200\"]"),
+            format!("\"{ip}:7200\" names no coordinator: write NAME@HOST:PORT"),
+        ),
+        (
+            format!("coordinators = [\"c1@{ip}:7200\", \"c1@{ip}:7201\"]"),
+            "coordinator c1 is listed twice".to_string(),
+        ),
+    ] {
+        let bad = f.slot.dir.join("agent-coordinators.toml");
+        std::fs::write(&bad, with_line(&good, "coordinators", &line)).unwrap();
+        let (ok, out) = check("dbfleet-agent", &bad);
+        assert!(!ok && out.contains(&needle), "{line}: {out}");
+    }
 
     let (ok, out) = check("dbfleet-agent", &agent_config(&f, "db9", ""));
     assert!(

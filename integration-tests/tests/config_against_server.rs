@@ -98,14 +98,15 @@ async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_else
         with_line(
             &text,
             "coordinators",
-            &format!("coordinators = [{db2_listen:?}]"),
+            &format!("coordinators = [\"c1@{db2_listen}\"]"),
         ),
     )
     .unwrap();
     let (ok, out) = check_config(&fleet, &wrong);
     assert!(
-        ok && out.contains(&format!("warning: coordinator {db2_listen}"))
-            && out.contains("expected a coordinator"),
+        ok && out.contains(&format!("warning: coordinator c1 at {db2_listen}"))
+            && out.contains("presented identity")
+            && out.contains("db2"),
         "{out}"
     );
 

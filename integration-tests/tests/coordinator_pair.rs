@@ -333,6 +333,149 @@ fn as_coordinator(
     )
 }
 
+/// A throwaway coordinator certificate from the fleet's own CA (a leaked
+/// test certificate, say) commands nothing: no fence, no vote, no peer
+/// stream. A listed coordinator's certificate cannot push the term space
+/// to its end either (a `u64::MAX` once made both coordinators panic at
+/// every restart). The pair keeps working through a cold restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stray_coordinator_certificate_and_a_forged_term_change_nothing() {
+    let (mut fleet, active, standby) = started().await;
+    let primary = fleet.status_json()["clusters"][0]["primary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let certs = fleet.dir.join("certs");
+    dbfleet_cli::cert::issue(&certs, Role::Coordinator, "zz", &[], &[], 1).unwrap();
+    let member = fleet
+        .info
+        .members
+        .iter()
+        .find(|m| m.host == primary)
+        .unwrap()
+        .clone();
+    let command =
+        |term: u64, who: &str, command: pb::command_request::Command| pb::CommandRequest {
+            epoch: Some(pb::Epoch {
+                term,
+                coordinator: who.into(),
+            }),
+            holder: Some(pb::HolderId {
+                coordinator: who.into(),
+                incarnation: 7,
+            }),
+            operation_id: String::new(),
+            step: 0,
+            lease_remaining_ms: 5000,
+            command: Some(command),
+        };
+    let prepare = |term: u64, who: &str| pb::VoteRequest {
+        epoch: Some(pb::Epoch {
+            term,
+            coordinator: who.into(),
+        }),
+        holder: Some(pb::HolderId {
+            coordinator: who.into(),
+            incarnation: 7,
+        }),
+        kind: Some(pb::vote_request::Kind::Prepare(pb::Prepare {
+            timing: Some(dbfleet_cli::sandbox::sandbox_lease().into()),
+            voter_config_version: u64::MAX,
+        })),
+    };
+    let not_named = "is not a coordinator this server's configuration names";
+    let denied = |r: Result<(), tonic::Status>, needle: &str| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains(needle), "{e:?}");
+    };
+
+    // The stray certificate: fence the primary, promise it the last term,
+    // replicate the active's desired state.
+    let stray = as_coordinator(&fleet, "zz", &member.host, &member.agent_address);
+    let fence = pb::command_request::Command::Fence(pb::Fence {
+        kill_if_unresponsive: false,
+    });
+    denied(
+        pb::agent_service_client::AgentServiceClient::new(stray.clone())
+            .execute(command(u64::MAX, "zz", fence))
+            .await
+            .map(|_| ()),
+        not_named,
+    );
+    denied(
+        pb::voter_service_client::VoterServiceClient::new(stray)
+            .vote(prepare(u64::MAX, "zz"))
+            .await
+            .map(|_| ()),
+        not_named,
+    );
+    let tls = TlsContext::load(&TlsPaths {
+        ca: certs.join("ca.pem"),
+        cert: certs.join("coordinator-zz.pem"),
+        key: certs.join("coordinator-zz.key"),
+    })
+    .unwrap();
+    let peer = channel_to(
+        tls,
+        &fleet.coordinator(&active).address,
+        &dbfleet_common::identity::Identity::new(Role::Coordinator, active.clone()),
+        Duration::from_secs(5),
+    );
+    denied(
+        pb::peer_service_client::PeerServiceClient::new(peer)
+            .replicate(tokio_stream::empty())
+            .await
+            .map(|_| ()),
+        not_named,
+    );
+
+    // A listed coordinator's certificate, the last term.
+    let listed = as_coordinator(&fleet, "c1", &member.host, &member.agent_address);
+    denied(
+        pb::agent_service_client::AgentServiceClient::new(listed.clone())
+            .execute(command(
+                u64::MAX,
+                "c1",
+                pb::command_request::Command::Barrier(pb::EpochBarrier {}),
+            ))
+            .await
+            .map(|_| ()),
+        "implausibly far above",
+    );
+    let reply = pb::voter_service_client::VoterServiceClient::new(listed)
+        .vote(prepare(u64::MAX, "c1"))
+        .await
+        .unwrap()
+        .into_inner();
+    match reply.kind {
+        Some(pb::vote_reply::Kind::Rejected(r)) => {
+            assert_eq!(r.reason(), pb::RejectReason::ImplausibleEpoch);
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(
+        fleet
+            .query_one(&primary, "SELECT @@read_only")
+            .await
+            .as_deref(),
+        Some("0"),
+        "the primary was never fenced"
+    );
+
+    // Both coordinators restarted: one active again, at an honest term.
+    fleet.kill(&format!("coordinator-{active}"));
+    fleet.kill(&format!("coordinator-{standby}"));
+    fleet.start_coordinator(&active).unwrap();
+    fleet.start_coordinator(&standby).unwrap();
+    let c = fleet
+        .wait_coordinators("exactly one active after the cold start", |c| {
+            sole_active(c).is_some() && with_role(c, "standby").len() == 1
+        })
+        .await;
+    assert!(term(&sole_active(&c).unwrap()["epoch"]) < 1 << 32, "{c:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_restarted_with_its_record_refuses_an_older_epoch() {
     let (mut fleet, active, _) = started().await;

@@ -216,8 +216,21 @@ async fn an_agent_may_only_report_about_itself_and_bad_reports_name_the_field() 
     assert_eq!(hosts, ["db1"]);
 }
 
+fn assert_denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>, needle: &str) {
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains(needle), "{e:?}");
+}
+
+/// An agent obeys only the coordinators its configuration names: another
+/// coordinator certificate (a throwaway `coordinator/c9`, say) gets
+/// PERMISSION_DENIED for state, commands and votes alike; a listed one
+/// may not leap to term `u64::MAX` either; and a name taken out of the
+/// configuration is refused after SIGHUP.
 #[tokio::test(flavor = "multi_thread")]
-async fn only_coordinators_may_ask_an_agent_for_its_state() {
+async fn only_the_configured_coordinators_may_ask_an_agent_anything() {
+    use dbfleet_lease::{Epoch, HolderId, Timing, VoterRequest};
+    use dbfleet_proto::pb::voter_service_client::VoterServiceClient;
     let s = coordinator().await;
     let ip = s.slot.ip(11);
     let agent_addr = format!("{ip}:7100");
@@ -225,17 +238,15 @@ async fn only_coordinators_may_ask_an_agent_for_its_state() {
     let pw = s.slot.dir.join("pw");
     dbfleet_common::certs::write_file(&pw, b"not-used-secret", 0o600, false).unwrap();
     let cfg = s.slot.dir.join("agent.toml");
-    // No mysqld listens on this port: the agent reports it unreachable.
-    std::fs::write(
-        &cfg,
+    let config = |coordinators: &str| {
         format!(
-            "host = \"db1\"\ncluster = \"main\"\nlisten = {agent_addr:?}\ncoordinators = [{:?}]\n[mysql]\naddress = \"{ip}:3306\"\nuser = \"x\"\npassword_file = {}\n{}",
-            s.coordinator,
+            "host = \"db1\"\ncluster = \"main\"\nlisten = {agent_addr:?}\ncoordinators = [{coordinators}]\n[mysql]\naddress = \"{ip}:3306\"\nuser = \"x\"\npassword_file = {}\n{}",
             toml_path(&pw),
             tls_section(&paths)
-        ),
-    )
-    .unwrap();
+        )
+    };
+    // No mysqld listens on this port: the agent reports it unreachable.
+    std::fs::write(&cfg, config(&format!("\"c1@{}\"", s.coordinator))).unwrap();
     let mut agent = Proc::start(
         &bin("dbfleet-agent"),
         &["--config".into(), cfg.display().to_string()],
@@ -243,33 +254,70 @@ async fn only_coordinators_may_ask_an_agent_for_its_state() {
     );
     agent.wait_listening(&agent_addr).await;
 
-    let call = |paths: TlsPaths| {
-        let addr = agent_addr.clone();
+    let channel = |paths: &TlsPaths| {
+        let ctx = TlsContext::load(paths).unwrap();
+        tls::channel(ctx, &agent_addr, Role::Agent, Duration::from_secs(3))
+    };
+    let state = |paths: TlsPaths| {
+        let ch = channel(&paths);
         async move {
-            let ctx = TlsContext::load(&paths).unwrap();
-            AgentServiceClient::new(tls::channel(
-                ctx,
-                &addr,
-                Role::Agent,
-                Duration::from_secs(3),
-            ))
-            .get_state(pb::GetStateRequest {})
-            .await
+            AgentServiceClient::new(ch)
+                .get_state(pb::GetStateRequest {})
+                .await
         }
     };
-    let e = call(s.pki.issue(Role::Operator, "alice", &[], false, false))
+    let barrier = |paths: &TlsPaths, name: &str, term: u64| {
+        let ch = channel(paths);
+        let req = pb::CommandRequest {
+            epoch: Some(pb::Epoch {
+                term,
+                coordinator: name.into(),
+            }),
+            holder: Some(pb::HolderId {
+                coordinator: name.into(),
+                incarnation: 1,
+            }),
+            command: Some(pb::command_request::Command::Barrier(pb::EpochBarrier {})),
+            ..Default::default()
+        };
+        async move { AgentServiceClient::new(ch).execute(req).await }
+    };
+    let prepare = |paths: &TlsPaths, name: &str, term: u64| {
+        let ch = channel(paths);
+        let req = dbfleet_proto::lease::vote_request(VoterRequest::Prepare {
+            epoch: Epoch {
+                term,
+                coordinator: name.into(),
+            },
+            holder: HolderId {
+                coordinator: name.into(),
+                incarnation: 1,
+            },
+            timing: Timing::standard(),
+            voter_config_version: 0,
+        });
+        async move { VoterServiceClient::new(ch).vote(req).await }
+    };
+    let e = state(s.pki.issue(Role::Operator, "alice", &[], false, false))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 
-    let coordinator = s.pki.issue(Role::Coordinator, "c9", &[], false, false);
+    let stray = s.pki.issue(Role::Coordinator, "c9", &[], false, false);
+    let not_named = "is not a coordinator this server's configuration names";
+    assert_denied(state(stray.clone()).await, not_named);
+    assert_denied(barrier(&stray, "c9", 1).await, not_named);
+    assert_denied(barrier(&stray, "c9", u64::MAX).await, not_named);
+    assert_denied(prepare(&stray, "c9", 1).await, not_named);
+
+    let c1 = s.pki.issue(Role::Coordinator, "c1", &[], false, false);
     let give_up = tokio::time::Instant::now() + dbfleet_integration_tests::PATIENCE;
-    let state = loop {
+    let answer = loop {
         assert!(
             tokio::time::Instant::now() < give_up,
             "the agent never answered GetState"
         );
-        match call(coordinator.clone()).await {
+        match state(c1.clone()).await {
             Ok(r) => break r.into_inner(),
             Err(e) if e.code() == tonic::Code::Unavailable => {
                 tokio::time::sleep(Duration::from_millis(100)).await
@@ -277,9 +325,47 @@ async fn only_coordinators_may_ask_an_agent_for_its_state() {
             Err(e) => panic!("{e:?}"),
         }
     };
-    assert_eq!(state.host, "db1");
-    let mysql = state.mysql.unwrap();
+    assert_eq!(answer.host, "db1");
+    let mysql = answer.mysql.unwrap();
     assert!(!mysql.reachable && !mysql.error.is_empty(), "{mysql:?}");
+    // A listed coordinator's honest step is obeyed, a leap to the end of
+    // the term space is not, and the promise stays where it was.
+    barrier(&c1, "c1", 5).await.unwrap();
+    assert_denied(barrier(&c1, "c1", u64::MAX).await, "implausibly far above");
+    let promised = VoterServiceClient::new(channel(&c1))
+        .get_voter_state(pb::GetVoterStateRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        promised.promised.as_ref().map(|e| e.term),
+        Some(5),
+        "{promised:?}"
+    );
+
+    // c1 taken out of the configuration, then SIGHUP: refused.
+    std::fs::write(&cfg, config(&format!("\"c2@{}\"", s.coordinator))).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let give_up = tokio::time::Instant::now() + dbfleet_integration_tests::PATIENCE;
+    loop {
+        match state(c1.clone()).await {
+            Err(e) if e.code() == tonic::Code::PermissionDenied => {
+                assert!(e.message().contains(not_named), "{e:?}");
+                break;
+            }
+            _ => {
+                assert!(
+                    tokio::time::Instant::now() < give_up,
+                    "c1 still obeyed after SIGHUP"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
     assert!(
         !std::fs::read_to_string(&agent.log)
             .unwrap()

@@ -16,18 +16,36 @@ pub struct Epoch {
     pub coordinator: String,
 }
 
+/// The largest step above the highest term it has seen that a voter
+/// promises, an agent obeys and a coordinator adopts.
+///
+/// An honest candidate asks for one above the highest term it has seen,
+/// and a voter that was away misses only the terms of the attempts made
+/// meanwhile, one per attempt, seconds apart: no history reaches four
+/// billion. A term beyond it can only be forged, and adopting it would let
+/// one message use up the term space (a `u64::MAX` once made both
+/// coordinators panic at every restart, for good).
+pub const MAX_TERM_STEP: u64 = 1 << 32;
+
 impl Epoch {
     /// The epoch nobody holds: below every real one.
     pub fn zero() -> Epoch {
         Epoch::default()
     }
 
-    /// The epoch `coordinator` asks for after having seen `seen`.
-    pub fn next_after(seen: &Epoch, coordinator: &str) -> Epoch {
-        Epoch {
-            term: seen.term + 1,
+    /// The epoch `coordinator` asks for after having seen `seen`; `None`
+    /// when the term space is used up (only forged terms get there).
+    pub fn next_after(seen: &Epoch, coordinator: &str) -> Option<Epoch> {
+        Some(Epoch {
+            term: seen.term.checked_add(1)?,
             coordinator: coordinator.to_string(),
-        }
+        })
+    }
+
+    /// Whether an honest coordinator could send this epoch to someone who
+    /// has seen `seen`: at most [`MAX_TERM_STEP`] terms above it.
+    pub fn plausible_after(&self, seen: &Epoch) -> bool {
+        self.term <= seen.term.saturating_add(MAX_TERM_STEP)
     }
 }
 
@@ -80,11 +98,36 @@ mod tests {
         assert!(Epoch::zero() < a && a < b && b < c);
         assert_eq!(
             Epoch::next_after(&c, "c1"),
-            Epoch {
+            Some(Epoch {
                 term: 5,
                 coordinator: "c1".into()
-            }
+            })
         );
         assert_eq!(c.to_string(), "4/c2");
+    }
+
+    #[test]
+    fn no_term_wraps_and_a_forged_leap_is_implausible() {
+        let max = Epoch {
+            term: u64::MAX,
+            coordinator: "zz".into(),
+        };
+        assert_eq!(Epoch::next_after(&max, "c1"), None);
+        let seen = Epoch {
+            term: 7,
+            coordinator: "c1".into(),
+        };
+        assert!(!max.plausible_after(&seen));
+        let step = Epoch {
+            term: 7 + MAX_TERM_STEP,
+            coordinator: "c2".into(),
+        };
+        assert!(step.plausible_after(&seen));
+        let beyond = Epoch {
+            term: 8 + MAX_TERM_STEP,
+            coordinator: "c2".into(),
+        };
+        assert!(!beyond.plausible_after(&seen));
+        assert!(max.plausible_after(&max), "nothing wraps at the top");
     }
 }

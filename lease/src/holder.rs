@@ -400,7 +400,10 @@ impl Holder {
                 if now < *next_try || now < self.peer_heard + self.timing.lease / 2 {
                     return Vec::new();
                 }
-                let epoch = Epoch::next_after(&self.max_seen, &self.id.coordinator);
+                let Some(epoch) = Epoch::next_after(&self.max_seen, &self.id.coordinator) else {
+                    // only forged terms get here; no round can be asked for
+                    return Vec::new();
+                };
                 self.max_seen = epoch.clone();
                 let round = self.start_round(epoch.clone(), now);
                 let request = VoterRequest::Prepare {
@@ -418,7 +421,12 @@ impl Holder {
 
     /// Learns of an epoch seen elsewhere (a voter's or agent's rejection, a
     /// peer's status); a higher one than the held epoch ends the lease.
+    /// An epoch more than [`crate::MAX_TERM_STEP`] terms above what this
+    /// coordinator has seen is ignored: only a forged message carries it.
     pub fn on_higher_epoch(&mut self, seen: &Epoch, now: Duration) -> Vec<HolderAction> {
+        if !seen.plausible_after(&self.max_seen) {
+            return Vec::new();
+        }
         if *seen > self.max_seen {
             self.max_seen = seen.clone();
         }
@@ -656,6 +664,45 @@ mod tests {
             }]
         );
         assert_eq!(h.max_seen().term, 9);
+    }
+
+    /// A forged `u64::MAX` in a rejection is neither adopted nor a reason
+    /// to step down; a holder whose store already says `u64::MAX` asks for
+    /// no round instead of wrapping or panicking.
+    #[test]
+    fn a_forged_term_is_ignored_and_an_exhausted_term_space_never_panics() {
+        let id = HolderId {
+            coordinator: "c1".into(),
+            incarnation: 1,
+        };
+        let mut h = Holder::new(
+            id.clone(),
+            Timing::standard(),
+            voters(3),
+            Epoch::zero(),
+            ms(0),
+        );
+        let mut vs = fresh_voters(3);
+        let a = h.tick(ms(5_000));
+        deliver(&mut h, &mut vs, a, ms(5_000));
+        let forged = Epoch {
+            term: u64::MAX,
+            coordinator: "zz".into(),
+        };
+        let reply = VoterReply::Rejected {
+            reason: RejectReason::StaleEpoch,
+            promised: forged.clone(),
+            holder: None,
+            remaining: Duration::ZERO,
+        };
+        assert!(h.on_reply("v1", 99, reply, ms(5_100)).is_empty());
+        assert!(h.on_higher_epoch(&forged, ms(5_100)).is_empty());
+        assert_eq!(h.max_seen().term, 1);
+        assert_eq!(h.role(ms(5_200)), Role::Active);
+
+        let mut stuck = Holder::new(id, Timing::standard(), voters(3), forged, ms(0));
+        assert!(stuck.tick(ms(5_000)).is_empty());
+        assert_eq!(stuck.role(ms(5_000)), Role::Standby);
     }
 
     #[test]

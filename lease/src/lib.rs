@@ -20,11 +20,11 @@ pub mod timing;
 pub mod voter;
 pub mod voters;
 
-pub use epoch::{Epoch, HolderId};
+pub use epoch::{Epoch, HolderId, MAX_TERM_STEP};
 pub use holder::{Holder, HolderAction, Role, StepDownReason};
 pub use timing::{Timing, TimingError};
 pub use voter::{
-    CommandVerdict, FenceRecord, Handled, RejectReason, StaleEpoch, Voter, VoterReply,
-    VoterRequest, millis,
+    CommandRefusal, CommandVerdict, FenceRecord, Handled, RejectReason, StaleEpoch, Voter,
+    VoterReply, VoterRequest, millis,
 };
 pub use voters::{VoterSet, VoterSetError};

@@ -84,6 +84,9 @@ pub enum RejectReason {
     StaleVoterConfig,
     /// A Renew or Release from a process that does not hold the promise.
     NotHolder,
+    /// The epoch is more than [`crate::MAX_TERM_STEP`] terms above the
+    /// promise: no honest coordinator sends it.
+    ImplausibleEpoch,
 }
 
 /// A voter's answer.
@@ -125,6 +128,24 @@ pub struct Handled {
     pub persist: Option<FenceRecord>,
     /// The reply.
     pub reply: VoterReply,
+}
+
+/// Why a voter refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandRefusal {
+    /// Below the promise: the sender must step down.
+    #[error(transparent)]
+    Stale(#[from] StaleEpoch),
+    /// More than [`crate::MAX_TERM_STEP`] terms above the promise.
+    #[error(
+        "epoch {sent} is implausibly far above this voter's promise {promised}: no honest coordinator sends it"
+    )]
+    Implausible {
+        /// The command's epoch.
+        sent: Epoch,
+        /// The voter's promise.
+        promised: Epoch,
+    },
 }
 
 /// A command was sent under an epoch below the voter's promise.
@@ -234,6 +255,9 @@ impl Voter {
                 if epoch <= self.rec.promised {
                     return self.reject(RejectReason::StaleEpoch, Duration::ZERO);
                 }
+                if !epoch.plausible_after(&self.rec.promised) {
+                    return self.reject(RejectReason::ImplausibleEpoch, Duration::ZERO);
+                }
                 if let Some((reason, remaining)) = self.blocked_for(&holder, now) {
                     return self.reject(reason, remaining);
                 }
@@ -265,6 +289,9 @@ impl Voter {
                     return self.reject(RejectReason::StaleEpoch, Duration::ZERO);
                 }
                 let mut changed = false;
+                if !epoch.plausible_after(&self.rec.promised) {
+                    return self.reject(RejectReason::ImplausibleEpoch, Duration::ZERO);
+                }
                 if epoch > self.rec.promised {
                     // A voter that missed the Prepare (restarted, newly
                     // added, or cut off at the time) joins the holder's
@@ -319,12 +346,19 @@ impl Voter {
         &mut self,
         epoch: &Epoch,
         holder: &HolderId,
-    ) -> Result<CommandVerdict, StaleEpoch> {
+    ) -> Result<CommandVerdict, CommandRefusal> {
         if *epoch < self.rec.promised {
             return Err(StaleEpoch {
                 sent: epoch.clone(),
                 promised: self.rec.promised.clone(),
                 holder: self.rec.holder.clone(),
+            }
+            .into());
+        }
+        if !epoch.plausible_after(&self.rec.promised) {
+            return Err(CommandRefusal::Implausible {
+                sent: epoch.clone(),
+                promised: self.rec.promised.clone(),
             });
         }
         if *epoch == self.rec.promised {
@@ -495,7 +529,7 @@ mod tests {
         let mut v = Voter::boot(FenceRecord::default(), secs(0));
         v.handle(prepare(3, "c1", 7), secs(0));
         let err = v.check_command(&e(2, "c2"), &h("c2", 9)).unwrap_err();
-        assert_eq!(err.promised, e(3, "c1"));
+        assert!(matches!(err, CommandRefusal::Stale(s) if s.promised == e(3, "c1")));
         assert_eq!(
             v.check_command(&e(3, "c1"), &h("c1", 7)).unwrap().persist,
             None
@@ -507,6 +541,29 @@ mod tests {
             .unwrap();
         assert_eq!(raised.promised, e(4, "c2"));
         assert!(v.check_command(&e(3, "c1"), &h("c1", 7)).is_err());
+    }
+
+    /// No honest coordinator leaps more than MAX_TERM_STEP terms: a vote
+    /// or a command that does is refused and changes nothing.
+    #[test]
+    fn an_implausible_leap_in_term_is_refused_for_votes_and_commands() {
+        let mut v = Voter::boot(FenceRecord::default(), secs(0));
+        v.handle(prepare(3, "c1", 7), secs(0));
+        for term in [u64::MAX, 4 + crate::MAX_TERM_STEP] {
+            let r = v.handle(prepare(term, "zz", 1), secs(20));
+            assert_eq!(reason(&r), Some(RejectReason::ImplausibleEpoch));
+            assert!(r.persist.is_none());
+            let r = v.handle(renew(term, "zz", 1, 0), secs(20));
+            assert_eq!(reason(&r), Some(RejectReason::ImplausibleEpoch));
+            let refused = v.check_command(&e(term, "zz"), &h("zz", 1)).unwrap_err();
+            assert!(
+                matches!(refused, CommandRefusal::Implausible { .. }),
+                "{refused}"
+            );
+        }
+        assert_eq!(v.record().promised, e(3, "c1"));
+        let step = 3 + crate::MAX_TERM_STEP;
+        assert!(v.check_command(&e(step, "c2"), &h("c2", 9)).is_ok());
     }
 
     #[test]

@@ -201,6 +201,7 @@ impl From<RejectReason> for pb::RejectReason {
             RejectReason::Quarantine => pb::RejectReason::Quarantine,
             RejectReason::StaleVoterConfig => pb::RejectReason::StaleVoterConfig,
             RejectReason::NotHolder => pb::RejectReason::NotHolder,
+            RejectReason::ImplausibleEpoch => pb::RejectReason::ImplausibleEpoch,
         }
     }
 }
@@ -226,6 +227,7 @@ impl TryFrom<pb::VoteReply> for VoterReply {
                     Ok(pb::RejectReason::Quarantine) => RejectReason::Quarantine,
                     Ok(pb::RejectReason::StaleVoterConfig) => RejectReason::StaleVoterConfig,
                     Ok(pb::RejectReason::NotHolder) => RejectReason::NotHolder,
+                    Ok(pb::RejectReason::ImplausibleEpoch) => RejectReason::ImplausibleEpoch,
                     Ok(pb::RejectReason::Unspecified) | Err(_) => {
                         return Err(ProtocolError::invalid("rejected.reason", "unknown reason"));
                     }

@@ -73,9 +73,9 @@ pub struct Expectations {
     /// The replication account: replicas log in with it at `[mysql]
     /// address`, and so does the address check.
     pub replication: Option<(String, dbfleet_common::config::Secret)>,
-    /// Coordinator addresses that should accept this agent over mutual
-    /// TLS.
-    pub coordinators: Vec<String>,
+    /// Coordinators (certificate name, `host:port`) that should accept
+    /// this agent over mutual TLS.
+    pub coordinators: Vec<(String, String)>,
     /// The agent's certificates, to try the coordinators with.
     pub tls: Option<std::sync::Arc<dbfleet_common::tls::TlsContext>>,
 }
@@ -165,16 +165,16 @@ const COORDINATOR_CHECK: Duration = Duration::from_secs(3);
 /// certificate (with TLS 1.3 a refusal arrives after the handshake).
 async fn coordinators_answer(
     tls: &dbfleet_common::tls::TlsContext,
-    addresses: &[String],
+    coordinators: &[(String, String)],
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    for a in addresses {
+    for (name, a) in coordinators {
         let attempt = tokio::time::timeout(COORDINATOR_CHECK, async {
             let mut stream = dbfleet_common::tls::connect_tls(
                 tls,
                 a,
                 dbfleet_common::identity::Role::Coordinator,
-                None,
+                Some(name),
             )
             .await
             .map_err(|e| match e.kind() {
@@ -200,7 +200,7 @@ async fn coordinators_answer(
             Err(_) => format!("did not answer within {COORDINATOR_CHECK:?}"),
         };
         out.push(Finding::warning(format!(
-            "coordinator {a} {why}; the agent will keep trying, but check `coordinators` and the [tls] files"
+            "coordinator {name} at {a} {why}; the agent will keep trying, but check `coordinators` and the [tls] files"
         )));
     }
     out

@@ -610,7 +610,10 @@ impl World {
                 }
             }
             VoterMsg::Command { epoch, holder } => match v.check_command(&epoch, &holder) {
-                Err(stale) => self.send_holder(voter, slot, inc, HolderMsg::Stale(stale.promised)),
+                Err(dbfleet_lease::CommandRefusal::Stale(stale)) => {
+                    self.send_holder(voter, slot, inc, HolderMsg::Stale(stale.promised))
+                }
+                Err(dbfleet_lease::CommandRefusal::Implausible { .. }) => {}
                 Ok(verdict) => {
                     if self.persist(voter, verdict.persist) {
                         self.checker.executed(voter, &epoch);
