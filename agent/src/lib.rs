@@ -19,6 +19,7 @@ pub mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dbfleet_common::admission::{Admission, Limits};
 use dbfleet_common::authz::{AllowedNames, AuthorizeLayer};
 use dbfleet_common::config::{ConfigError, read_secret};
 use dbfleet_common::identity::{Identity, Role};
@@ -282,7 +283,11 @@ pub async fn run(
                 let sources = metrics::Sources {
                     cluster: config.cluster.clone(),
                     host: config.host.clone(),
-                    coordinators: config.coordinators.clone(),
+                    coordinators: config
+                        .coordinator_endpoints()
+                        .into_iter()
+                        .map(|(_, address)| address)
+                        .collect(),
                     collections: collected,
                     guard: guard.clone(),
                     fence: fence.clone(),
@@ -331,7 +336,8 @@ pub async fn run(
                     shutdown.clone(),
                 ));
             }
-            tonic::transport::Server::builder()
+            Limits::AGENT
+                .grpc_server()
                 .layer(AuthorizeLayer::new(service::policy).with_names(names.clone()))
                 .add_service(AgentServiceServer::new(AgentApi {
                     reports: rx,
@@ -343,12 +349,14 @@ pub async fn run(
         }
         None => {
             info!(host = config.host, "witness starting: voting only");
-            tonic::transport::Server::builder()
+            Limits::AGENT
+                .grpc_server()
                 .layer(AuthorizeLayer::new(service::witness_policy).with_names(names.clone()))
                 .add_service(voter)
         }
     };
-    let incoming = tls_incoming(listener, tls, shutdown.clone());
+    let admission = Admission::new("grpc", Limits::AGENT);
+    let incoming = tls_incoming(listener, tls, admission, shutdown.clone());
     let server = server.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let mut server = tokio::spawn(server);
     systemd::notify_ready();

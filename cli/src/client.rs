@@ -82,6 +82,9 @@ pub struct Client {
     tls: Arc<TlsContext>,
 }
 
+/// The largest reply the CLI reads.
+const MAX_REPLY_BYTES: usize = 256 << 20;
+
 impl Client {
     /// Loads the CLI config and certificates.
     pub fn from_file(path: Option<&Path>) -> Result<Client, ClientError> {
@@ -95,6 +98,10 @@ impl Client {
         Ok(Client { config, tls })
     }
 
+    /// A client of the coordinator at `address`. Replies may be larger than
+    /// gRPC's default 4 MiB: a status of thousands of hosts is (each
+    /// report is capped by the coordinator, so the total is bounded by the
+    /// fleet's size).
     fn admin(&self, address: &str) -> AdminServiceClient<tonic::transport::Channel> {
         AdminServiceClient::new(tls::channel(
             self.tls.clone(),
@@ -102,6 +109,7 @@ impl Client {
             Role::Coordinator,
             Duration::from_secs(3),
         ))
+        .max_decoding_message_size(MAX_REPLY_BYTES)
     }
 
     /// Runs a read against the active coordinator, whose view is the one

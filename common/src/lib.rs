@@ -3,6 +3,7 @@
 //! certificate issuance, config and secret loading, telemetry, shutdown,
 //! systemd notification and reconnect backoff. No domain logic lives here.
 
+pub mod admission;
 pub mod authz;
 pub mod backoff;
 pub mod certs;

@@ -6,23 +6,22 @@
 //! replication state and load, which a fleet that keeps its gRPC behind
 //! mTLS may not want readable by anyone who can reach the port.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Router;
-use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::serve::{IncomingStream, Listener};
-use futures::{Stream, StreamExt};
+use axum::{Extension, Router};
+use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Admitted, Limits};
 use crate::identity::{Identity, Role};
 use crate::tls::{TlsContext, tls_incoming_http1};
 
@@ -33,58 +32,10 @@ use crate::tls::{TlsContext, tls_incoming_http1};
 /// more.
 pub const SCRAPER_ROLES: [Role; 3] = [Role::Viewer, Role::Operator, Role::Coordinator];
 
-/// Who is on the other end of a metrics connection: the identity of its
-/// client certificate (`None` only for the listener's own address).
+/// Who is on the other end of a metrics connection over mutual TLS: the
+/// identity of its client certificate.
 #[derive(Debug, Clone)]
 pub struct Peer(pub Option<Identity>);
-
-/// Authenticated TLS streams with their clients' identities (from
-/// [`tls_incoming_http1`]) as an axum listener whose
-/// address is the [`Peer`], so that requests can be authorized by role.
-pub struct TlsListener<S> {
-    incoming: S,
-}
-
-impl<S> TlsListener<S> {
-    /// Wraps `incoming`.
-    pub fn new(incoming: S) -> TlsListener<S> {
-        TlsListener { incoming }
-    }
-}
-
-impl<S, Io> Listener for TlsListener<S>
-where
-    S: Stream<Item = Result<(Io, Identity), io::Error>> + Unpin + Send + 'static,
-    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Io = Io;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Io, Peer) {
-        loop {
-            match self.incoming.next().await {
-                Some(Ok((io, identity))) => return (io, Peer(Some(identity))),
-                // the accept loop logs and retries itself; it yields no errors
-                Some(Err(_)) => continue,
-                // the accept loop ended: the agent is shutting down
-                None => std::future::pending().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Peer> {
-        Ok(Peer(None))
-    }
-}
-
-impl<S> Connected<IncomingStream<'_, TlsListener<S>>> for Peer
-where
-    TlsListener<S>: Listener<Addr = Peer>,
-{
-    fn connect_info(stream: IncomingStream<'_, TlsListener<S>>) -> Peer {
-        stream.remote_addr().clone()
-    }
-}
 
 /// Whether `peer` may scrape.
 pub fn may_scrape(peer: &Peer) -> bool {
@@ -117,9 +68,18 @@ pub async fn require_scraper(
         .into_response()
 }
 
+/// How long a client may take to send a request's headers: a slowloris
+/// trickles them to hold the connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may live: a scraper reconnects; a client that
+/// holds a connection open for nothing does not keep it.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
 /// Serves `app` on `listener` until `cancel`: over mutual TLS with `tls`
-/// (only [`SCRAPER_ROLES`] may read), plain HTTP without. Logs why it
-/// stopped, if not asked to.
+/// (only [`SCRAPER_ROLES`] may read), plain HTTP without. Either way the
+/// connections are capped ([`Limits::METRICS`]), headers must arrive within
+/// [`HEADER_TIMEOUT`] and a connection lives at most
+/// [`CONNECTION_LIFETIME`].
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -127,27 +87,73 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    let shutdown = cancel.clone().cancelled_owned();
-    let served = match tls {
+    let admission = Admission::new("metrics", Limits::METRICS);
+    match tls {
         Some(tls) => {
             info!(?addr, "serving /metrics over mutual TLS");
-            let incoming = tls_incoming_http1(listener, tls, cancel);
             let app = app.route_layer(axum::middleware::from_fn(require_scraper));
-            axum::serve(
-                TlsListener::new(incoming),
-                app.into_make_service_with_connect_info::<Peer>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
+            let mut incoming = tls_incoming_http1(listener, tls, admission, cancel.clone());
+            loop {
+                let next = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    n = incoming.next() => n,
+                };
+                match next {
+                    Some(Ok((io, identity))) => {
+                        let app = app
+                            .clone()
+                            .layer(Extension(ConnectInfo(Peer(Some(identity)))));
+                        tokio::spawn(serve_connection(io, app, cancel.clone()));
+                    }
+                    Some(Err(_)) => continue,
+                    None => return,
+                }
+            }
         }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+        None => loop {
+            let accepted = tokio::select! {
+                _ = cancel.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(?addr, error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Some(mut ticket) = admission.admit(peer.ip()) else {
+                continue;
+            };
+            ticket.handshake_done();
+            tokio::spawn(serve_connection(
+                Admitted::new(tcp, ticket),
+                app.clone(),
+                cancel.clone(),
+            ));
+        },
+    }
+}
+
+/// One HTTP/1.1 connection, within [`HEADER_TIMEOUT`] and
+/// [`CONNECTION_LIFETIME`].
+async fn serve_connection<I>(io: I, app: Router, cancel: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        served = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {
+            if let Ok(Err(e)) = served {
+                debug!(error = %e, "metrics connection ended");
+            }
         }
-    };
-    if let Err(e) = served {
-        warn!(?addr, error = %e, "metrics endpoint stopped");
     }
 }
 

@@ -9,6 +9,7 @@
 //! server's certificate carries the role the caller expects. TLS 1.3 only,
 //! ring only, client certificates always required.
 
+use crate::admission::{Admission, Admitted};
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
@@ -309,14 +310,25 @@ impl TlsContext {
     }
 }
 
-/// Accepts TCP connections and completes TLS handshakes in the background,
-/// yielding only authenticated streams, until `cancel` fires.
+/// A TLS connection counted by its listener's [`Admission`].
+pub type AdmittedTls = Admitted<TlsStream<TcpStream>>;
+
+/// Accepts TCP connections within `admission`'s caps and completes TLS
+/// handshakes in the background, yielding only authenticated streams,
+/// until `cancel` fires.
 pub fn tls_incoming(
     listener: TcpListener,
     tls: Arc<TlsContext>,
+    admission: Admission,
     cancel: CancellationToken,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
-    accept_loop(listener, move || tls.server_config(), Some, cancel)
+) -> ReceiverStream<Result<AdmittedTls, io::Error>> {
+    accept_loop(
+        listener,
+        move || tls.server_config(),
+        Some,
+        admission,
+        cancel,
+    )
 }
 
 /// [`tls_incoming`] for an HTTP/1.1 server (the Prometheus endpoints): the
@@ -329,15 +341,16 @@ pub fn tls_incoming(
 pub fn tls_incoming_http1(
     listener: TcpListener,
     tls: Arc<TlsContext>,
+    admission: Admission,
     cancel: CancellationToken,
-) -> ReceiverStream<Result<(TlsStream<TcpStream>, Identity), io::Error>> {
+) -> ReceiverStream<Result<(AdmittedTls, Identity), io::Error>> {
     let config = move || {
         let mut c = (*tls.server_config()).clone();
         c.alpn_protocols.clear();
         Arc::new(c)
     };
-    let identify = |s: TlsStream<TcpStream>| {
-        let der = s.get_ref().1.peer_certificates()?.first()?;
+    let identify = |s: AdmittedTls| {
+        let der = s.get_ref().get_ref().1.peer_certificates()?.first()?;
         match Identity::from_cert_der(der) {
             Ok(id) => Some((s, id)),
             Err(e) => {
@@ -346,7 +359,7 @@ pub fn tls_incoming_http1(
             }
         }
     };
-    accept_loop(listener, config, identify, cancel)
+    accept_loop(listener, config, identify, admission, cancel)
 }
 
 /// The accept loop of [`tls_incoming`] and [`tls_incoming_http1`]: one
@@ -356,7 +369,8 @@ pub fn tls_incoming_http1(
 fn accept_loop<T: Send + 'static>(
     listener: TcpListener,
     config: impl Fn() -> Arc<ServerConfig> + Send + 'static,
-    finish: fn(TlsStream<TcpStream>) -> Option<T>,
+    finish: fn(AdmittedTls) -> Option<T>,
+    admission: Admission,
     cancel: CancellationToken,
 ) -> ReceiverStream<Result<T, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
@@ -376,13 +390,18 @@ fn accept_loop<T: Send + 'static>(
                     continue;
                 }
             };
+            // over a cap: closed at once (dropped)
+            let Some(mut ticket) = admission.admit(peer.ip()) else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(config());
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        if let Some(item) = finish(stream) {
+                        ticket.handshake_done();
+                        if let Some(item) = finish(Admitted::new(stream, ticket)) {
                             let _ = tx.send(Ok(item)).await;
                         }
                     }

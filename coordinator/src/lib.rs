@@ -19,6 +19,7 @@ pub mod topology;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dbfleet_common::admission::{Admission, Limits};
 use dbfleet_common::authz::{AllowedNames, AuthorizeLayer};
 use dbfleet_common::clock::boottime;
 use dbfleet_common::identity::{Identity, Role};
@@ -195,12 +196,15 @@ pub async fn run(
         Role::Coordinator,
         [config.id.clone(), config.lease.peer().0],
     );
-    let incoming = tls_incoming(listener, tls, shutdown.clone());
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+    let admission = Admission::new("grpc", Limits::COORDINATOR);
+    let incoming = tls_incoming(listener, tls, admission, shutdown.clone());
+    let server = Limits::COORDINATOR
+        .grpc_server()
         .layer(AuthorizeLayer::new(service::policy).with_names(names))
-        .add_service(ReportServiceServer::new(report))
+        .add_service(
+            ReportServiceServer::new(report)
+                .max_decoding_message_size(service::report::MAX_REPORT_BYTES),
+        )
         .add_service(AdminServiceServer::new(admin))
         .add_service(PeerServiceServer::new(peer))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());

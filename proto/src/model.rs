@@ -26,13 +26,31 @@ pub enum ProtocolError {
     },
 }
 
+/// The longest reason a refusal carries: a reason may quote the refused
+/// value, and a peer sending megabytes must not get them into every log
+/// line and error that mentions the refusal.
+const MAX_REASON: usize = 512;
+
 impl ProtocolError {
     pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         ProtocolError::Invalid {
             field,
-            reason: reason.into(),
+            reason: clip(&reason.into(), MAX_REASON),
         }
     }
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), saying how
+/// much was left out.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..end], text.len() - end)
 }
 
 impl From<ProtocolError> for tonic::Status {
@@ -111,7 +129,13 @@ impl MysqlAddress {
             .ok_or_else(|| format!("{s:?} is not host:port"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
-            return Err(format!("{s:?} has no host"));
+            return Err(format!("{:?} has no host", clip(s, 80)));
+        }
+        if host.parse::<std::net::IpAddr>().is_err() && !is_host_name(host) {
+            return Err(format!(
+                "{:?} is neither an IP address nor a host name (letters, digits, '-', '_' and '.', at most 253 characters)",
+                clip(s, 80)
+            ));
         }
         let port: u16 = port
             .parse()
@@ -129,6 +153,20 @@ impl MysqlAddress {
     pub fn same_endpoint(&self, other: &MysqlAddress) -> bool {
         self.port == other.port && self.host.eq_ignore_ascii_case(&other.host)
     }
+}
+
+/// A DNS name (or an `/etc/hosts` name with underscores): dot-separated
+/// labels of letters, digits, '-' and '_', each 1 to 63 long, at most 253
+/// in all. Nothing a shell, a SQL string or a log reader would read as
+/// anything but a name.
+fn is_host_name(host: &str) -> bool {
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 impl fmt::Display for MysqlAddress {
@@ -951,5 +989,29 @@ mod tests {
             MysqlAddress::parse("[::1]:3306").unwrap().to_string(),
             "[::1]:3306"
         );
+        assert!(MysqlAddress::parse("db_1.example.com:3306").is_ok());
+        for hostile in [
+            "$(reboot):3306",
+            "db1;rm -rf /:3306",
+            "db1' OR '1:3306",
+            "a..b:3306",
+            "db 1:3306",
+        ] {
+            let e = MysqlAddress::parse(hostile).unwrap_err();
+            assert!(e.contains("neither an IP address nor a host name"), "{e}");
+        }
+        let huge = format!("{}:3306", "$".repeat(3 << 20));
+        assert!(MysqlAddress::parse(&huge).unwrap_err().len() < 300);
+    }
+
+    /// A refused value of megabytes is quoted in at most a few hundred
+    /// bytes, wherever the refusal is logged or returned.
+    #[test]
+    fn a_refusal_never_carries_the_refused_megabytes() {
+        let e = ProtocolError::invalid("mysql_address", "x".repeat(3 << 20));
+        assert!(e.to_string().len() < 600, "{}", e.to_string().len());
+        assert!(e.to_string().contains("more bytes"));
+        assert_eq!(clip("héllo", 2), "h… (5 more bytes)");
+        assert_eq!(clip("short", 10), "short");
     }
 }

@@ -15,6 +15,12 @@ use tracing::{debug, warn};
 use crate::error::ServiceError;
 use crate::fleet::Fleet;
 
+/// The largest report accepted, encoded. A real one is a few kilobytes
+/// (its largest part, the manifests of the sixteen jobs it lists, a few
+/// more); a larger one is refused before it is decoded, so no agent can
+/// make every status reply that carries its view megabytes long.
+pub(crate) const MAX_REPORT_BYTES: usize = 256 * 1024;
+
 /// Receives agent reports.
 #[derive(Debug, Clone)]
 pub(crate) struct ReportApi {
@@ -49,7 +55,10 @@ impl ReportService for ReportApi {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(status) => {
+                        // A report over MAX_REPORT_BYTES, or one that does
+                        // not decode: the agent is told why.
                         debug!(host, error = %status, "report stream ended");
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };
