@@ -204,6 +204,15 @@ impl AgentConfig {
                 ));
             }
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&c.amnesia_quarantine) {
+            return Err(invalid(
+                "amnesia_quarantine",
+                "must be between 1s and 1h, and at least the coordinators' lease × (1 + drift) + \
+                 margin (default 30s): a voter that lost its record and grants at once can \
+                 grant a second coordinator the lease while the first still holds it"
+                    .into(),
+            ));
+        }
         if c.witness {
             if c.mysql.is_some() || !c.cluster.is_empty() {
                 return Err(invalid(
@@ -261,6 +270,19 @@ impl AgentConfig {
         MysqlAddress::parse(&mysql.address).map_err(|r| invalid("mysql.address", r))?;
         if mysql.user.is_empty() {
             return Err(invalid("mysql.user", "must not be empty".into()));
+        }
+        for (field, d) in [
+            ("mysql.connect_timeout", mysql.connect_timeout),
+            ("mysql.query_timeout", mysql.query_timeout),
+        ] {
+            if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&d) {
+                return Err(invalid(
+                    field,
+                    "must be between 100ms and 10m: at 0 every connection and every fence \
+                     fails, and a longer one holds a failover that long"
+                        .into(),
+                ));
+            }
         }
         if mysql
             .start_command

@@ -60,7 +60,9 @@ pub enum ClientError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// No config given.
-    #[error("no CLI config: pass --config FILE or set {CONFIG_ENV}")]
+    #[error(
+        "no CLI config: pass --config FILE, set {CONFIG_ENV}, or put it in ~/.config/dbfleet.toml or /etc/dbfleet/dbfleet.toml"
+    )]
     NoConfig,
     /// Every coordinator failed; each failure is listed.
     #[error("no coordinator answered: {}", .0.join("; "))]
@@ -82,13 +84,29 @@ pub struct Client {
     tls: Arc<TlsContext>,
 }
 
+/// Where the CLI config is when neither `--config` nor the environment
+/// says: the user's (`$XDG_CONFIG_HOME/dbfleet.toml`, else
+/// `~/.config/dbfleet.toml`), then the host's (`/etc/dbfleet/dbfleet.toml`);
+/// the first that exists.
+fn default_config() -> Option<PathBuf> {
+    let user = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|d| d.join("dbfleet.toml"));
+    user.into_iter()
+        .chain(std::iter::once(PathBuf::from("/etc/dbfleet/dbfleet.toml")))
+        .find(|p| p.is_file())
+}
+
 /// The largest reply the CLI reads.
 const MAX_REPLY_BYTES: usize = 256 << 20;
 
 impl Client {
     /// Loads the CLI config and certificates.
     pub fn from_file(path: Option<&Path>) -> Result<Client, ClientError> {
-        let path = path.ok_or(ClientError::NoConfig)?;
+        let found = path.map(Path::to_path_buf).or_else(default_config);
+        let path = found.as_deref().ok_or(ClientError::NoConfig)?;
         let config: CliConfig = load_toml(path)?;
         let tls = TlsContext::load(&TlsPaths {
             ca: config.tls.ca.clone(),

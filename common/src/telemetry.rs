@@ -108,6 +108,26 @@ impl LogControl {
     }
 }
 
+/// The exit code of a process ended by a panic.
+pub const PANIC_EXIT_CODE: i32 = 70;
+
+/// Makes a panic, on any thread or task, end the process (after logging
+/// it) with [`PANIC_EXIT_CODE`]: a task that died inside a process that
+/// still answers systemd's watchdog would leave the host half served (no
+/// reports, or no votes) with nobody told. `Restart=on-failure` starts it
+/// again.
+pub fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        tracing::error!(
+            panic = %info,
+            "a task panicked; exiting so that the service manager starts the process again"
+        );
+        std::process::exit(PANIC_EXIT_CODE);
+    }));
+}
+
 /// The `log_level` key of the TOML file at `path`, if any.
 fn level_in(path: &Path) -> Result<Option<String>, String> {
     let text = std::fs::read_to_string(path)

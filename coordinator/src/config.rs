@@ -278,6 +278,35 @@ fn default_max_lag() -> u64 {
     60
 }
 
+/// Whether `program` (a hook's) can be run: an absolute path to an
+/// executable file, or a name found in `PATH`. A missing pre-hook would
+/// veto every failover, a missing STONITH hook prove nothing, only when
+/// it is needed.
+fn runnable(program: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let path = Path::new(program);
+    let found = if path.is_absolute() {
+        executable(path)
+    } else if program.contains('/') {
+        return Err(format!(
+            "{program:?} is a relative path: give the program's absolute path"
+        ));
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| executable(&d.join(program))))
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program:?} does not exist or is not executable: a hook that cannot run fails every time it is needed"
+        ))
+    }
+}
+
 impl CoordinatorConfig {
     /// Loads and validates `path`.
     pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
@@ -313,8 +342,18 @@ impl CoordinatorConfig {
                 "list the voting agents as NAME@IP:PORT (three or more for fault tolerance)".into(),
             ));
         }
+        let mut names = std::collections::BTreeSet::new();
         for (i, v) in c.lease.voters.iter().enumerate() {
-            parse_named_address(v).map_err(|r| invalid(&format!("lease.voters[{i}]"), r))?;
+            let (name, _) =
+                parse_named_address(v).map_err(|r| invalid(&format!("lease.voters[{i}]"), r))?;
+            if !names.insert(name.clone()) {
+                return Err(invalid(
+                    &format!("lease.voters[{i}]"),
+                    format!(
+                        "voter {name} is listed twice: a majority counted over duplicates is no majority; list each voter once"
+                    ),
+                ));
+            }
         }
         let (peer, _) = parse_named_address(&c.lease.peer).map_err(|r| invalid("lease.peer", r))?;
         if peer == c.id {
@@ -322,6 +361,29 @@ impl CoordinatorConfig {
                 "lease.peer",
                 "names this coordinator itself; name the other coordinator".into(),
             ));
+        }
+        if c.failover.budget == 0 {
+            return Err(invalid(
+                "failover.budget",
+                "must be at least 1: 0 holds every automatic failover (to hold them on purpose, \
+                 use `dbfleet failover-policy` per cluster)"
+                    .into(),
+            ));
+        }
+        if c.failover.window < Duration::from_secs(1) {
+            return Err(invalid(
+                "failover.window",
+                "must be at least 1s: the anti-flap budget counts failovers within it".into(),
+            ));
+        }
+        for (field, hook) in [
+            ("failover.pre_hook", &c.failover.pre_hook),
+            ("failover.post_hook", &c.failover.post_hook),
+            ("failover.stonith_hook", &c.failover.stonith_hook),
+        ] {
+            if let Some(program) = hook.first() {
+                runnable(program).map_err(|r| invalid(field, r))?;
+            }
         }
         if c.cert_reload_interval < Duration::from_secs(1) {
             return Err(invalid(

@@ -36,8 +36,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    dbfleet_common::systemd::take_environment();
     let cli = Cli::parse();
     let log = telemetry::init(cli.log_format);
+    telemetry::exit_on_panic();
     install_crypto_provider();
     match real_main(cli, log) {
         Ok(()) => ExitCode::SUCCESS,

@@ -458,7 +458,7 @@ fn deploy(a: &mut Adopted) {
                 "/var/lib/dbfleet/coordinator",
                 &dir.join(id).display().to_string(),
             )
-            .replace("/etc/dbfleet/tls/", &format!("{tls_s}/"))
+            .replace("/etc/dbfleet/coordinator-tls/", &format!("{tls_s}/"))
             .replace("coordinator-c1", &format!("coordinator-{id}"));
         assert!(!text.contains("10.0.0."), "every address replaced");
         std::fs::write(dir.join(format!("coordinator-{id}.toml")), text).unwrap();

@@ -127,6 +127,25 @@ fn agent_check_config_accepts_good_and_names_what_is_wrong() {
         assert!(!ok && out.contains(&needle), "{line}: {out}");
     }
 
+    // Values that parse but would break safety or liveness.
+    for (extra, mysql_line, field) in [
+        ("amnesia_quarantine = \"0s\"", "", "amnesia_quarantine"),
+        ("", "connect_timeout = \"0s\"", "mysql.connect_timeout"),
+        ("", "query_timeout = \"0s\"", "mysql.query_timeout"),
+    ] {
+        let cfg = agent_config(&f, "db1", extra);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "user = \"dbfleet_agent\"",
+            &format!("user = \"dbfleet_agent\"\n{mysql_line}"),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let (ok, out) = check("dbfleet-agent", &cfg);
+        assert!(
+            !ok && out.contains(field) && out.contains("must be between"),
+            "{out}"
+        );
+    }
+
     let (ok, out) = check("dbfleet-agent", &agent_config(&f, "db9", ""));
     assert!(
         !ok && out.contains("dbfleet://agent/db9"),
@@ -177,6 +196,44 @@ fn coordinator_refuses_unsafe_values_and_a_data_dir_in_use() {
         &write("bad2.toml", "not-an-address", ""),
     );
     assert!(!ok && out.contains("listen"), "{out}");
+
+    // Values that parse but would break safety or liveness, each refused
+    // with its rule.
+    for (name, extra, lease, needle) in [
+        (
+            "budget.toml",
+            "[failover]\nbudget = 0",
+            "",
+            "failover.budget",
+        ),
+        (
+            "hook.toml",
+            "[failover]\npre_hook = [\"/nonexistent/veto-everything\"]",
+            "",
+            "does not exist or is not executable",
+        ),
+        (
+            "lease.toml",
+            "",
+            "lease = \"1000years\"\n",
+            "must be at most",
+        ),
+        ("voters.toml", "", "", "voter v1 is listed twice"),
+    ] {
+        let cfg = write(name, &format!("{a}:7200"), extra);
+        let mut text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[lease]\n", &format!("[lease]\n{lease}"));
+        if name == "voters.toml" {
+            text = text.replace(
+                "voters = [\"v1@127.0.0.1:9\"]",
+                "voters = [\"v1@127.0.0.1:9\", \"v1@127.0.0.2:9\", \"v2@127.0.0.3:9\"]",
+            );
+        }
+        std::fs::write(&cfg, text).unwrap();
+        let (ok, out) = check("dbfleet-coordinator", &cfg);
+        assert!(!ok && out.contains(needle), "{name}: {out}");
+    }
 
     let first = write("c1.toml", &format!("{a}:7200"), "");
     let mut p1 = Proc::start(

@@ -102,6 +102,10 @@ async fn the_packages_install_binaries_units_users_and_an_agent_runs_from_them()
     let tls = std::fs::metadata("/etc/dbfleet/tls").unwrap();
     assert_eq!(tls.permissions().mode() & 0o777, 0o750);
     assert_eq!(tls.gid(), mysql.gid.as_raw());
+    let dbfleet = nix::unistd::User::from_name("dbfleet").unwrap().unwrap();
+    let coordinator_tls = std::fs::metadata("/etc/dbfleet/coordinator-tls").unwrap();
+    assert_eq!(coordinator_tls.permissions().mode() & 0o777, 0o750);
+    assert_eq!(coordinator_tls.gid(), dbfleet.gid.as_raw());
 
     // A fleet whose agents are the installed binary.
     let fleet = TestFleet::start_spec(1, 1, |spec| {

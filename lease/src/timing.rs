@@ -29,6 +29,16 @@ pub enum TimingError {
         /// The offending setting.
         field: &'static str,
     },
+    /// A duration is longer than any lease can sensibly be: a dead active
+    /// would hold the fleet that long (and arithmetic on it could
+    /// overflow).
+    #[error("{field} must be at most {max:?}: a dead active coordinator keeps the lease that long")]
+    TooLong {
+        /// The offending setting.
+        field: &'static str,
+        /// The longest allowed.
+        max: Duration,
+    },
     /// ρ is implausibly large; the lease would mean nothing.
     #[error("drift_ppm {0} is above 100000 (10%); clocks that drift this much cannot time a lease")]
     DriftTooLarge(u32),
@@ -44,6 +54,10 @@ pub enum TimingError {
         usable: Duration,
     },
 }
+
+/// The longest lease (and any of its durations) accepted, in a
+/// configuration or on the wire.
+pub const MAX_LEASE: Duration = Duration::from_secs(600);
 
 impl Timing {
     /// The defaults of the reference: `T` 10 s, `r` 2 s, `τ` 1 s, `ρ` 1 %, `δ` 1 s.
@@ -67,6 +81,12 @@ impl Timing {
         ] {
             if d.is_zero() {
                 return Err(TimingError::Zero { field });
+            }
+            if d > MAX_LEASE {
+                return Err(TimingError::TooLong {
+                    field,
+                    max: MAX_LEASE,
+                });
             }
         }
         if self.drift_ppm > 100_000 {

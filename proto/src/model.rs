@@ -332,6 +332,10 @@ pub enum ConfigProblemKind {
     CannotIdentifyMysqld,
     /// The agent account lacks a privilege dbfleet needs.
     MissingPrivilege,
+    /// mysqld was started by socket activation (`mariadb.socket`): the
+    /// service manager starts it again on the next connection, so it can
+    /// never be proven stopped.
+    SocketActivated,
     /// A kind this build does not know (from a newer agent), kept as sent.
     Other(String),
 }
@@ -344,6 +348,7 @@ impl ConfigProblemKind {
             ConfigProblemKind::MysqlAddressMismatch => "mysql-address-mismatch",
             ConfigProblemKind::CannotIdentifyMysqld => "cannot-identify-mysqld",
             ConfigProblemKind::MissingPrivilege => "missing-privilege",
+            ConfigProblemKind::SocketActivated => "socket-activated",
             ConfigProblemKind::Other(s) => s,
         }
     }
@@ -355,6 +360,7 @@ impl ConfigProblemKind {
             "mysql-address-mismatch" => ConfigProblemKind::MysqlAddressMismatch,
             "cannot-identify-mysqld" => ConfigProblemKind::CannotIdentifyMysqld,
             "missing-privilege" => ConfigProblemKind::MissingPrivilege,
+            "socket-activated" => ConfigProblemKind::SocketActivated,
             other => ConfigProblemKind::Other(other.to_string()),
         }
     }

@@ -223,6 +223,7 @@ async fn stop_mysqld(t: &MysqlTarget, files: &ServerFiles) -> Result<(), String>
             files.lock_file.display()
         )
     })?;
+
     let (mut conn, _) = observer::connect(t).await?;
     conn.query_drop("SHUTDOWN")
         .await
@@ -496,6 +497,15 @@ pub async fn restore(
 ) -> Result<String, String> {
     let started = Instant::now();
     let f = facts(&r.target).await?;
+    // refused before anything is built: such a server cannot be stopped
+    if let Some(pid) = process::identify(&f.files)?
+        && process::socket_activated(pid)?
+    {
+        return Err(format!(
+            "mysqld (pid {pid}) was started by socket activation: {}",
+            process::SOCKET_ACTIVATION_FIX
+        ));
+    }
     let manifest = Manifest::read_usable(&r.backup_dir)?;
     if major_minor(&manifest.server_version) != major_minor(&f.version) {
         return Err(format!(

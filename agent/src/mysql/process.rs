@@ -150,6 +150,26 @@ fn is_server_command(name: &str) -> bool {
     name.starts_with("mysqld") || name.starts_with("mariadbd")
 }
 
+/// Whether process `pid` was started by socket activation: systemd hands
+/// it its listening sockets in `LISTEN_FDS` (Debian's `mariadb.socket`).
+/// Such a server is started again by the service manager on the next
+/// connection to its socket or port, so nothing the agent does can prove
+/// it stopped. Its environment is readable by its own user (and root).
+pub fn socket_activated(pid: i32) -> Result<bool, String> {
+    let path = PathBuf::from(format!("/proc/{pid}/environ"));
+    let environ = std::fs::read(&path).map_err(|e| cannot_read(&path, &e))?;
+    Ok(environ
+        .split(|b| *b == 0)
+        .any(|var| var.starts_with(b"LISTEN_FDS=")))
+}
+
+/// What to do about a socket-activated mysqld, for every message that
+/// mentions one.
+pub const SOCKET_ACTIVATION_FIX: &str = "systemd starts it again on the next connection, so the \
+     agent can never prove it stopped (a fence blocks, a restore cannot stop it): disable the \
+     socket unit and start mysqld by its service (systemctl disable --now mariadb.socket; \
+     systemctl restart mariadb)";
+
 /// The live mysqld serving `files`: the holder of its lock file, whose
 /// command is a MySQL or MariaDB server. `Ok(None)`: nothing holds it.
 pub fn identify(files: &ServerFiles) -> Result<Option<i32>, String> {
@@ -434,6 +454,32 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// A process systemd started by socket activation carries
+    /// `LISTEN_FDS` in its environment; one started otherwise does not.
+    #[test]
+    fn a_socket_activated_process_is_told_by_its_environment() {
+        let mut activated = std::process::Command::new("sleep")
+            .arg("30")
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_PID", "1")
+            .spawn()
+            .unwrap();
+        let mut plain = std::process::Command::new("sleep")
+            .arg("30")
+            .env_remove("LISTEN_FDS")
+            .spawn()
+            .unwrap();
+        let pid = |c: &std::process::Child| i32::try_from(c.id()).unwrap();
+        assert_eq!(socket_activated(pid(&activated)), Ok(true));
+        assert_eq!(socket_activated(pid(&plain)), Ok(false));
+        for c in [&mut activated, &mut plain] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        let e = socket_activated(pid(&plain)).unwrap_err();
+        assert!(e.contains("/proc/"), "a gone process cannot be told: {e}");
     }
 
     #[test]

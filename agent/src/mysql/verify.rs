@@ -265,7 +265,19 @@ fn identity(files: Option<&ServerFiles>) -> Option<Finding> {
         ));
     };
     match process::identify(files) {
-        Ok(Some(_)) => None,
+        Ok(Some(pid)) => match process::socket_activated(pid) {
+            Ok(true) => Some(Finding::problem(
+                ConfigProblemKind::SocketActivated,
+                format!(
+                    "mysqld (pid {pid}) was started by socket activation: {}",
+                    process::SOCKET_ACTIVATION_FIX
+                ),
+            )),
+            Ok(false) => None,
+            Err(e) => Some(Finding::warning(format!(
+                "whether mysqld (pid {pid}) was started by socket activation cannot be told: {e}"
+            ))),
+        },
         Ok(None) => Some(Finding::problem(
             ConfigProblemKind::CannotIdentifyMysqld,
             format!(
