@@ -225,3 +225,71 @@ async fn a_running_agent_reports_a_restart_writable_server_and_a_mismatched_addr
         .await;
     assert!(!member(&after, "db2").writable);
 }
+
+/// A mysqld started by socket activation (Debian's `mariadb.socket`; here
+/// `systemd-socket-activate`, which hands mariadbd its listening sockets
+/// the same way) comes back on the next connection after any stop, so no
+/// fence could prove it stopped: `check-config` fails naming it, and the
+/// running agent reports `socket-activated`.
+#[tokio::test]
+async fn a_socket_activated_mysqld_is_named_by_check_config_and_reported() {
+    let mut fleet = TestFleet::start_active(1, 1).await;
+    let db2 = fleet.server("db2").unwrap().clone();
+    fleet.stop("mariadbd-db2", Duration::from_secs(30));
+    let _ = std::fs::remove_file(&db2.socket);
+    let log = fleet.dir.join("logs/mariadbd-db2-activated.log");
+    let args =
+        dbfleet_cli::sandbox::mariadb::args(&db2, &fleet.dir.join("run/mariadbd-db2.pid"), &log);
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l")
+        .arg(&db2.socket)
+        .arg("-l")
+        .arg(format!("{}:{}", db2.ip, db2.port))
+        .arg("/usr/sbin/mariadbd")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(fleet.dir.join("logs/socket-activate.log")).unwrap())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    if let Some(u) = &fleet.service_user {
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    let mut activated = cmd.spawn().unwrap();
+
+    // The first connection (check-config's own) starts mariadbd.
+    let config = fleet.dir.join("agent-db2.toml");
+    let give_up = tokio::time::Instant::now() + dbfleet_integration_tests::PATIENCE;
+    let out = loop {
+        let (ok, out) = check_config(&fleet, &config);
+        if out.contains("socket activation") {
+            assert!(!ok, "{out}");
+            break out;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "check-config never named the socket activation: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        out.contains("systemctl disable --now mariadb.socket"),
+        "the fix is named: {out}"
+    );
+    let seen = fleet
+        .wait_until("db2's agent reports socket activation", |c| {
+            has_problem(c, "socket-activated", "db2")
+        })
+        .await;
+    let p = seen
+        .problems
+        .iter()
+        .find(|p| p.kind == "socket-activated")
+        .unwrap();
+    assert!(
+        p.message.contains("can never prove it stopped"),
+        "{}",
+        p.message
+    );
+    let _ = activated.kill();
+    let _ = activated.wait();
+}
