@@ -11,7 +11,8 @@ use dbfleet_cli::client::{CONFIG_ENV, Client, ClientError};
 use dbfleet_cli::sandbox::{self, Binaries, Fleet, SandboxSpec};
 use dbfleet_cli::watch::{self, Display, Refresh};
 use dbfleet_cli::{cert, failover, ha, status, top};
-use dbfleet_common::identity::Role;
+use dbfleet_common::identity::{Identity, Role};
+use dbfleet_common::revocation;
 use dbfleet_proto::pb;
 
 mod backup_command;
@@ -271,6 +272,25 @@ enum CertCommand {
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+    },
+    /// Revoke certificates of the CA in DIR before they expire, and sign a
+    /// new DIR/ca.crl.pem. Copy it next to ca.pem on every host: servers
+    /// and clients refuse the revoked certificates from their next
+    /// certificate reload on.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["name", "serial", "cert"])))]
+    Revoke {
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Every certificate issued to ROLE/NAME (e.g. agent/db9).
+        #[arg(long, value_name = "ROLE/NAME")]
+        name: Option<String>,
+        /// The certificate with this serial number (hex).
+        #[arg(long)]
+        serial: Option<String>,
+        /// The certificate in this PEM file.
+        #[arg(long)]
+        cert: Option<PathBuf>,
     },
 }
 
@@ -642,6 +662,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 files.cert.display(),
                 files.key.display()
             );
+        }
+        Command::Cert(CertCommand::Revoke {
+            dir,
+            name,
+            serial,
+            cert: file,
+        }) => {
+            let which = match (name, serial, file) {
+                (Some(n), _, _) => {
+                    let (role, name) = n.split_once('/').ok_or_else(|| {
+                        anyhow::anyhow!("--name {n:?} is not ROLE/NAME (e.g. agent/db9)")
+                    })?;
+                    let role = parse_role(role).map_err(anyhow::Error::msg)?;
+                    revocation::Which::Identity(Identity::new(role, name))
+                }
+                (None, Some(s), _) => revocation::Which::Serial(s),
+                (None, None, Some(f)) => revocation::Which::CertFile(f),
+                (None, None, None) => unreachable!("clap requires one"),
+            };
+            let made = revocation::revoke(&dir, &which)?;
+            let crl = dir.join(revocation::CA_CRL);
+            match cli.output {
+                Output::Json => print_json(&serde_json::json!({
+                    "revoked": made,
+                    "revocation_list": crl,
+                }))?,
+                Output::Table => {
+                    if made.is_empty() {
+                        println!("already revoked; {} signed again", crl.display());
+                    }
+                    for r in &made {
+                        println!(
+                            "revoked serial {}{}",
+                            r.serial,
+                            r.identity
+                                .as_ref()
+                                .map(|i| format!(" ({i})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                    println!(
+                        "copy {} next to ca.pem on every host: servers and clients refuse these certificates from their next certificate reload on (cert_reload_interval); connections already open end within an hour",
+                        crl.display()
+                    );
+                }
+            }
         }
         Command::Sandbox(SandboxCommand::Up(args)) => sandbox_up(args, cli.output).await?,
         Command::Sandbox(SandboxCommand::Down { dir }) => {

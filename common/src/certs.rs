@@ -47,6 +47,22 @@ pub enum CertError {
     /// rcgen refused the request.
     #[error("cannot generate certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// Not a certificate serial number.
+    #[error("{0:?} is not a serial number: give it in hex, as `openssl x509 -serial` prints it")]
+    BadSerial(String),
+    /// Revoking an identity the CA never issued a certificate to.
+    #[error(
+        "this CA issued no certificate to {0} (its record, issued.jsonl, lists every one it did)"
+    )]
+    NotIssued(String),
+    /// A record of the CA directory does not read.
+    #[error("{}: {reason}", path.display())]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CertError + '_ {
@@ -182,6 +198,8 @@ pub fn issue_leaf_pem(dir: &Path, req: &LeafRequest) -> Result<(String, String),
 
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
+    let (serial, serial_hex) = crate::revocation::new_serial();
+    params.serial_number = Some(serial);
     let mut sans = vec![SanType::URI(Ia5String::try_from(identity.uri())?)];
     sans.extend(req.ips.iter().map(|ip| SanType::IpAddress(*ip)));
     for d in &req.dns {
@@ -201,6 +219,14 @@ pub fn issue_leaf_pem(dir: &Path, req: &LeafRequest) -> Result<(String, String),
     params.not_after = params.not_before
         + time::Duration::try_from(req.valid_for).unwrap_or(time::Duration::days(365));
     let cert = params.signed_by(&key, &issuer)?;
+    crate::revocation::record_issued(
+        dir,
+        &crate::revocation::IssuedLeaf {
+            serial: serial_hex,
+            identity: identity.uri(),
+            not_after: params.not_after.unix_timestamp(),
+        },
+    )?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 

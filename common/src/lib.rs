@@ -13,6 +13,7 @@ pub mod durable;
 pub mod gtid;
 pub mod identity;
 pub mod metrics_http;
+pub mod revocation;
 pub mod shutdown;
 pub mod systemd;
 pub mod telemetry;

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use serde::Deserialize;
@@ -157,8 +157,38 @@ struct Loaded {
     stamp: Vec<Option<(SystemTime, u64)>>,
 }
 
+/// The revocation list read with `paths`: `ca.crl.pem` next to the CA
+/// certificate (see [`crate::revocation`]).
+fn crl_path(paths: &TlsPaths) -> PathBuf {
+    paths.ca.with_file_name(crate::revocation::CA_CRL)
+}
+
+/// The revocation lists in `path`; none when there is no file.
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(TlsError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Rustls(format!("revocation list {}: {e}", path.display())))?;
+    if crls.is_empty() {
+        return Err(TlsError::Rustls(format!(
+            "revocation list {} holds no list: copy the CA's ca.crl.pem again",
+            path.display()
+        )));
+    }
+    Ok(crls)
+}
+
 fn stamp(paths: &TlsPaths) -> Vec<Option<(SystemTime, u64)>> {
-    [&paths.ca, &paths.cert, &paths.key]
+    [&paths.ca, &paths.cert, &paths.key, &crl_path(paths)]
         .iter()
         .map(|p| {
             fs::metadata(p)
@@ -186,9 +216,18 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
     let roots = Arc::new(roots);
     let rustls_err = |e: rustls::Error| TlsError::Rustls(e.to_string());
 
+    // Revoked certificates are refused at the handshake, by servers and
+    // clients alike.
+    let crls = read_crls(&crl_path(paths))?;
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        .with_crls(crls.clone())
         .build()
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let server_verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .with_crls(crls)
+            .build()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let mut server = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(rustls_err)?
@@ -200,7 +239,7 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
     let mut client = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(rustls_err)?
-        .with_root_certificates(roots)
+        .with_webpki_verifier(server_verifier)
         .with_client_auth_cert(chain, key)
         .map_err(rustls_err)?;
     client.alpn_protocols = vec![b"h2".to_vec()];

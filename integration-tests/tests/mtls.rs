@@ -372,3 +372,83 @@ async fn only_the_configured_coordinators_may_ask_an_agent_anything() {
             .contains("not-used-secret")
     );
 }
+
+/// `dbfleet cert revoke` signs a revocation list; copied next to ca.pem
+/// (here: the CA directory itself is the servers' certificate directory)
+/// it makes a running coordinator refuse the revoked certificate at the
+/// handshake from its next certificate reload on, without a restart, while
+/// every other certificate keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_certificate_is_refused_by_a_running_server() {
+    init();
+    let slot = Slot::claim();
+    let pki = TestPki::new(&slot.dir);
+    let ip = slot.ip(21);
+    let coordinator = format!("{ip}:7200");
+    let paths = pki.issue(Role::Coordinator, "c1", &[&ip], false, false);
+    let cfg = slot.dir.join("c1.toml");
+    write_coordinator_config(
+        &cfg,
+        &coordinator,
+        &slot.dir.join("c1"),
+        &paths,
+        "cert_reload_interval = \"1s\"",
+    );
+    let mut proc = Proc::start(
+        &bin("dbfleet-coordinator"),
+        &["--config".into(), cfg.display().to_string()],
+        slot.dir.join("c1.log"),
+    );
+    proc.wait_listening(&coordinator).await;
+    let s = Setup {
+        slot,
+        pki,
+        coordinator,
+        _proc: proc,
+    };
+    let alice = s.pki.issue(Role::Operator, "alice", &[], false, false);
+    let bob = s.pki.issue(Role::Operator, "bob", &[], false, false);
+    let list = |paths: TlsPaths| {
+        let mut client = admin(&s, &paths);
+        async move { client.list_agents(pb::ListAgentsRequest {}).await }
+    };
+    list(alice.clone()).await.unwrap();
+
+    let revoke = |args: &[&str]| {
+        let out = std::process::Command::new(bin("dbfleet"))
+            .args(["cert", "revoke", "--dir", &s.pki.dir.display().to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = revoke(&["--name", "operator/mallory"]);
+    assert!(
+        !ok && out.contains("issued no certificate to dbfleet://operator/mallory"),
+        "{out}"
+    );
+    let (ok, out) = revoke(&["--name", "operator/alice"]);
+    assert!(
+        ok && out.contains("(dbfleet://operator/alice)") && out.contains("ca.crl.pem"),
+        "{out}"
+    );
+
+    let give_up = tokio::time::Instant::now() + dbfleet_integration_tests::PATIENCE;
+    while list(alice.clone()).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the coordinator still accepts alice's revoked certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    list(bob).await.expect("bob's certificate is not revoked");
+    let (ok, out) = revoke(&["--cert", &alice.cert.display().to_string()]);
+    assert!(ok && out.contains("already revoked"), "{out}");
+}
