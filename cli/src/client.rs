@@ -409,6 +409,12 @@ impl Client {
         .await
     }
 
+    /// The active coordinator's audit log.
+    pub async fn list_audit(&self, limit: u32) -> Result<pb::ListAuditResponse, ClientError> {
+        self.read(|mut c| async move { c.list_audit(pb::ListAuditRequest { limit }).await })
+            .await
+    }
+
     /// Starts a backup.
     pub async fn run_backup(
         &self,

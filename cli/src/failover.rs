@@ -80,6 +80,44 @@ pub fn events_json(r: &pb::ListEventsResponse) -> Value {
     json!({ "events": events })
 }
 
+/// `dbfleet audit` as a table: when, who, from where, what, how it ended.
+pub fn audit_table(r: &pb::ListAuditResponse) -> String {
+    let mut s = format!(
+        "{:<24} {:<28} {:<16} {:<8} ACTION\n",
+        "TIME", "OPERATOR", "FROM", "OUTCOME"
+    );
+    for e in &r.entries {
+        let at =
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_unix_ms.max(0) as u64);
+        let at = humantime::format_rfc3339_millis(at).to_string();
+        let who = e.operator.trim_start_matches("dbfleet://");
+        let (outcome, why) = if e.outcome == "done" {
+            ("done", String::new())
+        } else {
+            ("refused", format!("\n{:<24}   refused: {}", "", e.outcome))
+        };
+        s += &format!(
+            "{at:<24} {who:<28} {:<16} {outcome:<8} {}{why}\n",
+            e.source, e.action
+        );
+    }
+    s
+}
+
+/// `dbfleet audit --output json`.
+pub fn audit_json(r: &pb::ListAuditResponse) -> serde_json::Value {
+    serde_json::json!({
+        "coordinator": r.coordinator_id,
+        "entries": r.entries.iter().map(|e| serde_json::json!({
+            "at_unix_ms": e.at_unix_ms,
+            "operator": e.operator,
+            "source": e.source,
+            "action": e.action,
+            "outcome": e.outcome,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// Events as a table, one line each plus their evidence.
 pub fn events_table(r: &pb::ListEventsResponse) -> String {
     let mut s = format!(

@@ -189,6 +189,13 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         limit: u32,
     },
+    /// Who asked for what: every operator write the active coordinator
+    /// handled, with the certificate, its address and how it ended.
+    Audit {
+        /// Only the most recent N (default 100).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
     /// Backups: run, list, show, verify.
     #[command(subcommand)]
     Backup(BackupCommand),
@@ -641,6 +648,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match cli.output {
                 Output::Json => print_json(&failover::events_json(&r))?,
                 Output::Table => print!("{}", failover::events_table(&r)),
+            }
+        }
+        Command::Audit { limit } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let r = client.list_audit(limit).await?;
+            match cli.output {
+                Output::Json => print_json(&failover::audit_json(&r))?,
+                Output::Table => print!("{}", failover::audit_table(&r)),
             }
         }
         Command::Backup(cmd) => backup_command(cmd, cli.config.as_deref(), cli.output).await?,

@@ -39,6 +39,9 @@ pub enum StartError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(String),
+    /// The audit log cannot be opened.
+    #[error("cannot open the audit log: {0}")]
+    Audit(String),
 }
 
 /// Why one RPC failed.

@@ -149,6 +149,7 @@ impl Failovers {
     pub async fn failover(
         self: &Arc<Self>,
         req: pb::FailoverRequest,
+        by: &str,
     ) -> Result<pb::OperationResult, ServiceError> {
         let epoch = self.fleet.ha().write_epoch()?;
         let cluster = req.cluster.clone();
@@ -168,7 +169,7 @@ impl Failovers {
                 OperationKind::Failover,
                 epoch,
                 primary,
-                "operator requested a failover".into(),
+                format!("operator {by} requested a failover"),
                 procedure::now_unix_ms(),
             )
         };
@@ -183,6 +184,7 @@ impl Failovers {
     pub async fn switchover(
         self: &Arc<Self>,
         req: pb::SwitchoverRequest,
+        by: &str,
     ) -> Result<pb::OperationResult, ServiceError> {
         let epoch = self.fleet.ha().write_epoch()?;
         let cluster = req.cluster.clone();
@@ -206,7 +208,7 @@ impl Failovers {
                 OperationKind::Switchover,
                 epoch,
                 primary,
-                format!("operator requested a switchover to {candidate}"),
+                format!("operator {by} requested a switchover to {candidate}"),
                 procedure::now_unix_ms(),
             )
         };

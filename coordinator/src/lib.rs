@@ -5,6 +5,7 @@
 //! `main.rs` only parses arguments, sets up logging and binds the listener;
 //! [`run`] is the whole server, so tests and embedders start it the same way.
 
+pub(crate) mod audit;
 pub mod backup;
 pub mod config;
 pub mod error;
@@ -175,7 +176,11 @@ pub async fn run(
     ));
     let backups = backup::Backups::new(fleet.clone(), clients.clone());
     tokio::spawn(backup::run(backups.clone(), shutdown.clone()));
+    let audit = Arc::new(
+        audit::AuditLog::open(&config.data_dir).map_err(|e| StartError::Audit(e.to_string()))?,
+    );
     let admin = AdminApi {
+        audit,
         fleet: fleet.clone(),
         ha,
         clients,

@@ -18,6 +18,7 @@ pub fn policy(path: &str) -> Option<&'static [Role]> {
         | "/dbfleet.v1.AdminService/GetCoordinatorStatus"
         | "/dbfleet.v1.AdminService/ListVoters"
         | "/dbfleet.v1.AdminService/ListEvents"
+        | "/dbfleet.v1.AdminService/ListAudit"
         | "/dbfleet.v1.AdminService/ListBackups"
         | "/dbfleet.v1.AdminService/GetBackup"
         | "/dbfleet.v1.AdminService/GetRestore"

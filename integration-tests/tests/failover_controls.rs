@@ -275,7 +275,7 @@ async fn with_automatic_failover_off_a_dead_primary_is_reported_and_only_an_oper
         started["message"]
             .as_str()
             .unwrap()
-            .contains("operator requested a failover"),
+            .contains("operator sandbox requested a failover"),
         "the failover was the operator's: {started}"
     );
 }
@@ -546,4 +546,82 @@ async fn a_failover_blocked_by_an_unreachable_replica_completes_with_allow_data_
         ),
         "{done}"
     );
+}
+
+/// Every operator write is attributed: the audit log names the
+/// certificate, its address, the request in words and how it ended (a
+/// refusal too), and the cluster events of operator changes name the
+/// operator.
+#[tokio::test]
+async fn operator_writes_are_attributed_in_the_audit_log_and_the_events() {
+    let fleet = TestFleet::start_active(2, 1).await;
+    let run = |args: &[&str]| {
+        let out = fleet.cli(args);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = run(&["maintenance", "on", "--cluster", "main"]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["maintenance", "off", "--cluster", "main"]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["switchover", "--cluster", "main", "--to", "db9"]);
+    assert!(!ok, "{out}");
+    let (ok, out) = run(&["switchover", "--cluster", "main", "--to", "db2"]);
+    assert!(ok, "{out}");
+
+    let (ok, audit) = fleet.cli_json(&["audit"]);
+    assert!(ok, "{audit}");
+    let entries = audit["entries"].as_array().unwrap();
+    let actions: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        [
+            "maintenance on for cluster main",
+            "maintenance off for cluster main",
+            "switchover of cluster main to db9",
+            "switchover of cluster main to db2",
+        ],
+        "{audit}"
+    );
+    assert_eq!(actions[0].1, "done");
+    assert!(
+        actions[2].1.contains("db9"),
+        "the refusal says why: {audit}"
+    );
+    assert_eq!(actions[3].1, "done");
+    for e in entries {
+        assert_eq!(e["operator"], "dbfleet://operator/sandbox", "{e}");
+        assert!(
+            e["source"].as_str().unwrap().starts_with("127."),
+            "from where: {e}"
+        );
+    }
+    let (ok, table) = run(&["audit"]);
+    assert!(
+        ok && table.contains("operator/sandbox") && table.contains("refused"),
+        "{table}"
+    );
+
+    let events = fleet.cli(&["events", "--cluster", "main"]);
+    let text = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        text.contains("maintenance on (by operator sandbox)")
+            && text.contains("operator sandbox requested a switchover to db2"),
+        "{text}"
+    );
+    assert!(!text.contains("Some(") && !text.contains("None"), "{text}");
 }

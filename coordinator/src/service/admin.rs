@@ -25,6 +25,7 @@ pub(crate) struct AdminApi {
     pub(crate) coordinator_id: String,
     pub(crate) controls: Controls,
     pub(crate) backups: Arc<crate::backup::Backups>,
+    pub(crate) audit: Arc<crate::audit::AuditLog>,
 }
 
 #[tonic::async_trait]
@@ -33,7 +34,11 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RunBackupRequest>,
     ) -> Result<Response<pb::BackupView>, Status> {
-        Ok(Response::new(self.backups.run(request.into_inner()).await?))
+        let asked = self.audit.asked(&request)?;
+        let done = self.backups.run(request.into_inner()).await;
+        self.audit
+            .done(asked, done.map_err(Status::from))
+            .map(Response::new)
     }
 
     async fn list_backups(
@@ -56,29 +61,34 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::VerifyBackupRequest>,
     ) -> Result<Response<pb::BackupView>, Status> {
-        Ok(Response::new(
-            self.backups.verify(request.into_inner()).await?,
-        ))
+        let asked = self.audit.asked(&request)?;
+        let done = self.backups.verify(request.into_inner()).await;
+        self.audit
+            .done(asked, done.map_err(Status::from))
+            .map(Response::new)
     }
 
     async fn restore_backup(
         &self,
         request: Request<pb::RestoreBackupRequest>,
     ) -> Result<Response<pb::RestoreView>, Status> {
-        Ok(Response::new(
-            self.backups.restore(request.into_inner()).await?,
-        ))
+        let asked = self.audit.asked(&request)?;
+        let done = self.backups.restore(request.into_inner()).await;
+        self.audit
+            .done(asked, done.map_err(Status::from))
+            .map(Response::new)
     }
 
     async fn set_backup_policy(
         &self,
         request: Request<pb::SetBackupPolicyRequest>,
     ) -> Result<Response<pb::BackupPolicy>, Status> {
-        let policy = request
-            .into_inner()
-            .policy
-            .ok_or_else(|| Status::invalid_argument("no policy given"))?;
-        Ok(Response::new(self.backups.set_policy(policy).await?))
+        let asked = self.audit.asked(&request)?;
+        let done = match request.into_inner().policy {
+            Some(policy) => self.backups.set_policy(policy).await.map_err(Status::from),
+            None => Err(Status::invalid_argument("no policy given")),
+        };
+        self.audit.done(asked, done).map(Response::new)
     }
 
     async fn get_backup_policy(
@@ -103,60 +113,83 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::FailoverRequest>,
     ) -> Result<Response<pb::OperationResult>, Status> {
-        Ok(Response::new(
-            self.controls
-                .failovers
-                .failover(request.into_inner())
-                .await?,
-        ))
+        let asked = self.audit.asked(&request)?;
+        let by = asked.operator.name.clone();
+        let done = self
+            .controls
+            .failovers
+            .failover(request.into_inner(), &by)
+            .await;
+        self.audit
+            .done(asked, done.map_err(Status::from))
+            .map(Response::new)
     }
 
     async fn switchover(
         &self,
         request: Request<pb::SwitchoverRequest>,
     ) -> Result<Response<pb::OperationResult>, Status> {
-        Ok(Response::new(
-            self.controls
-                .failovers
-                .switchover(request.into_inner())
-                .await?,
-        ))
+        let asked = self.audit.asked(&request)?;
+        let by = asked.operator.name.clone();
+        let done = self
+            .controls
+            .failovers
+            .switchover(request.into_inner(), &by)
+            .await;
+        self.audit
+            .done(asked, done.map_err(Status::from))
+            .map(Response::new)
     }
 
     async fn set_maintenance(
         &self,
         request: Request<pb::SetMaintenanceRequest>,
     ) -> Result<Response<pb::ClusterControl>, Status> {
-        Ok(Response::new(
-            self.controls.maintenance(request.into_inner()).await?,
-        ))
+        let asked = self.audit.asked(&request)?;
+        let by = asked.operator.name.clone();
+        let done = self.controls.maintenance(request.into_inner(), &by).await;
+        self.audit
+            .done(asked, done.map_err(Status::from))
+            .map(Response::new)
     }
 
     async fn set_failover_policy(
         &self,
         request: Request<pb::SetFailoverPolicyRequest>,
     ) -> Result<Response<pb::ClusterControl>, Status> {
-        Ok(Response::new(
-            self.controls.policy(request.into_inner()).await?,
-        ))
+        let asked = self.audit.asked(&request)?;
+        let by = asked.operator.name.clone();
+        let done = self.controls.policy(request.into_inner(), &by).await;
+        self.audit
+            .done(asked, done.map_err(Status::from))
+            .map(Response::new)
     }
 
     async fn set_promotion_rule(
         &self,
         request: Request<pb::SetPromotionRuleRequest>,
     ) -> Result<Response<pb::ClusterControl>, Status> {
-        Ok(Response::new(
-            self.controls.promotion_rule(request.into_inner()).await?,
-        ))
+        let asked = self.audit.asked(&request)?;
+        let by = asked.operator.name.clone();
+        let done = self
+            .controls
+            .promotion_rule(request.into_inner(), &by)
+            .await;
+        self.audit
+            .done(asked, done.map_err(Status::from))
+            .map(Response::new)
     }
 
     async fn acknowledge(
         &self,
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::ClusterControl>, Status> {
-        Ok(Response::new(
-            self.controls.acknowledge(request.into_inner()).await?,
-        ))
+        let asked = self.audit.asked(&request)?;
+        let by = asked.operator.name.clone();
+        let done = self.controls.acknowledge(request.into_inner(), &by).await;
+        self.audit
+            .done(asked, done.map_err(Status::from))
+            .map(Response::new)
     }
 
     async fn list_events(
@@ -199,18 +232,29 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SetClusterPolicyRequest>,
     ) -> Result<Response<pb::ClusterPolicy>, Status> {
-        let change =
-            ClusterPolicyChange::try_from(request.into_inner()).map_err(ServiceError::from)?;
-        Ok(Response::new(self.fleet.set_policy(change).await?))
+        let asked = self.audit.asked(&request)?;
+        let done = match ClusterPolicyChange::try_from(request.into_inner()) {
+            Ok(change) => self.fleet.set_policy(change).await.map_err(Status::from),
+            Err(e) => Err(Status::from(ServiceError::from(e))),
+        };
+        self.audit.done(asked, done).map(Response::new)
     }
 
     async fn forget_agent(
         &self,
         request: Request<pb::ForgetAgentRequest>,
     ) -> Result<Response<pb::ForgetAgentResponse>, Status> {
-        let host = model::forget_agent_host(request.get_ref()).map_err(ServiceError::from)?;
-        self.fleet.forget_agent(&host).await?;
-        Ok(Response::new(pb::ForgetAgentResponse { forgotten: true }))
+        let asked = self.audit.asked(&request)?;
+        let done = match model::forget_agent_host(request.get_ref()) {
+            Ok(host) => self
+                .fleet
+                .forget_agent(&host)
+                .await
+                .map_err(Status::from)
+                .map(|()| pb::ForgetAgentResponse { forgotten: true }),
+            Err(e) => Err(Status::from(ServiceError::from(e))),
+        };
+        self.audit.done(asked, done).map(Response::new)
     }
 
     async fn get_coordinator_status(
@@ -231,6 +275,36 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SetVotersRequest>,
     ) -> Result<Response<pb::ListVotersResponse>, Status> {
+        let asked = self.audit.asked(&request)?;
+        let done = self.set_voters_now(request).await;
+        self.audit.done(asked, done).map(Response::new)
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        Ok(Response::new(pb::ListAuditResponse {
+            entries: self.audit.recent(request.get_ref().limit)?,
+            coordinator_id: self.coordinator_id.clone(),
+        }))
+    }
+
+    async fn accept_oplog_gap(
+        &self,
+        request: Request<pb::AcceptOplogGapRequest>,
+    ) -> Result<Response<pb::CoordinatorStatus>, Status> {
+        let asked = self.audit.asked(&request)?;
+        let done = self.accept_oplog_gap_now();
+        self.audit.done(asked, done).map(Response::new)
+    }
+}
+
+impl AdminApi {
+    async fn set_voters_now(
+        &self,
+        request: Request<pb::SetVotersRequest>,
+    ) -> Result<pb::ListVotersResponse, Status> {
         let next =
             dbfleet_proto::lease::voter_specs(request.get_ref()).map_err(ServiceError::from)?;
         // Run to completion even if the caller goes away, so a joint list
@@ -238,13 +312,10 @@ impl AdminService for AdminApi {
         let (ha, fleet, clients) = (self.ha.clone(), self.fleet.clone(), self.clients.clone());
         let change = tokio::spawn(async move { voters::change(&ha, &fleet, &clients, next).await });
         let listed = change.await.map_err(|_| ServiceError::ShuttingDown)??;
-        Ok(Response::new(listed))
+        Ok(listed)
     }
 
-    async fn accept_oplog_gap(
-        &self,
-        _request: Request<pb::AcceptOplogGapRequest>,
-    ) -> Result<Response<pb::CoordinatorStatus>, Status> {
+    fn accept_oplog_gap_now(&self) -> Result<pb::CoordinatorStatus, Status> {
         match self.ha.role() {
             Role::ActiveDegraded => {
                 let required = self.ha.holder().required_seq();
@@ -258,6 +329,6 @@ impl AdminService for AdminApi {
             Role::Active => {}
             Role::Standby | Role::Candidate => return Err(Status::from(self.ha.not_active())),
         }
-        Ok(Response::new(self.ha.status()))
+        Ok(self.ha.status())
     }
 }

@@ -71,15 +71,41 @@ pub(crate) struct Controls {
     pub(crate) default_window_seconds: u64,
 }
 
+/// A failover policy change in words: "automatic failover off, budget 2".
+pub(crate) fn policy_words(req: &pb::SetFailoverPolicyRequest) -> String {
+    let mut parts = Vec::new();
+    if let Some(a) = req.auto_failover {
+        parts.push(format!(
+            "automatic failover {}",
+            if a { "on" } else { "off" }
+        ));
+    }
+    if let Some(b) = req.budget {
+        parts.push(format!("budget {b}"));
+    }
+    if let Some(w) = req.window_seconds {
+        parts.push(format!("window {w}s"));
+    }
+    if parts.is_empty() {
+        "nothing changed".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
 impl Controls {
+    /// Changes `cluster`'s controls by `f`, recording event `kind` whose
+    /// message names operator `by`.
     async fn change(
         &self,
         cluster: &str,
         kind: &str,
+        by: &str,
         message: String,
         f: impl FnOnce(&mut ClusterRecord) -> Result<(), ServiceError> + Send + 'static,
     ) -> Result<pb::ClusterControl, ServiceError> {
         let epoch = self.fleet.ha().write_epoch()?;
+        let message = format!("{message} (by operator {by})");
         let e = Event {
             at_unix_ms: now_unix_ms(),
             kind: kind.to_string(),
@@ -108,12 +134,14 @@ impl Controls {
     pub(crate) async fn maintenance(
         &self,
         req: pb::SetMaintenanceRequest,
+        by: &str,
     ) -> Result<pb::ClusterControl, ServiceError> {
         let cluster = cluster_name(&req.cluster)?;
         let on = req.on;
         self.change(
             &cluster,
             "maintenance",
+            by,
             format!("maintenance {}", if on { "on" } else { "off" }),
             move |r| {
                 r.control.maintenance = on;
@@ -126,6 +154,7 @@ impl Controls {
     pub(crate) async fn policy(
         &self,
         req: pb::SetFailoverPolicyRequest,
+        by: &str,
     ) -> Result<pb::ClusterControl, ServiceError> {
         let cluster = cluster_name(&req.cluster)?;
         if req.budget == Some(0) || req.window_seconds == Some(0) {
@@ -133,11 +162,8 @@ impl Controls {
                 "budget and window must be at least 1 (turn automatic failover off instead)".into(),
             ));
         }
-        let msg = format!(
-            "failover policy: auto {:?}, budget {:?}, window {:?}s",
-            req.auto_failover, req.budget, req.window_seconds
-        );
-        self.change(&cluster, "failover-policy", msg, move |r| {
+        let msg = format!("failover policy: {}", policy_words(&req));
+        self.change(&cluster, "failover-policy", by, msg, move |r| {
             if let Some(a) = req.auto_failover {
                 r.control.auto_failover = a;
             }
@@ -155,6 +181,7 @@ impl Controls {
     pub(crate) async fn promotion_rule(
         &self,
         req: pb::SetPromotionRuleRequest,
+        by: &str,
     ) -> Result<pb::ClusterControl, ServiceError> {
         let rule = PromotionRule::parse(&req.rule).map_err(ServiceError::Refused)?;
         let host = req.host.clone();
@@ -169,6 +196,7 @@ impl Controls {
         self.change(
             &cluster,
             "promotion-rule",
+            by,
             format!("{host}: {}", rule.as_str()),
             move |r| {
                 if rule == PromotionRule::Neutral {
@@ -185,12 +213,14 @@ impl Controls {
     pub(crate) async fn acknowledge(
         &self,
         req: pb::AcknowledgeRequest,
+        by: &str,
     ) -> Result<pb::ClusterControl, ServiceError> {
         let cluster = cluster_name(&req.cluster)?;
         let held = self.fleet.cluster_record(&cluster).control.held;
         self.change(
             &cluster,
             "acknowledged",
+            by,
             format!(
                 "automatic failover re-armed{}",
                 held.map(|h| format!(" (was held: {h})"))
