@@ -89,6 +89,9 @@ async fn a_backup_under_write_load_is_consistent_and_verified() {
     );
     assert!(backup_dir(&fleet, &id).join("manifest.json").is_file());
     assert_eq!(b["verification"], "never");
+    // Sealed: a backup holds every account's password hash and all the
+    // data, so nothing of it is readable by anyone but its owner.
+    assert_private(&backup_dir(&fleet, &id));
 
     // As a person runs it: the steps go by on stderr, the outcome on stdout.
     let out = fleet.cli(&["backup", "verify", &id]);
@@ -108,6 +111,22 @@ async fn a_backup_under_write_load_is_consistent_and_verified() {
     let (_, list) = fleet.cli_json(&["backup", "list"]);
     assert_eq!(list["backups"][0]["verification"], "verified");
     writer.stop().await;
+}
+
+/// Every file under `dir` is 0600 and every directory (`dir` too) 0700.
+fn assert_private(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            assert_private(&p);
+        } else {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+    }
 }
 
 /// The progress lines about `id` in a CLI's stderr: `ID: STEP, N UNIT

@@ -1,6 +1,7 @@
 //! A repository in a directory: keys are paths below it, small files are
 //! replaced by an fsynced rename, large ones are written as `.partial`
-//! and renamed when complete.
+//! and renamed when complete. Files are 0600 and directories 0700: a
+//! backup holds every account's password hash and all the data.
 
 use std::fs;
 use std::io::{self, Write};
@@ -35,7 +36,7 @@ impl DirRepository {
     pub(super) fn put(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
         let path = self.path(key);
         create_parent(&path)?;
-        dbfleet_common::durable::write_atomic(&path, bytes, 0o640)
+        dbfleet_common::durable::write_atomic(&path, bytes, FILE_MODE)
     }
 
     /// Files and the directories holding one.
@@ -90,7 +91,15 @@ impl DirRepository {
             "{}.partial",
             path.file_name().unwrap_or_default().to_string_lossy()
         ));
-        let file = fs::File::create(&partial)?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(FILE_MODE)
+                .open(&partial)?
+        };
         Ok(Box::new(PartialFile {
             out: Some(io::BufWriter::with_capacity(1 << 20, file)),
             partial,
@@ -121,9 +130,17 @@ fn holds_a_file(path: &Path) -> io::Result<bool> {
     Ok(false)
 }
 
+/// Modes of what the repository writes: its owner's only.
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
+
 fn create_parent(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     match path.parent() {
-        Some(p) => fs::create_dir_all(p),
+        Some(p) => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(p),
         None => Ok(()),
     }
 }
@@ -169,5 +186,29 @@ impl Drop for PartialFile {
         if self.out.take().is_some() {
             let _ = fs::remove_file(&self.partial);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// What a backup writes is its owner's only, whatever the umask.
+    #[test]
+    fn files_are_0600_and_directories_0700() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = DirRepository::new(d.path().join("repo"));
+        repo.put("main/b1/manifest.json", b"{}").unwrap();
+        let mut w = repo.create("main/b1/data.zst").unwrap();
+        w.write_all(b"data").unwrap();
+        w.finish().unwrap();
+        let mode = |p: &str| {
+            fs::metadata(d.path().join(p)).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode("repo/main/b1/manifest.json"), 0o600);
+        assert_eq!(mode("repo/main/b1/data.zst"), 0o600);
+        assert_eq!(mode("repo/main/b1"), 0o700);
+        assert_eq!(mode("repo/main"), 0o700);
     }
 }
