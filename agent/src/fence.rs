@@ -149,10 +149,16 @@ impl Fence {
                 info!(promised = %rec.promised, "fence record loaded");
                 (Voter::boot(rec.clone(), clock.now()), rec)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && first_start => (
-                Voter::boot(FenceRecord::default(), clock.now()),
-                FenceRecord::default(),
-            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && first_start => {
+                // Written at once, durably: an agent restarted before its
+                // first promise (a crash, a watchdog kill, a restart right
+                // after installing) then finds its record, and does not
+                // take a lost record for granted and vote nothing.
+                let rec = FenceRecord::default();
+                let bytes = serde_json::to_vec_pretty(&rec).expect("a fence record always encodes");
+                write_atomic(path, &bytes, 0o600).map_err(io_err)?;
+                (Voter::boot(rec.clone(), clock.now()), rec)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 error!(
                     path = %path.display(),
@@ -328,6 +334,13 @@ mod tests {
         Fence::move_legacy_record(&legacy, &path).unwrap();
         let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
         assert!(f.snapshot().await.quarantine.is_none(), "a first start");
+        drop(f);
+        // restarted before any promise: its record is there, no quarantine
+        let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
+        assert!(
+            f.snapshot().await.quarantine.is_none(),
+            "a restart before the first vote"
+        );
         drop(f);
 
         let d = tempfile::tempdir().unwrap();

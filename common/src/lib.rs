@@ -13,6 +13,8 @@ pub mod durable;
 pub mod gtid;
 pub mod identity;
 pub mod metrics_http;
+#[cfg(feature = "proptest")]
+pub mod mutation;
 pub mod revocation;
 pub mod shutdown;
 pub mod systemd;

@@ -399,6 +399,22 @@ impl CoordinatorConfig {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// A mis-typed configuration is refused with an error, never a
+        /// panic (the shipped example, mutated).
+        #[test]
+        fn a_mutated_config_is_refused_or_loaded_never_a_panic(
+            text in dbfleet_common::mutation::mutated_text(include_str!("../../deploy/config/coordinator.toml"))
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("coordinator.toml");
+            std::fs::write(&path, text).unwrap();
+            let _ = CoordinatorConfig::load(&path);
+        }
+    }
+
     #[test]
     fn shipped_example_is_valid() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/coordinator.toml");

@@ -203,9 +203,7 @@ mod tests {
         let mut w = repo.create("main/b1/data.zst").unwrap();
         w.write_all(b"data").unwrap();
         w.finish().unwrap();
-        let mode = |p: &str| {
-            fs::metadata(d.path().join(p)).unwrap().permissions().mode() & 0o777
-        };
+        let mode = |p: &str| fs::metadata(d.path().join(p)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode("repo/main/b1/manifest.json"), 0o600);
         assert_eq!(mode("repo/main/b1/data.zst"), 0o600);
         assert_eq!(mode("repo/main/b1"), 0o700);
