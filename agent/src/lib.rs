@@ -131,26 +131,16 @@ fn reload_coordinator_names(
     names: AllowedNames,
     cancel: CancellationToken,
 ) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        warn!("cannot install the SIGHUP handler; the coordinators' names are fixed");
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = hup.recv() => {}
+    dbfleet_common::shutdown::on_sighup("the coordinators' names", cancel, move || {
+        match config::coordinator_names_in(&path) {
+            Ok(list) => {
+                info!(
+                    coordinators = list.join(", "),
+                    "SIGHUP: the agent obeys these coordinators"
+                );
+                names.only(Role::Coordinator, list);
             }
-            match config::coordinator_names_in(&path) {
-                Ok(list) => {
-                    info!(
-                        coordinators = list.join(", "),
-                        "SIGHUP: the agent obeys these coordinators"
-                    );
-                    names.only(Role::Coordinator, list);
-                }
-                Err(e) => warn!(error = e, "SIGHUP: the coordinators' names are unchanged"),
-            }
+            Err(e) => warn!(error = e, "SIGHUP: the coordinators' names are unchanged"),
         }
     });
 }

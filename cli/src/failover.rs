@@ -80,6 +80,12 @@ pub fn events_json(r: &pb::ListEventsResponse) -> Value {
     json!({ "events": events })
 }
 
+/// Unix milliseconds as RFC 3339 UTC, to the millisecond.
+fn rfc3339(at_unix_ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_unix_ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 /// `dbfleet audit` as a table: when, who, from where, what, how it ended.
 pub fn audit_table(r: &pb::ListAuditResponse) -> String {
     let mut s = format!(
@@ -87,9 +93,7 @@ pub fn audit_table(r: &pb::ListAuditResponse) -> String {
         "TIME", "OPERATOR", "FROM", "OUTCOME"
     );
     for e in &r.entries {
-        let at =
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_unix_ms.max(0) as u64);
-        let at = humantime::format_rfc3339_millis(at).to_string();
+        let at = rfc3339(e.at_unix_ms);
         let who = e.operator.trim_start_matches("dbfleet://");
         let (outcome, why) = if e.outcome == "done" {
             ("done", String::new())
@@ -125,9 +129,7 @@ pub fn events_table(r: &pb::ListEventsResponse) -> String {
         "TIME", "CLUSTER", "KIND", "HOST"
     );
     for e in &r.events {
-        let at =
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_unix_ms.max(0) as u64);
-        let at = humantime::format_rfc3339_millis(at).to_string();
+        let at = rfc3339(e.at_unix_ms);
         s += &format!(
             "{at:<24} {:<12} {:<24} {:<10} {}\n",
             e.cluster, e.kind, e.host, e.message

@@ -199,6 +199,34 @@ impl Admission {
         })
     }
 
+    /// The next connection on `listener` within the caps (one over them
+    /// is closed at once); `None` once `cancel` fires.
+    pub async fn accept(
+        &self,
+        listener: &tokio::net::TcpListener,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr, Ticket)> {
+        loop {
+            let accepted = tokio::select! {
+                _ = cancel.cancelled() => return None,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    if let Some(ticket) = self.admit(peer.ip()) {
+                        return Some((tcp, peer, ticket));
+                    }
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // briefly instead of spinning.
+                    warn!(listener = self.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
     /// (connections, handshakes) held now.
     pub fn held(&self) -> (usize, usize) {
         let c = self.lock();

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::admission::{Admission, Admitted, Limits};
 use crate::identity::{Identity, Role};
@@ -111,20 +111,8 @@ pub async fn serve(
             }
         }
         None => loop {
-            let accepted = tokio::select! {
-                _ = cancel.cancelled() => return,
-                a = listener.accept() => a,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(?addr, error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Some(mut ticket) = admission.admit(peer.ip()) else {
-                continue;
+            let Some((tcp, _, mut ticket)) = admission.accept(&listener, &cancel).await else {
+                return;
             };
             ticket.handshake_done();
             tokio::spawn(serve_connection(

@@ -8,6 +8,29 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// Runs `reload` on every SIGHUP (systemd's `ExecReload`) until `cancel`;
+/// `what` names, for the log, what a failed handler leaves fixed. The
+/// handler is installed before this returns: until then SIGHUP's default
+/// action ends the process, so call it first thing in the runtime.
+pub fn on_sighup(
+    what: &'static str,
+    cancel: CancellationToken,
+    mut reload: impl FnMut() + Send + 'static,
+) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler; {what} stays as it is");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = hup.recv() => reload(),
+            }
+        }
+    });
+}
+
 /// Cancels `token` on the first SIGINT or SIGTERM.
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::layer::SubscriberExt;
@@ -83,26 +82,16 @@ impl LogControl {
     /// Call it first thing in the runtime: the handler is installed before
     /// it returns, and until then SIGHUP's default action ends the process.
     pub fn reload_on_sighup(self, path: PathBuf, cancel: CancellationToken) {
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            warn!("cannot install the SIGHUP handler; the log level is fixed");
-            return;
-        };
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = hup.recv() => {}
-                }
-                match level_in(&path).and_then(|l| {
-                    self.apply(l.as_deref())?;
-                    Ok(l)
-                }) {
-                    Ok(l) => info!(
-                        log_level = l.as_deref().unwrap_or("default"),
-                        "SIGHUP: log level applied"
-                    ),
-                    Err(e) => warn!(error = e, "SIGHUP: log level unchanged"),
-                }
+        crate::shutdown::on_sighup("the log level", cancel, move || {
+            match level_in(&path).and_then(|l| {
+                self.apply(l.as_deref())?;
+                Ok(l)
+            }) {
+                Ok(l) => info!(
+                    log_level = l.as_deref().unwrap_or("default"),
+                    "SIGHUP: log level applied"
+                ),
+                Err(e) => warn!(error = e, "SIGHUP: log level unchanged"),
             }
         });
     }

@@ -415,23 +415,8 @@ fn accept_loop<T: Send + 'static>(
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
-                _ = cancel.cancelled() => return,
-                a = listener.accept() => a,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly
-                    // instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            // over a cap: closed at once (dropped)
-            let Some(mut ticket) = admission.admit(peer.ip()) else {
-                continue;
+            let Some((tcp, peer, mut ticket)) = admission.accept(&listener, &cancel).await else {
+                return;
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(config());

@@ -285,19 +285,25 @@ async fn coordinators_cut_off_from_each_other_keep_one_active_and_a_lagging_take
     assert_eq!(policy_of(&fleet), 77);
 }
 
+/// Kills both coordinators and starts them again; returns the view once
+/// exactly one is active and the other standby.
+async fn cold_start(fleet: &mut TestFleet, active: &str, standby: &str) -> Vec<Value> {
+    fleet.kill(&format!("coordinator-{active}"));
+    fleet.kill(&format!("coordinator-{standby}"));
+    fleet.start_coordinator(active).unwrap();
+    fleet.start_coordinator(standby).unwrap();
+    fleet
+        .wait_coordinators("exactly one active after the cold start", |c| {
+            sole_active(c).is_some() && with_role(c, "standby").len() == 1
+        })
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn both_coordinators_restarted_elect_exactly_one_under_a_higher_epoch() {
     let (mut fleet, active, standby) = started().await;
     let old_term = term(&by_id(&fleet.coordinators(), &active)["epoch"]);
-    fleet.kill(&format!("coordinator-{active}"));
-    fleet.kill(&format!("coordinator-{standby}"));
-    fleet.start_coordinator(&active).unwrap();
-    fleet.start_coordinator(&standby).unwrap();
-    let c = fleet
-        .wait_coordinators("exactly one active after the cold start", |c| {
-            sole_active(c).is_some() && with_role(c, "standby").len() == 1
-        })
-        .await;
+    let c = cold_start(&mut fleet, &active, &standby).await;
     assert!(
         term(&sole_active(&c).unwrap()["epoch"]) > old_term,
         "{c:#?}"
@@ -464,15 +470,7 @@ async fn a_stray_coordinator_certificate_and_a_forged_term_change_nothing() {
     );
 
     // Both coordinators restarted: one active again, at an honest term.
-    fleet.kill(&format!("coordinator-{active}"));
-    fleet.kill(&format!("coordinator-{standby}"));
-    fleet.start_coordinator(&active).unwrap();
-    fleet.start_coordinator(&standby).unwrap();
-    let c = fleet
-        .wait_coordinators("exactly one active after the cold start", |c| {
-            sole_active(c).is_some() && with_role(c, "standby").len() == 1
-        })
-        .await;
+    let c = cold_start(&mut fleet, &active, &standby).await;
     assert!(term(&sole_active(&c).unwrap()["epoch"]) < 1 << 32, "{c:#?}");
 }
 

@@ -23,6 +23,11 @@ struct Setup {
 }
 
 async fn coordinator() -> Setup {
+    coordinator_with("").await
+}
+
+/// A coordinator with `extra` in its config.
+async fn coordinator_with(extra: &str) -> Setup {
     init();
     let slot = Slot::claim();
     let pki = TestPki::new(&slot.dir);
@@ -30,7 +35,7 @@ async fn coordinator() -> Setup {
     let coordinator = format!("{ip}:7200");
     let paths = pki.issue(Role::Coordinator, "c1", &[&ip], false, false);
     let cfg = slot.dir.join("c1.toml");
-    write_coordinator_config(&cfg, &coordinator, &slot.dir.join("c1"), &paths, "");
+    write_coordinator_config(&cfg, &coordinator, &slot.dir.join("c1"), &paths, extra);
     let mut proc = Proc::start(
         &bin("dbfleet-coordinator"),
         &["--config".into(), cfg.display().to_string()],
@@ -380,32 +385,7 @@ async fn only_the_configured_coordinators_may_ask_an_agent_anything() {
 /// every other certificate keeps working.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_certificate_is_refused_by_a_running_server() {
-    init();
-    let slot = Slot::claim();
-    let pki = TestPki::new(&slot.dir);
-    let ip = slot.ip(21);
-    let coordinator = format!("{ip}:7200");
-    let paths = pki.issue(Role::Coordinator, "c1", &[&ip], false, false);
-    let cfg = slot.dir.join("c1.toml");
-    write_coordinator_config(
-        &cfg,
-        &coordinator,
-        &slot.dir.join("c1"),
-        &paths,
-        "cert_reload_interval = \"1s\"",
-    );
-    let mut proc = Proc::start(
-        &bin("dbfleet-coordinator"),
-        &["--config".into(), cfg.display().to_string()],
-        slot.dir.join("c1.log"),
-    );
-    proc.wait_listening(&coordinator).await;
-    let s = Setup {
-        slot,
-        pki,
-        coordinator,
-        _proc: proc,
-    };
+    let s = coordinator_with("cert_reload_interval = \"1s\"").await;
     let alice = s.pki.issue(Role::Operator, "alice", &[], false, false);
     let bob = s.pki.issue(Role::Operator, "bob", &[], false, false);
     let list = |paths: TlsPaths| {

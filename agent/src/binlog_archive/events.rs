@@ -196,7 +196,8 @@ mod tests {
     use super::testing::{event, gtid};
     use super::*;
 
-    /// A binlog as the archive holds it, for the property below.
+    /// A binlog as the archive holds it: a format description, the GTID
+    /// list (0-1-41), and two transactions (0-1-42 at 101, 0-3-43 at 102).
     fn sample_binlog() -> Vec<u8> {
         let mut file = MAGIC.to_vec();
         file.extend(event(100, 15, 1, &[0; 40]));
@@ -228,16 +229,7 @@ mod tests {
 
     #[test]
     fn gtids_timestamps_and_whole_events_are_read() {
-        let mut file = MAGIC.to_vec();
-        file.extend(event(100, 15, 1, &[0; 40])); // format description
-        let mut list = 1u32.to_le_bytes().to_vec();
-        list.extend(0u32.to_le_bytes());
-        list.extend(1u32.to_le_bytes());
-        list.extend(41u64.to_le_bytes());
-        file.extend(event(100, GTID_LIST_EVENT, 1, &list));
-        file.extend(event(101, GTID_EVENT, 1, &gtid(42, 0)));
-        file.extend(event(101, 2, 1, b"BEGIN"));
-        file.extend(event(102, GTID_EVENT, 3, &gtid(43, 0)));
+        let mut file = sample_binlog();
         let whole = file.len();
         file.extend(&event(103, 2, 1, b"cut")[..10]);
         let s = summarize(&file, file.len(), true);
