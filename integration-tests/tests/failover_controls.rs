@@ -422,7 +422,9 @@ async fn the_post_hook_gets_the_new_primary_its_address_epoch_and_reason() {
 async fn a_stonith_hook_that_kills_the_cut_off_primary_is_the_fence_proof() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stonith.jsonl");
-    let hook = dir.path().join("stonith");
+    // the coordinators refuse a hook that is not there to run; the real
+    // body needs db1's pid file, known once the fleet runs
+    let hook = script(dir.path(), "stonith", "exit 1");
     let (fleet, writer, sampler) = loaded_fleet(&hook_section("stonith_hook", &hook)).await;
     // the hook knows where db1's mysqld writes its pid, known once it runs
     let pid_file = fleet.dir.join("run/mariadbd-db1.pid");

@@ -159,7 +159,8 @@ async fn json_logs_carry_their_subjects_change_level_on_sighup_and_hold_no_secre
         );
     }
     wait_line(&clog, "the control change logged", back + 1, |l| {
-        l["message"] == "cluster control changed" && l["detail"] == "maintenance off"
+        l["message"] == "cluster control changed"
+            && l["detail"] == "maintenance off (by operator sandbox)"
     })
     .await;
     let after = json_lines(&clog);

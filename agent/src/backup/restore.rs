@@ -201,14 +201,20 @@ fn fetch_binlogs(
 
 /// Stops a mysqld that may not answer: SIGTERM, then SIGKILL after
 /// [`STOP_TIMEOUT`]; `Ok` only once it is proven gone (see
-/// [`process::prove_stopped`]). Only the process holding the server's lock
+/// [`stopped_and_exited`]). Only the process holding the server's lock
 /// file is signalled.
 async fn terminate(files: &ServerFiles) -> Result<(), String> {
+    let Some(server) = process::pin(files)? else {
+        return process::wait_stopped(files, STOP_TIMEOUT)
+            .await
+            .map(drop)
+            .map_err(|e| format!("mysqld cannot be proven stopped: {e}"));
+    };
     let mut last = String::new();
     for signal in [Signal::TERM, Signal::KILL] {
-        process::signal_server(files, signal)?;
-        match process::wait_stopped(files, STOP_TIMEOUT).await {
-            Ok(_) => return Ok(()),
+        server.signal(signal)?;
+        match stopped_and_exited(&server, files).await {
+            Ok(()) => return Ok(()),
             Err(e) => last = e,
         }
     }
@@ -217,7 +223,7 @@ async fn terminate(files: &ServerFiles) -> Result<(), String> {
 
 /// Shuts mysqld down and waits until its process is proven gone.
 async fn stop_mysqld(t: &MysqlTarget, files: &ServerFiles) -> Result<(), String> {
-    let pid = process::identify(files)?.ok_or_else(|| {
+    let server = process::pin(files)?.ok_or_else(|| {
         format!(
             "nothing holds {}'s lock although mysqld answers: the agent cannot tell when it has stopped",
             files.lock_file.display()
@@ -229,10 +235,23 @@ async fn stop_mysqld(t: &MysqlTarget, files: &ServerFiles) -> Result<(), String>
         .await
         .map_err(|e| format!("SHUTDOWN: {e}"))?;
     drop(conn);
-    process::wait_stopped(files, STOP_TIMEOUT)
-        .await
-        .map_err(|e| format!("mysqld (pid {pid}) did not stop within {STOP_TIMEOUT:?}: {e}"))?;
-    Ok(())
+    stopped_and_exited(&server, files).await.map_err(|e| {
+        format!(
+            "mysqld (pid {}) did not stop within {STOP_TIMEOUT:?}: {e}",
+            server.pid()
+        )
+    })
+}
+
+/// The data directory is mysqld's no more: its process has exited (it
+/// still deletes files after releasing InnoDB's lock), and
+/// [`process::wait_stopped`] proves that nothing else serves the files.
+async fn stopped_and_exited(
+    server: &process::PinnedServer,
+    files: &ServerFiles,
+) -> Result<(), String> {
+    server.wait_exit(STOP_TIMEOUT).await?;
+    process::wait_stopped(files, STOP_TIMEOUT).await.map(drop)
 }
 
 /// Runs the start command in its own process group, reaped in the

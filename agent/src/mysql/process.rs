@@ -288,20 +288,27 @@ pub async fn wait_stopped(files: &ServerFiles, within: Duration) -> Result<Strin
     }
 }
 
-/// Sends `signal` to the mysqld serving `files` and nothing else: the
-/// process is pinned with a pidfd, then checked to still hold the lock, so
-/// a pid recycled in between is never signalled. Returns the pid signalled,
-/// `None` when no mysqld holds the lock.
-pub fn signal_server(
-    files: &ServerFiles,
-    signal: rustix::process::Signal,
-) -> Result<Option<i32>, String> {
+/// A mysqld process pinned by a pidfd: a signal reaches it and never a
+/// process that later reuses its pid, and its exit is seen when it
+/// happens. Shutting down, InnoDB releases its lock before the process
+/// ends (MariaDB deletes `ibtmp1` after it), so whoever moves the data
+/// directory's files waits for the exit, not for the lock.
+#[derive(Debug)]
+pub struct PinnedServer {
+    pid: i32,
+    fd: rustix::fd::OwnedFd,
+}
+
+/// Pins the mysqld serving `files`: the lock holder is opened as a pidfd,
+/// then checked to still hold the lock, so a pid recycled in between is
+/// never pinned. `None` when no mysqld holds the lock.
+pub fn pin(files: &ServerFiles) -> Result<Option<PinnedServer>, String> {
     let Some(pid) = identify(files)? else {
         return Ok(None);
     };
     let raw = rustix::process::Pid::from_raw(pid)
         .ok_or_else(|| format!("pid {pid} cannot be signalled"))?;
-    let pidfd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+    let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
         Ok(fd) => fd,
         // Gone in between: it holds nothing any more.
         Err(rustix::io::Errno::SRCH) => return Ok(None),
@@ -311,20 +318,79 @@ pub fn signal_server(
         return identify(files).and_then(|now| match now {
             None => Ok(None),
             Some(other) => Err(format!(
-                "the lock on {} moved from pid {pid} to pid {other} while signalling; not signalled",
+                "the lock on {} moved from pid {pid} to pid {other} while pinning it; not signalled",
                 files.lock_file.display()
             )),
         });
     }
-    match rustix::process::pidfd_send_signal(pidfd.as_fd(), signal) {
-        Ok(()) => Ok(Some(pid)),
-        Err(rustix::io::Errno::SRCH) => Ok(None),
-        Err(rustix::io::Errno::PERM) => Err(format!(
-            "not permitted to signal mysqld (pid {pid}): the agent runs as {}, mysqld as another user; run the agent as the user mysqld runs as (`mysql`), as the shipped unit does",
-            agent_user()
-        )),
-        Err(e) => Err(format!("cannot signal mysqld (pid {pid}): {e}")),
+    Ok(Some(PinnedServer { pid, fd }))
+}
+
+impl PinnedServer {
+    /// The pinned process's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
+
+    /// Sends `signal`; `false` when the process had already exited.
+    pub fn signal(&self, signal: rustix::process::Signal) -> Result<bool, String> {
+        let pid = self.pid;
+        match rustix::process::pidfd_send_signal(self.fd.as_fd(), signal) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::SRCH) => Ok(false),
+            Err(rustix::io::Errno::PERM) => Err(format!(
+                "not permitted to signal mysqld (pid {pid}): the agent runs as {}, mysqld as another user; run the agent as the user mysqld runs as (`mysql`), as the shipped unit does",
+                agent_user()
+            )),
+            Err(e) => Err(format!("cannot signal mysqld (pid {pid}): {e}")),
+        }
+    }
+
+    /// Waits until the process has exited (its pidfd turns readable), up
+    /// to `within`; `poll` blocks, so on the blocking pool.
+    pub async fn wait_exit(&self, within: Duration) -> Result<(), String> {
+        let pid = self.pid;
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| format!("cannot watch mysqld (pid {pid}): {e}"))?;
+        let timeout = rustix::event::Timespec::try_from(within)
+            .map_err(|_| format!("cannot wait {within:?} for mysqld (pid {pid})"))?;
+        let exited = tokio::task::spawn_blocking(move || {
+            let mut watch = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
+            loop {
+                match rustix::event::poll(&mut watch, Some(&timeout)) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .map_err(|e| format!("the wait for mysqld (pid {pid}) did not finish: {e}"))?
+        .map_err(|e| format!("cannot watch mysqld (pid {pid}): {e}"))?;
+        if exited == 0 {
+            return Err(format!(
+                "mysqld (pid {pid}) has not exited within {within:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Sends `signal` to the mysqld serving `files` and nothing else (see
+/// [`pin`]). Returns the pid signalled, `None` when no mysqld holds the
+/// lock.
+pub fn signal_server(
+    files: &ServerFiles,
+    signal: rustix::process::Signal,
+) -> Result<Option<i32>, String> {
+    let Some(server) = pin(files)? else {
+        return Ok(None);
+    };
+    Ok(server.signal(signal)?.then_some(server.pid))
 }
 
 /// The last [`ServerFiles`] seen while connected, kept in the agent's
