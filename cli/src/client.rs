@@ -540,8 +540,8 @@ impl Client {
             .await
     }
 
-    /// Removes a decommissioned host's agent from the registry (refused
-    /// while it still reports).
+    /// Forgets an agent: it has no voice, even while it reports, until it
+    /// is admitted again.
     pub async fn forget_agent(&self, host: &str) -> Result<pb::ForgetAgentResponse, ClientError> {
         let req = pb::ForgetAgentRequest {
             host: host.to_string(),
@@ -549,6 +549,26 @@ impl Client {
         self.write(WRITE_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.forget_agent(req).await }
+        })
+        .await
+    }
+
+    /// Admits an agent where it reports, or at `place` (cluster, MySQL
+    /// address): a move.
+    pub async fn admit_agent(
+        &self,
+        host: &str,
+        place: Option<(&str, &str)>,
+    ) -> Result<pb::AdmitAgentResponse, ClientError> {
+        let (cluster, mysql_address) = place.unwrap_or_default();
+        let req = pb::AdmitAgentRequest {
+            host: host.to_string(),
+            cluster: cluster.to_string(),
+            mysql_address: mysql_address.to_string(),
+        };
+        self.write(WRITE_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.admit_agent(req).await }
         })
         .await
     }

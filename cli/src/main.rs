@@ -72,7 +72,8 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         iterations: Option<u64>,
     },
-    /// Show registered agents and whether they report, or forget one.
+    /// Show agents, whether they report and whether they are members;
+    /// admit, move or forget one.
     Agents {
         #[command(subcommand)]
         action: Option<AgentsCommand>,
@@ -209,11 +210,30 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AgentsCommand {
-    /// Remove a decommissioned host's agent from the registry; refused
-    /// while it still reports. It is no longer a member of its cluster.
+    /// Forget a host's agent: it is no longer a member of its cluster and
+    /// has no voice, even while it reports, until it is admitted again.
     Forget {
         /// The host.
         host: String,
+    },
+    /// Admit agents to the cluster and MySQL address they report: from
+    /// then on they count in failure detection, failovers and backups.
+    Admit {
+        /// The hosts.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+    },
+    /// Admit an agent to another cluster or MySQL address (after a DBA
+    /// moved the server or corrected its configuration).
+    Move {
+        /// The host.
+        host: String,
+        /// The cluster it belongs to now.
+        #[arg(long)]
+        cluster: String,
+        /// HOST:PORT where replicas reach its mysqld now.
+        #[arg(long)]
+        mysql_address: String,
     },
 }
 
@@ -454,6 +474,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Table => println!("{host} forgotten"),
             }
         }
+        Command::Agents {
+            action: Some(AgentsCommand::Admit { hosts }),
+        } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let mut admitted = Vec::new();
+            for host in &hosts {
+                let a = client.admit_agent(host, None).await?;
+                if cli.output == Output::Table {
+                    println!(
+                        "{} admitted to cluster {} at {}",
+                        a.host, a.cluster, a.mysql_address
+                    );
+                }
+                admitted.push(serde_json::json!({
+                    "host": a.host, "cluster": a.cluster, "mysql_address": a.mysql_address,
+                }));
+            }
+            if cli.output == Output::Json {
+                print_json(&serde_json::json!({ "admitted": admitted }))?;
+            }
+        }
+        Command::Agents {
+            action:
+                Some(AgentsCommand::Move {
+                    host,
+                    cluster,
+                    mysql_address,
+                }),
+        } => {
+            let client = Client::from_file(cli.config.as_deref())?;
+            let a = client
+                .admit_agent(&host, Some((&cluster, &mysql_address)))
+                .await?;
+            match cli.output {
+                Output::Json => print_json(&serde_json::json!({
+                    "host": a.host, "cluster": a.cluster, "mysql_address": a.mysql_address,
+                }))?,
+                Output::Table => println!(
+                    "{} moved: admitted to cluster {} at {}",
+                    a.host, a.cluster, a.mysql_address
+                ),
+            }
+        }
         Command::Agents { action: None } => {
             let client = Client::from_file(cli.config.as_deref())?;
             let resp = client.list_agents().await?;
@@ -465,6 +528,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "host": a.host, "cluster": a.cluster, "connected": a.connected,
                         "last_report_age_ms": a.last_report_age_ms, "agent_version": a.agent_version,
                         "registered_at_unix_ms": a.registered_at_unix_ms,
+                        "standing": a.standing,
+                        "standing_detail": a.standing_detail,
+                        "admitted_cluster": a.admitted_cluster,
+                        "admitted_mysql_address": a.admitted_mysql_address,
                     })
                 })
                 .collect();
@@ -472,19 +539,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Json => print_json(&serde_json::json!({ "agents": agents }))?,
                 Output::Table => {
                     println!(
-                        "{:<20} {:<16} {:<10} LAST REPORT",
-                        "HOST", "CLUSTER", "CONNECTED"
+                        "{:<20} {:<16} {:<20} {:<10} LAST REPORT",
+                        "HOST", "CLUSTER", "STANDING", "CONNECTED"
                     );
                     for a in &resp.agents {
                         let age = a
                             .last_report_age_ms
                             .map_or("never".into(), |ms| format!("{ms}ms ago"));
                         println!(
-                            "{:<20} {:<16} {:<10} {age}",
+                            "{:<20} {:<16} {:<20} {:<10} {age}",
                             a.host,
                             a.cluster,
+                            a.standing,
                             if a.connected { "yes" } else { "no" }
                         );
+                    }
+                    for a in resp.agents.iter().filter(|a| !a.standing_detail.is_empty()) {
+                        println!("{}", a.standing_detail);
                     }
                 }
             }
@@ -782,6 +853,7 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         self_fence_timeout: None,
         agent_backup: String::new(),
         json_logs: false,
+        operator_admission: true,
         bins,
     };
     if output == Output::Table {

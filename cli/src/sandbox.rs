@@ -87,6 +87,14 @@ pub enum SandboxError {
     /// Certificates could not be made.
     #[error(transparent)]
     Cert(#[from] certs::CertError),
+    /// The agents could not be admitted.
+    #[error("the sandbox's agents could not be admitted within {timeout:?}: {last}")]
+    NotAdmitted {
+        /// How long we tried.
+        timeout: Duration,
+        /// The last refusal.
+        last: String,
+    },
     /// The fleet did not become healthy in time.
     #[error("the fleet did not become healthy within {timeout:?}; last status: {last}")]
     Unhealthy {
@@ -205,6 +213,11 @@ pub struct SandboxSpec {
     pub agent_backup: String,
     /// Log lines of the agents and coordinators as JSON instead of text.
     pub json_logs: bool,
+    /// Leave admission to the operator, as a production fleet does, and
+    /// admit the sandbox's agents once they report (`dbfleet agents
+    /// admit`); otherwise the coordinators admit each agent at its first
+    /// report.
+    pub operator_admission: bool,
     /// Programs to run.
     pub bins: Binaries,
 }
@@ -532,6 +545,32 @@ impl Fleet {
         let json = serde_json::to_string_pretty(&self.info)
             .map_err(|e| SandboxError::io(&self.path("sandbox.json"), e))?;
         certs::write_file(&self.path("sandbox.json"), json.as_bytes(), 0o600, false)?;
+        if self.spec.operator_admission {
+            self.admit_members(Duration::from_secs(60)).await?;
+        }
+        Ok(())
+    }
+
+    /// Admits every member where it reports, as its DBA would, once an
+    /// active coordinator has its registration.
+    async fn admit_members(&self, timeout: Duration) -> Result<(), SandboxError> {
+        let client = crate::client::Client::from_file(Some(&self.path("dbfleet.toml")))
+            .map_err(|e| SandboxError::Usage(e.to_string()))?;
+        let give_up = tokio::time::Instant::now() + timeout;
+        for m in &self.info.members {
+            loop {
+                match client.admit_agent(&m.host, None).await {
+                    Ok(_) => break,
+                    Err(e) if tokio::time::Instant::now() >= give_up => {
+                        return Err(SandboxError::NotAdmitted {
+                            timeout,
+                            last: e.to_string(),
+                        });
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
         Ok(())
     }
 
@@ -588,12 +627,17 @@ impl Fleet {
         let t = &self.spec.lease;
         let d = |d: Duration| humantime::format_duration(d).to_string();
         let text = format!(
-            "# Written by `dbfleet sandbox up`.\nid = {id:?}\nlisten = {addr:?}\ndata_dir = {data}\nmetrics_listen = {metrics:?}\n\n[topology]\nagent_timeout = {timeout:?}\n\n[lease]\nlease = {lease:?}\nrenew_interval = {renew:?}\nrpc_timeout = {rpc:?}\ndrift_ppm = {drift}\nmargin = {margin:?}\nvoters = [{voters}]\npeer = {peer:?}\n\n{tls}",
+            "# Written by `dbfleet sandbox up`.\nid = {id:?}\nlisten = {addr:?}\ndata_dir = {data}\nmetrics_listen = {metrics:?}\n\n[topology]\nagent_timeout = {timeout:?}\nadmission = {admission:?}\n\n[lease]\nlease = {lease:?}\nrenew_interval = {renew:?}\nrpc_timeout = {rpc:?}\ndrift_ppm = {drift}\nmargin = {margin:?}\nvoters = [{voters}]\npeer = {peer:?}\n\n{tls}",
             id = c.id,
             addr = c.address,
             data = quoted(&self.path(&format!("{}/data", c.id))),
             metrics = c.metrics_address,
             timeout = d(self.spec.agent_timeout),
+            admission = if self.spec.operator_admission {
+                "operator"
+            } else {
+                "first-report"
+            },
             lease = d(t.lease),
             renew = d(t.renew_interval),
             rpc = d(t.rpc_timeout),

@@ -302,6 +302,19 @@ impl Action for pb::ForgetAgentRequest {
     }
 }
 
+impl Action for pb::AdmitAgentRequest {
+    fn action(&self) -> String {
+        if self.cluster.is_empty() && self.mysql_address.is_empty() {
+            format!("admitting agent {} where it reports", self.host)
+        } else {
+            format!(
+                "admitting agent {} to cluster {} at {}",
+                self.host, self.cluster, self.mysql_address
+            )
+        }
+    }
+}
+
 impl Action for pb::SetVotersRequest {
     fn action(&self) -> String {
         let list: Vec<String> = self

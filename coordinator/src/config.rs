@@ -254,6 +254,11 @@ pub struct TopologyConfig {
     /// Lag threshold for clusters without their own policy.
     #[serde(default = "default_max_lag")]
     pub default_max_lag_seconds: u64,
+    /// How an agent never seen before becomes a member: `"operator"` (the
+    /// default: `dbfleet agents admit`) or `"first-report"` (admitted and
+    /// pinned where its first report says).
+    #[serde(default)]
+    pub admission: crate::membership::Admission,
 }
 
 impl Default for TopologyConfig {
@@ -261,6 +266,7 @@ impl Default for TopologyConfig {
         TopologyConfig {
             agent_timeout: default_agent_timeout(),
             default_max_lag_seconds: default_max_lag(),
+            admission: Default::default(),
         }
     }
 }

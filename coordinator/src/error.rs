@@ -61,9 +61,6 @@ pub enum ServiceError {
     /// A durable write failed; nothing was acknowledged.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The agent to forget is still connected.
-    #[error("agent {0} is still reporting; stop it before forgetting it")]
-    AgentStillReporting(String),
     /// No such agent.
     #[error("no agent named {0} is registered")]
     UnknownAgent(String),
@@ -118,7 +115,6 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Protocol(p) => p.into(),
             ServiceError::ForeignHost { .. } => tonic::Status::permission_denied(msg),
             ServiceError::Store(_) => tonic::Status::unavailable(msg),
-            ServiceError::AgentStillReporting(_) => tonic::Status::failed_precondition(msg),
             ServiceError::UnknownAgent(_) => tonic::Status::not_found(msg),
             ServiceError::ShuttingDown => tonic::Status::unavailable(msg),
             ServiceError::NotActive { active, .. } => {

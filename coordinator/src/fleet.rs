@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dbfleet_proto::model::{
-    ClusterPolicyChange, Flavor, MysqlObservation, Name, ProtocolError, Report,
+    AdmitAgent, ClusterPolicyChange, Flavor, MysqlObservation, Name, ProtocolError, Report,
 };
 use dbfleet_proto::pb;
 use tracing::info;
@@ -25,9 +25,10 @@ use dbfleet_lease::Epoch;
 
 use crate::error::ServiceError;
 use crate::ha::Ha;
+use crate::membership::{Admission, Voice};
 use crate::store::{
-    AgentRecord, ClusterRecord, DesiredOp, DesiredSnapshot, DesiredWriter, OpEntry, Store,
-    StoreError, VoterList, apply_op, blocking,
+    AUTOMATIC_ADMISSION, AgentRecord, ClusterRecord, DesiredOp, DesiredSnapshot, DesiredWriter,
+    Membership, OpEntry, Standing, Store, StoreError, VoterList, apply_op, blocking,
 };
 use crate::topology::{self, ClusterInput, MemberInput};
 
@@ -41,6 +42,8 @@ pub struct FleetRules {
     /// Replication heartbeat and net timeout for clusters without their
     /// own (the coordinator's `[failover]` section).
     pub default_tuning: ReplicaTuning,
+    /// How agents never seen before become members.
+    pub admission: Admission,
 }
 
 /// How quickly a replica notices it lost its primary: the heartbeat period
@@ -66,7 +69,105 @@ struct AgentEntry {
 struct FleetState {
     agents: BTreeMap<String, AgentEntry>,
     clusters: BTreeMap<String, ClusterRecord>,
+    members: BTreeMap<String, Membership>,
 }
+
+/// An agent counted in a cluster, and whether its reports are: those of
+/// an agent admitted at another cluster or address than it reports are
+/// not (it counts as silent where it was admitted).
+struct Counted<'a> {
+    entry: &'a AgentEntry,
+    mysql_address: &'a str,
+    heard: bool,
+}
+
+impl FleetState {
+    fn voice(&self, admission: Admission, e: &AgentEntry) -> Voice {
+        Voice::of(
+            admission,
+            self.members.get(&e.record.host),
+            &e.record.cluster,
+            &e.record.mysql_address,
+        )
+    }
+
+    /// The agents counted in `cluster`: members reporting for it, and
+    /// agents admitted to it that report something else.
+    fn counted<'a>(&'a self, admission: Admission, cluster: &str) -> Vec<Counted<'a>> {
+        self.agents
+            .values()
+            .filter_map(|e| match self.voice(admission, e) {
+                Voice::Member if e.record.cluster == cluster => Some(Counted {
+                    entry: e,
+                    mysql_address: &e.record.mysql_address,
+                    heard: true,
+                }),
+                Voice::AdmittedElsewhere { cluster: c, .. } if c == cluster => {
+                    let Some(Standing::Admitted { mysql_address, .. }) =
+                        self.members.get(&e.record.host).map(|m| &m.standing)
+                    else {
+                        return None;
+                    };
+                    Some(Counted {
+                        entry: e,
+                        mysql_address,
+                        heard: false,
+                    })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The cluster in which `host` is counted, if any.
+    fn counted_cluster(&self, admission: Admission, host: &str) -> Option<String> {
+        let e = self.agents.get(host);
+        match (e.map(|e| self.voice(admission, e)), self.members.get(host)) {
+            (Some(Voice::Member), _) => e.map(|e| e.record.cluster.clone()),
+            (
+                _,
+                Some(Membership {
+                    standing: Standing::Admitted { cluster, .. },
+                    ..
+                }),
+            ) => Some(cluster.clone()),
+            _ => None,
+        }
+    }
+
+    /// Clusters in which some agent is counted, sorted.
+    fn counted_clusters(&self, admission: Admission) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .agents
+            .values()
+            .filter_map(|e| match self.voice(admission, e) {
+                Voice::Member => Some(e.record.cluster.clone()),
+                Voice::AdmittedElsewhere { cluster, .. } => Some(cluster),
+                Voice::AwaitingAdmission | Voice::Forgotten { .. } => None,
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+/// Refuses a membership change while an operation runs in the cluster.
+fn refuse_during_operation(rec: &ClusterRecord) -> Result<(), ServiceError> {
+    match &rec.control.operation {
+        Some(op) => Err(ServiceError::Refused(format!(
+            "{} {} is under way in {}; wait for it to end",
+            op.kind.as_str(),
+            op.id,
+            rec.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The problem kind of an agent that reports for a cluster without a
+/// voice in it.
+pub const NOT_A_MEMBER: &str = "agent-not-a-member";
 
 /// Shared by the report stream handlers, the admin API and the observer.
 #[derive(Debug)]
@@ -175,6 +276,10 @@ impl DesiredWriter for MemoryWriter<'_> {
         *self.voters = Some(v.clone());
         Ok(())
     }
+    fn put_membership(&mut self, m: &Membership) -> Result<(), Self::Error> {
+        self.state.members.insert(m.host.clone(), m.clone());
+        Ok(())
+    }
 }
 
 impl Fleet {
@@ -212,6 +317,9 @@ impl Fleet {
         for c in stored.clusters {
             state.clusters.insert(c.name.clone(), c);
         }
+        for m in stored.members {
+            state.members.insert(m.host.clone(), m);
+        }
         Ok(state)
     }
 
@@ -232,8 +340,22 @@ impl Fleet {
             info!(version = v.set.version, voters = ?v.set.members(), "voter list changed");
             self.ha.set_voters(v);
         }
-        if let DesiredOp::ForgetAgent { host } = op {
-            info!(host, "agent forgotten");
+        match op {
+            DesiredOp::ForgetAgent { host } => info!(host, "agent forgotten"),
+            DesiredOp::SetMembership(m) => match &m.standing {
+                Standing::Admitted {
+                    cluster,
+                    mysql_address,
+                } => info!(
+                    host = m.host,
+                    cluster,
+                    mysql_address,
+                    by = m.by,
+                    "agent admitted"
+                ),
+                Standing::Forgotten => info!(host = m.host, by = m.by, "agent forgotten"),
+            },
+            _ => {}
         }
     }
 
@@ -303,6 +425,7 @@ impl Fleet {
             {
                 let mut st = f.lock();
                 st.clusters = fresh.clusters;
+                st.members = fresh.members;
                 for (host, a) in fresh.agents {
                     st.agents.entry(host).or_insert(a);
                 }
@@ -420,6 +543,8 @@ impl Fleet {
             .await?;
         }
         let mut st = self.lock();
+        let admit =
+            Voice::admit_automatically(self.rules.admission, st.members.get(report.host.as_str()));
         // Forgotten between registration and here: the next report registers it again.
         let Some(entry) = st.agents.get_mut(report.host.as_str()) else {
             return Ok(());
@@ -428,44 +553,81 @@ impl Fleet {
             entry.last_replicating = Some(s.replication.is_some());
         }
         entry.last = Some((Instant::now(), report));
+        drop(st);
+        if admit && self.ha.write_epoch().is_ok() {
+            // Off the report stream: the stream must not wait for a commit.
+            let me = self.clone();
+            let host = identity.to_string();
+            tokio::spawn(async move { me.admit_at_first_report(host).await });
+        }
         Ok(())
+    }
+
+    /// Pins an agent no one has decided on where it reports (admission at
+    /// first report, on the active). Nothing is written when a decision
+    /// was made meanwhile.
+    async fn admit_at_first_report(self: &Arc<Self>, host: String) {
+        let done = self
+            .commit(move |f| async move {
+                let epoch = f.ha.write_epoch()?;
+                let membership = {
+                    let st = f.lock();
+                    let Some(e) = st.agents.get(&host) else {
+                        return Ok(());
+                    };
+                    if !Voice::admit_automatically(f.rules.admission, st.members.get(&host)) {
+                        return Ok(());
+                    }
+                    Membership {
+                        host: host.clone(),
+                        standing: Standing::Admitted {
+                            cluster: e.record.cluster.clone(),
+                            mysql_address: e.record.mysql_address.clone(),
+                        },
+                        at_unix_ms: now_unix_ms(),
+                        by: AUTOMATIC_ADMISSION.to_string(),
+                    }
+                };
+                f.commit_locked(epoch, DesiredOp::SetMembership(membership))
+                    .await
+                    .map(drop)
+            })
+            .await;
+        if let Err(e) = done {
+            // The next report tries again.
+            tracing::debug!(error = %e, "automatic admission not committed");
+        }
     }
 
     /// Views of every cluster (or one), judged at this instant.
     pub fn cluster_views(&self, only: Option<&Name>) -> Vec<pb::ClusterView> {
         let st = self.lock();
         let now = Instant::now();
-        let mut names: Vec<&str> = st.clusters.keys().map(String::as_str).collect();
-        for e in st.agents.values() {
-            if !names.contains(&e.record.cluster.as_str()) {
-                names.push(&e.record.cluster);
-            }
-        }
-        names.sort_unstable();
-        names
-            .into_iter()
-            .filter(|n| only.is_none_or(|o| o.as_str() == *n))
-            // A cluster whose agents were all forgotten (or that only ever
-            // had a policy) has nothing to show or to judge.
-            .filter(|n| st.agents.values().any(|e| e.record.cluster == *n))
+        let admission = self.rules.admission;
+        // A cluster in which no agent counts (all forgotten, or one that
+        // only ever had a policy) has nothing to show or to judge.
+        st.counted_clusters(admission)
+            .iter()
+            .filter(|n| only.is_none_or(|o| o.as_str() == n.as_str()))
             .map(|name| {
+                let name = name.as_str();
                 let rec = st.clusters.get(name);
                 let members = st
-                    .agents
-                    .values()
-                    .filter(|e| e.record.cluster == name)
-                    .map(|e| MemberInput {
-                        host: &e.record.host,
-                        mysql_address: &e.record.mysql_address,
-                        last: e.last.as_ref().map(|(_, r)| r),
-                        age: e
-                            .last
-                            .as_ref()
-                            .map(|(at, _)| now.saturating_duration_since(*at)),
-                        last_replicating: e.last_replicating,
+                    .counted(admission, name)
+                    .into_iter()
+                    .map(|c| {
+                        let e = c.entry;
+                        let last = e.last.as_ref().filter(|_| c.heard);
+                        MemberInput {
+                            host: &e.record.host,
+                            mysql_address: c.mysql_address,
+                            last: last.map(|(_, r)| r),
+                            age: last.map(|(at, _)| now.saturating_duration_since(*at)),
+                            last_replicating: e.last_replicating.filter(|_| c.heard),
+                        }
                     })
                     .collect();
-                topology::derive(&ClusterInput {
+                let mut view = topology::derive(&ClusterInput {
                     name,
                     members,
                     max_lag_seconds: rec
@@ -475,7 +637,24 @@ impl Fleet {
                     semi_sync: rec.and_then(|c| c.semi_sync),
                     agent_timeout: self.rules.agent_timeout,
                     last_primary: rec.and_then(|c| c.last_primary.as_deref()),
-                })
+                });
+                // Agents that report for it without a voice: shown, so an
+                // operator sees an unexpected one or a forgotten admission.
+                for e in st.agents.values().filter(|e| e.record.cluster == name) {
+                    let voice = st.voice(admission, e);
+                    if !voice.is_member() {
+                        view.problems.push(pb::Problem {
+                            kind: NOT_A_MEMBER.to_string(),
+                            host: e.record.host.clone(),
+                            message: voice.explain(
+                                &e.record.host,
+                                &e.record.cluster,
+                                &e.record.mysql_address,
+                            ),
+                        });
+                    }
+                }
+                view
             })
             .collect()
     }
@@ -486,27 +665,52 @@ impl Fleet {
         let now = Instant::now();
         st.agents
             .values()
-            .map(|e| pb::AgentView {
-                host: e.record.host.clone(),
-                cluster: e.record.cluster.clone(),
-                registered_at_unix_ms: e.record.registered_at_unix_ms,
-                connected: e.streams > 0,
-                last_report_age_ms: e
-                    .last
-                    .as_ref()
-                    .map(|(at, _)| now.saturating_duration_since(*at).as_millis() as u64),
-                agent_version: e
-                    .last
-                    .as_ref()
-                    .map(|(_, r)| r.agent_version.clone())
-                    .unwrap_or_default(),
-                agent_instance: e
-                    .last
-                    .as_ref()
-                    .map(|(_, r)| r.agent_instance.clone())
-                    .unwrap_or_default(),
-                last_sequence: e.last.as_ref().map_or(0, |(_, r)| r.sequence),
+            .map(|e| {
+                let voice = st.voice(self.rules.admission, e);
+                let (admitted_cluster, admitted_mysql_address) =
+                    match st.members.get(&e.record.host).map(|m| &m.standing) {
+                        Some(Standing::Admitted {
+                            cluster,
+                            mysql_address,
+                        }) => (cluster.clone(), mysql_address.clone()),
+                        _ if voice.is_member() => {
+                            (e.record.cluster.clone(), e.record.mysql_address.clone())
+                        }
+                        _ => (String::new(), String::new()),
+                    };
+                (e, voice, admitted_cluster, admitted_mysql_address)
             })
+            .map(
+                |(e, voice, admitted_cluster, admitted_mysql_address)| pb::AgentView {
+                    standing: voice.word().to_string(),
+                    standing_detail: voice.explain(
+                        &e.record.host,
+                        &e.record.cluster,
+                        &e.record.mysql_address,
+                    ),
+                    admitted_cluster,
+                    admitted_mysql_address,
+                    host: e.record.host.clone(),
+                    cluster: e.record.cluster.clone(),
+                    registered_at_unix_ms: e.record.registered_at_unix_ms,
+                    connected: e.streams > 0,
+                    last_report_age_ms: e
+                        .last
+                        .as_ref()
+                        .map(|(at, _)| now.saturating_duration_since(*at).as_millis() as u64),
+                    agent_version: e
+                        .last
+                        .as_ref()
+                        .map(|(_, r)| r.agent_version.clone())
+                        .unwrap_or_default(),
+                    agent_instance: e
+                        .last
+                        .as_ref()
+                        .map(|(_, r)| r.agent_instance.clone())
+                        .unwrap_or_default(),
+                    last_sequence: e.last.as_ref().map_or(0, |(_, r)| r.sequence),
+                },
+            )
             .collect()
     }
 
@@ -603,50 +807,118 @@ impl Fleet {
         self.tuning_of(Some(&self.cluster_record(cluster)))
     }
 
-    /// Removes an agent that no longer reports (an operator write).
-    pub async fn forget_agent(self: &Arc<Self>, host: &Name) -> Result<(), ServiceError> {
+    /// Forgets an agent (an operator write): it has no voice from now on,
+    /// even while it reports, until an operator admits it again.
+    pub async fn forget_agent(self: &Arc<Self>, host: &Name, by: &str) -> Result<(), ServiceError> {
         let host = host.to_string();
+        let by = by.to_string();
         let seq = self
             .commit(move |f| async move {
                 let epoch = f.ha.write_epoch()?;
                 {
                     let st = f.lock();
-                    let e = st
-                        .agents
-                        .get(&host)
-                        .ok_or_else(|| ServiceError::UnknownAgent(host.clone()))?;
-                    let fresh = e
-                        .last
-                        .as_ref()
-                        .is_some_and(|(at, _)| at.elapsed() <= f.rules.agent_timeout);
-                    if e.streams > 0 || fresh {
-                        return Err(ServiceError::AgentStillReporting(host));
+                    let cluster = st.counted_cluster(f.rules.admission, &host);
+                    if cluster.is_none()
+                        && !st.agents.contains_key(&host)
+                        && !st.members.contains_key(&host)
+                    {
+                        return Err(ServiceError::UnknownAgent(host));
                     }
                     // A silent primary may still be writable behind a cut:
                     // forgetting it would drop it from the failover's view.
-                    if let Some(rec) = st.clusters.get(&e.record.cluster) {
+                    if let Some(rec) = cluster.as_deref().and_then(|c| st.clusters.get(c)) {
                         if rec.last_primary.as_deref() == Some(host.as_str()) {
                             return Err(ServiceError::Refused(format!(
                                 "{host} is the primary of {}; fail over or switch over first",
                                 rec.name
                             )));
                         }
-                        if let Some(op) = &rec.control.operation {
-                            return Err(ServiceError::Refused(format!(
-                                "{} {} is under way in {}; wait for it to end",
-                                op.kind.as_str(),
-                                op.id,
-                                rec.name
-                            )));
-                        }
+                        refuse_during_operation(rec)?;
                     }
                 }
-                f.commit_locked(epoch, DesiredOp::ForgetAgent { host })
+                let forgotten = Membership {
+                    host,
+                    standing: Standing::Forgotten,
+                    at_unix_ms: now_unix_ms(),
+                    by,
+                };
+                f.commit_locked(epoch, DesiredOp::SetMembership(forgotten))
                     .await
             })
             .await?;
         self.ha.wait_standby(seq).await?;
         Ok(())
+    }
+
+    /// Admits an agent (an operator write): where it reports, or at
+    /// `place` (a move). Returns where it is admitted.
+    pub async fn admit_agent(
+        self: &Arc<Self>,
+        request: AdmitAgent,
+        by: &str,
+    ) -> Result<(String, String), ServiceError> {
+        let by = by.to_string();
+        let (seq, place) = self
+            .commit(move |f| async move {
+                let epoch = f.ha.write_epoch()?;
+                let host = request.host.to_string();
+                let (cluster, mysql_address) = {
+                    let st = f.lock();
+                    let (cluster, mysql_address) = match &request.place {
+                        Some((c, a)) => (c.to_string(), a.to_string()),
+                        None => {
+                            let e = st.agents.get(&host).ok_or_else(|| {
+                                ServiceError::Refused(format!(
+                                    "{host} has not reported to this coordinator, so where it belongs is unknown: name it (dbfleet agents move {host} --cluster CLUSTER --mysql-address HOST:PORT)"
+                                ))
+                            })?;
+                            (e.record.cluster.clone(), e.record.mysql_address.clone())
+                        }
+                    };
+                    let from = st.counted_cluster(f.rules.admission, &host);
+                    for c in from.iter().chain(std::iter::once(&cluster)) {
+                        if let Some(rec) = st.clusters.get(c) {
+                            refuse_during_operation(rec)?;
+                        }
+                    }
+                    let admitted_at = match st.members.get(&host).map(|m| &m.standing) {
+                        Some(Standing::Admitted {
+                            cluster,
+                            mysql_address,
+                        }) => Some((cluster.clone(), mysql_address.clone())),
+                        _ => None,
+                    };
+                    // Replicas dial the primary's address: moving it
+                    // under them is a switchover's job.
+                    if let Some(rec) = from.as_deref().and_then(|c| st.clusters.get(c))
+                        && rec.last_primary.as_deref() == Some(host.as_str())
+                        && admitted_at.as_ref()
+                            != Some(&(cluster.clone(), mysql_address.clone()))
+                    {
+                        return Err(ServiceError::Refused(format!(
+                            "{host} is the primary of {}; switch over first, then move it",
+                            rec.name
+                        )));
+                    }
+                    (cluster, mysql_address)
+                };
+                let admitted = Membership {
+                    host,
+                    standing: Standing::Admitted {
+                        cluster: cluster.clone(),
+                        mysql_address: mysql_address.clone(),
+                    },
+                    at_unix_ms: now_unix_ms(),
+                    by,
+                };
+                let seq = f
+                    .commit_locked(epoch, DesiredOp::SetMembership(admitted))
+                    .await?;
+                Ok((seq, (cluster, mysql_address)))
+            })
+            .await?;
+        self.ha.wait_standby(seq).await?;
+        Ok(place)
     }
 
     /// A cluster's desired record (defaults when it has none yet).
@@ -658,17 +930,9 @@ impl Fleet {
             .unwrap_or_else(|| ClusterRecord::empty(name))
     }
 
-    /// Names of every cluster with registered agents.
+    /// Names of every cluster in which some agent is counted.
     pub fn cluster_names(&self) -> Vec<String> {
-        let st = self.lock();
-        let mut names: Vec<String> = st
-            .agents
-            .values()
-            .map(|e| e.record.cluster.clone())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        names
+        self.lock().counted_clusters(self.rules.admission)
     }
 
     /// The members of `cluster` with their latest reports.
@@ -676,11 +940,12 @@ impl Fleet {
         let st = self.lock();
         let now = Instant::now();
         let voters = self.ha.voters().addresses;
-        st.agents
-            .values()
-            .filter(|e| e.record.cluster == cluster)
-            .map(|e| {
-                let report = e.last.as_ref().map(|(_, r)| r.clone());
+        st.counted(self.rules.admission, cluster)
+            .into_iter()
+            .map(|c| {
+                let e = c.entry;
+                let last = e.last.as_ref().filter(|_| c.heard);
+                let report = last.map(|(_, r)| r.clone());
                 let agent_address = report
                     .as_ref()
                     .map(|r| r.agent.address.clone())
@@ -688,10 +953,10 @@ impl Fleet {
                     .or_else(|| voters.get(&e.record.host).cloned());
                 MemberState {
                     host: e.record.host.clone(),
-                    mysql_address: e.record.mysql_address.clone(),
+                    mysql_address: c.mysql_address.to_string(),
                     agent_address,
-                    received_at: e.last.as_ref().map(|(at, _)| *at),
-                    reporting: e.last.as_ref().is_some_and(|(at, _)| {
+                    received_at: last.map(|(at, _)| *at),
+                    reporting: last.is_some_and(|(at, _)| {
                         now.saturating_duration_since(*at) <= self.rules.agent_timeout
                     }),
                     report,
@@ -873,6 +1138,10 @@ mod tests {
     }
 
     fn fleet(store: Arc<dyn Store>) -> Arc<Fleet> {
+        fleet_admitting(store, Admission::FirstReport)
+    }
+
+    fn fleet_admitting(store: Arc<dyn Store>, admission: Admission) -> Arc<Fleet> {
         Arc::new(
             Fleet::load(
                 store,
@@ -884,10 +1153,30 @@ mod tests {
                         heartbeat: Duration::from_secs(1),
                         net_timeout: Duration::from_secs(4),
                     },
+                    admission,
                 },
             )
             .unwrap(),
         )
+    }
+
+    fn standing(f: &Fleet, host: &str) -> String {
+        f.agent_views()
+            .into_iter()
+            .find(|a| a.host == host)
+            .map(|a| a.standing)
+            .unwrap_or_default()
+    }
+
+    fn counted(f: &Fleet, cluster: &str) -> Vec<String> {
+        f.members(cluster).into_iter().map(|m| m.host).collect()
+    }
+
+    fn admit(host: &str, place: Option<(&str, &str)>) -> AdmitAgent {
+        AdmitAgent {
+            host: Name::parse(host).unwrap(),
+            place: place.map(|(c, a)| (Name::parse(c).unwrap(), MysqlAddress::parse(a).unwrap())),
+        }
     }
 
     #[tokio::test]
@@ -922,7 +1211,7 @@ mod tests {
     async fn the_observed_primary_survives_a_restart_while_its_server_is_down() {
         use dbfleet_proto::model::{Binlog, Flavor, GtidState, SemiSync, ServerState};
         let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
-        let f = fleet(store.clone());
+        let f = fleet_admitting(store.clone(), Admission::Operator);
         let mut r = report("db1", "main");
         r.mysql = MysqlObservation::Reachable(Box::new(ServerState {
             version: "10.11".into(),
@@ -939,32 +1228,124 @@ mod tests {
             replica_server_ids: vec![],
         }));
         f.accept_report("db1", r).await.unwrap();
+        f.admit_agent(admit("db1", None), "dba").await.unwrap();
         f.remember_primaries().await.unwrap();
         assert_eq!(
             store.load().unwrap().applied.seq,
-            1,
-            "remembered through the op-log"
+            2,
+            "admitted, then remembered, through the op-log"
         );
-        let restarted = fleet(store);
+        let restarted = fleet_admitting(store, Admission::Operator);
         assert_eq!(restarted.cluster_views(None)[0].primary, "db1");
     }
 
     #[tokio::test]
-    async fn forget_refuses_a_reporting_agent() {
+    async fn an_agent_has_a_voice_only_once_admitted_and_none_once_forgotten_even_while_reporting()
+    {
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        let f = fleet_admitting(store.clone(), Admission::Operator);
+        f.accept_report("db1", report("db1", "main")).await.unwrap();
+        assert_eq!(standing(&f, "db1"), "awaiting admission");
+        assert!(f.cluster_views(None).is_empty(), "no member yet");
+        let (cluster, address) = f.admit_agent(admit("db1", None), "dba").await.unwrap();
+        assert_eq!(
+            (cluster.as_str(), address.as_str()),
+            ("main", "127.0.0.1:3306")
+        );
+        assert_eq!(standing(&f, "db1"), "member");
+        assert_eq!(counted(&f, "main"), ["db1"]);
+
+        let name = Name::parse("db1").unwrap();
+        f.forget_agent(&name, "dba").await.unwrap();
+        f.accept_report("db1", report("db1", "main")).await.unwrap();
+        assert_eq!(standing(&f, "db1"), "forgotten");
+        assert!(
+            counted(&f, "main").is_empty(),
+            "a forgotten agent is not counted"
+        );
+        // durable and the same after a restart
+        let restarted = fleet_admitting(store.clone(), Admission::FirstReport);
+        restarted
+            .accept_report("db1", report("db1", "main"))
+            .await
+            .unwrap();
+        assert_eq!(standing(&restarted, "db1"), "forgotten");
+        restarted
+            .admit_agent(admit("db1", None), "dba")
+            .await
+            .unwrap();
+        assert_eq!(counted(&restarted, "main"), ["db1"]);
+        assert!(matches!(
+            restarted
+                .forget_agent(&Name::parse("db7").unwrap(), "dba")
+                .await,
+            Err(ServiceError::UnknownAgent(_))
+        ));
+        assert!(matches!(
+            restarted.admit_agent(admit("db7", None), "dba").await,
+            Err(ServiceError::Refused(m)) if m.contains("dbfleet agents move db7")
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_agent_reporting_another_place_counts_as_silent_where_it_was_admitted_until_moved() {
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        let f = fleet_admitting(store, Admission::Operator);
+        f.accept_report("db1", report("db1", "main")).await.unwrap();
+        f.admit_agent(admit("db1", None), "dba").await.unwrap();
+        let mut elsewhere = report("db1", "main");
+        elsewhere.mysql_address = MysqlAddress::parse("127.0.0.9:3306").unwrap();
+        f.accept_report("db1", elsewhere.clone()).await.unwrap();
+        let m = f.members("main");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].mysql_address, "127.0.0.1:3306", "the admitted address");
+        assert!(
+            !m[0].reporting && m[0].report.is_none(),
+            "its reports are not heard"
+        );
+        let view = &f.cluster_views(None)[0];
+        let p = view
+            .problems
+            .iter()
+            .find(|p| p.kind == NOT_A_MEMBER)
+            .expect("shown as a problem");
+        assert!(
+            p.message
+                .contains("dbfleet agents move db1 --cluster main --mysql-address 127.0.0.9:3306"),
+            "{}",
+            p.message
+        );
+        f.admit_agent(admit("db1", Some(("main", "127.0.0.9:3306"))), "dba")
+            .await
+            .unwrap();
+        f.accept_report("db1", elsewhere).await.unwrap();
+        let m = f.members("main");
+        assert!(m[0].reporting && m[0].mysql_address == "127.0.0.9:3306");
+        // a report for another cluster: still counted, silent, in main
+        f.accept_report("db1", report("db1", "other"))
+            .await
+            .unwrap();
+        assert_eq!(counted(&f, "main"), ["db1"]);
+        assert!(counted(&f, "other").is_empty());
+    }
+
+    #[tokio::test]
+    async fn admission_at_first_report_pins_the_agent_where_it_first_reported() {
         let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
         let f = fleet(store.clone());
         f.accept_report("db1", report("db1", "main")).await.unwrap();
-        let name = Name::parse("db1").unwrap();
-        assert!(matches!(
-            f.forget_agent(&name).await,
-            Err(ServiceError::AgentStillReporting(_))
-        ));
-        let f2 = fleet(store.clone());
-        f2.forget_agent(&name).await.unwrap();
-        assert!(store.load().unwrap().agents.is_empty());
-        assert!(matches!(
-            f2.forget_agent(&name).await,
-            Err(ServiceError::UnknownAgent(_))
-        ));
+        assert_eq!(standing(&f, "db1"), "member");
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while store.load().unwrap().members.is_empty() {
+            assert!(Instant::now() < give_up, "never pinned");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let m = &store.load().unwrap().members[0];
+        assert_eq!(m.by, AUTOMATIC_ADMISSION);
+        f.accept_report("db1", report("db1", "other"))
+            .await
+            .unwrap();
+        assert_eq!(standing(&f, "db1"), "admitted elsewhere");
+        assert_eq!(counted(&f, "main"), ["db1"]);
     }
 }

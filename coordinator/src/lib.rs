@@ -12,6 +12,7 @@ pub mod error;
 pub mod failover;
 pub mod fleet;
 pub mod ha;
+pub mod membership;
 pub mod metrics;
 pub mod service;
 pub mod store;
@@ -128,6 +129,7 @@ pub async fn run(
                 heartbeat: config.failover.replica_heartbeat,
                 net_timeout: config.failover.replica_net_timeout,
             },
+            admission: config.topology.admission,
         },
     )?);
     info!(id = config.id, incarnation = format!("{incarnation:016x}"), applied = stored.applied.seq,

@@ -25,6 +25,7 @@ pub fn policy(path: &str) -> Option<&'static [Role]> {
         | "/dbfleet.v1.AdminService/GetBackupPolicy" => Some(READERS),
         "/dbfleet.v1.AdminService/SetClusterPolicy"
         | "/dbfleet.v1.AdminService/ForgetAgent"
+        | "/dbfleet.v1.AdminService/AdmitAgent"
         | "/dbfleet.v1.AdminService/SetVoters"
         | "/dbfleet.v1.AdminService/AcceptOplogGap"
         | "/dbfleet.v1.AdminService/Failover"

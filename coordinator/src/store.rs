@@ -3,7 +3,7 @@
 //!
 //! Two kinds of state live here:
 //! - *desired state* (cluster policies and remembered primaries, the voter
-//!   list), changed only by ops: each op is one transaction that updates
+//!   list, every agent's membership), changed only by ops: each op is one transaction that updates
 //!   the desired records and appends to the op-log, flushed before the
 //!   call returns. The active commits ops; the standby applies the active's
 //!   ops in order (or installs a snapshot), so both hold the same state.
@@ -101,6 +101,43 @@ pub struct VoterList {
     pub addresses: BTreeMap<String, String>,
 }
 
+/// An agent's standing in the fleet: the cluster and MySQL address an
+/// operator (or automatic admission, at its first report) admitted it
+/// with, or that an operator forgot it. A report that disagrees gives the
+/// agent no voice until an operator admits or moves it: a certificate
+/// names a host, never the cluster it may speak in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// Host (the agent's certificate name).
+    pub host: String,
+    /// Admitted where, or forgotten.
+    pub standing: Standing,
+    /// When it was decided, Unix ms.
+    pub at_unix_ms: i64,
+    /// Who decided: an operator's certificate name, or
+    /// [`AUTOMATIC_ADMISSION`].
+    pub by: String,
+}
+
+/// Who admitted an agent the coordinators admitted at its first report.
+pub const AUTOMATIC_ADMISSION: &str = "automatic admission";
+
+/// Where an agent stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "standing", rename_all = "snake_case")]
+pub enum Standing {
+    /// A member of `cluster` whose mysqld is reached at `mysql_address`.
+    Admitted {
+        /// Cluster.
+        cluster: String,
+        /// `host:port` of its mysqld.
+        mysql_address: String,
+    },
+    /// Forgotten: its reports are heard but it has no voice until an
+    /// operator admits it again.
+    Forgotten,
+}
+
 /// One change of desired state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DesiredOp {
@@ -132,11 +169,16 @@ pub enum DesiredOp {
         /// Primary host.
         primary: String,
     },
-    /// An operator removed a decommissioned agent.
+    /// An operator removed a decommissioned agent (written before
+    /// memberships existed: it leaves no record that it was forgotten).
     ForgetAgent {
         /// Host.
         host: String,
     },
+    /// An agent was admitted, moved or forgotten. Forgetting also removes
+    /// it from the local registry. (A standby older than this op cannot
+    /// apply it: upgrade the standby first.)
+    SetMembership(Membership),
     /// The voter list changed (one phase of a joint change).
     SetVoters(VoterList),
     /// A cluster's record replaced whole: failover controls, a journal
@@ -175,6 +217,9 @@ pub struct DesiredSnapshot {
     pub clusters: Vec<ClusterRecord>,
     /// The voter list, once one was committed.
     pub voters: Option<VoterList>,
+    /// Every agent's membership.
+    #[serde(default)]
+    pub members: Vec<Membership>,
 }
 
 /// Everything loaded at start-up.
@@ -186,6 +231,8 @@ pub struct StoredState {
     pub clusters: Vec<ClusterRecord>,
     /// The voter list (desired), once one was committed.
     pub voters: Option<VoterList>,
+    /// Memberships (desired).
+    pub members: Vec<Membership>,
     /// The last op applied.
     pub applied: OpPosition,
     /// Highest epoch this coordinator has seen.
@@ -275,6 +322,8 @@ pub(crate) trait DesiredWriter {
     fn forget_agent(&mut self, host: &str) -> Result<(), Self::Error>;
     /// Replaces the voter list.
     fn put_voters(&mut self, v: &VoterList) -> Result<(), Self::Error>;
+    /// Replaces an agent's membership.
+    fn put_membership(&mut self, m: &Membership) -> Result<(), Self::Error>;
 }
 
 /// The one definition of what every op does.
@@ -304,6 +353,12 @@ pub(crate) fn apply_op<W: DesiredWriter>(op: &DesiredOp, w: &mut W) -> Result<()
             w.put_cluster(c)
         }
         DesiredOp::ForgetAgent { host } => w.forget_agent(host),
+        DesiredOp::SetMembership(m) => {
+            if m.standing == Standing::Forgotten {
+                w.forget_agent(&m.host)?;
+            }
+            w.put_membership(m)
+        }
         DesiredOp::SetVoters(v) => w.put_voters(v),
         DesiredOp::PutCluster(c) => w.put_cluster((**c).clone()),
     }

@@ -309,6 +309,10 @@ impl TestFleet {
             self_fence_timeout: None,
             agent_backup: String::new(),
             json_logs: false,
+            // Admission at first report: one active coordinator less to
+            // wait for per fleet; the membership tests and `dbfleet
+            // sandbox up` admit as an operator does.
+            operator_admission: false,
             bins,
         };
         customize(&mut spec);

@@ -133,6 +133,41 @@ impl Adopted {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
+    /// Waits until `dbfleet agents` satisfies `pred`.
+    async fn wait_agents(&self, what: &str, pred: impl Fn(&[Value]) -> bool) {
+        let give_up = std::time::Instant::now() + PATIENCE * 2;
+        loop {
+            let (_, out, _) = self.cli(&["agents", "--output", "json"]);
+            let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+            if v["agents"].as_array().is_some_and(|a| pred(a)) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "timed out waiting for {what}: {out}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Runs an operator write until an active coordinator takes it.
+    async fn write_json(&self, args: &[&str]) -> Value {
+        let give_up = std::time::Instant::now() + PATIENCE * 2;
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        loop {
+            let (ok, out, err) = self.cli(&all);
+            if ok {
+                return serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "dbfleet {args:?}: {out}{err}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits until the cluster's status satisfies `pred`.
     async fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let give_up = std::time::Instant::now() + PATIENCE * 2;
@@ -518,6 +553,25 @@ async fn adopt_a_hand_built_async_cluster_by_the_guide_then_switch_over_fail_ove
     kill_leftovers(&slot.dir);
     let mut a = build_cluster(slot).await;
     deploy(&mut a);
+
+    // The guide's §9: the agents await admission where they report; the
+    // DBA admits them.
+    a.wait_agents("every agent awaiting admission in main", |agents| {
+        HOSTS.iter().all(|h| {
+            agents.iter().any(|x| {
+                x["host"] == *h && x["standing"] == "awaiting admission" && x["cluster"] == "main"
+            })
+        })
+    })
+    .await;
+    let mut admit = vec!["agents", "admit"];
+    admit.extend(HOSTS);
+    let admitted = a.write_json(&admit).await;
+    assert_eq!(
+        admitted["admitted"].as_array().map(Vec::len),
+        Some(HOSTS.len()),
+        "{admitted}"
+    );
 
     // First status: db1 the primary, its replicas following, no problem
     // from the configuration checks, semi-sync as the DBA had it (off).

@@ -532,16 +532,27 @@ fn shipped_units_run_under_real_systemd() {
     ]);
     assert!(check.contains(": ok"), "{check}");
 
-    // §9: the CLI, with ~/.config/dbfleet.toml.
-    c.wait_reporting();
-    let table = c.run(&["dbfleet", "status"]);
-    assert!(table.contains("db1"), "{table}");
-
+    // §9: the CLI, with ~/.config/dbfleet.toml: db1 awaits admission,
+    // the operator admits it where it reports, and it shows in status.
     wait_for("c1 active (its lease granted by db1's agent)", |last| {
         let v = c.cli_json(&["coordinators"]);
         *last = v.to_string();
         (v["coordinators"][0]["role"] == "active").then_some(())
     });
+    wait_for("db1 awaiting admission", |last| {
+        let v = c.cli_json(&["agents"]);
+        *last = v.to_string();
+        v["agents"]
+            .as_array()?
+            .iter()
+            .any(|a| a["host"] == "db1" && a["standing"] == "awaiting admission")
+            .then_some(())
+    });
+    let admitted = c.cli_json(&["agents", "admit", "db1"]);
+    assert_eq!(admitted["admitted"][0]["cluster"], "main", "{admitted}");
+    c.wait_reporting();
+    let table = c.run(&["dbfleet", "status"]);
+    assert!(table.contains("db1"), "{table}");
 
     // A physical backup, its verification (a scratch mysqld the agent
     // starts) and a restore (mysqld stopped, the data directory swapped,

@@ -839,6 +839,38 @@ pub fn forget_agent_host(m: &pb::ForgetAgentRequest) -> Result<Name, ProtocolErr
     name_field("host", &m.host)
 }
 
+/// A validated `AdmitAgent` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmitAgent {
+    /// The agent's host.
+    pub host: Name,
+    /// Where to admit it; `None`: where it reports.
+    pub place: Option<(Name, MysqlAddress)>,
+}
+
+impl TryFrom<&pb::AdmitAgentRequest> for AdmitAgent {
+    type Error = ProtocolError;
+
+    fn try_from(m: &pb::AdmitAgentRequest) -> Result<AdmitAgent, ProtocolError> {
+        let host = name_field("host", &m.host)?;
+        let place = match (m.cluster.is_empty(), m.mysql_address.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some((
+                name_field("cluster", &m.cluster)?,
+                MysqlAddress::parse(&m.mysql_address)
+                    .map_err(|r| ProtocolError::invalid("mysql_address", r))?,
+            )),
+            (true, false) | (false, true) => {
+                return Err(ProtocolError::invalid(
+                    "cluster",
+                    "give both the cluster and the MySQL address (a move), or neither (admit the agent where it reports)",
+                ));
+            }
+        };
+        Ok(AdmitAgent { host, place })
+    }
+}
+
 /// Validates an optional cluster filter (empty means all clusters).
 pub fn cluster_filter(m: &pb::ListClustersRequest) -> Result<Option<Name>, ProtocolError> {
     if m.cluster.is_empty() {

@@ -131,6 +131,11 @@ proptest! {
             }],
         }.encode_to_vec()),
         names in mutated(pb::ForgetAgentRequest { host: "db9".into() }.encode_to_vec()),
+        admit in mutated(pb::AdmitAgentRequest {
+            host: "db9".into(),
+            cluster: "main".into(),
+            mysql_address: "10.0.0.9:3306".into(),
+        }.encode_to_vec()),
     ) {
         if let Ok(m) = pb::SetClusterPolicyRequest::decode(policy.as_slice()) {
             let _ = ClusterPolicyChange::try_from(m);
@@ -141,6 +146,9 @@ proptest! {
         if let Ok(m) = pb::ForgetAgentRequest::decode(names.as_slice()) {
             let _ = model::forget_agent_host(&m);
             let _ = model::cluster_filter(&pb::ListClustersRequest { cluster: m.host });
+        }
+        if let Ok(m) = pb::AdmitAgentRequest::decode(admit.as_slice()) {
+            let _ = model::AdmitAgent::try_from(&m);
         }
     }
 }

@@ -245,13 +245,38 @@ impl AdminService for AdminApi {
         request: Request<pb::ForgetAgentRequest>,
     ) -> Result<Response<pb::ForgetAgentResponse>, Status> {
         let asked = self.audit.asked(&request)?;
+        let by = asked.operator.name.clone();
         let done = match model::forget_agent_host(request.get_ref()) {
             Ok(host) => self
                 .fleet
-                .forget_agent(&host)
+                .forget_agent(&host, &by)
                 .await
                 .map_err(Status::from)
                 .map(|()| pb::ForgetAgentResponse { forgotten: true }),
+            Err(e) => Err(Status::from(ServiceError::from(e))),
+        };
+        self.audit.done(asked, done).map(Response::new)
+    }
+
+    async fn admit_agent(
+        &self,
+        request: Request<pb::AdmitAgentRequest>,
+    ) -> Result<Response<pb::AdmitAgentResponse>, Status> {
+        let asked = self.audit.asked(&request)?;
+        let by = asked.operator.name.clone();
+        let done = match model::AdmitAgent::try_from(request.get_ref()) {
+            Ok(admit) => {
+                let host = admit.host.to_string();
+                self.fleet
+                    .admit_agent(admit, &by)
+                    .await
+                    .map_err(Status::from)
+                    .map(|(cluster, mysql_address)| pb::AdmitAgentResponse {
+                        host,
+                        cluster,
+                        mysql_address,
+                    })
+            }
             Err(e) => Err(Status::from(ServiceError::from(e))),
         };
         self.audit.done(asked, done).map(Response::new)

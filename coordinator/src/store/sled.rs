@@ -1,5 +1,5 @@
 //! [`Store`] on sled 0.34. Trees: `agents` (local registry), `desired`
-//! (`cluster/NAME`, `voters`), `oplog` (big-endian seq → [`OpEntry`]),
+//! (`cluster/NAME`, `member/HOST`, `voters`), `oplog` (big-endian seq → [`OpEntry`]),
 //! `meta` (applied position, max seen epoch, snapshot marker) and
 //! `lost_found`. Values are JSON. Every write is flushed before returning
 //! (sled's own background flush runs only every 500 ms).
@@ -13,8 +13,8 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::{
-    AgentRecord, ClusterRecord, DesiredOp, DesiredSnapshot, DesiredWriter, OpEntry, OpPosition,
-    Store, StoreError, StoredState, VoterList, apply_op,
+    AgentRecord, ClusterRecord, DesiredOp, DesiredSnapshot, DesiredWriter, Membership, OpEntry,
+    OpPosition, Store, StoreError, StoredState, VoterList, apply_op,
 };
 
 const APPLIED: &[u8] = b"applied";
@@ -22,6 +22,7 @@ const MAX_SEEN: &[u8] = b"max_seen";
 const SNAPSHOT_MARKER: &[u8] = b"snapshot_in_progress";
 const VOTERS: &[u8] = b"voters";
 const CLUSTER_PREFIX: &str = "cluster/";
+const MEMBER_PREFIX: &str = "member/";
 
 /// The coordinator's sled database.
 #[derive(Debug)]
@@ -60,6 +61,20 @@ fn scan<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
 
 fn cluster_key(name: &str) -> Vec<u8> {
     format!("{CLUSTER_PREFIX}{name}").into_bytes()
+}
+
+fn member_key(host: &str) -> Vec<u8> {
+    format!("{MEMBER_PREFIX}{host}").into_bytes()
+}
+
+/// The values under `prefix` in `tree`.
+fn scan_prefix<T: DeserializeOwned>(tree: &sled::Tree, prefix: &str) -> Result<Vec<T>, StoreError> {
+    tree.scan_prefix(prefix.as_bytes())
+        .map(|kv| {
+            let (k, v) = kv.map_err(engine)?;
+            decode(&k, &v)
+        })
+        .collect()
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -101,6 +116,10 @@ impl DesiredWriter for TxWriter<'_> {
     }
     fn put_voters(&mut self, v: &VoterList) -> TxResult<()> {
         self.desired.insert(VOTERS, encode(v))?;
+        Ok(())
+    }
+    fn put_membership(&mut self, m: &Membership) -> TxResult<()> {
+        self.desired.insert(member_key(&m.host), encode(m))?;
         Ok(())
     }
 }
@@ -189,11 +208,8 @@ impl SledStore {
 
 impl Store for SledStore {
     fn load(&self) -> Result<StoredState, StoreError> {
-        let mut clusters = Vec::new();
-        for kv in self.desired.scan_prefix(CLUSTER_PREFIX.as_bytes()) {
-            let (k, v) = kv.map_err(engine)?;
-            clusters.push(decode(&k, &v)?);
-        }
+        let clusters = scan_prefix(&self.desired, CLUSTER_PREFIX)?;
+        let members = scan_prefix(&self.desired, MEMBER_PREFIX)?;
         let voters = match self.desired.get(VOTERS).map_err(engine)? {
             Some(v) => Some(decode(VOTERS, &v)?),
             None => None,
@@ -206,6 +222,7 @@ impl Store for SledStore {
             agents: scan(&self.agents)?,
             clusters,
             voters,
+            members,
             applied: self.applied()?,
             max_seen,
             lost_found: self.lost_found.len() as u64,
@@ -282,6 +299,7 @@ impl Store for SledStore {
             at: s.applied,
             clusters: s.clusters,
             voters: s.voters,
+            members: s.members,
         })
     }
 
@@ -309,6 +327,11 @@ impl Store for SledStore {
         }
         if let Some(v) = &snap.voters {
             self.desired.insert(VOTERS, encode(v)).map_err(engine)?;
+        }
+        for m in &snap.members {
+            self.desired
+                .insert(member_key(&m.host), encode(m))
+                .map_err(engine)?;
         }
         self.meta
             .insert(APPLIED, encode(&snap.at))
@@ -496,6 +519,48 @@ mod tests {
             op: policy("c", 1),
         })
         .unwrap();
+    }
+
+    #[test]
+    fn memberships_replicate_and_travel_in_snapshots_and_forgetting_unregisters() {
+        use crate::store::{Membership, Standing};
+        let member = |standing| Membership {
+            host: "db1".into(),
+            standing,
+            at_unix_ms: 1,
+            by: "dba".into(),
+        };
+        let admitted = member(Standing::Admitted {
+            cluster: "main".into(),
+            mysql_address: "10.0.0.1:3306".into(),
+        });
+        let active = SledStore::temporary().unwrap();
+        active
+            .put_agent(&AgentRecord {
+                host: "db1".into(),
+                cluster: "main".into(),
+                registered_at_unix_ms: 1,
+                mysql_address: "10.0.0.1:3306".into(),
+            })
+            .unwrap();
+        active
+            .commit(&e(1, "c1"), &DesiredOp::SetMembership(admitted.clone()))
+            .unwrap();
+        let standby = SledStore::temporary().unwrap();
+        standby.apply(&active.ops_after(0, 1).unwrap()[0]).unwrap();
+        assert_eq!(standby.load().unwrap().members, [admitted]);
+        let forgotten = member(Standing::Forgotten);
+        active
+            .commit(&e(1, "c1"), &DesiredOp::SetMembership(forgotten.clone()))
+            .unwrap();
+        let st = active.load().unwrap();
+        assert!(st.agents.is_empty(), "forgetting unregisters");
+        assert_eq!(st.members, std::slice::from_ref(&forgotten));
+        let fresh = SledStore::temporary().unwrap();
+        fresh
+            .install_snapshot(&active.snapshot().unwrap(), 0)
+            .unwrap();
+        assert_eq!(fresh.load().unwrap().members, [forgotten]);
     }
 
     #[test]
