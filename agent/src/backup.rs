@@ -71,6 +71,12 @@ pub struct BackupConfig {
     /// How often the archive catches up with the server: the RPO.
     #[serde(default = "default_archive_interval", with = "humantime_serde")]
     pub archive_interval: std::time::Duration,
+    /// Seal (age-encrypt) every data file stored, with the key in this
+    /// file (`dbfleet backup-key generate`; 0600, the agent's user's):
+    /// the same key on every agent of the fleet, since each restores and
+    /// verifies the others' backups. Absent: files are stored unsealed.
+    #[serde(default)]
+    pub seal_key_file: Option<PathBuf>,
 }
 
 fn yes() -> bool {

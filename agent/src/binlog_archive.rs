@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dbfleet_common::clock::unix_ms;
+use dbfleet_common::seal::Sealing;
 use dbfleet_proto::pb;
 use mysql_async::prelude::Queryable;
 use serde::{Deserialize, Serialize};
@@ -561,9 +562,10 @@ impl Archiver {
         let data = self.chunk_key(file, start, "zst");
         let stored = (|| -> std::io::Result<StoredFile> {
             let sink = HashingWriter::new(Vec::new(), Arc::new(AtomicU64::new(0)));
-            let mut z = zstd::stream::Encoder::new(sink, self.level)?;
+            let sealed = Sealing::new(self.repository.seal(), sink)?;
+            let mut z = zstd::stream::Encoder::new(sealed, self.level)?;
             z.write_all(&bytes[..whole])?;
-            let (compressed, n, sha) = z.finish()?.finish();
+            let (compressed, n, sha) = z.finish()?.finish()?.finish();
             self.repository.put(&data, &compressed)?;
             Ok(StoredFile {
                 name: format!("{}.zst", ChunkMeta::name(file, start)),

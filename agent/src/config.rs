@@ -231,8 +231,13 @@ impl AgentConfig {
         }
         Name::parse(&c.cluster).map_err(|r| invalid("cluster", r))?;
         if let Some(b) = &mut c.backup {
-            let store = crate::repository::Repository::open(&b.repository, b.s3.as_ref())
+            let mut store = crate::repository::Repository::open(&b.repository, b.s3.as_ref())
                 .map_err(|r| invalid("backup.repository", r))?;
+            if let Some(path) = &b.seal_key_file {
+                let key = dbfleet_common::seal::SealKey::load(path)
+                    .map_err(|r| invalid("backup.seal_key_file", r))?;
+                store = store.sealed_with(key);
+            }
             b.store = Some(std::sync::Arc::new(store));
             if !(1..=19).contains(&b.compression_level) {
                 return Err(invalid(

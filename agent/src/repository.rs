@@ -18,6 +18,7 @@ mod s3;
 use std::io;
 use std::path::PathBuf;
 
+use dbfleet_common::seal::SealKey;
 pub use dir::DirRepository;
 pub use s3::{S3Config, S3Repository};
 
@@ -40,9 +41,16 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// A backup repository.
+/// A backup repository, and the key its data files are sealed with.
 #[derive(Debug)]
-pub enum Repository {
+pub struct Repository {
+    backend: Backend,
+    seal: Option<SealKey>,
+}
+
+/// Where the files are.
+#[derive(Debug)]
+enum Backend {
     /// A directory, local or mounted.
     Dir(DirRepository),
     /// A bucket (and prefix) of an S3-compatible object store.
@@ -50,6 +58,25 @@ pub enum Repository {
 }
 
 impl Repository {
+    fn of(backend: Backend) -> Repository {
+        Repository {
+            backend,
+            seal: None,
+        }
+    }
+
+    /// Seals the data files written from now on with `key`, and opens
+    /// sealed ones with it (see `dbfleet_common::seal`).
+    pub fn sealed_with(mut self, key: SealKey) -> Repository {
+        self.seal = Some(key);
+        self
+    }
+
+    /// The key data files are sealed with, if any.
+    pub fn seal(&self) -> Option<&SealKey> {
+        self.seal.as_ref()
+    }
+
     /// Opens the repository `location` names (an absolute path or
     /// `s3://BUCKET[/PREFIX]`), reading the bucket's credentials from
     /// their files. Errors name the setting to fix.
@@ -62,7 +89,8 @@ impl Repository {
                     ));
                 };
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                S3Repository::open(bucket, prefix.trim_matches('/'), cfg).map(Repository::S3)
+                S3Repository::open(bucket, prefix.trim_matches('/'), cfg)
+                    .map(|s| Repository::of(Backend::S3(s)))
             }
             None => {
                 let path = PathBuf::from(location);
@@ -76,74 +104,74 @@ impl Repository {
                         "repository {location:?} is a directory but [backup.s3] is set; remove [backup.s3] or use s3://BUCKET"
                     ));
                 }
-                Ok(Repository::Dir(DirRepository::new(path)))
+                Ok(Repository::of(Backend::Dir(DirRepository::new(path))))
             }
         }
     }
 
     /// Where `key` is, for messages: a path or an `s3://` address.
     pub fn describe(&self, key: &str) -> String {
-        match self {
-            Repository::Dir(d) => d.describe(key),
-            Repository::S3(s) => s.describe(key),
+        match &self.backend {
+            Backend::Dir(d) => d.describe(key),
+            Backend::S3(s) => s.describe(key),
         }
     }
 
     /// The whole of a small file; `NotFound` when there is none.
     pub fn read(&self, key: &str) -> io::Result<Vec<u8>> {
-        blocking(|| match self {
-            Repository::Dir(d) => d.read(key),
-            Repository::S3(s) => s.read(key),
+        blocking(|| match &self.backend {
+            Backend::Dir(d) => d.read(key),
+            Backend::S3(s) => s.read(key),
         })
     }
 
     /// Several small files, in the order of `keys` (a bucket is asked
     /// for many at once: a binlog archive has a meta per chunk).
     pub fn read_many(&self, keys: &[String]) -> Vec<io::Result<Vec<u8>>> {
-        blocking(|| match self {
-            Repository::Dir(d) => keys.iter().map(|k| d.read(k)).collect(),
-            Repository::S3(s) => s.read_many(keys),
+        blocking(|| match &self.backend {
+            Backend::Dir(d) => keys.iter().map(|k| d.read(k)).collect(),
+            Backend::S3(s) => s.read_many(keys),
         })
     }
 
     /// Writes a small file atomically and durably, replacing any.
     pub fn put(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
-        blocking(|| match self {
-            Repository::Dir(d) => d.put(key, bytes),
-            Repository::S3(s) => s.put(key, bytes),
+        blocking(|| match &self.backend {
+            Backend::Dir(d) => d.put(key, bytes),
+            Backend::S3(s) => s.put(key, bytes),
         })
     }
 
     /// The names directly below `prefix` (files and the first component
     /// of deeper keys), sorted; empty when there are none.
     pub fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
-        blocking(|| match self {
-            Repository::Dir(d) => d.list(prefix),
-            Repository::S3(s) => s.list(prefix),
+        blocking(|| match &self.backend {
+            Backend::Dir(d) => d.list(prefix),
+            Backend::S3(s) => s.list(prefix),
         })
     }
 
     /// Whether any file is stored below `prefix` (a backup's files, say).
     pub fn exists(&self, prefix: &str) -> io::Result<bool> {
-        blocking(|| match self {
-            Repository::Dir(d) => d.exists(prefix),
-            Repository::S3(s) => s.exists(prefix),
+        blocking(|| match &self.backend {
+            Backend::Dir(d) => d.exists(prefix),
+            Backend::S3(s) => s.exists(prefix),
         })
     }
 
     /// Removes one file; a missing one is no error.
     pub fn remove(&self, key: &str) -> io::Result<()> {
-        blocking(|| match self {
-            Repository::Dir(d) => d.remove(key),
-            Repository::S3(s) => s.remove(key),
+        blocking(|| match &self.backend {
+            Backend::Dir(d) => d.remove(key),
+            Backend::S3(s) => s.remove(key),
         })
     }
 
     /// Removes every file below `prefix`.
     pub fn remove_all(&self, prefix: &str) -> io::Result<()> {
-        blocking(|| match self {
-            Repository::Dir(d) => d.remove_all(prefix),
-            Repository::S3(s) => s.remove_all(prefix),
+        blocking(|| match &self.backend {
+            Backend::Dir(d) => d.remove_all(prefix),
+            Backend::S3(s) => s.remove_all(prefix),
         })
     }
 
@@ -151,17 +179,17 @@ impl Repository {
     /// `KEY.partial` and renames it when finished, a bucket uploads it in
     /// parts that become an object only when the upload completes.
     pub fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
-        blocking(|| match self {
-            Repository::Dir(d) => d.create(key),
-            Repository::S3(s) => s.create(key),
+        blocking(|| match &self.backend {
+            Backend::Dir(d) => d.create(key),
+            Backend::S3(s) => s.create(key),
         })
     }
 
     /// Reads a (large) file as a stream.
     pub fn open_read(&self, key: &str) -> io::Result<Box<dyn io::Read + Send>> {
-        blocking(|| match self {
-            Repository::Dir(d) => d.open_read(key),
-            Repository::S3(s) => s.open_read(key),
+        blocking(|| match &self.backend {
+            Backend::Dir(d) => d.open_read(key),
+            Backend::S3(s) => s.open_read(key),
         })
     }
 }

@@ -203,6 +203,9 @@ enum Command {
     /// Manage certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// The key backups are sealed (age-encrypted) with.
+    #[command(subcommand)]
+    BackupKey(BackupKeyCommand),
     /// A complete local fleet for trying dbfleet out.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
@@ -269,6 +272,19 @@ fn parse_weight(s: &str) -> Result<(String, u32), String> {
         return Err("a weight must be at least 1".into());
     }
     Ok((n.to_string(), w))
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupKeyCommand {
+    /// Write a new key file (0600; refused if FILE exists) and print the
+    /// recipient it seals for. Copy it to every agent of the fleet, owned
+    /// by the agent's user, and set `[backup] seal_key_file`; keep a copy
+    /// where the backups are not: without it no sealed backup restores.
+    Generate {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -730,6 +746,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Backup(cmd) => backup_command(cmd, cli.config.as_deref(), cli.output).await?,
+        Command::BackupKey(BackupKeyCommand::Generate { out }) => {
+            let (text, recipient) = dbfleet_common::seal::SealKey::generate();
+            dbfleet_common::certs::write_file(&out, text.as_bytes(), 0o600, false)?;
+            match cli.output {
+                Output::Json => print_json(&serde_json::json!({
+                    "key_file": out.display().to_string(), "recipient": recipient,
+                }))?,
+                Output::Table => println!(
+                    "wrote {} (0600): backups sealed with it are for {recipient}",
+                    out.display()
+                ),
+            }
+        }
         Command::Cert(CertCommand::Init { dir }) => {
             let path = cert::init(&dir)?;
             println!("created CA {}", path.display());
@@ -854,6 +883,7 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         agent_backup: String::new(),
         json_logs: false,
         operator_admission: true,
+        seal_backups: true,
         bins,
     };
     if output == Output::Table {

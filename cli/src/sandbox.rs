@@ -108,6 +108,9 @@ pub enum SandboxError {
     Usage(String),
 }
 
+/// The sandbox's backup seal key, below its directory.
+const SEAL_KEY: &str = "secrets/backup-seal.key";
+
 impl SandboxError {
     fn io(path: &Path, e: impl std::fmt::Display) -> SandboxError {
         SandboxError::Io {
@@ -213,6 +216,9 @@ pub struct SandboxSpec {
     pub agent_backup: String,
     /// Log lines of the agents and coordinators as JSON instead of text.
     pub json_logs: bool,
+    /// Seal (age-encrypt) the backups with a key the sandbox generates in
+    /// `secrets/backup-seal.key`.
+    pub seal_backups: bool,
     /// Leave admission to the operator, as a production fleet does, and
     /// admit the sandbox's agents once they report (`dbfleet agents
     /// admit`); otherwise the coordinators admit each agent at its first
@@ -455,12 +461,20 @@ impl Fleet {
         certs::write_file(&secret, self.credentials.agent.as_bytes(), 0o600, false)?;
         let repl = self.path("secrets/repl-mysql.password");
         certs::write_file(&repl, self.credentials.repl.as_bytes(), 0o600, false)?;
+        let seal = self.path(SEAL_KEY);
+        if self.spec.seal_backups {
+            let (key, _) = dbfleet_common::seal::SealKey::generate();
+            certs::write_file(&seal, key.as_bytes(), 0o600, false)?;
+        }
         // What the service user's mysqld and agents write or read: their
         // logs and pid files, the backup repository, their passwords and
         // their own keys; nothing else (the CA key, the coordinators' and
         // the operator's keys, the other credentials stay root's).
         if let Some(u) = &self.service_user {
             let mut theirs = vec![self.path("logs"), self.path("run"), secret, repl];
+            if self.spec.seal_backups {
+                theirs.push(seal);
+            }
             if local_backups {
                 theirs.push(backups);
             }
@@ -682,11 +696,7 @@ impl Fleet {
             ip = m.address,
             port = m.mysql_port,
             socket = quoted(&self.server(&m.host)?.socket),
-            backup = if self.spec.agent_backup.is_empty() {
-                format!("[backup]\nrepository = {}\n", quoted(&self.path("backups")))
-            } else {
-                self.spec.agent_backup.clone()
-            },
+            backup = self.backup_section(),
             user = mariadb::AGENT_USER,
             pw = quoted(&self.path("secrets/agent-mysql.password")),
             repl_user = mariadb::REPL_USER,
@@ -696,6 +706,27 @@ impl Fleet {
             tls = self.tls_block(Role::Agent, &m.host),
         );
         fs::write(&path, text).map_err(|e| SandboxError::io(&path, e))
+    }
+
+    /// The agents' `[backup]` section: the spec's, or a repository in the
+    /// sandbox; with the sandbox's seal key when backups are sealed.
+    fn backup_section(&self) -> String {
+        let section = if self.spec.agent_backup.is_empty() {
+            format!("[backup]\nrepository = {}\n", quoted(&self.path("backups")))
+        } else {
+            self.spec.agent_backup.clone()
+        };
+        if !self.spec.seal_backups {
+            return section;
+        }
+        section.replacen(
+            "[backup]\n",
+            &format!(
+                "[backup]\nseal_key_file = {}\n",
+                quoted(&self.path(SEAL_KEY))
+            ),
+            1,
+        )
     }
 
     fn write_cli_config(&self) -> Result<(), SandboxError> {

@@ -16,6 +16,7 @@ pub mod metrics_http;
 #[cfg(feature = "proptest")]
 pub mod mutation;
 pub mod revocation;
+pub mod seal;
 pub mod shutdown;
 pub mod systemd;
 pub mod telemetry;

@@ -313,6 +313,7 @@ impl TestFleet {
             // wait for per fleet; the membership tests and `dbfleet
             // sandbox up` admit as an operator does.
             operator_admission: false,
+            seal_backups: true,
             bins,
         };
         customize(&mut spec);

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::throttle::Throttle;
 use crate::repository::Repository;
+use dbfleet_common::seal::{self, Sealing};
 
 /// The stream file of a physical backup.
 pub const DATA_FILE: &str = "data.xbstream.zst";
@@ -128,6 +129,10 @@ pub struct Manifest {
     /// The rate limit the tool's stream was read at, if any.
     #[serde(default)]
     pub rate_limit_bytes_per_s: Option<u64>,
+    /// The age recipient (`age1...`) its data files are sealed for; empty:
+    /// stored unsealed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sealed_for: String,
     /// The backup tool and its version.
     pub tool: String,
     /// When it started and ended (Unix ms, agent clock).
@@ -275,8 +280,10 @@ fn store_stream(
         .create(&key)
         .map_err(|e| format!("cannot create {}: {e}", what()))?;
     let sink = HashingWriter::new(file, to.progress);
+    let sealed =
+        Sealing::new(to.dir.repo.seal(), sink).map_err(|e| format!("writing {}: {e}", what()))?;
     let mut z =
-        zstd::stream::Encoder::new(sink, to.pipeline.level).map_err(|e| format!("zstd: {e}"))?;
+        zstd::stream::Encoder::new(sealed, to.pipeline.level).map_err(|e| format!("zstd: {e}"))?;
     z.multithread(to.pipeline.threads.max(1))
         .map_err(|e| format!("zstd threads: {e}"))?;
     let mut throttle = to.pipeline.rate_limit_bytes_per_s.map(Throttle::new);
@@ -300,7 +307,10 @@ fn store_stream(
         z.write_all(&buf[..n])
             .map_err(|e| format!("writing {}: {e}", what()))?;
     }
-    let sink = z.finish().map_err(|e| format!("writing {}: {e}", what()))?;
+    let sink = z
+        .finish()
+        .and_then(Sealing::finish)
+        .map_err(|e| format!("writing {}: {e}", what()))?;
     let (writer, stored, sha256) = sink.finish();
     writer
         .finish()
@@ -386,7 +396,12 @@ pub fn read_stored(
         .open_read(key)
         .map_err(|e| ReadError::Failed(format!("cannot open {}: {e}", repo.describe(key))))?;
     let mut reader = HashingReader::new(file, progress);
-    let copied = zstd::stream::copy_decode(&mut reader, &mut *out).and_then(|()| out.flush());
+    let copied = match seal::open(repo.seal(), &mut reader, &repo.describe(key)) {
+        Ok(mut opened) => zstd::stream::copy_decode(&mut opened, &mut *out)
+            .and_then(|()| out.flush())
+            .map_err(|e| e.to_string()),
+        Err(e) => return Err(ReadError::Failed(e)),
+    };
     if copied.is_err() {
         let _ = io::copy(&mut reader, &mut io::sink());
     }
@@ -553,6 +568,7 @@ mod tests {
             }],
             compression: "zstd-3".into(),
             rate_limit_bytes_per_s: None,
+            sealed_for: String::new(),
             tool: "mariadb-backup 10.11".into(),
             started_at_unix_ms: 1,
             finished_at_unix_ms: 2,

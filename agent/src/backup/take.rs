@@ -246,6 +246,7 @@ impl Jobs {
             files: vec![taken.stored],
             compression: format!("zstd-{}", cfg.compression_level),
             rate_limit_bytes_per_s: cfg.pipeline().rate_limit_bytes_per_s,
+            sealed_for: dir.repo.seal().map(|k| k.recipient()).unwrap_or_default(),
             tool: taken.tool,
             started_at_unix_ms: started,
             finished_at_unix_ms: unix_ms(),
@@ -257,11 +258,16 @@ impl Jobs {
                 .map_err(|e| format!("manifest task: {e}"))?
                 .map_err(|e| format!("cannot write the manifest of {}: {e}", dir.describe()))?;
         let detail = format!(
-            "{} stream bytes stored as {} ({} ms) at GTID {:?}",
+            "{} stream bytes stored as {} ({} ms) at GTID {:?}{}",
             manifest.stream_bytes,
             manifest.files[0].bytes,
             manifest.finished_at_unix_ms - manifest.started_at_unix_ms,
-            manifest.end_gtid
+            manifest.end_gtid,
+            if manifest.sealed_for.is_empty() {
+                String::new()
+            } else {
+                format!(", sealed for {}", manifest.sealed_for)
+            }
         );
         info!(backup = id, detail, "backup completed");
         Ok((
