@@ -165,6 +165,10 @@ fn refuse_during_operation(rec: &ClusterRecord) -> Result<(), ServiceError> {
     }
 }
 
+/// Who admitted the agents of a fleet upgraded from a version without
+/// memberships.
+pub const UPGRADE_ADMISSION: &str = "the upgrade (registered before memberships existed)";
+
 /// The problem kind of an agent that reports for a cluster without a
 /// voice in it.
 pub const NOT_A_MEMBER: &str = "agent-not-a-member";
@@ -1033,6 +1037,51 @@ impl Fleet {
             .collect()
     }
 
+    /// A fleet upgraded from a version without memberships has clusters
+    /// with a remembered primary and no membership at all: its registered
+    /// agents were the members, and stay members (admitted where they are
+    /// registered, [`UPGRADE_ADMISSION`]) instead of all losing their voice
+    /// at once. Only the active with complete desired state does this; once
+    /// any membership exists it does nothing.
+    pub async fn admit_registered_before_memberships(self: &Arc<Self>) -> Result<(), ServiceError> {
+        fn upgraded(st: &FleetState) -> Vec<Membership> {
+            if !st.members.is_empty() {
+                return Vec::new();
+            }
+            st.agents
+                .values()
+                .filter(|e| {
+                    st.clusters
+                        .get(&e.record.cluster)
+                        .is_some_and(|c| c.last_primary.is_some())
+                })
+                .map(|e| Membership {
+                    host: e.record.host.clone(),
+                    standing: Standing::Admitted {
+                        cluster: e.record.cluster.clone(),
+                        mysql_address: e.record.mysql_address.clone(),
+                    },
+                    at_unix_ms: now_unix_ms(),
+                    by: UPGRADE_ADMISSION.to_string(),
+                })
+                .collect()
+        }
+        if self.ha.automatic_epoch().is_none() || upgraded(&self.lock()).is_empty() {
+            return Ok(());
+        }
+        self.commit(|f| async move {
+            let admitted = upgraded(&f.lock());
+            for m in admitted {
+                let Some(epoch) = f.ha.automatic_epoch() else {
+                    return Ok(());
+                };
+                f.commit_locked(epoch, DesiredOp::SetMembership(m)).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Remembers each cluster's currently derived primary, durably and
     /// replicated, so a restart or takeover still knows which member was
     /// the primary while it is down. Only the active with complete desired
@@ -1327,6 +1376,48 @@ mod tests {
             .unwrap();
         assert_eq!(counted(&f, "main"), ["db1"]);
         assert!(counted(&f, "other").is_empty());
+    }
+
+    #[tokio::test]
+    async fn agents_registered_before_memberships_existed_stay_members_after_the_upgrade() {
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        // The old version: registrations and a remembered primary, no
+        // membership.
+        for host in ["db1", "db2"] {
+            store
+                .put_agent(&AgentRecord {
+                    host: host.into(),
+                    cluster: "main".into(),
+                    registered_at_unix_ms: 1,
+                    mysql_address: "127.0.0.1:3306".into(),
+                })
+                .unwrap();
+        }
+        store
+            .commit(
+                &active_ha().write_epoch().unwrap(),
+                &DesiredOp::RememberPrimary {
+                    cluster: "main".into(),
+                    primary: "db1".into(),
+                },
+            )
+            .unwrap();
+        let f = fleet_admitting(store.clone(), Admission::Operator);
+        assert!(counted(&f, "main").is_empty(), "before the upgrade step");
+        f.admit_registered_before_memberships().await.unwrap();
+        assert_eq!(counted(&f, "main"), ["db1", "db2"]);
+        assert!(
+            store
+                .load()
+                .unwrap()
+                .members
+                .iter()
+                .all(|m| m.by == UPGRADE_ADMISSION)
+        );
+        // Once: a new agent later awaits the operator.
+        f.accept_report("db3", report("db3", "main")).await.unwrap();
+        f.admit_registered_before_memberships().await.unwrap();
+        assert_eq!(standing(&f, "db3"), "awaiting admission");
     }
 
     #[tokio::test]

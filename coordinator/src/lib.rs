@@ -255,6 +255,9 @@ fn spawn_primary_observer(fleet: Arc<Fleet>, cancel: CancellationToken) {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(PRIMARY_OBSERVE_INTERVAL) => {}
             }
+            if let Err(e) = fleet.admit_registered_before_memberships().await {
+                warn!(error = %e, "cannot admit the agents registered before memberships existed; will retry");
+            }
             if let Err(e) = fleet.remember_primaries().await {
                 warn!(error = %e, "cannot persist the observed primaries; will retry");
             }
