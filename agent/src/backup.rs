@@ -260,6 +260,8 @@ pub struct Jobs {
     target: MysqlTarget,
     start_command: Option<Vec<String>>,
     archive: Arc<crate::binlog_archive::ArchiveStatus>,
+    /// The fleet's CA, to check who signed archived binlogs.
+    tls: Arc<dbfleet_common::tls::TlsContext>,
     list: Mutex<Vec<Entry>>,
     cancel: Arc<AtomicBool>,
 }
@@ -281,18 +283,29 @@ fn valid_id(id: &str) -> Result<(), ControlError> {
     }
 }
 
+/// Whose jobs: the agent's cluster, host and state directory.
+#[derive(Debug, Clone)]
+pub struct JobsOf {
+    /// Cluster.
+    pub cluster: String,
+    /// Host.
+    pub host: String,
+    /// The agent's state directory.
+    pub state_dir: PathBuf,
+}
+
 impl Jobs {
     /// The registry; cleans up after jobs a previous agent process left
     /// unfinished and lists them as failed.
     pub async fn open(
-        cluster: &str,
-        host: &str,
-        state_dir: &Path,
+        of: JobsOf,
         config: Option<BackupConfig>,
         target: MysqlTarget,
         start_command: Option<Vec<String>>,
         archive: Arc<crate::binlog_archive::ArchiveStatus>,
+        tls: Arc<dbfleet_common::tls::TlsContext>,
     ) -> Arc<Jobs> {
+        let (cluster, host, state_dir) = (&of.cluster, &of.host, &of.state_dir);
         let dir = state_dir.join("jobs");
         let scratch = config
             .as_ref()
@@ -307,6 +320,7 @@ impl Jobs {
             target,
             start_command,
             archive,
+            tls,
             list: Mutex::new(Vec::new()),
             cancel: Arc::new(AtomicBool::new(false)),
         };
@@ -702,6 +716,7 @@ impl Jobs {
         backup_id: &str,
         to: Option<Target>,
         exclude_hosts: Vec<String>,
+        archive_writers: Vec<String>,
     ) -> Result<String, ControlError> {
         valid_id(job_id)?;
         valid_id(backup_id)?;
@@ -752,6 +767,10 @@ impl Jobs {
                         start_command,
                         to,
                         exclude_hosts,
+                        writers: crate::binlog_archive::store::Writers {
+                            tls: jobs.tls.clone(),
+                            hosts: archive_writers,
+                        },
                         progress,
                         phase,
                     };
@@ -824,11 +843,14 @@ mod tests {
         std::fs::create_dir_all(marker_file.parent().unwrap()).unwrap();
         std::fs::write(&marker_file, serde_json::to_vec(&marker).unwrap()).unwrap();
         let started = root.join("started");
+        let tls = crate::binlog_archive::store::tests::agent_tls(&root.join("pki"), "db1");
         let open = || {
             Jobs::open(
-                "main",
-                "db1",
-                &state_dir,
+                JobsOf {
+                    cluster: "main".into(),
+                    host: "db1".into(),
+                    state_dir: state_dir.clone(),
+                },
                 None,
                 MysqlTarget {
                     address: dbfleet_proto::model::MysqlAddress::parse(&address).unwrap(),
@@ -844,6 +866,7 @@ mod tests {
                     format!("touch {}", started.display()),
                 ]),
                 Arc::new(crate::binlog_archive::ArchiveStatus::default()),
+                tls.clone(),
             )
         };
         let detail = |jobs: &Jobs| jobs.snapshot().pop().unwrap().detail;

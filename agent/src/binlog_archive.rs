@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use dbfleet_common::clock::unix_ms;
 use dbfleet_common::seal::Sealing;
+use dbfleet_common::tls::TlsContext;
 use dbfleet_proto::pb;
 use mysql_async::prelude::Queryable;
 use serde::{Deserialize, Serialize};
@@ -233,6 +234,8 @@ pub struct Archiver {
     status: Arc<ArchiveStatus>,
     /// The connection kept from pass to pass, with its server's UUID.
     conn: Option<(mysql_async::Conn, String)>,
+    /// Signs every chunk meta with the agent's certificate key.
+    tls: Arc<TlsContext>,
 }
 
 fn read_state(path: &Path) -> Option<State> {
@@ -253,16 +256,17 @@ fn created_ts(path: &Path) -> std::io::Result<u32> {
 }
 
 impl Archiver {
-    /// An archiver writing to `repository`, its state in `state_dir`.
+    /// An archiver of `of`'s server writing to `repository` at zstd
+    /// `level`, its state in `of`'s state directory.
     pub fn new(
-        cluster: &str,
-        host: &str,
+        of: &crate::backup::JobsOf,
         repository: Arc<Repository>,
-        state_dir: &Path,
-        target: MysqlTarget,
         level: i32,
+        target: MysqlTarget,
         status: Arc<ArchiveStatus>,
+        tls: Arc<TlsContext>,
     ) -> Archiver {
+        let (cluster, host, state_dir) = (&of.cluster, &of.host, &of.state_dir);
         let state_path = state_dir.join("binlog-archive.json");
         let state = read_state(&state_path).unwrap_or_default();
         Archiver {
@@ -276,6 +280,7 @@ impl Archiver {
             last_head: None,
             status,
             conn: None,
+            tls,
         }
     }
 
@@ -502,12 +507,17 @@ impl Archiver {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Writes a chunk's meta, signed with the agent's certificate key.
     fn write_meta(&self, meta: &ChunkMeta) -> Result<(), String> {
         let key = self.chunk_key(&meta.file, meta.start, "json");
+        let signed = ChunkMeta {
+            signature: Some(self.tls.sign(&meta.signed_bytes())?),
+            ..meta.clone()
+        };
         self.repository
             .put(
                 &key,
-                &serde_json::to_vec_pretty(meta).expect("metas encode"),
+                &serde_json::to_vec_pretty(&signed).expect("metas encode"),
             )
             .map_err(|e| format!("cannot write {}: {e}", self.repository.describe(&key)))
     }
@@ -590,6 +600,7 @@ impl Archiver {
             gtid_list: summary.gtid_list.map(|g| g.to_string()),
             gtids: summary.gtids.to_string(),
             archived_at_unix_ms: unix_ms(),
+            signature: None,
         })?;
         Ok(end)
     }

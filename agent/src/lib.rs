@@ -191,14 +191,18 @@ pub async fn run(
             let acks = Arc::new(AckClock::default());
             let accepted = Arc::new(metrics::ReportAcks::new());
             let archive = Arc::new(binlog_archive::ArchiveStatus::default());
+            let of = backup::JobsOf {
+                cluster: config.cluster.clone(),
+                host: config.host.clone(),
+                state_dir: config.state_dir.clone(),
+            };
             let jobs = backup::Jobs::open(
-                &config.cluster,
-                &config.host,
-                &config.state_dir,
+                of.clone(),
                 config.backup.clone(),
                 target.clone(),
                 config.mysql.as_ref().and_then(|m| m.start_command.clone()),
                 archive.clone(),
+                tls.clone(),
             )
             .await;
             {
@@ -210,13 +214,12 @@ pub async fn run(
             }
             if let Some(b) = config.backup.as_ref().filter(|b| b.archive_binlogs) {
                 let archiver = binlog_archive::Archiver::new(
-                    &config.cluster,
-                    &config.host,
+                    &of,
                     b.store.clone().expect("opened in AgentConfig::load"),
-                    &config.state_dir,
-                    target.clone(),
                     b.compression_level,
+                    target.clone(),
                     archive.clone(),
+                    tls.clone(),
                 );
                 tokio::spawn(binlog_archive::run(
                     archiver,

@@ -176,7 +176,13 @@ async fn run_command(
             Outcome {
                 state: None,
                 fenced: None,
-                detail: jobs.start_restore(&r.job_id, &r.backup_id, to, r.exclude_hosts)?,
+                detail: jobs.start_restore(
+                    &r.job_id,
+                    &r.backup_id,
+                    to,
+                    r.exclude_hosts,
+                    r.archive_writers,
+                )?,
             }
         }
     }))

@@ -18,6 +18,7 @@ pub mod mutation;
 pub mod revocation;
 pub mod seal;
 pub mod shutdown;
+pub mod signed;
 pub mod systemd;
 pub mod telemetry;
 pub mod tls;

@@ -35,6 +35,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
 use crate::identity::{Identity, IdentityError, Role};
+use crate::signed::{self, Signature};
 
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,6 +156,12 @@ struct Loaded {
     client: Arc<ClientConfig>,
     identity: Identity,
     stamp: Vec<Option<(SystemTime, u64)>>,
+    /// The certificate key, for [`TlsContext::sign`].
+    signer: Arc<dyn rustls::sign::SigningKey>,
+    /// The certificate chain, leaf first.
+    chain: Vec<CertificateDer<'static>>,
+    /// Checks a peer's chain against the CA and the revocation list.
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 }
 
 /// The revocation list read with `paths`: `ca.crl.pem` next to the CA
@@ -219,6 +226,10 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
     // Revoked certificates are refused at the handshake, by servers and
     // clients alike.
     let crls = read_crls(&crl_path(paths))?;
+    let signer = provider()
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| TlsError::Rustls(format!("key file {}: {e}", paths.key.display())))?;
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
         .with_crls(crls.clone())
         .build()
@@ -231,7 +242,7 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
     let mut server = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(rustls_err)?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(rustls_err)?;
     server.alpn_protocols = vec![b"h2".to_vec()];
@@ -240,7 +251,7 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(rustls_err)?
         .with_webpki_verifier(server_verifier)
-        .with_client_auth_cert(chain, key)
+        .with_client_auth_cert(chain.clone(), key)
         .map_err(rustls_err)?;
     client.alpn_protocols = vec![b"h2".to_vec()];
     client.resumption = rustls::client::Resumption::disabled();
@@ -250,6 +261,9 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
         client: Arc::new(client),
         identity,
         stamp,
+        signer,
+        chain,
+        verifier,
     })
 }
 
@@ -286,6 +300,59 @@ impl TlsContext {
     /// This process's own identity.
     pub fn identity(&self) -> Identity {
         self.loaded.load().identity.clone()
+    }
+
+    /// Signs `msg` with this process's certificate key; the signature
+    /// carries the certificate chain (see [`crate::signed`]).
+    pub fn sign(&self, msg: &[u8]) -> Result<Signature, String> {
+        let loaded = self.loaded.load();
+        let signer = loaded
+            .signer
+            .choose_scheme(signed::SCHEMES)
+            .ok_or_else(|| {
+                "the certificate key supports none of ECDSA, Ed25519 or RSA-PSS".to_string()
+            })?;
+        let signature = signer
+            .sign(msg)
+            .map_err(|e| format!("cannot sign with the certificate key: {e}"))?;
+        Ok(Signature {
+            scheme: u16::from(signer.scheme()),
+            signature: signed::hex(&signature),
+            chain: loaded.chain.iter().map(|c| signed::hex(c)).collect(),
+            signed_at_unix_ms: crate::clock::unix_ms(),
+        })
+    }
+
+    /// Checks that `sig` is a signature of exactly `msg` by a certificate
+    /// of this fleet's CA, valid and not revoked when it was made; returns
+    /// the signer's identity. Every failure says why it proves nothing.
+    pub fn verify_signed(&self, msg: &[u8], sig: &Signature) -> Result<Identity, String> {
+        let loaded = self.loaded.load();
+        let chain = sig.chain_der()?;
+        loaded
+            .verifier
+            .verify_client_cert(&chain[0], &chain[1..], sig.signed_at()?)
+            .map_err(|e| {
+                format!("its certificate is not one of the fleet's, valid when it signed: {e}")
+            })?;
+        let scheme = rustls::SignatureScheme::from(sig.scheme);
+        let algorithms = provider()
+            .signature_verification_algorithms
+            .mapping
+            .iter()
+            .find(|(s, _)| *s == scheme)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| format!("its signature scheme 0x{:04x} is not supported", sig.scheme))?;
+        let leaf = webpki::EndEntityCert::try_from(&chain[0])
+            .map_err(|e| format!("its certificate cannot be read: {e}"))?;
+        let bytes = sig.signature_bytes()?;
+        if !algorithms
+            .iter()
+            .any(|a| leaf.verify_signature(*a, msg, &bytes).is_ok())
+        {
+            return Err("its signature does not match what it signs".into());
+        }
+        Identity::from_cert_der(&chain[0]).map_err(|e| e.to_string())
     }
 
     /// The current server config (read per accepted connection).

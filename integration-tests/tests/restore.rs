@@ -155,6 +155,35 @@ async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_th
     for (p, bytes) in &stored {
         std::fs::write(p, bytes).unwrap();
     }
+    // Chunk metas whose contents were changed after their agent signed
+    // them (here: when they were archived) prove nothing: left out, so
+    // the restore fails before the host is touched, saying why.
+    let metas: Vec<(std::path::PathBuf, Vec<u8>)> = stored
+        .iter()
+        .map(|(p, _)| {
+            let meta = p.with_extension("json");
+            let bytes = std::fs::read(&meta).unwrap();
+            (meta, bytes)
+        })
+        .collect();
+    for (p, bytes) in &metas {
+        let mut v: Value = serde_json::from_slice(bytes).unwrap();
+        assert!(v["signature"]["chain"][0].is_string(), "signed: {v}");
+        v["archived_at_unix_ms"] = (v["archived_at_unix_ms"].as_i64().unwrap() + 1).into();
+        std::fs::write(p, serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+    let (ok, r) = restore_to_chosen();
+    assert!(!ok, "{r}");
+    let error = r["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("not proven written by an admitted member")
+            && error.contains("does not match"),
+        "{r}"
+    );
+    assert!(rows(&fleet, "db3", table).await.contains_key(&1002));
+    for (p, bytes) in &metas {
+        std::fs::write(p, bytes).unwrap();
+    }
 
     let (ok, r) = restore_to_chosen();
     assert!(ok, "{r}");

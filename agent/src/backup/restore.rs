@@ -69,6 +69,8 @@ pub struct Restore {
     /// Hosts whose archive streams must not be replayed (out of service:
     /// diverged, or restored to another point).
     pub exclude_hosts: Vec<String>,
+    /// Whose archived binlogs may be replayed.
+    pub writers: store::Writers,
     /// Bytes read so far.
     pub progress: Arc<AtomicU64>,
     /// The step it is on.
@@ -549,7 +551,17 @@ pub async fn restore(
                         .any(|h| s.name.starts_with(&format!("{h}-")))
                 })
                 .collect();
-            let plan = store::plan(&streams, &start, target)?;
+            let (streams, unproven) = store::proven(streams, &r.writers);
+            let plan = store::plan(&streams, &start, target).map_err(|e| {
+                if unproven.is_empty() {
+                    e
+                } else {
+                    format!(
+                        "{e}; left out as not proven written by an admitted member: {}",
+                        unproven.join("; ")
+                    )
+                }
+            })?;
             r.phase.set("fetching archived binlogs");
             let dir = r.work.join("binlogs");
             let (target, start2, repo) = (target.clone(), start.clone(), r.repository.clone());

@@ -11,9 +11,14 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::Arc;
 
 use dbfleet_common::gtid::Position;
 use serde::{Deserialize, Serialize};
+
+use dbfleet_common::identity::{Identity, Role};
+use dbfleet_common::signed::Signature;
+use dbfleet_common::tls::TlsContext;
 
 use crate::backup::repo::StoredFile;
 use crate::repository::Repository;
@@ -57,9 +62,46 @@ pub struct ChunkMeta {
     pub gtids: String,
     /// When it was archived (Unix ms, agent clock).
     pub archived_at_unix_ms: i64,
+    /// The archiving agent's signature of everything above (the chunk's
+    /// checksum included), with its certificate: who wrote the chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 impl ChunkMeta {
+    /// The bytes its signature covers: the meta without the signature.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let unsigned = ChunkMeta {
+            signature: None,
+            ..self.clone()
+        };
+        serde_json::to_vec(&unsigned).expect("metas encode")
+    }
+
+    /// Why this chunk is not proven written by its `host`, one of
+    /// `writers`: a signature by that host's agent certificate, of this
+    /// fleet, valid when it signed. `None`: proven.
+    pub fn unproven(&self, writers: &Writers) -> Option<String> {
+        if !writers.hosts.contains(&self.host) {
+            return Some(format!(
+                "{} is not an admitted member of the cluster",
+                self.host
+            ));
+        }
+        let Some(sig) = &self.signature else {
+            return Some(
+                "it is not signed (archived before archives were signed, or forged)".into(),
+            );
+        };
+        match writers.tls.verify_signed(&self.signed_bytes(), sig) {
+            Ok(who) if who == Identity::new(Role::Agent, self.host.clone()) => None,
+            Ok(who) => Some(format!(
+                "it is signed by {who}, not by {}'s agent",
+                self.host
+            )),
+            Err(e) => Some(format!("its signature proves nothing: {e}")),
+        }
+    }
     /// The chunk's base name, `FILE.OFFSET`.
     pub fn name(file: &str, start: u64) -> String {
         format!("{file}.{start:012}")
@@ -179,6 +221,49 @@ pub struct Plan {
     pub key: String,
     /// Chunks to decompress, in order, grouped into files by the caller.
     pub chunks: Vec<ChunkMeta>,
+}
+
+/// Who may have written the streams a restore replays: the cluster's
+/// admitted members (as the coordinator names them in the command), each
+/// proven by its agent certificate's signature on every chunk meta. The
+/// repository is writable by every agent and whoever holds the bucket's
+/// keys; replay runs as a superuser, so nothing else is replayed.
+#[derive(Debug, Clone)]
+pub struct Writers {
+    /// This agent's TLS context: the fleet's CA and revocation list.
+    pub tls: Arc<TlsContext>,
+    /// Hosts whose streams may be replayed.
+    pub hosts: Vec<String>,
+}
+
+/// Keeps of each stream only the chunks proven written by their host (see
+/// [`ChunkMeta::unproven`]); a stream loses everything from its first
+/// unproven chunk on. Returns the streams and, per stream that lost
+/// chunks, why, for the plan's error.
+pub fn proven(streams: Vec<Stream>, writers: &Writers) -> (Vec<Stream>, Vec<String>) {
+    let mut why = Vec::new();
+    let kept = streams
+        .into_iter()
+        .map(|mut s| {
+            if let Some((i, reason)) = s
+                .chunks
+                .iter()
+                .enumerate()
+                .find_map(|(i, c)| c.unproven(writers).map(|r| (i, r)))
+            {
+                let c = &s.chunks[i];
+                why.push(format!(
+                    "{}: {} is not proven written by {}: {reason}",
+                    s.name,
+                    ChunkMeta::name(&c.file, c.start),
+                    c.host
+                ));
+                s.chunks.truncate(i);
+            }
+            s
+        })
+        .collect();
+    (kept, why)
 }
 
 /// The longest runs of chunks with no hole: chunk after chunk in one file,
@@ -316,7 +401,7 @@ pub fn by_file(chunks: &[ChunkMeta]) -> BTreeMap<(u64, String), Vec<ChunkMeta>> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn chunk(file: &str, start: u64, end: u64, closed: bool, list: Option<&str>) -> ChunkMeta {
@@ -340,6 +425,78 @@ mod tests {
             gtid_list: list.map(str::to_string),
             gtids: format!("0-1-{end}"),
             archived_at_unix_ms: 0,
+            signature: None,
+        }
+    }
+
+    /// An agent's TLS context under a CA in `dir` (created on first use).
+    pub(crate) fn agent_tls(dir: &std::path::Path, host: &str) -> Arc<TlsContext> {
+        use dbfleet_common::certs::{self, LeafRequest};
+        dbfleet_common::tls::install_crypto_provider();
+        if !dir.join(certs::CA_CERT).exists() {
+            std::fs::create_dir_all(dir).unwrap();
+            certs::init_ca(dir).unwrap();
+        }
+        let files = certs::issue_leaf(dir, dir, &LeafRequest::new(Role::Agent, host)).unwrap();
+        TlsContext::load(&dbfleet_common::tls::TlsPaths {
+            ca: dir.join(certs::CA_CERT),
+            cert: files.cert,
+            key: files.key,
+        })
+        .unwrap()
+    }
+
+    fn signed(mut c: ChunkMeta, by: &TlsContext) -> ChunkMeta {
+        c.signature = Some(by.sign(&c.signed_bytes()).unwrap());
+        c
+    }
+
+    #[test]
+    fn only_chunks_signed_by_their_admitted_host_are_kept() {
+        let pki = tempfile::tempdir().unwrap();
+        let db1 = agent_tls(pki.path(), "db1");
+        let db9 = agent_tls(pki.path(), "db9");
+        let reader = agent_tls(pki.path(), "db3");
+        let writers = Writers {
+            tls: reader,
+            hosts: vec!["db1".into(), "db2".into()],
+        };
+        let stream = |chunks: Vec<ChunkMeta>| Stream {
+            key: "main/binlogs/s".into(),
+            name: "s".into(),
+            chunks,
+            head: None,
+        };
+        let good = || signed(chunk("b.000001", 0, 10, false, Some("")), &db1);
+        let next = |c: ChunkMeta| ChunkMeta {
+            start: 10,
+            end: 20,
+            ..c
+        };
+        let mut tampered = next(good());
+        tampered.gtids = "0-1-999".into();
+        let mut not_member = chunk("b.000001", 10, 20, false, None);
+        not_member.host = "db9".into();
+        let not_member = signed(not_member, &db9);
+        let cases: Vec<(ChunkMeta, &str)> = vec![
+            (signed(next(chunk("b.000001", 0, 0, false, None)), &db1), ""),
+            (next(chunk("b.000001", 0, 0, false, None)), "not signed"),
+            (
+                signed(next(chunk("b.000001", 0, 0, false, None)), &db9),
+                "signed by agent/db9",
+            ),
+            (tampered, "does not match"),
+            (not_member, "not an admitted member"),
+        ];
+        for (second, why) in cases {
+            let (kept, reasons) = proven(vec![stream(vec![good(), second])], &writers);
+            if why.is_empty() {
+                assert_eq!(kept[0].chunks.len(), 2, "{reasons:?}");
+                assert!(reasons.is_empty());
+            } else {
+                assert_eq!(kept[0].chunks.len(), 1, "{why}");
+                assert!(reasons[0].contains(why), "{why}: {reasons:?}");
+            }
         }
     }
 

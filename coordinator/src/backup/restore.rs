@@ -242,6 +242,13 @@ impl Backups {
             to_time_unix: r.to_time_unix,
             to_gtid: r.to_gtid.clone(),
             exclude_hosts,
+            // Only members' streams, each chunk signed by its member.
+            archive_writers: self
+                .fleet
+                .members(&cluster)
+                .into_iter()
+                .map(|m| m.host)
+                .collect(),
         });
         match self.command(m, &epoch, cmd).await {
             Ok(detail) => {
