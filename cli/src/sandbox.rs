@@ -88,7 +88,7 @@ pub enum SandboxError {
     #[error(transparent)]
     Cert(#[from] certs::CertError),
     /// The agents could not be admitted.
-    #[error("the sandbox's agents could not be admitted within {timeout:?}: {last}")]
+    #[error("the sandbox's agents could not be admitted within {}: {last}", humantime::format_duration(*timeout))]
     NotAdmitted {
         /// How long we tried.
         timeout: Duration,
@@ -96,7 +96,7 @@ pub enum SandboxError {
         last: String,
     },
     /// The fleet did not become healthy in time.
-    #[error("the fleet did not become healthy within {timeout:?}; last status: {last}")]
+    #[error("the fleet did not become healthy within {}; last status: {last}", humantime::format_duration(*timeout))]
     Unhealthy {
         /// How long we waited.
         timeout: Duration,
@@ -696,7 +696,7 @@ impl Fleet {
             ip = m.address,
             port = m.mysql_port,
             socket = quoted(&self.server(&m.host)?.socket),
-            backup = self.backup_section(),
+            backup = self.backup_section()?,
             user = mariadb::AGENT_USER,
             pw = quoted(&self.path("secrets/agent-mysql.password")),
             repl_user = mariadb::REPL_USER,
@@ -710,23 +710,28 @@ impl Fleet {
 
     /// The agents' `[backup]` section: the spec's, or a repository in the
     /// sandbox; with the sandbox's seal key when backups are sealed.
-    fn backup_section(&self) -> String {
+    fn backup_section(&self) -> Result<String, SandboxError> {
         let section = if self.spec.agent_backup.is_empty() {
             format!("[backup]\nrepository = {}\n", quoted(&self.path("backups")))
         } else {
             self.spec.agent_backup.clone()
         };
         if !self.spec.seal_backups {
-            return section;
+            return Ok(section);
         }
-        section.replacen(
+        if !section.contains("[backup]\n") {
+            return Err(SandboxError::Usage(
+                "to seal the backups, the agents' backup section must have a [backup] line".into(),
+            ));
+        }
+        Ok(section.replacen(
             "[backup]\n",
             &format!(
                 "[backup]\nseal_key_file = {}\n",
                 quoted(&self.path(SEAL_KEY))
             ),
             1,
-        )
+        ))
     }
 
     fn write_cli_config(&self) -> Result<(), SandboxError> {

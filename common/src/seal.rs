@@ -15,7 +15,7 @@
 //! age header, so backups taken before sealing was turned on still
 //! restore; a sealed file without the key is refused naming the fix.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -148,11 +148,24 @@ pub fn open<'a, R: Read + Send + 'a>(
     input: R,
     what: &str,
 ) -> Result<Box<dyn Read + Send + 'a>, String> {
-    let mut input = BufReader::with_capacity(64 << 10, input);
-    let head = input
-        .fill_buf()
-        .map_err(|e| format!("cannot read {what}: {e}"))?;
-    if !head.starts_with(AGE_HEADER) {
+    // A reader may hand out fewer bytes than the header at first (a
+    // bucket's first HTTP chunk): read until the header is whole or the
+    // file ends before deciding.
+    let mut input = input;
+    let mut head = vec![0u8; AGE_HEADER.len()];
+    let mut got = 0;
+    while got < head.len() {
+        match input.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read {what}: {e}")),
+        }
+    }
+    head.truncate(got);
+    let sealed = head == AGE_HEADER;
+    let input = BufReader::with_capacity(64 << 10, io::Cursor::new(head).chain(input));
+    if !sealed {
         return Ok(Box::new(input));
     }
     let Some(key) = key else {
@@ -217,6 +230,30 @@ mod tests {
         assert_eq!(read(Some(&key), &sealed).unwrap(), plain);
         assert_eq!(read(None, &seal(None, &plain)).unwrap(), plain);
         assert_eq!(read(Some(&key), &seal(None, &plain)).unwrap(), plain);
+
+        // A reader that hands out a byte at a time (a bucket's chunks).
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let Some((first, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                buf[0] = *first;
+                self.0 = rest;
+                Ok(1)
+            }
+        }
+        let mut out = Vec::new();
+        open(Some(&key), Trickle(&sealed), "the file")
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, plain);
+        assert_eq!(
+            read(Some(&key), b"age").unwrap(),
+            b"age",
+            "shorter than a header"
+        );
 
         let e = read(None, &sealed).unwrap_err();
         assert!(e.contains("seal_key_file"), "{e}");

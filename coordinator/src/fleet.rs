@@ -152,6 +152,32 @@ impl FleetState {
     }
 }
 
+/// Refuses a membership change of `host` while a backup, verification
+/// or restore runs on it: its end would never be seen.
+fn refuse_during_jobs(rec: &ClusterRecord, host: &str) -> Result<(), ServiceError> {
+    let backup = rec.backups.values().find(|b| {
+        (b.host == host && b.status == "running")
+            || b.verify_job.as_ref().is_some_and(|(_, h)| h == host)
+    });
+    if let Some(b) = backup {
+        return Err(ServiceError::Refused(format!(
+            "{host} is running a job for backup {} in {}; wait for it to end",
+            b.id, rec.name
+        )));
+    }
+    if let Some(r) = rec
+        .restores
+        .values()
+        .find(|r| r.host == host && r.status == "running")
+    {
+        return Err(ServiceError::Refused(format!(
+            "{host} is being restored ({}) in {}; wait for it to end",
+            r.id, rec.name
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a membership change while an operation runs in the cluster.
 fn refuse_during_operation(rec: &ClusterRecord) -> Result<(), ServiceError> {
     match &rec.control.operation {
@@ -346,6 +372,11 @@ impl Fleet {
         }
         match op {
             DesiredOp::ForgetAgent { host } => info!(host, "agent forgotten"),
+            DesiredOp::SetMemberships(all) => {
+                for m in all {
+                    info!(host = m.host, by = m.by, "agent admitted");
+                }
+            }
             DesiredOp::SetMembership(m) => match &m.standing {
                 Standing::Admitted {
                     cluster,
@@ -644,9 +675,13 @@ impl Fleet {
                 });
                 // Agents that report for it without a voice: shown, so an
                 // operator sees an unexpected one or a forgotten admission.
-                for e in st.agents.values().filter(|e| e.record.cluster == name) {
+                // Shown where it reports and, when admitted elsewhere, where
+                // it was admitted too.
+                for e in st.agents.values() {
                     let voice = st.voice(admission, e);
-                    if !voice.is_member() {
+                    let here = e.record.cluster == name
+                        || matches!(&voice, Voice::AdmittedElsewhere { cluster, .. } if cluster == name);
+                    if here && !voice.is_member() {
                         view.problems.push(pb::Problem {
                             kind: NOT_A_MEMBER.to_string(),
                             host: e.record.host.clone(),
@@ -838,6 +873,7 @@ impl Fleet {
                             )));
                         }
                         refuse_during_operation(rec)?;
+                        refuse_during_jobs(rec, &host)?;
                     }
                 }
                 let forgotten = Membership {
@@ -883,6 +919,7 @@ impl Fleet {
                     for c in from.iter().chain(std::iter::once(&cluster)) {
                         if let Some(rec) = st.clusters.get(c) {
                             refuse_during_operation(rec)?;
+                            refuse_during_jobs(rec, &host)?;
                         }
                     }
                     let admitted_at = match st.members.get(&host).map(|m| &m.standing) {
@@ -1071,13 +1108,17 @@ impl Fleet {
         }
         self.commit(|f| async move {
             let admitted = upgraded(&f.lock());
-            for m in admitted {
-                let Some(epoch) = f.ha.automatic_epoch() else {
-                    return Ok(());
-                };
-                f.commit_locked(epoch, DesiredOp::SetMembership(m)).await?;
+            let Some(epoch) = f.ha.automatic_epoch() else {
+                return Ok(());
+            };
+            if admitted.is_empty() {
+                return Ok(());
             }
-            Ok(())
+            // One op: all of them or none, so a lapse halfway never leaves
+            // the rest out for good.
+            f.commit_locked(epoch, DesiredOp::SetMemberships(admitted))
+                .await
+                .map(drop)
         })
         .await
     }
@@ -1406,6 +1447,7 @@ mod tests {
         assert!(counted(&f, "main").is_empty(), "before the upgrade step");
         f.admit_registered_before_memberships().await.unwrap();
         assert_eq!(counted(&f, "main"), ["db1", "db2"]);
+        assert_eq!(store.load().unwrap().applied.seq, 2, "all in one op");
         assert!(
             store
                 .load()

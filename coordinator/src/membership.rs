@@ -112,7 +112,7 @@ impl Voice {
                 cluster: c,
                 mysql_address: a,
             } => format!(
-                "{host} is admitted to cluster {c} at {a} but reports cluster {cluster} at {mysql_address}: it has no voice until its configuration is corrected or an operator moves it (dbfleet agents move {host} --cluster {cluster} --mysql-address {mysql_address})"
+                "{host} is admitted to cluster {c} at {a} but reports cluster {cluster} at {mysql_address}: it counts as silent in {c} until its agent's configuration says {c} and {a} again, or, if the server really moved, an operator moves it (dbfleet agents move {host} --cluster {cluster} --mysql-address {mysql_address}; a primary is switched over first)"
             ),
         }
     }

@@ -179,6 +179,9 @@ pub enum DesiredOp {
     /// it from the local registry. (A standby older than this op cannot
     /// apply it: upgrade the standby first.)
     SetMembership(Membership),
+    /// Several agents admitted at once, all or none (the admission of a
+    /// fleet upgraded from before memberships).
+    SetMemberships(Vec<Membership>),
     /// The voter list changed (one phase of a joint change).
     SetVoters(VoterList),
     /// A cluster's record replaced whole: failover controls, a journal
@@ -359,6 +362,7 @@ pub(crate) fn apply_op<W: DesiredWriter>(op: &DesiredOp, w: &mut W) -> Result<()
             }
             w.put_membership(m)
         }
+        DesiredOp::SetMemberships(all) => all.iter().try_for_each(|m| w.put_membership(m)),
         DesiredOp::SetVoters(v) => w.put_voters(v),
         DesiredOp::PutCluster(c) => w.put_cluster((**c).clone()),
     }

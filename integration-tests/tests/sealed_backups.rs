@@ -1,9 +1,11 @@
 //! Sealed backups with real processes: agents with `[backup]
 //! seal_key_file` store backup streams and archived binlogs age-encrypted
-//! (the repository holds no readable data), verify and restore them; a
-//! backup taken before sealing was turned on still restores on a sealing
-//! agent; an agent without the key refuses a sealed backup naming the fix
-//! and keeps running on its own data.
+//! (the repository holds no readable data) and verify them; a backup taken
+//! before sealing was turned on still restores on a sealing agent; an
+//! agent without the key refuses a sealed backup naming the fix and keeps
+//! running on its own data. (Test fleets seal their backups, so the restore
+//! and point-in-time tests restore sealed backups and replay sealed binlog
+//! chunks.)
 
 use std::path::{Path, PathBuf};
 

@@ -396,11 +396,18 @@ pub fn read_stored(
         .open_read(key)
         .map_err(|e| ReadError::Failed(format!("cannot open {}: {e}", repo.describe(key))))?;
     let mut reader = HashingReader::new(file, progress);
+    // A file that cannot be opened (no key, another key, a damaged age
+    // header) is hashed whole too: damage is corruption, not a key problem.
     let copied = match seal::open(repo.seal(), &mut reader, &repo.describe(key)) {
         Ok(mut opened) => zstd::stream::copy_decode(&mut opened, &mut *out)
             .and_then(|()| out.flush())
-            .map_err(|e| e.to_string()),
-        Err(e) => return Err(ReadError::Failed(e)),
+            .map_err(|e| {
+                format!(
+                    "cannot decompress {} into its reader: {e}",
+                    repo.describe(key)
+                )
+            }),
+        Err(e) => Err(e),
     };
     if copied.is_err() {
         let _ = io::copy(&mut reader, &mut io::sink());
@@ -414,12 +421,7 @@ pub fn read_stored(
             expected.sha256
         )));
     }
-    copied.map_err(|e| {
-        ReadError::Failed(format!(
-            "cannot decompress {} into its reader: {e}",
-            repo.describe(key)
-        ))
-    })
+    copied.map_err(ReadError::Failed)
 }
 
 /// What feeding a stored file to a tool came to: a corrupt file first
