@@ -1463,6 +1463,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_host_is_not_forgotten_or_moved_while_a_job_runs_on_it() {
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        let f = fleet_admitting(store, Admission::Operator);
+        f.accept_report("db2", report("db2", "main")).await.unwrap();
+        f.admit_agent(admit("db2", None), "dba").await.unwrap();
+        let restore: crate::backup::restore::RestoreRecord = serde_json::from_value(
+            serde_json::json!({"id": "r1", "backup_id": "b1", "host": "db2",
+                "status": "running", "started_at_unix_ms": 1}),
+        )
+        .unwrap();
+        let epoch = f.ha().write_epoch().unwrap();
+        let running = restore.clone();
+        f.update_cluster("main", epoch.clone(), move |r| {
+            r.restores.insert("r1".into(), running);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let name = Name::parse("db2").unwrap();
+        for refused in [
+            f.forget_agent(&name, "dba").await,
+            f.admit_agent(admit("db2", Some(("other", "127.0.0.2:3306"))), "dba")
+                .await
+                .map(drop),
+        ] {
+            assert!(
+                matches!(&refused, Err(ServiceError::Refused(m)) if m.contains("being restored (r1)")),
+                "{refused:?}"
+            );
+        }
+        f.update_cluster("main", epoch, move |r| {
+            r.restores.insert(
+                "r1".into(),
+                crate::backup::restore::RestoreRecord {
+                    status: "completed".into(),
+                    ..restore
+                },
+            );
+            Ok(())
+        })
+        .await
+        .unwrap();
+        f.forget_agent(&name, "dba").await.unwrap();
+    }
+
+    #[tokio::test]
     async fn admission_at_first_report_pins_the_agent_where_it_first_reported() {
         let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
         let f = fleet(store.clone());

@@ -29,6 +29,23 @@ fn ok(fleet: &TestFleet, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `dbfleet agents move HOST --cluster C --mysql-address A`, asserting
+/// success.
+fn move_agent(fleet: &TestFleet, host: &str, cluster: &str, address: &str) {
+    ok(
+        fleet,
+        &[
+            "agents",
+            "move",
+            host,
+            "--cluster",
+            cluster,
+            "--mysql-address",
+            address,
+        ],
+    );
+}
+
 /// `dbfleet agents`: host → (standing, standing_detail).
 fn standings(fleet: &TestFleet) -> Vec<(String, String, String)> {
     let (_, v) = fleet.cli_json(&["agents"]);
@@ -228,18 +245,7 @@ async fn membership_is_decided_by_operators_not_by_certificates_or_reports() {
     );
     let db3 = fleet.info.members.iter().find(|m| m.host == "db3").unwrap();
     let db3_address = format!("{}:{}", db3.address, db3.mysql_port);
-    ok(
-        &fleet,
-        &[
-            "agents",
-            "move",
-            "db3",
-            "--cluster",
-            "mian",
-            "--mysql-address",
-            &db3_address,
-        ],
-    );
+    move_agent(&fleet, "db3", "mian", &db3_address);
     fleet
         .wait_cluster("mian", "db3 moved to mian", |c| {
             hosts(c) == ["db3"] && c.members[0].reporting
@@ -248,18 +254,7 @@ async fn membership_is_decided_by_operators_not_by_certificates_or_reports() {
     fleet
         .restart_agent_with("db3", "cluster", "cluster = \"main\"")
         .await;
-    ok(
-        &fleet,
-        &[
-            "agents",
-            "move",
-            "db3",
-            "--cluster",
-            "main",
-            "--mysql-address",
-            &db3_address,
-        ],
-    );
+    move_agent(&fleet, "db3", "main", &db3_address);
     fleet
         .wait_until("db3 back in main", |c| {
             hosts(c) == ["db1", "db2", "db3"] && c.members.iter().all(|m| m.reporting)
