@@ -691,6 +691,15 @@ impl Fleet {
                                 &e.record.mysql_address,
                             ),
                         });
+                        // What its own configuration checks found (a
+                        // mistyped address, say) explains why: shown,
+                        // never counted.
+                        let found = e.last.iter().flat_map(|(_, r)| &r.agent.config_problems);
+                        view.problems.extend(found.map(|p| pb::Problem {
+                            kind: p.kind.as_str().to_string(),
+                            host: e.record.host.clone(),
+                            message: p.message.clone(),
+                        }));
                     }
                 }
                 view

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use dbfleet_common::identity::Role;
 use dbfleet_common::tls::{TlsContext, TlsPaths, channel_to};
-use dbfleet_integration_tests::{Partition, TestFleet, scrape, sole_active, term, with_role};
+use dbfleet_integration_tests::{
+    PATIENCE, Partition, TestFleet, scrape, sole_active, term, with_role,
+};
 use dbfleet_proto::lease::{PROMISED_EPOCH_METADATA, epoch_from_metadata};
 use dbfleet_proto::pb;
 use serde_json::Value;
@@ -27,6 +29,30 @@ async fn started() -> (TestFleet, String, String) {
         .as_str()
         .unwrap()
         .to_string();
+    // Both coordinators start as candidates: a voter the active reached
+    // only with its barrier command may still promise the other's late
+    // Prepare, and the active steps down at its next renewal. The tests
+    // start from a settled pair: every voter granting the active's lease.
+    let epoch = sole_active(&c).unwrap()["epoch"].clone();
+    let give_up = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, v) = fleet.cli_json(&["voters"]);
+        let voters = v["voters"].as_array().cloned().unwrap_or_default();
+        if !voters.is_empty()
+            && voters.iter().all(|x| {
+                x["promised"] == epoch
+                    && x["holder"] == active.as_str()
+                    && x["grant_remaining_ms"].is_u64()
+            })
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the voters never all granted {active}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     (fleet, active, standby)
 }
 
