@@ -155,11 +155,15 @@ pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Bloc
                     .map(|(m, _, _)| m.host)
                     .collect();
                 if only_mismatched.is_empty() {
-                    format!("no reachable replica has applied every received transaction ({required})")
+                    format!(
+                        "no reachable replica has applied every received transaction ({})",
+                        position_words(&required.to_string())
+                    )
                 } else {
                     format!(
-                        "only {} applied every received transaction ({required}), and its address does not reach its server (mysql-address-mismatch): fix its agent's [mysql] address",
-                        only_mismatched.join(", ")
+                        "only {} applied every received transaction ({}), and its address does not reach its server (mysql-address-mismatch): fix its agent's [mysql] address",
+                        only_mismatched.join(", "),
+                        position_words(&required.to_string())
                     )
                 }
             })?;
@@ -171,9 +175,11 @@ pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Bloc
         Some(source)
     };
     evidence.push(format!(
-        "{} chosen (rule {}, at {executed}, required {required})",
+        "{} chosen (rule {}, at {}, required {})",
         m.host,
-        m.rule.as_str()
+        m.rule.as_str(),
+        position_words(&executed.to_string()),
+        position_words(&required.to_string())
     ));
     Ok(Choice {
         candidate: m.host.to_string(),
@@ -183,9 +189,25 @@ pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Bloc
     })
 }
 
+/// A GTID position for a sentence: an empty one (no transaction was ever
+/// replicated) in words rather than as nothing.
+fn position_words(position: &str) -> &str {
+    if position.is_empty() {
+        "no GTID yet"
+    } else {
+        position
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_position_reads_as_words() {
+        assert_eq!(position_words(""), "no GTID yet");
+        assert_eq!(position_words("0-1-5"), "0-1-5");
+    }
 
     fn frozen(executed: &str, received: &str, binlog: &str, slave: &str, id: u32) -> Frozen {
         Frozen {
