@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-use dbfleet_integration_tests::TestFleet;
-use dbfleet_integration_tests::backups::{self, now_ms, rows, wait_archived};
+use dbfleet_integration_tests::backups::{self, now_ms, wait_archived};
+use dbfleet_integration_tests::{PATIENCE, TestFleet, member};
 use serde_json::Value;
 
 const AGE_HEADER: &[u8] = b"age-encryption.org/v1\n";
@@ -41,6 +41,20 @@ fn chunks(root: &Path) -> Vec<PathBuf> {
         .map(|f| f.path())
         .filter(|p| p.extension().is_some_and(|x| x == "zst"))
         .collect()
+}
+
+/// Waits until row `id` of `table` is on `host` (a read that fails, a
+/// session ended by a repoint say, is tried again).
+async fn wait_row(fleet: &TestFleet, host: &str, table: &str, id: u64) {
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    let query = format!("SELECT COUNT(*) FROM {table} WHERE id = {id}");
+    while fleet.query_one(host, &query).await.as_deref() != Some("1") {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "row {id} never reached {host}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -126,7 +140,12 @@ async fn sealed_backups_hold_no_readable_data_verify_restore_and_need_the_key() 
     let (ok, r) = fleet.cli_json(&["backup", "restore", &plain_id, "--host", "db3"]);
     assert!(ok, "{r}");
     assert_eq!(r["status"], "completed", "{r}");
-    assert!(rows(&fleet, "db3", table).await.contains_key(&1));
+    // The coordinator repoints the restored db3 (ending its sessions):
+    // read once it replicates again.
+    fleet
+        .wait_until("db3 replicating again", |c| member(c, "db3").io_running)
+        .await;
+    wait_row(&fleet, "db3", table, 1).await;
 
     // The sealed backup onto db2, whose agent has no key: refused naming
     // the fix, before db2's data is touched.
@@ -134,11 +153,7 @@ async fn sealed_backups_hold_no_readable_data_verify_restore_and_need_the_key() 
         .sql("db1", &format!("INSERT INTO {table} VALUES (2, 'later')"))
         .await
         .unwrap();
-    let give_up = tokio::time::Instant::now() + dbfleet_integration_tests::PATIENCE;
-    while !rows(&fleet, "db2", table).await.contains_key(&2) {
-        assert!(tokio::time::Instant::now() < give_up, "db2 replicates");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_row(&fleet, "db2", table, 2).await;
     let (ok, r) = fleet.cli_json(&["backup", "restore", &sealed_id, "--host", "db2"]);
     assert!(!ok, "{r}");
     let error = r["error"].as_str().unwrap_or_default();
@@ -146,8 +161,6 @@ async fn sealed_backups_hold_no_readable_data_verify_restore_and_need_the_key() 
         error.contains("sealed") && error.contains("seal_key_file"),
         "{r}"
     );
-    assert!(
-        rows(&fleet, "db2", table).await.contains_key(&2),
-        "db2 still runs its own data"
-    );
+    // db2 still runs its own data
+    wait_row(&fleet, "db2", table, 2).await;
 }
