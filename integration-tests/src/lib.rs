@@ -341,14 +341,27 @@ impl TestFleet {
 
     /// The first column of the first row `query` returns on `host`, as
     /// text, asked as the DBA (root over the socket).
+    /// A read whose session the fleet ends (a repoint or a fence ends the
+    /// server's client sessions) is asked again on a new one, a few times.
     pub async fn query_one(&self, host: &str, query: &str) -> Option<String> {
         let s = self.server(host).expect("known host");
-        let mut conn = mysql_async::Conn::new(s.root_opts(&self.credentials.root))
-            .await
-            .expect("connect as root");
-        let v: Option<String> = conn.query_first(query).await.expect("query");
-        let _ = conn.disconnect().await;
-        v
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut conn = mysql_async::Conn::new(s.root_opts(&self.credentials.root))
+                .await
+                .expect("connect as root");
+            match conn.query_first::<String, _>(query).await {
+                Ok(v) => {
+                    let _ = conn.disconnect().await;
+                    return v;
+                }
+                Err(mysql_async::Error::Io(e)) if attempts < 5 => {
+                    eprintln!("{host}: {query}: the session ended ({e}); asking again");
+                }
+                Err(e) => panic!("query on {host}: {query}: {e}"),
+            }
+        }
     }
 
     /// Runs SQL on `host` as the DBA (root over the socket).
