@@ -331,12 +331,35 @@ impl TestFleet {
     }
 
     /// A fleet whose coordinators have settled on one active.
+    /// Settled: every voter grants the active's lease under its current
+    /// epoch (at start a voter reached only by the winner's barrier may
+    /// still promise the other coordinator's late Prepare, and the winner
+    /// would step down at its next renewal).
     pub async fn start_active(replicas: usize, coordinators: usize) -> TestFleet {
         let fleet = TestFleet::start(replicas, coordinators).await;
-        fleet
-            .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
-            .await;
-        fleet
+        let give_up = std::time::Instant::now() + PATIENCE;
+        loop {
+            let c = fleet
+                .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
+                .await;
+            let active = sole_active(&c).expect("checked above");
+            let (_, v) = fleet.cli_json(&["voters"]);
+            let voters = v["voters"].as_array().cloned().unwrap_or_default();
+            if !voters.is_empty()
+                && voters.iter().all(|x| {
+                    x["promised"] == active["epoch"]
+                        && x["holder"] == active["id"]
+                        && x["grant_remaining_ms"].is_u64()
+                })
+            {
+                return fleet;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the voters never all granted the active: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The first column of the first row `query` returns on `host`, as
