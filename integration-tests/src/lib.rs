@@ -331,19 +331,29 @@ impl TestFleet {
     }
 
     /// A fleet whose coordinators have settled on one active.
-    /// Settled: every voter grants the active's lease under its current
-    /// epoch (at start a voter reached only by the winner's barrier may
-    /// still promise the other coordinator's late Prepare, and the winner
-    /// would step down at its next renewal).
     pub async fn start_active(replicas: usize, coordinators: usize) -> TestFleet {
         let fleet = TestFleet::start(replicas, coordinators).await;
+        fleet.wait_settled("an active coordinator", |_| true).await;
+        fleet
+    }
+
+    /// Waits until the coordinators satisfy `also` with one active, and
+    /// every voter grants that active's lease under its current epoch (at
+    /// start a voter reached only by the winner's barrier may still
+    /// promise the other coordinator's late Prepare, and the winner would
+    /// step down at its next renewal). Returns the coordinators.
+    pub async fn wait_settled(
+        &self,
+        what: &str,
+        also: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
         let give_up = std::time::Instant::now() + PATIENCE;
         loop {
-            let c = fleet
-                .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
+            let c = self
+                .wait_coordinators(what, |c| sole_active(c).is_some() && also(c))
                 .await;
             let active = sole_active(&c).expect("checked above");
-            let (_, v) = fleet.cli_json(&["voters"]);
+            let (_, v) = self.cli_json(&["voters"]);
             let voters = v["voters"].as_array().cloned().unwrap_or_default();
             if !voters.is_empty()
                 && voters.iter().all(|x| {
@@ -352,7 +362,7 @@ impl TestFleet {
                         && x["grant_remaining_ms"].is_u64()
                 })
             {
-                return fleet;
+                return c;
             }
             assert!(
                 std::time::Instant::now() < give_up,

@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use dbfleet_common::identity::Role;
 use dbfleet_common::tls::{TlsContext, TlsPaths, channel_to};
-use dbfleet_integration_tests::{
-    PATIENCE, Partition, TestFleet, scrape, sole_active, term, with_role,
-};
+use dbfleet_integration_tests::{Partition, TestFleet, scrape, sole_active, term, with_role};
 use dbfleet_proto::lease::{PROMISED_EPOCH_METADATA, epoch_from_metadata};
 use dbfleet_proto::pb;
 use serde_json::Value;
@@ -17,43 +15,17 @@ use serde_json::Value;
 /// standby has caught up; returns (active id, standby id).
 async fn started() -> (TestFleet, String, String) {
     let fleet = TestFleet::start(2, 2).await;
-    // Both coordinators start as candidates: a voter the winner reached
-    // only with its barrier command may still promise the other's late
-    // Prepare, and the winner steps down at its next renewal. The tests
-    // start from a settled pair: one active with a caught-up standby, and
-    // every voter granting that active's lease under its current epoch.
-    let give_up = std::time::Instant::now() + PATIENCE;
-    loop {
-        let c = fleet
-            .wait_coordinators("one active and a caught-up standby", |c| {
-                sole_active(c).is_some()
-                    && with_role(c, "standby").len() == 1
-                    && c.iter().all(|x| x["oplog_lag"] == 0)
-            })
-            .await;
-        let active = sole_active(&c).unwrap();
-        let (id, epoch) = (active["id"].as_str().unwrap().to_string(), &active["epoch"]);
-        let (_, v) = fleet.cli_json(&["voters"]);
-        let voters = v["voters"].as_array().cloned().unwrap_or_default();
-        let settled = !voters.is_empty()
-            && voters.iter().all(|x| {
-                x["promised"] == *epoch
-                    && x["holder"] == id.as_str()
-                    && x["grant_remaining_ms"].is_u64()
-            });
-        if settled {
-            let standby = with_role(&c, "standby")[0]["id"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            return (fleet, id, standby);
-        }
-        assert!(
-            std::time::Instant::now() < give_up,
-            "the voters never all granted the active: {v} {c:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let c = fleet
+        .wait_settled("one active and a caught-up standby", |c| {
+            with_role(c, "standby").len() == 1 && c.iter().all(|x| x["oplog_lag"] == 0)
+        })
+        .await;
+    let active = sole_active(&c).unwrap()["id"].as_str().unwrap().to_string();
+    let standby = with_role(&c, "standby")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (fleet, active, standby)
 }
 
 fn by_id<'a>(c: &'a [Value], id: &str) -> &'a Value {
