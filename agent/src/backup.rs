@@ -640,15 +640,24 @@ impl Jobs {
     }
 
     /// The agent's credentials for the tools, mode 0600: passwords never
-    /// go into argv.
+    /// go into argv. Over TCP with `tls_ca_file` the tools use verified
+    /// TLS as the agent does (MariaDB's option names: backups run on
+    /// MariaDB only).
     fn write_defaults(&self, path: &Path) -> Result<(), String> {
         let t = &self.target;
-        let place = match &t.socket {
-            Some(s) => format!("socket={}\n", option_value(&s.to_string_lossy())),
-            None => format!(
-                "host={}\nport={}\n",
+        let place = match (&t.socket, &t.tls_ca) {
+            (Some(s), _) => format!("socket={}\n", option_value(&s.to_string_lossy())),
+            (None, tls_ca) => format!(
+                "host={}\nport={}\n{}",
                 option_value(&t.address.host),
-                t.address.port
+                t.address.port,
+                tls_ca
+                    .as_ref()
+                    .map(|ca| format!(
+                        "ssl-ca={}\nssl-verify-server-cert\n",
+                        option_value(&ca.to_string_lossy())
+                    ))
+                    .unwrap_or_default()
             ),
         };
         let text = format!(
@@ -859,6 +868,7 @@ mod tests {
                     password: dbfleet_common::config::Secret::new("x"),
                     connect_timeout: std::time::Duration::from_secs(1),
                     query_timeout: std::time::Duration::from_secs(1),
+                    tls_ca: None,
                 },
                 Some(vec![
                     "/bin/sh".into(),

@@ -122,6 +122,13 @@ pub struct MysqlConfig {
     /// File holding its password (mode 0600).
     #[serde(default)]
     pub replication_password_file: Option<PathBuf>,
+    /// The CA (PEM) that signed the mysqld certificates. When set, the
+    /// agent's TCP connections to MySQL (to its own server without a
+    /// `socket`, and to a source when checking the replication account)
+    /// use TLS and accept only a server whose certificate this CA signed
+    /// for the address dialled. Without it they are plain TCP.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// mysqld's pid file, for `check-config` to compare with the server's
     /// `@@pid_file`. Fencing never trusts it: it identifies mysqld's
     /// process by the lock InnoDB holds on its data file (see

@@ -93,6 +93,9 @@ pub fn check(config: &AgentConfig) -> Result<(Arc<TlsContext>, Option<Checked>),
         return Ok((tls, None));
     };
     let password = read_secret(&mysql.password_file)?;
+    if let Some(ca) = &mysql.tls_ca_file {
+        dbfleet_common::tls::read_certs(ca)?;
+    }
     let target = MysqlTarget {
         address,
         socket: mysql.socket.clone(),
@@ -100,6 +103,7 @@ pub fn check(config: &AgentConfig) -> Result<(Arc<TlsContext>, Option<Checked>),
         password,
         connect_timeout: mysql.connect_timeout,
         query_timeout: mysql.query_timeout,
+        tls_ca: mysql.tls_ca_file.clone(),
     };
     let replication = match (&mysql.replication_user, &mysql.replication_password_file) {
         (Some(user), Some(file)) => Some((user.clone(), read_secret(file)?)),

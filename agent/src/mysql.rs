@@ -6,4 +6,5 @@ pub mod flavor;
 pub mod links;
 pub mod observer;
 pub mod process;
+pub mod tls;
 pub mod verify;

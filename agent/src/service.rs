@@ -130,6 +130,7 @@ async fn run_command(
                     port,
                     ms(r.heartbeat_ms, Duration::from_secs(1)),
                     ms(r.net_timeout_ms, Duration::from_secs(4)),
+                    r.tls,
                 )
                 .await?
         }

@@ -114,6 +114,12 @@ enum Command {
         /// after every restart, and my.cnf should say the same.
         #[arg(long, group = "change", value_parser = ["lossless", "off"])]
         semi_sync: Option<String>,
+        /// TLS to MySQL: `required` makes every repointed replica use TLS
+        /// with its source's certificate checked, repoints replicas that
+        /// do not, and shows members without it as `mysql-tls-off`
+        /// problems; `off` accepts plain TCP.
+        #[arg(long, group = "change", value_parser = ["required", "off"])]
+        mysql_tls: Option<String>,
     },
     /// Planned change of primary: fence the primary, let the candidate
     /// catch up, promote it, make the old primary a replica.
@@ -300,7 +306,10 @@ enum CertCommand {
         /// Directory holding the CA; the new files go there too.
         #[arg(long)]
         dir: PathBuf,
-        /// What the holder is.
+        /// What the holder is: agent, coordinator, operator, viewer, or
+        /// mysql (a mysqld's server certificate for TLS to MySQL, with
+        /// --ip/--dns naming the address replicas dial; it is refused by
+        /// every dbfleet server).
         #[arg(long, value_parser = parse_role)]
         role: Role,
         /// Host name, coordinator id or person.
@@ -370,8 +379,9 @@ struct UpArgs {
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    Role::parse(s)
-        .ok_or_else(|| format!("unknown role {s:?}; use agent, coordinator, operator or viewer"))
+    Role::parse(s).ok_or_else(|| {
+        format!("unknown role {s:?}; use agent, coordinator, operator, viewer or mysql")
+    })
 }
 
 fn parse_base(s: &str) -> Result<[u8; 3], String> {
@@ -626,9 +636,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             replica_heartbeat,
             replica_net_timeout,
             semi_sync,
+            mysql_tls,
         } => {
             let client = Client::from_file(cli.config.as_deref())?;
             let asked_semi_sync = semi_sync.is_some();
+            let asked_tls = mysql_tls.is_some();
             let ms = |d: Duration| d.as_millis() as u64;
             let tunes = replica_heartbeat.is_some() || replica_net_timeout.is_some();
             let p = client
@@ -638,8 +650,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     replica_heartbeat_ms: replica_heartbeat.map(ms),
                     replica_net_timeout_ms: replica_net_timeout.map(ms),
                     semi_sync,
+                    mysql_tls,
                 })
                 .await?;
+            if asked_tls && p.mysql_tls.is_empty() {
+                anyhow::bail!(
+                    "the active coordinator does not know the MySQL TLS policy (upgrade it); nothing about TLS changed"
+                );
+            }
             if asked_semi_sync && p.semi_sync.is_empty() {
                 anyhow::bail!(
                     "the active coordinator does not know the semi-sync policy (upgrade it); nothing about semi-sync changed"
@@ -659,14 +677,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "replica_heartbeat_ms": p.replica_heartbeat_ms,
                     "replica_net_timeout_ms": p.replica_net_timeout_ms,
                     "semi_sync": (!p.semi_sync.is_empty()).then_some(&p.semi_sync),
+                    "mysql_tls": (!p.mysql_tls.is_empty()).then_some(&p.mysql_tls),
                 }))?,
                 Output::Table => println!(
-                    "cluster {}: max_lag_seconds = {}, replica heartbeat = {} ms, replica net timeout = {} ms, semi-sync {}",
+                    "cluster {}: max_lag_seconds = {}, replica heartbeat = {} ms, replica net timeout = {} ms, semi-sync {}, TLS to MySQL {}",
                     p.cluster,
                     p.max_lag_seconds,
                     p.replica_heartbeat_ms,
                     p.replica_net_timeout_ms,
-                    semi_sync_policy(&p.semi_sync)
+                    semi_sync_policy(&p.semi_sync),
+                    if p.mysql_tls.is_empty() {
+                        "unknown (the coordinator is older)"
+                    } else {
+                        &p.mysql_tls
+                    }
                 ),
             }
         }
@@ -884,6 +908,7 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         json_logs: false,
         operator_admission: true,
         seal_backups: true,
+        mysql_tls: true,
         bins,
     };
     if output == Output::Table {

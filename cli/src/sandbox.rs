@@ -224,6 +224,10 @@ pub struct SandboxSpec {
     /// admit`); otherwise the coordinators admit each agent at its first
     /// report.
     pub operator_admission: bool,
+    /// TLS to MySQL: every mysqld gets a certificate from the sandbox's
+    /// CA and refuses plain TCP, replicas check their source's
+    /// certificate, and the coordinators require it of every cluster.
+    pub mysql_tls: bool,
     /// Programs to run.
     pub bins: Binaries,
 }
@@ -287,6 +291,10 @@ pub struct SandboxFile {
     pub app_password: String,
     /// The database it owns.
     pub app_database: String,
+    /// The CA that signed the mysqld certificates, when the servers
+    /// require TLS (clients check the server's certificate with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mysql_tls_ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SandboxFile {
@@ -371,6 +379,15 @@ impl Fleet {
             .map(|i| {
                 let host = format!("db{}", i + 1);
                 let addr = ip(spec.base, 11 + i as u8);
+                let tls = spec.mysql_tls.then(|| {
+                    let stem = certs::leaf_stem(Role::Mysql, &host);
+                    let certs_dir = spec.dir.join("certs");
+                    mariadb::ServerTlsFiles {
+                        ca: certs_dir.join(certs::CA_CERT),
+                        cert: certs_dir.join(format!("{stem}.pem")),
+                        key: certs_dir.join(format!("{stem}.key")),
+                    }
+                });
                 Server {
                     dir: spec.dir.join(&host),
                     socket: PathBuf::from(format!("/tmp/dbfleet-{addr}-{MYSQL_PORT}.sock")),
@@ -380,6 +397,7 @@ impl Fleet {
                     port: MYSQL_PORT,
                     server_id: i as u32 + 1,
                     read_only: i % per_cluster > 0,
+                    tls,
                 }
             })
             .collect();
@@ -409,6 +427,9 @@ impl Fleet {
             app_user: mariadb::APP_USER.into(),
             app_password: String::new(),
             app_database: mariadb::APP_DATABASE.into(),
+            mysql_tls_ca: spec
+                .mysql_tls
+                .then(|| spec.dir.join("certs").join(certs::CA_CERT)),
         };
         check_addresses_free(&info)?;
         let service_user = process::ServiceUser::for_sandbox().map_err(SandboxError::Usage)?;
@@ -483,6 +504,9 @@ impl Fleet {
                     self.path("certs")
                         .join(format!("{}.key", certs::leaf_stem(Role::Agent, &s.host))),
                 );
+                if let Some(t) = &s.tls {
+                    theirs.push(t.key.clone());
+                }
             }
             for path in theirs {
                 u.give(&path, false)
@@ -595,6 +619,11 @@ impl Fleet {
             let mut req = LeafRequest::new(Role::Agent, s.host.clone());
             req.ips.push(s.ip.into());
             certs::issue_leaf(&certs_dir, &certs_dir, &req)?;
+            if s.tls.is_some() {
+                let mut req = LeafRequest::new(Role::Mysql, s.host.clone());
+                req.ips.push(s.ip.into());
+                certs::issue_leaf(&certs_dir, &certs_dir, &req)?;
+            }
         }
         for c in &self.info.coordinators {
             let mut req = LeafRequest::new(Role::Coordinator, c.id.clone());
@@ -641,12 +670,17 @@ impl Fleet {
         let t = &self.spec.lease;
         let d = |d: Duration| humantime::format_duration(d).to_string();
         let text = format!(
-            "# Written by `dbfleet sandbox up`.\nid = {id:?}\nlisten = {addr:?}\ndata_dir = {data}\nmetrics_listen = {metrics:?}\n\n[topology]\nagent_timeout = {timeout:?}\nadmission = {admission:?}\n\n[lease]\nlease = {lease:?}\nrenew_interval = {renew:?}\nrpc_timeout = {rpc:?}\ndrift_ppm = {drift}\nmargin = {margin:?}\nvoters = [{voters}]\npeer = {peer:?}\n\n{tls}",
+            "# Written by `dbfleet sandbox up`.\nid = {id:?}\nlisten = {addr:?}\ndata_dir = {data}\nmetrics_listen = {metrics:?}\nmysql_tls = {mysql_tls:?}\n\n[topology]\nagent_timeout = {timeout:?}\nadmission = {admission:?}\n\n[lease]\nlease = {lease:?}\nrenew_interval = {renew:?}\nrpc_timeout = {rpc:?}\ndrift_ppm = {drift}\nmargin = {margin:?}\nvoters = [{voters}]\npeer = {peer:?}\n\n{tls}",
             id = c.id,
             addr = c.address,
             data = quoted(&self.path(&format!("{}/data", c.id))),
             metrics = c.metrics_address,
             timeout = d(self.spec.agent_timeout),
+            mysql_tls = if self.spec.mysql_tls {
+                "required"
+            } else {
+                "off"
+            },
             admission = if self.spec.operator_admission {
                 "operator"
             } else {
@@ -673,7 +707,7 @@ impl Fleet {
             .map(|c| format!("\"{}@{}\"", c.id, c.address))
             .collect();
         let text = format!(
-            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\nmetrics_listen = {metrics:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\npid_file = {pid}\nstart_command = [{start}]\n\n{backup}\n{tls}",
+            "# Written by `dbfleet sandbox up`.\nhost = {host:?}\ncluster = {cluster:?}\nlisten = {listen:?}\nmetrics_listen = {metrics:?}\ncoordinators = [{coords}]\nreport_interval = {interval:?}\ncollect_interval = {collect:?}\nstate_dir = {state}\namnesia_quarantine = {quarantine:?}\n{self_fence}\n[mysql]\naddress = \"{ip}:{port}\"\nsocket = {socket}\nuser = {user:?}\npassword_file = {pw}\nreplication_user = {repl_user:?}\nreplication_password_file = {repl_pw}\n{tls_ca}pid_file = {pid}\nstart_command = [{start}]\n\n{backup}\n{tls}",
             host = m.host,
             cluster = m.cluster,
             listen = m.agent_address,
@@ -701,6 +735,12 @@ impl Fleet {
             pw = quoted(&self.path("secrets/agent-mysql.password")),
             repl_user = mariadb::REPL_USER,
             repl_pw = quoted(&self.path("secrets/repl-mysql.password")),
+            tls_ca = self
+                .info
+                .mysql_tls_ca
+                .as_ref()
+                .map(|ca| format!("tls_ca_file = {}\n", quoted(ca)))
+                .unwrap_or_default(),
             pid = quoted(&self.path(&format!("run/mariadbd-{}.pid", m.host))),
             start = self.mariadbd_command(&m.host)?.join(", "),
             tls = self.tls_block(Role::Agent, &m.host),

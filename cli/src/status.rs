@@ -37,6 +37,9 @@ pub struct ClusterJson {
     /// Semi-sync as dbfleet keeps it (`lossless`, `off`), or null when it
     /// leaves semi-sync as the members are configured.
     pub semi_sync_policy: Option<String>,
+    /// TLS to MySQL as the policy requires it (`required`, `off`); null
+    /// from a coordinator that does not say.
+    pub mysql_tls_policy: Option<String>,
     /// The failover controls (automatic failover, maintenance, budget,
     /// hold, the operation running), as `dbfleet failover-policy` prints
     /// them; null from a coordinator that does not send them.
@@ -175,6 +178,7 @@ pub fn to_json(resp: &pb::ListClustersResponse) -> StatusJson {
                 replica_heartbeat_ms: c.policy.as_ref().map_or(0, |p| p.replica_heartbeat_ms),
                 replica_net_timeout_ms: c.policy.as_ref().map_or(0, |p| p.replica_net_timeout_ms),
                 semi_sync_policy: c.policy.as_ref().and_then(|p| non_empty(&p.semi_sync)),
+                mysql_tls_policy: c.policy.as_ref().and_then(|p| non_empty(&p.mysql_tls)),
                 control: c.control.as_ref().map(crate::failover::control_json),
             })
             .collect(),

@@ -23,11 +23,21 @@ pub enum Role {
     Operator,
     /// A person or tool allowed only to read.
     Viewer,
+    /// A mysqld's server certificate, for TLS to MySQL. Its key is
+    /// readable by the mysql user, so it may do nothing in dbfleet: no
+    /// server of ours lists this role.
+    Mysql,
 }
 
 impl Role {
     /// Every role, for help texts and parsing.
-    pub const ALL: [Role; 4] = [Role::Agent, Role::Coordinator, Role::Operator, Role::Viewer];
+    pub const ALL: [Role; 5] = [
+        Role::Agent,
+        Role::Coordinator,
+        Role::Operator,
+        Role::Viewer,
+        Role::Mysql,
+    ];
 
     /// The role as it appears in the identity URI.
     pub fn as_str(self) -> &'static str {
@@ -36,6 +46,7 @@ impl Role {
             Role::Coordinator => "coordinator",
             Role::Operator => "operator",
             Role::Viewer => "viewer",
+            Role::Mysql => "mysql",
         }
     }
 

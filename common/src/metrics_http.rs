@@ -150,10 +150,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn viewers_operators_and_coordinators_scrape_agents_do_not() {
+    fn viewers_operators_and_coordinators_scrape_agents_and_mysqlds_do_not() {
         for role in Role::ALL {
             let peer = Peer(Some(Identity::new(role, "x")));
-            assert_eq!(may_scrape(&peer), role != Role::Agent, "{role}");
+            assert_eq!(
+                may_scrape(&peer),
+                !matches!(role, Role::Agent | Role::Mysql),
+                "{role}"
+            );
         }
         assert!(!may_scrape(&Peer(None)));
     }

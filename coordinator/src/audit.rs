@@ -284,6 +284,9 @@ impl Action for pb::SetClusterPolicyRequest {
         if let Some(v) = &self.semi_sync {
             parts.push(format!("semi-sync {v}"));
         }
+        if let Some(v) = &self.mysql_tls {
+            parts.push(format!("TLS to MySQL {v}"));
+        }
         format!(
             "cluster policy of {}: {}",
             self.cluster,

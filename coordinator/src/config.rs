@@ -8,6 +8,7 @@ use dbfleet_common::config::{ConfigError, load_toml};
 use dbfleet_common::tls::TlsPaths;
 use dbfleet_lease::{Timing, VoterSet};
 use dbfleet_proto::model::Name;
+use dbfleet_proto::mysql_tls::MysqlTlsMode;
 use serde::Deserialize;
 
 use crate::store::VoterList;
@@ -47,6 +48,12 @@ pub struct CoordinatorConfig {
     /// read again on SIGHUP. Absent: `RUST_LOG`, else `info`.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// TLS to MySQL for clusters whose policy does not say: `required`
+    /// makes every repointed replica use verified TLS and shows members
+    /// that go without it as problems; `off` (the default) accepts plain
+    /// TCP.
+    #[serde(default = "default_mysql_tls")]
+    pub mysql_tls: MysqlTlsMode,
     /// Detection windows, anti-flap defaults, hooks.
     #[serde(default)]
     pub failover: FailoverConfig,
@@ -115,6 +122,10 @@ impl Default for FailoverConfig {
             hook_timeout: default_hook_timeout(),
         }
     }
+}
+
+fn default_mysql_tls() -> MysqlTlsMode {
+    MysqlTlsMode::Off
 }
 
 fn default_fast_window() -> Duration {

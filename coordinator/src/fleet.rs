@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use dbfleet_proto::model::{
     AdmitAgent, ClusterPolicyChange, Flavor, MysqlObservation, Name, ProtocolError, Report,
 };
+use dbfleet_proto::mysql_tls::MysqlTlsMode;
 use dbfleet_proto::pb;
 use tracing::info;
 
@@ -46,14 +47,45 @@ pub struct FleetRules {
     pub admission: Admission,
 }
 
-/// How quickly a replica notices it lost its primary: the heartbeat period
-/// its primary sends at, and the silence after which it reconnects.
+/// Why TLS to MySQL cannot be required of a member yet: its server has no
+/// CA to check a source's certificate with, so every repoint would be
+/// refused (and a failover would leave its replicas stopped). A member
+/// whose mysqld cannot be observed now does not hold the change back.
+fn cannot_require_tls(host: &str, report: Option<&Report>) -> Option<String> {
+    let MysqlObservation::Reachable(s) = &report?.mysql else {
+        return None;
+    };
+    match &s.tls {
+        None => Some(format!(
+            "the agent on {host} does not report TLS to MySQL: upgrade it before requiring TLS; nothing changed"
+        )),
+        Some(t) if t.ca.is_empty() => Some(format!(
+            "mysqld on {host} has no CA (ssl_ca), so as a replica it could not check its source's certificate: \
+             give every member a certificate (`dbfleet cert issue --role mysql`) with ssl_ca, ssl_cert and ssl_key \
+             first, then require TLS; nothing changed"
+        )),
+        Some(_) => None,
+    }
+}
+
+/// How replicas are set up: how quickly a replica notices it lost its
+/// primary (the heartbeat period its primary sends at, and the silence
+/// after which it reconnects), and whether its link must be verified TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicaTuning {
     /// Heartbeat period.
     pub heartbeat: Duration,
     /// Net timeout.
     pub net_timeout: Duration,
+    /// TLS to MySQL.
+    pub mysql_tls: MysqlTlsMode,
+}
+
+impl ReplicaTuning {
+    /// Replicas connect to their source over verified TLS.
+    pub fn tls(&self) -> bool {
+        self.mysql_tls == MysqlTlsMode::Required
+    }
 }
 
 #[derive(Debug)]
@@ -781,6 +813,14 @@ impl Fleet {
                 m.host
             )));
         }
+        if change.mysql_tls == Some(MysqlTlsMode::Required)
+            && let Some(why) = self
+                .members(&cluster)
+                .iter()
+                .find_map(|m| cannot_require_tls(&m.host, m.report.as_ref()))
+        {
+            return Err(ServiceError::Refused(why));
+        }
         let before = self.cluster_record(&cluster);
         let tuning = self.tuning_of(Some(&ClusterRecord {
             replica_heartbeat_ms: change.replica_heartbeat_ms.or(before.replica_heartbeat_ms),
@@ -811,9 +851,11 @@ impl Fleet {
             replica_heartbeat_ms: change.replica_heartbeat_ms,
             replica_net_timeout_ms: change.replica_net_timeout_ms,
             semi_sync: change.semi_sync,
+            mysql_tls: change.mysql_tls,
         })
         .await?;
         let rec = self.cluster_record(&cluster);
+        let tuning = self.tuning_of(Some(&rec));
         let policy = pb::ClusterPolicy {
             cluster: cluster.clone(),
             max_lag_seconds: rec
@@ -825,6 +867,7 @@ impl Fleet {
                 .semi_sync
                 .map(|m| m.as_str().to_string())
                 .unwrap_or_default(),
+            mysql_tls: tuning.mysql_tls.as_str().to_string(),
         };
         info!(
             cluster,
@@ -832,6 +875,7 @@ impl Fleet {
             replica_heartbeat_ms = policy.replica_heartbeat_ms,
             replica_net_timeout_ms = policy.replica_net_timeout_ms,
             semi_sync = policy.semi_sync,
+            mysql_tls = policy.mysql_tls,
             "cluster policy changed"
         );
         Ok(policy)
@@ -847,6 +891,7 @@ impl Fleet {
             net_timeout: rec
                 .and_then(|r| r.replica_net_timeout_ms)
                 .map_or(d.net_timeout, Duration::from_millis),
+            mysql_tls: rec.and_then(|r| r.mysql_tls).unwrap_or(d.mysql_tls),
         }
     }
 
@@ -1249,6 +1294,7 @@ mod tests {
                     agent_timeout: Duration::from_secs(5),
                     default_max_lag_seconds: 60,
                     default_tuning: ReplicaTuning {
+                        mysql_tls: dbfleet_proto::mysql_tls::MysqlTlsMode::Off,
                         heartbeat: Duration::from_secs(1),
                         net_timeout: Duration::from_secs(4),
                     },
@@ -1313,6 +1359,7 @@ mod tests {
         let f = fleet_admitting(store.clone(), Admission::Operator);
         let mut r = report("db1", "main");
         r.mysql = MysqlObservation::Reachable(Box::new(ServerState {
+            tls: None,
             version: "10.11".into(),
             flavor: Flavor::MariaDb,
             server_id: 1,
@@ -1535,5 +1582,62 @@ mod tests {
             .unwrap();
         assert_eq!(standing(&f, "db1"), "admitted elsewhere");
         assert_eq!(counted(&f, "main"), ["db1"]);
+    }
+
+    #[test]
+    fn tls_is_required_only_of_members_whose_server_can_check_a_source() {
+        use dbfleet_proto::model::{Flavor, ServerState};
+        use dbfleet_proto::mysql_tls::{AgentConnection, ServerTls};
+        let with = |tls: Option<ServerTls>| {
+            let mut r = report("db1", "main");
+            r.mysql = MysqlObservation::Reachable(Box::new(ServerState {
+                tls,
+                version: "10.11".into(),
+                flavor: Flavor::MariaDb,
+                server_id: 1,
+                server_uuid: String::new(),
+                read_only: true,
+                super_read_only: true,
+                gtid: Default::default(),
+                replication: None,
+                semi_sync: Default::default(),
+                binlog: Default::default(),
+                replicas_connected: 0,
+                replica_server_ids: vec![],
+            }));
+            r
+        };
+        let ready = ServerTls {
+            ca: "/etc/mysql/ca.pem".into(),
+            require_secure_transport: false,
+            agent_connection: AgentConnection::Plain,
+        };
+        assert_eq!(
+            cannot_require_tls("db1", Some(&with(Some(ready.clone())))),
+            None
+        );
+        let no_ca = cannot_require_tls(
+            "db1",
+            Some(&with(Some(ServerTls {
+                ca: String::new(),
+                ..ready
+            }))),
+        )
+        .unwrap();
+        assert!(
+            no_ca.contains("no CA (ssl_ca)") && no_ca.contains("nothing changed"),
+            "{no_ca}"
+        );
+        assert!(
+            cannot_require_tls("db1", Some(&with(None)))
+                .unwrap()
+                .contains("upgrade it")
+        );
+        // unobserved members do not hold the change back
+        assert_eq!(cannot_require_tls("db1", None), None);
+        assert_eq!(
+            cannot_require_tls("db1", Some(&report("db1", "main"))),
+            None
+        );
     }
 }

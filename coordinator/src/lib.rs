@@ -128,6 +128,7 @@ pub async fn run(
             default_tuning: ReplicaTuning {
                 heartbeat: config.failover.replica_heartbeat,
                 net_timeout: config.failover.replica_net_timeout,
+                mysql_tls: config.mysql_tls,
             },
             admission: config.topology.admission,
         },

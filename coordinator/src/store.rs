@@ -54,6 +54,10 @@ pub struct ClusterRecord {
     /// the members are configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semi_sync: Option<dbfleet_proto::model::SemiSyncMode>,
+    /// Operator-set TLS to MySQL; `None` uses the coordinator's
+    /// `[failover] mysql_tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mysql_tls: Option<dbfleet_proto::mysql_tls::MysqlTlsMode>,
     /// The last primary observed, so a primary whose mysqld is down is
     /// still known as the primary after a coordinator restart or takeover.
     #[serde(default)]
@@ -81,6 +85,7 @@ impl ClusterRecord {
             replica_heartbeat_ms: None,
             replica_net_timeout_ms: None,
             semi_sync: None,
+            mysql_tls: None,
             last_primary: None,
             control: ClusterControl::default(),
             backups: Default::default(),
@@ -161,6 +166,9 @@ pub enum DesiredOp {
         /// the standby first).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         semi_sync: Option<dbfleet_proto::model::SemiSyncMode>,
+        /// TLS to MySQL (as for semi-sync: upgrade the standby first).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mysql_tls: Option<dbfleet_proto::mysql_tls::MysqlTlsMode>,
     },
     /// The active observed a cluster's primary.
     RememberPrimary {
@@ -338,6 +346,7 @@ pub(crate) fn apply_op<W: DesiredWriter>(op: &DesiredOp, w: &mut W) -> Result<()
             replica_heartbeat_ms,
             replica_net_timeout_ms,
             semi_sync,
+            mysql_tls,
         } => {
             let mut c = w
                 .get_cluster(cluster)?
@@ -346,6 +355,7 @@ pub(crate) fn apply_op<W: DesiredWriter>(op: &DesiredOp, w: &mut W) -> Result<()
             c.replica_heartbeat_ms = replica_heartbeat_ms.or(c.replica_heartbeat_ms);
             c.replica_net_timeout_ms = replica_net_timeout_ms.or(c.replica_net_timeout_ms);
             c.semi_sync = semi_sync.or(c.semi_sync);
+            c.mysql_tls = mysql_tls.or(c.mysql_tls);
             w.put_cluster(c)
         }
         DesiredOp::RememberPrimary { cluster, primary } => {

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use dbfleet_proto::model::{IoThread, MysqlAddress, MysqlObservation, Report, ServerState};
+use dbfleet_proto::mysql_tls::{AgentConnection, LinkTls};
 use dbfleet_proto::pb;
 
 /// Stable problem kinds; dashboards and scripts match on these strings.
@@ -35,6 +36,9 @@ pub mod kind {
     pub const NO_WRITABLE: &str = "no-writable";
     /// The primary cannot be observed but replicas still receive from it.
     pub const UNREACHABLE_PRIMARY: &str = "unreachable-primary";
+    /// The cluster's policy requires TLS to MySQL and a member's server,
+    /// replication link or agent connection goes without it.
+    pub const MYSQL_TLS_OFF: &str = "mysql-tls-off";
 }
 
 /// One member as the coordinator knows it.
@@ -206,6 +210,7 @@ pub fn derive(input: &ClusterInput<'_>) -> pb::ClusterView {
                 .semi_sync
                 .map(|m| m.as_str().to_string())
                 .unwrap_or_default(),
+            mysql_tls: input.tuning.mysql_tls.as_str().to_string(),
         }),
     }
 }
@@ -282,6 +287,11 @@ fn member_problems(
         ));
         return;
     };
+    if input.tuning.tls() {
+        for message in tls_gaps(host, s) {
+            out.push(problem(kind::MYSQL_TLS_OFF, host, message));
+        }
+    }
     let Some(r) = &s.replication else { return };
     match r.io_thread {
         IoThread::Stopped => out.push(problem(
@@ -331,6 +341,48 @@ fn member_problems(
             format!("replicates from {} but the primary is {p} ({pa})", r.source),
         ));
     }
+}
+
+/// Where a member goes without the TLS its cluster's policy requires, each
+/// said with the fix. An agent that does not report its TLS is not
+/// believed to use it.
+fn tls_gaps(host: &str, s: &ServerState) -> Vec<String> {
+    let Some(t) = &s.tls else {
+        return vec![format!(
+            "the agent on {host} does not report TLS to MySQL: upgrade it"
+        )];
+    };
+    let mut gaps = Vec::new();
+    if t.ca.is_empty() {
+        gaps.push(format!(
+            "mysqld on {host} has no CA (ssl_ca), so it cannot check a source's certificate: \
+             issue it one with `dbfleet cert issue --role mysql` and set ssl_ca, ssl_cert and ssl_key"
+        ));
+    }
+    if !t.require_secure_transport {
+        gaps.push(format!(
+            "mysqld on {host} accepts plain TCP clients: set require_secure_transport = ON"
+        ));
+    }
+    if t.agent_connection == AgentConnection::Plain {
+        gaps.push(format!(
+            "the agent on {host} reaches mysqld over plain TCP: set [mysql] tls_ca_file, or socket"
+        ));
+    }
+    if let Some(r) = &s.replication {
+        match r.tls {
+            Some(LinkTls::Verified) => {}
+            Some(other) => gaps.push(format!(
+                "{host} replicates from {} over {}; the coordinator repoints it with verified TLS",
+                r.source,
+                other.describe()
+            )),
+            None => gaps.push(format!(
+                "the agent on {host} does not report how its replication is secured: upgrade it"
+            )),
+        }
+    }
+    gaps
 }
 
 fn member_view(m: &Member<'_>, primary: Option<&str>) -> pb::MemberView {
@@ -400,6 +452,7 @@ mod tests {
 
     fn server(read_only: bool, source: Option<&str>) -> ServerState {
         ServerState {
+            tls: None,
             version: "10.11.19-MariaDB".into(),
             flavor: Flavor::MariaDb,
             server_id: 1,
@@ -411,6 +464,7 @@ mod tests {
                 ..Default::default()
             },
             replication: source.map(|s| Replication {
+                tls: None,
                 source: MysqlAddress::parse(s).unwrap(),
                 io_thread: IoThread::Running,
                 sql_running: true,
@@ -476,6 +530,7 @@ mod tests {
             members,
             max_lag_seconds: 30,
             tuning: crate::fleet::ReplicaTuning {
+                mysql_tls: dbfleet_proto::mysql_tls::MysqlTlsMode::Off,
                 heartbeat: Duration::from_secs(1),
                 net_timeout: Duration::from_secs(4),
             },
@@ -593,6 +648,7 @@ mod tests {
             members,
             max_lag_seconds: 30,
             tuning: crate::fleet::ReplicaTuning {
+                mysql_tls: dbfleet_proto::mysql_tls::MysqlTlsMode::Off,
                 heartbeat: Duration::from_secs(1),
                 net_timeout: Duration::from_secs(4),
             },
@@ -636,6 +692,7 @@ mod tests {
             members,
             max_lag_seconds: 30,
             tuning: crate::fleet::ReplicaTuning {
+                mysql_tls: dbfleet_proto::mysql_tls::MysqlTlsMode::Off,
                 heartbeat: Duration::from_secs(1),
                 net_timeout: Duration::from_secs(4),
             },
@@ -646,5 +703,109 @@ mod tests {
         assert_eq!(v.members[0].role, pb::MemberRole::Unknown as i32);
         assert_eq!(v.members[0].mysql_address, "db9:3306");
         assert!(kinds(&v).contains(&(kind::AGENT_NOT_REPORTING.into(), "db9".into())));
+    }
+
+    #[test]
+    fn tls_gaps_name_every_part_without_verified_tls_and_its_fix() {
+        use dbfleet_proto::mysql_tls::ServerTls;
+        let complete = ServerTls {
+            ca: "/etc/mysql/tls/ca.pem".into(),
+            require_secure_transport: true,
+            agent_connection: AgentConnection::Socket,
+        };
+        let mut s = server(true, Some("db1:3306"));
+        s.tls = Some(complete.clone());
+        s.replication.as_mut().unwrap().tls = Some(LinkTls::Verified);
+        assert_eq!(tls_gaps("db2", &s), Vec::<String>::new());
+        // the agent over verified TCP is as good as the socket
+        s.tls = Some(ServerTls {
+            agent_connection: AgentConnection::Tls,
+            ..complete.clone()
+        });
+        assert_eq!(tls_gaps("db2", &s), Vec::<String>::new());
+
+        let cases: [(ServerTls, Option<LinkTls>, &str); 5] = [
+            (
+                ServerTls {
+                    ca: String::new(),
+                    ..complete.clone()
+                },
+                Some(LinkTls::Verified),
+                "has no CA (ssl_ca)",
+            ),
+            (
+                ServerTls {
+                    require_secure_transport: false,
+                    ..complete.clone()
+                },
+                Some(LinkTls::Verified),
+                "require_secure_transport = ON",
+            ),
+            (
+                ServerTls {
+                    agent_connection: AgentConnection::Plain,
+                    ..complete.clone()
+                },
+                Some(LinkTls::Verified),
+                "tls_ca_file",
+            ),
+            (complete.clone(), Some(LinkTls::Off), "over plain TCP"),
+            (
+                complete.clone(),
+                None,
+                "does not report how its replication",
+            ),
+        ];
+        for (tls, link, says) in cases {
+            s.tls = Some(tls);
+            s.replication.as_mut().unwrap().tls = link;
+            let gaps = tls_gaps("db2", &s);
+            assert_eq!(gaps.len(), 1, "{gaps:?}");
+            assert!(gaps[0].contains(says), "{gaps:?} should say {says}");
+        }
+        // an agent that does not report TLS at all is not believed
+        s.tls = None;
+        assert!(tls_gaps("db2", &s)[0].contains("upgrade it"));
+    }
+
+    #[test]
+    fn tls_problems_appear_only_when_the_policy_requires_tls() {
+        let plain = server(true, Some("db1:3306"));
+        let mut input = ClusterInput {
+            name: "main",
+            members: vec![],
+            max_lag_seconds: 10,
+            tuning: crate::fleet::ReplicaTuning {
+                heartbeat: Duration::from_secs(1),
+                net_timeout: Duration::from_secs(4),
+                mysql_tls: dbfleet_proto::mysql_tls::MysqlTlsMode::Off,
+            },
+            semi_sync: None,
+            agent_timeout: Duration::from_secs(5),
+            last_primary: None,
+        };
+        let primary = report("db1", reach(server(false, None)));
+        let replica = report("db2", reach(plain));
+        let member = |host, r| MemberInput {
+            host,
+            mysql_address: "",
+            last: Some(r),
+            age: Some(Duration::ZERO),
+            last_replicating: None,
+        };
+        input.members = vec![member("db1", &primary), member("db2", &replica)];
+        let tls_problems = |v: &pb::ClusterView| {
+            v.problems
+                .iter()
+                .filter(|p| p.kind == kind::MYSQL_TLS_OFF)
+                .count()
+        };
+        let v = derive(&input);
+        assert_eq!(tls_problems(&v), 0);
+        assert_eq!(v.policy.unwrap().mysql_tls, "off");
+        input.tuning.mysql_tls = dbfleet_proto::mysql_tls::MysqlTlsMode::Required;
+        let v = derive(&input);
+        assert_eq!(tls_problems(&v), 2, "{:?}", v.problems);
+        assert_eq!(v.policy.unwrap().mysql_tls, "required");
     }
 }

@@ -314,6 +314,7 @@ impl TestFleet {
             // sandbox up` admit as an operator does.
             operator_admission: false,
             seal_backups: true,
+            mysql_tls: true,
             bins,
         };
         customize(&mut spec);

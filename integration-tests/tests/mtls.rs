@@ -142,6 +142,14 @@ async fn rpcs_are_authorized_by_role() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // a mysqld's certificate (its key is readable by the mysql user) may
+    // do nothing at all
+    let mysqld = s.pki.issue(Role::Mysql, "db1", &[], false, false);
+    let e = admin(&s, &mysqld)
+        .list_clusters(pb::ListClustersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 
     admin(&s, &viewer)
         .list_clusters(pb::ListClustersRequest::default())

@@ -6,6 +6,7 @@
 
 pub mod lease;
 pub mod model;
+pub mod mysql_tls;
 pub mod privileges;
 
 /// Generated protobuf and gRPC code for `dbfleet.v1`.

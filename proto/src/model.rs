@@ -264,6 +264,9 @@ pub struct Replication {
     pub heartbeat_ms: Option<u64>,
     /// `slave_net_timeout`: silence before the replica reconnects.
     pub net_timeout_ms: Option<u64>,
+    /// How the connection to the source is secured; `None` when the agent
+    /// does not say.
+    pub tls: Option<crate::mysql_tls::LinkTls>,
 }
 
 /// Semi-synchronous replication switches and their live state.
@@ -441,6 +444,9 @@ pub struct ServerState {
     pub replicas_connected: u32,
     /// Server ids of the replicas registered with it now.
     pub replica_server_ids: Vec<u32>,
+    /// Its TLS and the agent's connection to it; `None` when the agent
+    /// does not say.
+    pub tls: Option<crate::mysql_tls::ServerTls>,
 }
 
 impl ServerState {
@@ -581,6 +587,7 @@ fn server_state(m: pb::MysqlState) -> Result<ServerState, ProtocolError> {
         },
         replicas_connected: m.replicas_connected,
         replica_server_ids: m.replica_server_ids,
+        tls: crate::mysql_tls::ServerTls::from_pb(m.tls)?,
     })
 }
 
@@ -625,6 +632,7 @@ fn replication(r: pb::ReplicationStatus) -> Result<Replication, ProtocolError> {
         received_gtid: r.received_gtid,
         heartbeat_ms: r.heartbeat_ms,
         net_timeout_ms: r.net_timeout_ms,
+        tls: crate::mysql_tls::LinkTls::from_pb(r.tls)?,
     })
 }
 
@@ -657,6 +665,7 @@ impl From<ServerState> for pb::MysqlState {
                 received_gtid: r.received_gtid,
                 heartbeat_ms: r.heartbeat_ms,
                 net_timeout_ms: r.net_timeout_ms,
+                tls: crate::mysql_tls::LinkTls::to_pb(r.tls),
             }),
             semi_sync: Some(pb::SemiSyncState {
                 source_enabled: s.semi_sync.source_enabled,
@@ -673,6 +682,7 @@ impl From<ServerState> for pb::MysqlState {
             }),
             replicas_connected: s.replicas_connected,
             replica_server_ids: s.replica_server_ids,
+            tls: s.tls.map(pb::MysqlTlsState::from),
         }
     }
 }
@@ -738,6 +748,8 @@ pub struct ClusterPolicyChange {
     pub replica_net_timeout_ms: Option<u64>,
     /// Semi-sync as dbfleet keeps it on every member.
     pub semi_sync: Option<SemiSyncMode>,
+    /// TLS to MySQL.
+    pub mysql_tls: Option<crate::mysql_tls::MysqlTlsMode>,
 }
 
 /// Semi-sync as a cluster's policy asks dbfleet to keep it.
@@ -790,10 +802,11 @@ impl TryFrom<pb::SetClusterPolicyRequest> for ClusterPolicyChange {
             && m.replica_heartbeat_ms.is_none()
             && m.replica_net_timeout_ms.is_none()
             && m.semi_sync.is_none()
+            && m.mysql_tls.is_none()
         {
             return Err(ProtocolError::invalid(
                 "policy",
-                "nothing to change: set max_lag_seconds, replica_heartbeat_ms, replica_net_timeout_ms or semi_sync",
+                "nothing to change: set max_lag_seconds, replica_heartbeat_ms, replica_net_timeout_ms, semi_sync or mysql_tls",
             ));
         }
         let semi_sync = m
@@ -802,6 +815,12 @@ impl TryFrom<pb::SetClusterPolicyRequest> for ClusterPolicyChange {
             .map(SemiSyncMode::parse)
             .transpose()
             .map_err(|r| ProtocolError::invalid("semi_sync", r))?;
+        let mysql_tls = m
+            .mysql_tls
+            .as_deref()
+            .map(crate::mysql_tls::MysqlTlsMode::parse)
+            .transpose()
+            .map_err(|r| ProtocolError::invalid("mysql_tls", r))?;
         if m.max_lag_seconds == Some(0) {
             return Err(ProtocolError::invalid(
                 "max_lag_seconds",
@@ -830,6 +849,7 @@ impl TryFrom<pb::SetClusterPolicyRequest> for ClusterPolicyChange {
             replica_heartbeat_ms: m.replica_heartbeat_ms,
             replica_net_timeout_ms: m.replica_net_timeout_ms,
             semi_sync,
+            mysql_tls,
         })
     }
 }
@@ -904,6 +924,11 @@ mod tests {
             agent_version: "0.1.0".into(),
             mysql_address: MysqlAddress::parse("127.0.0.11:3306").unwrap(),
             mysql: MysqlObservation::Reachable(Box::new(ServerState {
+                tls: Some(crate::mysql_tls::ServerTls {
+                    ca: "/etc/mysql/ca.pem".into(),
+                    require_secure_transport: true,
+                    agent_connection: crate::mysql_tls::AgentConnection::Socket,
+                }),
                 version: "10.11.19-MariaDB".into(),
                 flavor: Flavor::MariaDb,
                 server_id: 1,
@@ -915,6 +940,7 @@ mod tests {
                     ..Default::default()
                 },
                 replication: Some(Replication {
+                    tls: Some(crate::mysql_tls::LinkTls::Verified),
                     source: MysqlAddress::parse("127.0.0.12:3306").unwrap(),
                     io_thread: IoThread::Running,
                     sql_running: true,

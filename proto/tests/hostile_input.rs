@@ -117,6 +117,7 @@ proptest! {
     #[test]
     fn mutated_admin_requests_are_refused_or_accepted_never_a_panic(
         policy in mutated(pb::SetClusterPolicyRequest {
+            mysql_tls: Some("required".into()),
             cluster: "main".into(),
             max_lag_seconds: Some(30),
             replica_heartbeat_ms: Some(1000),

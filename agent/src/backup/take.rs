@@ -322,7 +322,7 @@ impl Jobs {
         let limit = self.target.connect_timeout + self.target.query_timeout;
         tokio::time::timeout(limit, async {
             let (mut conn, flavor) = observer::connect(&self.target).await?;
-            let state = observer::read_state(&mut conn, flavor).await?;
+            let state = observer::read_state(&mut conn, flavor, self.target.connection()).await?;
             let datadir: Option<String> = conn
                 .query_first("SELECT @@datadir")
                 .await

@@ -127,8 +127,29 @@ impl Controller {
         conn.query_drop(sql).await.map_err(sql_error(what))
     }
 
-    async fn state(conn: &mut Conn, flavor: Flavor) -> Result<ServerState, ControlError> {
-        read_state(conn, flavor).await.map_err(ControlError::Mysql)
+    /// The CA this server checks its source's certificate against: its
+    /// own `@@ssl_ca` (every mysqld of a cluster has a certificate from the
+    /// same CA).
+    async fn replication_ca(conn: &mut Conn) -> Result<String, ControlError> {
+        let ca: Option<String> = conn
+            .query_first("SELECT @@ssl_ca")
+            .await
+            .map_err(sql_error("reading ssl_ca"))?;
+        match ca.filter(|c| !c.is_empty()) {
+            Some(ca) => Ok(ca),
+            None => Err(ControlError::NotConfigured(
+                "the cluster's policy requires TLS to MySQL but this mysqld has no ssl_ca to check \
+                 its source's certificate with: issue it a certificate (`dbfleet cert issue --role mysql`), \
+                 set ssl_ca, ssl_cert and ssl_key, and restart it"
+                    .into(),
+            )),
+        }
+    }
+
+    async fn state(&self, conn: &mut Conn, flavor: Flavor) -> Result<ServerState, ControlError> {
+        read_state(conn, flavor, self.target.connection())
+            .await
+            .map_err(ControlError::Mysql)
     }
 
     /// Read-only on, then every client session killed; returns how many.
@@ -218,7 +239,7 @@ impl Controller {
         let attempt = tokio::time::timeout(deadline, async {
             let (mut conn, flavor) = self.conn().await?;
             let killed = Self::read_only_and_kill(&mut conn, flavor).await?;
-            let state = Self::state(&mut conn, flavor).await?;
+            let state = self.state(&mut conn, flavor).await?;
             Ok::<_, ControlError>((killed, state))
         })
         .await;
@@ -283,7 +304,7 @@ impl Controller {
     pub async fn freeze(&self, apply_timeout: Duration) -> Result<Outcome, ControlError> {
         let _serial = self.serial.lock().await;
         let (mut conn, flavor) = self.conn().await?;
-        let before = Self::state(&mut conn, flavor).await?;
+        let before = self.state(&mut conn, flavor).await?;
         let Some(rep) = before.replication else {
             return Ok(Outcome {
                 state: Some(before),
@@ -292,7 +313,7 @@ impl Controller {
             });
         };
         Self::run(&mut conn, role::stop_io(flavor), "stopping the IO thread").await?;
-        let after_stop = Self::state(&mut conn, flavor).await?;
+        let after_stop = self.state(&mut conn, flavor).await?;
         let received = after_stop
             .replication
             .as_ref()
@@ -314,7 +335,7 @@ impl Controller {
             };
         }
         Ok(Outcome {
-            state: Some(Self::state(&mut conn, flavor).await?),
+            state: Some(self.state(&mut conn, flavor).await?),
             fenced: None,
             detail,
         })
@@ -346,7 +367,7 @@ impl Controller {
         let (mut conn, flavor) = self.conn().await?;
         self.wait_on(&mut conn, flavor, gtid, timeout).await?;
         Ok(Outcome {
-            state: Some(Self::state(&mut conn, flavor).await?),
+            state: Some(self.state(&mut conn, flavor).await?),
             fenced: None,
             detail: format!("reached {gtid}"),
         })
@@ -367,7 +388,7 @@ impl Controller {
             "removing the replication configuration",
         )
         .await?;
-        let before = Self::state(&mut conn, flavor).await?;
+        let before = self.state(&mut conn, flavor).await?;
         if lossless_semi_sync {
             let statements =
                 role::semi_sync_policy(flavor, true, true).map_err(ControlError::NotConfigured)?;
@@ -383,7 +404,7 @@ impl Controller {
         for sql in role::read_only_off(flavor) {
             Self::run(&mut conn, sql, "making the server writable").await?;
         }
-        let state = Self::state(&mut conn, flavor).await?;
+        let state = self.state(&mut conn, flavor).await?;
         Ok(Outcome {
             detail: format!("promoted at {}", state.gtid.executed),
             state: Some(state),
@@ -400,6 +421,7 @@ impl Controller {
         port: u16,
         heartbeat: Duration,
         net_timeout: Duration,
+        tls: bool,
     ) -> Result<Outcome, ControlError> {
         let _serial = self.serial.lock().await;
         let Some((user, password)) = &self.replication else {
@@ -409,8 +431,15 @@ impl Controller {
         };
         self.guard.fence("replica")?;
         let (mut conn, flavor) = self.conn().await?;
+        // Checked before anything changes, so a refused repoint leaves
+        // replication as it was.
+        let tls_ca = if tls {
+            Some(Self::replication_ca(&mut conn).await?)
+        } else {
+            None
+        };
         let killed = Self::read_only_and_kill(&mut conn, flavor).await?;
-        let before = Self::state(&mut conn, flavor).await?;
+        let before = self.state(&mut conn, flavor).await?;
         Self::run(&mut conn, role::stop(flavor), "stopping replication").await?;
         if before.semi_sync.source_enabled {
             Self::run(
@@ -441,6 +470,7 @@ impl Controller {
             user,
             password.expose(),
             heartbeat.as_secs_f64(),
+            tls_ca.as_deref(),
         );
         // The statement carries the password: the error names the step only.
         conn.query_drop(change).await.map_err(|e| {
@@ -452,7 +482,7 @@ impl Controller {
         })?;
         Self::run(&mut conn, role::start(flavor), "starting replication").await?;
         Ok(Outcome {
-            state: Some(Self::state(&mut conn, flavor).await?),
+            state: Some(self.state(&mut conn, flavor).await?),
             fenced: None,
             detail: format!("replicating from {host}:{port} ({killed} client sessions killed)"),
         })
@@ -469,7 +499,7 @@ impl Controller {
     ) -> Result<Outcome, ControlError> {
         let _serial = self.serial.lock().await;
         let (mut conn, flavor) = self.conn().await?;
-        let before = Self::state(&mut conn, flavor).await?;
+        let before = self.state(&mut conn, flavor).await?;
         let statements = role::semi_sync_policy(flavor, lossless, source)
             .map_err(ControlError::NotConfigured)?;
         for sql in &statements {
@@ -507,7 +537,7 @@ impl Controller {
             detail.push_str("; replication reconnected");
         }
         Ok(Outcome {
-            state: Some(Self::state(&mut conn, flavor).await?),
+            state: Some(self.state(&mut conn, flavor).await?),
             fenced: None,
             detail,
         })
@@ -517,12 +547,12 @@ impl Controller {
     pub async fn thaw(&self) -> Result<Outcome, ControlError> {
         let _serial = self.serial.lock().await;
         let (mut conn, flavor) = self.conn().await?;
-        let before = Self::state(&mut conn, flavor).await?;
+        let before = self.state(&mut conn, flavor).await?;
         if before.replication.is_some() {
             Self::run(&mut conn, role::start(flavor), "starting replication").await?;
         }
         Ok(Outcome {
-            state: Some(Self::state(&mut conn, flavor).await?),
+            state: Some(self.state(&mut conn, flavor).await?),
             fenced: None,
             detail: "replication threads started".into(),
         })

@@ -130,6 +130,7 @@ pub fn parse_replica_status(flavor: Flavor, row: &Row) -> Result<Replication, St
         received_gtid: text(row, received).replace('\n', ""),
         heartbeat_ms: None,
         net_timeout_ms: None,
+        tls: super::tls::link_tls(flavor, row),
     })
 }
 
@@ -278,6 +279,15 @@ pub mod role {
         }
     }
     /// Points the server at a source with GTID auto-positioning.
+    ///
+    /// With `tls_ca` the link is TLS and the source's certificate is
+    /// checked against that CA and the source's address. Without it the
+    /// TLS settings stay as they were (a link a DBA secured by hand is not
+    /// made plain), and on MySQL the replica asks the source for its RSA
+    /// key (`GET_SOURCE_PUBLIC_KEY`): `caching_sha2_password` needs it to
+    /// send the password over plain TCP, and it trusts whatever key
+    /// answers at the source's address, so a machine in the middle can
+    /// learn the replication password. With TLS the key is not needed.
     pub fn change_source(
         f: Flavor,
         host: &str,
@@ -285,24 +295,37 @@ pub mod role {
         user: &str,
         password: &str,
         heartbeat_s: f64,
+        tls_ca: Option<&str>,
     ) -> String {
         match f {
             Flavor::MariaDb => format!(
                 "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={port}, MASTER_USER={}, \
                  MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
-                 MASTER_HEARTBEAT_PERIOD={heartbeat_s}",
+                 MASTER_HEARTBEAT_PERIOD={heartbeat_s}{}",
                 quote(host),
                 quote(user),
-                quote(password)
+                quote(password),
+                tls_ca
+                    .map(|ca| format!(
+                        ", MASTER_SSL=1, MASTER_SSL_CA={}, MASTER_SSL_VERIFY_SERVER_CERT=1",
+                        quote(ca)
+                    ))
+                    .unwrap_or_default()
             ),
             Flavor::MySql => format!(
                 "CHANGE REPLICATION SOURCE TO SOURCE_HOST={}, SOURCE_PORT={port}, \
                  SOURCE_USER={}, SOURCE_PASSWORD={}, SOURCE_AUTO_POSITION=1, \
-                 SOURCE_CONNECT_RETRY=1, SOURCE_HEARTBEAT_PERIOD={heartbeat_s}, \
-                 GET_SOURCE_PUBLIC_KEY=1",
+                 SOURCE_CONNECT_RETRY=1, SOURCE_HEARTBEAT_PERIOD={heartbeat_s}, {}",
                 quote(host),
                 quote(user),
-                quote(password)
+                quote(password),
+                match tls_ca {
+                    Some(ca) => format!(
+                        "SOURCE_SSL=1, SOURCE_SSL_CA={}, SOURCE_SSL_VERIFY_SERVER_CERT=1",
+                        quote(ca)
+                    ),
+                    None => "GET_SOURCE_PUBLIC_KEY=1".to_string(),
+                }
             ),
         }
     }
@@ -445,5 +468,47 @@ mod tests {
             "rpl_semi_sync_master_enabled"
         );
         assert!(on(Some(&"ON".to_string())) && !on(Some(&"OFF".to_string())) && !on(None));
+    }
+
+    #[test]
+    fn change_source_asks_for_verified_tls_or_leaves_tls_alone() {
+        use super::role::change_source;
+        let maria = change_source(Flavor::MariaDb, "10.0.0.1", 3306, "repl", "pw", 1.0, None);
+        assert!(!maria.contains("SSL"), "{maria}");
+        let maria = change_source(
+            Flavor::MariaDb,
+            "10.0.0.1",
+            3306,
+            "repl",
+            "pw",
+            1.0,
+            Some("/etc/mysql/ca's.pem"),
+        );
+        assert!(
+            maria.ends_with(
+                ", MASTER_SSL=1, MASTER_SSL_CA='/etc/mysql/ca''s.pem', MASTER_SSL_VERIFY_SERVER_CERT=1"
+            ),
+            "{maria}"
+        );
+        // MySQL: the source's RSA key is fetched only without TLS
+        let plain = change_source(Flavor::MySql, "10.0.0.1", 3306, "repl", "pw", 1.0, None);
+        assert!(plain.ends_with("GET_SOURCE_PUBLIC_KEY=1"), "{plain}");
+        assert!(!plain.contains("SOURCE_SSL"), "{plain}");
+        let tls = change_source(
+            Flavor::MySql,
+            "10.0.0.1",
+            3306,
+            "repl",
+            "pw",
+            1.0,
+            Some("/etc/mysql/ca.pem"),
+        );
+        assert!(!tls.contains("GET_SOURCE_PUBLIC_KEY"), "{tls}");
+        assert!(
+            tls.ends_with(
+                "SOURCE_SSL=1, SOURCE_SSL_CA='/etc/mysql/ca.pem', SOURCE_SSL_VERIFY_SERVER_CERT=1"
+            ),
+            "{tls}"
+        );
     }
 }

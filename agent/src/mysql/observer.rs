@@ -12,6 +12,7 @@ use dbfleet_common::config::Secret;
 use dbfleet_proto::model::{
     Binlog, Flavor, GtidState, MysqlAddress, MysqlObservation, SemiSync, ServerState,
 };
+use dbfleet_proto::mysql_tls::{AgentConnection, ServerTls};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Value};
 use tracing::{debug, info};
@@ -34,6 +35,20 @@ pub struct MysqlTarget {
     pub connect_timeout: Duration,
     /// Deadline for one whole observation.
     pub query_timeout: Duration,
+    /// The CA that signed mysqld's certificate: TCP connections use
+    /// verified TLS when set.
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl MysqlTarget {
+    /// How connections to this target reach mysqld.
+    pub fn connection(&self) -> AgentConnection {
+        match (&self.socket, &self.tls_ca) {
+            (Some(_), _) => AgentConnection::Socket,
+            (None, Some(_)) => AgentConnection::Tls,
+            (None, None) => AgentConnection::Plain,
+        }
+    }
 }
 
 /// Opens a connection with the agent's session settings and detects the
@@ -46,6 +61,12 @@ pub(crate) async fn connect(t: &MysqlTarget) -> Result<(Conn, Flavor), String> {
         .pass(Some(t.password.expose().to_string()))
         .prefer_socket(false)
         .socket(t.socket.as_ref().map(|p| p.to_string_lossy().into_owned()))
+        .ssl_opts(match t.connection() {
+            // mysql_async would ask a socket for TLS and then not start
+            // it: the session breaks ("Packets out of sync").
+            AgentConnection::Socket | AgentConnection::Plain => None,
+            AgentConnection::Tls => t.tls_ca.as_deref().map(super::tls::verified),
+        })
         .stmt_cache_size(0);
     let place = match &t.socket {
         Some(p) => p.display().to_string(),
@@ -260,7 +281,8 @@ impl Observer {
             &mut self.runs,
         )
         .await?;
-        Ok((state_of(*flavor, &sample, self.live)?, sample))
+        let via = self.target.connection();
+        Ok((state_of(*flavor, &sample, self.live, via)?, sample))
     }
 }
 
@@ -333,16 +355,22 @@ pub(crate) async fn read_sample(
 }
 
 /// Reads everything a report says about the server, on `conn`.
-pub(crate) async fn read_state(conn: &mut Conn, flavor: Flavor) -> Result<ServerState, String> {
+pub(crate) async fn read_state(
+    conn: &mut Conn,
+    flavor: Flavor,
+    via: AgentConnection,
+) -> Result<ServerState, String> {
     let sample = read_sample(conn, flavor, None, &mut Vec::new()).await?;
-    state_of(flavor, &sample, LiveReplicas::Check)
+    state_of(flavor, &sample, LiveReplicas::Check, via)
 }
 
-/// What a report says about the server, from one sample.
+/// What a report says about the server, from one sample read over a
+/// connection made `via`.
 pub fn state_of(
     flavor: Flavor,
     sample: &ServerSample,
     live: LiveReplicas,
+    via: AgentConnection,
 ) -> Result<ServerState, String> {
     let ServerSample {
         variables: vars,
@@ -421,5 +449,10 @@ pub fn state_of(
             LiveReplicas::DumpThreads => replica_hosts.len() as u32,
         },
         replica_server_ids: replica_server_ids.clone(),
+        tls: Some(ServerTls {
+            ca: get("ssl_ca"),
+            require_secure_transport: on(vars.get("require_secure_transport")),
+            agent_connection: via,
+        }),
     })
 }

@@ -126,6 +126,7 @@ pub async fn verify(
                 socket,
                 replication: expect.replication.as_ref(),
                 greeting_allowed: offline_too,
+                tls_ca: target.tls_ca.as_deref(),
             };
             found.extend(check.run(&mut conn).await?);
         }
@@ -307,6 +308,8 @@ struct AddressCheck<'a> {
     socket: &'a Path,
     replication: Option<&'a (String, dbfleet_common::config::Secret)>,
     greeting_allowed: bool,
+    /// Log in over verified TLS, as replicas do under a TLS policy.
+    tls_ca: Option<&'a Path>,
 }
 
 impl AddressCheck<'_> {
@@ -345,7 +348,8 @@ impl AddressCheck<'_> {
             .tcp_port(port)
             .user(Some(user.clone()))
             .pass(Some(password.expose().to_string()))
-            .prefer_socket(false);
+            .prefer_socket(false)
+            .ssl_opts(self.tls_ca.map(super::tls::verified));
         let mut tcp = match tokio::time::timeout(Duration::from_secs(2), Conn::new(opts)).await {
             Ok(Ok(c)) => c,
             Ok(Err(mysql_async::Error::Io(mysql_async::IoError::Io(e)))) if is_refused(&e) => {

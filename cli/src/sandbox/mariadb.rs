@@ -80,6 +80,21 @@ pub struct Server {
     /// starts read-only, so a restarted one never accepts writes before
     /// its agent and the coordinator agree).
     pub read_only: bool,
+    /// Its TLS certificate: with it the server requires TLS of every TCP
+    /// client, replication included.
+    pub tls: Option<ServerTlsFiles>,
+}
+
+/// A mysqld's certificate from the fleet's CA.
+#[derive(Debug, Clone)]
+pub struct ServerTlsFiles {
+    /// The CA, which also checks the certificates of the sources this
+    /// server replicates from.
+    pub ca: PathBuf,
+    /// Its certificate, naming its address.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
 }
 
 impl Server {
@@ -108,7 +123,8 @@ impl Server {
             .pass(Some(password))
     }
 
-    /// TCP options for `user`.
+    /// TCP options for `user`: verified TLS when the server has a
+    /// certificate (it then refuses plain TCP).
     pub fn tcp_opts(&self, user: &str, password: &str) -> OptsBuilder {
         OptsBuilder::default()
             .ip_or_hostname(self.ip.to_string())
@@ -116,6 +132,11 @@ impl Server {
             .user(Some(user))
             .pass(Some(password))
             .prefer_socket(false)
+            .ssl_opts(self.tls.as_ref().map(|t| {
+                mysql_async::SslOpts::default()
+                    .with_root_certs(vec![t.ca.clone().into()])
+                    .with_disable_built_in_roots(true)
+            }))
     }
 }
 
@@ -184,7 +205,7 @@ pub fn install(
          innodb_log_file_size = 16M\n\
          innodb_data_file_path = ibdata1:10M:autoextend\n\
          performance_schema = OFF\n\
-         max_connections = 100\n",
+         max_connections = 100\n{tls}",
         host = s.host,
         datadir = s.datadir().display(),
         tmpdir = s.tmpdir().display(),
@@ -193,6 +214,16 @@ pub fn install(
         port = s.port,
         server_id = s.server_id,
         semi_sync_timeout = SEMI_SYNC_TIMEOUT_MS,
+        tls = s
+            .tls
+            .as_ref()
+            .map(|t| format!(
+                "ssl_ca = {}\nssl_cert = {}\nssl_key = {}\nrequire_secure_transport = ON\n",
+                t.ca.display(),
+                t.cert.display(),
+                t.key.display()
+            ))
+            .unwrap_or_default(),
     );
     fs::write(s.cnf(), cnf).map_err(|e| SandboxError::io(&s.cnf(), e))?;
     if let Some(u) = user {
@@ -311,10 +342,20 @@ pub async fn replicate_from(
     let mut conn = Conn::new(replica.root_opts(&creds.root))
         .await
         .map_err(|e| SandboxError::Mariadb(format!("connect to {}: {e}", replica.host)))?;
+    let tls = replica
+        .tls
+        .as_ref()
+        .map(|t| {
+            format!(
+                ", MASTER_SSL=1, MASTER_SSL_CA='{}', MASTER_SSL_VERIFY_SERVER_CERT=1",
+                t.ca.display()
+            )
+        })
+        .unwrap_or_default();
     let sql = format!(
         "CHANGE MASTER TO MASTER_HOST='{}', MASTER_PORT={}, MASTER_USER='{REPL_USER}', \
          MASTER_PASSWORD='{}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
-         MASTER_HEARTBEAT_PERIOD=1",
+         MASTER_HEARTBEAT_PERIOD=1{tls}",
         primary.ip, primary.port, creds.repl
     );
     conn.query_drop(sql).await.map_err(|e| {

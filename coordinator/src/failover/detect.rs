@@ -139,6 +139,7 @@ mod tests {
 
     fn server(source: Option<(&str, IoThread)>) -> ServerState {
         ServerState {
+            tls: None,
             version: "10.11".into(),
             flavor: Flavor::MariaDb,
             server_id: 2,
@@ -147,6 +148,7 @@ mod tests {
             super_read_only: source.is_some(),
             gtid: GtidState::default(),
             replication: source.map(|(a, io)| Replication {
+                tls: None,
                 source: MysqlAddress::parse(a).unwrap(),
                 io_thread: io,
                 sql_running: true,

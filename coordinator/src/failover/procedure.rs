@@ -411,8 +411,8 @@ impl Failovers {
         Ok(())
     }
 
-    /// Replication from `source` with the heartbeat and net timeout of
-    /// `cluster`'s policy.
+    /// Replication from `source` with the heartbeat, net timeout and TLS
+    /// of `cluster`'s policy.
     pub(super) fn repoint_to(&self, cluster: &str, source: &MysqlAddress) -> Command {
         let tuning = self.fleet.replica_tuning(cluster);
         Command::Repoint(pb::Repoint {
@@ -420,6 +420,7 @@ impl Failovers {
             source_port: u32::from(source.port),
             heartbeat_ms: millis(tuning.heartbeat),
             net_timeout_ms: millis(tuning.net_timeout),
+            tls: tuning.tls(),
         })
     }
 

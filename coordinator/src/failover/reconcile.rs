@@ -13,6 +13,7 @@ use dbfleet_proto::model::{
     ConfigProblemKind, IoThread, MysqlAddress, Replication, SEMI_SYNC_NO_FALLBACK_MS, SemiSync,
     SemiSyncMode, ServerState,
 };
+use dbfleet_proto::mysql_tls::LinkTls;
 use dbfleet_proto::pb;
 use dbfleet_proto::pb::command_request::Command;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ use super::detect::{self, DownPath, Health, MemberSeen};
 use super::gtid::Position;
 use super::journal::{Event, Operation, OperationKind, Step};
 use super::procedure::now_unix_ms;
-use crate::fleet::MemberState;
+use crate::fleet::{MemberState, ReplicaTuning};
 use crate::metrics::Detection;
 use crate::store::{ClusterControl, ClusterRecord};
 
@@ -41,19 +42,29 @@ pub(crate) async fn run(f: Arc<Failovers>, cancel: CancellationToken) {
     }
 }
 
-/// How a replica's failure-detection settings differ from the wanted
-/// heartbeat and net timeout, in words; `None` when they match or the
-/// flavor does not report them. MariaDB keeps the heartbeat in
-/// milliseconds and the net timeout in whole seconds (at least one).
-fn untuned(r: &Replication, heartbeat: Duration, net_timeout: Duration) -> Option<String> {
-    let want_hb = heartbeat.as_millis() as u64;
-    let want_net = net_timeout.as_secs().max(1) * 1000;
+/// How a replica's settings differ from the cluster's (its failure
+/// detection, and verified TLS when the policy requires it), in words;
+/// `None` when they match or the agent does not report them. MariaDB
+/// keeps the heartbeat in milliseconds and the net timeout in whole
+/// seconds (at least one). A link with more TLS than the policy asks is
+/// left alone.
+fn untuned(r: &Replication, tuning: &ReplicaTuning) -> Option<String> {
+    let want_hb = tuning.heartbeat.as_millis() as u64;
+    let want_net = tuning.net_timeout.as_secs().max(1) * 1000;
     let mut diffs = Vec::new();
     if let Some(hb) = r.heartbeat_ms.filter(|hb| *hb != want_hb) {
         diffs.push(format!("heartbeat {hb} ms (wanted {want_hb} ms)"));
     }
     if let Some(net) = r.net_timeout_ms.filter(|n| *n != want_net) {
         diffs.push(format!("net timeout {net} ms (wanted {want_net} ms)"));
+    }
+    if tuning.tls()
+        && let Some(tls) = r.tls.filter(|t| *t != LinkTls::Verified)
+    {
+        diffs.push(format!(
+            "replication over {} (wanted verified TLS)",
+            tls.describe()
+        ));
     }
     (!diffs.is_empty()).then(|| diffs.join(", "))
 }
@@ -698,7 +709,7 @@ impl Failovers {
             return;
         }
         let tuning = self.fleet.replica_tuning(cluster);
-        let Some(why) = untuned(r, tuning.heartbeat, tuning.net_timeout) else {
+        let Some(why) = untuned(r, &tuning) else {
             return;
         };
         if !self.may_try(&format!("tune:{}", m.host)) {
@@ -1022,9 +1033,11 @@ mod tests {
         assert_eq!(semi_sync_changes(Off, &all_async), vec![]);
     }
     use dbfleet_proto::model::IoThread;
+    use dbfleet_proto::mysql_tls::MysqlTlsMode;
 
     fn replica(hb: Option<u64>, net: Option<u64>) -> Replication {
         Replication {
+            tls: None,
             source: MysqlAddress::parse("127.0.0.1:3306").unwrap(),
             io_thread: IoThread::Running,
             sql_running: true,
@@ -1040,6 +1053,7 @@ mod tests {
 
     fn read_only(replication: Option<Replication>) -> ServerState {
         ServerState {
+            tls: None,
             version: "10.11".into(),
             flavor: dbfleet_proto::model::Flavor::MariaDb,
             server_id: 1,
@@ -1078,13 +1092,54 @@ mod tests {
 
     #[test]
     fn detection_settings_are_compared_at_the_servers_resolution() {
-        let (hb, net) = (Duration::from_secs(1), Duration::from_millis(4500));
-        assert_eq!(untuned(&replica(Some(1000), Some(4000)), hb, net), None);
-        assert_eq!(untuned(&replica(None, None), hb, net), None);
-        let why = untuned(&replica(Some(30000), Some(60000)), hb, net).unwrap();
+        let t = ReplicaTuning {
+            heartbeat: Duration::from_secs(1),
+            net_timeout: Duration::from_millis(4500),
+            mysql_tls: MysqlTlsMode::Off,
+        };
+        assert_eq!(untuned(&replica(Some(1000), Some(4000)), &t), None);
+        assert_eq!(untuned(&replica(None, None), &t), None);
+        let why = untuned(&replica(Some(30000), Some(60000)), &t).unwrap();
         assert!(
             why.contains("heartbeat 30000 ms") && why.contains("net timeout 60000 ms"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_replica_without_verified_tls_is_repointed_only_when_the_policy_requires_it() {
+        let off = ReplicaTuning {
+            heartbeat: Duration::from_secs(1),
+            net_timeout: Duration::from_secs(4),
+            mysql_tls: MysqlTlsMode::Off,
+        };
+        let required = ReplicaTuning {
+            mysql_tls: MysqlTlsMode::Required,
+            ..off
+        };
+        let with = |tls: Option<LinkTls>| Replication {
+            tls,
+            ..replica(Some(1000), Some(4000))
+        };
+        // the policy is off: no link is touched for its TLS
+        for tls in [
+            None,
+            Some(LinkTls::Off),
+            Some(LinkTls::Encrypted),
+            Some(LinkTls::Verified),
+        ] {
+            assert_eq!(untuned(&with(tls), &off), None, "{tls:?}");
+        }
+        // required: plain and unverified links are repointed, verified
+        // ones and agents that do not say are left
+        let why = untuned(&with(Some(LinkTls::Off)), &required).unwrap();
+        assert!(
+            why.contains("plain TCP") && why.contains("wanted verified TLS"),
+            "{why}"
+        );
+        let why = untuned(&with(Some(LinkTls::Encrypted)), &required).unwrap();
+        assert!(why.contains("without checking"), "{why}");
+        assert_eq!(untuned(&with(Some(LinkTls::Verified)), &required), None);
+        assert_eq!(untuned(&with(None), &required), None);
     }
 }

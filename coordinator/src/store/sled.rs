@@ -381,6 +381,7 @@ mod tests {
     }
     fn policy(cluster: &str, lag: u64) -> DesiredOp {
         DesiredOp::SetClusterPolicy {
+            mysql_tls: None,
             cluster: cluster.into(),
             max_lag_seconds: Some(lag),
             replica_heartbeat_ms: None,
@@ -397,6 +398,7 @@ mod tests {
         s.commit(
             &e(1, "c1"),
             &DesiredOp::SetClusterPolicy {
+                mysql_tls: None,
                 cluster: "main".into(),
                 max_lag_seconds: None,
                 replica_heartbeat_ms: Some(500),
@@ -461,6 +463,7 @@ mod tests {
         assert_eq!(
             st.clusters,
             vec![ClusterRecord {
+                mysql_tls: None,
                 control: Default::default(),
                 backups: Default::default(),
                 restores: Default::default(),
