@@ -37,7 +37,8 @@ def app_connect(fleet, host):
     """The application account on `host`, autocommit."""
     m, i = fleet.members[host], fleet.info
     return pymysql.connect(host=m["address"], port=m["mysql_port"], user=i["app_user"],
-                           password=i["app_password"], database=i["app_database"], autocommit=True)
+                           password=i["app_password"], database=i["app_database"], autocommit=True,
+                           **fleet.tls())
 
 
 def load(fleet):

@@ -66,12 +66,18 @@ class Fleet:
             time.sleep(0.1)
         sys.exit(f"fleet not healthy: {self.status()}")
 
+    def tls(self):
+        """pymysql's TLS arguments: the sandbox's servers refuse plain TCP
+        and present certificates from its CA for their addresses."""
+        ca = self.info.get("mysql_tls_ca")
+        return {"ssl_ca": ca, "ssl_verify_cert": True, "ssl_verify_identity": True} if ca else {}
+
     def connect(self, host, timeout=1):
         m = self.members[host]
         return pymysql.connect(host=m["address"], port=m["mysql_port"], user=self.info["app_user"],
                                password=self.info["app_password"], database=self.info["app_database"],
                                connect_timeout=timeout, read_timeout=2, write_timeout=2,
-                               autocommit=True)
+                               autocommit=True, **self.tls())
 
     def pid(self, name):
         path = os.path.join(self.dir, "run", f"{name}.pid")

@@ -124,9 +124,11 @@ pub struct MysqlConfig {
     pub replication_password_file: Option<PathBuf>,
     /// The CA (PEM) that signed the mysqld certificates. When set, the
     /// agent's TCP connections to MySQL (to its own server without a
-    /// `socket`, and to a source when checking the replication account)
-    /// use TLS and accept only a server whose certificate this CA signed
-    /// for the address dialled. Without it they are plain TCP.
+    /// `socket`, and the replication account's login at `address` that
+    /// checks the address) and the backup tools' use TLS and accept only a
+    /// server whose certificate this CA signed for the address dialled.
+    /// Without it they are plain TCP. Needed whenever mysqld sets
+    /// `require_secure_transport`.
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
     /// mysqld's pid file, for `check-config` to compare with the server's

@@ -55,6 +55,12 @@ pub enum CertError {
         "this CA issued no certificate to {0} (its record, issued.jsonl, lists every one it did)"
     )]
     NotIssued(String),
+    /// A mysqld certificate that names no address: no replica checking
+    /// its source would accept it.
+    #[error(
+        "a mysql certificate must name the address replicas dial: add --ip ADDRESS (or --dns NAME) for {0}"
+    )]
+    MysqlWithoutAddress(String),
     /// A record of the CA directory does not read.
     #[error("{}: {reason}", path.display())]
     Record {
@@ -184,6 +190,9 @@ pub fn issue_leaf(dir: &Path, out_dir: &Path, req: &LeafRequest) -> Result<LeafF
 
 /// Issues a leaf signed by the CA in `dir` and returns (cert PEM, key PEM).
 pub fn issue_leaf_pem(dir: &Path, req: &LeafRequest) -> Result<(String, String), CertError> {
+    if req.role == Role::Mysql && req.ips.is_empty() && req.dns.is_empty() {
+        return Err(CertError::MysqlWithoutAddress(req.name.clone()));
+    }
     let identity = Identity::parse_uri(&Identity::new(req.role, req.name.clone()).uri())
         .map_err(|_| CertError::BadName(req.name.clone()))?;
     let ca_cert_path = dir.join(CA_CERT);
@@ -234,6 +243,17 @@ pub fn issue_leaf_pem(dir: &Path, req: &LeafRequest) -> Result<(String, String),
 mod tests {
     use super::*;
     use crate::tls::{TlsContext, TlsPaths};
+
+    #[test]
+    fn a_mysql_certificate_must_name_an_address() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let mut req = LeafRequest::new(Role::Mysql, "db1");
+        let e = issue_leaf(dir.path(), dir.path(), &req).unwrap_err();
+        assert!(e.to_string().contains("--ip ADDRESS"), "{e}");
+        req.ips.push("10.0.0.11".parse().unwrap());
+        issue_leaf(dir.path(), dir.path(), &req).unwrap();
+    }
 
     #[test]
     fn issued_certificates_load_with_their_identity() {

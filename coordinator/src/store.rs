@@ -55,7 +55,7 @@ pub struct ClusterRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semi_sync: Option<dbfleet_proto::model::SemiSyncMode>,
     /// Operator-set TLS to MySQL; `None` uses the coordinator's
-    /// `[failover] mysql_tls`.
+    /// `mysql_tls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mysql_tls: Option<dbfleet_proto::mysql_tls::MysqlTlsMode>,
     /// The last primary observed, so a primary whose mysqld is down is

@@ -451,6 +451,28 @@ impl TestFleet {
         (out.status.success(), v)
     }
 
+    /// `dbfleet-agent check-config` on `config`, as the agents' user:
+    /// whether it passed, and what it printed (checked to hold no
+    /// password).
+    pub fn check_config(&self, config: &Path) -> (bool, String) {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(bin("dbfleet-agent"));
+        cmd.args(["--config", &config.display().to_string(), "check-config"]);
+        if let Some(u) = &self.service_user {
+            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        }
+        let out: Output = cmd.output().expect("run dbfleet-agent");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for secret in self.credentials.all() {
+            assert!(!text.contains(secret), "a password leaked: {text}");
+        }
+        (out.status.success(), text)
+    }
+
     /// Runs the real `dbfleet` CLI against this fleet.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(bin("dbfleet"))

@@ -7,29 +7,10 @@
 //! whose address does not reach it is never made the primary.
 
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use dbfleet_integration_tests::{TestFleet, bin, has_problem, member, with_line};
-
-/// `dbfleet-agent check-config` on `config`, as the agents' user.
-fn check_config(fleet: &TestFleet, config: &std::path::Path) -> (bool, String) {
-    let mut cmd = Command::new(bin("dbfleet-agent"));
-    cmd.args(["--config", &config.display().to_string(), "check-config"]);
-    if let Some(u) = &fleet.service_user {
-        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
-    }
-    let out: Output = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for secret in fleet.credentials.all() {
-        assert!(!text.contains(secret), "a password leaked: {text}");
-    }
-    (out.status.success(), text)
-}
+use dbfleet_integration_tests::{TestFleet, has_problem, member, with_line};
 
 #[tokio::test]
 async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_elsewhere() {
@@ -75,7 +56,7 @@ async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_else
     assert_eq!(agent_hosts.as_deref(), Some("localhost"));
 
     let config = fleet.dir.join("agent-db1.toml");
-    let (ok, out) = check_config(&fleet, &config);
+    let (ok, out) = fleet.check_config(&config);
     assert!(
         ok && !out.contains("problem:") && !out.contains("coordinator"),
         "the coordinator accepted the agent over mutual TLS: {out}"
@@ -102,7 +83,7 @@ async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_else
         ),
     )
     .unwrap();
-    let (ok, out) = check_config(&fleet, &wrong);
+    let (ok, out) = fleet.check_config(&wrong);
     assert!(
         ok && out.contains(&format!("warning: coordinator c1 at {db2_listen}"))
             && out.contains("presented identity")
@@ -118,7 +99,7 @@ async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_else
         )
         .await
         .unwrap();
-    let (ok, out) = check_config(&fleet, &config);
+    let (ok, out) = fleet.check_config(&config);
     assert!(!ok, "{out}");
     assert!(
         out.contains("lacks CONNECTION ADMIN (needed for ending client sessions when fencing)")
@@ -146,7 +127,7 @@ async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_else
             with_line(&text, "address", &format!("address = {address:?}")),
         )
         .unwrap();
-        let (ok, out) = check_config(&fleet, &bad);
+        let (ok, out) = fleet.check_config(&bad);
         assert!(
             !ok && out.contains(&format!("[mysql] address {address}"))
                 && out.contains("not the server behind socket"),
@@ -161,7 +142,7 @@ async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_else
         with_line(&text, "pid_file", "pid_file = \"/run/mysqld/nope.pid\""),
     )
     .unwrap();
-    let (ok, out) = check_config(&fleet, &typo);
+    let (ok, out) = fleet.check_config(&typo);
     assert!(
         ok && out.contains("warning:") && out.contains("/run/mysqld/nope.pid"),
         "{out}"
@@ -261,7 +242,7 @@ async fn a_socket_activated_mysqld_is_named_by_check_config_and_reported() {
     let config = fleet.dir.join("agent-db2.toml");
     let give_up = tokio::time::Instant::now() + dbfleet_integration_tests::PATIENCE;
     let out = loop {
-        let (ok, out) = check_config(&fleet, &config);
+        let (ok, out) = fleet.check_config(&config);
         if out.contains("socket activation") {
             assert!(!ok, "{out}");
             break out;

@@ -144,7 +144,9 @@ async fn rpcs_are_authorized_by_role() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     // a mysqld's certificate (its key is readable by the mysql user) may
     // do nothing at all
-    let mysqld = s.pki.issue(Role::Mysql, "db1", &[], false, false);
+    let mysqld = s
+        .pki
+        .issue(Role::Mysql, "db1", &["127.0.0.1"], false, false);
     let e = admin(&s, &mysqld)
         .list_clusters(pb::ListClustersRequest::default())
         .await

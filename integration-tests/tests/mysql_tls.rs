@@ -9,9 +9,9 @@ use std::fs;
 use dbfleet_cli::sandbox::mariadb::{AGENT_USER, APP_USER};
 use dbfleet_common::identity::Role;
 use dbfleet_integration_tests::failover::{
-    check_witnesses, evidence_of, loaded_fleet, new_primary,
+    check_witnesses, events, evidence_of, loaded_fleet, new_primary,
 };
-use dbfleet_integration_tests::{TestFleet, TestPki, has_problem, member};
+use dbfleet_integration_tests::{TestFleet, TestPki, has_problem, member, with_line};
 use dbfleet_proto::model::Flavor;
 use dbfleet_proto::privileges;
 use mysql_async::prelude::Queryable;
@@ -124,7 +124,7 @@ async fn replication_runs_over_verified_tls_plain_tcp_is_refused_and_a_failover_
 }
 
 #[tokio::test]
-async fn a_replica_switched_to_plain_tcp_is_shown_and_repointed_with_verified_tls() {
+async fn a_replica_switched_to_plain_tcp_is_repointed_with_verified_tls() {
     let fleet = TestFleet::start_active(1, 1).await;
     wait_verified_link(&fleet, "db2").await;
     fleet
@@ -137,9 +137,20 @@ async fn a_replica_switched_to_plain_tcp_is_shown_and_repointed_with_verified_tl
     // the coordinator notices the plain link and repoints it; the source
     // refuses plain TCP meanwhile, so nothing was replicated in the clear
     wait_verified_link(&fleet, "db2").await;
+    let give_up = std::time::Instant::now() + dbfleet_integration_tests::PATIENCE;
+    while !events(&fleet)
+        .iter()
+        .any(|e| e["kind"] == "replication-tuned")
+    {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no replication-tuned event"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let tuned = evidence_of(&fleet, "replication-tuned");
     assert!(
-        tuned.contains("db2") && tuned.contains("wanted verified TLS"),
+        tuned.contains("db2") && tuned.contains("plain TCP (wanted verified TLS)"),
         "{tuned}"
     );
 }
@@ -164,12 +175,25 @@ async fn a_mysqld_whose_certificate_another_ca_signed_is_refused_by_replicas_and
         )
         .await
         .unwrap();
+    // (stopped until the coordinators see it silent, so what follows is
+    // what the restarted agent reports)
+    fleet.stop("agent-db3", std::time::Duration::from_secs(5));
+    let config = fleet.dir.join("agent-db3.toml");
+    let text = with_line(
+        &fs::read_to_string(&config).unwrap(),
+        "socket",
+        "# socket: the agent connects over TCP",
+    );
+    fs::write(&config, text).unwrap();
     fleet
-        .restart_agent_with("db3", "socket", "# socket: the agent connects over TCP")
+        .wait_until("db3's agent silent", |c| !member(c, "db3").reporting)
         .await;
+    fleet.start_agent("db3").unwrap();
     fleet
         .wait_until("db3's agent reporting over verified TLS", |c| {
-            member(c, "db3").reachable && !has_problem(c, TLS_OFF, "db3")
+            member(c, "db3").reporting
+                && member(c, "db3").reachable
+                && !has_problem(c, TLS_OFF, "db3")
         })
         .await;
 
@@ -266,4 +290,27 @@ async fn tls_cannot_be_required_of_servers_without_a_certificate() {
     // plain replication keeps working as it was
     let r = replica_status(&fleet, "db2", &["Master_SSL_Allowed", "Slave_IO_Running"]).await;
     assert_eq!(r, ["No", "Yes"]);
+}
+
+#[tokio::test]
+async fn check_config_says_what_is_missing_when_mysqld_requires_tls() {
+    let fleet = TestFleet::start(1, 1).await;
+    let config = fleet.dir.join("agent-db2.toml");
+    let (ok, out) = fleet.check_config(&config);
+    assert!(ok && !out.contains("warning"), "{out}");
+    // without the CA the replication account's login at the address would
+    // be refused as "access denied": the check says what is missing
+    let without = fleet.dir.join("agent-db2-no-ca.toml");
+    let text = with_line(
+        &fs::read_to_string(&config).unwrap(),
+        "tls_ca_file",
+        "# tls_ca_file removed",
+    );
+    fs::write(&without, text).unwrap();
+    let (_, out) = fleet.check_config(&without);
+    assert!(
+        out.contains("requires TLS (require_secure_transport)")
+            && out.contains("tls_ca_file is not set"),
+        "{out}"
+    );
 }

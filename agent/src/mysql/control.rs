@@ -131,11 +131,12 @@ impl Controller {
     /// own `@@ssl_ca` (every mysqld of a cluster has a certificate from the
     /// same CA).
     async fn replication_ca(conn: &mut Conn) -> Result<String, ControlError> {
-        let ca: Option<String> = conn
+        // NULL when unset (MariaDB's default).
+        let ca: Option<Option<String>> = conn
             .query_first("SELECT @@ssl_ca")
             .await
             .map_err(sql_error("reading ssl_ca"))?;
-        match ca.filter(|c| !c.is_empty()) {
+        match ca.flatten().filter(|c| !c.is_empty()) {
             Some(ca) => Ok(ca),
             None => Err(ControlError::NotConfigured(
                 "the cluster's policy requires TLS to MySQL but this mysqld has no ssl_ca to check \
@@ -429,15 +430,15 @@ impl Controller {
                 "cannot repoint: set mysql.replication_user and mysql.replication_password_file in the agent config".into(),
             ));
         };
-        self.guard.fence("replica")?;
         let (mut conn, flavor) = self.conn().await?;
-        // Checked before anything changes, so a refused repoint leaves
-        // replication as it was.
+        // Checked before anything changes (the guard included), so a
+        // refused repoint leaves the member as it was.
         let tls_ca = if tls {
             Some(Self::replication_ca(&mut conn).await?)
         } else {
             None
         };
+        self.guard.fence("replica")?;
         let killed = Self::read_only_and_kill(&mut conn, flavor).await?;
         let before = self.state(&mut conn, flavor).await?;
         Self::run(&mut conn, role::stop(flavor), "stopping replication").await?;

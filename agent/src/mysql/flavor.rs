@@ -130,7 +130,8 @@ pub fn parse_replica_status(flavor: Flavor, row: &Row) -> Result<Replication, St
         received_gtid: text(row, received).replace('\n', ""),
         heartbeat_ms: None,
         net_timeout_ms: None,
-        tls: super::tls::link_tls(flavor, row),
+        // set with the server's ssl_ca by the observer
+        tls: None,
     })
 }
 
@@ -321,7 +322,8 @@ pub mod role {
                 quote(password),
                 match tls_ca {
                     Some(ca) => format!(
-                        "SOURCE_SSL=1, SOURCE_SSL_CA={}, SOURCE_SSL_VERIFY_SERVER_CERT=1",
+                        "SOURCE_SSL=1, SOURCE_SSL_CA={}, SOURCE_SSL_VERIFY_SERVER_CERT=1, \
+                         GET_SOURCE_PUBLIC_KEY=0",
                         quote(ca)
                     ),
                     None => "GET_SOURCE_PUBLIC_KEY=1".to_string(),
@@ -503,10 +505,11 @@ mod tests {
             1.0,
             Some("/etc/mysql/ca.pem"),
         );
-        assert!(!tls.contains("GET_SOURCE_PUBLIC_KEY"), "{tls}");
+        assert!(!tls.contains("GET_SOURCE_PUBLIC_KEY=1"), "{tls}");
         assert!(
             tls.ends_with(
-                "SOURCE_SSL=1, SOURCE_SSL_CA='/etc/mysql/ca.pem', SOURCE_SSL_VERIFY_SERVER_CERT=1"
+                "SOURCE_SSL=1, SOURCE_SSL_CA='/etc/mysql/ca.pem', SOURCE_SSL_VERIFY_SERVER_CERT=1, \
+                 GET_SOURCE_PUBLIC_KEY=0"
             ),
             "{tls}"
         );

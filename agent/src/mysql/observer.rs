@@ -379,6 +379,7 @@ pub fn state_of(
         replica_hosts,
         replica_server_ids,
     } = sample;
+    let server_ca = vars.get("ssl_ca").cloned().unwrap_or_default();
     // the default connection (MariaDB lists named ones too)
     let replication = replica_rows
         .iter()
@@ -386,7 +387,12 @@ pub fn state_of(
             r.get("Connection_name")
                 .is_none_or(|n| n.as_deref().unwrap_or_default().is_empty())
         })
-        .map(|r| flavor::parse_replica_status(flavor, r))
+        .map(|row| {
+            flavor::parse_replica_status(flavor, row).map(|mut r| {
+                r.tls = super::tls::link_tls(flavor, row, &server_ca);
+                r
+            })
+        })
         .transpose()?
         .map(|mut r| {
             // seconds with a fraction, e.g. "1.000"

@@ -127,6 +127,9 @@ pub async fn verify(
                 replication: expect.replication.as_ref(),
                 greeting_allowed: offline_too,
                 tls_ca: target.tls_ca.as_deref(),
+                server_requires_tls: vars
+                    .get("require_secure_transport")
+                    .is_some_and(|v| v == "ON"),
             };
             found.extend(check.run(&mut conn).await?);
         }
@@ -251,7 +254,7 @@ async fn variables(conn: &mut Conn) -> Result<HashMap<String, String>, String> {
     let rows: Vec<(String, String)> = conn
         .query(
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('datadir', 'innodb_data_home_dir', \
-             'innodb_data_file_path', 'port', 'socket', 'pid_file')",
+             'innodb_data_file_path', 'port', 'socket', 'pid_file', 'require_secure_transport')",
         )
         .await
         .map_err(|e| format!("SHOW GLOBAL VARIABLES: {e}"))?;
@@ -310,6 +313,8 @@ struct AddressCheck<'a> {
     greeting_allowed: bool,
     /// Log in over verified TLS, as replicas do under a TLS policy.
     tls_ca: Option<&'a Path>,
+    /// The server refuses TCP clients without TLS.
+    server_requires_tls: bool,
 }
 
 impl AddressCheck<'_> {
@@ -339,6 +344,15 @@ impl AddressCheck<'_> {
             }
             return Ok(None);
         };
+        // A plain login would be refused (MariaDB says only "access
+        // denied"): say what is missing instead of blaming the grant.
+        if self.server_requires_tls && self.tls_ca.is_none() {
+            return Ok(self.unknown(
+                "mysqld requires TLS (require_secure_transport) and [mysql] tls_ca_file is not set, \
+                 so the replication account cannot log in over TCP to check; set tls_ca_file to \
+                 the CA that signed the mysqld certificates",
+            ));
+        }
         let (host, port) = match dbfleet_proto::model::MysqlAddress::parse(&self.address) {
             Ok(a) => (a.host, a.port),
             Err(e) => return Ok(self.unknown(&e)),
