@@ -17,6 +17,9 @@ waits until it rejoined. The anti-flap budget is raised for the run.
 
 Usage: bench/failover.py [ROUNDS] (default 10); needs `cargo build --bins`
 and pymysql (apt-get install python3-pymysql or pip install pymysql).
+MYSQL_TLS=off runs the sandbox on plain TCP (default: required, every
+connection and replication link over verified TLS), to measure what TLS
+costs.
 """
 import json
 import os
@@ -174,8 +177,10 @@ def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     work = tempfile.mkdtemp(prefix="dbfleet-bench-")
     sandbox = os.path.join(work, "sb")
-    subprocess.run([DBFLEET, "sandbox", "up", "--dir", sandbox, "--base", BASE], check=True,
-                   stdout=subprocess.DEVNULL)
+    tls = os.environ.get("MYSQL_TLS", "required")
+    print(f"TLS to MySQL: {tls}", flush=True)
+    subprocess.run([DBFLEET, "sandbox", "up", "--dir", sandbox, "--base", BASE,
+                    "--mysql-tls", tls], check=True, stdout=subprocess.DEVNULL)
     fleet = Fleet(sandbox)
     try:
         fleet.cli("failover-policy", "--cluster", "main", "--budget", "1000", "--window-seconds", "1")

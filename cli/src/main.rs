@@ -376,6 +376,11 @@ struct UpArgs {
     /// First three octets of the sandbox's loopback addresses.
     #[arg(long, default_value = "127.0.0", value_parser = parse_base)]
     base: [u8; 3],
+    /// TLS to MySQL: `required` gives every mysqld a certificate from the
+    /// sandbox's CA, refuses plain TCP and has replicas check their
+    /// source's certificate; `off` runs plain TCP (to compare).
+    #[arg(long, default_value = "required", value_parser = ["required", "off"])]
+    mysql_tls: String,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -908,7 +913,7 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         json_logs: false,
         operator_admission: true,
         seal_backups: true,
-        mysql_tls: true,
+        mysql_tls: args.mysql_tls == "required",
         bins,
     };
     if output == Output::Table {

@@ -105,13 +105,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    fn row(pairs: &[(&str, &str)]) -> Row {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), Some(v.to_string())))
-            .collect()
-    }
+    use crate::mysql::flavor::text_row as row;
 
     fn mariadb(heartbeats: &str, pos: &str) -> Row {
         row(&[

@@ -76,6 +76,15 @@ pub fn replica_status_sql(flavor: Flavor) -> &'static str {
 /// A result row as column name → text (NULL as `None`).
 pub type Row = HashMap<String, Option<String>>;
 
+/// A row of non-NULL text values, for tests of what reads rows.
+#[cfg(test)]
+pub(crate) fn text_row(pairs: &[(&str, &str)]) -> Row {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+        .collect()
+}
+
 fn text<'a>(row: &'a Row, name: &str) -> &'a str {
     row.get(name).and_then(|v| v.as_deref()).unwrap_or("")
 }

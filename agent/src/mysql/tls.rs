@@ -62,13 +62,7 @@ pub fn link_tls(flavor: Flavor, row: &Row, server_ca: &str) -> Option<LinkTls> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(pairs: &[(&str, &str)]) -> Row {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), Some(v.to_string())))
-            .collect()
-    }
+    use crate::mysql::flavor::text_row as row;
 
     const CA: &str = "/etc/mysql/tls/ca.pem";
 
