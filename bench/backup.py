@@ -89,6 +89,8 @@ def pipeline(fleet, out_dir):
 def loaded_sandbox(prefix, replicas, base):
     """A sandbox with the rows loaded and db2 caught up: (work dir, sandbox dir, fleet, rows)."""
     work = tempfile.mkdtemp(prefix=prefix)
+    # mkdtemp makes it 0700; the sandbox's mysqld runs as the mysql user
+    os.chmod(work, 0o755)
     sandbox = os.path.join(work, "sandbox")
     subprocess.run([DBFLEET, "sandbox", "up", "--dir", sandbox, "--replicas", str(replicas),
                     "--coordinators", "1", "--base", base], check=True, capture_output=True)

@@ -176,6 +176,8 @@ def summary(name, xs):
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     work = tempfile.mkdtemp(prefix="dbfleet-bench-")
+    # mkdtemp makes it 0700; the sandbox's mysqld runs as the mysql user
+    os.chmod(work, 0o755)
     sandbox = os.path.join(work, "sb")
     tls = os.environ.get("MYSQL_TLS", "required")
     print(f"TLS to MySQL: {tls}", flush=True)

@@ -357,6 +357,8 @@ def main():
         signal.signal(signal.SIGHUP, on_signal)
 
     work = tempfile.mkdtemp(prefix="dbfleet-bench-footprint-")
+    # mkdtemp makes it 0700; the sandbox's mysqld runs as the mysql user
+    os.chmod(work, 0o755)
     sandbox = os.path.join(work, "sb")
     exporter = load = sampler = None
     try:

@@ -51,6 +51,8 @@ def role(c, cid):
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     work = tempfile.mkdtemp(prefix="dbfleet-bench-")
+    # mkdtemp makes it 0700; the sandbox's mysqld runs as the mysql user
+    os.chmod(work, 0o755)
     sandbox = os.path.join(work, "sb")
     subprocess.run([DBFLEET, "sandbox", "up", "--dir", sandbox, "--base", BASE], check=True,
                    stdout=subprocess.DEVNULL)

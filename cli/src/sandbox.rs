@@ -433,6 +433,17 @@ impl Fleet {
         };
         check_addresses_free(&info)?;
         let service_user = process::ServiceUser::for_sandbox().map_err(SandboxError::Usage)?;
+        if let Some(u) = &service_user
+            && let Some(closed) = u.closed_directory(&spec.dir)
+        {
+            return Err(SandboxError::Usage(format!(
+                "the sandbox's mysqld and agents run as the `{}` user, who cannot enter {}: \
+                 choose a directory it can reach, or open that one with `chmod o+x {}`",
+                u.name,
+                closed.display(),
+                closed.display()
+            )));
+        }
         fs::create_dir_all(&spec.dir).map_err(|e| SandboxError::io(&spec.dir, e))?;
         let dir = fs::canonicalize(&spec.dir).map_err(|e| SandboxError::io(&spec.dir, e))?;
         let credentials = Credentials {

@@ -164,6 +164,37 @@ fn up_refuses_taken_addresses_and_missing_mariadb_without_leaving_anything() {
     );
     assert!(!dir.exists());
 
+    // Run by root, the servers run as the mysql user, who must be able to
+    // reach the directory (a 0700 `mktemp -d` is closed to them).
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let closed = slot.dir.join("closed");
+        std::fs::create_dir_all(&closed).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let inside = closed.join("sb");
+        let up = dbfleet(
+            &[
+                "sandbox",
+                "up",
+                "--dir",
+                &inside.display().to_string(),
+                "--base",
+                &base,
+            ],
+            &[],
+        );
+        assert!(!up.status.success());
+        assert!(
+            text(&up).contains(&format!(
+                "the `mysql` user, who cannot enter {}",
+                closed.display()
+            )) && text(&up).contains("chmod o+x"),
+            "{}",
+            text(&up)
+        );
+        assert!(!inside.exists());
+    }
+
     let empty = slot.dir.join("empty-bin");
     std::fs::create_dir_all(&empty).unwrap();
     let up = dbfleet(

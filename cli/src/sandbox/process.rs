@@ -3,6 +3,7 @@
 //! to this sandbox (a recycled pid is never signalled).
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,6 +46,37 @@ impl ServiceUser {
             )),
             Err(e) => Err(format!("cannot look up the `{SERVICE_USER}` user: {e}")),
         }
+    }
+
+    /// The first existing directory on the way to `dir` (absolute) this
+    /// user cannot enter, asked of the kernel as them (ACLs and modes
+    /// alike); `None` when every one opens, or when that cannot be asked.
+    /// Without this a sandbox under a directory closed to them (a 0700
+    /// `mktemp -d`) fails deep inside mariadb-install-db with "InnoDB:
+    /// Unable to create temporary file; errno: 13".
+    pub fn closed_directory(&self, dir: &Path) -> Option<PathBuf> {
+        let mut path = PathBuf::new();
+        for part in dir.components() {
+            path.push(part);
+            if !path.is_dir() {
+                return None;
+            }
+            let enters = Command::new("test")
+                .arg("-x")
+                .arg(&path)
+                .uid(self.uid.as_raw())
+                .gid(self.gid.as_raw())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .ok()?
+                .success();
+            if !enters {
+                return Some(path);
+            }
+        }
+        None
     }
 
     /// Gives `path` (and, when `recursive`, everything below it) to this
