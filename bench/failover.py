@@ -87,17 +87,24 @@ class Fleet:
         with open(path) as f:
             return int(f.read().strip())
 
+    def as_service_user(self):
+        """Popen arguments that run a process as the sandbox does: as the
+        mysql user when started by root (its data and keys are theirs)."""
+        return {"user": "mysql", "group": "mysql"} if os.geteuid() == 0 else {}
+
     def start_mariadbd(self, host):
         subprocess.Popen(["/usr/sbin/mariadbd", f"--defaults-file={self.dir}/{host}/my.cnf",
                           f"--pid-file={self.dir}/run/mariadbd-{host}.pid",
                           f"--log-error={self.dir}/logs/mariadbd-{host}.log"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                         **self.as_service_user())
 
     def start_agent(self, host):
         log = open(os.path.join(self.dir, "logs", f"agent-{host}.log"), "a")
         p = subprocess.Popen([os.path.join(BIN, "dbfleet-agent"), "--config",
                               os.path.join(self.dir, f"agent-{host}.toml")],
-                             stdout=log, stderr=log, start_new_session=True)
+                             stdout=log, stderr=log, start_new_session=True,
+                             **self.as_service_user())
         with open(os.path.join(self.dir, "run", f"agent-{host}.pid"), "w") as f:
             f.write(str(p.pid))
 
