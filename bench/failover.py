@@ -61,11 +61,19 @@ class Fleet:
             return None
 
     def wait_healthy(self, timeout=120):
+        """Waits for one writable primary and every other member replicating
+        from it (a restarted old primary counts once it rejoined: until
+        then it shows no problem, but the next round's failover would wait
+        for it)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             c = self.status()
             if c and c["primary"] and not c.get("problems"):
-                return c["primary"]
+                p = next(m for m in c["members"] if m["host"] == c["primary"])
+                if p["writable"] and all(
+                        m["source"] == p["mysql_address"] and m["io_running"] and m["sql_running"]
+                        for m in c["members"] if m["host"] != c["primary"]):
+                    return c["primary"]
             time.sleep(0.1)
         sys.exit(f"fleet not healthy: {self.status()}")
 
