@@ -13,6 +13,7 @@ use dbfleet_cli::watch::{self, Display, Refresh};
 use dbfleet_cli::{cert, failover, ha, status, top};
 use dbfleet_common::identity::{Identity, Role};
 use dbfleet_common::revocation;
+use dbfleet_proto::mysql_tls::MysqlTlsMode;
 use dbfleet_proto::pb;
 
 mod backup_command;
@@ -379,13 +380,16 @@ struct UpArgs {
     /// TLS to MySQL: `required` gives every mysqld a certificate from the
     /// sandbox's CA, refuses plain TCP and has replicas check their
     /// source's certificate; `off` runs plain TCP (to compare).
-    #[arg(long, default_value = "required", value_parser = ["required", "off"])]
-    mysql_tls: String,
+    #[arg(long, default_value = "required", value_parser = MysqlTlsMode::parse)]
+    mysql_tls: MysqlTlsMode,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
     Role::parse(s).ok_or_else(|| {
-        format!("unknown role {s:?}; use agent, coordinator, operator, viewer or mysql")
+        format!(
+            "unknown role {s:?}; use one of {}",
+            Role::ALL.map(Role::as_str).join(", ")
+        )
     })
 }
 
@@ -913,7 +917,7 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         json_logs: false,
         operator_admission: true,
         seal_backups: true,
-        mysql_tls: args.mysql_tls == "required",
+        mysql_tls: args.mysql_tls == MysqlTlsMode::Required,
         bins,
     };
     if output == Output::Table {

@@ -380,12 +380,12 @@ impl Fleet {
                 let host = format!("db{}", i + 1);
                 let addr = ip(spec.base, 11 + i as u8);
                 let tls = spec.mysql_tls.then(|| {
-                    let stem = certs::leaf_stem(Role::Mysql, &host);
                     let certs_dir = spec.dir.join("certs");
+                    let files = certs::LeafFiles::of(&certs_dir, Role::Mysql, &host);
                     mariadb::ServerTlsFiles {
                         ca: certs_dir.join(certs::CA_CERT),
-                        cert: certs_dir.join(format!("{stem}.pem")),
-                        key: certs_dir.join(format!("{stem}.key")),
+                        cert: files.cert,
+                        key: files.key,
                     }
                 });
                 Server {
@@ -511,10 +511,7 @@ impl Fleet {
                 theirs.push(backups);
             }
             for s in &self.servers {
-                theirs.push(
-                    self.path("certs")
-                        .join(format!("{}.key", certs::leaf_stem(Role::Agent, &s.host))),
-                );
+                theirs.push(certs::LeafFiles::of(&self.path("certs"), Role::Agent, &s.host).key);
                 if let Some(t) = &s.tls {
                     theirs.push(t.key.clone());
                 }
@@ -654,13 +651,13 @@ impl Fleet {
     }
 
     fn tls_block(&self, role: Role, name: &str) -> String {
-        let stem = certs::leaf_stem(role, name);
         let certs_dir = self.path("certs");
+        let files = certs::LeafFiles::of(&certs_dir, role, name);
         format!(
             "[tls]\nca = {}\ncert = {}\nkey = {}\n",
             quoted(&certs_dir.join(certs::CA_CERT)),
-            quoted(&certs_dir.join(format!("{stem}.pem"))),
-            quoted(&certs_dir.join(format!("{stem}.key"))),
+            quoted(&files.cert),
+            quoted(&files.key),
         )
     }
 
@@ -786,7 +783,7 @@ impl Fleet {
     }
 
     fn write_cli_config(&self) -> Result<(), SandboxError> {
-        let stem = certs::leaf_stem(Role::Operator, OPERATOR);
+        let files = certs::LeafFiles::of(&self.path("certs"), Role::Operator, OPERATOR);
         let cfg = CliConfig {
             coordinators: self
                 .info
@@ -796,8 +793,8 @@ impl Fleet {
                 .collect(),
             tls: CliTls {
                 ca: self.path("certs").join(certs::CA_CERT),
-                cert: self.path("certs").join(format!("{stem}.pem")),
-                key: self.path("certs").join(format!("{stem}.key")),
+                cert: files.cert,
+                key: files.key,
             },
         };
         let text =

@@ -168,16 +168,24 @@ pub fn leaf_stem(role: Role, name: &str) -> String {
     format!("{role}-{name}")
 }
 
+impl LeafFiles {
+    /// Where [`issue_leaf`] writes `role/name`'s certificate and key in
+    /// `dir`: `ROLE-NAME.pem` and `ROLE-NAME.key`.
+    pub fn of(dir: &Path, role: Role, name: &str) -> LeafFiles {
+        let stem = leaf_stem(role, name);
+        LeafFiles {
+            cert: dir.join(format!("{stem}.pem")),
+            key: dir.join(format!("{stem}.key")),
+        }
+    }
+}
+
 /// Issues a leaf signed by the CA in `dir`, written as `ROLE-NAME.pem` and
 /// `ROLE-NAME.key` into `out_dir`.
 pub fn issue_leaf(dir: &Path, out_dir: &Path, req: &LeafRequest) -> Result<LeafFiles, CertError> {
     let (cert_pem, key_pem) = issue_leaf_pem(dir, req)?;
     fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
-    let stem = leaf_stem(req.role, &req.name);
-    let files = LeafFiles {
-        cert: out_dir.join(format!("{stem}.pem")),
-        key: out_dir.join(format!("{stem}.key")),
-    };
+    let files = LeafFiles::of(out_dir, req.role, &req.name);
     for p in [&files.cert, &files.key] {
         if p.exists() {
             return Err(CertError::Exists(p.clone()));

@@ -247,6 +247,28 @@ impl Drop for TestFleet {
     }
 }
 
+/// What `ask` (a new session and a query on it) answers. A session the
+/// fleet ends meanwhile (a repoint or a fence ends the server's client
+/// sessions) is replaced by a new one, a few times; any other error, or
+/// the fifth ended session, fails the test naming `what`.
+pub async fn on_new_sessions<T, F, Fut>(what: &str, mut ask: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, mysql_async::Error>>,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match ask().await {
+            Ok(v) => return v,
+            Err(mysql_async::Error::Io(e)) if attempts < 5 => {
+                eprintln!("{what}: the session ended ({e}); asking again");
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
 /// `config` (TOML text) with the line starting `key = ` replaced by `line`.
 pub fn with_line(config: &str, key: &str, line: &str) -> String {
     config
@@ -374,28 +396,20 @@ impl TestFleet {
     }
 
     /// The first column of the first row `query` returns on `host`, as
-    /// text, asked as the DBA (root over the socket).
-    /// A read whose session the fleet ends (a repoint or a fence ends the
-    /// server's client sessions) is asked again on a new one, a few times.
+    /// text, asked as the DBA (root over the socket), on new sessions
+    /// while the fleet ends them ([`on_new_sessions`]).
     pub async fn query_one(&self, host: &str, query: &str) -> Option<String> {
         let s = self.server(host).expect("known host");
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let mut conn = mysql_async::Conn::new(s.root_opts(&self.credentials.root))
+        let root = &self.credentials.root;
+        on_new_sessions(&format!("query on {host}: {query}"), || async move {
+            let mut conn = mysql_async::Conn::new(s.root_opts(root))
                 .await
                 .expect("connect as root");
-            match conn.query_first::<String, _>(query).await {
-                Ok(v) => {
-                    let _ = conn.disconnect().await;
-                    return v;
-                }
-                Err(mysql_async::Error::Io(e)) if attempts < 5 => {
-                    eprintln!("{host}: {query}: the session ended ({e}); asking again");
-                }
-                Err(e) => panic!("query on {host}: {query}: {e}"),
-            }
-        }
+            let v = conn.query_first::<String, _>(query).await?;
+            let _ = conn.disconnect().await;
+            Ok(v)
+        })
+        .await
     }
 
     /// Runs SQL on `host` as the DBA (root over the socket).
@@ -739,12 +753,9 @@ impl TestPki {
             if foreign { "foreign-" } else { "" },
             if expired { "expired" } else { "valid" }
         ));
-        let stem = dbfleet_common::certs::leaf_stem(role, name);
-        let files = if out.join(format!("{stem}.pem")).exists() {
-            dbfleet_common::certs::LeafFiles {
-                cert: out.join(format!("{stem}.pem")),
-                key: out.join(format!("{stem}.key")),
-            }
+        let issued = dbfleet_common::certs::LeafFiles::of(&out, role, name);
+        let files = if issued.cert.exists() {
+            issued
         } else {
             issue_leaf(ca_dir, &out, &req).unwrap()
         };

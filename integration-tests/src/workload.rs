@@ -118,24 +118,18 @@ pub async fn ids_on(fleet: &Fleet, host: &str) -> BTreeSet<u64> {
 }
 
 /// The ids present in [`TABLE`] on `s`, read with the application
-/// account's `password`. A session the fleet ends meanwhile (a repoint
-/// ends the server's client sessions) is replaced, a few times.
+/// account's `password`, on new sessions while the fleet ends them
+/// ([`crate::on_new_sessions`]).
 pub async fn ids_on_server(s: &Server, password: &str) -> BTreeSet<u64> {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
+    let what = format!("read the writer's table on {}", s.host);
+    crate::on_new_sessions(&what, || async move {
         let mut c = connect(s, password, Duration::from_secs(5))
             .await
             .expect("connect for the check");
-        match c.query::<u64, _>(format!("SELECT id FROM {TABLE}")).await {
-            Ok(ids) => return ids.into_iter().collect(),
-            Err(mysql_async::Error::Io(e)) if attempts < 5 => eprintln!(
-                "{}: reading the writer's table: the session ended ({e}); asking again",
-                s.host
-            ),
-            Err(e) => panic!("read the writer's table on {}: {e}", s.host),
-        }
-    }
+        let ids: Vec<u64> = c.query(format!("SELECT id FROM {TABLE}")).await?;
+        Ok(ids.into_iter().collect())
+    })
+    .await
 }
 
 /// Samples every member's `read_only` at once, every 50 ms (well within

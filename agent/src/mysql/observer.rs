@@ -61,11 +61,11 @@ pub(crate) async fn connect(t: &MysqlTarget) -> Result<(Conn, Flavor), String> {
         .pass(Some(t.password.expose().to_string()))
         .prefer_socket(false)
         .socket(t.socket.as_ref().map(|p| p.to_string_lossy().into_owned()))
-        .ssl_opts(match t.connection() {
-            // mysql_async would ask a socket for TLS and then not start
-            // it: the session breaks ("Packets out of sync").
-            AgentConnection::Socket | AgentConnection::Plain => None,
-            AgentConnection::Tls => t.tls_ca.as_deref().map(super::tls::verified),
+        // Not over the socket: mysql_async would ask it for TLS and then
+        // not start it, and the session breaks ("Packets out of sync").
+        .ssl_opts(match (&t.socket, &t.tls_ca) {
+            (None, Some(ca)) => Some(super::tls::verified(ca)),
+            _ => None,
         })
         .stmt_cache_size(0);
     let place = match &t.socket {
@@ -456,7 +456,7 @@ pub fn state_of(
         },
         replica_server_ids: replica_server_ids.clone(),
         tls: Some(ServerTls {
-            ca: get("ssl_ca"),
+            ca: server_ca,
             require_secure_transport: on(vars.get("require_secure_transport")),
             agent_connection: via,
         }),

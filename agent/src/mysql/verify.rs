@@ -127,9 +127,7 @@ pub async fn verify(
                 replication: expect.replication.as_ref(),
                 greeting_allowed: offline_too,
                 tls_ca: target.tls_ca.as_deref(),
-                server_requires_tls: vars
-                    .get("require_secure_transport")
-                    .is_some_and(|v| v == "ON"),
+                server_requires_tls: super::flavor::on(vars.get("require_secure_transport")),
             };
             found.extend(check.run(&mut conn).await?);
         }
