@@ -186,11 +186,18 @@ async fn ask_server(
         .into_iter()
         .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
         .collect();
+    // MySQL 8.4 removed SHOW MASTER STATUS; MariaDB never had the new
+    // name. Only MySQL has a server_uuid.
+    let status = if server_uuid.is_empty() {
+        "SHOW MASTER STATUS"
+    } else {
+        "SHOW BINARY LOG STATUS"
+    };
     let row: mysql_async::Row = conn
-        .query_first("SHOW MASTER STATUS")
+        .query_first(status)
         .await
-        .map_err(|e| format!("SHOW MASTER STATUS: {e}"))?
-        .ok_or("SHOW MASTER STATUS returned nothing (is log_bin on?)")?;
+        .map_err(|e| format!("{status}: {e}"))?
+        .ok_or_else(|| format!("{status} returned nothing (is log_bin on?)"))?;
     let current = (
         row.get::<String, _>(0).unwrap_or_default(),
         row.get::<u64, _>(1).unwrap_or_default(),

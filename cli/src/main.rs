@@ -13,6 +13,7 @@ use dbfleet_cli::watch::{self, Display, Refresh};
 use dbfleet_cli::{cert, failover, ha, status, top};
 use dbfleet_common::identity::{Identity, Role};
 use dbfleet_common::revocation;
+use dbfleet_proto::model::Flavor;
 use dbfleet_proto::mysql_tls::MysqlTlsMode;
 use dbfleet_proto::pb;
 
@@ -382,6 +383,18 @@ struct UpArgs {
     /// source's certificate; `off` runs plain TCP (to compare).
     #[arg(long, default_value = "required", value_parser = MysqlTlsMode::parse)]
     mysql_tls: MysqlTlsMode,
+    /// The servers: `mariadb` (Debian's MariaDB) or `mysql` (MySQL 9.7,
+    /// unpacked by `./scripts/install-mysql`).
+    #[arg(long, default_value = "mariadb", value_parser = parse_flavor)]
+    flavor: Flavor,
+}
+
+fn parse_flavor(s: &str) -> Result<Flavor, String> {
+    match s {
+        "mariadb" => Ok(Flavor::MariaDb),
+        "mysql" => Ok(Flavor::MySql),
+        _ => Err(format!("unknown flavor {s:?}; use mariadb or mysql")),
+    }
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -918,6 +931,7 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
         operator_admission: true,
         seal_backups: true,
         mysql_tls: args.mysql_tls == MysqlTlsMode::Required,
+        flavor: args.flavor,
         bins,
     };
     if output == Output::Table {

@@ -11,6 +11,7 @@
 
 mod health;
 pub mod mariadb;
+pub mod mysqld;
 pub mod process;
 
 pub use self::health::{describe_status, healthy};
@@ -24,6 +25,7 @@ use std::time::Duration;
 use dbfleet_common::certs::{self, LeafRequest};
 use dbfleet_common::identity::Role;
 use dbfleet_lease::Timing;
+use dbfleet_proto::model::Flavor;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
@@ -131,6 +133,8 @@ pub struct Binaries {
     pub mariadbd: PathBuf,
     /// `mariadb-install-db`.
     pub install_db: PathBuf,
+    /// MySQL as `./scripts/install-mysql` unpacks it, when it has.
+    pub mysql: Option<mysqld::MysqlInstall>,
 }
 
 /// Environment variable naming the directory holding `mariadbd` and
@@ -179,6 +183,7 @@ impl Binaries {
             )?,
             mariadbd: find_in(&mariadb_dirs, "mariadbd", SETUP_FIX)?,
             install_db: find_in(&mariadb_dirs, "mariadb-install-db", SETUP_FIX)?,
+            mysql: mysqld::MysqlInstall::find(dbfleet_dir),
         })
     }
 }
@@ -228,6 +233,8 @@ pub struct SandboxSpec {
     /// CA and refuses plain TCP, replicas check their source's
     /// certificate, and the coordinators require it of every cluster.
     pub mysql_tls: bool,
+    /// MariaDB or MySQL servers (one flavor for the whole sandbox).
+    pub flavor: Flavor,
     /// Programs to run.
     pub bins: Binaries,
 }
@@ -275,6 +282,10 @@ pub fn sandbox_lease() -> Timing {
     }
 }
 
+fn mariadb_name() -> String {
+    Flavor::MariaDb.as_str().to_string()
+}
+
 /// `D/sandbox.json`, for scripts; documented in `docs/cli.md`. Its
 /// `Debug` leaves the password out.
 #[derive(Clone, Serialize, Deserialize)]
@@ -291,6 +302,10 @@ pub struct SandboxFile {
     pub app_password: String,
     /// The database it owns.
     pub app_database: String,
+    /// The servers' flavor (`mariadb` or `mysql`); files written before
+    /// the MySQL flavor have none and are MariaDB.
+    #[serde(default = "mariadb_name")]
+    pub flavor: String,
     /// The CA that signed the mysqld certificates, when the servers
     /// require TLS (clients check the server's certificate with it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -389,6 +404,7 @@ impl Fleet {
                     }
                 });
                 Server {
+                    flavor: spec.flavor,
                     dir: spec.dir.join(&host),
                     socket: PathBuf::from(format!("/tmp/dbfleet-{addr}-{MYSQL_PORT}.sock")),
                     host,
@@ -427,6 +443,7 @@ impl Fleet {
             app_user: mariadb::APP_USER.into(),
             app_password: String::new(),
             app_database: mariadb::APP_DATABASE.into(),
+            flavor: spec.flavor.as_str().to_string(),
             mysql_tls_ca: spec
                 .mysql_tls
                 .then(|| spec.dir.join("certs").join(certs::CA_CERT)),
@@ -539,17 +556,26 @@ impl Fleet {
             // would keep this mysqld from listening; the address was
             // checked free above, so nothing serves it.
             let _ = fs::remove_file(&s.socket);
-            mariadb::install(
-                &self.spec.bins.install_db,
-                &s,
-                &log,
-                self.service_user.as_ref(),
-            )?;
-            self.start_mariadbd(&s.host)?;
+            match s.flavor {
+                Flavor::MariaDb => mariadb::install(
+                    &self.spec.bins.install_db,
+                    &s,
+                    &log,
+                    self.service_user.as_ref(),
+                )?,
+                Flavor::MySql => mysqld::install(
+                    self.mysql()?,
+                    &self.dir,
+                    &s,
+                    &log,
+                    self.service_user.as_ref(),
+                )?,
+            }
+            self.start_mysqld(&s.host)?;
         }
         for s in self.servers.clone() {
-            let log = self.path(&format!("logs/mariadbd-{}.log", s.host));
-            let name = format!("mariadbd-{}", s.host);
+            let name = s.process_name();
+            let log = self.path(&format!("logs/{name}.log"));
             let child = &mut self
                 .children
                 .iter_mut()
@@ -557,7 +583,7 @@ impl Fleet {
                 .expect("every server was started above")
                 .1;
             let root = mariadb::wait_ready(&s, child, &log, Duration::from_secs(60)).await?;
-            mariadb::bootstrap(root, &self.credentials).await?;
+            mariadb::bootstrap(root, s.flavor, &self.credentials).await?;
         }
         for primary in self.servers.iter().filter(|s| !s.read_only) {
             for replica in self
@@ -749,8 +775,8 @@ impl Fleet {
                 .as_ref()
                 .map(|ca| format!("tls_ca_file = {}\n", quoted(ca)))
                 .unwrap_or_default(),
-            pid = quoted(&self.path(&format!("run/mariadbd-{}.pid", m.host))),
-            start = self.mariadbd_command(&m.host)?.join(", "),
+            pid = quoted(&self.path(&format!("run/{}.pid", self.server(&m.host)?.process_name()))),
+            start = self.mysqld_command(&m.host)?.join(", "),
             tls = self.tls_block(Role::Agent, &m.host),
         );
         fs::write(&path, text).map_err(|e| SandboxError::io(&path, e))
@@ -856,31 +882,65 @@ impl Fleet {
             })
     }
 
-    /// How `host`'s mariadbd is started, as quoted TOML strings (the
-    /// agent starts it this way after a restore).
-    fn mariadbd_command(&self, host: &str) -> Result<Vec<String>, SandboxError> {
+    /// The installed MySQL, or the error naming how to install it.
+    fn mysql(&self) -> Result<&mysqld::MysqlInstall, SandboxError> {
+        self.spec
+            .bins
+            .mysql
+            .as_ref()
+            .ok_or_else(|| SandboxError::Missing {
+                program: "mysqld (MySQL 9.7)".into(),
+                looked: mysqld::MYSQL_HOME_ENV.to_string() + " and target/tools/mysql",
+                fix: mysqld::INSTALL_FIX.into(),
+            })
+    }
+
+    /// The server program of `host` (mariadbd or MySQL's mysqld) and its
+    /// arguments.
+    fn server_command(&self, host: &str) -> Result<(PathBuf, Vec<String>), SandboxError> {
         let s = self.server(host)?;
-        let name = format!("mariadbd-{host}");
+        let name = s.process_name();
         let args = mariadb::args(
             s,
             &self.path(&format!("run/{name}.pid")),
             &self.path(&format!("logs/{name}.log")),
         );
-        Ok(std::iter::once(quoted(&self.spec.bins.mariadbd))
+        let program = match s.flavor {
+            Flavor::MariaDb => self.spec.bins.mariadbd.clone(),
+            Flavor::MySql => self.mysql()?.mysqld(),
+        };
+        Ok((program, args))
+    }
+
+    /// How `host`'s mysqld is started, as quoted TOML strings (the agent
+    /// starts it this way after a restore).
+    fn mysqld_command(&self, host: &str) -> Result<Vec<String>, SandboxError> {
+        let (program, args) = self.server_command(host)?;
+        Ok(std::iter::once(quoted(&program))
             .chain(args.iter().map(|a| quoted(Path::new(a))))
             .collect())
     }
 
-    /// Starts (or restarts after a stop) the mariadbd of `host`.
-    pub fn start_mariadbd(&mut self, host: &str) -> Result<(), SandboxError> {
-        let s = self.server(host)?.clone();
-        let name = format!("mariadbd-{host}");
-        let args = mariadb::args(
-            &s,
-            &self.path(&format!("run/{name}.pid")),
-            &self.path(&format!("logs/{name}.log")),
-        );
-        self.spawn(&name, self.spec.bins.mariadbd.clone(), args, true)
+    /// Starts (or restarts after a stop) the mysqld (mariadbd on MariaDB)
+    /// of `host`.
+    pub fn start_mysqld(&mut self, host: &str) -> Result<(), SandboxError> {
+        let name = self.server(host)?.process_name();
+        let (program, args) = self.server_command(host)?;
+        self.spawn(&name, program, args, true)
+    }
+
+    /// kill -9 of `host`'s mysqld (mariadbd on MariaDB).
+    pub fn kill_mysqld(&mut self, host: &str) {
+        let name = self.mysqld_name(host);
+        self.kill(&name);
+    }
+
+    /// The name `host`'s server runs under in `run/` and `logs/`
+    /// (`mariadbd-db1`, `mysqld-db1`), for [`Fleet::kill`] and friends.
+    pub fn mysqld_name(&self, host: &str) -> String {
+        self.server(host)
+            .map(Server::process_name)
+            .unwrap_or_else(|_| format!("mariadbd-{host}"))
     }
 
     /// The arguments of an agent or coordinator run on `config`.

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod durable;
 pub mod gtid;
+pub mod gtid_set;
 pub mod identity;
 pub mod metrics_http;
 #[cfg(feature = "proptest")]

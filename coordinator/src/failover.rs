@@ -14,6 +14,7 @@ pub use dbfleet_common::gtid;
 pub mod hooks;
 pub mod journal;
 pub mod plan;
+pub mod positions;
 pub(crate) mod procedure;
 pub(crate) mod reconcile;
 
@@ -122,7 +123,7 @@ impl Failovers {
                 "no cluster named {cluster:?}"
             )));
         }
-        Self::check_flavor(&members)?;
+        Self::cluster_flavor(&members)?;
         let primary = self.primary_of(cluster).ok_or_else(|| {
             ServiceError::Refused(format!("cluster {cluster} has no known primary"))
         })?;

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use dbfleet_proto::model::{IoThread, MysqlAddress, MysqlObservation, Report, ServerState};
+use dbfleet_proto::model::{Flavor, IoThread, MysqlAddress, MysqlObservation, Report, ServerState};
 use dbfleet_proto::mysql_tls::{AgentConnection, LinkTls};
 use dbfleet_proto::pb;
 
@@ -39,6 +39,9 @@ pub mod kind {
     /// The cluster's policy requires TLS to MySQL and a member's server,
     /// replication link or agent connection goes without it.
     pub const MYSQL_TLS_OFF: &str = "mysql-tls-off";
+    /// The members run different flavors, or a MySQL dbfleet does not
+    /// support: failover and switchover are refused.
+    pub const UNSUPPORTED_FLAVOR: &str = "unsupported-flavor";
 }
 
 /// One member as the coordinator knows it.
@@ -195,6 +198,14 @@ pub fn derive(input: &ClusterInput<'_>) -> pb::ClusterView {
         }
     }
 
+    let servers: Vec<(&str, &ServerState)> = members
+        .iter()
+        .filter_map(|m| Some((m.input.host, m.server?)))
+        .collect();
+    if let Some(why) = flavor_problem(&servers) {
+        problems.push(problem(kind::UNSUPPORTED_FLAVOR, "", why));
+    }
+
     pb::ClusterView {
         control: None,
         name: input.name.to_string(),
@@ -212,6 +223,49 @@ pub fn derive(input: &ClusterInput<'_>) -> pb::ClusterView {
                 .unwrap_or_default(),
             mysql_tls: input.tuning.mysql_tls.as_str().to_string(),
         }),
+    }
+}
+
+/// Why these servers cannot form one cluster dbfleet fails over: MariaDB
+/// and MySQL mixed (their GTIDs cannot be compared), or a MySQL older than
+/// 8.4 (8.0 is end of life and lacks the statements dbfleet uses).
+pub fn flavor_problem(servers: &[(&str, &ServerState)]) -> Option<String> {
+    let of = |f: Flavor| -> Vec<&str> {
+        servers
+            .iter()
+            .filter(|(_, s)| s.flavor == f)
+            .map(|(h, _)| *h)
+            .collect()
+    };
+    let (mariadb, mysql) = (of(Flavor::MariaDb), of(Flavor::MySql));
+    if !mariadb.is_empty() && !mysql.is_empty() {
+        return Some(format!(
+            "the cluster mixes MariaDB ({}) and MySQL ({}); a cluster is one flavor, because their GTIDs cannot be compared: move the odd members to a cluster of their own",
+            mariadb.join(", "),
+            mysql.join(", ")
+        ));
+    }
+    let old: Vec<String> = servers
+        .iter()
+        .filter(|(_, s)| s.flavor == Flavor::MySql && !mysql_supported(&s.version))
+        .map(|(h, s)| format!("{h} runs MySQL {}", s.version))
+        .collect();
+    (!old.is_empty()).then(|| {
+        format!(
+            "{}; dbfleet supports MySQL 8.4 and later (8.0 is end of life): upgrade it",
+            old.join(", ")
+        )
+    })
+}
+
+/// MySQL 8.4 or later, from `SELECT VERSION()` (`9.7.4-2`, `8.4.3-log`).
+fn mysql_supported(version: &str) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (8, 4),
+        _ => false,
     }
 }
 
@@ -499,6 +553,59 @@ mod tests {
 
     fn reach(s: ServerState) -> MysqlObservation {
         MysqlObservation::Reachable(Box::new(s))
+    }
+
+    #[test]
+    fn a_cluster_is_one_flavor_on_a_supported_mysql() {
+        let maria = server(false, None);
+        let mysql = |version: &str| ServerState {
+            flavor: Flavor::MySql,
+            version: version.into(),
+            ..server(true, None)
+        };
+        let (m97, m84, m80) = (mysql("9.7.4-2"), mysql("8.4.3-log"), mysql("8.0.40"));
+        assert_eq!(flavor_problem(&[("db1", &maria), ("db2", &maria)]), None);
+        assert_eq!(flavor_problem(&[("db1", &m97), ("db2", &m84)]), None);
+        assert_eq!(flavor_problem(&[]), None);
+        let mixed = flavor_problem(&[("db1", &maria), ("db2", &m97), ("db3", &maria)]).unwrap();
+        assert!(
+            mixed.contains("MariaDB (db1, db3) and MySQL (db2)") && mixed.contains("one flavor"),
+            "{mixed}"
+        );
+        let old = flavor_problem(&[("db1", &m97), ("db2", &m80)]).unwrap();
+        assert!(
+            old.starts_with("db2 runs MySQL 8.0.40;") && old.contains("8.4 and later"),
+            "{old}"
+        );
+        for (version, ok) in [
+            ("8.4.0", true),
+            ("8.3.0", false),
+            ("10.0.1", true),
+            ("5.7.44-log", false),
+            ("", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(mysql_supported(version), ok, "{version}");
+        }
+        // The view carries it as a problem.
+        let reports = vec![
+            report("db1", reach(server(false, None))),
+            report(
+                "db2",
+                reach(ServerState {
+                    flavor: Flavor::MySql,
+                    ..server(true, Some("db1:3306"))
+                }),
+            ),
+        ];
+        let v = view(&reports, &[Some(0), Some(0)], None);
+        assert!(
+            v.problems
+                .iter()
+                .any(|p| p.kind == kind::UNSUPPORTED_FLAVOR),
+            "{:?}",
+            v.problems
+        );
     }
 
     fn healthy() -> Vec<Report> {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use dbfleet_proto::model::Flavor;
 use dbfleet_proto::pb;
 use serde_json::Value;
 
@@ -18,7 +19,20 @@ pub async fn loaded_fleet(extra: &str) -> (TestFleet, Writer, Sampler) {
 
 /// [`loaded_fleet`] with `replicas` replicas.
 pub async fn loaded_fleet_of(replicas: usize, extra: &str) -> (TestFleet, Writer, Sampler) {
-    let fleet = TestFleet::start_with(replicas, 2, extra).await;
+    loaded_fleet_on(Flavor::MariaDb, replicas, extra).await
+}
+
+/// [`loaded_fleet_of`] on `flavor`'s servers.
+pub async fn loaded_fleet_on(
+    flavor: Flavor,
+    replicas: usize,
+    extra: &str,
+) -> (TestFleet, Writer, Sampler) {
+    let fleet = TestFleet::start_spec(replicas, 2, |spec| {
+        spec.coordinator_extra = extra.to_string();
+        spec.flavor = flavor;
+    })
+    .await;
     fleet
         .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
         .await;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 pub mod backups;
 pub mod failover;
+pub mod flavored;
 pub mod s3;
 pub mod scrape;
 pub mod workload;
@@ -337,6 +338,7 @@ impl TestFleet {
             operator_admission: false,
             seal_backups: true,
             mysql_tls: true,
+            flavor: dbfleet_proto::model::Flavor::MariaDb,
             bins,
         };
         customize(&mut spec);

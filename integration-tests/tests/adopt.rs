@@ -251,6 +251,7 @@ async fn build_cluster(slot: Slot) -> Adopted {
         .map(|(i, h)| {
             let ip = slot.ip(11 + i as u8).parse().unwrap();
             Server {
+                flavor: dbfleet_proto::model::Flavor::MariaDb,
                 tls: None,
                 host: h.to_string(),
                 cluster: "main".into(),

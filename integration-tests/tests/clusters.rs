@@ -138,7 +138,7 @@ async fn the_breaker_holds_failover_while_too_many_clusters_die_and_each_cluster
 
     // main's primary comes back: main2 is now the only dead cluster, so
     // the breaker lets its failover through, and main keeps its primary.
-    fleet.start_mariadbd("db1").unwrap();
+    fleet.start_mysqld("db1").unwrap();
     fleet
         .wait_cluster("main", "db1 the primary of main again", |c| {
             serves(c, "db1", "db2")
@@ -159,7 +159,7 @@ async fn the_breaker_holds_failover_while_too_many_clusters_die_and_each_cluster
     // main2's old primary returns read-only. It rejoins as db4's replica,
     // unless the kill caught a commit that db3 had written to its binlog
     // but db4 never received: then it is marked for a rebuild instead.
-    fleet.start_mariadbd("db3").unwrap();
+    fleet.start_mysqld("db3").unwrap();
     let c = fleet
         .wait_cluster("main2", "db3 rejoined or marked needs-rebuild", |c| {
             serves(c, "db4", "db3") || member(c, "db3").needs_rebuild

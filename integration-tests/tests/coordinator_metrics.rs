@@ -178,7 +178,7 @@ async fn coordinators_export_the_fleet_and_count_failovers_and_skipped_detection
         .primary;
     // The old primary rejoins, so a majority of replicas can confirm the
     // next loss.
-    fleet.start_mariadbd("db1").unwrap();
+    fleet.start_mysqld("db1").unwrap();
     fleet
         .wait_until("db1 replicating from the new primary", |c| {
             let m = dbfleet_integration_tests::member(c, "db1");

@@ -1,5 +1,5 @@
-//! Failover and switchover with real processes: three real mariadbd
-//! (lossless semi-sync), three agents, two coordinators, a writer that
+//! Failover and switchover with real processes: three real servers
+//! (lossless semi-sync; the main tests on MariaDB and on MySQL), three agents, two coordinators, a writer that
 //! records every acknowledged write and a sampler that checks every 50 ms
 //! how many members accept writes. Every test checks: never two writable
 //! members, no acknowledged write missing on the new primary, every
@@ -8,9 +8,13 @@
 use std::time::Duration;
 
 use dbfleet_integration_tests::failover::{
-    check_witnesses, cut_off_db1, events, evidence_of, loaded_fleet, loaded_fleet_of, new_primary,
-    semi_sync_may_fall_back, wait_acked,
+    check_witnesses, cut_off_db1, events, evidence_of, loaded_fleet, loaded_fleet_of,
+    loaded_fleet_on, new_primary, semi_sync_may_fall_back, wait_acked,
 };
+use dbfleet_integration_tests::flavored::{
+    on_read_only_replica, semi_sync_replica_off, semi_sync_source_enabled, start_io, stop_io,
+};
+use dbfleet_integration_tests::on_both_flavors;
 use dbfleet_integration_tests::workload::{Sampler, Writer};
 use dbfleet_integration_tests::{PATIENCE, TestFleet, member, sole_active};
 use dbfleet_proto::pb;
@@ -46,10 +50,10 @@ fn pid(fleet: &TestFleet, name: &str) -> nix::unistd::Pid {
     nix::unistd::Pid::from_raw(fleet.pid(name).expect("running") as i32)
 }
 
-#[tokio::test]
-async fn kill_9_of_the_primary_mysqld_fails_over_fast_and_the_old_primary_rejoins() {
-    let (mut fleet, writer, sampler) = loaded_fleet("").await;
-    fleet.kill("mariadbd-db1");
+on_both_flavors! {
+async fn kill_9_of_the_primary_mysqld_fails_over_fast_and_the_old_primary_rejoins(flavor: Flavor) {
+    let (mut fleet, writer, sampler) = loaded_fleet_on(flavor, 2, "").await;
+    fleet.kill_mysqld("db1");
     let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
     let primary = view.primary.clone();
     check_witnesses(&fleet, writer, sampler, &primary).await;
@@ -59,12 +63,10 @@ async fn kill_9_of_the_primary_mysqld_fails_over_fast_and_the_old_primary_rejoin
     let mut c = mysql_async::Conn::new(s.root_opts(&fleet.credentials.root))
         .await
         .unwrap();
-    let on: Option<u8> = mysql_async::prelude::Queryable::query_first(
-        &mut c,
-        "SELECT @@rpl_semi_sync_master_enabled",
-    )
-    .await
-    .unwrap();
+    let on: Option<u8> =
+        mysql_async::prelude::Queryable::query_first(&mut c, semi_sync_source_enabled(flavor))
+            .await
+            .unwrap();
     assert_eq!(on, Some(1), "semi-sync source enabled on {primary}");
     let proof = evidence_of(&fleet, "failover-completed");
     assert!(
@@ -76,16 +78,17 @@ async fn kill_9_of_the_primary_mysqld_fails_over_fast_and_the_old_primary_rejoin
     let c = &status["clusters"][0];
     assert_eq!(c["primary"], primary.as_str());
     // the old primary comes back read-only and rejoins as a replica
-    fleet.start_mariadbd("db1").unwrap();
+    fleet.start_mysqld("db1").unwrap();
     new_primary(&fleet, "db1", &["db1", "db2", "db3"]).await;
     evidence_of(&fleet, "rejoined");
 }
+}
 
-#[tokio::test]
-async fn death_of_the_primary_host_is_fenced_by_lossless_semi_sync() {
-    let (mut fleet, writer, sampler) = loaded_fleet("").await;
+on_both_flavors! {
+async fn death_of_the_primary_host_is_fenced_by_lossless_semi_sync(flavor: Flavor) {
+    let (mut fleet, writer, sampler) = loaded_fleet_on(flavor, 2, "").await;
     fleet.kill("agent-db1");
-    fleet.kill("mariadbd-db1");
+    fleet.kill_mysqld("db1");
     let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
     check_witnesses(&fleet, writer, sampler, &view.primary).await;
     let proof = evidence_of(&fleet, "failover-completed");
@@ -95,7 +98,7 @@ async fn death_of_the_primary_host_is_fenced_by_lossless_semi_sync() {
     );
     // the host returns: rejoined, or marked for rebuild if it holds a
     // transaction that was never acknowledged
-    fleet.start_mariadbd("db1").unwrap();
+    fleet.start_mysqld("db1").unwrap();
     fleet.start_agent("db1").unwrap();
     fleet
         .wait_until("db1 rejoined or marked for rebuild", |c| {
@@ -103,6 +106,7 @@ async fn death_of_the_primary_host_is_fenced_by_lossless_semi_sync() {
             m.needs_rebuild || (m.source == member(c, &view.primary).mysql_address && m.io_running)
         })
         .await;
+}
 }
 
 #[tokio::test]
@@ -122,12 +126,12 @@ async fn a_hung_primary_is_killed_by_its_agent_and_replaced() {
     );
 }
 
-#[tokio::test]
-async fn a_replica_with_an_errant_transaction_is_never_promoted() {
+on_both_flavors! {
+async fn a_replica_with_an_errant_transaction_is_never_promoted(flavor: Flavor) {
     // Three replicas: with the errant one set aside and the old primary
     // dead, the fourth member is the new primary's semi-sync acker
     // (lossless semi-sync halts writes with no replica at all).
-    let (mut fleet, writer, sampler) = loaded_fleet_of(3, "").await;
+    let (mut fleet, writer, sampler) = loaded_fleet_on(flavor, 3, "").await;
     let out = fleet.cli(&["promotion-rule", "db3", "prefer"]);
     assert!(
         out.status.success(),
@@ -138,18 +142,17 @@ async fn a_replica_with_an_errant_transaction_is_never_promoted() {
     // received the last acknowledged write, which its errant transaction
     // then keeps it from applying, and the failover rightly holds
     for sql in [
-        "SET GLOBAL rpl_semi_sync_slave_enabled = OFF",
-        "STOP SLAVE IO_THREAD",
-        "START SLAVE IO_THREAD",
+        semi_sync_replica_off(flavor),
+        stop_io(flavor),
+        start_io(flavor),
     ] {
         fleet.sql("db3", sql).await.unwrap();
     }
     // a write made directly on the replica: a GTID its primary never had
-    fleet
-        .sql("db3", "INSERT INTO app.writer_log (id) VALUES (999999999)")
-        .await
-        .unwrap();
-    fleet.kill("mariadbd-db1");
+    for sql in on_read_only_replica(flavor, "INSERT INTO app.writer_log (id) VALUES (999999999)") {
+        fleet.sql("db3", &sql).await.unwrap();
+    }
+    fleet.kill_mysqld("db1");
     let view = new_primary(&fleet, "db1", &["db2", "db4"]).await;
     assert_eq!(view.primary, "db2", "db3 is preferred but errant");
     check_witnesses(&fleet, writer, sampler, "db2").await;
@@ -159,10 +162,11 @@ async fn a_replica_with_an_errant_transaction_is_never_promoted() {
         .wait_until("db3 marked for rebuild", |c| member(c, "db3").needs_rebuild)
         .await;
 }
+}
 
-#[tokio::test]
-async fn a_lagging_preferred_candidate_catches_up_before_promotion() {
-    let (mut fleet, writer, sampler) = loaded_fleet("").await;
+on_both_flavors! {
+async fn a_lagging_preferred_candidate_catches_up_before_promotion(flavor: Flavor) {
+    let (mut fleet, writer, sampler) = loaded_fleet_on(flavor, 2, "").await;
     let out = fleet.cli(&["promotion-rule", "db2", "prefer"]);
     assert!(
         out.status.success(),
@@ -170,15 +174,16 @@ async fn a_lagging_preferred_candidate_catches_up_before_promotion() {
         String::from_utf8_lossy(&out.stderr)
     );
     // db2 stops receiving; db3 alone acknowledges the next writes
-    fleet.sql("db2", "STOP SLAVE IO_THREAD").await.unwrap();
+    fleet.sql("db2", stop_io(flavor)).await.unwrap();
     let n = writer.acked_count();
     wait_acked(&writer, n + 30).await;
-    fleet.kill("mariadbd-db1");
+    fleet.kill_mysqld("db1");
     let view = new_primary(&fleet, "db1", &["db3"]).await;
     assert_eq!(view.primary, "db2", "the preferred candidate");
     check_witnesses(&fleet, writer, sampler, "db2").await;
     let why = evidence_of(&fleet, "failover-completed");
     assert!(why.contains("catching up from db3"), "{why}");
+}
 }
 
 fn switchover(fleet: &TestFleet, to: &str) -> Value {
@@ -200,9 +205,9 @@ fn switchover(fleet: &TestFleet, to: &str) -> Value {
     serde_json::from_slice(&out.stdout).expect("switchover JSON")
 }
 
-#[tokio::test]
-async fn switchover_there_and_back_loses_nothing() {
-    let (fleet, writer, sampler) = loaded_fleet("").await;
+on_both_flavors! {
+async fn switchover_there_and_back_loses_nothing(flavor: Flavor) {
+    let (fleet, writer, sampler) = loaded_fleet_on(flavor, 2, "").await;
     let there = switchover(&fleet, "db2");
     assert_eq!(there["outcome"], "completed");
     assert_eq!(there["new_primary"], "db2");
@@ -220,9 +225,10 @@ async fn switchover_there_and_back_loses_nothing() {
             .contains("confirmed read-only")
     );
 }
+}
 
-#[tokio::test]
-async fn a_coordinator_killed_mid_failover_is_replaced_and_the_other_finishes() {
+on_both_flavors! {
+async fn a_coordinator_killed_mid_failover_is_replaced_and_the_other_finishes(flavor: Flavor) {
     // The post hook blocks the first time it runs, holding the failover at
     // its last journaled step while the active coordinator is killed.
     let dir = tempfile::tempdir().unwrap();
@@ -231,12 +237,12 @@ async fn a_coordinator_killed_mid_failover_is_replaced_and_the_other_finishes() 
         "[failover]\npost_hook = [\"sh\", \"-c\", \"if [ ! -e {m} ]; then touch {m}; sleep 600; fi\"]\nhook_timeout = \"900s\"\n",
         m = marker.display()
     );
-    let (mut fleet, writer, sampler) = loaded_fleet(&extra).await;
+    let (mut fleet, writer, sampler) = loaded_fleet_on(flavor, 2, &extra).await;
     let c = fleet
         .wait_coordinators("an active", |c| sole_active(c).is_some())
         .await;
     let active = sole_active(&c).unwrap()["id"].as_str().unwrap().to_string();
-    fleet.kill("mariadbd-db1");
+    fleet.kill_mysqld("db1");
     let give_up = tokio::time::Instant::now() + PATIENCE;
     while !marker.exists() {
         assert!(
@@ -247,6 +253,7 @@ async fn a_coordinator_killed_mid_failover_is_replaced_and_the_other_finishes() 
     }
     fleet.kill(&format!("coordinator-{active}"));
     finished_by_the_other(&fleet, writer, sampler, &active).await;
+}
 }
 
 #[tokio::test]
@@ -608,7 +615,7 @@ async fn a_primary_host_that_comes_back_writable_is_fenced_by_its_own_agent() {
     );
     // The host comes back with a mysqld that starts writable (a my.cnf
     // without read_only) while its agent is still down.
-    fleet.start_mariadbd("db1").unwrap();
+    fleet.start_mysqld("db1").unwrap();
     let give_up = std::time::Instant::now() + dbfleet_integration_tests::PATIENCE;
     while let Err(e) = fleet.sql("db1", "SET GLOBAL read_only = 0").await {
         assert!(

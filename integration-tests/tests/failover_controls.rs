@@ -146,7 +146,7 @@ async fn a_spent_anti_flap_budget_holds_the_next_failover_until_ack() {
     fleet.kill("mariadbd-db1");
     let second = new_primary(&fleet, "db1", &["db2", "db3"]).await.primary;
     // the old primary comes back and rejoins under the second primary
-    fleet.start_mariadbd("db1").unwrap();
+    fleet.start_mysqld("db1").unwrap();
     let view = new_primary(&fleet, "db1", &["db1", "db2", "db3"]).await;
     assert_eq!(view.primary, second);
     wait_event(&fleet, "rejoined", |e| e["host"] == "db1").await;

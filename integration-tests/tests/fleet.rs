@@ -148,7 +148,7 @@ async fn killed_replica_mysqld_is_unreachable_while_its_agent_keeps_reporting() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    fleet.start_mariadbd("db3").unwrap();
+    fleet.start_mysqld("db3").unwrap();
     fleet
         .wait_until("db3 back and replicating", |c| {
             let m = member(c, "db3");

@@ -113,7 +113,7 @@ async fn replication_runs_over_verified_tls_plain_tcp_is_refused_and_a_failover_
         format!("{}:3306", v[0]),
         member(&view, &view.primary).mysql_address
     );
-    fleet.start_mariadbd("db1").unwrap();
+    fleet.start_mysqld("db1").unwrap();
     new_primary(&fleet, "db1", &["db1", "db2", "db3"]).await;
     wait_verified_link(&fleet, "db1").await;
     fleet

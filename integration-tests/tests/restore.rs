@@ -358,7 +358,7 @@ async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap(
     fleet.sql("db1", &insert(1..=20)).await.unwrap();
     // a restart of db2's mysqld: its binlog rotates
     fleet.stop("mariadbd-db2", Duration::from_secs(30));
-    fleet.start_mariadbd("db2").unwrap();
+    fleet.start_mysqld("db2").unwrap();
     fleet
         .wait_until("db2 back and replicating", |c| {
             member(c, "db2").io_running && member(c, "db2").sql_running

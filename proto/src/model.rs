@@ -184,7 +184,7 @@ impl fmt::Display for MysqlAddress {
 pub enum Flavor {
     /// MariaDB 10.6 and later (domain-server-seq GTIDs, `SHOW SLAVE STATUS`).
     MariaDb,
-    /// MySQL 8.0 and 8.4 (UUID GTID sets, `SHOW REPLICA STATUS`).
+    /// MySQL 8.4 and later; 9.7 is tested (UUID GTID sets, `SHOW REPLICA STATUS`).
     MySql,
 }
 

@@ -100,12 +100,57 @@ const MARIADB_AGENT: &[Privilege] = &[
     ),
 ];
 
+/// MySQL 8.4 and 9.x (9.7 verified by the real-process tests): static
+/// privileges and the dynamic ones that replaced `SUPER`. Point-in-time
+/// restores on MySQL are not done by the agent yet, so it holds no data
+/// privileges beyond what mysqldump reads.
+const MYSQL_AGENT: &[Privilege] = &[
+    p(
+        "RELOAD",
+        "mysqldump's FLUSH TABLES, RESET BINARY LOGS AND GTIDS after a restore",
+    ),
+    p(
+        "PROCESS",
+        "listing client sessions to end them when fencing; mysqldump",
+    ),
+    p("LOCK TABLES", "mysqldump"),
+    p(
+        "SHUTDOWN",
+        "stopping mysqld to swap in a restored data directory",
+    ),
+    p(
+        "REPLICATION CLIENT",
+        "SHOW REPLICA STATUS, SHOW BINARY LOG STATUS, SHOW REPLICAS (observing replication)",
+    ),
+    p(
+        "REPLICATION SLAVE",
+        "SHOW REPLICAS (which replicas are connected) and reading binlogs to archive them",
+    ),
+    p(
+        "REPLICATION_SLAVE_ADMIN",
+        "CHANGE REPLICATION SOURCE, START/STOP REPLICA",
+    ),
+    p(
+        "SYSTEM_VARIABLES_ADMIN",
+        "SET PERSIST super_read_only when fencing, read_only when promoting, replica timeouts and semi-sync",
+    ),
+    p("CONNECTION_ADMIN", "ending client sessions when fencing"),
+    p(
+        "BACKUP_ADMIN",
+        "CLONE LOCAL DATA DIRECTORY (physical backups) and backup locks",
+    ),
+    p("SELECT", "mysqldump (logical backups)"),
+    p("SHOW VIEW", "mysqldump of views"),
+    p("TRIGGER", "mysqldump of triggers"),
+    p("EVENT", "mysqldump of events"),
+];
+
 /// The account's global privileges for `flavor`; `None` where dbfleet has
-/// not verified a list against real servers yet (MySQL).
+/// not verified a list against real servers.
 pub fn agent_privileges(flavor: Flavor) -> Option<&'static [Privilege]> {
     match flavor {
         Flavor::MariaDb => Some(MARIADB_AGENT),
-        Flavor::MySql => None,
+        Flavor::MySql => Some(MYSQL_AGENT),
     }
 }
 
@@ -183,7 +228,14 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), MARIADB_AGENT.len());
-        assert_eq!(agent_grant(Flavor::MySql, "a", "b"), None);
+        let g = agent_grant(Flavor::MySql, "a", "localhost").unwrap();
+        assert!(g.starts_with("GRANT RELOAD, PROCESS,"), "{g}");
+        for sweeping in ["ALL", "SUPER", "GRANT OPTION", "CREATE USER", "FILE"] {
+            assert!(
+                !MYSQL_AGENT.iter().any(|p| p.name == sweeping),
+                "{sweeping}"
+            );
+        }
     }
 
     #[test]

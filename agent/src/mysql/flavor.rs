@@ -214,10 +214,16 @@ pub mod role {
         }
     }
     /// Read-only for everyone (MySQL: super_read_only covers SUPER too).
+    /// MySQL persists it (`mysqld-auto.cnf` outranks my.cnf), so a fenced
+    /// server that restarts comes up read-only even if its my.cnf says
+    /// otherwise; promotion clears it with `SET GLOBAL` only, so a
+    /// restarted primary is read-only until the coordinator says again.
+    /// MariaDB has no SET PERSIST: its my.cnf must say `read_only = ON`,
+    /// which `check-config` verifies.
     pub fn read_only_on(f: Flavor) -> &'static [&'static str] {
         match f {
             Flavor::MariaDb => &["SET GLOBAL read_only = ON"],
-            Flavor::MySql => &["SET GLOBAL super_read_only = ON"],
+            Flavor::MySql => &["SET PERSIST super_read_only = ON"],
         }
     }
     /// Writable.
@@ -245,7 +251,7 @@ pub mod role {
     /// lossless (AFTER_SYNC, waiting with no replica too, a timeout past
     /// [`SEMI_SYNC_NO_FALLBACK_MS`], every member acknowledging, the
     /// source side on the primary only) or off. MySQL's plugins must be
-    /// installed first, which comes with MySQL support.
+    /// loaded (`plugin_load_add`).
     ///
     /// [`SEMI_SYNC_NO_FALLBACK_MS`]: dbfleet_proto::model::SEMI_SYNC_NO_FALLBACK_MS
     pub fn semi_sync_policy(
@@ -253,12 +259,25 @@ pub mod role {
         lossless: bool,
         source: bool,
     ) -> Result<Vec<String>, String> {
-        if f == Flavor::MySql {
-            return Err(
-                "dbfleet does not set semi-sync on MySQL yet: configure it in my.cnf".into(),
-            );
-        }
         let on = |b: bool| if b { "ON" } else { "OFF" };
+        if f == Flavor::MySql {
+            // The plugins (semisync_source.so, semisync_replica.so) must be
+            // loaded; without them the first statement fails naming the
+            // variable.
+            if !lossless {
+                return Ok(vec![
+                    "SET GLOBAL rpl_semi_sync_source_enabled = OFF".into(),
+                    "SET GLOBAL rpl_semi_sync_replica_enabled = OFF".into(),
+                ]);
+            }
+            return Ok(vec![
+                "SET GLOBAL rpl_semi_sync_replica_enabled = ON".into(),
+                "SET GLOBAL rpl_semi_sync_source_wait_point = AFTER_SYNC".into(),
+                "SET GLOBAL rpl_semi_sync_source_wait_no_replica = ON".into(),
+                format!("SET GLOBAL rpl_semi_sync_source_timeout = {LOSSLESS_TIMEOUT_MS}"),
+                format!("SET GLOBAL rpl_semi_sync_source_enabled = {}", on(source)),
+            ]);
+        }
         if !lossless {
             return Ok(vec![
                 "SET GLOBAL rpl_semi_sync_master_enabled = OFF".into(),

@@ -62,6 +62,8 @@ impl std::fmt::Debug for Credentials {
 /// One mysqld of the sandbox.
 #[derive(Debug, Clone)]
 pub struct Server {
+    /// MariaDB or MySQL.
+    pub flavor: Flavor,
     /// Member name (db1, db2, ...).
     pub host: String,
     /// The cluster it belongs to.
@@ -98,6 +100,14 @@ pub struct ServerTlsFiles {
 }
 
 impl Server {
+    /// The name its mysqld runs under in the sandbox's `run/` and `logs/`.
+    pub fn process_name(&self) -> String {
+        match self.flavor {
+            Flavor::MariaDb => format!("mariadbd-{}", self.host),
+            Flavor::MySql => format!("mysqld-{}", self.host),
+        }
+    }
+
     /// The datadir.
     pub fn datadir(&self) -> PathBuf {
         self.dir.join("data")
@@ -140,7 +150,7 @@ impl Server {
     }
 }
 
-/// Creates the datadir with `mariadb-install-db` and writes the option
+/// Creates a MariaDB datadir with `mariadb-install-db` and writes the option
 /// file; with `user`, the server's whole directory is theirs (mysqld then
 /// runs as them).
 pub fn install(
@@ -242,7 +252,7 @@ pub fn args(s: &Server, pidfile: &Path, log: &Path) -> Vec<String> {
     ]
 }
 
-fn log_tail(log: &Path) -> String {
+pub(crate) fn log_tail(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(5).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
@@ -260,7 +270,7 @@ pub async fn wait_ready(
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(SandboxError::Mariadb(format!(
-                "mariadbd for {} exited ({status}): {}",
+                "the mysqld of {} exited ({status}): {}",
                 s.host,
                 log_tail(log)
             )));
@@ -273,7 +283,7 @@ pub async fn wait_ready(
         }
         if start.elapsed() > timeout {
             return Err(SandboxError::Mariadb(format!(
-                "mariadbd for {} did not accept connections within {timeout:?}: {}",
+                "the mysqld of {} did not accept connections within {timeout:?}: {}",
                 s.host,
                 log_tail(log)
             )));
@@ -285,9 +295,13 @@ pub async fn wait_ready(
 /// Creates the accounts and the application database without writing
 /// them to the binlog (every member gets the same ones, so there is
 /// nothing to replicate), then gives root a password.
-pub async fn bootstrap(mut root: Conn, creds: &Credentials) -> Result<(), SandboxError> {
-    let agent_grant = privileges::agent_grant(Flavor::MariaDb, AGENT_USER, "localhost")
-        .expect("MariaDB's agent privileges are known");
+pub async fn bootstrap(
+    mut root: Conn,
+    flavor: Flavor,
+    creds: &Credentials,
+) -> Result<(), SandboxError> {
+    let agent_grant = privileges::agent_grant(flavor, AGENT_USER, "localhost")
+        .expect("both flavors' agent privileges are known");
     let fail = |step: &str, e: mysql_async::Error| {
         SandboxError::Mariadb(format!("bootstrap step `{step}` failed: {e}"))
     };
@@ -324,6 +338,12 @@ pub async fn bootstrap(mut root: Conn, creds: &Credentials) -> Result<(), Sandbo
             creds.root
         ),
     ]);
+    if flavor == Flavor::MySql {
+        // super_read_only refuses account changes even to root; it is
+        // set again below, before anyone else can connect.
+        statements.insert(0, "SET GLOBAL super_read_only = OFF".into());
+        statements.push("SET GLOBAL super_read_only = ON".into());
+    }
     for sql in &statements {
         // The statement may carry a password: say which step failed, not what it was.
         let step = sql.split(" IDENTIFIED").next().unwrap_or(sql);
@@ -342,28 +362,54 @@ pub async fn replicate_from(
     let mut conn = Conn::new(replica.root_opts(&creds.root))
         .await
         .map_err(|e| SandboxError::Mariadb(format!("connect to {}: {e}", replica.host)))?;
-    let tls = replica
-        .tls
-        .as_ref()
-        .map(|t| {
-            format!(
-                ", MASTER_SSL=1, MASTER_SSL_CA='{}', MASTER_SSL_VERIFY_SERVER_CERT=1",
-                t.ca.display()
-            )
-        })
-        .unwrap_or_default();
-    let sql = format!(
-        "CHANGE MASTER TO MASTER_HOST='{}', MASTER_PORT={}, MASTER_USER='{REPL_USER}', \
-         MASTER_PASSWORD='{}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
-         MASTER_HEARTBEAT_PERIOD=1{tls}",
-        primary.ip, primary.port, creds.repl
-    );
+    let sql = match replica.flavor {
+        Flavor::MariaDb => format!(
+            "CHANGE MASTER TO MASTER_HOST='{}', MASTER_PORT={}, MASTER_USER='{REPL_USER}', \
+             MASTER_PASSWORD='{}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
+             MASTER_HEARTBEAT_PERIOD=1{}",
+            primary.ip,
+            primary.port,
+            creds.repl,
+            replica
+                .tls
+                .as_ref()
+                .map(|t| format!(
+                    ", MASTER_SSL=1, MASTER_SSL_CA='{}', MASTER_SSL_VERIFY_SERVER_CERT=1",
+                    t.ca.display()
+                ))
+                .unwrap_or_default()
+        ),
+        // Without TLS, caching_sha2_password needs the source's RSA key
+        // for the first login.
+        Flavor::MySql => format!(
+            "CHANGE REPLICATION SOURCE TO SOURCE_HOST='{}', SOURCE_PORT={}, \
+             SOURCE_USER='{REPL_USER}', SOURCE_PASSWORD='{}', SOURCE_AUTO_POSITION=1, \
+             SOURCE_CONNECT_RETRY=1, SOURCE_HEARTBEAT_PERIOD=1, {}",
+            primary.ip,
+            primary.port,
+            creds.repl,
+            match &replica.tls {
+                Some(t) => format!(
+                    "SOURCE_SSL=1, SOURCE_SSL_CA='{}', SOURCE_SSL_VERIFY_SERVER_CERT=1",
+                    t.ca.display()
+                ),
+                None => "GET_SOURCE_PUBLIC_KEY=1".into(),
+            }
+        ),
+    };
+    let start = match replica.flavor {
+        Flavor::MariaDb => "START SLAVE",
+        Flavor::MySql => "START REPLICA",
+    };
     conn.query_drop(sql).await.map_err(|e| {
-        SandboxError::Mariadb(format!("CHANGE MASTER on {} failed: {e}", replica.host))
+        SandboxError::Mariadb(format!(
+            "pointing {} at its source failed: {e}",
+            replica.host
+        ))
     })?;
-    conn.query_drop("START SLAVE").await.map_err(|e| {
-        SandboxError::Mariadb(format!("START SLAVE on {} failed: {e}", replica.host))
-    })?;
+    conn.query_drop(start)
+        .await
+        .map_err(|e| SandboxError::Mariadb(format!("{start} on {} failed: {e}", replica.host)))?;
     let _ = conn.disconnect().await;
     Ok(())
 }
@@ -374,11 +420,20 @@ pub async fn make_writable(primary: &Server, creds: &Credentials) -> Result<(), 
     let mut conn = Conn::new(primary.root_opts(&creds.root))
         .await
         .map_err(|e| SandboxError::Mariadb(format!("connect to {}: {e}", primary.host)))?;
-    for sql in [
-        "SET GLOBAL rpl_semi_sync_master_enabled = ON",
-        "SET GLOBAL read_only = OFF",
-    ] {
-        conn.query_drop(sql).await.map_err(|e| {
+    let statements: &[&str] = match primary.flavor {
+        Flavor::MariaDb => &[
+            "SET GLOBAL rpl_semi_sync_master_enabled = ON",
+            "SET GLOBAL read_only = OFF",
+        ],
+        // Writable until restarted: super_read_only stays ON in my.cnf.
+        Flavor::MySql => &[
+            "SET GLOBAL rpl_semi_sync_source_enabled = ON",
+            "SET GLOBAL super_read_only = OFF",
+            "SET GLOBAL read_only = OFF",
+        ],
+    };
+    for sql in statements {
+        conn.query_drop(*sql).await.map_err(|e| {
             SandboxError::Mariadb(format!("making {} the primary: {e}", primary.host))
         })?;
     }

@@ -190,7 +190,7 @@ pub enum Step {
 /// A replica's positions after it was frozen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frozen {
-    /// Everything executed (MariaDB gtid_current_pos).
+    /// Everything executed (MariaDB gtid_current_pos, MySQL gtid_executed).
     pub executed: String,
     /// What the IO thread had received.
     pub received: String,
@@ -200,6 +200,10 @@ pub struct Frozen {
     pub slave_pos: String,
     /// Its server_id.
     pub server_id: u32,
+    /// Its server_uuid (MySQL; empty on MariaDB and in journals written
+    /// before MySQL support).
+    #[serde(default)]
+    pub server_uuid: String,
     /// The applier stopped on an error (its executed set is incomplete).
     pub applier_error: String,
 }

@@ -1,8 +1,10 @@
 //! Choosing the new primary, free of I/O: from the frozen replicas'
 //! positions, the promotion rules and who is unreachable.
 
-use super::gtid::Position;
+use dbfleet_proto::model::Flavor;
+
 use super::journal::{Frozen, PromotionRule};
+use super::positions::{Positions, errant};
 
 /// One member other than the old primary.
 #[derive(Debug, Clone)]
@@ -48,12 +50,32 @@ pub struct Constraints<'a> {
     /// The old primary ran lossless semi-sync: only semi-sync replicas can
     /// hold an acknowledged write.
     pub lossless: bool,
+    /// The cluster's flavor.
+    pub flavor: Flavor,
+    /// What the old primary was last seen to have executed (MySQL tells
+    /// a replica's errant writes from its writes as an earlier primary by
+    /// it); empty when unknown.
+    pub old_primary_executed: &'a str,
 }
 
-fn positions(f: &Frozen) -> Result<(Position, Position), String> {
-    let executed = Position::parse(&f.executed)?;
-    let received = Position::parse(&f.received)?;
-    Ok((executed.clone(), executed.max(&received)))
+fn positions(flavor: Flavor, f: &Frozen) -> Result<(Positions, Positions), String> {
+    let executed = Positions::parse(flavor, &f.executed)?;
+    let received = Positions::parse(flavor, &f.received)?;
+    Ok((executed.clone(), executed.union(&received)))
+}
+
+/// What every server but `host` was last seen to hold: the other frozen
+/// members and the old primary.
+fn elsewhere(members: &[Member<'_>], host: &str, c: &Constraints<'_>) -> Result<Positions, String> {
+    let mut all = Positions::parse(c.flavor, c.old_primary_executed)
+        .unwrap_or_else(|_| Positions::empty(c.flavor));
+    for m in members.iter().filter(|m| m.host != host) {
+        if let Some(f) = m.frozen {
+            let (_, has) = positions(c.flavor, f).map_err(|e| format!("{}: {e}", m.host))?;
+            all = all.union(&has);
+        }
+    }
+    Ok(all)
 }
 
 /// Picks the candidate: no errant transactions, not `never`, caught up to
@@ -79,19 +101,19 @@ pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Bloc
         }
         evidence.push(format!("{what}; proceeding with --allow-data-loss"));
     }
-    let mut required = Position::default();
+    let mut required = Positions::empty(c.flavor);
     let mut usable = Vec::new();
     for m in members {
         let Some(f) = m.frozen else { continue };
-        let (executed, has) = positions(f).map_err(|e| format!("{}: {e}", m.host))?;
-        let binlog = Position::parse(&f.binlog_pos).map_err(|e| format!("{}: {e}", m.host))?;
-        let slave = Position::parse(&f.slave_pos).map_err(|e| format!("{}: {e}", m.host))?;
-        let errant = Position::local_writes(&binlog, &slave, f.server_id);
+        let (executed, has) = positions(c.flavor, f).map_err(|e| format!("{}: {e}", m.host))?;
+        let others = elsewhere(members, m.host, &c)?;
+        let errant = errant(c.flavor, f, &others).map_err(|e| format!("{}: {e}", m.host))?;
         if !errant.is_empty() {
             // What it received from the primary still counts; its own
             // writes do not.
-            let received = Position::parse(&f.received).map_err(|e| format!("{}: {e}", m.host))?;
-            required = required.max(&received);
+            let received =
+                Positions::parse(c.flavor, &f.received).map_err(|e| format!("{}: {e}", m.host))?;
+            required = required.union(&received);
             evidence.push(format!(
                 "{}: errant transactions {} (never on the primary): not a candidate",
                 m.host,
@@ -99,10 +121,10 @@ pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Bloc
             ));
             continue;
         }
-        required = required.max(&has);
+        required = required.union(&has);
         usable.push((m, executed, has));
     }
-    let eligible: Vec<&(&Member<'_>, Position, Position)> = usable
+    let eligible: Vec<&(&Member<'_>, Positions, Positions)> = usable
         .iter()
         .filter(|(m, _, _)| {
             if m.address_mismatch {
@@ -216,6 +238,7 @@ mod tests {
             binlog_pos: binlog.into(),
             slave_pos: slave.into(),
             server_id: id,
+            server_uuid: String::new(),
             applier_error: String::new(),
         }
     }
@@ -235,7 +258,98 @@ mod tests {
         requested_to: None,
         allow_data_loss: false,
         lossless: true,
+        flavor: Flavor::MariaDb,
+        old_primary_executed: "",
     };
+
+    const P: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+    const R2: &str = "aaaaaaaa-0000-0000-0000-000000000002";
+    const R3: &str = "aaaaaaaa-0000-0000-0000-000000000003";
+
+    fn mysql_frozen(executed: &str, received: &str, uuid: &str) -> Frozen {
+        Frozen {
+            executed: executed.into(),
+            received: received.into(),
+            server_uuid: uuid.into(),
+            ..Frozen::default()
+        }
+    }
+
+    fn mysql<'a>(old_primary_executed: &'a str) -> Constraints<'a> {
+        Constraints {
+            flavor: Flavor::MySql,
+            old_primary_executed,
+            ..FREE
+        }
+    }
+
+    #[test]
+    fn mysql_candidates_are_compared_as_gtid_sets() {
+        let old = format!("{P}:1-20");
+        // Frozen replicas have applied what they received: db2 is furthest.
+        let db2f = mysql_frozen(&format!("{P}:1-20"), &format!("{P}:1-20"), R2);
+        let db3f = mysql_frozen(&format!("{P}:1-19"), &format!("{P}:1-19"), R3);
+        let members = [
+            member("db2", PromotionRule::Neutral, Some(&db2f)),
+            member("db3", PromotionRule::Neutral, Some(&db3f)),
+        ];
+        let c = choose(&members, mysql(&old)).unwrap();
+        assert_eq!(c.candidate, "db2");
+        assert_eq!(c.required, format!("{P}:1-20"));
+        assert_eq!(c.catch_up_from, None);
+        // The preferred db2 lacks 11-12: it catches up from db3, which has
+        // all; db4 is past 12 too but lacks 5 (a hole is a missing
+        // transaction), so it is no source.
+        let db2f = mysql_frozen(&format!("{P}:1-10"), "", R2);
+        let db3f = mysql_frozen(&format!("{P}:1-12"), "", R3);
+        let db4f = mysql_frozen(&format!("{P}:1-4:6-12"), "", P);
+        let members = [
+            member("db4", PromotionRule::Neutral, Some(&db4f)),
+            member("db2", PromotionRule::Prefer, Some(&db2f)),
+            member("db3", PromotionRule::Neutral, Some(&db3f)),
+        ];
+        let c = choose(&members, mysql(&old)).unwrap();
+        assert_eq!(c.candidate, "db2");
+        assert_eq!(c.required, format!("{P}:1-12"));
+        assert_eq!(c.catch_up_from.as_deref(), Some("db3"));
+        assert!(
+            c.evidence
+                .iter()
+                .any(|e| e.contains("lacks 2 transactions")),
+            "{:?}",
+            c.evidence
+        );
+        // Without db3 nobody has every transaction: refused, naming them.
+        let e = choose(&[members[0].clone(), members[1].clone()], mysql(&old)).unwrap_err();
+        assert!(e.contains(&format!("{P}:1-12")), "{e}");
+    }
+
+    #[test]
+    fn a_mysql_replica_with_its_own_writes_is_errant_but_its_past_as_primary_is_not() {
+        let old = format!("{P}:1-20,{R3}:1-4");
+        // db2 wrote R2:1 while a replica; db3 was primary before (R3:1-4,
+        // which the old primary has).
+        let db2f = mysql_frozen(&format!("{P}:1-20,\n{R2}:1"), "", R2);
+        let db3f = mysql_frozen(&format!("{P}:1-20,{R3}:1-4"), "", R3);
+        let members = [
+            member("db2", PromotionRule::Prefer, Some(&db2f)),
+            member("db3", PromotionRule::Neutral, Some(&db3f)),
+        ];
+        let c = choose(&members, mysql(&old)).unwrap();
+        assert_eq!(c.candidate, "db3");
+        assert!(
+            c.evidence
+                .iter()
+                .any(|e| e.contains(&format!("db2: errant transactions {R2}:1"))),
+            "{:?}",
+            c.evidence
+        );
+        // A MariaDB GTID in a MySQL cluster is an error naming the member.
+        let bad = mysql_frozen("0-1-5", "", R2);
+        let members = [member("db2", PromotionRule::Neutral, Some(&bad))];
+        let e = choose(&members, mysql(&old)).unwrap_err();
+        assert!(e.starts_with("db2: "), "{e}");
+    }
 
     #[test]
     fn a_member_whose_address_does_not_reach_it_is_never_chosen() {

@@ -25,6 +25,7 @@ use super::Failovers;
 use super::hooks::{self, Payload};
 use super::journal::{Event, Frozen, Operation, OperationKind, Step};
 use super::plan::{self, Constraints};
+use super::positions::Positions;
 use crate::error::ServiceError;
 use crate::fleet::MemberState;
 
@@ -77,6 +78,7 @@ pub(super) fn frozen_from(s: &ServerState) -> Frozen {
         binlog_pos: s.gtid.binlog_pos.clone(),
         slave_pos: s.gtid.slave_pos.clone(),
         server_id: s.server_id,
+        server_uuid: s.server_uuid.clone(),
         applier_error: r
             .filter(|r| !r.sql_running || !r.last_sql_error.is_empty())
             .map(|r| {
@@ -358,12 +360,22 @@ impl Failovers {
         let lossless = self
             .last_semi_sync(&op.old_primary)
             .is_some_and(|s| s.lossless());
+        let flavor =
+            Self::cluster_flavor(&members).map_err(|e| StepError::Blocked(e.to_string()))?;
+        let old_primary_executed = op
+            .frozen
+            .get(&op.old_primary)
+            .map(|f| f.executed.clone())
+            .or_else(|| self.last_server(&op.old_primary).map(|s| s.gtid.executed))
+            .unwrap_or_default();
         let choice = plan::choose(
             &inputs,
             Constraints {
                 requested_to: op.requested_to.as_deref(),
                 allow_data_loss: op.allow_data_loss,
                 lossless,
+                flavor,
+                old_primary_executed: &old_primary_executed,
             },
         )
         .map_err(StepError::Blocked)?;
@@ -469,14 +481,32 @@ impl Failovers {
         let cluster = self.cluster_of(op);
         // Replicas with their own writes cannot follow the new primary:
         // they are marked for rebuild instead of repointed.
+        let flavor =
+            Self::cluster_flavor(&members).map_err(|e| StepError::Blocked(e.to_string()))?;
+        let seen = |f: &super::journal::Frozen| -> Positions {
+            let executed = Positions::parse(flavor, &f.executed);
+            let received = Positions::parse(flavor, &f.received);
+            match (executed, received) {
+                (Ok(e), Ok(r)) => e.union(&r),
+                _ => Positions::empty(flavor),
+            }
+        };
         let errant: Vec<(String, Vec<String>)> = op
             .frozen
             .iter()
+            .filter(|(host, _)| **host != op.old_primary)
             .filter_map(|(host, f)| {
-                let binlog = super::gtid::Position::parse(&f.binlog_pos).ok()?;
-                let slave = super::gtid::Position::parse(&f.slave_pos).ok()?;
-                let w = super::gtid::Position::local_writes(&binlog, &slave, f.server_id);
-                (!w.is_empty() && *host != op.old_primary).then(|| (host.clone(), w))
+                let mut elsewhere = self
+                    .last_server(&op.old_primary)
+                    .and_then(|s| Positions::parse(flavor, &s.gtid.executed).ok())
+                    .unwrap_or_else(|| Positions::empty(flavor));
+                for (other, g) in &op.frozen {
+                    if other != host {
+                        elsewhere = elsewhere.union(&seen(g));
+                    }
+                }
+                let w = super::positions::errant(flavor, f, &elsewhere).ok()?;
+                (!w.is_empty()).then(|| (host.clone(), w))
             })
             .collect();
         if !errant.is_empty() {
@@ -783,19 +813,19 @@ impl Failovers {
         )
     }
 
-    /// MySQL GTID sets are not handled yet: refuse rather than guess.
-    pub(crate) fn check_flavor(members: &[MemberState]) -> Result<(), ServiceError> {
-        let mysql = members.iter().any(|m| {
-            m.report.as_ref().is_some_and(|r| match &r.mysql {
-                dbfleet_proto::model::MysqlObservation::Reachable(s) => s.flavor == Flavor::MySql,
-                _ => false,
-            })
-        });
-        if mysql {
-            return Err(ServiceError::Refused(
-                "failover and switchover support MariaDB clusters only so far (MySQL GTID sets are not compared yet)".into(),
-            ));
+    /// The cluster's one flavor, from its reachable members' reports
+    /// (MariaDB when none is reachable: nothing is compared then). A
+    /// cluster mixing flavors, or on a MySQL dbfleet does not support, is
+    /// refused: GTIDs of one flavor mean nothing to the other, so no
+    /// candidate could be chosen safely.
+    pub(crate) fn cluster_flavor(members: &[MemberState]) -> Result<Flavor, ServiceError> {
+        let servers: Vec<(&str, &dbfleet_proto::model::ServerState)> = members
+            .iter()
+            .filter_map(|m| Some((m.host.as_str(), m.server()?)))
+            .collect();
+        if let Some(why) = crate::topology::flavor_problem(&servers) {
+            return Err(ServiceError::Refused(why));
         }
-        Ok(())
+        Ok(servers.first().map_or(Flavor::MariaDb, |(_, s)| s.flavor))
     }
 }

@@ -21,12 +21,13 @@ use tracing::{info, warn};
 
 use super::Failovers;
 use super::detect::{self, DownPath, Health, MemberSeen};
-use super::gtid::Position;
 use super::journal::{Event, Operation, OperationKind, Step};
+use super::positions;
 use super::procedure::now_unix_ms;
 use crate::fleet::{MemberState, ReplicaTuning};
 use crate::metrics::Detection;
 use crate::store::{ClusterControl, ClusterRecord};
+use dbfleet_proto::model::Flavor;
 
 /// How often the loop runs.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(200);
@@ -432,7 +433,7 @@ impl Failovers {
             self.decided(Detection::Held, cluster, epoch, skip("failover-held", format!("{primary} is down; automatic failover is held ({held}); run `dbfleet ack --cluster {cluster}` or `dbfleet failover`"))).await;
             return;
         }
-        if let Err(e) = Failovers::check_flavor(&self.fleet.members(cluster)) {
+        if let Err(e) = Failovers::cluster_flavor(&self.fleet.members(cluster)) {
             self.decided(
                 Detection::Skipped,
                 cluster,
@@ -881,11 +882,7 @@ impl Failovers {
             self.keep_semi_sync(cluster, epoch, mode, &primary, &p_addr, members)
                 .await;
         }
-        let fork = rec
-            .control
-            .promoted_at
-            .as_deref()
-            .and_then(|t| Position::parse(t).ok());
+        let flavor = ps.flavor;
         for m in members {
             if m.host == primary || rec.control.out_of_service(&m.host) {
                 continue;
@@ -902,10 +899,30 @@ impl Failovers {
             if s.writable() {
                 continue;
             }
-            let binlog = Position::parse(&s.gtid.binlog_pos).unwrap_or_default();
-            let diverged = match &fork {
-                Some(f) => binlog.diverged_from(f, ps.server_id),
-                None => Vec::new(),
+            // MariaDB: the binlog's own domains past the fork point;
+            // MySQL: whatever the primary lacks.
+            let member_gtids = match flavor {
+                Flavor::MariaDb => &s.gtid.binlog_pos,
+                Flavor::MySql => &s.gtid.executed,
+            };
+            let diverged = match positions::diverged(
+                flavor,
+                member_gtids,
+                rec.control.promoted_at.as_deref(),
+                &ps.gtid.executed,
+                ps.server_id,
+            ) {
+                Ok(d) => d,
+                Err(e) => {
+                    // Neither rejoined nor marked: nothing is proven.
+                    warn!(
+                        cluster,
+                        host = m.host,
+                        error = e,
+                        "cannot compare GTIDs; member left alone"
+                    );
+                    continue;
+                }
             };
             if !diverged.is_empty() {
                 let host = m.host.clone();

@@ -1,0 +1,256 @@
+//! A server's GTID history for failover decisions, whichever the flavor:
+//! MariaDB's per-domain positions or MySQL's GTID sets behind one set of
+//! questions (has it everything, what does it lack, what did it write
+//! that nobody else has), so choosing, repointing and rejoining never
+//! branch on the flavor themselves.
+
+use std::fmt;
+
+use dbfleet_common::gtid::Position;
+use dbfleet_common::gtid_set::GtidSet;
+use dbfleet_proto::model::Flavor;
+
+use super::journal::Frozen;
+
+/// Transactions a server has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Positions {
+    /// MariaDB: the last GTID of each domain (strict mode orders them).
+    MariaDb(Position),
+    /// MySQL: the set of transactions.
+    MySql(GtidSet),
+}
+
+impl Positions {
+    /// Nothing yet.
+    pub fn empty(flavor: Flavor) -> Positions {
+        match flavor {
+            Flavor::MariaDb => Positions::MariaDb(Position::default()),
+            Flavor::MySql => Positions::MySql(GtidSet::default()),
+        }
+    }
+
+    /// Reads a server's GTID text as its flavor writes it.
+    pub fn parse(flavor: Flavor, text: &str) -> Result<Positions, String> {
+        match flavor {
+            Flavor::MariaDb => Position::parse(text).map(Positions::MariaDb),
+            Flavor::MySql => GtidSet::parse(text)
+                .map(Positions::MySql)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Has every transaction of `other`.
+    pub fn covers(&self, other: &Positions) -> bool {
+        match (self, other) {
+            (Positions::MariaDb(a), Positions::MariaDb(b)) => a.covers(b),
+            (Positions::MySql(a), Positions::MySql(b)) => b.is_subset_of(a),
+            _ => false,
+        }
+    }
+
+    /// Everything either has (per domain the further one on MariaDB).
+    pub fn union(&self, other: &Positions) -> Positions {
+        match (self, other) {
+            (Positions::MariaDb(a), Positions::MariaDb(b)) => Positions::MariaDb(a.max(b)),
+            (Positions::MySql(a), Positions::MySql(b)) => Positions::MySql(a.union(b)),
+            (a, _) => a.clone(),
+        }
+    }
+
+    /// How many transactions of `self` `other` lacks.
+    pub fn missing_in(&self, other: &Positions) -> u64 {
+        match (self, other) {
+            (Positions::MariaDb(a), Positions::MariaDb(b)) => a.missing_in(b),
+            (Positions::MySql(a), Positions::MySql(b)) => a.subtract(b).count(),
+            (a, _) => a.count(),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        match self {
+            Positions::MariaDb(p) => p.missing_in(&Position::default()),
+            Positions::MySql(s) => s.count(),
+        }
+    }
+}
+
+impl fmt::Display for Positions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Positions::MariaDb(p) => p.fmt(f),
+            Positions::MySql(s) => s.fmt(f),
+        }
+    }
+}
+
+/// Transactions a frozen replica wrote itself that cannot be part of the
+/// primary's history, as text for an event; empty when none.
+///
+/// MariaDB: a domain whose binlog position comes from the replica's own
+/// server_id beyond what it replicated. MySQL: transactions under the
+/// replica's own `server_uuid` that no other server has (`elsewhere`: what
+/// the other members and the old primary were last seen to hold); its
+/// writes from a time it was primary are on the others and do not count.
+pub fn errant(flavor: Flavor, f: &Frozen, elsewhere: &Positions) -> Result<Vec<String>, String> {
+    match flavor {
+        Flavor::MariaDb => {
+            let binlog = Position::parse(&f.binlog_pos)?;
+            let slave = Position::parse(&f.slave_pos)?;
+            Ok(Position::local_writes(&binlog, &slave, f.server_id))
+        }
+        Flavor::MySql => {
+            if f.server_uuid.is_empty() {
+                return Err("its server_uuid is unknown".into());
+            }
+            let executed = GtidSet::parse(&f.executed).map_err(|e| e.to_string())?;
+            let Positions::MySql(elsewhere) = elsewhere else {
+                return Err("the other members' GTIDs are not MySQL GTID sets".into());
+            };
+            let own = executed.from_source(&f.server_uuid).subtract(elsewhere);
+            Ok(if own.is_empty() {
+                Vec::new()
+            } else {
+                vec![own.to_string()]
+            })
+        }
+    }
+}
+
+/// Transactions of a member that its new primary never had, so it cannot
+/// rejoin; empty when none.
+///
+/// MariaDB: past the fork point (the new primary's position when it was
+/// promoted) in a domain last written by another server. MySQL: anything
+/// the primary has not got (`primary`: its last report; the member is not
+/// replicating, so it gains nothing meanwhile, while the primary only
+/// grows).
+pub fn diverged(
+    flavor: Flavor,
+    member: &str,
+    fork: Option<&str>,
+    primary: &str,
+    primary_server_id: u32,
+) -> Result<Vec<String>, String> {
+    match flavor {
+        Flavor::MariaDb => {
+            let Some(fork) = fork else {
+                return Ok(Vec::new());
+            };
+            let fork = Position::parse(fork)?;
+            Ok(Position::parse(member)?.diverged_from(&fork, primary_server_id))
+        }
+        Flavor::MySql => {
+            let extra = GtidSet::parse(member)
+                .map_err(|e| e.to_string())?
+                .subtract(&GtidSet::parse(primary).map_err(|e| e.to_string())?);
+            Ok(if extra.is_empty() {
+                Vec::new()
+            } else {
+                vec![extra.to_string()]
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+    const B: &str = "4e11fa47-71ca-11e1-9e33-c80aa9429562";
+
+    fn mysql(text: &str) -> Positions {
+        Positions::parse(Flavor::MySql, text).unwrap()
+    }
+
+    fn frozen(executed: &str, uuid: &str) -> Frozen {
+        Frozen {
+            executed: executed.into(),
+            server_uuid: uuid.into(),
+            ..Frozen::default()
+        }
+    }
+
+    #[test]
+    fn questions_are_answered_per_flavor() {
+        let m = |t: &str| Positions::parse(Flavor::MariaDb, t).unwrap();
+        assert!(m("0-1-10").covers(&m("0-2-9")));
+        assert_eq!(m("0-1-10").missing_in(&m("0-1-7")), 3);
+        // MySQL has no order: a hole means a missing transaction.
+        let full = mysql(&format!("{A}:1-10"));
+        let holed = mysql(&format!("{A}:1-4:6-10"));
+        assert!(full.covers(&holed) && !holed.covers(&full));
+        assert_eq!(full.missing_in(&holed), 1);
+        assert_eq!(
+            holed.union(&mysql(&format!("{A}:5,{B}:1"))).to_string(),
+            format!("{A}:1-10,{B}:1")
+        );
+        assert!(!full.covers(&Positions::empty(Flavor::MariaDb)));
+        assert!(Positions::parse(Flavor::MySql, "0-1-10").is_err());
+    }
+
+    #[test]
+    fn mysql_errant_is_own_writes_nobody_else_has() {
+        // B wrote B:1 as a replica: nobody else has it.
+        let f = frozen(&format!("{A}:1-10,\n{B}:1"), B);
+        let others = mysql(&format!("{A}:1-10"));
+        assert_eq!(
+            errant(Flavor::MySql, &f, &others).unwrap(),
+            vec![format!("{B}:1")]
+        );
+        // B:1 came from its time as primary: the others have it.
+        let others = mysql(&format!("{A}:1-10,{B}:1"));
+        assert!(errant(Flavor::MySql, &f, &others).unwrap().is_empty());
+        // Transactions of other sources it lacks or has are never errant.
+        let f = frozen(&format!("{A}:1-12"), B);
+        assert!(
+            errant(Flavor::MySql, &f, &mysql(&format!("{A}:1-3")))
+                .unwrap()
+                .is_empty()
+        );
+        // Without its UUID nothing can be proven either way.
+        assert!(errant(Flavor::MySql, &frozen("", ""), &others).is_err());
+    }
+
+    #[test]
+    fn mariadb_errant_is_its_own_domain_writes() {
+        let f = Frozen {
+            binlog_pos: "0-3-11".into(),
+            slave_pos: "0-1-10".into(),
+            server_id: 3,
+            ..Frozen::default()
+        };
+        let none = Positions::empty(Flavor::MariaDb);
+        assert_eq!(errant(Flavor::MariaDb, &f, &none).unwrap(), vec!["0-3-11"]);
+    }
+
+    #[test]
+    fn divergence_is_what_the_primary_lacks() {
+        let old = format!("{A}:1-12");
+        assert_eq!(
+            diverged(Flavor::MySql, &old, None, &format!("{A}:1-10,{B}:1-5"), 2).unwrap(),
+            vec![format!("{A}:11-12")]
+        );
+        assert!(
+            diverged(
+                Flavor::MySql,
+                &format!("{A}:1-10"),
+                None,
+                &format!("{A}:1-10,{B}:1"),
+                2
+            )
+            .unwrap()
+            .is_empty()
+        );
+        assert_eq!(
+            diverged(Flavor::MariaDb, "0-1-12", Some("0-1-10"), "0-2-14", 2).unwrap(),
+            vec!["0-1-12"]
+        );
+        assert!(
+            diverged(Flavor::MariaDb, "0-1-12", None, "0-2-14", 2)
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
