@@ -17,6 +17,7 @@ use dbfleet_integration_tests::flavored::{
 use dbfleet_integration_tests::on_both_flavors;
 use dbfleet_integration_tests::workload::{Sampler, Writer};
 use dbfleet_integration_tests::{PATIENCE, TestFleet, member, sole_active};
+use dbfleet_proto::model::Flavor;
 use dbfleet_proto::pb;
 use serde_json::Value;
 
@@ -701,4 +702,64 @@ async fn a_primary_only_the_coordinators_lose_is_reported_and_never_failed_over(
         })
         .await;
     check_witnesses(&fleet, writer, sampler, "db1").await;
+}
+
+#[tokio::test]
+async fn a_fenced_mysql_member_comes_back_read_only_even_if_its_my_cnf_says_writable() {
+    let (mut fleet, writer, sampler) = loaded_fleet_on(Flavor::MySql, 2, "").await;
+    let there = switchover(&fleet, "db2");
+    assert_eq!(there["outcome"], "completed");
+    new_primary(&fleet, "db1", &["db1", "db3"]).await;
+    check_witnesses(&fleet, writer, sampler, "db2").await;
+    // The fence persisted super_read_only in db1's mysqld-auto.cnf.
+    let persisted = std::fs::read_to_string(
+        fleet
+            .server("db1")
+            .unwrap()
+            .datadir()
+            .join("mysqld-auto.cnf"),
+    )
+    .expect("the fence persisted a variable");
+    assert!(
+        persisted.contains("\"super_read_only\": {\"Value\": \"ON\""),
+        "{persisted}"
+    );
+    // With its agent gone nobody but MySQL decides how db1 starts: its
+    // my.cnf now says writable, and it restarts.
+    fleet.kill("agent-db1");
+    fleet.kill_mysqld("db1");
+    let cnf = fleet.server("db1").unwrap().cnf();
+    let text = std::fs::read_to_string(&cnf).unwrap();
+    let writable = text
+        .replace("read_only = ON", "read_only = OFF")
+        .replace("super_read_only = ON", "super_read_only = OFF");
+    assert_ne!(text, writable);
+    std::fs::write(&cnf, writable).unwrap();
+    fleet.start_mysqld("db1").unwrap();
+    let s = fleet.server("db1").unwrap().clone();
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    let (read_only, super_read_only) = loop {
+        if let Ok(mut c) = mysql_async::Conn::new(s.root_opts(&fleet.credentials.root)).await {
+            let row: Option<(u8, u8)> = mysql_async::prelude::Queryable::query_first(
+                &mut c,
+                "SELECT @@read_only, @@super_read_only",
+            )
+            .await
+            .unwrap();
+            break row.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "db1's mysqld never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (read_only, super_read_only),
+        (1, 1),
+        "persisted read-only wins"
+    );
+    // Its agent back, it rejoins as a replica of db2.
+    fleet.start_agent("db1").unwrap();
+    new_primary(&fleet, "db1", &["db1", "db3"]).await;
 }

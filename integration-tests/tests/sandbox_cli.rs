@@ -122,7 +122,7 @@ fn up_status_and_down_leave_nothing_behind() {
 }
 
 #[test]
-fn up_refuses_taken_addresses_and_missing_mariadb_without_leaving_anything() {
+fn up_refuses_taken_addresses_and_missing_servers_without_leaving_anything() {
     init();
     let slot = Slot::claim();
     let dir = slot.dir.join("sb");
@@ -204,6 +204,35 @@ fn up_refuses_taken_addresses_and_missing_mariadb_without_leaving_anything() {
     assert!(!up.status.success());
     assert!(
         text(&up).contains("mariadbd not found") && text(&up).contains("mariadb-server"),
+        "{}",
+        text(&up)
+    );
+    assert!(!dir.exists());
+
+    // The MySQL flavor without MySQL unpacked: the fix is named.
+    let up = dbfleet(
+        &[
+            "sandbox", "up", "--dir", &d, "--base", &base, "--flavor", "mysql",
+        ],
+        &[("DBFLEET_MYSQL_HOME", &empty.display().to_string())],
+    );
+    assert!(!up.status.success());
+    assert!(
+        text(&up).contains("mysqld (MySQL 9.7) not found")
+            && text(&up).contains("./scripts/install-mysql"),
+        "{}",
+        text(&up)
+    );
+    assert!(!dir.exists());
+    let up = dbfleet(
+        &[
+            "sandbox", "up", "--dir", &d, "--base", &base, "--flavor", "percona",
+        ],
+        &[],
+    );
+    assert!(
+        !up.status.success()
+            && text(&up).contains("unknown flavor \"percona\"; use mariadb or mysql"),
         "{}",
         text(&up)
     );

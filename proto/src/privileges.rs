@@ -241,11 +241,20 @@ mod tests {
     #[test]
     fn the_deploy_guide_grants_exactly_this_list() {
         let guide = include_str!("../../docs/deploy.md");
-        let grant = agent_grant(Flavor::MariaDb, "dbfleet_agent", "localhost").unwrap();
-        assert!(
-            guide.contains(&format!("{grant};")),
-            "docs/deploy.md must carry `{grant};`"
-        );
+        for flavor in [Flavor::MariaDb, Flavor::MySql] {
+            let grant = agent_grant(flavor, "dbfleet_agent", "localhost").unwrap();
+            assert!(
+                guide.contains(&format!("{grant};")),
+                "docs/deploy.md must carry `{grant};`"
+            );
+        }
+        for p in MYSQL_AGENT {
+            assert!(
+                guide.contains(&format!("`{}`", p.name)),
+                "{} is explained",
+                p.name
+            );
+        }
         // Each is explained in the guide's table; the replay's data
         // privileges together, as one row.
         for p in MARIADB_AGENT {
