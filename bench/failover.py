@@ -19,7 +19,8 @@ Usage: bench/failover.py [ROUNDS] (default 10); needs `cargo build --bins`
 and pymysql (apt-get install python3-pymysql or pip install pymysql).
 MYSQL_TLS=off runs the sandbox on plain TCP (default: required, every
 connection and replication link over verified TLS), to measure what TLS
-costs.
+costs. FLAVOR=mysql runs MySQL 9.7 servers (./scripts/install-mysql)
+instead of MariaDB.
 """
 import json
 import os
@@ -100,10 +101,22 @@ class Fleet:
         mysql user when started by root (its data and keys are theirs)."""
         return {"user": "mysql", "group": "mysql"} if os.geteuid() == 0 else {}
 
-    def start_mariadbd(self, host):
-        subprocess.Popen(["/usr/sbin/mariadbd", f"--defaults-file={self.dir}/{host}/my.cnf",
-                          f"--pid-file={self.dir}/run/mariadbd-{host}.pid",
-                          f"--log-error={self.dir}/logs/mariadbd-{host}.log"],
+    def server_name(self, host):
+        """The name the server of `host` runs under in run/ and logs/."""
+        return f"{self.server_program()[0]}-{host}"
+
+    def server_program(self):
+        """(name, path) of the servers' program."""
+        with open(os.path.join(self.dir, "sandbox.json")) as f:
+            if json.load(f).get("flavor") == "mysql":
+                return "mysqld", os.path.join(ROOT, "target", "tools", "mysql", "bin", "mysqld")
+        return "mariadbd", "/usr/sbin/mariadbd"
+
+    def start_mysqld(self, host):
+        name = self.server_name(host)
+        subprocess.Popen([self.server_program()[1], f"--defaults-file={self.dir}/{host}/my.cnf",
+                          f"--pid-file={self.dir}/run/{name}.pid",
+                          f"--log-error={self.dir}/logs/{name}.log"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                          **self.as_service_user())
 
@@ -134,7 +147,7 @@ def kill_round(fleet, mode, seq):
     old = fleet.wait_healthy()
     others = [h for h in fleet.members if h != old]
     t0 = time.monotonic()
-    os.kill(fleet.pid(f"mariadbd-{old}"), signal.SIGKILL)
+    os.kill(fleet.pid(fleet.server_name(old)), signal.SIGKILL)
     if mode == "host":
         os.kill(fleet.pid(f"agent-{old}"), signal.SIGKILL)
     while True:
@@ -143,7 +156,7 @@ def kill_round(fleet, mode, seq):
             elapsed = time.monotonic() - t0
             break
         time.sleep(0.01)
-    fleet.start_mariadbd(old)
+    fleet.start_mysqld(old)
     if mode == "host":
         fleet.start_agent(old)
     fleet.wait_healthy()
@@ -195,9 +208,10 @@ def main():
     os.chmod(work, 0o755)
     sandbox = os.path.join(work, "sb")
     tls = os.environ.get("MYSQL_TLS", "required")
-    print(f"TLS to MySQL: {tls}", flush=True)
+    flavor = os.environ.get("FLAVOR", "mariadb")
+    print(f"TLS to MySQL: {tls}; flavor: {flavor}", flush=True)
     subprocess.run([DBFLEET, "sandbox", "up", "--dir", sandbox, "--base", BASE,
-                    "--mysql-tls", tls], check=True, stdout=subprocess.DEVNULL)
+                    "--mysql-tls", tls, "--flavor", flavor], check=True, stdout=subprocess.DEVNULL)
     fleet = Fleet(sandbox)
     try:
         fleet.cli("failover-policy", "--cluster", "main", "--budget", "1000", "--window-seconds", "1")

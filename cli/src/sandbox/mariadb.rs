@@ -100,6 +100,22 @@ pub struct ServerTlsFiles {
 }
 
 impl Server {
+    /// The option-file lines of its certificate (both flavors spell them
+    /// alike): with them it refuses plain TCP.
+    pub fn tls_options(&self) -> String {
+        self.tls
+            .as_ref()
+            .map(|t| {
+                format!(
+                    "ssl_ca = {}\nssl_cert = {}\nssl_key = {}\nrequire_secure_transport = ON\n",
+                    t.ca.display(),
+                    t.cert.display(),
+                    t.key.display()
+                )
+            })
+            .unwrap_or_default()
+    }
+
     /// The name its mysqld runs under in the sandbox's `run/` and `logs/`.
     pub fn process_name(&self) -> String {
         match self.flavor {
@@ -224,16 +240,7 @@ pub fn install(
         port = s.port,
         server_id = s.server_id,
         semi_sync_timeout = SEMI_SYNC_TIMEOUT_MS,
-        tls = s
-            .tls
-            .as_ref()
-            .map(|t| format!(
-                "ssl_ca = {}\nssl_cert = {}\nssl_key = {}\nrequire_secure_transport = ON\n",
-                t.ca.display(),
-                t.cert.display(),
-                t.key.display()
-            ))
-            .unwrap_or_default(),
+        tls = s.tls_options(),
     );
     fs::write(s.cnf(), cnf).map_err(|e| SandboxError::io(&s.cnf(), e))?;
     if let Some(u) = user {

@@ -184,18 +184,6 @@ pub fn install(
 /// The option file: GTIDs, binlogs, semi-sync (source side off until the
 /// server is a primary), read-only with `super_read_only` from the start.
 fn cnf(mysql: &MysqlInstall, s: &Server) -> String {
-    let tls = s
-        .tls
-        .as_ref()
-        .map(|t| {
-            format!(
-                "ssl_ca = {}\nssl_cert = {}\nssl_key = {}\nrequire_secure_transport = ON\n",
-                t.ca.display(),
-                t.cert.display(),
-                t.key.display()
-            )
-        })
-        .unwrap_or_default();
     format!(
         "# Written by `dbfleet sandbox up` for {host} (MySQL).\n\
          [mysqld]\n\
@@ -240,5 +228,6 @@ fn cnf(mysql: &MysqlInstall, s: &Server) -> String {
         port = s.port,
         server_id = s.server_id,
         semi_sync_timeout = SEMI_SYNC_TIMEOUT_MS,
+        tls = s.tls_options(),
     )
 }
