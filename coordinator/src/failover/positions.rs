@@ -122,16 +122,19 @@ pub fn errant(flavor: Flavor, f: &Frozen, elsewhere: &Positions) -> Result<Vec<S
 ///
 /// MariaDB: past the fork point (the new primary's position when it was
 /// promoted) in a domain last written by another server. MySQL: anything
-/// the primary has not got (`primary`: its last report; the member is not
-/// replicating, so it gains nothing meanwhile, while the primary only
-/// grows).
+/// the primary has not got (`primary`: its last report), except its own
+/// writes: since its promotion it replicates from nobody, so every other
+/// source's transactions it has are in any report of it as primary, while
+/// its own newest ones may postdate that report (the member may have
+/// replicated them before it stopped).
 pub fn diverged(
     flavor: Flavor,
     member: &str,
     fork: Option<&str>,
     primary: &str,
-    primary_server_id: u32,
+    primary_id: (u32, &str),
 ) -> Result<Vec<String>, String> {
+    let (primary_server_id, primary_uuid) = primary_id;
     match flavor {
         Flavor::MariaDb => {
             let Some(fork) = fork else {
@@ -141,9 +144,13 @@ pub fn diverged(
             Ok(Position::parse(member)?.diverged_from(&fork, primary_server_id))
         }
         Flavor::MySql => {
-            let extra = GtidSet::parse(member)
-                .map_err(|e| e.to_string())?
-                .subtract(&GtidSet::parse(primary).map_err(|e| e.to_string())?);
+            if primary_uuid.is_empty() {
+                return Err("the primary's server_uuid is unknown".into());
+            }
+            let member = GtidSet::parse(member).map_err(|e| e.to_string())?;
+            let extra = member
+                .subtract(&GtidSet::parse(primary).map_err(|e| e.to_string())?)
+                .subtract(&member.from_source(primary_uuid));
             Ok(if extra.is_empty() {
                 Vec::new()
             } else {
@@ -227,28 +234,34 @@ mod tests {
 
     #[test]
     fn divergence_is_what_the_primary_lacks() {
+        // A (the old primary) wrote 11-12 that B (the new one) never got.
         let old = format!("{A}:1-12");
+        let b_has = format!("{A}:1-10,{B}:1-5");
         assert_eq!(
-            diverged(Flavor::MySql, &old, None, &format!("{A}:1-10,{B}:1-5"), 2).unwrap(),
+            diverged(Flavor::MySql, &old, None, &b_has, (2, B)).unwrap(),
             vec![format!("{A}:11-12")]
         );
+        let caught_up = format!("{A}:1-10");
         assert!(
-            diverged(
-                Flavor::MySql,
-                &format!("{A}:1-10"),
-                None,
-                &format!("{A}:1-10,{B}:1"),
-                2
-            )
-            .unwrap()
-            .is_empty()
+            diverged(Flavor::MySql, &caught_up, None, &b_has, (2, B))
+                .unwrap()
+                .is_empty()
         );
+        // The member replicated B:6 after the primary's last report: the
+        // primary's own writes are never divergence.
+        let newer = format!("{A}:1-10,{B}:1-6");
+        assert!(
+            diverged(Flavor::MySql, &newer, None, &b_has, (2, B))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(diverged(Flavor::MySql, &old, None, &old, (2, "")).is_err());
         assert_eq!(
-            diverged(Flavor::MariaDb, "0-1-12", Some("0-1-10"), "0-2-14", 2).unwrap(),
+            diverged(Flavor::MariaDb, "0-1-12", Some("0-1-10"), "0-2-14", (2, "")).unwrap(),
             vec!["0-1-12"]
         );
         assert!(
-            diverged(Flavor::MariaDb, "0-1-12", None, "0-2-14", 2)
+            diverged(Flavor::MariaDb, "0-1-12", None, "0-2-14", (2, ""))
                 .unwrap()
                 .is_empty()
         );

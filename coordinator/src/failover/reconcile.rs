@@ -910,7 +910,7 @@ impl Failovers {
                 member_gtids,
                 rec.control.promoted_at.as_deref(),
                 &ps.gtid.executed,
-                ps.server_id,
+                (ps.server_id, &ps.server_uuid),
             ) {
                 Ok(d) => d,
                 Err(e) => {
