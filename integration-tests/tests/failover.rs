@@ -711,18 +711,26 @@ async fn a_fenced_mysql_member_comes_back_read_only_even_if_its_my_cnf_says_writ
     assert_eq!(there["outcome"], "completed");
     new_primary(&fleet, "db1", &["db1", "db3"]).await;
     check_witnesses(&fleet, writer, sampler, "db2").await;
-    // The fence persisted super_read_only in db1's mysqld-auto.cnf.
-    let persisted = std::fs::read_to_string(
-        fleet
-            .server("db1")
+    // The fence persisted super_read_only in db1's mysqld-auto.cnf, and
+    // the promotion in db2's, which is writable all the same.
+    for host in ["db1", "db2"] {
+        let path = fleet
+            .server(host)
             .unwrap()
             .datadir()
-            .join("mysqld-auto.cnf"),
-    )
-    .expect("the fence persisted a variable");
-    assert!(
-        persisted.contains("\"super_read_only\": {\"Value\": \"ON\""),
-        "{persisted}"
+            .join("mysqld-auto.cnf");
+        let p = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            p.contains("\"super_read_only\": {\"Value\": \"ON\""),
+            "{host}: {p}"
+        );
+    }
+    assert_eq!(
+        fleet
+            .query_one("db2", "SELECT @@super_read_only")
+            .await
+            .as_deref(),
+        Some("0")
     );
     // With its agent gone nobody but MySQL decides how db1 starts: its
     // my.cnf now says writable, and it restarts.
@@ -758,6 +766,23 @@ async fn a_fenced_mysql_member_comes_back_read_only_even_if_its_my_cnf_says_writ
         (read_only, super_read_only),
         (1, 1),
         "persisted read-only wins"
+    );
+    // check-config counts the persisted setting, and without it says
+    // that db1 would start writable.
+    let config = fleet.dir.join("agent-db1.toml");
+    let (ok, text) = fleet.check_config(&config);
+    assert!(ok && !text.contains("would start writable"), "{text}");
+    let persisted = fleet
+        .server("db1")
+        .unwrap()
+        .datadir()
+        .join("mysqld-auto.cnf");
+    std::fs::remove_file(persisted).unwrap();
+    let (ok, text) = fleet.check_config(&config);
+    assert!(
+        !ok && text.contains("would start writable")
+            && text.contains("no super_read_only is persisted"),
+        "{text}"
     );
     // Its agent back, it rejoins as a replica of db2.
     fleet.start_agent("db1").unwrap();

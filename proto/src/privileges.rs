@@ -134,6 +134,10 @@ const MYSQL_AGENT: &[Privilege] = &[
         "SYSTEM_VARIABLES_ADMIN",
         "SET PERSIST super_read_only when fencing, read_only when promoting, replica timeouts and semi-sync",
     ),
+    p(
+        "PERSIST_RO_VARIABLES_ADMIN",
+        "SET PERSIST_ONLY super_read_only when promoting, so a restarted primary starts read-only",
+    ),
     p("CONNECTION_ADMIN", "ending client sessions when fencing"),
     p(
         "BACKUP_ADMIN",

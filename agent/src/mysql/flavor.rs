@@ -230,7 +230,11 @@ pub mod role {
     pub fn read_only_off(f: Flavor) -> &'static [&'static str] {
         match f {
             Flavor::MariaDb => &["SET GLOBAL read_only = OFF"],
+            // Persisted read-only first (not changing it now): a
+            // restarted primary comes up read-only whatever its my.cnf
+            // says, until dbfleet makes it writable again.
             Flavor::MySql => &[
+                "SET PERSIST_ONLY super_read_only = ON",
                 "SET GLOBAL super_read_only = OFF",
                 "SET GLOBAL read_only = OFF",
             ],

@@ -132,7 +132,7 @@ pub async fn verify(
             found.extend(check.run(&mut conn).await?);
         }
         if let Some(files) = &files {
-            found.extend(starts_writable(files, flavor).await);
+            found.extend(starts_writable(files, flavor, &vars).await);
         }
         if offline_too {
             found.extend(pid_file_matches(
@@ -252,7 +252,7 @@ async fn variables(conn: &mut Conn) -> Result<HashMap<String, String>, String> {
     let rows: Vec<(String, String)> = conn
         .query(
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('datadir', 'innodb_data_home_dir', \
-             'innodb_data_file_path', 'port', 'socket', 'pid_file', 'require_secure_transport')",
+             'innodb_data_file_path', 'port', 'socket', 'pid_file', 'require_secure_transport', 'persisted_globals_load')",
         )
         .await
         .map_err(|e| format!("SHOW GLOBAL VARIABLES: {e}"))?;
@@ -459,10 +459,19 @@ fn connection_id(packet: &[u8]) -> Option<u32> {
 /// Whether mysqld would start writable: the options it reads from its
 /// option files (`my_print_defaults`, with the option-file arguments of
 /// its command line) followed by its command line, the last `read_only`
-/// winning. Unknown stays unknown: no finding.
-async fn starts_writable(files: &ServerFiles, flavor: Flavor) -> Option<Finding> {
-    if flavor != Flavor::MariaDb {
-        // MySQL persists read-only with SET PERSIST (mysqld-auto.cnf).
+/// (or MySQL's `super_read_only`) winning. On MySQL a `super_read_only`
+/// persisted in the data directory's `mysqld-auto.cnf` outranks them
+/// (the agent persists it when it fences or promotes). Unknown stays
+/// unknown: no finding.
+async fn starts_writable(
+    files: &ServerFiles,
+    flavor: Flavor,
+    vars: &HashMap<String, String>,
+) -> Option<Finding> {
+    if flavor == Flavor::MySql
+        && super::flavor::on(vars.get("persisted_globals_load"))
+        && persisted_read_only(&files.datadir) == Some(true)
+    {
         return None;
     }
     let pid = process::identify(files).ok()??;
@@ -488,14 +497,37 @@ async fn starts_writable(files: &ServerFiles, flavor: Flavor) -> Option<Finding>
         .lines()
         .map(str::to_string)
         .chain(server_args.iter().cloned());
-    match last_read_only(options) {
+    match last_read_only(options, flavor) {
         Some(true) => None,
         _ => Some(Finding::problem(
             ConfigProblemKind::StartsWritable,
             format!(
-                "mysqld (pid {pid}) would start writable after a restart: its configuration does not set read_only; add `read_only = ON` to its my.cnf (every member, the primary too: dbfleet makes the primary writable), or a systemd drop-in with MYSQLD_OPTS=--read-only (docs/deploy.md)"
+                "mysqld (pid {pid}) would start writable after a restart: its configuration does not set read_only{}; add `read_only = ON` to its my.cnf (every member, the primary too: dbfleet makes the primary writable), or a systemd drop-in with MYSQLD_OPTS=--read-only (docs/deploy.md)",
+                if flavor == Flavor::MySql {
+                    " and no super_read_only is persisted (dbfleet persists it at its first fence or promotion)"
+                } else {
+                    ""
+                }
             ),
         )),
+    }
+}
+
+/// `super_read_only` (or `read_only`) as persisted in `mysqld-auto.cnf`:
+/// `None` when the file is absent, unreadable or says neither.
+fn persisted_read_only(datadir: &Path) -> Option<bool> {
+    let text = std::fs::read(datadir.join("mysqld-auto.cnf")).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let value = |name: &str| {
+        ["mysql_dynamic_variables", "mysql_static_variables"]
+            .iter()
+            .find_map(|group| json[group][name]["Value"].as_str())
+            .map(|v| matches!(v.to_ascii_uppercase().as_str(), "ON" | "1" | "TRUE"))
+    };
+    match (value("super_read_only"), value("read_only")) {
+        (Some(true), _) | (_, Some(true)) => Some(true),
+        (None, None) => None,
+        _ => Some(false),
     }
 }
 
@@ -513,8 +545,9 @@ fn is_option_file_arg(a: &str) -> bool {
 /// The last `read_only` setting among mysqld options, as mysqld reads
 /// them (`-` and `_` alike, `loose-`, `skip-`, `enable-`, `disable-`
 /// prefixes, no value meaning on). `None`: never set.
-fn last_read_only(options: impl Iterator<Item = String>) -> Option<bool> {
+fn last_read_only(options: impl Iterator<Item = String>, flavor: Flavor) -> Option<bool> {
     let mut last = None;
+    let mut super_on = false;
     for o in options {
         let Some(o) = o.strip_prefix("--") else {
             continue;
@@ -531,7 +564,10 @@ fn last_read_only(options: impl Iterator<Item = String>) -> Option<bool> {
             Some(n) => (n, true),
             None => (name.strip_prefix("enable-").unwrap_or(name), false),
         };
-        if name != "read-only" {
+        // super_read_only = ON implies read_only (MySQL); OFF leaves
+        // read_only as it was.
+        let is_super = flavor == Flavor::MySql && name == "super-read-only";
+        if name != "read-only" && !is_super {
             continue;
         }
         let on = match value.as_deref() {
@@ -539,9 +575,14 @@ fn last_read_only(options: impl Iterator<Item = String>) -> Option<bool> {
             Some("off" | "0" | "false") => false,
             Some(_) => continue,
         };
-        last = Some(on != negated);
+        let on = on != negated;
+        if is_super {
+            super_on = on;
+        } else {
+            last = Some(on);
+        }
     }
-    last
+    if super_on { Some(true) } else { last }
 }
 
 /// Compares the configured pid file with the server's (`check-config`
@@ -647,7 +688,7 @@ mod tests {
     use super::*;
 
     fn opts(list: &[&str]) -> Option<bool> {
-        last_read_only(list.iter().map(|s| s.to_string()))
+        last_read_only(list.iter().map(|s| s.to_string()), Flavor::MariaDb)
     }
 
     #[test]
@@ -665,7 +706,37 @@ mod tests {
             opts(&["--read_only=ON", "--read_only_compressed=OFF"]),
             Some(true)
         );
+        // MariaDB has no super_read_only; on MySQL it implies read_only,
+        // and turning it off leaves read_only as it was.
         assert_eq!(opts(&["--super-read-only=ON"]), None);
+        let mysql =
+            |list: &[&str]| last_read_only(list.iter().map(|s| s.to_string()), Flavor::MySql);
+        assert_eq!(mysql(&["--super-read-only=ON"]), Some(true));
+        assert_eq!(mysql(&["--read-only=OFF", "--super_read_only"]), Some(true));
+        assert_eq!(
+            mysql(&["--read-only=ON", "--super-read-only=OFF"]),
+            Some(true)
+        );
+        assert_eq!(mysql(&["--super-read-only=OFF"]), None);
+    }
+
+    #[test]
+    fn a_persisted_super_read_only_is_read_from_mysqld_auto_cnf() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(persisted_read_only(dir.path()), None);
+        let write = |text: &str| std::fs::write(dir.path().join("mysqld-auto.cnf"), text).unwrap();
+        write(
+            r#"{"Version": 2, "mysql_dynamic_variables": {"super_read_only": {"Value": "ON", "Metadata": {"Host": "localhost", "User": "a", "Timestamp": 1}}}}"#,
+        );
+        assert_eq!(persisted_read_only(dir.path()), Some(true));
+        write(
+            r#"{"Version": 2, "mysql_dynamic_variables": {"super_read_only": {"Value": "OFF"}}}"#,
+        );
+        assert_eq!(persisted_read_only(dir.path()), Some(false));
+        write(r#"{"Version": 2, "mysql_dynamic_variables": {"max_connections": {"Value": "10"}}}"#);
+        assert_eq!(persisted_read_only(dir.path()), None);
+        write("not json");
+        assert_eq!(persisted_read_only(dir.path()), None);
     }
 
     #[test]
