@@ -7,6 +7,7 @@
 //! killed mid-job finds it at its next start, removes the partial files
 //! and reports the job failed, so nothing half-written ever looks usable.
 
+pub mod clone;
 pub mod datadir;
 pub mod logical;
 pub mod physical;
@@ -703,6 +704,7 @@ impl Jobs {
                 scratch: scratch.clone(),
                 progress,
                 phase,
+                local_server: jobs.target.clone(),
             })
             .await;
             let _ = std::fs::remove_dir_all(&scratch);

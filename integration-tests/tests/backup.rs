@@ -1,6 +1,6 @@
-//! Backups with real processes: mariadb-backup on a real replica under
-//! write load, streamed through the agent into the sandbox's repository,
-//! and verified by restoring into a scratch mariadbd. Faults: an agent
+//! Backups with real processes: mariadb-backup (MySQL: its CLONE plugin)
+//! on a real replica under write load, streamed through the agent into the
+//! sandbox's repository, and verified by restoring into a scratch mysqld. Faults: an agent
 //! killed mid-backup, a full repository, a corrupted stored file; and
 //! one heavy job per host.
 
@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use dbfleet_integration_tests::backups::{self, SmallDisk};
 use dbfleet_integration_tests::workload::Writer;
-use dbfleet_integration_tests::{PATIENCE, TestFleet, sample, scrape, sole_active};
+use dbfleet_integration_tests::{
+    PATIENCE, TestFleet, on_both_flavors, sample, scrape, sole_active,
+};
+use dbfleet_proto::model::Flavor;
 use serde_json::Value;
 
 /// Starts a backup on `host` without waiting and holds its mariadb-backup
@@ -33,7 +36,11 @@ async fn held_backup(fleet: &TestFleet, host: &str) -> (String, nix::unistd::Pid
 }
 
 async fn fleet_with_writes() -> (TestFleet, Writer) {
-    let fleet = TestFleet::start(2, 1).await;
+    fleet_with_writes_on(Flavor::MariaDb).await
+}
+
+async fn fleet_with_writes_on(flavor: Flavor) -> (TestFleet, Writer) {
+    let fleet = TestFleet::start_spec(2, 1, |spec| spec.flavor = flavor).await;
     fleet
         .wait_coordinators("an active coordinator", |c| sole_active(c).is_some())
         .await;
@@ -63,9 +70,9 @@ async fn wait_entry(fleet: &TestFleet, id: &str, what: &str, ok: impl Fn(&Value)
     }
 }
 
-#[tokio::test]
-async fn a_backup_under_write_load_is_consistent_and_verified() {
-    let (fleet, writer) = fleet_with_writes().await;
+on_both_flavors! {
+async fn a_backup_under_write_load_is_consistent_and_verified(flavor: Flavor) {
+    let (fleet, writer) = fleet_with_writes_on(flavor).await;
     let (ok, b) = fleet.cli_json(&["backup", "run", "--cluster", "main"]);
     assert!(ok, "{b}");
     assert_eq!(b["status"], "completed");
@@ -76,12 +83,17 @@ async fn a_backup_under_write_load_is_consistent_and_verified() {
     let id = b["id"].as_str().unwrap().to_string();
     let m = &b["manifest"];
     assert_eq!(m["method"], "physical");
-    assert!(
-        m["end_gtid"]
-            .as_str()
-            .is_some_and(|g| g.starts_with("0-1-")),
-        "{m}"
-    );
+    let end_gtid = m["end_gtid"].as_str().unwrap_or_default();
+    match flavor {
+        Flavor::MariaDb => assert!(end_gtid.starts_with("0-1-"), "{m}"),
+        // MySQL's CLONE: a GTID set with the primary's writes in it.
+        Flavor::MySql => {
+            let set = dbfleet_common::gtid_set::GtidSet::parse(end_gtid).unwrap();
+            assert!(set.count() >= 20, "{m}");
+            assert!(m["tool"].as_str().unwrap_or_default().contains("CLONE"), "{m}");
+            assert_eq!(m["files"][0]["name"], "data.tar.zst", "{m}");
+        }
+    }
     assert!(
         m["files"][0]["sha256"]
             .as_str()
@@ -111,6 +123,7 @@ async fn a_backup_under_write_load_is_consistent_and_verified() {
     let (_, list) = fleet.cli_json(&["backup", "list"]);
     assert_eq!(list["backups"][0]["verification"], "verified");
     writer.stop().await;
+}
 }
 
 /// Every file under `dir` is 0600 and every directory (`dir` too) 0700.

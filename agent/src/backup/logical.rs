@@ -252,6 +252,7 @@ pub async fn load(
         data,
         work,
         &ScratchOptions {
+            program: super::scratch::ServerProgram::MariaDb,
             defaults_file: None,
             skip_grant_tables: false,
             extra,

@@ -21,6 +21,8 @@ use dbfleet_common::seal::{self, Sealing};
 
 /// The stream file of a physical backup.
 pub const DATA_FILE: &str = "data.xbstream.zst";
+/// A MySQL physical backup's stored stream: the CLONE copy as a tar archive.
+pub const CLONE_FILE: &str = "data.tar.zst";
 /// The SQL of a logical backup.
 pub const DUMP_FILE: &str = "dump.sql.zst";
 /// The manifest: written last; its presence is what makes a backup.
@@ -163,6 +165,8 @@ impl Manifest {
     pub fn data_file(&self) -> Result<&StoredFile, String> {
         let name = if self.method == "logical" {
             DUMP_FILE
+        } else if self.flavor == "mysql" {
+            CLONE_FILE
         } else {
             DATA_FILE
         };

@@ -18,8 +18,27 @@ use super::tools;
 /// How long a scratch server may take to start and to stop.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Which server program a scratch server runs: the data decides (a MySQL
+/// data directory needs MySQL's mysqld, of the same version as the server
+/// it came from, so the agent runs its own server's program).
+#[derive(Debug, Clone)]
+pub enum ServerProgram {
+    /// `mariadbd`, found like the other MariaDB tools.
+    MariaDb,
+    /// MySQL's `mysqld` and the options that say where its own files are
+    /// (`--basedir`, `--plugin-dir`, ...), as the live server reports them.
+    MySql {
+        /// The program.
+        mysqld: PathBuf,
+        /// Location options.
+        locations: Vec<String>,
+    },
+}
+
 /// How to start a scratch server.
 pub struct ScratchOptions {
+    /// The server program.
+    pub program: ServerProgram,
     /// The option file the data needs (a physical backup's
     /// `backup-my.cnf`, which carries the source's InnoDB layout); `None`:
     /// no option file at all.
@@ -147,7 +166,10 @@ pub fn install_db(data: &Path, extra: &[String], log: &Path) -> Result<(), Strin
 impl ScratchServer {
     /// Starts mysqld on `data`; its pid file and error log go into `dir`.
     pub fn start(data: &Path, dir: &Path, o: &ScratchOptions) -> Result<ScratchServer, String> {
-        let mysqld = tools::find("mariadbd")?;
+        let mysqld = match &o.program {
+            ServerProgram::MariaDb => tools::find("mariadbd")?,
+            ServerProgram::MySql { mysqld, .. } => mysqld.clone(),
+        };
         // A Unix socket path must stay under 108 bytes; scratch paths can
         // be longer.
         let socket_dir = std::env::temp_dir().join(format!(
@@ -172,9 +194,22 @@ impl ScratchServer {
             .arg(format!("--log-error={}", error_log.display()))
             .arg("--skip-networking")
             .arg("--skip-log-bin")
-            .arg("--skip-slave-start")
-            .arg("--innodb-buffer-pool-size=256M")
-            .args(&o.extra)
+            .arg("--innodb-buffer-pool-size=256M");
+        match &o.program {
+            ServerProgram::MariaDb => {
+                cmd.arg("--skip-slave-start");
+            }
+            // No X Protocol port, no import/export outside its own
+            // directory (the packaged default directory may not exist).
+            ServerProgram::MySql { locations, .. } => {
+                cmd.args(locations)
+                    .arg("--skip-replica-start")
+                    .arg("--mysqlx=OFF")
+                    .arg("--performance-schema=OFF")
+                    .arg(format!("--secure-file-priv={}", dir.display()));
+            }
+        }
+        cmd.args(&o.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -279,6 +314,7 @@ mod tests {
             &data,
             &dir.path().join("job"),
             &ScratchOptions {
+                program: ServerProgram::MariaDb,
                 defaults_file: None,
                 skip_grant_tables: true,
                 extra: Vec::new(),

@@ -13,7 +13,7 @@ use mysql_async::prelude::Queryable;
 use tracing::{error, info, warn};
 
 use super::repo::{BackupDir, Manifest};
-use super::{BackupConfig, Jobs, Marker, logical, physical, tools, valid_id};
+use super::{BackupConfig, Jobs, Marker, clone, logical, physical, tools, valid_id};
 use crate::mysql::control::ControlError;
 use crate::mysql::observer;
 
@@ -160,11 +160,8 @@ impl Jobs {
         } = job;
         let started = unix_ms();
         let (flavor, state, datadir) = self.server_facts().await?;
-        if flavor != Flavor::MariaDb {
-            return Err(
-                "backups of MySQL (xtrabackup, mysqldump) are not supported yet; this agent backs up MariaDB only"
-                    .into(),
-            );
+        if flavor == Flavor::MySql {
+            return self.clone_backup(job, state, started).await;
         }
         let base = match &parent {
             Some(p) => Some(self.incremental_base(dir, p, &state)?),
@@ -251,6 +248,100 @@ impl Jobs {
             started_at_unix_ms: started,
             finished_at_unix_ms: unix_ms(),
         };
+        self.record_manifest(dir, manifest).await
+    }
+
+    /// A MySQL backup: physical through the CLONE plugin (no XtraBackup
+    /// is installable for MySQL 8.4 and later, and CLONE has no
+    /// incremental mode); a logical one is not built yet.
+    async fn clone_backup(
+        &self,
+        job: &BackupJob,
+        state: dbfleet_proto::model::ServerState,
+        started: i64,
+    ) -> Result<(String, String), String> {
+        let BackupJob {
+            id,
+            method,
+            parent,
+            cfg,
+            dir,
+            progress,
+        } = job;
+        if method == "logical" {
+            return Err(
+                "logical backups of MySQL (mysqldump) are not built yet; take a physical one (CLONE)"
+                    .into(),
+            );
+        }
+        if parent.is_some() {
+            return Err(
+                "MySQL's CLONE has no incremental mode; take a full backup (the binlog archive covers the time between full backups)"
+                    .into(),
+            );
+        }
+        let work = self.scratch.join(format!("{id}.tool"));
+        let limit = self.target.connect_timeout + self.target.query_timeout;
+        let (mut conn, _) = tokio::time::timeout(limit, observer::connect(&self.target))
+            .await
+            .map_err(|_| format!("mysqld did not answer within {limit:?}"))??;
+        let program = clone::server_program(&mut conn).await?;
+        info!(backup = id, dir = dir.describe(), "CLONE backup running");
+        let taken = clone::take(
+            clone::CloneBackup {
+                dir: dir.clone(),
+                work: work.clone(),
+                program,
+                pipeline: cfg.pipeline(),
+                progress: progress.clone(),
+                cancel: self.cancel.clone(),
+            },
+            &mut conn,
+            &state.version,
+        )
+        .await;
+        let _ = conn.disconnect().await;
+        super::scratch::kill_left_running(&work);
+        let _ = std::fs::remove_dir_all(&work);
+        let taken = taken?;
+        let manifest = Manifest {
+            format: 1,
+            id: id.to_string(),
+            cluster: self.cluster.clone(),
+            host: self.host.clone(),
+            server_id: state.server_id,
+            server_uuid: state.server_uuid.clone(),
+            flavor: Flavor::MySql.as_str().to_string(),
+            server_version: state.version.clone(),
+            method: "physical".into(),
+            parent: None,
+            lsn_from: 0,
+            lsn_to: 0,
+            tables: 0,
+            start_gtid: state.gtid.executed.clone(),
+            end_gtid: taken.end_gtid,
+            binlog_file: taken.binlog_file,
+            binlog_position: taken.binlog_position,
+            stream_bytes: taken.stream_bytes,
+            files: vec![taken.stored],
+            compression: format!("zstd-{}", cfg.compression_level),
+            rate_limit_bytes_per_s: cfg.pipeline().rate_limit_bytes_per_s,
+            sealed_for: dir.repo.seal().map(|k| k.recipient()).unwrap_or_default(),
+            tool: taken.tool,
+            started_at_unix_ms: started,
+            finished_at_unix_ms: unix_ms(),
+        };
+        self.record_manifest(dir, manifest).await
+    }
+
+    /// Writes the manifest last (what makes a backup exist) and says
+    /// what was taken.
+    async fn record_manifest(
+        &self,
+        dir: &BackupDir,
+        manifest: Manifest,
+    ) -> Result<(String, String), String> {
+        let id = manifest.id.clone();
         let written = dir.clone();
         let manifest =
             tokio::task::spawn_blocking(move || manifest.write(&written).map(|()| manifest))

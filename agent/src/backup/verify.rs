@@ -15,7 +15,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
 use super::datadir;
-use super::scratch::{ScratchOptions, ScratchServer};
+use super::scratch::{ScratchOptions, ScratchServer, ServerProgram};
 
 /// What a verification needs.
 pub struct Verification {
@@ -27,6 +27,32 @@ pub struct Verification {
     pub progress: Arc<AtomicU64>,
     /// The step it is on.
     pub phase: super::Phase,
+    /// This host's mysqld: a MySQL backup is started with its program
+    /// (the same version, where its plugins and messages are).
+    pub local_server: crate::mysql::observer::MysqlTarget,
+}
+
+/// The program a scratch server on this backup's data runs.
+async fn program_for(
+    manifest: &super::repo::Manifest,
+    local: &crate::mysql::observer::MysqlTarget,
+) -> Result<ServerProgram, String> {
+    if manifest.flavor != "mysql" {
+        return Ok(ServerProgram::MariaDb);
+    }
+    let limit = local.connect_timeout + local.query_timeout;
+    let (mut conn, flavor) = tokio::time::timeout(limit, crate::mysql::observer::connect(local))
+        .await
+        .map_err(|_| format!("mysqld did not answer within {limit:?}"))??;
+    if flavor != dbfleet_proto::model::Flavor::MySql {
+        return Err(
+            "this MySQL backup can only be verified on a host whose server is MySQL (its program starts the copy)"
+                .into(),
+        );
+    }
+    let program = super::clone::server_program(&mut conn).await;
+    let _ = conn.disconnect().await;
+    program
 }
 
 /// Checks every table of the restored server; returns how many, and how
@@ -77,13 +103,16 @@ pub async fn verify(v: Verification) -> Result<String, String> {
     })
     .await?;
     v.phase.set("starting a scratch mysqld");
+    let program = program_for(&manifest, &v.local_server).await?;
     // backup-my.cnf carries the source's InnoDB layout (page size, redo
     // and undo settings) that a physical backup's files need.
-    let defaults_file = (manifest.method != "logical").then(|| data.join("backup-my.cnf"));
+    let defaults_file = (manifest.method != "logical" && manifest.flavor != "mysql")
+        .then(|| data.join("backup-my.cnf"));
     let mut server = ScratchServer::start(
         &data,
         &v.scratch,
         &ScratchOptions {
+            program,
             defaults_file,
             skip_grant_tables: true,
             extra: Vec::new(),
@@ -91,7 +120,17 @@ pub async fn verify(v: Verification) -> Result<String, String> {
     )?;
     let mut conn = server.connect("root").await?;
     v.phase.set("checking tables");
-    let checked = check_tables(&mut conn).await;
+    let mut checked = check_tables(&mut conn).await;
+    if manifest.flavor == "mysql" && checked.is_ok() {
+        // A CLONE copy carries no binlog position file: the server says.
+        let found: Option<String> = conn
+            .query_first("SELECT @@GLOBAL.gtid_executed")
+            .await
+            .unwrap_or_default();
+        if let Err(e) = super::clone::same_gtids(&found.unwrap_or_default(), &manifest.end_gtid) {
+            checked = Err(e);
+        }
+    }
     drop(conn);
     server.stop().await?;
     let (tables, user_tables) = checked?;
