@@ -424,7 +424,7 @@ impl Jobs {
     /// whether the marker is done with (`false`: tried again at the
     /// agent's next start).
     async fn recover_swap(&self, job: &str, record: &SwapRecord) -> (String, bool) {
-        let swap = swap::Swap::new(&record.datadir, job);
+        let swap = swap::Swap::left_by(&record.datadir, job);
         let aside = swap.aside().display().to_string();
         let files = match (record.step, &record.files) {
             (SwapStep::Swapping, Some(files)) => files,
@@ -827,7 +827,7 @@ mod tests {
         let (datadir, state_dir) = (root.join("data"), root.join("state"));
         std::fs::create_dir_all(datadir.join("app")).unwrap();
         std::fs::write(datadir.join("ibdata1"), "previous").unwrap();
-        let swap = swap::Swap::new(&datadir, "r1");
+        let swap = swap::Swap::new(&datadir, "r1", dbfleet_proto::model::Flavor::MariaDb);
         std::fs::create_dir_all(swap.staging()).unwrap();
         std::fs::write(swap.staging().join("ibdata1"), "restored").unwrap();
         swap.swap_in().unwrap();

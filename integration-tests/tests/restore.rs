@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use dbfleet_integration_tests::backups::{self, now_ms, rows, wait_archived};
 use dbfleet_integration_tests::workload::{Writer, ids_on};
-use dbfleet_integration_tests::{PATIENCE, TestFleet, has_problem, member};
+use dbfleet_integration_tests::{PATIENCE, TestFleet, has_problem, member, on_both_flavors};
+use dbfleet_proto::model::Flavor;
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
 
@@ -237,9 +238,10 @@ async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_th
     );
 }
 
-#[tokio::test]
-async fn a_restored_replica_rejoins_and_matches_the_primary_row_for_row() {
-    let fleet = TestFleet::start_active(2, 1).await;
+on_both_flavors! {
+async fn a_restored_replica_rejoins_and_matches_the_primary_row_for_row(flavor: Flavor) {
+    let fleet = TestFleet::start_spec(2, 1, |spec| spec.flavor = flavor).await;
+    fleet.wait_settled("an active coordinator", |_| true).await;
     let writer = Writer::start(&fleet, "db1").await;
     let give_up = tokio::time::Instant::now() + PATIENCE;
     while writer.acked_count() < 20 {
@@ -289,9 +291,13 @@ async fn a_restored_replica_rejoins_and_matches_the_primary_row_for_row() {
         })
         .await;
     let acked = writer.stop().await;
-    let primary = fleet.query_one("db1", "SELECT @@gtid_binlog_pos").await;
+    let (on_source, on_replica) = match flavor {
+        Flavor::MariaDb => ("SELECT @@gtid_binlog_pos", "SELECT @@gtid_slave_pos"),
+        Flavor::MySql => ("SELECT @@GLOBAL.gtid_executed", "SELECT @@GLOBAL.gtid_executed"),
+    };
+    let primary = fleet.query_one("db1", on_source).await;
     let give_up = tokio::time::Instant::now() + PATIENCE;
-    while fleet.query_one("db3", "SELECT @@gtid_slave_pos").await != primary {
+    while fleet.query_one("db3", on_replica).await != primary {
         assert!(
             tokio::time::Instant::now() < give_up,
             "db3 does not catch up"
@@ -307,6 +313,7 @@ async fn a_restored_replica_rejoins_and_matches_the_primary_row_for_row() {
         text.contains("restored") && text.contains("rejoined"),
         "{text}"
     );
+}
 }
 
 /// The chunk metas of `host`'s archive streams, by stream.

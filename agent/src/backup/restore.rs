@@ -534,7 +534,20 @@ pub async fn restore(
             manifest.server_version, f.version
         ));
     }
-    let start = Position::parse(&manifest.end_gtid)?;
+    let mysql = manifest.flavor == "mysql";
+    if mysql && r.to.is_some() {
+        return Err(
+            "point-in-time recovery of MySQL is not built yet; restore this backup without a target (to its GTID set)"
+                .into(),
+        );
+    }
+    // MySQL's GTID set is checked on the restored server itself, and no
+    // binlog is replayed from it.
+    let start = if mysql {
+        Position::default()
+    } else {
+        Position::parse(&manifest.end_gtid)?
+    };
     let datadir_meta =
         std::fs::metadata(&f.datadir).map_err(|e| process::cannot_read(&f.datadir, &e))?;
     std::fs::create_dir_all(&r.work)
@@ -577,7 +590,12 @@ pub async fn restore(
         None => None,
     };
     // 2. the backup, made a data directory inside the current one
-    let swap = Swap::new(&f.datadir, &r.job_id);
+    let flavor = if mysql {
+        dbfleet_proto::model::Flavor::MySql
+    } else {
+        dbfleet_proto::model::Flavor::MariaDb
+    };
+    let swap = Swap::new(&f.datadir, &r.job_id, flavor);
     let staging = swap.staging().to_path_buf();
     journal(Journal::Staging(&swap))?;
     let _ = std::fs::remove_dir_all(&staging);
@@ -628,6 +646,34 @@ pub async fn restore(
         warn!(
             "the restored mysqld started writable; add read_only = ON to its configuration so that a restored or restarted server never accepts writes before the coordinator decides"
         );
+    }
+    if mysql {
+        // 4. MySQL: the copy holds its GTID set (mysql.gtid_executed) and
+        // no binlog; it stays read-only across restarts and replicates
+        // from nobody until the coordinator repoints it.
+        for sql in [
+            "SET PERSIST super_read_only = ON",
+            "STOP REPLICA",
+            "RESET REPLICA ALL",
+        ] {
+            conn.query_drop(sql)
+                .await
+                .map_err(|e| format!("restored server: {sql}: {e}"))?;
+        }
+        let found: Option<String> = conn
+            .query_first("SELECT @@GLOBAL.gtid_executed")
+            .await
+            .map_err(|e| format!("restored server: reading its GTID set: {e}"))?;
+        super::clone::same_gtids(&found.unwrap_or_default(), &manifest.end_gtid)?;
+        if let Err(e) = swap.discard_previous() {
+            warn!(error = e, "the previous data could not be removed");
+        }
+        let _ = conn.disconnect().await;
+        let summary = format!(
+            "restored backup {} at GTID set {:?}",
+            manifest.id, manifest.end_gtid
+        );
+        return Ok(completed(summary, started_writable, started));
     }
     // 4. a new history that starts at the backup's position: as a
     // replica's (slave_pos) and as its own (binlog_state), which is where
@@ -688,6 +734,11 @@ pub async fn restore(
         ));
     }
     let _ = conn.disconnect().await;
+    Ok(completed(summary, started_writable, started))
+}
+
+/// The restore's closing summary.
+fn completed(mut summary: String, started_writable: bool, started: Instant) -> String {
     if started_writable {
         summary.push_str("; mysqld started writable (set read_only = ON in its configuration)");
     }
@@ -696,7 +747,7 @@ pub async fn restore(
         started.elapsed().as_secs_f64()
     ));
     info!(summary, "restore completed");
-    Ok(summary)
+    summary
 }
 
 #[cfg(test)]

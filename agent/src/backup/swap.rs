@@ -14,10 +14,17 @@
 //! directory in its data directory as a database (`#mysql50#name`), but
 //! hides names starting with `#sql`, its temporary files' prefix, and
 //! `mariadb-backup` copies no file of theirs (it reads table files one
-//! level down, and they hold data directories).
+//! level down, and they hold data directories). MySQL instead scans its
+//! data directory's whole tree for tablespace files at start and refuses
+//! to start on two copies of one ("Multiple files found for the same
+//! tablespace ID"), but skips hidden directories: on MySQL the names
+//! start with a dot (`.#sql-dbfleet-…`), which MariaDB would list as a
+//! database.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+
+use dbfleet_proto::model::Flavor;
 
 /// Names of the swap's own directories (and of the marker in the aside
 /// directory, which therefore never names an entry of the data directory).
@@ -26,7 +33,7 @@ const PREFIX: &str = "#sql-dbfleet-";
 /// filesystem's `lost+found` (root's, not mysqld's) when the data
 /// directory is a mount point.
 fn stays(name: &str) -> bool {
-    name.starts_with(PREFIX) || name == "lost+found"
+    name.trim_start_matches('.').starts_with(PREFIX) || name == "lost+found"
 }
 
 /// The directories of one restore's swap, all inside the data directory.
@@ -39,14 +46,34 @@ pub struct Swap {
 }
 
 impl Swap {
-    /// The swap of restore job `job_id` into `datadir`.
-    pub fn new(datadir: &Path, job_id: &str) -> Swap {
-        let inside = |what: &str| datadir.join(format!("{PREFIX}{what}-{job_id}"));
+    /// The swap of restore job `job_id` into `datadir` of a `flavor`
+    /// server.
+    pub fn new(datadir: &Path, job_id: &str, flavor: Flavor) -> Swap {
+        let hidden = match flavor {
+            Flavor::MariaDb => "",
+            Flavor::MySql => ".",
+        };
+        let inside = |what: &str| datadir.join(format!("{hidden}{PREFIX}{what}-{job_id}"));
         Swap {
             datadir: datadir.to_path_buf(),
             staging: inside("restore"),
             aside: inside("before"),
             failed: inside("failed"),
+        }
+    }
+
+    /// The swap restore job `job_id` left in `datadir`, whichever flavor
+    /// named it (an agent restarted mid-restore knows the job, not the
+    /// server).
+    pub fn left_by(datadir: &Path, job_id: &str) -> Swap {
+        let mysql = Swap::new(datadir, job_id, Flavor::MySql);
+        if [&mysql.staging, &mysql.aside, &mysql.failed]
+            .iter()
+            .any(|d| d.exists())
+        {
+            mysql
+        } else {
+            Swap::new(datadir, job_id, Flavor::MariaDb)
         }
     }
 
@@ -203,7 +230,7 @@ mod tests {
         for n in ["ibdata1", "ib_logfile0", "mysql", "app"] {
             write(&datadir, n, "previous");
         }
-        let swap = Swap::new(&datadir, "j1");
+        let swap = Swap::new(&datadir, "j1", Flavor::MariaDb);
         std::fs::create_dir(swap.staging()).unwrap();
         for n in ["ibdata1", "ib_logfile0", "mysql", "app", "xtrabackup_info"] {
             write(swap.staging(), n, "restored");
@@ -339,8 +366,8 @@ mod tests {
     }
 
     #[test]
-    fn the_swap_directories_are_inside_the_data_directory_and_hidden_from_mariadb() {
-        let s = Swap::new(Path::new("/var/lib/mysql"), "j1");
+    fn the_swap_directories_are_inside_the_data_directory_and_hidden_from_the_server() {
+        let s = Swap::new(Path::new("/var/lib/mysql"), "j1", Flavor::MariaDb);
         assert_eq!(
             s.staging(),
             Path::new("/var/lib/mysql/#sql-dbfleet-restore-j1")
@@ -350,5 +377,17 @@ mod tests {
             Path::new("/var/lib/mysql/#sql-dbfleet-before-j1")
         );
         assert!(stays("#sql-dbfleet-before-j0") && stays("lost+found") && !stays("mysql"));
+        // MySQL's start scans every directory that is not hidden.
+        let dir = tempfile::tempdir().unwrap();
+        let m = Swap::new(dir.path(), "j1", Flavor::MySql);
+        assert_eq!(m.aside(), dir.path().join(".#sql-dbfleet-before-j1"));
+        assert!(stays(".#sql-dbfleet-before-j0") && !stays(".hidden"));
+        // An agent restarted mid-restore finds whichever swap the job left.
+        assert_eq!(
+            Swap::left_by(dir.path(), "j1"),
+            Swap::new(dir.path(), "j1", Flavor::MariaDb)
+        );
+        std::fs::create_dir(m.aside()).unwrap();
+        assert_eq!(Swap::left_by(dir.path(), "j1"), m);
     }
 }
