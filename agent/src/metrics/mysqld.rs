@@ -40,21 +40,19 @@ pub fn classic_name(name: &str) -> String {
         .join("_")
 }
 
-/// Name → value under classic names; where a server shows both spellings
-/// (MySQL 8.0 keeps some old names as aliases), the classic one wins.
+/// Name → value under mysqld_exporter's names (the server's own, lower
+/// case: MySQL 8.4 and later say `seconds_behind_source`, as the exporter
+/// then does) and, where those use MySQL 8's `source`/`replica` words,
+/// under the classic `master`/`slave` spelling as well, which dashboards
+/// written for MariaDB and older MySQL read. Where a server shows both
+/// spellings itself, its own value of each is kept.
 fn classic(values: &HashMap<String, String>) -> BTreeMap<String, &str> {
-    let mut out = BTreeMap::new();
-    let mut renamed = Vec::new();
+    let mut out: BTreeMap<String, &str> = values
+        .iter()
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.as_str()))
+        .collect();
     for (name, value) in values {
-        let c = classic_name(name);
-        if c == name.to_ascii_lowercase() {
-            out.insert(c, value.as_str());
-        } else {
-            renamed.push((c, value.as_str()));
-        }
-    }
-    for (c, v) in renamed {
-        out.entry(c).or_insert(v);
+        out.entry(classic_name(name)).or_insert(value.as_str());
     }
     out
 }
@@ -333,31 +331,36 @@ mod tests {
     }
 
     #[test]
-    fn mysql_8_names_read_as_the_classic_ones() {
+    fn mysql_8_names_are_the_exporters_with_classic_aliases() {
         let status = global_status(&map(&[
             ("Rpl_semi_sync_source_status", "ON"),
             ("Com_show_replica_status", "3"),
             ("Com_show_slave_status", "5"),
         ]));
-        assert_eq!(
-            find(&status, "mysql_global_status_rpl_semi_sync_master_status").value(&[]),
-            Some(1.0)
-        );
+        for name in ["source", "master"] {
+            let family = format!("mysql_global_status_rpl_semi_sync_{name}_status");
+            assert_eq!(find(&status, &family).value(&[]), Some(1.0), "{family}");
+        }
+        // Both counters the server shows, each with its own value.
         let commands = find(&status, "mysql_global_status_commands_total");
-        assert_eq!(commands.samples.len(), 1, "{commands:?}");
+        assert_eq!(commands.samples.len(), 2, "{commands:?}");
         assert_eq!(
             commands.value(&[("command", "show_slave_status")]),
             Some(5.0)
+        );
+        assert_eq!(
+            commands.value(&[("command", "show_replica_status")]),
+            Some(3.0)
         );
         let vars = global_variables(&map(&[
             ("replica_net_timeout", "4"),
             ("rpl_semi_sync_source_wait_for_replica_count", "1"),
             ("version", "8.4.3"),
         ]));
-        assert_eq!(
-            find(&vars, "mysql_global_variables_slave_net_timeout").value(&[]),
-            Some(4.0)
-        );
+        for name in ["replica_net_timeout", "slave_net_timeout"] {
+            let family = format!("mysql_global_variables_{name}");
+            assert_eq!(find(&vars, &family).value(&[]), Some(4.0), "{family}");
+        }
         assert_eq!(
             find(
                 &vars,
@@ -383,18 +386,20 @@ mod tests {
         .collect();
         let slave = slave_status(&[row]);
         let labels = [("master_host", "10.0.0.1"), ("channel_name", "")];
-        assert_eq!(
-            find(&slave, "mysql_slave_status_slave_io_running").value(&labels),
-            Some(0.0)
-        );
-        assert_eq!(
-            find(&slave, "mysql_slave_status_slave_sql_running").value(&labels),
-            Some(1.0)
-        );
+        // mysqld_exporter's names on MySQL 8.4 and later, and the classic ones.
+        for name in ["replica_io_running", "slave_io_running"] {
+            let family = format!("mysql_slave_status_{name}");
+            assert_eq!(find(&slave, &family).value(&labels), Some(0.0), "{family}");
+        }
+        for name in ["replica_sql_running", "slave_sql_running"] {
+            let family = format!("mysql_slave_status_{name}");
+            assert_eq!(find(&slave, &family).value(&labels), Some(1.0), "{family}");
+        }
         assert!(
             !slave
                 .iter()
-                .any(|f| f.name == "mysql_slave_status_seconds_behind_master")
+                .any(|f| f.name.starts_with("mysql_slave_status_seconds_behind")),
+            "a NULL lag is no sample"
         );
     }
 
