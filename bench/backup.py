@@ -14,8 +14,12 @@ It prints the stream size, stored size (compression ratio) and throughput
 (stream bytes per second) of each, and the time of `dbfleet backup verify`
 (restore, prepare, start, CHECK TABLE) for the last dbfleet backup.
 
-Usage: bench/backup.py [ROUNDS] (default 3); env ROWS_LOG2 (default 20).
-Needs `cargo build --bins` and pymysql.
+With FLAVOR=mysql the servers are MySQL 9.7 (./scripts/install-mysql):
+dbfleet takes the backup with the CLONE plugin, and the pipeline is
+`CLONE LOCAL DATA DIRECTORY` then `tar | zstd -3 -T2 > file`.
+
+Usage: bench/backup.py [ROUNDS] (default 3); env ROWS_LOG2 (default 20),
+FLAVOR (mariadb or mysql). Needs `cargo build --bins` and pymysql.
 """
 import json
 import os
@@ -31,6 +35,8 @@ from failover import DBFLEET, Fleet  # noqa: E402
 
 BASE = os.environ.get("BENCH_BASE", "127.0.79")
 ROWS_LOG2 = int(os.environ.get("ROWS_LOG2", "20"))
+FLAVOR = os.environ.get("FLAVOR", "mariadb")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def app_connect(fleet, host):
@@ -44,9 +50,9 @@ def app_connect(fleet, host):
 def load(fleet):
     cur = app_connect(fleet, "db1").cursor()
     cur.execute("CREATE TABLE bench_rows (id BIGINT AUTO_INCREMENT PRIMARY KEY, pad VARCHAR(255))")
-    cur.execute("INSERT INTO bench_rows (pad) VALUES (REPEAT(MD5(RAND()), 6))")
+    cur.execute("INSERT INTO bench_rows (pad) VALUES (REPEAT(SHA2(RAND(), 256), 3))")
     for _ in range(ROWS_LOG2):
-        cur.execute("INSERT INTO bench_rows (pad) SELECT REPEAT(MD5(RAND()), 6) FROM bench_rows")
+        cur.execute("INSERT INTO bench_rows (pad) SELECT REPEAT(SHA2(RAND(), 256), 3) FROM bench_rows")
     cur.execute("SELECT COUNT(*) FROM bench_rows")
     return cur.fetchone()[0]
 
@@ -61,6 +67,8 @@ def wait_replica(fleet):
 
 
 def pipeline(fleet, out_dir):
+    if FLAVOR == "mysql":
+        return pipeline_clone(fleet, out_dir)
     agent_cfg = open(os.path.join(fleet.dir, "agent-db2.toml")).read()
     get = lambda k: [l.split("=", 1)[1].strip().strip('"') for l in agent_cfg.splitlines() if l.startswith(k + " ")][0]
     password = open(os.path.join(fleet.dir, "secrets", "agent-mysql.password")).read().strip()
@@ -86,6 +94,39 @@ def pipeline(fleet, out_dir):
     return elapsed, stream, stored
 
 
+def pipeline_clone(fleet, out_dir):
+    """MySQL's own way: CLONE LOCAL as the agent's account, then tar | zstd."""
+    agent_cfg = open(os.path.join(fleet.dir, "agent-db2.toml")).read()
+    get = lambda k: [l.split("=", 1)[1].strip().strip('"') for l in agent_cfg.splitlines() if l.startswith(k + " ")][0]
+    password = open(os.path.join(fleet.dir, "secrets", "agent-mysql.password")).read().strip()
+    cnf = os.path.join(out_dir, "client.cnf")
+    with open(cnf, "w") as f:
+        f.write(f"[client]\nuser={get('user')}\npassword={password}\nsocket={get('socket')}\n")
+    os.chmod(cnf, 0o600)
+    # mysqld writes the copy itself: a directory its user may write in
+    parent = os.path.join(out_dir, "clone-parent")
+    os.makedirs(parent, exist_ok=True)
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "mysql:mysql", parent], check=True)
+    copy = os.path.join(parent, "copy")
+    subprocess.run(["rm", "-rf", copy], check=True)
+    target = os.path.join(out_dir, "pipeline.tar.zst")
+    mysql = os.path.join(ROOT, "target", "tools", "mysql", "bin", "mysql")
+    t0 = time.monotonic()
+    subprocess.run([mysql, f"--defaults-extra-file={cnf}", "-e", f"CLONE LOCAL DATA DIRECTORY = '{copy}'"],
+                   check=True)
+    subprocess.run(
+        f"tar -C {copy} -cf - . | tee >(wc -c > {out_dir}/stream.bytes) | zstd -3 -T2 -q > {target}",
+        shell=True, check=True, executable="/bin/bash")
+    elapsed = time.monotonic() - t0
+    time.sleep(0.2)
+    stream = int(open(os.path.join(out_dir, "stream.bytes")).read().strip())
+    stored = os.path.getsize(target)
+    os.remove(target)
+    subprocess.run(["rm", "-rf", copy], check=True)
+    return elapsed, stream, stored
+
+
 def loaded_sandbox(prefix, replicas, base):
     """A sandbox with the rows loaded and db2 caught up: (work dir, sandbox dir, fleet, rows)."""
     work = tempfile.mkdtemp(prefix=prefix)
@@ -93,7 +134,8 @@ def loaded_sandbox(prefix, replicas, base):
     os.chmod(work, 0o755)
     sandbox = os.path.join(work, "sandbox")
     subprocess.run([DBFLEET, "sandbox", "up", "--dir", sandbox, "--replicas", str(replicas),
-                    "--coordinators", "1", "--base", base], check=True, capture_output=True)
+                    "--coordinators", "1", "--base", base, "--flavor", FLAVOR],
+                   check=True, capture_output=True)
     fleet = Fleet(sandbox)
     try:
         fleet.wait_healthy()
@@ -109,7 +151,7 @@ def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     work, sandbox, fleet, rows = loaded_sandbox("dbfleet-bench-backup-", 1, BASE)
     try:
-        print(f"loaded {rows} rows; machine: {os.cpu_count()} cores")
+        print(f"loaded {rows} rows; flavor {FLAVOR}; machine: {os.cpu_count()} cores")
         last = None
         for r in range(rounds):
             t0 = time.monotonic()

@@ -45,11 +45,14 @@ pub struct CloneBackup {
 /// (`@@basedir` holds `sbin/mysqld` in packages and `bin/mysqld` in
 /// tarballs): a scratch server of exactly its version.
 pub async fn server_program(conn: &mut Conn) -> Result<ServerProgram, String> {
-    let row: Option<(String, String, String, String)> = conn
-        .query_first("SELECT @@basedir, @@plugin_dir, @@lc_messages_dir, @@character_sets_dir")
+    let row: Option<(String, String, String, String, u64)> = conn
+        .query_first(
+            "SELECT @@basedir, @@plugin_dir, @@lc_messages_dir, @@character_sets_dir, \
+             @@innodb_redo_log_capacity",
+        )
         .await
         .map_err(|e| format!("asking mysqld where its files are: {e}"))?;
-    let (basedir, plugin_dir, messages, charsets) =
+    let (basedir, plugin_dir, messages, charsets, redo) =
         row.ok_or("mysqld did not say where its files are")?;
     let base = Path::new(&basedir);
     let mysqld = ["sbin/mysqld", "bin/mysqld"]
@@ -64,11 +67,15 @@ pub async fn server_program(conn: &mut Conn) -> Result<ServerProgram, String> {
         })?;
     Ok(ServerProgram::MySql {
         mysqld,
-        locations: vec![
+        options: vec![
             format!("--basedir={basedir}"),
             format!("--plugin-dir={plugin_dir}"),
             format!("--lc-messages-dir={messages}"),
             format!("--character-sets-dir={charsets}"),
+            // The copy's redo files as the server sized them: another
+            // capacity would rewrite them (and store 100 MB of default
+            // redo in every backup of a server with less).
+            format!("--innodb-redo-log-capacity={redo}"),
         ],
     })
 }

@@ -25,13 +25,14 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 pub enum ServerProgram {
     /// `mariadbd`, found like the other MariaDB tools.
     MariaDb,
-    /// MySQL's `mysqld` and the options that say where its own files are
-    /// (`--basedir`, `--plugin-dir`, ...), as the live server reports them.
+    /// MySQL's `mysqld` and the options its data needs: where its own
+    /// files are (`--basedir`, `--plugin-dir`, ...) and its redo capacity,
+    /// as the live server reports them.
     MySql {
         /// The program.
         mysqld: PathBuf,
-        /// Location options.
-        locations: Vec<String>,
+        /// Its options.
+        options: Vec<String>,
     },
 }
 
@@ -201,8 +202,8 @@ impl ScratchServer {
             }
             // No X Protocol port, no import/export outside its own
             // directory (the packaged default directory may not exist).
-            ServerProgram::MySql { locations, .. } => {
-                cmd.args(locations)
+            ServerProgram::MySql { options, .. } => {
+                cmd.args(options)
                     .arg("--skip-replica-start")
                     .arg("--mysqlx=OFF")
                     .arg("--performance-schema=OFF")
