@@ -890,7 +890,14 @@ impl Fleet {
             .as_ref()
             .ok_or_else(|| SandboxError::Missing {
                 program: "mysqld (MySQL 9.7)".into(),
-                looked: mysqld::MYSQL_HOME_ENV.to_string() + " and target/tools/mysql",
+                looked: match std::env::var_os(mysqld::MYSQL_HOME_ENV) {
+                    Some(home) => format!(
+                        "{} ({})",
+                        PathBuf::from(home).display(),
+                        mysqld::MYSQL_HOME_ENV
+                    ),
+                    None => "target/tools/mysql beside the dbfleet binaries".into(),
+                },
                 fix: mysqld::INSTALL_FIX.into(),
             })
     }

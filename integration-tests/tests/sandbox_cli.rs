@@ -218,8 +218,10 @@ fn up_refuses_taken_addresses_and_missing_servers_without_leaving_anything() {
     );
     assert!(!up.status.success());
     assert!(
-        text(&up).contains("mysqld (MySQL 9.7) not found")
-            && text(&up).contains("./scripts/install-mysql"),
+        text(&up).contains(&format!(
+            "mysqld (MySQL 9.7) not found (looked in {} (DBFLEET_MYSQL_HOME))",
+            empty.display()
+        )) && text(&up).contains("./scripts/install-mysql"),
         "{}",
         text(&up)
     );
