@@ -270,6 +270,34 @@ impl GtidSet {
         )
     }
 
+    /// The transactions of `self` numbered above `other`'s highest for the
+    /// same UUID and tag (all of them where `other` has none): what a
+    /// source wrote after `other` was read, as opposed to holes below it.
+    pub fn beyond(&self, other: &GtidSet) -> GtidSet {
+        let mut out = Sources::new();
+        for (uuid, tags) in &self.0 {
+            for (tag, intervals) in tags {
+                let last = other
+                    .0
+                    .get(uuid)
+                    .and_then(|t| t.get(tag))
+                    .and_then(|i| i.last())
+                    .map_or(0, |&(_, end)| end);
+                let kept: Intervals = intervals
+                    .iter()
+                    .filter(|&&(_, end)| end > last)
+                    .map(|&(start, end)| (start.max(last + 1), end))
+                    .collect();
+                if !kept.is_empty() {
+                    out.entry(uuid.clone())
+                        .or_default()
+                        .insert(tag.clone(), kept);
+                }
+            }
+        }
+        GtidSet(out)
+    }
+
     /// The distinct source UUIDs (lower case, ascending).
     pub fn sources(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
@@ -1222,5 +1250,22 @@ mod tests {
             prop_assert_eq!(a.sources().collect::<BTreeSet<_>>(), sources);
             prop_assert_eq!(a.sources().count(), a.sources().collect::<BTreeSet<_>>().len());
         }
+    }
+
+    #[test]
+    fn beyond_keeps_what_comes_after_the_others_last_only() {
+        let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let v = "4e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let p = |t: &str| GtidSet::parse(t).unwrap();
+        let member = p(&format!("{u}:1-3:5-12:t:1-4,{v}:1-2"));
+        let primary = p(&format!("{u}:1-4:6-9:t:1-2"));
+        // 10-12 and t:3-4 came after; the hole 5 and all of v are kept by
+        // the rule (v: the primary has none of it).
+        assert_eq!(
+            member.beyond(&primary).to_string(),
+            format!("{u}:10-12:t:3-4,{v}:1-2")
+        );
+        assert!(primary.beyond(&member).is_empty());
+        assert!(GtidSet::default().beyond(&primary).is_empty());
     }
 }

@@ -112,6 +112,8 @@ pub async fn take(b: CloneBackup, conn: &mut Conn, server_version: &str) -> Resu
             .arg("-C")
             .arg(&copy)
             .arg("--exclude=./auto.cnf")
+            // the keys the scratch server generated for itself
+            .arg("--exclude=./*.pem")
             .arg("-cf")
             .arg("-")
             .arg(".")

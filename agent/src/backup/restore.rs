@@ -609,6 +609,9 @@ pub async fn restore(
         phase: r.phase.clone(),
     })
     .await?;
+    if mysql {
+        persist_read_only(&staging)?;
+    }
     chown_tree(&staging, datadir_meta.uid(), datadir_meta.gid())
         .map_err(|e| format!("cannot give {} mysqld's owner: {e}", staging.display()))?;
     // 3. the swap; the server may have been promoted meanwhile
@@ -735,6 +738,31 @@ pub async fn restore(
     }
     let _ = conn.disconnect().await;
     Ok(completed(summary, started_writable, started))
+}
+
+/// Writes `super_read_only = ON` into a MySQL copy's `mysqld-auto.cnf`
+/// before it is swapped in: the previous data directory's persisted
+/// settings go aside with it, and the restored server must start
+/// read-only whatever its my.cnf says (persisted settings outrank it).
+fn persist_read_only(data: &Path) -> Result<(), String> {
+    let path = data.join("mysqld-auto.cnf");
+    let mut json: serde_json::Value = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} is not MySQL's JSON: {e}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({"Version": 2}),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    json["mysql_dynamic_variables"]["super_read_only"] = serde_json::json!({
+        "Value": "ON",
+        "Metadata": {
+            "Timestamp": dbfleet_common::clock::unix_ms() * 1000,
+            "User": "dbfleet",
+            "Host": "localhost"
+        }
+    });
+    let bytes = serde_json::to_vec(&json).map_err(|e| e.to_string())?;
+    dbfleet_common::durable::write_atomic(&path, &bytes, 0o640)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// The restore's closing summary.

@@ -123,13 +123,13 @@ pub async fn verify(v: Verification) -> Result<String, String> {
     let mut checked = check_tables(&mut conn).await;
     if manifest.flavor == "mysql" && checked.is_ok() {
         // A CLONE copy carries no binlog position file: the server says.
-        let found: Option<String> = conn
-            .query_first("SELECT @@GLOBAL.gtid_executed")
-            .await
-            .unwrap_or_default();
-        if let Err(e) = super::clone::same_gtids(&found.unwrap_or_default(), &manifest.end_gtid) {
-            checked = Err(e);
-        }
+        let found: Result<Option<String>, _> =
+            conn.query_first("SELECT @@GLOBAL.gtid_executed").await;
+        checked = match found {
+            Ok(Some(found)) => super::clone::same_gtids(&found, &manifest.end_gtid).and(checked),
+            Ok(None) => Err("the restored server did not say its GTID set".into()),
+            Err(e) => Err(format!("reading the restored server's GTID set: {e}")),
+        };
     }
     drop(conn);
     server.stop().await?;

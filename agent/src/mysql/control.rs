@@ -175,6 +175,14 @@ impl Controller {
                 result?;
             }
         }
+        if let Some(sql) = role::read_only_persisted(flavor)
+            && let Err(e) = conn.query_drop(sql).await
+        {
+            warn!(
+                error = %e,
+                "read-only is set but could not be persisted (mysqld-auto.cnf): after a restart this server starts as its my.cnf says"
+            );
+        }
         Ok(killed + Self::kill_sessions(conn).await?)
     }
 

@@ -223,7 +223,18 @@ pub mod role {
     pub fn read_only_on(f: Flavor) -> &'static [&'static str] {
         match f {
             Flavor::MariaDb => &["SET GLOBAL read_only = ON"],
-            Flavor::MySql => &["SET PERSIST super_read_only = ON"],
+            Flavor::MySql => &["SET GLOBAL super_read_only = ON"],
+        }
+    }
+
+    /// Keeps read-only across a restart where the server can (MySQL's
+    /// `SET PERSIST`): run after [`read_only_on`] as best effort, since
+    /// a server that cannot write `mysqld-auto.cnf` (full disk, read-only
+    /// filesystem) is read-only all the same, and the fence stands.
+    pub fn read_only_persisted(f: Flavor) -> Option<&'static str> {
+        match f {
+            Flavor::MariaDb => None,
+            Flavor::MySql => Some("SET PERSIST super_read_only = ON"),
         }
     }
     /// Writable.

@@ -468,10 +468,11 @@ async fn starts_writable(
     flavor: Flavor,
     vars: &HashMap<String, String>,
 ) -> Option<Finding> {
-    if flavor == Flavor::MySql
-        && super::flavor::on(vars.get("persisted_globals_load"))
-        && persisted_read_only(&files.datadir) == Some(true)
-    {
+    let persisted = (flavor == Flavor::MySql
+        && super::flavor::on(vars.get("persisted_globals_load")))
+    .then(|| persisted_read_only(&files.datadir))
+    .flatten();
+    if persisted == Some(true) {
         return None;
     }
     let pid = process::identify(files).ok()??;
@@ -497,7 +498,8 @@ async fn starts_writable(
         .lines()
         .map(str::to_string)
         .chain(server_args.iter().cloned());
-    match last_read_only(options, flavor) {
+    // A persisted OFF outranks whatever my.cnf says.
+    match last_read_only(options, flavor).filter(|_| persisted != Some(false)) {
         Some(true) => None,
         _ => Some(Finding::problem(
             ConfigProblemKind::StartsWritable,

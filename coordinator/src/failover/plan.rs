@@ -56,6 +56,9 @@ pub struct Constraints<'a> {
     /// a replica's errant writes from its writes as an earlier primary by
     /// it); empty when unknown.
     pub old_primary_executed: &'a str,
+    /// The old primary's server_uuid (MySQL: its transactions beyond its
+    /// last report are not errant); empty when unknown.
+    pub old_primary_uuid: &'a str,
 }
 
 fn positions(flavor: Flavor, f: &Frozen) -> Result<(Positions, Positions), String> {
@@ -107,7 +110,8 @@ pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Bloc
         let Some(f) = m.frozen else { continue };
         let (executed, has) = positions(c.flavor, f).map_err(|e| format!("{}: {e}", m.host))?;
         let others = elsewhere(members, m.host, &c)?;
-        let errant = errant(c.flavor, f, &others).map_err(|e| format!("{}: {e}", m.host))?;
+        let errant = errant(c.flavor, f, &others, c.old_primary_uuid)
+            .map_err(|e| format!("{}: {e}", m.host))?;
         if !errant.is_empty() {
             // What it received from the primary still counts; its own
             // writes do not.
@@ -260,6 +264,7 @@ mod tests {
         lossless: true,
         flavor: Flavor::MariaDb,
         old_primary_executed: "",
+        old_primary_uuid: "",
     };
 
     const P: &str = "aaaaaaaa-0000-0000-0000-000000000001";
@@ -279,6 +284,7 @@ mod tests {
         Constraints {
             flavor: Flavor::MySql,
             old_primary_executed,
+            old_primary_uuid: P,
             ..FREE
         }
     }

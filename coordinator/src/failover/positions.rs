@@ -88,11 +88,21 @@ impl fmt::Display for Positions {
 /// primary's history, as text for an event; empty when none.
 ///
 /// MariaDB: a domain whose binlog position comes from the replica's own
-/// server_id beyond what it replicated. MySQL: transactions under the
-/// replica's own `server_uuid` that no other server has (`elsewhere`: what
-/// the other members and the old primary were last seen to hold); its
-/// writes from a time it was primary are on the others and do not count.
-pub fn errant(flavor: Flavor, f: &Frozen, elsewhere: &Positions) -> Result<Vec<String>, String> {
+/// server_id beyond what it replicated. MySQL: transactions, under any
+/// UUID, that no other server has (`elsewhere`: what the other members and
+/// the old primary were last seen to hold), except the old primary's own
+/// (`old_primary_uuid`): its last report may predate what this replica
+/// received from it. Every other source's transactions were fixed in the
+/// old primary when it was promoted, so any of them found here alone were
+/// written here (a write on the replica, `SET gtid_next`, another channel,
+/// data from elsewhere). Its writes from a time it was primary are on the
+/// others and do not count.
+pub fn errant(
+    flavor: Flavor,
+    f: &Frozen,
+    elsewhere: &Positions,
+    old_primary_uuid: &str,
+) -> Result<Vec<String>, String> {
     match flavor {
         Flavor::MariaDb => {
             let binlog = Position::parse(&f.binlog_pos)?;
@@ -100,18 +110,17 @@ pub fn errant(flavor: Flavor, f: &Frozen, elsewhere: &Positions) -> Result<Vec<S
             Ok(Position::local_writes(&binlog, &slave, f.server_id))
         }
         Flavor::MySql => {
-            if f.server_uuid.is_empty() {
-                return Err("its server_uuid is unknown".into());
-            }
             let executed = GtidSet::parse(&f.executed).map_err(|e| e.to_string())?;
             let Positions::MySql(elsewhere) = elsewhere else {
                 return Err("the other members' GTIDs are not MySQL GTID sets".into());
             };
-            let own = executed.from_source(&f.server_uuid).subtract(elsewhere);
-            Ok(if own.is_empty() {
+            let alone = executed
+                .subtract(elsewhere)
+                .subtract(&executed.from_source(old_primary_uuid));
+            Ok(if alone.is_empty() {
                 Vec::new()
             } else {
-                vec![own.to_string()]
+                vec![alone.to_string()]
             })
         }
     }
@@ -123,10 +132,12 @@ pub fn errant(flavor: Flavor, f: &Frozen, elsewhere: &Positions) -> Result<Vec<S
 /// MariaDB: past the fork point (the new primary's position when it was
 /// promoted) in a domain last written by another server. MySQL: anything
 /// the primary has not got (`primary`: its last report), except its own
-/// writes: since its promotion it replicates from nobody, so every other
-/// source's transactions it has are in any report of it as primary, while
-/// its own newest ones may postdate that report (the member may have
-/// replicated them before it stopped).
+/// writes numbered above the highest it reported: since its promotion it
+/// replicates from nobody, so every other source's transactions it has
+/// are in any report of it as primary, while its own newest ones may
+/// postdate that report (the member may have replicated them before it
+/// stopped). A hole below that number is a transaction the primary lost
+/// and may write again under the same GTID: divergence.
 pub fn diverged(
     flavor: Flavor,
     member: &str,
@@ -148,9 +159,11 @@ pub fn diverged(
                 return Err("the primary's server_uuid is unknown".into());
             }
             let member = GtidSet::parse(member).map_err(|e| e.to_string())?;
-            let extra = member
-                .subtract(&GtidSet::parse(primary).map_err(|e| e.to_string())?)
-                .subtract(&member.from_source(primary_uuid));
+            let primary = GtidSet::parse(primary).map_err(|e| e.to_string())?;
+            let newer = member
+                .from_source(primary_uuid)
+                .beyond(&primary.from_source(primary_uuid));
+            let extra = member.subtract(&primary).subtract(&newer);
             Ok(if extra.is_empty() {
                 Vec::new()
             } else {
@@ -198,26 +211,41 @@ mod tests {
     }
 
     #[test]
-    fn mysql_errant_is_own_writes_nobody_else_has() {
-        // B wrote B:1 as a replica: nobody else has it.
+    fn mysql_errant_is_what_nobody_else_has_but_the_old_primarys_own() {
+        const C: &str = "5e11fa47-71ca-11e1-9e33-c80aa9429562";
+        // A is the old primary. B wrote B:1 as a replica: nobody has it.
         let f = frozen(&format!("{A}:1-10,\n{B}:1"), B);
         let others = mysql(&format!("{A}:1-10"));
         assert_eq!(
-            errant(Flavor::MySql, &f, &others).unwrap(),
+            errant(Flavor::MySql, &f, &others, A).unwrap(),
             vec![format!("{B}:1")]
         );
         // B:1 came from its time as primary: the others have it.
         let others = mysql(&format!("{A}:1-10,{B}:1"));
-        assert!(errant(Flavor::MySql, &f, &others).unwrap().is_empty());
-        // Transactions of other sources it lacks or has are never errant.
+        assert!(errant(Flavor::MySql, &f, &others, A).unwrap().is_empty());
+        // A:11-12 it alone received from the old primary, past A's last
+        // report: the most advanced replica, not an errant one.
         let f = frozen(&format!("{A}:1-12"), B);
         assert!(
-            errant(Flavor::MySql, &f, &mysql(&format!("{A}:1-3")))
+            errant(Flavor::MySql, &f, &mysql(&format!("{A}:1-3")), A)
                 .unwrap()
                 .is_empty()
         );
-        // Without its UUID nothing can be proven either way.
-        assert!(errant(Flavor::MySql, &frozen("", ""), &others).is_err());
+        // Under a UUID neither its own nor the old primary's (SET
+        // gtid_next, another channel, data from elsewhere): errant.
+        let f = frozen(&format!("{A}:1-10,{C}:5"), B);
+        assert_eq!(
+            errant(Flavor::MySql, &f, &mysql(&format!("{A}:1-10")), A).unwrap(),
+            vec![format!("{C}:5")]
+        );
+        // With the old primary unknown, nothing it alone has is excused.
+        let f = frozen(&format!("{A}:1-12"), B);
+        assert_eq!(
+            errant(Flavor::MySql, &f, &mysql(&format!("{A}:1-10")), "").unwrap(),
+            vec![format!("{A}:11-12")]
+        );
+        // A MariaDB position in a MySQL cluster is an error, not a verdict.
+        assert!(errant(Flavor::MySql, &frozen("0-1-5", B), &others, A).is_err());
     }
 
     #[test]
@@ -229,7 +257,10 @@ mod tests {
             ..Frozen::default()
         };
         let none = Positions::empty(Flavor::MariaDb);
-        assert_eq!(errant(Flavor::MariaDb, &f, &none).unwrap(), vec!["0-3-11"]);
+        assert_eq!(
+            errant(Flavor::MariaDb, &f, &none, "").unwrap(),
+            vec!["0-3-11"]
+        );
     }
 
     #[test]
@@ -254,6 +285,14 @@ mod tests {
             diverged(Flavor::MySql, &newer, None, &b_has, (2, B))
                 .unwrap()
                 .is_empty()
+        );
+        // A hole below the primary's last is a transaction it lost and may
+        // write again under that GTID: divergence.
+        let holed_primary = format!("{A}:1-10,{B}:1-2:4-5");
+        let member = format!("{A}:1-10,{B}:1-5");
+        assert_eq!(
+            diverged(Flavor::MySql, &member, None, &holed_primary, (2, B)).unwrap(),
+            vec![format!("{B}:3")]
         );
         assert!(diverged(Flavor::MySql, &old, None, &old, (2, "")).is_err());
         assert_eq!(

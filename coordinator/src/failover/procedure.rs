@@ -362,12 +362,7 @@ impl Failovers {
             .is_some_and(|s| s.lossless());
         let flavor =
             Self::cluster_flavor(&members).map_err(|e| StepError::Blocked(e.to_string()))?;
-        let old_primary_executed = op
-            .frozen
-            .get(&op.old_primary)
-            .map(|f| f.executed.clone())
-            .or_else(|| self.last_server(&op.old_primary).map(|s| s.gtid.executed))
-            .unwrap_or_default();
+        let (old_primary_executed, old_primary_uuid) = self.old_primary_seen(op);
         let choice = plan::choose(
             &inputs,
             Constraints {
@@ -376,6 +371,7 @@ impl Failovers {
                 lossless,
                 flavor,
                 old_primary_executed: &old_primary_executed,
+                old_primary_uuid: &old_primary_uuid,
             },
         )
         .map_err(StepError::Blocked)?;
@@ -491,21 +487,23 @@ impl Failovers {
                 _ => Positions::empty(flavor),
             }
         };
+        let (old_executed, old_uuid) = self.old_primary_seen(op);
         let errant: Vec<(String, Vec<String>)> = op
             .frozen
             .iter()
             .filter(|(host, _)| **host != op.old_primary)
             .filter_map(|(host, f)| {
-                let mut elsewhere = self
-                    .last_server(&op.old_primary)
-                    .and_then(|s| Positions::parse(flavor, &s.gtid.executed).ok())
-                    .unwrap_or_else(|| Positions::empty(flavor));
+                let mut elsewhere = Positions::parse(flavor, &old_executed)
+                    .unwrap_or_else(|_| Positions::empty(flavor));
                 for (other, g) in &op.frozen {
                     if other != host {
                         elsewhere = elsewhere.union(&seen(g));
                     }
                 }
-                let w = super::positions::errant(flavor, f, &elsewhere).ok()?;
+                // What cannot be compared is not proven clean: the member
+                // is set aside, not repointed.
+                let w = super::positions::errant(flavor, f, &elsewhere, &old_uuid)
+                    .unwrap_or_else(|e| vec![format!("(its GTIDs cannot be compared: {e})")]);
                 (!w.is_empty()).then(|| (host.clone(), w))
             })
             .collect();
@@ -811,6 +809,19 @@ impl Failovers {
             epoch.term,
             now_unix_ms()
         )
+    }
+
+    /// What the old primary was last seen to hold and its server_uuid:
+    /// frozen by this operation (a switchover), else its last report;
+    /// empty when neither is known.
+    fn old_primary_seen(&self, op: &Operation) -> (String, String) {
+        match op.frozen.get(&op.old_primary) {
+            Some(f) => (f.executed.clone(), f.server_uuid.clone()),
+            None => self
+                .last_server(&op.old_primary)
+                .map(|s| (s.gtid.executed, s.server_uuid))
+                .unwrap_or_default(),
+        }
     }
 
     /// The cluster's one flavor, from its reachable members' reports
