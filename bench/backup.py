@@ -66,9 +66,8 @@ def wait_replica(fleet):
         time.sleep(0.5)
 
 
-def pipeline(fleet, out_dir):
-    if FLAVOR == "mysql":
-        return pipeline_clone(fleet, out_dir)
+def agent_client_cnf(fleet, out_dir):
+    """A client option file (0600) for db2's agent account over its socket."""
     agent_cfg = open(os.path.join(fleet.dir, "agent-db2.toml")).read()
     get = lambda k: [l.split("=", 1)[1].strip().strip('"') for l in agent_cfg.splitlines() if l.startswith(k + " ")][0]
     password = open(os.path.join(fleet.dir, "secrets", "agent-mysql.password")).read().strip()
@@ -76,6 +75,13 @@ def pipeline(fleet, out_dir):
     with open(cnf, "w") as f:
         f.write(f"[client]\nuser={get('user')}\npassword={password}\nsocket={get('socket')}\n")
     os.chmod(cnf, 0o600)
+    return cnf
+
+
+def pipeline(fleet, out_dir):
+    if FLAVOR == "mysql":
+        return pipeline_clone(fleet, out_dir)
+    cnf = agent_client_cnf(fleet, out_dir)
     datadir = os.path.join(fleet.dir, "db2", "data")
     tmp = os.path.join(out_dir, "tool-tmp")
     os.makedirs(tmp, exist_ok=True)
@@ -96,13 +102,7 @@ def pipeline(fleet, out_dir):
 
 def pipeline_clone(fleet, out_dir):
     """MySQL's own way: CLONE LOCAL as the agent's account, then tar | zstd."""
-    agent_cfg = open(os.path.join(fleet.dir, "agent-db2.toml")).read()
-    get = lambda k: [l.split("=", 1)[1].strip().strip('"') for l in agent_cfg.splitlines() if l.startswith(k + " ")][0]
-    password = open(os.path.join(fleet.dir, "secrets", "agent-mysql.password")).read().strip()
-    cnf = os.path.join(out_dir, "client.cnf")
-    with open(cnf, "w") as f:
-        f.write(f"[client]\nuser={get('user')}\npassword={password}\nsocket={get('socket')}\n")
-    os.chmod(cnf, 0o600)
+    cnf = agent_client_cnf(fleet, out_dir)
     # mysqld writes the copy itself: a directory its user may write in
     parent = os.path.join(out_dir, "clone-parent")
     os.makedirs(parent, exist_ok=True)

@@ -17,9 +17,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
 use super::Taken;
-use super::repo::{
-    BackupDir, CLONE_FILE, Pipeline, StreamTo, fed_outcome, read_stored, store_output,
-};
+use super::repo::{BackupDir, CLONE_FILE, Pipeline, StreamTo, store_output};
 use super::scratch::{ScratchOptions, ScratchServer, ServerProgram};
 use crate::mysql::flavor::role::quote;
 
@@ -182,33 +180,9 @@ pub fn unpack(
     into: &Path,
     progress: Arc<AtomicU64>,
 ) -> Result<(), String> {
-    let stored = m.data_file()?;
-    std::fs::create_dir_all(into).map_err(|e| format!("cannot create {}: {e}", into.display()))?;
-    let mut child = Command::new("tar")
-        .arg("-x")
-        .arg("-C")
-        .arg(into)
-        .arg("-f")
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run tar: {e}"))?;
-    let fed = {
-        let mut stdin = child.stdin.take().expect("piped");
-        read_stored(
-            &dir.repo,
-            &dir.file(&stored.name),
-            stored,
-            progress,
-            &mut stdin,
-        )
-    };
-    let status = child.wait().map_err(|e| format!("tar: {e}"))?;
-    fed_outcome(fed, status, |status| {
-        format!("tar could not unpack the archive of {} ({status})", m.id)
-    })
+    let mut tar = Command::new("tar");
+    tar.arg("-x").arg("-C").arg(into).arg("-f").arg("-");
+    super::datadir::unpack_with(tar, "tar", dir, m, into, progress)
 }
 
 /// Whether a restored copy holds exactly the manifest's GTID set.

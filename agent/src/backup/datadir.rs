@@ -98,18 +98,31 @@ fn unpack(
     into: &Path,
     progress: Arc<AtomicU64>,
 ) -> Result<(), String> {
+    let mbstream = tools::find("mbstream")?;
+    let mut cmd = Command::new(&mbstream);
+    cmd.arg("-x").arg("-C").arg(into);
+    unpack_with(cmd, "mbstream", dir, m, into, progress)
+}
+
+/// Feeds a backup's stored stream, read back through its checksum, to
+/// `unpacker` (which writes into `into`, created first); `name` says
+/// which tool failed.
+pub(super) fn unpack_with(
+    mut unpacker: Command,
+    name: &str,
+    dir: &BackupDir,
+    m: &Manifest,
+    into: &Path,
+    progress: Arc<AtomicU64>,
+) -> Result<(), String> {
     let stored = m.data_file()?;
     std::fs::create_dir_all(into).map_err(|e| format!("cannot create {}: {e}", into.display()))?;
-    let mbstream = tools::find("mbstream")?;
-    let mut child = Command::new(&mbstream)
-        .arg("-x")
-        .arg("-C")
-        .arg(into)
+    let mut child = unpacker
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", mbstream.display()))?;
+        .map_err(|e| format!("cannot run {name}: {e}"))?;
     let fed = {
         let mut stdin = child.stdin.take().expect("piped");
         read_stored(
@@ -120,12 +133,9 @@ fn unpack(
             &mut stdin,
         )
     };
-    let status = child.wait().map_err(|e| format!("mbstream: {e}"))?;
+    let status = child.wait().map_err(|e| format!("{name}: {e}"))?;
     fed_outcome(fed, status, |status| {
-        format!(
-            "mbstream could not unpack the stream of {} ({status})",
-            m.id
-        )
+        format!("{name} could not unpack the stream of {} ({status})", m.id)
     })
 }
 

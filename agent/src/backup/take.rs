@@ -221,33 +221,7 @@ impl Jobs {
         let _ = std::fs::remove_file(&defaults);
         let _ = std::fs::remove_dir_all(&tool_tmp);
         let taken = taken??;
-        let manifest = Manifest {
-            format: 1,
-            id: id.to_string(),
-            cluster: self.cluster.clone(),
-            host: self.host.clone(),
-            server_id: state.server_id,
-            server_uuid: state.server_uuid.clone(),
-            flavor: flavor.as_str().to_string(),
-            server_version: state.version.clone(),
-            method: method.into(),
-            parent: parent.clone(),
-            lsn_from: taken.lsn_from,
-            lsn_to: taken.lsn_to,
-            tables: taken.tables,
-            start_gtid: state.gtid.executed.clone(),
-            end_gtid: taken.end_gtid,
-            binlog_file: taken.binlog_file,
-            binlog_position: taken.binlog_position,
-            stream_bytes: taken.stream_bytes,
-            files: vec![taken.stored],
-            compression: format!("zstd-{}", cfg.compression_level),
-            rate_limit_bytes_per_s: cfg.pipeline().rate_limit_bytes_per_s,
-            sealed_for: dir.repo.seal().map(|k| k.recipient()).unwrap_or_default(),
-            tool: taken.tool,
-            started_at_unix_ms: started,
-            finished_at_unix_ms: unix_ms(),
-        };
+        let manifest = self.manifest_of(job, &state, flavor, method, taken, started);
         self.record_manifest(dir, manifest).await
     }
 
@@ -304,34 +278,52 @@ impl Jobs {
         super::scratch::kill_left_running(&work);
         let _ = std::fs::remove_dir_all(&work);
         let taken = taken?;
-        let manifest = Manifest {
+        let manifest = self.manifest_of(job, &state, Flavor::MySql, "physical", taken, started);
+        self.record_manifest(dir, manifest).await
+    }
+
+    /// The manifest of what `job` took from the server in `state`.
+    fn manifest_of(
+        &self,
+        job: &BackupJob,
+        state: &dbfleet_proto::model::ServerState,
+        flavor: Flavor,
+        method: &str,
+        taken: super::Taken,
+        started: i64,
+    ) -> Manifest {
+        Manifest {
             format: 1,
-            id: id.to_string(),
+            id: job.id.clone(),
             cluster: self.cluster.clone(),
             host: self.host.clone(),
             server_id: state.server_id,
             server_uuid: state.server_uuid.clone(),
-            flavor: Flavor::MySql.as_str().to_string(),
+            flavor: flavor.as_str().to_string(),
             server_version: state.version.clone(),
-            method: "physical".into(),
-            parent: None,
-            lsn_from: 0,
-            lsn_to: 0,
-            tables: 0,
+            method: method.into(),
+            parent: job.parent.clone(),
+            lsn_from: taken.lsn_from,
+            lsn_to: taken.lsn_to,
+            tables: taken.tables,
             start_gtid: state.gtid.executed.clone(),
             end_gtid: taken.end_gtid,
             binlog_file: taken.binlog_file,
             binlog_position: taken.binlog_position,
             stream_bytes: taken.stream_bytes,
             files: vec![taken.stored],
-            compression: format!("zstd-{}", cfg.compression_level),
-            rate_limit_bytes_per_s: cfg.pipeline().rate_limit_bytes_per_s,
-            sealed_for: dir.repo.seal().map(|k| k.recipient()).unwrap_or_default(),
+            compression: format!("zstd-{}", job.cfg.compression_level),
+            rate_limit_bytes_per_s: job.cfg.pipeline().rate_limit_bytes_per_s,
+            sealed_for: job
+                .dir
+                .repo
+                .seal()
+                .map(|k| k.recipient())
+                .unwrap_or_default(),
             tool: taken.tool,
             started_at_unix_ms: started,
             finished_at_unix_ms: unix_ms(),
-        };
-        self.record_manifest(dir, manifest).await
+        }
     }
 
     /// Writes the manifest last (what makes a backup exist) and says
