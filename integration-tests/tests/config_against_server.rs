@@ -1,5 +1,5 @@
 //! The agent's configuration checked against the live server, with a real
-//! MariaDB fleet whose agents run as the unprivileged service user and
+//! MariaDB (and, for the privileges and addresses, MySQL) fleet whose agents run as the unprivileged service user and
 //! hold exactly the documented grants: `check-config` names a missing
 //! privilege with its fix and an address that reaches another place than
 //! the socket; a running agent reports a server that would restart
@@ -10,11 +10,18 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use dbfleet_integration_tests::{TestFleet, has_problem, member, with_line};
+use dbfleet_integration_tests::{TestFleet, has_problem, member, on_both_flavors, with_line};
+use dbfleet_proto::model::Flavor;
 
-#[tokio::test]
-async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_elsewhere() {
-    let fleet = TestFleet::start_active(1, 1).await;
+on_both_flavors! {
+async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_elsewhere(flavor: Flavor) {
+    let fleet = TestFleet::start_spec(1, 1, |spec| spec.flavor = flavor).await;
+    fleet.wait_settled("an active coordinator", |_| true).await;
+    // The privilege taken away below, as each flavor spells it.
+    let connection_admin = match flavor {
+        Flavor::MariaDb => "CONNECTION ADMIN",
+        Flavor::MySql => "CONNECTION_ADMIN",
+    };
     assert!(
         fleet.service_user.is_some() || !nix::unistd::geteuid().is_root(),
         "the agents run unprivileged"
@@ -31,17 +38,22 @@ async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_else
         .await
         .unwrap_or_default();
     assert!(
-        grants.contains("CONNECTION ADMIN") && !grants.contains("SUPER"),
+        grants.contains(connection_admin) && !grants.contains("SUPER"),
         "{grants}"
     );
-    let open = fleet
-        .query_one(
-            "db1",
+    let open_accounts = match flavor {
+        Flavor::MariaDb => {
             "SELECT IFNULL(GROUP_CONCAT(CONCAT(user, '@', host)), '') FROM mysql.global_priv \
              WHERE IFNULL(JSON_VALUE(Priv, '$.authentication_string'), '') = '' \
-             AND IFNULL(JSON_EXTRACT(Priv, '$.account_locked'), 'false') <> 'true'",
-        )
-        .await;
+             AND IFNULL(JSON_EXTRACT(Priv, '$.account_locked'), 'false') <> 'true'"
+        }
+        // mysql.session, mysql.sys and mysql.infoschema are locked.
+        Flavor::MySql => {
+            "SELECT IFNULL(GROUP_CONCAT(CONCAT(user, '@', host)), '') FROM mysql.user \
+             WHERE authentication_string = '' AND account_locked = 'N'"
+        }
+    };
+    let open = fleet.query_one("db1", open_accounts).await;
     assert_eq!(
         open.as_deref(),
         Some(""),
@@ -95,21 +107,24 @@ async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_else
     fleet
         .sql(
             "db1",
-            "REVOKE CONNECTION ADMIN ON *.* FROM 'dbfleet_agent'@'localhost'",
+            &format!("REVOKE {connection_admin} ON *.* FROM 'dbfleet_agent'@'localhost'"),
         )
         .await
         .unwrap();
     let (ok, out) = fleet.check_config(&config);
     assert!(!ok, "{out}");
     assert!(
-        out.contains("lacks CONNECTION ADMIN (needed for ending client sessions when fencing)")
-            && out.contains("GRANT CONNECTION ADMIN ON *.* TO 'dbfleet_agent'@'localhost'"),
+        out.contains(&format!(
+            "lacks {connection_admin} (needed for ending client sessions when fencing)"
+        )) && out.contains(&format!(
+            "GRANT {connection_admin} ON *.* TO 'dbfleet_agent'@'localhost'"
+        )),
         "{out}"
     );
     fleet
         .sql(
             "db1",
-            "GRANT CONNECTION ADMIN ON *.* TO 'dbfleet_agent'@'localhost'",
+            &format!("GRANT {connection_admin} ON *.* TO 'dbfleet_agent'@'localhost'"),
         )
         .await
         .unwrap();
@@ -147,6 +162,7 @@ async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_else
         ok && out.contains("warning:") && out.contains("/run/mysqld/nope.pid"),
         "{out}"
     );
+}
 }
 
 #[tokio::test]
