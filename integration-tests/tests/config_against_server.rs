@@ -165,13 +165,19 @@ async fn check_config_names_a_missing_privilege_and_an_address_that_reaches_else
 }
 }
 
-#[tokio::test]
-async fn a_running_agent_reports_a_restart_writable_server_and_a_mismatched_address() {
-    let mut fleet = TestFleet::start_active(2, 1).await;
-    // db3's server would restart writable once its my.cnf loses read_only.
+on_both_flavors! {
+async fn a_running_agent_reports_a_restart_writable_server_and_a_mismatched_address(flavor: Flavor) {
+    let mut fleet = TestFleet::start_spec(2, 1, |spec| spec.flavor = flavor).await;
+    fleet.wait_settled("an active coordinator", |_| true).await;
+    // db3's server would restart writable once its my.cnf loses read_only
+    // (and, on MySQL, super_read_only, and nothing is persisted).
     let cnf = fleet.server("db3").unwrap().cnf();
     let original = std::fs::read_to_string(&cnf).unwrap();
-    std::fs::write(&cnf, original.replace("read_only = ON\n", "")).unwrap();
+    let writable = original
+        .replace("super_read_only = ON\n", "")
+        .replace("read_only = ON\n", "");
+    std::fs::write(&cnf, writable).unwrap();
+    let _ = std::fs::remove_file(fleet.server("db3").unwrap().datadir().join("mysqld-auto.cnf"));
     // db2's agent is told a port nothing listens on.
     let db2 = fleet.server("db2").unwrap().clone();
     fleet
@@ -222,6 +228,7 @@ async fn a_running_agent_reports_a_restart_writable_server_and_a_mismatched_addr
         })
         .await;
     assert!(!member(&after, "db2").writable);
+}
 }
 
 /// A mysqld started by socket activation (Debian's `mariadb.socket`; here
