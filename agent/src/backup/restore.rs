@@ -23,6 +23,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use dbfleet_common::gtid::Position;
+use dbfleet_proto::model::Flavor;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use tracing::{info, warn};
@@ -534,7 +535,12 @@ pub async fn restore(
             manifest.server_version, f.version
         ));
     }
-    let mysql = manifest.flavor == "mysql";
+    let flavor = if manifest.flavor == Flavor::MySql.as_str() {
+        Flavor::MySql
+    } else {
+        Flavor::MariaDb
+    };
+    let mysql = flavor == Flavor::MySql;
     if mysql && r.to.is_some() {
         return Err(
             "point-in-time recovery of MySQL is not built yet; restore this backup without a target (to its GTID set)"
@@ -590,11 +596,6 @@ pub async fn restore(
         None => None,
     };
     // 2. the backup, made a data directory inside the current one
-    let flavor = if mysql {
-        dbfleet_proto::model::Flavor::MySql
-    } else {
-        dbfleet_proto::model::Flavor::MariaDb
-    };
     let swap = Swap::new(&f.datadir, &r.job_id, flavor);
     let staging = swap.staging().to_path_buf();
     journal(Journal::Staging(&swap))?;

@@ -130,7 +130,7 @@ impl Jobs {
         self.write_marker(&Marker {
             id: id.to_string(),
             kind: "backup".into(),
-            partial: self.scratch.join(format!("{id}.tool")),
+            partial: self.tool_dir(id),
             also: vec![],
             backup: Some(id.to_string()),
             swap: None,
@@ -181,7 +181,7 @@ impl Jobs {
         };
         let defaults = self.dir.join(format!("{id}.cnf"));
         self.write_defaults(&defaults)?;
-        let tool_tmp = self.scratch.join(format!("{id}.tool"));
+        let tool_tmp = self.tool_dir(id);
         info!(
             backup = id,
             method,
@@ -234,40 +234,36 @@ impl Jobs {
         state: dbfleet_proto::model::ServerState,
         started: i64,
     ) -> Result<(String, String), String> {
-        let BackupJob {
-            id,
-            method,
-            parent,
-            cfg,
-            dir,
-            progress,
-        } = job;
-        if method == "logical" {
+        if job.method == "logical" {
             return Err(
                 "logical backups of MySQL (mysqldump) are not built yet; take a physical one (CLONE)"
                     .into(),
             );
         }
-        if parent.is_some() {
+        if job.parent.is_some() {
             return Err(
                 "MySQL's CLONE has no incremental mode; take a full backup (the binlog archive covers the time between full backups)"
                     .into(),
             );
         }
-        let work = self.scratch.join(format!("{id}.tool"));
+        let (dir, work) = (&job.dir, self.tool_dir(&job.id));
         let limit = self.target.connect_timeout + self.target.query_timeout;
         let (mut conn, _) = tokio::time::timeout(limit, observer::connect(&self.target))
             .await
             .map_err(|_| format!("mysqld did not answer within {limit:?}"))??;
         let program = clone::server_program(&mut conn).await?;
-        info!(backup = id, dir = dir.describe(), "CLONE backup running");
+        info!(
+            backup = job.id,
+            dir = dir.describe(),
+            "CLONE backup running"
+        );
         let taken = clone::take(
             clone::CloneBackup {
                 dir: dir.clone(),
                 work: work.clone(),
                 program,
-                pipeline: cfg.pipeline(),
-                progress: progress.clone(),
+                pipeline: job.cfg.pipeline(),
+                progress: job.progress.clone(),
                 cancel: self.cancel.clone(),
             },
             &mut conn,
@@ -280,6 +276,13 @@ impl Jobs {
         let taken = taken?;
         let manifest = self.manifest_of(job, &state, Flavor::MySql, "physical", taken, started);
         self.record_manifest(dir, manifest).await
+    }
+
+    /// The job's own directory on the agent's disk: the tool's temporary
+    /// files, or a CLONE copy (the job marker names it, so a restarted
+    /// agent removes what a killed one left).
+    fn tool_dir(&self, id: &str) -> std::path::PathBuf {
+        self.scratch.join(format!("{id}.tool"))
     }
 
     /// The manifest of what `job` took from the server in `state`.
