@@ -642,8 +642,10 @@ impl Jobs {
 
     /// The agent's credentials for the tools, mode 0600: passwords never
     /// go into argv. Over TCP with `tls_ca_file` the tools use verified
-    /// TLS as the agent does (MariaDB's option names: backups run on
-    /// MariaDB only).
+    /// TLS as the agent does. Each flavor's tools spell that differently
+    /// (MariaDB's `ssl-verify-server-cert`, MySQL's `ssl-mode`), and both
+    /// refuse an option they do not know unless it is marked `loose-`:
+    /// both are written, each tool applies its own.
     fn write_defaults(&self, path: &Path) -> Result<(), String> {
         let t = &self.target;
         let place = match (&t.socket, &t.tls_ca) {
@@ -655,7 +657,7 @@ impl Jobs {
                 tls_ca
                     .as_ref()
                     .map(|ca| format!(
-                        "ssl-ca={}\nssl-verify-server-cert\n",
+                        "ssl-ca={}\nloose-ssl-verify-server-cert\nloose-ssl-mode=VERIFY_IDENTITY\n",
                         option_value(&ca.to_string_lossy())
                     ))
                     .unwrap_or_default()

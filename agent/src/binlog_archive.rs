@@ -26,6 +26,7 @@ use std::time::Duration;
 use dbfleet_common::clock::unix_ms;
 use dbfleet_common::seal::Sealing;
 use dbfleet_common::tls::TlsContext;
+use dbfleet_proto::model::Flavor;
 use dbfleet_proto::pb;
 use mysql_async::prelude::Queryable;
 use serde::{Deserialize, Serialize};
@@ -217,6 +218,15 @@ async fn ask_server(
 }
 
 impl ServerBinlogs {
+    /// Whose binlog format the files are in: only MySQL has a UUID.
+    fn flavor(&self) -> Flavor {
+        if self.server_uuid.is_empty() {
+            Flavor::MariaDb
+        } else {
+            Flavor::MySql
+        }
+    }
+
     /// How far binlog `name` of `size` bytes may be archived now: the
     /// server's position in the active file, the whole of a closed one.
     fn limit(&self, name: &str, size: u64) -> u64 {
@@ -548,7 +558,7 @@ impl Archiver {
         f.seek(SeekFrom::Start(start))
             .and_then(|_| f.read_exact(&mut bytes))
             .map_err(|e| crate::mysql::process::cannot_read(&path, &e))?;
-        let mut summary = events::summarize(&bytes, bytes.len(), start == 0);
+        let mut summary = events::summarize(&bytes, bytes.len(), start == 0, server.flavor());
         if summary.whole == 0 && bytes.len() >= 13 {
             // one event larger than a chunk: the chunk grows to hold it
             let size = u64::from(u32::from_le_bytes(
@@ -559,7 +569,7 @@ impl Archiver {
                 f.seek(SeekFrom::Start(start))
                     .and_then(|_| f.read_exact(&mut bytes))
                     .map_err(|e| crate::mysql::process::cannot_read(&path, &e))?;
-                summary = events::summarize(&bytes, bytes.len(), start == 0);
+                summary = events::summarize(&bytes, bytes.len(), start == 0, server.flavor());
             }
         }
         let want = bytes.len() as u64;

@@ -22,7 +22,7 @@ use crate::backup::Jobs;
 use crate::binlog_archive::store::Target;
 use crate::fence::{CommandRefused, Fence, FenceError};
 use crate::mysql::control::{ControlError, Controller, Fenced, Outcome};
-use dbfleet_common::gtid::Position;
+use dbfleet_common::gtid_state::GtidState;
 
 /// Per-RPC authorization of the agent: only coordinators, deny by default.
 pub fn policy(path: &str) -> Option<&'static [Role]> {
@@ -166,7 +166,7 @@ async fn run_command(
                 (0, "") => None,
                 (t, "") => Some(Target::Time(t)),
                 (0, g) => Some(Target::Gtid(
-                    Position::parse(g).map_err(ControlError::NotConfigured)?,
+                    GtidState::parse(g).map_err(ControlError::NotConfigured)?,
                 )),
                 _ => {
                     return Err(ControlError::NotConfigured(

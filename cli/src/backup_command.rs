@@ -55,7 +55,8 @@ pub(crate) enum BackupCommand {
         /// one-second resolution).
         #[arg(long, conflicts_with = "to_gtid")]
         to_time: Option<String>,
-        /// Up to and including these GTIDs (e.g. 0-1-42).
+        /// Up to and including these GTIDs: a MariaDB position (e.g. 0-1-42)
+        /// or a MySQL GTID set (e.g. 3e11fa47-71ca-11e1-9e33-c80aa9429562:1-42).
         #[arg(long)]
         to_gtid: Option<String>,
         /// Print the restore as soon as it started, without waiting.

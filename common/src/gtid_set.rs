@@ -200,6 +200,21 @@ impl GtidSet {
         GtidSet(out)
     }
 
+    /// Adds transactions `first..=last` of source `uuid` under `tag`
+    /// (empty: untagged), as a binlog's GTID events and PREVIOUS_GTIDS
+    /// events name them. `first` is at least 1 and not above `last`
+    /// (MySQL never numbers a transaction 0); other ranges add nothing.
+    pub fn insert_range(&mut self, uuid: &str, tag: &str, first: u64, last: u64) {
+        if first == 0 || last < first {
+            return;
+        }
+        let one = GtidSet(BTreeMap::from([(
+            uuid.to_ascii_lowercase(),
+            BTreeMap::from([(tag.to_ascii_lowercase(), vec![(first, last)])]),
+        )]));
+        *self = self.union(&one);
+    }
+
     /// Every transaction either set has.
     pub fn union(&self, other: &GtidSet) -> GtidSet {
         self.combine(other, union_intervals)
@@ -913,6 +928,18 @@ mod tests {
             assert_eq!(s(a).union(&s(b)), s(want), "{a} ∪ {b}");
             assert_eq!(s(b).union(&s(a)), s(want), "{b} ∪ {a}");
         }
+    }
+
+    #[test]
+    fn inserted_ranges_merge_and_nonsense_ranges_add_nothing() {
+        let mut set = GtidSet::default();
+        set.insert_range(&U1.to_ascii_uppercase(), "", 1, 3);
+        set.insert_range(U1, "", 4, 4);
+        set.insert_range(U1, "", 7, 9);
+        set.insert_range(U1, "", 0, 5);
+        set.insert_range(U1, "", 12, 11);
+        set.insert_range(U2, "T", 2, 2);
+        assert_eq!(set, s("U1:1-4:7-9,U2:t:2"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod durable;
 pub mod gtid;
 pub mod gtid_set;
+pub mod gtid_state;
 pub mod identity;
 pub mod metrics_http;
 #[cfg(feature = "proptest")]

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use dbfleet_common::gtid_state::GtidState;
 use dbfleet_integration_tests::backups::{self, now_ms, rows, wait_archived};
 use dbfleet_integration_tests::workload::{Writer, ids_on};
 use dbfleet_integration_tests::{PATIENCE, TestFleet, has_problem, member, on_both_flavors};
@@ -31,9 +32,10 @@ async fn unix_now_on(fleet: &TestFleet, host: &str) -> i64 {
         .expect("the server's clock")
 }
 
-#[tokio::test]
-async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_the_chosen_time() {
-    let fleet = TestFleet::start_active(2, 1).await;
+on_both_flavors! {
+async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_the_chosen_time(flavor: Flavor) {
+    let fleet = TestFleet::start_spec(2, 1, |spec| spec.flavor = flavor).await;
+    fleet.wait_settled("an active coordinator", |_| true).await;
     let table = "app.pitr";
     fleet
         .sql(
@@ -69,6 +71,11 @@ async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_th
         )
         .await
         .unwrap();
+    let executed = match flavor {
+        Flavor::MariaDb => "SELECT @@gtid_binlog_pos",
+        Flavor::MySql => "SELECT @@GLOBAL.gtid_executed",
+    };
+    let gtid_after_first = fleet.query_one("db1", executed).await.expect("a GTID state");
     // The chosen moment: the first second after the first write committed
     // (binlog times have one-second resolution), on the primary's clock.
     let first_at = unix_now_on(&fleet, "db1").await;
@@ -231,11 +238,29 @@ async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_th
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!rows(&fleet, "db3", table).await.contains_key(&2000));
+    // To a GTID: the same rows. A GTID of the other flavor is refused
+    // before anything is touched.
+    let other_flavor = match flavor {
+        Flavor::MariaDb => "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5",
+        Flavor::MySql => "0-1-5",
+    };
+    let (ok, r) = fleet.cli_json(&["backup", "restore", &id, "--host", "db3", "--to-gtid", other_flavor]);
+    assert!(!ok, "{r}");
+    let error = r["error"].as_str().unwrap_or_default();
+    assert!(error.contains("give a"), "{r}");
+    let (ok, r) = fleet.cli_json(&["backup", "restore", &id, "--host", "db3", "--to-gtid", &gtid_after_first]);
+    assert!(ok, "{r}");
+    assert_eq!(rows(&fleet, "db3", table).await, expected, "to the GTID of the first write");
+    let replica_status = match flavor {
+        Flavor::MariaDb => "SHOW SLAVE STATUS",
+        Flavor::MySql => "SHOW REPLICA STATUS",
+    };
     assert_eq!(
-        fleet.query_one("db3", "SHOW SLAVE STATUS").await,
+        fleet.query_one("db3", replica_status).await,
         None,
         "db3 has no replication configured"
     );
+}
 }
 
 on_both_flavors! {
@@ -353,9 +378,10 @@ fn streams_of(fleet: &TestFleet, host: &str) -> BTreeMap<String, Vec<Value>> {
     out
 }
 
-#[tokio::test]
-async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap() {
-    let mut fleet = TestFleet::start_active(2, 1).await;
+on_both_flavors! {
+async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap(flavor: Flavor) {
+    let mut fleet = TestFleet::start_spec(2, 1, |spec| spec.flavor = flavor).await;
+    fleet.wait_settled("an active coordinator", |_| true).await;
     let table = "app.archived";
     fleet
         .sql(
@@ -370,7 +396,8 @@ async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap(
     };
     fleet.sql("db1", &insert(1..=20)).await.unwrap();
     // a restart of db2's mysqld: its binlog rotates
-    fleet.stop("mariadbd-db2", Duration::from_secs(30));
+    let db2_mysqld = fleet.mysqld_name("db2");
+    fleet.stop(&db2_mysqld, Duration::from_secs(30));
     fleet.start_mysqld("db2").unwrap();
     fleet
         .wait_until("db2 back and replicating", |c| {
@@ -379,7 +406,8 @@ async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap(
         .await;
     fleet.sql("db1", &insert(21..=40)).await.unwrap();
     // a failover: the primary's mysqld is killed
-    fleet.kill("mariadbd-db1");
+    let db1_mysqld = fleet.mysqld_name("db1");
+    fleet.kill(&db1_mysqld);
     let view = fleet
         .wait_until("a new primary", |c| {
             !c.primary.is_empty() && c.primary != "db1" && member(c, &c.primary).writable
@@ -396,10 +424,11 @@ async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap(
         assert!(tokio::time::Instant::now() < give_up, "db2 lacks rows");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let binlog_pos = fleet
-        .query_one("db2", "SELECT @@gtid_binlog_pos")
-        .await
-        .unwrap();
+    let executed = match flavor {
+        Flavor::MariaDb => "SELECT @@gtid_binlog_pos",
+        Flavor::MySql => "SELECT @@GLOBAL.gtid_executed",
+    };
+    let binlog_pos = fleet.query_one("db2", executed).await.unwrap();
     wait_archived(&fleet, "db2", now_ms()).await;
     // Every byte of every binlog db2 has is archived, in one stream with
     // no hole, up to its last transaction.
@@ -407,9 +436,20 @@ async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap(
     let mut c = mysql_async::Conn::new(s.root_opts(&fleet.credentials.root))
         .await
         .unwrap();
-    let files: Vec<(String, u64)> = c.query("SHOW BINARY LOGS").await.unwrap();
+    // (MySQL adds a third column, Encrypted)
+    let files: Vec<(String, u64)> = c
+        .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0).unwrap(), r.get(1).unwrap()))
+        .collect();
     let (current, position): (String, u64) = {
-        let row: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+        let status = match flavor {
+            Flavor::MariaDb => "SHOW MASTER STATUS",
+            Flavor::MySql => "SHOW BINARY LOG STATUS",
+        };
+        let row: mysql_async::Row = c.query_first(status).await.unwrap().unwrap();
         (row.get(0).unwrap(), row.get(1).unwrap())
     };
     let _ = c.disconnect().await;
@@ -445,13 +485,19 @@ async fn binlog_archiving_continues_across_a_restart_and_a_failover_with_no_gap(
         let end = if *file == current { position } else { *size };
         assert_eq!(at, end, "{file} archived to its end");
     }
-    let seq = |g: &str| -> u64 { g.rsplit('-').next().unwrap().parse().unwrap() };
-    let archived = chunks
-        .iter()
-        .filter_map(|ch| ch["gtids"].as_str().filter(|g| !g.is_empty()).map(seq))
-        .max()
-        .unwrap();
-    assert_eq!(archived, seq(&binlog_pos), "up to db2's last transaction");
+    // Up to db2's last transaction: what the stream's first file began
+    // with and every chunk's transactions make db2's GTID state.
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let archived = chunks.iter().fold(
+        GtidState::parse(&text(&chunks[0]["gtid_list"])).unwrap(),
+        |state, ch| state.merge(&GtidState::parse(&text(&ch["gtids"])).unwrap()),
+    );
+    assert_eq!(
+        archived,
+        GtidState::parse(&binlog_pos).unwrap(),
+        "up to db2's last transaction"
+    );
+}
 }
 
 #[tokio::test]

@@ -101,9 +101,10 @@ const MARIADB_AGENT: &[Privilege] = &[
 ];
 
 /// MySQL 8.4 and 9.x (9.7 verified by the real-process tests): static
-/// privileges and the dynamic ones that replaced `SUPER`. Point-in-time
-/// restores on MySQL are not done by the agent yet, so it holds no data
-/// privileges beyond what mysqldump reads.
+/// privileges and the dynamic ones that replaced `SUPER`. Replay runs
+/// under `REPLICATION_APPLIER` (GTIDs and row events as a replica applies
+/// them) plus the data privileges each event needs, rather than
+/// `BINLOG_ADMIN`, which would also let the agent purge binlogs.
 const MYSQL_AGENT: &[Privilege] = &[
     p(
         "RELOAD",
@@ -147,6 +148,38 @@ const MYSQL_AGENT: &[Privilege] = &[
     p("SHOW VIEW", "mysqldump of views"),
     p("TRIGGER", "mysqldump of triggers"),
     p("EVENT", "mysqldump of events"),
+    p(
+        "REPLICATION_APPLIER",
+        "point-in-time restores: replaying archived binlogs with their GTIDs",
+    ),
+    p("INSERT", "point-in-time restores: replaying row changes"),
+    p("UPDATE", "point-in-time restores: replaying row changes"),
+    p("DELETE", "point-in-time restores: replaying row changes"),
+    p("CREATE", "point-in-time restores: replaying DDL"),
+    p("DROP", "point-in-time restores: replaying DDL"),
+    p("ALTER", "point-in-time restores: replaying DDL"),
+    p("INDEX", "point-in-time restores: replaying DDL"),
+    p(
+        "REFERENCES",
+        "point-in-time restores: replaying foreign keys",
+    ),
+    p("CREATE VIEW", "point-in-time restores: replaying views"),
+    p(
+        "CREATE ROUTINE",
+        "point-in-time restores: replaying stored routines",
+    ),
+    p(
+        "ALTER ROUTINE",
+        "point-in-time restores: replaying stored routines",
+    ),
+    p(
+        "EXECUTE",
+        "point-in-time restores: replaying statements that call routines",
+    ),
+    p(
+        "CREATE TEMPORARY TABLES",
+        "point-in-time restores: replaying statement-based temporary tables",
+    ),
 ];
 
 /// The account's global privileges for `flavor`; `None` where dbfleet has

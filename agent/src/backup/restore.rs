@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use dbfleet_common::gtid::Position;
+use dbfleet_common::gtid_set::GtidSet;
+use dbfleet_common::gtid_state::GtidState;
 use dbfleet_proto::model::Flavor;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
@@ -403,25 +404,39 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
 }
 
 /// Where replay stops, as GTIDs (inclusive): for a GTID target the
-/// target; for a time, the transactions before the first one after the
-/// backup whose timestamp is at or after it (file creation and rotation
-/// events carry later times than the transactions a lagging replica
-/// writes after them, so `--stop-datetime` would stop too early). `None`:
-/// nothing to replay. A target the backup is already past is refused.
+/// target; for a time, the transactions after the backup before the first
+/// one after it whose timestamp is at or after the time (file creation and
+/// rotation events carry later times than the transactions a lagging
+/// replica writes after them, so `--stop-datetime` would stop too early).
+/// `None`: nothing to replay. A target the backup is already past is
+/// refused.
 fn stop_position(
     files: &[PathBuf],
-    start: &Position,
+    flavor: Flavor,
+    start: &GtidState,
     to: &Target,
-) -> Result<Option<Position>, String> {
+) -> Result<Option<GtidState>, String> {
     let mut stop = start.clone();
     match to {
         Target::Gtid(g) => {
-            if !g.covers(start) && start.covers(g) {
+            let past = match (start, g) {
+                // holds something of the target's domains beyond it
+                (GtidState::MariaDb(_), _) => !g.covers(start) && start.covers(g),
+                // holds any transaction the target does not
+                (GtidState::MySql(s), GtidState::MySql(t)) if !s.is_subset_of(t) => {
+                    return Err(format!(
+                        "the backup holds transactions the target {t} does not ({}): restore an older backup",
+                        s.subtract(t)
+                    ));
+                }
+                _ => false,
+            };
+            if past {
                 return Err(format!(
                     "the backup is at GTID {start}, past the target {g}: restore an older backup"
                 ));
             }
-            stop = stop.max(g);
+            stop = stop.merge(g);
         }
         Target::Time(t) => {
             let mut past: Option<String> = None;
@@ -429,17 +444,17 @@ fn stop_position(
             for f in files {
                 let file = std::fs::File::open(f)
                     .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-                events::each_transaction(BufReader::new(file), |x| {
-                    let new = x.seq > start.seq(x.domain);
+                events::each_transaction(BufReader::new(file), flavor, |x| {
+                    let new = !start.holds(&x.gtid);
                     if i64::from(x.ts) >= *t {
                         if !new {
-                            past = Some(format!("{}-{}-{}", x.domain, x.server, x.seq));
+                            past = Some(x.gtid.to_string());
                         }
                         done = new;
                         return !done;
                     }
                     if new {
-                        stop.record(x.domain, x.server, x.seq);
+                        stop.record(&x.gtid);
                     }
                     true
                 })
@@ -458,17 +473,54 @@ fn stop_position(
     Ok((stop != *start).then_some(stop))
 }
 
-/// Replays `files` from `start` to `stop` through the client.
-fn replay(r: &Restore, files: &[PathBuf], start: &Position, stop: &Position) -> Result<(), String> {
-    let binlog_tool = tools::find("mariadb-binlog")?;
-    let client = tools::find("mariadb")?;
-    let mut cmd = Command::new(&binlog_tool);
-    cmd.arg("--skip-gtid-strict-mode")
-        .arg(format!("--start-position={start}"))
-        .arg(format!("--stop-position={stop}"));
-    let decode_log = r.work.join("mariadb-binlog.log");
-    let apply_log = r.work.join("replay.log");
-    let mut decode = cmd
+/// The programs a replay runs: one decoding the binlogs from the backup's
+/// position to the stop, and the client applying what it prints.
+struct Replay {
+    decode: Command,
+    client: PathBuf,
+}
+
+impl Replay {
+    /// MariaDB: `mariadb-binlog` between two GTID positions, with strict
+    /// mode off for the decoder (the files may start before the backup).
+    fn mariadb(start: &GtidState, stop: &GtidState) -> Result<Replay, String> {
+        let mut decode = Command::new(tools::find("mariadb-binlog")?);
+        decode
+            .arg("--skip-gtid-strict-mode")
+            .arg(format!("--start-position={start}"))
+            .arg(format!("--stop-position={stop}"));
+        Ok(Replay {
+            decode,
+            client: tools::find("mariadb")?,
+        })
+    }
+
+    /// MySQL: `mysqlbinlog` printing exactly the transactions the backup
+    /// lacks up to the stop, with their GTIDs (so the restored server's
+    /// set ends at the stop); the server's own tools, from its basedir.
+    fn mysql(basedir: &Path, start: &GtidSet, stop: &GtidSet) -> Result<Replay, String> {
+        let mut decode = Command::new(tools::find_beside(basedir, "mysqlbinlog")?);
+        decode.arg(format!("--include-gtids={}", stop.subtract(start)));
+        Ok(Replay {
+            decode,
+            client: tools::find_beside(basedir, "mysql")?,
+        })
+    }
+}
+
+/// Replays `files` through the client, with the agent's credentials in
+/// `defaults_file` and logs in `work`.
+fn replay_with(
+    work: &Path,
+    defaults_file: &Path,
+    files: &[PathBuf],
+    replay: Replay,
+) -> Result<(), String> {
+    let Replay { mut decode, client } = replay;
+    let decoder = decode.get_program().to_string_lossy().to_string();
+    let decode_log = work.join("binlog-decoder.log");
+    let apply_log = work.join("replay.log");
+    let mut decoding = decode
         .args(files)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -477,13 +529,10 @@ fn replay(r: &Restore, files: &[PathBuf], start: &Position, stop: &Position) -> 
                 .map_err(|e| format!("cannot create {}: {e}", decode_log.display()))?,
         )
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", binlog_tool.display()))?;
-    let events = decode.stdout.take().expect("piped");
+        .map_err(|e| format!("cannot run {decoder}: {e}"))?;
+    let events = decoding.stdout.take().expect("piped");
     let apply = Command::new(&client)
-        .arg(format!(
-            "--defaults-extra-file={}",
-            r.defaults_file.display()
-        ))
+        .arg(format!("--defaults-extra-file={}", defaults_file.display()))
         .arg("--binary-mode")
         .stdin(events)
         .stdout(Stdio::null())
@@ -493,8 +542,8 @@ fn replay(r: &Restore, files: &[PathBuf], start: &Position, stop: &Position) -> 
         )
         .status()
         .map_err(|e| format!("cannot run {}: {e}", client.display()))?;
-    let decoded = decode.wait().map_err(|e| format!("mariadb-binlog: {e}"))?;
-    // the client first: when it fails, mariadb-binlog dies of SIGPIPE
+    let decoded = decoding.wait().map_err(|e| format!("{decoder}: {e}"))?;
+    // the client first: when it fails, the decoder dies of SIGPIPE
     if !apply.success() {
         return Err(format!(
             "replaying the binlogs failed ({apply}): {}",
@@ -503,7 +552,7 @@ fn replay(r: &Restore, files: &[PathBuf], start: &Position, stop: &Position) -> 
     }
     if !decoded.success() {
         return Err(format!(
-            "mariadb-binlog failed ({decoded}): {}",
+            "{decoder} failed ({decoded}): {}",
             tail(&decode_log, 3)
         ));
     }
@@ -541,19 +590,30 @@ pub async fn restore(
         Flavor::MariaDb
     };
     let mysql = flavor == Flavor::MySql;
-    if mysql && r.to.is_some() {
-        return Err(
-            "point-in-time recovery of MySQL is not built yet; restore this backup without a target (to its GTID set)"
-                .into(),
-        );
-    }
-    // MySQL's GTID set is checked on the restored server itself, and no
-    // binlog is replayed from it.
-    let start = if mysql {
-        Position::default()
-    } else {
-        Position::parse(&manifest.end_gtid)?
+    let start = match flavor {
+        Flavor::MySql => GtidSet::parse(&manifest.end_gtid)
+            .map(GtidState::MySql)
+            .map_err(|e| format!("the backup's GTID set: {e}"))?,
+        Flavor::MariaDb => GtidState::MariaDb(
+            dbfleet_common::gtid::Position::parse(&manifest.end_gtid)
+                .map_err(|e| format!("the backup's GTID position: {e}"))?,
+        ),
     };
+    if let Some(Target::Gtid(g)) = &r.to
+        && !g.is_empty()
+        && g.is_mysql() != mysql
+    {
+        return Err(match flavor {
+            Flavor::MySql => format!(
+                "{g} is a MariaDB GTID position, but backup {} is of MySQL: give a MySQL GTID set (server_uuid:1-42)",
+                manifest.id
+            ),
+            Flavor::MariaDb => format!(
+                "{g} is a MySQL GTID set, but backup {} is of MariaDB: give a MariaDB GTID position (domain-server-seq, e.g. 0-1-42)",
+                manifest.id
+            ),
+        });
+    }
     let datadir_meta =
         std::fs::metadata(&f.datadir).map_err(|e| process::cannot_read(&f.datadir, &e))?;
     std::fs::create_dir_all(&r.work)
@@ -586,7 +646,7 @@ pub async fn restore(
             let (target, start2, repo) = (target.clone(), start.clone(), r.repository.clone());
             let fetched = tokio::task::spawn_blocking(move || {
                 let files = fetch_binlogs(&repo, &plan, &dir)?;
-                let stop = stop_position(&files, &start2, &target)?;
+                let stop = stop_position(&files, flavor, &start2, &target)?;
                 Ok::<_, String>((plan, files, stop))
             })
             .await
@@ -664,19 +724,30 @@ pub async fn restore(
                 .await
                 .map_err(|e| format!("restored server: {sql}: {e}"))?;
         }
-        let found: Option<String> = conn
-            .query_first("SELECT @@GLOBAL.gtid_executed")
-            .await
-            .map_err(|e| format!("restored server: reading its GTID set: {e}"))?;
-        super::clone::same_gtids(&found.unwrap_or_default(), &manifest.end_gtid)?;
+        let found = gtid_executed(&mut conn).await?;
+        super::clone::same_gtids(&found, &manifest.end_gtid)?;
         if let Err(e) = swap.discard_previous() {
             warn!(error = e, "the previous data could not be removed");
         }
-        let _ = conn.disconnect().await;
-        let summary = format!(
+        let mut summary = format!(
             "restored backup {} at GTID set {:?}",
             manifest.id, manifest.end_gtid
         );
+        if let Some((plan, files, stop)) = binlogs {
+            let replayed_at = Instant::now();
+            r.phase.set("replaying binlogs");
+            if let Some(GtidState::MySql(stop)) = stop {
+                replay_into_mysql(&r, &mut conn, files.clone(), &start, stop).await?;
+            }
+            summary.push_str(&format!(
+                "; replayed {} binlog file(s) of stream {} in {:.1}s to GTID set {:?}",
+                files.len(),
+                plan.stream,
+                replayed_at.elapsed().as_secs_f64(),
+                gtid_executed(&mut conn).await?
+            ));
+        }
+        let _ = conn.disconnect().await;
         return Ok(completed(summary, started_writable, started));
     }
     // 4. a new history that starts at the backup's position: as a
@@ -715,12 +786,14 @@ pub async fn restore(
         let replayed_at = Instant::now();
         r.phase.set("replaying binlogs");
         if let Some(stop) = stop {
+            let programs = Replay::mariadb(&start, &stop)?;
             let r = Arc::new(r);
-            let (rr, files2, start2, stop2) =
-                (r.clone(), files.clone(), start.clone(), stop.clone());
-            tokio::task::spawn_blocking(move || replay(&rr, &files2, &start2, &stop2))
-                .await
-                .map_err(|e| format!("replay task: {e}"))??;
+            let (rr, files2) = (r.clone(), files.clone());
+            tokio::task::spawn_blocking(move || {
+                replay_with(&rr.work, &rr.defaults_file, &files2, programs)
+            })
+            .await
+            .map_err(|e| format!("replay task: {e}"))??;
         }
         let now: String = conn
             .query_first("SELECT @@gtid_binlog_pos")
@@ -739,6 +812,63 @@ pub async fn restore(
     }
     let _ = conn.disconnect().await;
     Ok(completed(summary, started_writable, started))
+}
+
+/// The restored MySQL server's `gtid_executed`.
+async fn gtid_executed(conn: &mut Conn) -> Result<String, String> {
+    conn.query_first::<String, _>("SELECT @@GLOBAL.gtid_executed")
+        .await
+        .map_err(|e| format!("restored server: reading its GTID set: {e}"))
+        .map(Option::unwrap_or_default)
+}
+
+/// Replays the archived `files` into the restored MySQL server from the
+/// backup's set `start` to `stop`. `super_read_only` stops every client,
+/// so it is lifted for the replay while `read_only` stays on: only
+/// accounts with `CONNECTION_ADMIN` (the agent's, a DBA's) can write
+/// meanwhile. It is set again however the replay ends, and stays
+/// persisted throughout, so a restart in between starts read-only.
+async fn replay_into_mysql(
+    r: &Restore,
+    conn: &mut Conn,
+    files: Vec<PathBuf>,
+    start: &GtidState,
+    stop: GtidSet,
+) -> Result<(), String> {
+    let GtidState::MySql(start) = start else {
+        return Err("a MySQL restore from a backup with a MariaDB position".into());
+    };
+    let basedir: String = conn
+        .query_first("SELECT @@basedir")
+        .await
+        .map_err(|e| format!("restored server: asking for its basedir: {e}"))?
+        .unwrap_or_default();
+    let programs = Replay::mysql(Path::new(&basedir), start, &stop)?;
+    conn.query_drop("SET GLOBAL super_read_only = OFF")
+        .await
+        .map_err(|e| format!("restored server: lifting super_read_only for the replay: {e}"))?;
+    let (work, defaults_file) = (r.work.clone(), r.defaults_file.clone());
+    let replayed =
+        tokio::task::spawn_blocking(move || replay_with(&work, &defaults_file, &files, programs))
+            .await
+            .map_err(|e| format!("replay task: {e}"))
+            .and_then(|r| r);
+    let fenced = conn
+        .query_drop("SET GLOBAL super_read_only = ON")
+        .await
+        .map_err(|e| {
+            format!("restored server: SET GLOBAL super_read_only = ON after the replay: {e}")
+        });
+    replayed?;
+    fenced?;
+    let found = gtid_executed(conn).await?;
+    match GtidSet::parse(&found) {
+        Ok(set) if set == stop => Ok(()),
+        _ => Err(format!(
+            "after the replay the server holds GTID set {found:?}, not {stop}, where the replay was to stop; see {}",
+            r.work.join("replay.log").display()
+        )),
+    }
 }
 
 /// Writes `super_read_only = ON` into a MySQL copy's `mysqld-auto.cnf`
@@ -783,12 +913,23 @@ fn completed(mut summary: String, started_writable: bool, started: Instant) -> S
 mod tests {
     use super::*;
 
+    /// Writes `bytes` as binlog file `name` in a directory of the test's.
+    fn binlog_file(test: &str, bytes: &[u8]) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("dbfleet-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("b.000001");
+        std::fs::write(&file, bytes).unwrap();
+        (dir, file)
+    }
+
+    fn g(text: &str) -> GtidState {
+        GtidState::parse(text).unwrap()
+    }
+
     #[test]
     fn a_time_stops_before_the_first_later_transaction_not_at_a_later_file_start() {
         use crate::binlog_archive::events::testing::{event, gtid};
         use crate::binlog_archive::events::{GTID_EVENT, MAGIC};
-        let dir = std::env::temp_dir().join(format!("dbfleet-stop-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         // a replica catching up: its file was created (ts 200) after the
         // transactions it then logged (ts 100, 101), then one at 300
         let mut bytes = MAGIC.to_vec();
@@ -796,27 +937,60 @@ mod tests {
         for (ts, seq) in [(99, 4), (100, 5), (101, 6), (300, 7)] {
             bytes.extend(event(ts, GTID_EVENT, 1, &gtid(seq, 0)));
         }
-        let file = dir.join("b.000001");
-        std::fs::write(&file, &bytes).unwrap();
+        let (dir, file) = binlog_file("stop", &bytes);
         let files = [file];
-        let start = Position::parse("0-1-4").unwrap();
-        let stop = stop_position(&files, &start, &Target::Time(150)).unwrap();
-        assert_eq!(stop.unwrap().to_string(), "0-1-6");
-        // nothing after the backup is before 100: nothing to replay
+        let start = g("0-1-4");
+        let stop = |to| stop_position(&files, Flavor::MariaDb, &start, &to);
         assert_eq!(
-            stop_position(&files, &start, &Target::Time(100)).unwrap(),
-            None
+            stop(Target::Time(150)).unwrap().unwrap().to_string(),
+            "0-1-6"
         );
+        // nothing after the backup is before 100: nothing to replay
+        assert_eq!(stop(Target::Time(100)).unwrap(), None);
         // the backup itself holds a transaction at 99: too new a backup
-        let e = stop_position(&files, &start, &Target::Time(99)).unwrap_err();
+        let e = stop(Target::Time(99)).unwrap_err();
         assert!(e.contains("already holds transaction 0-1-4"), "{e}");
-        let e = stop_position(
-            &files,
-            &start,
-            &Target::Gtid(Position::parse("0-1-3").unwrap()),
-        )
-        .unwrap_err();
+        let e = stop(Target::Gtid(g("0-1-3"))).unwrap_err();
         assert!(e.contains("past the target"), "{e}");
+        assert_eq!(stop(Target::Gtid(g("0-1-6"))).unwrap().unwrap(), g("0-1-6"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_mysql_stop_is_the_backups_set_and_what_came_before_the_time() {
+        use crate::binlog_archive::events::testing::{event, mysql_gtid};
+        use crate::binlog_archive::events::{MAGIC, MYSQL_GTID_EVENT};
+        const U: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let set = |t: &str| g(&t.replace('U', U));
+        // U:3 was applied before U:2 (parallel appliers): the backup holds
+        // U:1 and U:3, the file U:2 at 100, U:3 at 100, U:4 at 101, U:5 at 300
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(event(200, 15, 1, &[0; 40]));
+        for (ts, n) in [(100, 3), (100, 2), (101, 4), (300, 5)] {
+            bytes.extend(event(ts, MYSQL_GTID_EVENT, 1, &mysql_gtid(U, n)));
+        }
+        let (dir, file) = binlog_file("mysql-stop", &bytes);
+        let files = [file];
+        let start = set("U:1:3");
+        let stop = |to| stop_position(&files, Flavor::MySql, &start, &to);
+        assert_eq!(stop(Target::Time(150)).unwrap().unwrap(), set("U:1-4"));
+        // U:3, which the backup holds, committed at 100
+        let e = stop(Target::Time(100)).unwrap_err();
+        assert!(
+            e.contains(&format!("already holds transaction {U}:3")),
+            "{e}"
+        );
+        // a target lacking one of the backup's transactions
+        let e = stop(Target::Gtid(set("U:1-2"))).unwrap_err();
+        assert!(
+            e.contains("holds transactions the target") && e.contains(&format!("{U}:3")),
+            "{e}"
+        );
+        assert_eq!(
+            stop(Target::Gtid(set("U:1-3:5"))).unwrap().unwrap(),
+            set("U:1-3:5")
+        );
+        assert_eq!(stop(Target::Gtid(set("U:1:3"))).unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

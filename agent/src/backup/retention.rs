@@ -1,7 +1,7 @@
 //! What retention asks of an agent: deleting a backup from the
 //! repository, and pruning the binlog archive below the oldest kept backup.
 
-use dbfleet_common::gtid::Position;
+use dbfleet_common::gtid_state::GtidState;
 use tracing::info;
 
 use super::repo::{self, BackupDir};
@@ -48,7 +48,7 @@ impl Jobs {
     /// Deletes the archived binlogs of every stream of the cluster that no
     /// restore of a backup at or after `keep_from` needs (retention).
     pub async fn prune_archive(&self, keep_from: &str) -> Result<String, ControlError> {
-        let keep = Position::parse(keep_from).map_err(ControlError::NotConfigured)?;
+        let keep = GtidState::parse(keep_from).map_err(ControlError::NotConfigured)?;
         let repository = self.repository()?.clone();
         let cluster = self.cluster.clone();
         let pruned = tokio::task::spawn_blocking(move || {

@@ -1,7 +1,7 @@
 //! Finding the external tools a backup needs, and saying clearly what is
 //! missing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Where Debian and most distributions put the server tools besides PATH.
@@ -31,6 +31,23 @@ pub fn find(name: &str) -> Result<PathBuf, String> {
                 package_of(name)
             )
         })
+}
+
+/// The full path of MySQL's `name` for a server whose `@@basedir` is
+/// `basedir`: its own `bin/` first (a server's client tools are of its
+/// version, wherever it was unpacked), then as [`find`] looks.
+pub fn find_beside(basedir: &Path, name: &str) -> Result<PathBuf, String> {
+    let own = basedir.join("bin").join(name);
+    if own.is_file() {
+        return Ok(own);
+    }
+    find(name).map_err(|_| {
+        format!(
+            "{name} is neither in {} (the server's basedir) nor in PATH or {}; install the MySQL client programs of the server's version",
+            basedir.join("bin").display(),
+            EXTRA_DIRS.join(", ")
+        )
+    })
 }
 
 /// The first line of `tool --version`.

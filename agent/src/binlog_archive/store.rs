@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 
-use dbfleet_common::gtid::Position;
+use dbfleet_common::gtid_state::GtidState;
 use serde::{Deserialize, Serialize};
 
 use dbfleet_common::identity::{Identity, Role};
@@ -56,9 +56,11 @@ pub struct ChunkMeta {
     pub first_ts: u32,
     /// See `first_ts`.
     pub last_ts: u32,
-    /// The server's GTID state before the file (chunks at offset 0).
+    /// The server's GTID state before the file (chunks at offset 0): a
+    /// MariaDB position or a MySQL set, in the server's flavor.
     pub gtid_list: Option<String>,
-    /// The highest GTID per domain in this chunk.
+    /// This chunk's transactions: the highest GTID per domain (MariaDB),
+    /// the set of them (MySQL).
     pub gtids: String,
     /// When it was archived (Unix ms, agent clock).
     pub archived_at_unix_ms: i64,
@@ -208,7 +210,7 @@ pub enum Target {
     /// Every transaction committed before this time (Unix seconds).
     Time(i64),
     /// Up to and including these GTIDs.
-    Gtid(Position),
+    Gtid(GtidState),
 }
 
 /// The chunks to replay: every chunk of the files from the first one to
@@ -293,7 +295,7 @@ fn runs(chunks: &[ChunkMeta]) -> Vec<&[ChunkMeta]> {
 /// `start` up to `target` with no hole: the run must hold the start of a
 /// file whose GTID state before it is at or before `start`, and reach
 /// the target. The reason names what is missing when none does.
-pub fn plan(streams: &[Stream], start: &Position, target: &Target) -> Result<Plan, String> {
+pub fn plan(streams: &[Stream], start: &GtidState, target: &Target) -> Result<Plan, String> {
     let mut why = Vec::new();
     for s in streams {
         for run in runs(&s.chunks) {
@@ -302,7 +304,7 @@ pub fn plan(streams: &[Stream], start: &Position, target: &Target) -> Result<Pla
                 c.start == 0
                     && c.gtid_list
                         .as_deref()
-                        .and_then(|g| Position::parse(g).ok())
+                        .and_then(|g| GtidState::parse(g).ok())
                         .is_some_and(|g| start.covers(&g))
             }) else {
                 why.push(format!(
@@ -315,8 +317,9 @@ pub fn plan(streams: &[Stream], start: &Position, target: &Target) -> Result<Pla
             };
             let tail = &run[first..];
             let last = &tail[tail.len() - 1];
-            let reached = tail.iter().fold(Position::default(), |p, c| {
-                p.max(&Position::parse(&c.gtids).unwrap_or_default())
+            // what a replay of the tail onto the backup holds at its end
+            let reached = tail.iter().fold(start.clone(), |p, c| {
+                p.merge(&GtidState::parse(&c.gtids).unwrap_or_default())
             });
             let reaches = match target {
                 Target::Gtid(g) => reached.covers(g),
@@ -360,12 +363,12 @@ pub fn plan(streams: &[Stream], start: &Position, target: &Target) -> Result<Pla
 /// state `keep_from` covers. A restore from such a backup starts replaying
 /// at that file or a later one ([`plan`]), so they can only serve points
 /// before every kept backup.
-pub fn prunable<'a>(s: &'a Stream, keep_from: &Position) -> &'a [ChunkMeta] {
+pub fn prunable<'a>(s: &'a Stream, keep_from: &GtidState) -> &'a [ChunkMeta] {
     let boundary = s.chunks.iter().rposition(|c| {
         c.start == 0
             && c.gtid_list
                 .as_deref()
-                .and_then(|g| Position::parse(g).ok())
+                .and_then(|g| GtidState::parse(g).ok())
                 .is_some_and(|g| keep_from.covers(&g))
     });
     &s.chunks[..boundary.unwrap_or(0)]
@@ -373,7 +376,7 @@ pub fn prunable<'a>(s: &'a Stream, keep_from: &Position) -> &'a [ChunkMeta] {
 
 /// Deletes, in every stream of the cluster, the chunks [`prunable`] names
 /// (meta first: a chunk without one is not archived); returns how many.
-pub fn prune(repo: &Repository, cluster: &str, keep_from: &Position) -> io::Result<usize> {
+pub fn prune(repo: &Repository, cluster: &str, keep_from: &GtidState) -> io::Result<usize> {
     let mut n = 0;
     for s in read_streams(repo, cluster)? {
         for c in prunable(&s, keep_from) {
@@ -509,8 +512,41 @@ pub(crate) mod tests {
         }
     }
 
-    fn p(s: &str) -> Position {
-        Position::parse(s).unwrap()
+    fn p(s: &str) -> GtidState {
+        GtidState::parse(&s.replace('U', U)).unwrap()
+    }
+
+    const U: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+
+    /// A chunk of a MySQL binlog holding transactions `U:first-last`.
+    fn mysql_chunk(file: &str, start: u64, first: u64, last: u64, list: Option<&str>) -> ChunkMeta {
+        ChunkMeta {
+            gtid_list: list.map(|l| p(l).to_string()),
+            gtids: p(&format!("U:{first}-{last}")).to_string(),
+            ..chunk(file, start, last, false, None)
+        }
+    }
+
+    #[test]
+    fn a_mysql_replay_starts_at_a_file_whose_previous_set_the_backup_holds() {
+        let mut s = stream(vec![
+            mysql_chunk("b.000001", 0, 1, 10, Some("")),
+            mysql_chunk("b.000001", 10, 11, 20, None),
+            mysql_chunk("b.000002", 0, 21, 30, Some("U:1-20")),
+            mysql_chunk("b.000002", 30, 31, 40, None),
+        ]);
+        s.chunks[1].closed = true;
+        let plan = plan_from(&s, "U:1-25", Target::Gtid(p("U:1-35"))).unwrap();
+        assert_eq!(plan.chunks[0].file, "b.000002");
+        // the backup lacks U:18, which only the first file holds
+        let plan = plan_from(&s, "U:1-17:19-25", Target::Gtid(p("U:1-35"))).unwrap();
+        assert_eq!(plan.chunks[0].file, "b.000001");
+        // a target holding what neither the backup nor the archive does
+        let e = plan_from(&s, "U:1-25", Target::Gtid(p("U:1-41"))).unwrap_err();
+        assert!(e.contains("archived only up to b.000002 at 40"), "{e}");
+        // pruning: a kept backup at U:1-25 replays from b.000002
+        assert_eq!(prunable(&s, &p("U:1-25")).len(), 2);
+        assert_eq!(prunable(&s, &p("U:1-17:19-25")).len(), 0);
     }
 
     #[test]

@@ -152,7 +152,8 @@ impl Backups {
             )));
         }
         if !req.to_gtid.is_empty() {
-            dbfleet_common::gtid::Position::parse(&req.to_gtid).map_err(ServiceError::Refused)?;
+            dbfleet_common::gtid_state::GtidState::parse(&req.to_gtid)
+                .map_err(ServiceError::Refused)?;
         }
         let (cluster, b) = self.find(&req.id)?;
         if b.status != "completed" {
