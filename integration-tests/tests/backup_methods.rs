@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use dbfleet_integration_tests::backups::{backup, now_ms, rows, wait_archived};
 use dbfleet_integration_tests::workload::{Writer, ids_on};
-use dbfleet_integration_tests::{PATIENCE, TestFleet, sole_active};
+use dbfleet_integration_tests::{PATIENCE, TestFleet, on_both_flavors, sole_active};
+use dbfleet_proto::model::Flavor;
 use serde_json::Value;
 
 const TABLE: &str = "app.changes";
@@ -18,7 +19,12 @@ const TABLE: &str = "app.changes";
 const RATE_LIMIT_MIB_PER_S: u64 = 16;
 
 async fn fleet() -> TestFleet {
+    fleet_on(Flavor::MariaDb).await
+}
+
+async fn fleet_on(flavor: Flavor) -> TestFleet {
     let fleet = TestFleet::start_spec(2, 1, |spec| {
+        spec.flavor = flavor;
         spec.agent_backup = format!(
             "[backup]\nrepository = {:?}\nrate_limit_mib_per_s = {RATE_LIMIT_MIB_PER_S}\n",
             spec.dir.join("backups")
@@ -181,9 +187,9 @@ async fn an_incremental_backup_under_write_load_restores_its_whole_chain_row_for
     assert!(n >= 60, "the writes taken while the increments ran: {n}");
 }
 
-#[tokio::test]
-async fn a_logical_backup_under_write_load_restores_and_replays_row_for_row() {
-    let fleet = fleet().await;
+on_both_flavors! {
+async fn a_logical_backup_under_write_load_restores_and_replays_row_for_row(flavor: Flavor) {
+    let fleet = fleet_on(flavor).await;
     for sql in [
         "CREATE VIEW app.kept AS SELECT id FROM app.changes WHERE note = 'original'",
         "CREATE PROCEDURE app.count_changes() SELECT COUNT(*) FROM app.changes",
@@ -220,10 +226,19 @@ async fn a_logical_backup_under_write_load_restores_and_replays_row_for_row() {
     // Changes after the dump, up to a chosen GTID, then one too late.
     change_rows(&fleet, "after the dump", 40).await;
     more_writes(&writer, 20).await;
-    let chosen = fleet
-        .query_one("db1", "SELECT @@gtid_binlog_pos")
-        .await
-        .unwrap();
+    let (executed, replicated, accounts) = match flavor {
+        Flavor::MariaDb => (
+            "SELECT @@gtid_binlog_pos",
+            "SELECT @@gtid_slave_pos",
+            "SELECT GROUP_CONCAT(User, '@', Host ORDER BY User, Host) FROM mysql.global_priv",
+        ),
+        Flavor::MySql => (
+            "SELECT @@GLOBAL.gtid_executed",
+            "SELECT @@GLOBAL.gtid_executed",
+            "SELECT GROUP_CONCAT(User, '@', Host ORDER BY User, Host) FROM mysql.user",
+        ),
+    };
+    let chosen = fleet.query_one("db1", executed).await.unwrap();
     let expected = rows(&fleet, "db1", TABLE).await;
     fleet
         .sql(
@@ -236,10 +251,7 @@ async fn a_logical_backup_under_write_load_restores_and_replays_row_for_row() {
     restore_to_gtid(&fleet, id, "db3", &chosen);
     writer.stop().await;
 
-    assert_eq!(
-        fleet.query_one("db3", "SELECT @@gtid_slave_pos").await,
-        Some(chosen)
-    );
+    assert_eq!(fleet.query_one("db3", replicated).await, Some(chosen));
     assert_eq!(rows(&fleet, "db3", TABLE).await, expected, "row for row");
     writer_rows_are_a_prefix_of_the_primary(&fleet, "db3").await;
     assert_eq!(
@@ -268,11 +280,10 @@ async fn a_logical_backup_under_write_load_restores_and_replays_row_for_row() {
             .is_some(),
         "the accounts came back"
     );
-    let accounts =
-        "SELECT GROUP_CONCAT(User, '@', Host ORDER BY User, Host) FROM mysql.global_priv";
     assert_eq!(
         fleet.query_one("db3", accounts).await,
         fleet.query_one("db1", accounts).await,
         "exactly the source's accounts, none of the new server's own"
     );
+}
 }

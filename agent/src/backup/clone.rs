@@ -65,6 +65,7 @@ pub async fn server_program(conn: &mut Conn) -> Result<ServerProgram, String> {
         })?;
     Ok(ServerProgram::MySql {
         mysqld,
+        basedir: base.to_path_buf(),
         options: vec![
             format!("--basedir={basedir}"),
             format!("--plugin-dir={plugin_dir}"),

@@ -25,6 +25,9 @@ pub struct Build {
     /// Server options the target needs when a new server is initialised
     /// for a logical backup (its InnoDB page size).
     pub server_options: Vec<String>,
+    /// The server program a logical backup is loaded with: of the
+    /// backup's flavor (on MySQL, the local server's own).
+    pub program: super::scratch::ServerProgram,
     /// Bytes read from the repository so far.
     pub progress: Arc<AtomicU64>,
     /// The step it is on.
@@ -39,11 +42,14 @@ pub async fn build(b: Build) -> Result<Manifest, String> {
     if m.method == "logical" {
         b.phase.set("loading the dump");
         logical::load(
-            &b.backup_dir,
-            &m,
-            &b.data,
-            &b.work,
-            b.server_options,
+            logical::Load {
+                backup_dir: &b.backup_dir,
+                manifest: &m,
+                data: &b.data,
+                work: &b.work,
+                program: &b.program,
+                extra: b.server_options,
+            },
             b.progress,
         )
         .await?;

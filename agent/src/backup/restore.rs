@@ -661,11 +661,13 @@ pub async fn restore(
     journal(Journal::Staging(&swap))?;
     let _ = std::fs::remove_dir_all(&staging);
     let _staging = RemovedWhenDone(staging.clone());
+    let program = super::verify::program_for(&manifest, &r.target).await?;
     datadir::build(datadir::Build {
         backup_dir: r.backup_dir.clone(),
         data: staging.clone(),
         work: r.work.clone(),
         server_options: vec![format!("--innodb-page-size={}", f.page_size)],
+        program,
         progress: r.progress.clone(),
         phase: r.phase.clone(),
     })

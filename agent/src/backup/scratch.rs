@@ -31,9 +31,75 @@ pub enum ServerProgram {
     MySql {
         /// The program.
         mysqld: PathBuf,
+        /// The server's `@@basedir`, where its client tools are.
+        basedir: PathBuf,
         /// Its options.
         options: Vec<String>,
     },
+}
+
+impl ServerProgram {
+    /// The command-line client of the same server: `mariadb`, or MySQL's
+    /// own `mysql` from its basedir.
+    pub fn client(&self) -> Result<PathBuf, String> {
+        match self {
+            ServerProgram::MariaDb => tools::find("mariadb"),
+            ServerProgram::MySql { basedir, .. } => tools::find_beside(basedir, "mysql"),
+        }
+    }
+
+    /// Creates the system tables of a new server in `data` with a
+    /// password-less `root@localhost` (reachable only through the scratch
+    /// server's private socket; a loaded dump's grant tables replace
+    /// it): `mariadb-install-db`, or MySQL's `mysqld --initialize-insecure`
+    /// without the TLS files it generates (the restored server makes its
+    /// own at its first start, as after a CLONE).
+    pub fn initialize(&self, data: &Path, extra: &[String], log: &Path) -> Result<(), String> {
+        let ServerProgram::MySql {
+            mysqld, options, ..
+        } = self
+        else {
+            return install_db(data, extra, log);
+        };
+        // mysqld creates the directory, but not its parents; an empty one
+        // it takes as it is
+        std::fs::create_dir_all(data)
+            .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+        let out = std::fs::File::create(log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let mut cmd = Command::new(mysqld);
+        cmd.arg("--no-defaults")
+            .args(options)
+            .arg("--initialize-insecure")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--log-error={}", log.display()))
+            .args(extra);
+        if as_root() {
+            cmd.arg("--user=root");
+        }
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().map_err(|e| e.to_string())?)
+            .stderr(out)
+            .status()
+            .map_err(|e| format!("cannot run {}: {e}", mysqld.display()))?;
+        if !status.success() {
+            return Err(format!(
+                "mysqld --initialize-insecure failed ({status}): {}",
+                tail(log, 3)
+            ));
+        }
+        for entry in std::fs::read_dir(data)
+            .map_err(|e| format!("cannot read {}: {e}", data.display()))?
+            .flatten()
+        {
+            if entry.path().extension().is_some_and(|x| x == "pem") {
+                std::fs::remove_file(entry.path())
+                    .map_err(|e| format!("cannot remove {}: {e}", entry.path().display()))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How to start a scratch server.
@@ -135,7 +201,7 @@ fn as_root() -> bool {
 /// Creates the system tables of a new server in `data`, with a
 /// password-less `root@localhost` (reachable only through the scratch
 /// server's private socket, and dropped before the data is used).
-pub fn install_db(data: &Path, extra: &[String], log: &Path) -> Result<(), String> {
+fn install_db(data: &Path, extra: &[String], log: &Path) -> Result<(), String> {
     let tool = tools::find("mariadb-install-db")?;
     std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
     let out =
@@ -162,6 +228,23 @@ pub fn install_db(data: &Path, extra: &[String], log: &Path) -> Result<(), Strin
         ));
     }
     Ok(())
+}
+
+/// What a server's error log says went wrong: its error lines (the
+/// first three: the cause comes before the "Aborting" that follows it),
+/// or its last lines when it names no error.
+fn server_errors(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("[ERROR]") && !l.contains("Aborting"))
+        .take(3)
+        .collect();
+    if errors.is_empty() {
+        tail(log, 3)
+    } else {
+        errors.join(" | ")
+    }
 }
 
 impl ScratchServer {
@@ -244,7 +327,7 @@ impl ScratchServer {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!(
                     "the scratch server would not start ({status}): {}",
-                    tail(&self.error_log, 3)
+                    server_errors(&self.error_log)
                 ));
             }
             if self.socket.exists() {
@@ -263,7 +346,7 @@ impl ScratchServer {
             if started.elapsed() > TIMEOUT {
                 return Err(format!(
                     "the scratch server did not accept connections within {TIMEOUT:?}: {}",
-                    tail(&self.error_log, 3)
+                    server_errors(&self.error_log)
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -282,7 +365,7 @@ impl ScratchServer {
                 Ok(Some(status)) => {
                     return Err(format!(
                         "the scratch server did not shut down cleanly ({status}): {}",
-                        tail(&self.error_log, 3)
+                        server_errors(&self.error_log)
                     ));
                 }
                 Ok(None) if started.elapsed() < TIMEOUT => {

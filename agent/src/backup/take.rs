@@ -13,6 +13,7 @@ use mysql_async::prelude::Queryable;
 use tracing::{error, info, warn};
 
 use super::repo::{BackupDir, Manifest};
+use super::scratch::ServerProgram;
 use super::{BackupConfig, Jobs, Marker, clone, logical, physical, tools, valid_id};
 use crate::mysql::control::ControlError;
 use crate::mysql::observer;
@@ -160,22 +161,26 @@ impl Jobs {
         } = job;
         let started = unix_ms();
         let (flavor, state, datadir) = self.server_facts().await?;
-        if flavor == Flavor::MySql {
+        if flavor == Flavor::MySql && method != "logical" {
             return self.clone_backup(job, state, started).await;
         }
         let base = match &parent {
             Some(p) => Some(self.incremental_base(dir, p, &state)?),
             None => None,
         };
-        let tool = tools::find(if method == "logical" {
-            "mariadb-dump"
-        } else {
-            "mariadb-backup"
-        })?;
+        let tool = match (flavor, method.as_str()) {
+            (Flavor::MariaDb, "logical") => tools::find("mariadb-dump")?,
+            (Flavor::MariaDb, _) => tools::find("mariadb-backup")?,
+            // the server's own mysqldump, from its basedir
+            (Flavor::MySql, _) => match self.server_program().await? {
+                ServerProgram::MySql { basedir, .. } => tools::find_beside(&basedir, "mysqldump")?,
+                ServerProgram::MariaDb => tools::find("mariadb-dump")?,
+            },
+        };
         let tool_version = tools::version(&tool)?;
         tools::check_matches(&tool_version, &state.version)?;
         let ignore_tables = if method == "logical" {
-            self.unkept_system_tables().await?
+            self.unkept_system_tables(flavor).await?
         } else {
             Vec::new()
         };
@@ -191,6 +196,7 @@ impl Jobs {
         );
         let taken = if method == "logical" {
             let b = logical::LogicalBackup {
+                flavor,
                 tool,
                 tool_version,
                 dir: dir.clone(),
@@ -225,21 +231,28 @@ impl Jobs {
         self.record_manifest(dir, manifest).await
     }
 
-    /// A MySQL backup: physical through the CLONE plugin (no XtraBackup
+    /// The local server's program and where its files are.
+    async fn server_program(&self) -> Result<ServerProgram, String> {
+        let limit = self.target.connect_timeout + self.target.query_timeout;
+        tokio::time::timeout(limit, async {
+            let (mut conn, _) = observer::connect(&self.target).await?;
+            let program = clone::server_program(&mut conn).await;
+            let _ = conn.disconnect().await;
+            program
+        })
+        .await
+        .map_err(|_| format!("mysqld did not answer within {limit:?}"))?
+    }
+
+    /// A MySQL physical backup: through the CLONE plugin (no XtraBackup
     /// is installable for MySQL 8.4 and later, and CLONE has no
-    /// incremental mode); a logical one is not built yet.
+    /// incremental mode).
     async fn clone_backup(
         &self,
         job: &BackupJob,
         state: dbfleet_proto::model::ServerState,
         started: i64,
     ) -> Result<(String, String), String> {
-        if job.method == "logical" {
-            return Err(
-                "logical backups of MySQL (mysqldump) are not built yet; take a physical one (CLONE)"
-                    .into(),
-            );
-        }
         if job.parent.is_some() {
             return Err(
                 "MySQL's CLONE has no incremental mode; take a full backup (the binlog archive covers the time between full backups)"
@@ -420,8 +433,8 @@ impl Jobs {
         .map_err(|_| format!("mysqld did not answer within {limit:?}"))?
     }
 
-    /// The server's `mysql` tables a logical backup leaves out.
-    async fn unkept_system_tables(&self) -> Result<Vec<String>, String> {
+    /// The `flavor` server's `mysql` tables a logical backup leaves out.
+    async fn unkept_system_tables(&self, flavor: Flavor) -> Result<Vec<String>, String> {
         let limit = self.target.connect_timeout + self.target.query_timeout;
         let all: Vec<String> = tokio::time::timeout(limit, async {
             let (mut conn, _) = observer::connect(&self.target).await?;
@@ -438,7 +451,7 @@ impl Jobs {
         .map_err(|_| format!("mysqld did not answer within {limit:?}"))??;
         Ok(all
             .into_iter()
-            .filter(|t| !logical::SYSTEM_TABLES.contains(&t.as_str()))
+            .filter(|t| !logical::system_tables(flavor).contains(&t.as_str()))
             .collect())
     }
 }

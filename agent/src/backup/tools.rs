@@ -73,7 +73,8 @@ pub fn version(tool: &std::path::Path) -> Result<String, String> {
 }
 
 /// The tool's version must be the server's (mariadb-backup refuses, or
-/// worse, misreads, the files of another server version).
+/// worse, misreads, the files of another server version; a dump tool of
+/// another version may not know the server's system tables).
 pub fn check_matches(tool_version: &str, server_version: &str) -> Result<(), String> {
     let server = server_version.split('-').next().unwrap_or_default();
     let same = tool_version
@@ -83,7 +84,7 @@ pub fn check_matches(tool_version: &str, server_version: &str) -> Result<(), Str
         Ok(())
     } else {
         Err(format!(
-            "{tool_version} does not match the server version {server}; install the mariadb-backup package of the same version as the server"
+            "{tool_version} does not match the server version {server}; install the backup tools of the server's own version"
         ))
     }
 }

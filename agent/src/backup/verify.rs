@@ -15,6 +15,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
 use super::datadir;
+use super::repo::Manifest;
 use super::scratch::{ScratchOptions, ScratchServer, ServerProgram};
 
 /// What a verification needs.
@@ -32,8 +33,9 @@ pub struct Verification {
     pub local_server: crate::mysql::observer::MysqlTarget,
 }
 
-/// The program a scratch server on this backup's data runs.
-async fn program_for(
+/// The program a scratch server on this backup's data runs (a restore's
+/// load of a MySQL dump too).
+pub(super) async fn program_for(
     manifest: &super::repo::Manifest,
     local: &crate::mysql::observer::MysqlTarget,
 ) -> Result<ServerProgram, String> {
@@ -93,17 +95,18 @@ async fn check_tables(conn: &mut Conn) -> Result<(usize, u64), String> {
 pub async fn verify(v: Verification) -> Result<String, String> {
     let started = Instant::now();
     let data = v.scratch.join("data");
+    let program = program_for(&Manifest::read_usable(&v.backup_dir)?, &v.local_server).await?;
     let manifest = datadir::build(datadir::Build {
         backup_dir: v.backup_dir.clone(),
         data: data.clone(),
         work: v.scratch.clone(),
         server_options: Vec::new(),
+        program: program.clone(),
         progress: v.progress,
         phase: v.phase.clone(),
     })
     .await?;
     v.phase.set("starting a scratch mysqld");
-    let program = program_for(&manifest, &v.local_server).await?;
     // backup-my.cnf carries the source's InnoDB layout (page size, redo
     // and undo settings) that a physical backup's files need.
     let defaults_file = (manifest.method != "logical" && manifest.flavor != "mysql")
