@@ -11,6 +11,7 @@ pub mod clone;
 pub mod datadir;
 pub mod logical;
 pub mod physical;
+pub mod rebuild;
 pub mod repo;
 pub mod restore;
 mod retention;
@@ -260,6 +261,8 @@ pub struct Jobs {
     scratch: PathBuf,
     target: MysqlTarget,
     start_command: Option<Vec<String>>,
+    /// The replication account, which a rebuild's donor admits.
+    replication: Option<(String, dbfleet_common::config::Secret)>,
     archive: Arc<crate::binlog_archive::ArchiveStatus>,
     /// The fleet's CA, to check who signed archived binlogs.
     tls: Arc<dbfleet_common::tls::TlsContext>,
@@ -302,7 +305,10 @@ impl Jobs {
         of: JobsOf,
         config: Option<BackupConfig>,
         target: MysqlTarget,
-        start_command: Option<Vec<String>>,
+        (start_command, replication): (
+            Option<Vec<String>>,
+            Option<(String, dbfleet_common::config::Secret)>,
+        ),
         archive: Arc<crate::binlog_archive::ArchiveStatus>,
         tls: Arc<dbfleet_common::tls::TlsContext>,
     ) -> Arc<Jobs> {
@@ -320,6 +326,7 @@ impl Jobs {
             scratch,
             target,
             start_command,
+            replication,
             archive,
             tls,
             list: Mutex::new(Vec::new()),
@@ -807,6 +814,72 @@ impl Jobs {
         });
         Ok("restore started".into())
     }
+
+    /// Starts rebuilding this host's MySQL server by CLONE from the
+    /// mysqld at `donor` (`host:port`) as job `job_id`, followed like a
+    /// restore.
+    pub fn start_rebuild(
+        self: &Arc<Self>,
+        job_id: &str,
+        donor: &str,
+        tls: bool,
+    ) -> Result<String, ControlError> {
+        valid_id(job_id)?;
+        let donor = dbfleet_proto::model::MysqlAddress::parse(donor).map_err(|e| {
+            ControlError::NotConfigured(format!("the donor {donor:?} is not host:port: {e}"))
+        })?;
+        let start_command = self.start_command.clone().ok_or_else(|| {
+            ControlError::NotConfigured(
+                "this agent cannot start mysqld after a rebuild: set [mysql] start_command \
+                 (e.g. [\"systemctl\", \"start\", \"mysql\"])"
+                    .into(),
+            )
+        })?;
+        let work = self.scratch.join(job_id);
+        let (_, phase) = match self.register(job_id, "restore", &format!("a CLONE of {donor}"))? {
+            Ok(p) => p,
+            Err(known) => return Ok(known),
+        };
+        let marker = Marker {
+            id: job_id.to_string(),
+            kind: "restore".into(),
+            partial: work.clone(),
+            also: vec![],
+            backup: None,
+            swap: None,
+        };
+        if let Err(e) = self.write_marker(&marker) {
+            self.finish(job_id, Err(e.to_string()));
+            return Err(e);
+        }
+        let jobs = self.clone();
+        let job_id = job_id.to_string();
+        let started = format!("rebuild by CLONE from {donor} started");
+        // the server's binlogs are replaced: a new stream afterwards
+        self.archive.pause();
+        tokio::spawn(async move {
+            let _ = std::fs::remove_dir_all(&work);
+            let _ = std::fs::create_dir_all(&work);
+            let result = rebuild::clone_from(rebuild::CloneRebuild {
+                donor_host: donor.host.clone(),
+                donor_port: donor.port,
+                tls,
+                target: jobs.target.clone(),
+                replication: jobs.replication.clone(),
+                start_command,
+                work: work.clone(),
+                phase,
+            })
+            .await;
+            let _ = std::fs::remove_dir_all(&work);
+            jobs.archive.resume_with_new_stream();
+            if let Err(e) = &result {
+                error!(job = job_id, error = e, "rebuild failed");
+            }
+            jobs.finish(&job_id, result.map(|s| (s, String::new())));
+        });
+        Ok(started)
+    }
 }
 
 #[cfg(test)]
@@ -874,11 +947,14 @@ mod tests {
                     query_timeout: std::time::Duration::from_secs(1),
                     tls_ca: None,
                 },
-                Some(vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    format!("touch {}", started.display()),
-                ]),
+                (
+                    Some(vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        format!("touch {}", started.display()),
+                    ]),
+                    None,
+                ),
                 Arc::new(crate::binlog_archive::ArchiveStatus::default()),
                 tls.clone(),
             )

@@ -204,7 +204,10 @@ pub async fn run(
                 of.clone(),
                 config.backup.clone(),
                 target.clone(),
-                config.mysql.as_ref().and_then(|m| m.start_command.clone()),
+                (
+                    config.mysql.as_ref().and_then(|m| m.start_command.clone()),
+                    replication.clone(),
+                ),
                 archive.clone(),
                 tls.clone(),
             )

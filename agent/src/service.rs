@@ -161,8 +161,14 @@ async fn run_command(
             fenced: None,
             detail: jobs.start_verify(&v.job_id, &v.backup_id)?,
         },
+        Command::StartRestore(r) if !r.clone_donor.is_empty() => Outcome {
+            state: None,
+            fenced: None,
+            detail: jobs.start_rebuild(&r.job_id, &r.clone_donor, r.clone_tls)?,
+        },
         Command::StartRestore(r) => {
             let to = match (r.to_time_unix, r.to_gtid.as_str()) {
+                (0, "") if r.replay_archive => Some(Target::Latest),
                 (0, "") => None,
                 (t, "") => Some(Target::Time(t)),
                 (0, g) => Some(Target::Gtid(

@@ -78,6 +78,7 @@ pub fn show_text(b: &pb::BackupView) -> String {
 pub fn restore_json(r: &pb::RestoreView) -> Value {
     json!({
         "id": r.id, "cluster": r.cluster, "backup_id": r.backup_id, "host": r.host,
+        "donor": (!r.donor.is_empty()).then_some(&r.donor),
         "target": r.target, "status": r.status, "error": r.error, "detail": r.detail,
         "phase": (!r.phase.is_empty()).then_some(&r.phase), "bytes": r.bytes,
         "started_at_unix_ms": r.started_at_unix_ms, "finished_at_unix_ms": r.finished_at_unix_ms,
@@ -86,9 +87,14 @@ pub fn restore_json(r: &pb::RestoreView) -> Value {
 
 /// A restore in words.
 pub fn restore_text(r: &pb::RestoreView) -> String {
+    let source = if r.donor.is_empty() {
+        format!("backup {}", r.backup_id)
+    } else {
+        format!("a CLONE of {}", r.donor)
+    };
     let mut s = format!(
-        "restore {} of backup {} onto {} ({}): {}\n",
-        r.id, r.backup_id, r.host, r.target, r.status
+        "restore {} of {source} onto {} ({}): {}\n",
+        r.id, r.host, r.target, r.status
     );
     for (label, text) in [("error", &r.error), ("detail", &r.detail)] {
         if !text.is_empty() {

@@ -234,3 +234,38 @@ pub(crate) async fn backup_command(
     }
     Ok(())
 }
+
+/// `dbfleet rebuild HOST [--from DONOR]`: started, then followed like a
+/// restore unless `detach`.
+pub(crate) async fn rebuild_command(
+    host: String,
+    from: Option<String>,
+    detach: bool,
+    config: Option<&std::path::Path>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let client = Client::from_file(config)?;
+    let table = output == Output::Table;
+    let started = client
+        .rebuild_member(pb::RebuildMemberRequest {
+            host,
+            from: from.unwrap_or_default(),
+        })
+        .await?;
+    let r = if detach || started.status != "running" {
+        started
+    } else {
+        if table {
+            eprintln!("rebuild {} running on {}", started.id, started.host);
+        }
+        backup::wait_restore(&client, &started.id, table).await?
+    };
+    match output {
+        Output::Json => print_json(&backup::restore_json(&r))?,
+        Output::Table => print!("{}", backup::restore_text(&r)),
+    }
+    if r.status == "failed" {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -472,6 +472,19 @@ impl Client {
         .await
     }
 
+    /// Rebuilds a member (CLONE on MySQL, the newest verified backup on
+    /// MariaDB).
+    pub async fn rebuild_member(
+        &self,
+        req: pb::RebuildMemberRequest,
+    ) -> Result<pb::RestoreView, ClientError> {
+        self.write(WRITE_TIMEOUT, |mut c| {
+            let req = req.clone();
+            async move { c.rebuild_member(req).await }
+        })
+        .await
+    }
+
     /// One restore.
     pub async fn get_restore(&self, id: &str) -> Result<pb::RestoreView, ClientError> {
         let req = pb::GetRestoreRequest { id: id.to_string() };

@@ -18,7 +18,7 @@ use dbfleet_proto::mysql_tls::MysqlTlsMode;
 use dbfleet_proto::pb;
 
 mod backup_command;
-use backup_command::{BackupCommand, backup_command};
+use backup_command::{BackupCommand, backup_command, rebuild_command};
 
 /// Exit code when no coordinator answered.
 const EXIT_NO_COORDINATOR: u8 = 3;
@@ -132,6 +132,21 @@ enum Command {
         /// The new primary (default: the best replica).
         #[arg(long)]
         to: Option<String>,
+    },
+    /// Re-provision a read-only member (one marked needs-rebuild, say) and
+    /// make it a replica again: on MySQL by CLONE from the healthiest
+    /// replica, on MariaDB from the cluster's newest verified backup.
+    /// Waits for the end, printing the steps.
+    Rebuild {
+        /// The member to rebuild (never the primary).
+        host: String,
+        /// MySQL: the member to clone from (default: the replica with the
+        /// least lag; the primary only when no replica can serve).
+        #[arg(long)]
+        from: Option<String>,
+        /// Print the rebuild as soon as it started, without waiting.
+        #[arg(long)]
+        detach: bool,
     },
     /// Replace a dead primary now.
     Failover {
@@ -725,6 +740,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             operation_outcome(&r, cli.output)?;
+        }
+        Command::Rebuild { host, from, detach } => {
+            rebuild_command(host, from, detach, cli.config.as_deref(), cli.output).await?
         }
         Command::Failover {
             cluster,

@@ -196,6 +196,16 @@ impl Action for pb::RestoreBackupRequest {
     }
 }
 
+impl Action for pb::RebuildMemberRequest {
+    fn action(&self) -> String {
+        format!(
+            "rebuild of {} from {}",
+            self.host,
+            or(&self.from, "what the coordinator picks")
+        )
+    }
+}
+
 impl Action for pb::SetBackupPolicyRequest {
     fn action(&self) -> String {
         format!(

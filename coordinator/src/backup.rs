@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod automatic;
+mod rebuild;
 pub mod restore;
 pub mod schedule;
 
@@ -747,6 +748,8 @@ mod tests {
                 host: "db2".into(),
                 to_time_unix: 0,
                 to_gtid: String::new(),
+                donor: String::new(),
+                rebuild: false,
                 status: "completed".into(),
                 error: String::new(),
                 detail: String::new(),

@@ -37,6 +37,7 @@ pub fn policy(path: &str) -> Option<&'static [Role]> {
         | "/dbfleet.v1.AdminService/RunBackup"
         | "/dbfleet.v1.AdminService/VerifyBackup"
         | "/dbfleet.v1.AdminService/RestoreBackup"
+        | "/dbfleet.v1.AdminService/RebuildMember"
         | "/dbfleet.v1.AdminService/SetBackupPolicy" => Some(&[Role::Operator]),
         "/dbfleet.v1.PeerService/Replicate" => Some(&[Role::Coordinator]),
         _ => None,

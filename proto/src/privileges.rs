@@ -144,6 +144,10 @@ const MYSQL_AGENT: &[Privilege] = &[
         "BACKUP_ADMIN",
         "CLONE LOCAL DATA DIRECTORY (physical backups) and backup locks",
     ),
+    p(
+        "CLONE_ADMIN",
+        "CLONE INSTANCE FROM a donor when the member is rebuilt (dbfleet rebuild)",
+    ),
     p("SELECT", "mysqldump (logical backups)"),
     p("SHOW VIEW", "mysqldump of views"),
     p("TRIGGER", "mysqldump of triggers"),
@@ -194,6 +198,18 @@ pub fn agent_privileges(flavor: Flavor) -> Option<&'static [Privilege]> {
 /// The privilege replicas' account needs on every member.
 pub const REPLICATION_PRIVILEGE: &str = "REPLICATION SLAVE";
 
+/// What the replicas' account needs on every member of a `flavor`
+/// cluster: `REPLICATION SLAVE`, and on MySQL `BACKUP_ADMIN`, with which a
+/// member being rebuilt clones a donor's data (`CLONE INSTANCE FROM`
+/// connects as this account; it reads no more than the binlogs it
+/// already may).
+pub fn replication_privileges(flavor: Flavor) -> &'static [&'static str] {
+    match flavor {
+        Flavor::MariaDb => &[REPLICATION_PRIVILEGE],
+        Flavor::MySql => &[REPLICATION_PRIVILEGE, "BACKUP_ADMIN"],
+    }
+}
+
 fn account(user: &str, host: &str) -> String {
     format!("'{user}'@'{host}'")
 }
@@ -209,10 +225,12 @@ pub fn agent_grant(flavor: Flavor, user: &str, host: &str) -> Option<String> {
     ))
 }
 
-/// `GRANT REPLICATION SLAVE ON *.* TO 'user'@'host'`.
-pub fn replication_grant(user: &str, host: &str) -> String {
+/// `GRANT REPLICATION SLAVE ON *.* TO 'user'@'host'` (see
+/// [`replication_privileges`]).
+pub fn replication_grant(flavor: Flavor, user: &str, host: &str) -> String {
     format!(
-        "GRANT {REPLICATION_PRIVILEGE} ON *.* TO {}",
+        "GRANT {} ON *.* TO {}",
+        replication_privileges(flavor).join(", "),
         account(user, host)
     )
 }

@@ -110,15 +110,15 @@ impl Drop for RemovedWhenDone {
 }
 
 /// The server's facts a restore depends on.
-struct Facts {
+pub(super) struct Facts {
     datadir: PathBuf,
     /// Its files, by which its process is identified and proven stopped.
-    files: ServerFiles,
+    pub(super) files: ServerFiles,
     version: String,
     page_size: u64,
 }
 
-async fn facts(t: &MysqlTarget) -> Result<Facts, String> {
+pub(super) async fn facts(t: &MysqlTarget) -> Result<Facts, String> {
     let limit = t.connect_timeout + t.query_timeout;
     tokio::time::timeout(limit, async {
         let (mut conn, _) = observer::connect(t).await?;
@@ -259,10 +259,17 @@ async fn stopped_and_exited(
 }
 
 /// Runs the start command in its own process group, reaped in the
-/// background, and waits until mysqld accepts connections.
-async fn start_mysqld(r: &Restore, files: &ServerFiles) -> Result<Conn, String> {
-    let (program, args) = r.start_command.split_first().ok_or("empty start_command")?;
-    let log = r.work.join("start.log");
+/// background (its output in `work`), and waits until mysqld accepts
+/// connections.
+pub(super) async fn start_mysqld(
+    start_command: &[String],
+    target: &MysqlTarget,
+    work: &Path,
+    phase: &super::Phase,
+    files: &ServerFiles,
+) -> Result<Conn, String> {
+    let (program, args) = start_command.split_first().ok_or("empty start_command")?;
+    let log = work.join("start.log");
     let out =
         std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let err = out
@@ -284,12 +291,11 @@ async fn start_mysqld(r: &Restore, files: &ServerFiles) -> Result<Conn, String> 
             *exited.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
         });
     }
-    let place = match &r.target.socket {
+    let place = match &target.socket {
         Some(s) => s.display().to_string(),
-        None => r.target.address.to_string(),
+        None => target.address.to_string(),
     };
-    r.phase
-        .set("waiting for mysqld to accept connections after start_command");
+    phase.set("waiting for mysqld to accept connections after start_command");
     info!(
         place,
         "restore: start_command ran; waiting for mysqld to accept connections"
@@ -308,7 +314,7 @@ async fn start_mysqld(r: &Restore, files: &ServerFiles) -> Result<Conn, String> 
     // restore soon instead of after START_TIMEOUT.
     let mut no_server_since: Option<Instant> = None;
     loop {
-        if let Ok((conn, _)) = observer::connect(&r.target).await {
+        if let Ok((conn, _)) = observer::connect(target).await {
             return Ok(conn);
         }
         let status = exited.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -376,7 +382,7 @@ async fn put_back(
                     )
                 })
                 .unwrap_or_default();
-            match start_mysqld(r, files).await {
+            match start_mysqld(&r.start_command, &r.target, &r.work, &r.phase, files).await {
                 Ok(_) => format!("the previous data is back and mysqld runs on it{kept}"),
                 Err(e) => format!("the previous data is back but mysqld did not start: {e}{kept}"),
             }
@@ -438,7 +444,11 @@ fn stop_position(
             }
             stop = stop.merge(g);
         }
-        Target::Time(t) => {
+        Target::Time(_) | Target::Latest => {
+            let t = match to {
+                Target::Time(t) => *t,
+                _ => i64::MAX,
+            };
             let mut past: Option<String> = None;
             let mut done = false;
             for f in files {
@@ -446,7 +456,7 @@ fn stop_position(
                     .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
                 events::each_transaction(BufReader::new(file), flavor, |x| {
                     let new = !start.holds(&x.gtid);
-                    if i64::from(x.ts) >= *t {
+                    if i64::from(x.ts) >= t {
                         if !new {
                             past = Some(x.gtid.to_string());
                         }
@@ -631,7 +641,7 @@ pub async fn restore(
                 })
                 .collect();
             let (streams, unproven) = store::proven(streams, &r.writers);
-            let plan = store::plan(&streams, &start, target).map_err(|e| {
+            let planned = store::plan(&streams, &start, target).map_err(|e| {
                 if unproven.is_empty() {
                     e
                 } else {
@@ -640,18 +650,33 @@ pub async fn restore(
                         unproven.join("; ")
                     )
                 }
-            })?;
-            r.phase.set("fetching archived binlogs");
-            let dir = r.work.join("binlogs");
-            let (target, start2, repo) = (target.clone(), start.clone(), r.repository.clone());
-            let fetched = tokio::task::spawn_blocking(move || {
-                let files = fetch_binlogs(&repo, &plan, &dir)?;
-                let stop = stop_position(&files, flavor, &start2, &target)?;
-                Ok::<_, String>((plan, files, stop))
-            })
-            .await
-            .map_err(|e| format!("fetch task: {e}"))??;
-            Some(fetched)
+            });
+            // A rebuild replays what the archive holds; without one the
+            // primary's binlogs cover the way from the backup.
+            match (planned, target) {
+                (Ok(plan), _) => {
+                    r.phase.set("fetching archived binlogs");
+                    let dir = r.work.join("binlogs");
+                    let (target, start2, repo) =
+                        (target.clone(), start.clone(), r.repository.clone());
+                    let fetched = tokio::task::spawn_blocking(move || {
+                        let files = fetch_binlogs(&repo, &plan, &dir)?;
+                        let stop = stop_position(&files, flavor, &start2, &target)?;
+                        Ok::<_, String>((plan, files, stop))
+                    })
+                    .await
+                    .map_err(|e| format!("fetch task: {e}"))??;
+                    Some(fetched)
+                }
+                (Err(e), Target::Latest) => {
+                    warn!(
+                        error = e,
+                        "no archived binlogs to replay after the backup; the rejoin takes everything from the primary"
+                    );
+                    None
+                }
+                (Err(e), _) => return Err(e),
+            }
         }
         None => None,
     };
@@ -684,15 +709,16 @@ pub async fn restore(
     journal(Journal::Swapping(&f.files))?;
     stop_mysqld(&r.target, &f.files).await?;
     if let Err(e) = swap.swap_in() {
-        let again = match start_mysqld(&r, &f.files).await {
-            Ok(_) => "mysqld runs on the previous data".to_string(),
-            Err(e2) => format!("mysqld did not start again: {e2}"),
-        };
+        let again =
+            match start_mysqld(&r.start_command, &r.target, &r.work, &r.phase, &f.files).await {
+                Ok(_) => "mysqld runs on the previous data".to_string(),
+                Err(e2) => format!("mysqld did not start again: {e2}"),
+            };
         return Err(format!("{e}; {again}"));
     }
     r.phase.set("starting mysqld");
     let conn = match journal(Journal::Starting) {
-        Ok(()) => start_mysqld(&r, &f.files).await,
+        Ok(()) => start_mysqld(&r.start_command, &r.target, &r.work, &r.phase, &f.files).await,
         Err(e) => Err(e),
     };
     let mut conn = match conn {

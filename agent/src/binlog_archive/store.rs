@@ -211,6 +211,9 @@ pub enum Target {
     Time(i64),
     /// Up to and including these GTIDs.
     Gtid(GtidState),
+    /// Everything archived (a rebuild: the fewer transactions the primary
+    /// must still hold for the rejoin, the better).
+    Latest,
 }
 
 /// The chunks to replay: every chunk of the files from the first one to
@@ -297,6 +300,8 @@ fn runs(chunks: &[ChunkMeta]) -> Vec<&[ChunkMeta]> {
 /// the target. The reason names what is missing when none does.
 pub fn plan(streams: &[Stream], start: &GtidState, target: &Target) -> Result<Plan, String> {
     let mut why = Vec::new();
+    // for `Latest`: the run that ends last of those continuing the backup
+    let mut latest: Option<Plan> = None;
     for s in streams {
         for run in runs(&s.chunks) {
             // the last file start in the run at or before the backup
@@ -322,6 +327,18 @@ pub fn plan(streams: &[Stream], start: &GtidState, target: &Target) -> Result<Pl
                 p.merge(&GtidState::parse(&c.gtids).unwrap_or_default())
             });
             let reaches = match target {
+                Target::Latest => {
+                    let ends = |p: &Plan| p.chunks.last().map_or(0, |c| c.last_ts);
+                    let this = Plan {
+                        stream: s.name.clone(),
+                        key: s.key.clone(),
+                        chunks: tail.to_vec(),
+                    };
+                    if latest.as_ref().is_none_or(|l| ends(&this) > ends(l)) {
+                        latest = Some(this);
+                    }
+                    continue;
+                }
                 Target::Gtid(g) => reached.covers(g),
                 Target::Time(t) => {
                     tail.iter().any(|c| i64::from(c.last_ts) >= *t)
@@ -348,6 +365,9 @@ pub fn plan(streams: &[Stream], start: &GtidState, target: &Target) -> Result<Pl
                 chunks: tail.to_vec(),
             });
         }
+    }
+    if let Some(plan) = latest {
+        return Ok(plan);
     }
     if why.is_empty() {
         why.push("the cluster has no archived binlogs".into());
@@ -561,6 +581,10 @@ pub(crate) mod tests {
         assert_eq!(plan.chunks.len(), 2);
         assert_eq!(plan.chunks[0].file, "b.000002");
         let plan = plan_from(&s, "0-1-15", Target::Time(100 + 39)).unwrap();
+        assert_eq!(plan.chunks[0].file, "b.000001");
+        assert_eq!(plan.chunks.len(), 4);
+        // everything archived: from the same file start, to the end
+        let plan = plan_from(&s, "0-1-15", Target::Latest).unwrap();
         assert_eq!(plan.chunks[0].file, "b.000001");
         assert_eq!(plan.chunks.len(), 4);
     }

@@ -336,7 +336,7 @@ pub async fn bootstrap(
             "CREATE USER '{REPL_USER}'@'%' IDENTIFIED BY '{}'",
             creds.repl
         ),
-        privileges::replication_grant(REPL_USER, "%"),
+        privileges::replication_grant(flavor, REPL_USER, "%"),
         format!("CREATE DATABASE {APP_DATABASE}"),
         format!("CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{}'", creds.app),
         format!("GRANT ALL PRIVILEGES ON {APP_DATABASE}.* TO '{APP_USER}'@'%'"),

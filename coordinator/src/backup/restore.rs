@@ -37,6 +37,14 @@ pub struct RestoreRecord {
     /// GTIDs to replay up to (empty: none).
     #[serde(default)]
     pub to_gtid: String,
+    /// A rebuild by CLONE: the member cloned from (`backup_id` is then
+    /// empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub donor: String,
+    /// Asked for by `dbfleet rebuild`: from a backup, every archived
+    /// transaction after it is replayed before the rejoin.
+    #[serde(default)]
+    pub rebuild: bool,
     /// "running", "completed" or "failed".
     pub status: String,
     /// Why it failed.
@@ -55,6 +63,15 @@ pub struct RestoreRecord {
 impl RestoreRecord {
     fn point_in_time(&self) -> bool {
         self.to_time_unix != 0 || !self.to_gtid.is_empty()
+    }
+
+    /// What the host's data comes from, for events and messages.
+    pub(super) fn source(&self) -> String {
+        if self.donor.is_empty() {
+            format!("backup {}", self.backup_id)
+        } else {
+            format!("a CLONE of {}", self.donor)
+        }
     }
 
     fn target(&self) -> String {
@@ -82,6 +99,7 @@ impl RestoreRecord {
             detail: self.detail.clone(),
             started_at_unix_ms: self.started_at_unix_ms,
             finished_at_unix_ms: self.finished_at_unix_ms,
+            donor: self.donor.clone(),
             ..Default::default()
         }
     }
@@ -111,8 +129,8 @@ fn refuse_in(rec: &ClusterRecord, host: &str) -> Option<String> {
     None
 }
 
-/// Why `host` may not be restored over now, if it may not.
-fn refuse(rec: &ClusterRecord, m: &MemberState) -> Option<String> {
+/// Why `host` may not be restored over (or rebuilt) now, if it may not.
+pub(super) fn refuse(rec: &ClusterRecord, m: &MemberState) -> Option<String> {
     let host = &m.host;
     if let Some(why) = refuse_in(rec, host) {
         return Some(why);
@@ -182,24 +200,40 @@ impl Backups {
             host: m.host.clone(),
             to_time_unix: req.to_time_unix,
             to_gtid: req.to_gtid.clone(),
+            donor: String::new(),
+            rebuild: false,
             status: RUNNING.into(),
             error: String::new(),
             detail: String::new(),
             started_at_unix_ms: unix_ms(),
             finished_at_unix_ms: 0,
         };
+        self.start(&cluster, m, epoch, r, None).await
+    }
+
+    /// Records restore `r` onto `m` (the host out of service first) and
+    /// starts it on the agent: from its backup, or as a CLONE of the
+    /// mysqld at `clone` (its address and whether TLS is required).
+    pub(super) async fn start(
+        &self,
+        cluster: &str,
+        m: &MemberState,
+        epoch: Epoch,
+        r: RestoreRecord,
+        clone: Option<(String, bool)>,
+    ) -> Result<pb::RestoreView, ServiceError> {
+        let cluster = cluster.to_string();
         // Intent first, and the host out of service before its mysqld stops.
         let r = {
             let mut r = r;
             let e = Event::new(
-                "restore-started",
+                if r.rebuild {
+                    "rebuild-started"
+                } else {
+                    "restore-started"
+                },
                 &m.host,
-                format!(
-                    "restoring backup {} onto {} ({})",
-                    r.backup_id,
-                    m.host,
-                    r.target()
-                ),
+                format!("restoring {} onto {} ({})", r.source(), m.host, r.target()),
                 &epoch,
                 vec![],
             );
@@ -207,9 +241,14 @@ impl Backups {
                 .update_cluster(&cluster, epoch.clone(), move |rec| {
                     // again on the record being changed: a switchover or
                     // another restore may have started since the check
-                    if let Some(why) = refuse_in(rec, &r.host)
-                        .or_else(|| super::schedule::unusable(&rec.backups, &r.backup_id))
-                    {
+                    let unusable = || {
+                        if r.donor.is_empty() {
+                            super::schedule::unusable(&rec.backups, &r.backup_id)
+                        } else {
+                            None
+                        }
+                    };
+                    if let Some(why) = refuse_in(rec, &r.host).or_else(unusable) {
                         return Err(ServiceError::Refused(why));
                     }
                     while rec.restores.contains_key(&r.id) {
@@ -217,7 +256,7 @@ impl Backups {
                     }
                     rec.control.detached.insert(
                         r.host.clone(),
-                        format!("restore {} of backup {} running", r.id, r.backup_id),
+                        format!("restore {} of {} running", r.id, r.source()),
                     );
                     rec.control.record(e);
                     rec.restores.insert(r.id.clone(), r.clone());
@@ -237,11 +276,15 @@ impl Backups {
             .collect();
         exclude_hosts.sort();
         exclude_hosts.dedup();
+        let (clone_donor, clone_tls) = clone.unwrap_or_default();
         let cmd = Command::StartRestore(pb::StartRestore {
             job_id: r.id.clone(),
             backup_id: r.backup_id.clone(),
             to_time_unix: r.to_time_unix,
             to_gtid: r.to_gtid.clone(),
+            clone_donor,
+            clone_tls,
+            replay_archive: r.rebuild && r.donor.is_empty(),
             exclude_hosts,
             // Only members' streams, each chunk signed by its member.
             archive_writers: self
@@ -325,12 +368,14 @@ impl Backups {
             })
             .collect();
         for r in ended {
+            let rebuild = r.rebuild;
             let (kind, message, detached) = match (r.status.as_str(), r.point_in_time()) {
                 ("completed", false) => (
-                    "restored",
+                    if rebuild { "rebuilt" } else { "restored" },
                     format!(
-                        "{} restored from backup {}; it rejoins as a replica",
-                        r.host, r.backup_id
+                        "{} restored from {}; it rejoins as a replica",
+                        r.host,
+                        r.source()
                     ),
                     None,
                 ),
@@ -349,7 +394,11 @@ impl Backups {
                     )),
                 ),
                 _ => (
-                    "restore-failed",
+                    if rebuild {
+                        "rebuild-failed"
+                    } else {
+                        "restore-failed"
+                    },
                     format!("restore {} onto {} failed: {}", r.id, r.host, r.error),
                     Some(format!(
                         "restore {} failed ({}); restore it again",

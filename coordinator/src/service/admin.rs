@@ -79,6 +79,17 @@ impl AdminService for AdminApi {
             .map(Response::new)
     }
 
+    async fn rebuild_member(
+        &self,
+        request: Request<pb::RebuildMemberRequest>,
+    ) -> Result<Response<pb::RestoreView>, Status> {
+        let asked = self.audit.asked(&request)?;
+        let done = self.backups.rebuild(request.into_inner()).await;
+        self.audit
+            .done(asked, done.map_err(Status::from))
+            .map(Response::new)
+    }
+
     async fn set_backup_policy(
         &self,
         request: Request<pb::SetBackupPolicyRequest>,

@@ -1,0 +1,204 @@
+//! Rebuilding this host's MySQL server by remote CLONE from a donor
+//! member (`dbfleet rebuild`): mysqld copies the donor's data over the
+//! network into its own data directory and restarts, and the agent makes
+//! the result a read-only server replicating from nobody, for the
+//! coordinator to rejoin.
+//!
+//! mysqld does the copying and the swap itself: `CLONE INSTANCE FROM`
+//! drops the recipient's data, copies the donor's, and restarts the
+//! server when a supervisor (systemd, mysqld_safe) runs it; otherwise the
+//! server stops and the agent runs `[mysql] start_command`, as after a
+//! restore. The donor is reached over the replication account (which
+//! needs `BACKUP_ADMIN` there), with TLS verified against this server's
+//! CA when the cluster requires TLS.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dbfleet_common::config::Secret;
+use dbfleet_proto::model::Flavor;
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use tracing::info;
+
+use super::Phase;
+use super::restore::{self, Facts};
+use crate::mysql::flavor::role::quote;
+use crate::mysql::observer::{self, MysqlTarget};
+use crate::mysql::process;
+
+/// MySQL's error when the clone completed but no supervisor restarts the
+/// server: it has shut down, on the cloned data.
+const RESTART_NOT_SUPERVISED: u16 = 3707;
+/// How long the clone and the restart after it may take before the
+/// rebuild gives up waiting (the clone itself goes on in mysqld).
+const CLONE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// What a rebuild by CLONE needs.
+pub struct CloneRebuild {
+    /// The donor's mysqld.
+    pub donor_host: String,
+    /// See `donor_host`.
+    pub donor_port: u16,
+    /// The connection to the donor must be TLS, verified.
+    pub tls: bool,
+    /// This host's mysqld.
+    pub target: MysqlTarget,
+    /// The replication account, which the donor admits.
+    pub replication: Option<(String, Secret)>,
+    /// How to start mysqld when no supervisor restarts it.
+    pub start_command: Vec<String>,
+    /// The job's own directory (the start command's log).
+    pub work: PathBuf,
+    /// The step it is on.
+    pub phase: Phase,
+}
+
+/// Runs the rebuild; returns a one-line summary.
+pub async fn clone_from(c: CloneRebuild) -> Result<String, String> {
+    let started = Instant::now();
+    let Some((user, password)) = &c.replication else {
+        return Err(
+            "cannot clone: set mysql.replication_user and mysql.replication_password_file in the agent config (the donor admits the replication account)"
+                .into(),
+        );
+    };
+    // read-only, identified by its files: never cloned over a primary
+    let f: Facts = restore::facts(&c.target).await?;
+    if let Some(pid) = process::identify(&f.files)?
+        && process::socket_activated(pid)?
+    {
+        return Err(format!(
+            "mysqld (pid {pid}) was started by socket activation: {}",
+            process::SOCKET_ACTIVATION_FIX
+        ));
+    }
+    let (mut conn, flavor) = observer::connect(&c.target).await?;
+    if flavor != Flavor::MySql {
+        return Err(
+            "CLONE is MySQL's: a MariaDB member is rebuilt from a backup (dbfleet backup restore)"
+                .into(),
+        );
+    }
+    let donor = format!("{}:{}", c.donor_host, c.donor_port);
+    let mut setup = vec![format!(
+        "SET GLOBAL clone_valid_donor_list = {}",
+        quote(&donor)
+    )];
+    if c.tls {
+        let ca: Option<Option<String>> = conn
+            .query_first("SELECT @@ssl_ca")
+            .await
+            .map_err(|e| format!("reading ssl_ca: {e}"))?;
+        let ca = ca.flatten().filter(|c| !c.is_empty()).ok_or(
+            "the cluster requires TLS to MySQL but this mysqld has no ssl_ca to check the donor's certificate with",
+        )?;
+        setup.push(format!("SET GLOBAL clone_ssl_ca = {}", quote(&ca)));
+    }
+    // CLONE refuses to run under super_read_only (its data is replaced
+    // whatever is written meanwhile; read_only stays on); it is set again
+    // if the clone fails, and persisted once the clone restarted.
+    setup.push("SET GLOBAL super_read_only = OFF".into());
+    for sql in &setup {
+        conn.query_drop(sql)
+            .await
+            .map_err(|e| format!("{sql}: {e}"))?;
+    }
+    c.phase.set("cloning from the donor");
+    info!(donor, "rebuild: CLONE INSTANCE running");
+    // The statement carries the password: errors name the step and the
+    // server's message, never the statement.
+    let clone = format!(
+        "CLONE INSTANCE FROM {}@{}:{} IDENTIFIED BY {} {}",
+        quote(user),
+        quote(&c.donor_host),
+        c.donor_port,
+        quote(password.expose()),
+        if c.tls {
+            "REQUIRE SSL"
+        } else {
+            "REQUIRE NO SSL"
+        }
+    );
+    let outcome = tokio::time::timeout(CLONE_TIMEOUT, conn.query_drop(clone)).await;
+    match outcome {
+        Err(_) => {
+            return Err(format!(
+                "the clone from {donor} did not end within {CLONE_TIMEOUT:?}; see mysqld's error log and performance_schema.clone_status"
+            ));
+        }
+        Ok(Ok(())) => {}
+        // cloned, and stopped for want of a supervisor
+        Ok(Err(mysql_async::Error::Server(e))) if e.code == RESTART_NOT_SUPERVISED => {}
+        Ok(Err(mysql_async::Error::Server(e))) => {
+            let fenced = match conn.query_drop("SET GLOBAL super_read_only = ON").await {
+                Ok(()) => String::new(),
+                Err(f) => format!("; super_read_only could not be set again ({f})"),
+            };
+            return Err(format!(
+                "the clone from {donor} failed (server error {}): {}{fenced}",
+                e.code, e.message
+            ));
+        }
+        // the server restarted under its supervisor, dropping us
+        Ok(Err(_)) => {}
+    }
+    drop(conn);
+    c.phase.set("waiting for mysqld after the clone");
+    let mut conn = match restart_or_wait(&c, &f).await {
+        Ok(conn) => conn,
+        Err(e) => return Err(format!("cloned from {donor}, but {e}")),
+    };
+    // Read-only across restarts, replicating from nobody until the
+    // coordinator repoints it (a clone of a replica carries the donor's
+    // replication settings).
+    for sql in [
+        "SET PERSIST super_read_only = ON",
+        "STOP REPLICA",
+        "RESET REPLICA ALL",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .map_err(|e| format!("rebuilt server: {sql}: {e}"))?;
+    }
+    let gtids: String = conn
+        .query_first("SELECT @@GLOBAL.gtid_executed")
+        .await
+        .map_err(|e| format!("rebuilt server: reading its GTID set: {e}"))?
+        .unwrap_or_default();
+    let _ = conn.disconnect().await;
+    let summary = format!(
+        "cloned from {donor} at GTID set {:?}; read-only ({:.1}s)",
+        gtids.replace('\n', ""),
+        started.elapsed().as_secs_f64()
+    );
+    info!(summary, "rebuild completed");
+    Ok(summary)
+}
+
+/// After the clone: the server restarted itself (a supervisor runs it),
+/// or it stopped and `start_command` starts it. Waits until it answers.
+async fn restart_or_wait(c: &CloneRebuild, f: &Facts) -> Result<Conn, String> {
+    let deadline = Instant::now() + CLONE_TIMEOUT;
+    loop {
+        if let Ok((conn, _)) = observer::connect(&c.target).await {
+            return Ok(conn);
+        }
+        // stopped for good (nothing holds its files, nothing answers):
+        // started by the operator's command
+        if process::identify(&f.files)?.is_none()
+            && process::wait_stopped(&f.files, Duration::from_secs(5))
+                .await
+                .is_ok()
+        {
+            return restore::start_mysqld(&c.start_command, &c.target, &c.work, &c.phase, &f.files)
+                .await;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "mysqld neither answered nor stopped within {CLONE_TIMEOUT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
