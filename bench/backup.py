@@ -14,12 +14,13 @@ It prints the stream size, stored size (compression ratio) and throughput
 (stream bytes per second) of each, and the time of `dbfleet backup verify`
 (restore, prepare, start, CHECK TABLE) for the last dbfleet backup.
 
-With FLAVOR=mysql the servers are MySQL 9.7 (./scripts/install-mysql):
+With --flavor mysql the servers are MySQL 9.7 (./scripts/install-mysql):
 dbfleet takes the backup with the CLONE plugin, and the pipeline is
 `CLONE LOCAL DATA DIRECTORY` then `tar | zstd -3 -T2 > file`.
 
-Usage: bench/backup.py [ROUNDS] (default 3); env ROWS_LOG2 (default 20),
-FLAVOR (mariadb or mysql). Needs `cargo build --bins` and pymysql.
+Usage: bench/backup.py [ROUNDS] [--flavor mariadb|mysql] (default 3
+rounds, MariaDB; FLAVOR in the environment works too); env ROWS_LOG2
+(default 20). Needs `cargo build --bins` and pymysql.
 """
 import json
 import os
@@ -31,7 +32,7 @@ import time
 import pymysql
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from failover import DBFLEET, Fleet  # noqa: E402
+from failover import DBFLEET, Fleet, bench_args  # noqa: E402
 
 BASE = os.environ.get("BENCH_BASE", "127.0.79")
 ROWS_LOG2 = int(os.environ.get("ROWS_LOG2", "20"))
@@ -148,7 +149,8 @@ def loaded_sandbox(prefix, replicas, base):
 
 
 def main():
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    global FLAVOR
+    rounds, FLAVOR = bench_args(3)
     work, sandbox, fleet, rows = loaded_sandbox("dbfleet-bench-backup-", 1, BASE)
     try:
         print(f"loaded {rows} rows; flavor {FLAVOR}; machine: {os.cpu_count()} cores")

@@ -15,12 +15,13 @@ times each:
 After each kill the old primary's processes are restarted and the round
 waits until it rejoined. The anti-flap budget is raised for the run.
 
-Usage: bench/failover.py [ROUNDS] (default 10); needs `cargo build --bins`
-and pymysql (apt-get install python3-pymysql or pip install pymysql).
+Usage: bench/failover.py [ROUNDS] [--flavor mariadb|mysql] (default 10
+rounds, MariaDB); needs `cargo build --bins` and pymysql (apt-get install
+python3-pymysql or pip install pymysql). `--flavor mysql` (or FLAVOR=mysql)
+runs MySQL 9.7 servers (./scripts/install-mysql) instead of MariaDB.
 MYSQL_TLS=off runs the sandbox on plain TCP (default: required, every
 connection and replication link over verified TLS), to measure what TLS
-costs. FLAVOR=mysql runs MySQL 9.7 servers (./scripts/install-mysql)
-instead of MariaDB.
+costs.
 """
 import json
 import os
@@ -201,14 +202,25 @@ def summary(name, xs):
           f"min={xs[0]:.3f}s")
 
 
+def bench_args(default_rounds):
+    """ROUNDS and --flavor from the command line (FLAVOR in the
+    environment as the default), shared by the bench scripts."""
+    import argparse
+    p = argparse.ArgumentParser()
+    p.add_argument("rounds", nargs="?", type=int, default=default_rounds)
+    p.add_argument("--flavor", choices=["mariadb", "mysql"],
+                   default=os.environ.get("FLAVOR", "mariadb"))
+    a = p.parse_args()
+    return a.rounds, a.flavor
+
+
 def main():
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    rounds, flavor = bench_args(10)
     work = tempfile.mkdtemp(prefix="dbfleet-bench-")
     # mkdtemp makes it 0700; the sandbox's mysqld runs as the mysql user
     os.chmod(work, 0o755)
     sandbox = os.path.join(work, "sb")
     tls = os.environ.get("MYSQL_TLS", "required")
-    flavor = os.environ.get("FLAVOR", "mariadb")
     print(f"TLS to MySQL: {tls}; flavor: {flavor}", flush=True)
     subprocess.run([DBFLEET, "sandbox", "up", "--dir", sandbox, "--base", BASE,
                     "--mysql-tls", tls, "--flavor", flavor], check=True, stdout=subprocess.DEVNULL)
