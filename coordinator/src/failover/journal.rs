@@ -247,6 +247,21 @@ pub struct Operation {
     pub promoted_at: Option<String>,
     /// Unix ms of the promotion.
     pub promoted_unix_ms: Option<i64>,
+    /// The old primary's last report when the operation passed its
+    /// barrier: a coordinator that restarts or takes over mid-failover has
+    /// no report of a dead primary in memory, and without what it held a
+    /// candidate with the old primary's last writes would look errant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_primary_last_seen: Option<LastSeen>,
+}
+
+/// What a server was last seen to hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSeen {
+    /// Everything executed (MariaDB gtid_current_pos, MySQL gtid_executed).
+    pub executed: String,
+    /// Its server_uuid (MySQL; empty on MariaDB).
+    pub server_uuid: String,
 }
 
 impl Operation {
@@ -278,6 +293,7 @@ impl Operation {
             candidate: None,
             promoted_at: None,
             promoted_unix_ms: None,
+            old_primary_last_seen: None,
         }
     }
 }

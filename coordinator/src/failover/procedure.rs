@@ -188,6 +188,15 @@ impl Failovers {
             if let Err(e) = result {
                 return self.finish(op, Err(e), started).await;
             }
+            if op.step == Step::Barrier && op.old_primary_last_seen.is_none() {
+                // journaled with the next step
+                op.old_primary_last_seen =
+                    self.last_server(&op.old_primary)
+                        .map(|s| super::journal::LastSeen {
+                            executed: s.gtid.executed,
+                            server_uuid: s.server_uuid,
+                        });
+            }
             if op.step == Step::Barrier && op.automatic && op.kind == OperationKind::Failover {
                 // The re-check under the recorded intent.
                 let cluster = self.cluster_of(&op);
@@ -812,16 +821,15 @@ impl Failovers {
     }
 
     /// What the old primary was last seen to hold and its server_uuid:
-    /// frozen by this operation (a switchover), else its last report;
-    /// empty when neither is known.
+    /// frozen by this operation (a switchover), else its last report in
+    /// memory, else the one journaled at the barrier (after a restart or
+    /// a takeover); empty when none is known.
     fn old_primary_seen(&self, op: &Operation) -> (String, String) {
-        match op.frozen.get(&op.old_primary) {
-            Some(f) => (f.executed.clone(), f.server_uuid.clone()),
-            None => self
-                .last_server(&op.old_primary)
-                .map(|s| (s.gtid.executed, s.server_uuid))
-                .unwrap_or_default(),
-        }
+        seen(
+            op.frozen.get(&op.old_primary),
+            self.last_server(&op.old_primary),
+            op.old_primary_last_seen.as_ref(),
+        )
     }
 
     /// The cluster's one flavor, from its reachable members' reports
@@ -838,5 +846,77 @@ impl Failovers {
             return Err(ServiceError::Refused(why));
         }
         Ok(servers.first().map_or(Flavor::MariaDb, |(_, s)| s.flavor))
+    }
+}
+
+/// The old primary's executed set and server_uuid from the best of what
+/// is known: frozen by the operation, its report in memory, the report
+/// journaled at the barrier.
+fn seen(
+    frozen: Option<&super::journal::Frozen>,
+    in_memory: Option<dbfleet_proto::model::ServerState>,
+    journaled: Option<&super::journal::LastSeen>,
+) -> (String, String) {
+    match (frozen, in_memory, journaled) {
+        (Some(f), _, _) => (f.executed.clone(), f.server_uuid.clone()),
+        (None, Some(s), _) => (s.gtid.executed, s.server_uuid),
+        (None, None, Some(l)) => (l.executed.clone(), l.server_uuid.clone()),
+        (None, None, None) => Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::journal::{Frozen, LastSeen};
+    use super::*;
+
+    fn server(executed: &str) -> dbfleet_proto::model::ServerState {
+        dbfleet_proto::model::ServerState {
+            tls: None,
+            version: "9.7.4".into(),
+            flavor: Flavor::MySql,
+            server_id: 1,
+            server_uuid: "now".into(),
+            read_only: false,
+            super_read_only: false,
+            gtid: dbfleet_proto::model::GtidState {
+                executed: executed.into(),
+                ..Default::default()
+            },
+            replication: None,
+            semi_sync: Default::default(),
+            binlog: Default::default(),
+            replicas_connected: 0,
+            replica_server_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn what_the_old_primary_held_survives_a_coordinator_restart_through_the_journal() {
+        let frozen = Frozen {
+            executed: "frozen".into(),
+            received: String::new(),
+            binlog_pos: String::new(),
+            slave_pos: String::new(),
+            server_id: 1,
+            server_uuid: "f".into(),
+            applier_error: String::new(),
+        };
+        let journaled = LastSeen {
+            executed: "journaled".into(),
+            server_uuid: "j".into(),
+        };
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            seen(Some(&frozen), Some(server("memory")), Some(&journaled)),
+            pair("frozen", "f")
+        );
+        assert_eq!(
+            seen(None, Some(server("memory")), Some(&journaled)),
+            pair("memory", "now")
+        );
+        // restarted: no report of the dead primary in memory
+        assert_eq!(seen(None, None, Some(&journaled)), pair("journaled", "j"));
+        assert_eq!(seen(None, None, None), pair("", ""));
     }
 }
