@@ -998,8 +998,17 @@ async fn sandbox_up(args: UpArgs, output: Output) -> anyhow::Result<()> {
             println!("  export DBFLEET_CONFIG={}", config.display());
             println!("  dbfleet status");
             println!("  dbfleet status --output json");
+            // the flavor's own client (MySQL's is in its unpacked tree)
+            let client = match args.flavor {
+                Flavor::MariaDb => "mariadb".to_string(),
+                Flavor::MySql => std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| sandbox::mysqld::MysqlInstall::find(exe.parent()?))
+                    .map(|i| i.program("mysql").display().to_string())
+                    .unwrap_or_else(|| "mysql".into()),
+            };
             println!(
-                "  mariadb -h {} -P {} -u {} -p  # password in {}/sandbox.json",
+                "  {client} -h {} -P {} -u {} -p  # password in {}/sandbox.json",
                 info.members[0].address,
                 info.members[0].mysql_port,
                 info.app_user,
