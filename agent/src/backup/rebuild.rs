@@ -65,14 +65,7 @@ pub async fn clone_from(c: CloneRebuild) -> Result<String, String> {
     };
     // read-only, identified by its files: never cloned over a primary
     let f: Facts = restore::facts(&c.target).await?;
-    if let Some(pid) = process::identify(&f.files)?
-        && process::socket_activated(pid)?
-    {
-        return Err(format!(
-            "mysqld (pid {pid}) was started by socket activation: {}",
-            process::SOCKET_ACTIVATION_FIX
-        ));
-    }
+    process::refuse_socket_activated(&f.files)?;
     let (mut conn, flavor) = observer::connect(&c.target).await?;
     if flavor != Flavor::MySql {
         return Err(
@@ -121,15 +114,15 @@ pub async fn clone_from(c: CloneRebuild) -> Result<String, String> {
         }
     );
     let outcome = tokio::time::timeout(CLONE_TIMEOUT, conn.query_drop(clone)).await;
-    match outcome {
+    let supervised = match outcome {
         Err(_) => {
             return Err(format!(
                 "the clone from {donor} did not end within {CLONE_TIMEOUT:?}; see mysqld's error log and performance_schema.clone_status"
             ));
         }
-        Ok(Ok(())) => {}
-        // cloned, and stopped for want of a supervisor
-        Ok(Err(mysql_async::Error::Server(e))) if e.code == RESTART_NOT_SUPERVISED => {}
+        Ok(Ok(())) => true,
+        // cloned, and shutting down for want of a supervisor
+        Ok(Err(mysql_async::Error::Server(e))) if e.code == RESTART_NOT_SUPERVISED => false,
         Ok(Err(mysql_async::Error::Server(e))) => {
             let fenced = match conn.query_drop("SET GLOBAL super_read_only = ON").await {
                 Ok(()) => String::new(),
@@ -141,11 +134,11 @@ pub async fn clone_from(c: CloneRebuild) -> Result<String, String> {
             ));
         }
         // the server restarted under its supervisor, dropping us
-        Ok(Err(_)) => {}
-    }
+        Ok(Err(_)) => true,
+    };
     drop(conn);
     c.phase.set("waiting for mysqld after the clone");
-    let mut conn = match restart_or_wait(&c, &f).await {
+    let mut conn = match restarted(&c, &f, supervised).await {
         Ok(conn) => conn,
         Err(e) => return Err(format!("cloned from {donor}, but {e}")),
     };
@@ -176,27 +169,40 @@ pub async fn clone_from(c: CloneRebuild) -> Result<String, String> {
     Ok(summary)
 }
 
-/// After the clone: the server restarted itself (a supervisor runs it),
-/// or it stopped and `start_command` starts it. Waits until it answers.
-async fn restart_or_wait(c: &CloneRebuild, f: &Facts) -> Result<Conn, String> {
-    let deadline = Instant::now() + CLONE_TIMEOUT;
+/// After the clone, a connection to the server on the cloned data: the
+/// one its supervisor restarted (`supervised`: a server up for less time
+/// than since the clone ended), or, when it shut down for want of one,
+/// the one `start_command` starts once the old one is proven stopped (it
+/// may still answer for a moment while it shuts down).
+async fn restarted(c: &CloneRebuild, f: &Facts, supervised: bool) -> Result<Conn, String> {
+    let ended = Instant::now();
+    let deadline = ended + CLONE_TIMEOUT;
     loop {
-        if let Ok((conn, _)) = observer::connect(&c.target).await {
-            return Ok(conn);
+        if supervised && let Ok((mut conn, _)) = observer::connect(&c.target).await {
+            let uptime: Option<(String, u64)> = conn
+                .query_first("SHOW GLOBAL STATUS LIKE 'Uptime'")
+                .await
+                .ok()
+                .flatten();
+            if uptime.is_some_and(|(_, up)| up <= ended.elapsed().as_secs() + 1) {
+                return Ok(conn);
+            }
         }
-        // stopped for good (nothing holds its files, nothing answers):
-        // started by the operator's command
         if process::identify(&f.files)?.is_none()
             && process::wait_stopped(&f.files, Duration::from_secs(5))
                 .await
                 .is_ok()
         {
+            if supervised {
+                // a supervisor that did not restart it: started here
+                info!("mysqld stopped after the clone and nothing restarted it");
+            }
             return restore::start_mysqld(&c.start_command, &c.target, &c.work, &c.phase, &f.files)
                 .await;
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "mysqld neither answered nor stopped within {CLONE_TIMEOUT:?}"
+                "mysqld neither restarted nor stopped within {CLONE_TIMEOUT:?}"
             ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
