@@ -270,6 +270,9 @@ pub struct Jobs {
     cancel: Arc<AtomicBool>,
 }
 
+/// A job just registered: its progress counter, its step and its marker.
+type Begun = (Arc<AtomicU64>, Phase, Marker);
+
 /// Ids become directory names: letters, digits, `.`, `_` and `-` only.
 fn valid_id(id: &str) -> Result<(), ControlError> {
     let ok = !id.is_empty()
@@ -548,6 +551,22 @@ impl Jobs {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
+    /// After [`Jobs::stop`]: waits, at most `limit`, until no backup or
+    /// verification runs any more, so that what they started outside the
+    /// agent (a tool, mysqld's CLONE statement) is ended before the agent
+    /// exits. Restores and rebuilds are not stopped: their journal tells
+    /// the next start what to undo.
+    pub async fn stopped(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline
+            && self.lock().iter().any(|e| {
+                e.job.state == RUNNING && matches!(e.job.kind.as_str(), "backup" | "verify")
+            })
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The repository, when backups are configured.
     fn store(&self) -> Option<&Arc<Repository>> {
         self.config.as_ref().and_then(|c| c.store.as_ref())
@@ -570,6 +589,36 @@ impl Jobs {
 
     /// Registers a job unless it exists (idempotent) or another runs.
     /// `Ok(Err(words))`: already known, with its state in words.
+    /// Registers job `job_id` of `kind` (using `uses`) and writes its
+    /// marker, naming `partial` as what the next agent removes should this
+    /// one be killed. `Ok(Err(state))`: the job is known already (a
+    /// command sent again), in that state.
+    fn begin(
+        &self,
+        job_id: &str,
+        kind: &str,
+        uses: &str,
+        partial: &Path,
+    ) -> Result<Result<Begun, String>, ControlError> {
+        let (progress, phase) = match self.register(job_id, kind, uses)? {
+            Ok(p) => p,
+            Err(known) => return Ok(Err(known)),
+        };
+        let marker = Marker {
+            id: job_id.to_string(),
+            kind: kind.into(),
+            partial: partial.to_path_buf(),
+            also: vec![],
+            backup: None,
+            swap: None,
+        };
+        if let Err(e) = self.write_marker(&marker) {
+            self.finish(job_id, Err(e.to_string()));
+            return Err(e);
+        }
+        Ok(Ok((progress, phase, marker)))
+    }
+
     fn register(
         &self,
         id: &str,
@@ -689,21 +738,10 @@ impl Jobs {
         valid_id(backup_id)?;
         let backup = BackupDir::new(self.repository()?, &self.cluster, backup_id);
         let scratch = self.scratch.join(job_id);
-        let (progress, phase) = match self.register(job_id, "verify", backup_id)? {
+        let (progress, phase, _) = match self.begin(job_id, "verify", backup_id, &scratch)? {
             Ok(p) => p,
             Err(known) => return Ok(known),
         };
-        if let Err(e) = self.write_marker(&Marker {
-            id: job_id.to_string(),
-            kind: "verify".into(),
-            partial: scratch.clone(),
-            also: vec![],
-            backup: None,
-            swap: None,
-        }) {
-            self.finish(job_id, Err(e.to_string()));
-            return Err(e);
-        }
         let jobs = self.clone();
         let job_id = job_id.to_string();
         tokio::spawn(async move {
@@ -749,22 +787,10 @@ impl Jobs {
         })?;
         let backup = BackupDir::new(self.repository()?, &self.cluster, backup_id);
         let work = self.scratch.join(job_id);
-        let (progress, phase) = match self.register(job_id, "restore", backup_id)? {
+        let (progress, phase, marker) = match self.begin(job_id, "restore", backup_id, &work)? {
             Ok(p) => p,
             Err(known) => return Ok(known),
         };
-        let marker = Marker {
-            id: job_id.to_string(),
-            kind: "restore".into(),
-            partial: work.clone(),
-            also: vec![],
-            backup: None,
-            swap: None,
-        };
-        if let Err(e) = self.write_marker(&marker) {
-            self.finish(job_id, Err(e.to_string()));
-            return Err(e);
-        }
         let defaults = self.dir.join(format!("{job_id}.cnf"));
         let jobs = self.clone();
         let job_id = job_id.to_string();
@@ -836,22 +862,11 @@ impl Jobs {
             )
         })?;
         let work = self.scratch.join(job_id);
-        let (_, phase) = match self.register(job_id, "restore", &format!("a CLONE of {donor}"))? {
+        let uses = format!("a CLONE of {donor}");
+        let (_, phase, _) = match self.begin(job_id, "restore", &uses, &work)? {
             Ok(p) => p,
             Err(known) => return Ok(known),
         };
-        let marker = Marker {
-            id: job_id.to_string(),
-            kind: "restore".into(),
-            partial: work.clone(),
-            also: vec![],
-            backup: None,
-            swap: None,
-        };
-        if let Err(e) = self.write_marker(&marker) {
-            self.finish(job_id, Err(e.to_string()));
-            return Err(e);
-        }
         let jobs = self.clone();
         let job_id = job_id.to_string();
         let started = format!("rebuild by CLONE from {donor} started");

@@ -214,9 +214,12 @@ pub async fn run(
             .await;
             {
                 let (jobs, shutdown) = (jobs.clone(), shutdown.clone());
-                tokio::spawn(async move {
+                let limit = config.shutdown_timeout;
+                // joined at shutdown, so the agent exits once its jobs ended
+                tasks.spawn(async move {
                     shutdown.cancelled().await;
                     jobs.stop();
+                    jobs.stopped(limit).await;
                 });
             }
             if let Some(b) = config.backup.as_ref().filter(|b| b.archive_binlogs) {

@@ -221,6 +221,88 @@ async fn an_agent_killed_mid_backup_leaves_no_usable_looking_backup() {
 }
 
 #[tokio::test]
+async fn an_agent_stopped_mid_backup_ends_its_backup_tool_before_it_exits() {
+    let (mut fleet, writer) = fleet_with_writes().await;
+    // the tool held mid-stream: it cannot end by itself
+    let (id, tool) = held_backup(&fleet, "db2").await;
+    fleet.stop("agent-db2", PATIENCE);
+    let proc_entry = PathBuf::from(format!("/proc/{tool}"));
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while proc_entry.exists() {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "mariadb-backup (pid {tool}) outlived the agent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !backup_dir(&fleet, &id).exists(),
+        "the partial backup is removed"
+    );
+    fleet.start_agent("db2").unwrap();
+    writer.stop().await;
+}
+
+/// Whether `host`'s mysqld runs a `CLONE LOCAL` statement (the sandbox
+/// has no performance schema, so no clone_status: the process list).
+async fn cloning(fleet: &TestFleet, host: &str) -> bool {
+    fleet
+        .query_one(
+            host,
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'CLONE LOCAL%'",
+        )
+        .await
+        .as_deref()
+        != Some("0")
+}
+
+#[tokio::test]
+async fn an_agent_stopped_during_a_clone_backup_leaves_no_clone_running() {
+    let (mut fleet, writer) = fleet_with_writes_on(Flavor::MySql).await;
+    // a clone slow enough to be caught running: 1 MiB/s
+    fleet
+        .sql("db2", "SET GLOBAL clone_max_data_bandwidth = 1")
+        .await
+        .unwrap();
+    let (ok, b) = fleet.cli_json(&[
+        "backup",
+        "run",
+        "--cluster",
+        "main",
+        "--host",
+        "db2",
+        "--detach",
+    ]);
+    assert!(ok, "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while !cloning(&fleet, "db2").await {
+        assert!(tokio::time::Instant::now() < give_up, "the clone never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGTERM: the CLONE statement ends with the agent (mysqld ends it
+    // when the agent's connection closes), rather than go on writing into
+    // a directory the agent's next start removes
+    fleet.stop("agent-db2", PATIENCE);
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while cloning(&fleet, "db2").await {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the clone runs on without its agent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // it ended the job too: nothing of the backup is left (the catalog
+    // learns of it from the restarted agent, or a minute later)
+    assert!(
+        !backup_dir(&fleet, &id).exists(),
+        "the partial backup is removed"
+    );
+    fleet.start_agent("db2").unwrap();
+    writer.stop().await;
+}
+
+#[tokio::test]
 async fn a_full_repository_fails_the_backup_cleanly() {
     let (fleet, writer) = fleet_with_writes().await;
     let _disk = SmallDisk::mount(&fleet.dir.join("backups"));
