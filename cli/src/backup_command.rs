@@ -175,21 +175,7 @@ pub(crate) async fn backup_command(
                     to_gtid: to_gtid.unwrap_or_default(),
                 })
                 .await?;
-            let r = if detach || started.status != "running" {
-                started
-            } else {
-                if table {
-                    eprintln!("restore {} running on {}", started.id, started.host);
-                }
-                backup::wait_restore(&client, &started.id, table).await?
-            };
-            match output {
-                Output::Json => print_json(&backup::restore_json(&r))?,
-                Output::Table => print!("{}", backup::restore_text(&r)),
-            }
-            if r.status == "failed" {
-                std::process::exit(1);
-            }
+            follow_restore(&client, started, detach, output, "restore").await?;
         }
         BackupCommand::Schedule {
             cluster,
@@ -245,20 +231,33 @@ pub(crate) async fn rebuild_command(
     output: Output,
 ) -> anyhow::Result<()> {
     let client = Client::from_file(config)?;
-    let table = output == Output::Table;
     let started = client
         .rebuild_member(pb::RebuildMemberRequest {
             host,
             from: from.unwrap_or_default(),
         })
         .await?;
+    follow_restore(&client, started, detach, output, "rebuild").await
+}
+
+/// Waits for a started restore or rebuild (`what`) unless `detach`,
+/// showing its steps on stderr with table output, then prints it; exits 1
+/// when it failed.
+async fn follow_restore(
+    client: &Client,
+    started: pb::RestoreView,
+    detach: bool,
+    output: Output,
+    what: &str,
+) -> anyhow::Result<()> {
+    let table = output == Output::Table;
     let r = if detach || started.status != "running" {
         started
     } else {
         if table {
-            eprintln!("rebuild {} running on {}", started.id, started.host);
+            eprintln!("{what} {} running on {}", started.id, started.host);
         }
-        backup::wait_restore(&client, &started.id, table).await?
+        backup::wait_restore(client, &started.id, table).await?
     };
     match output {
         Output::Json => print_json(&backup::restore_json(&r))?,

@@ -26,7 +26,41 @@ const fn p(name: &'static str, needed_for: &'static str) -> Privilege {
     Privilege { name, needed_for }
 }
 
-/// MariaDB 10.6 and later (10.11 verified by the real-process tests).
+/// The data privileges a point-in-time restore's replay needs, on either
+/// flavor, after the flavor's own privilege to replay at all.
+const REPLAY_DATA: &[Privilege] = &[
+    p("INSERT", "point-in-time restores: replaying row changes"),
+    p("UPDATE", "point-in-time restores: replaying row changes"),
+    p("DELETE", "point-in-time restores: replaying row changes"),
+    p("CREATE", "point-in-time restores: replaying DDL"),
+    p("DROP", "point-in-time restores: replaying DDL"),
+    p("ALTER", "point-in-time restores: replaying DDL"),
+    p("INDEX", "point-in-time restores: replaying DDL"),
+    p(
+        "REFERENCES",
+        "point-in-time restores: replaying foreign keys",
+    ),
+    p("CREATE VIEW", "point-in-time restores: replaying views"),
+    p(
+        "CREATE ROUTINE",
+        "point-in-time restores: replaying stored routines",
+    ),
+    p(
+        "ALTER ROUTINE",
+        "point-in-time restores: replaying stored routines",
+    ),
+    p(
+        "EXECUTE",
+        "point-in-time restores: replaying statements that call routines",
+    ),
+    p(
+        "CREATE TEMPORARY TABLES",
+        "point-in-time restores: replaying statement-based temporary tables",
+    ),
+];
+
+/// MariaDB 10.6 and later (10.11 verified by the real-process tests),
+/// and [`REPLAY_DATA`].
 const MARIADB_AGENT: &[Privilege] = &[
     p(
         "RELOAD",
@@ -69,34 +103,6 @@ const MARIADB_AGENT: &[Privilege] = &[
     p(
         "BINLOG REPLAY",
         "point-in-time restores: replaying archived binlogs",
-    ),
-    p("INSERT", "point-in-time restores: replaying row changes"),
-    p("UPDATE", "point-in-time restores: replaying row changes"),
-    p("DELETE", "point-in-time restores: replaying row changes"),
-    p("CREATE", "point-in-time restores: replaying DDL"),
-    p("DROP", "point-in-time restores: replaying DDL"),
-    p("ALTER", "point-in-time restores: replaying DDL"),
-    p("INDEX", "point-in-time restores: replaying DDL"),
-    p(
-        "REFERENCES",
-        "point-in-time restores: replaying foreign keys",
-    ),
-    p("CREATE VIEW", "point-in-time restores: replaying views"),
-    p(
-        "CREATE ROUTINE",
-        "point-in-time restores: replaying stored routines",
-    ),
-    p(
-        "ALTER ROUTINE",
-        "point-in-time restores: replaying stored routines",
-    ),
-    p(
-        "EXECUTE",
-        "point-in-time restores: replaying statements that call routines",
-    ),
-    p(
-        "CREATE TEMPORARY TABLES",
-        "point-in-time restores: replaying statement-based temporary tables",
     ),
 ];
 
@@ -156,43 +162,16 @@ const MYSQL_AGENT: &[Privilege] = &[
         "REPLICATION_APPLIER",
         "point-in-time restores: replaying archived binlogs with their GTIDs",
     ),
-    p("INSERT", "point-in-time restores: replaying row changes"),
-    p("UPDATE", "point-in-time restores: replaying row changes"),
-    p("DELETE", "point-in-time restores: replaying row changes"),
-    p("CREATE", "point-in-time restores: replaying DDL"),
-    p("DROP", "point-in-time restores: replaying DDL"),
-    p("ALTER", "point-in-time restores: replaying DDL"),
-    p("INDEX", "point-in-time restores: replaying DDL"),
-    p(
-        "REFERENCES",
-        "point-in-time restores: replaying foreign keys",
-    ),
-    p("CREATE VIEW", "point-in-time restores: replaying views"),
-    p(
-        "CREATE ROUTINE",
-        "point-in-time restores: replaying stored routines",
-    ),
-    p(
-        "ALTER ROUTINE",
-        "point-in-time restores: replaying stored routines",
-    ),
-    p(
-        "EXECUTE",
-        "point-in-time restores: replaying statements that call routines",
-    ),
-    p(
-        "CREATE TEMPORARY TABLES",
-        "point-in-time restores: replaying statement-based temporary tables",
-    ),
 ];
 
 /// The account's global privileges for `flavor`; `None` where dbfleet has
 /// not verified a list against real servers.
-pub fn agent_privileges(flavor: Flavor) -> Option<&'static [Privilege]> {
-    match flavor {
-        Flavor::MariaDb => Some(MARIADB_AGENT),
-        Flavor::MySql => Some(MYSQL_AGENT),
-    }
+pub fn agent_privileges(flavor: Flavor) -> Option<Vec<Privilege>> {
+    let own = match flavor {
+        Flavor::MariaDb => MARIADB_AGENT,
+        Flavor::MySql => MYSQL_AGENT,
+    };
+    Some(own.iter().chain(REPLAY_DATA).copied().collect())
 }
 
 /// The privilege replicas' account needs on every member.
@@ -241,13 +220,12 @@ pub fn missing(flavor: Flavor, held: &[String]) -> Option<Vec<Privilege>> {
     let held: Vec<String> = held.iter().map(|h| h.trim().to_ascii_uppercase()).collect();
     Some(
         agent_privileges(flavor)?
-            .iter()
+            .into_iter()
             .filter(|p| {
                 !held
                     .iter()
                     .any(|h| h == p.name || aliases(p.name).contains(&h.as_str()))
             })
-            .copied()
             .collect(),
     )
 }
@@ -270,26 +248,28 @@ mod tests {
 
     #[test]
     fn the_grant_lists_every_privilege_once_and_nothing_sweeping() {
+        let (mariadb, mysql) = (
+            agent_privileges(Flavor::MariaDb).unwrap(),
+            agent_privileges(Flavor::MySql).unwrap(),
+        );
         let g = agent_grant(Flavor::MariaDb, "dbfleet_agent", "localhost").unwrap();
         assert!(g.starts_with("GRANT RELOAD, PROCESS,"), "{g}");
         assert!(g.ends_with(" ON *.* TO 'dbfleet_agent'@'localhost'"), "{g}");
         for sweeping in ["ALL", "SUPER", "GRANT OPTION", "CREATE USER", "FILE"] {
-            assert!(
-                !MARIADB_AGENT.iter().any(|p| p.name == sweeping),
-                "{sweeping}"
-            );
+            assert!(!mariadb.iter().any(|p| p.name == sweeping), "{sweeping}");
         }
-        let mut names: Vec<&str> = MARIADB_AGENT.iter().map(|p| p.name).collect();
+        let mut names: Vec<&str> = mariadb.iter().map(|p| p.name).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), MARIADB_AGENT.len());
+        assert_eq!(names.len(), mariadb.len());
         let g = agent_grant(Flavor::MySql, "a", "localhost").unwrap();
         assert!(g.starts_with("GRANT RELOAD, PROCESS,"), "{g}");
+        let mut names: Vec<&str> = mysql.iter().map(|p| p.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), mysql.len());
         for sweeping in ["ALL", "SUPER", "GRANT OPTION", "CREATE USER", "FILE"] {
-            assert!(
-                !MYSQL_AGENT.iter().any(|p| p.name == sweeping),
-                "{sweeping}"
-            );
+            assert!(!mysql.iter().any(|p| p.name == sweeping), "{sweeping}");
         }
     }
 
@@ -303,7 +283,7 @@ mod tests {
                 "docs/deploy.md must carry `{grant};`"
             );
         }
-        for p in MYSQL_AGENT {
+        for p in agent_privileges(Flavor::MySql).unwrap() {
             assert!(
                 guide.contains(&format!("`{}`", p.name)),
                 "{} is explained",
@@ -312,7 +292,7 @@ mod tests {
         }
         // Each is explained in the guide's table; the replay's data
         // privileges together, as one row.
-        for p in MARIADB_AGENT {
+        for p in agent_privileges(Flavor::MariaDb).unwrap() {
             let replay = p.needed_for.starts_with("point-in-time restores");
             assert!(
                 guide.contains(&format!("`{}`", p.name)) || replay,
@@ -324,7 +304,11 @@ mod tests {
 
     #[test]
     fn missing_privileges_are_named_and_renamed_ones_count() {
-        let mut held: Vec<String> = MARIADB_AGENT.iter().map(|p| p.name.to_string()).collect();
+        let mut held: Vec<String> = agent_privileges(Flavor::MariaDb)
+            .unwrap()
+            .iter()
+            .map(|p| p.name.to_string())
+            .collect();
         assert_eq!(missing(Flavor::MariaDb, &held), Some(vec![]));
         held.retain(|h| h != "CONNECTION ADMIN" && h != "SLAVE MONITOR");
         held.push("replica monitor".into());

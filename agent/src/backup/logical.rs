@@ -208,32 +208,24 @@ fn mysql_position(head: &str) -> Result<(String, u64, String), String> {
 }
 
 /// The dump tool's options for `flavor` (besides credentials and the
-/// tables left out): one consistent snapshot, its position recorded.
-fn dump_options(flavor: Flavor) -> &'static [&'static str] {
-    match flavor {
-        Flavor::MariaDb => &[
-            "--single-transaction",
-            "--master-data=2",
-            "--gtid",
-            "--all-databases",
-            "--routines",
-            "--events",
-            "--triggers",
-            "--hex-blob",
-            "--quick",
-        ],
-        Flavor::MySql => &[
-            "--single-transaction",
-            "--source-data=2",
-            "--set-gtid-purged=ON",
-            "--all-databases",
-            "--routines",
-            "--events",
-            "--triggers",
-            "--hex-blob",
-            "--quick",
-        ],
-    }
+/// tables left out): one consistent snapshot, its position recorded the
+/// flavor's way.
+fn dump_options(flavor: Flavor) -> Vec<&'static str> {
+    let position: [&str; 2] = match flavor {
+        Flavor::MariaDb => ["--master-data=2", "--gtid"],
+        Flavor::MySql => ["--source-data=2", "--set-gtid-purged=ON"],
+    };
+    let mut options = vec!["--single-transaction"];
+    options.extend(position);
+    options.extend([
+        "--all-databases",
+        "--routines",
+        "--events",
+        "--triggers",
+        "--hex-blob",
+        "--quick",
+    ]);
+    options
 }
 
 /// Runs the dump into `b.dir`. On error the caller removes what it

@@ -579,14 +579,7 @@ pub async fn restore(
     let started = Instant::now();
     let f = facts(&r.target).await?;
     // refused before anything is built: such a server cannot be stopped
-    if let Some(pid) = process::identify(&f.files)?
-        && process::socket_activated(pid)?
-    {
-        return Err(format!(
-            "mysqld (pid {pid}) was started by socket activation: {}",
-            process::SOCKET_ACTIVATION_FIX
-        ));
-    }
+    process::refuse_socket_activated(&f.files)?;
     let manifest = Manifest::read_usable(&r.backup_dir)?;
     if major_minor(&manifest.server_version) != major_minor(&f.version) {
         return Err(format!(

@@ -61,12 +61,6 @@ impl ServerProgram {
         else {
             return install_db(data, extra, log);
         };
-        // mysqld creates the directory, but not its parents; an empty one
-        // it takes as it is
-        std::fs::create_dir_all(data)
-            .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-        let out = std::fs::File::create(log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let mut cmd = Command::new(mysqld);
         cmd.arg("--no-defaults")
             .args(options)
@@ -74,21 +68,7 @@ impl ServerProgram {
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--log-error={}", log.display()))
             .args(extra);
-        if as_root() {
-            cmd.arg("--user=root");
-        }
-        let status = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().map_err(|e| e.to_string())?)
-            .stderr(out)
-            .status()
-            .map_err(|e| format!("cannot run {}: {e}", mysqld.display()))?;
-        if !status.success() {
-            return Err(format!(
-                "mysqld --initialize-insecure failed ({status}): {}",
-                tail(log, 3)
-            ));
-        }
+        initialize_with(cmd, "mysqld --initialize-insecure", data, log)?;
         for entry in std::fs::read_dir(data)
             .map_err(|e| format!("cannot read {}: {e}", data.display()))?
             .flatten()
@@ -202,16 +182,22 @@ fn as_root() -> bool {
 /// password-less `root@localhost` (reachable only through the scratch
 /// server's private socket, and dropped before the data is used).
 fn install_db(data: &Path, extra: &[String], log: &Path) -> Result<(), String> {
-    let tool = tools::find("mariadb-install-db")?;
-    std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-    let out =
-        std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let mut cmd = Command::new(&tool);
+    let mut cmd = Command::new(tools::find("mariadb-install-db")?);
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
         .arg("--auth-root-authentication-method=normal")
         .arg("--skip-test-db")
         .args(extra);
+    initialize_with(cmd, "mariadb-install-db", data, log)
+}
+
+/// Runs `cmd` (`what`, a server's initialisation) into `data`, as root
+/// when the agent is root, its output in `log`. The tools create the
+/// directory but not its parents, and take an empty one as it is.
+fn initialize_with(mut cmd: Command, what: &str, data: &Path, log: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    let out =
+        std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     if as_root() {
         cmd.arg("--user=root");
     }
@@ -220,12 +206,9 @@ fn install_db(data: &Path, extra: &[String], log: &Path) -> Result<(), String> {
         .stdout(out.try_clone().map_err(|e| e.to_string())?)
         .stderr(out)
         .status()
-        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
     if !status.success() {
-        return Err(format!(
-            "mariadb-install-db failed ({status}): {}",
-            tail(log, 3)
-        ));
+        return Err(format!("{what} failed ({status}): {}", tail(log, 3)));
     }
     Ok(())
 }

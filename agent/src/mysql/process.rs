@@ -170,6 +170,18 @@ pub const SOCKET_ACTIVATION_FIX: &str = "systemd starts it again on the next con
      socket unit and start mysqld by its service (systemctl disable --now mariadb.socket; \
      systemctl restart mariadb)";
 
+/// Refuses a job that stops mysqld (a restore, a rebuild) when the server
+/// holding `files` was started by socket activation: it could never be
+/// proven stopped.
+pub fn refuse_socket_activated(files: &ServerFiles) -> Result<(), String> {
+    match identify(files)? {
+        Some(pid) if socket_activated(pid)? => Err(format!(
+            "mysqld (pid {pid}) was started by socket activation: {SOCKET_ACTIVATION_FIX}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The live mysqld serving `files`: the holder of its lock file, whose
 /// command is a MySQL or MariaDB server. `Ok(None)`: nothing holds it.
 pub fn identify(files: &ServerFiles) -> Result<Option<i32>, String> {

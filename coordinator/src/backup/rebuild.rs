@@ -10,12 +10,11 @@
 //! host is out of service while it runs, and back in service, rejoined by
 //! the repair loop and no longer marked, when it completes.
 
-use dbfleet_common::clock::unix_ms;
 use dbfleet_proto::model::Flavor;
 use dbfleet_proto::pb;
 
 use super::restore::{RestoreRecord, refuse};
-use super::{BackupRecord, Backups, RUNNING, choose_host, stamp};
+use super::{BackupRecord, Backups, choose_host, stamp};
 use crate::error::ServiceError;
 use crate::fleet::MemberState;
 use crate::store::ClusterRecord;
@@ -117,35 +116,16 @@ impl Backups {
                 ))
             })?;
             let r = RestoreRecord {
-                id: format!("rebuild-{}-{}", m.host, stamp()),
-                backup_id: b.id.clone(),
-                host: m.host.clone(),
-                to_time_unix: 0,
-                to_gtid: String::new(),
-                donor: String::new(),
                 rebuild: true,
-                status: RUNNING.into(),
-                error: String::new(),
-                detail: String::new(),
-                started_at_unix_ms: unix_ms(),
-                finished_at_unix_ms: 0,
+                ..RestoreRecord::running(format!("rebuild-{}-{}", m.host, stamp()), &b.id, &m.host)
             };
             return self.start(&cluster, m, epoch, r, None).await;
         }
         let d = donor(&rec, &members, &m.host, &req.from).map_err(ServiceError::Refused)?;
         let r = RestoreRecord {
-            id: format!("rebuild-{}-{}", m.host, stamp()),
-            backup_id: String::new(),
-            host: m.host.clone(),
-            to_time_unix: 0,
-            to_gtid: String::new(),
             donor: d.host.clone(),
             rebuild: true,
-            status: RUNNING.into(),
-            error: String::new(),
-            detail: String::new(),
-            started_at_unix_ms: unix_ms(),
-            finished_at_unix_ms: 0,
+            ..RestoreRecord::running(format!("rebuild-{}-{}", m.host, stamp()), "", &m.host)
         };
         let tls = self.fleet.replica_tuning(&cluster).tls();
         self.start(&cluster, m, epoch, r, Some((d.mysql_address.clone(), tls)))

@@ -61,6 +61,25 @@ pub struct RestoreRecord {
 }
 
 impl RestoreRecord {
+    /// A restore of `backup_id` (empty for a CLONE) onto `host`, running
+    /// from now, to no target.
+    pub(super) fn running(id: String, backup_id: &str, host: &str) -> RestoreRecord {
+        RestoreRecord {
+            id,
+            backup_id: backup_id.to_string(),
+            host: host.to_string(),
+            to_time_unix: 0,
+            to_gtid: String::new(),
+            donor: String::new(),
+            rebuild: false,
+            status: RUNNING.into(),
+            error: String::new(),
+            detail: String::new(),
+            started_at_unix_ms: unix_ms(),
+            finished_at_unix_ms: 0,
+        }
+    }
+
     fn point_in_time(&self) -> bool {
         self.to_time_unix != 0 || !self.to_gtid.is_empty()
     }
@@ -195,18 +214,9 @@ impl Backups {
             )));
         }
         let r = RestoreRecord {
-            id: format!("restore-{}-{}", m.host, stamp()),
-            backup_id: b.id.clone(),
-            host: m.host.clone(),
             to_time_unix: req.to_time_unix,
             to_gtid: req.to_gtid.clone(),
-            donor: String::new(),
-            rebuild: false,
-            status: RUNNING.into(),
-            error: String::new(),
-            detail: String::new(),
-            started_at_unix_ms: unix_ms(),
-            finished_at_unix_ms: 0,
+            ..RestoreRecord::running(format!("restore-{}-{}", m.host, stamp()), &b.id, &m.host)
         };
         self.start(&cluster, m, epoch, r, None).await
     }
