@@ -133,8 +133,13 @@ pub struct Taken {
 /// A restore's job detail when the agent stopped before mysqld was touched.
 const CUT_SHORT_BEFORE_SWAP: &str = "the agent stopped during the restore, before mysqld was \
      touched; its partial files were removed: restore again";
+const CUT_SHORT_REBUILD: &str = "the agent stopped during the rebuild; the CLONE may have \
+     completed or not, and mysqld may be stopped: check mysqld and its error log, then rebuild \
+     again";
 
 const RUNNING: &str = "running";
+/// A rebuild's marker kind; it is reported and followed as a restore.
+const REBUILD: &str = "rebuild";
 const COMPLETED: &str = "completed";
 const FAILED: &str = "failed";
 /// Finished jobs kept for reports, newest last.
@@ -157,6 +162,9 @@ struct Marker {
     /// A restore's swap of the data directory's contents, once it began.
     #[serde(default)]
     swap: Option<SwapRecord>,
+    /// A rebuild by CLONE: mysqld replaces its data itself.
+    #[serde(default)]
+    rebuild: bool,
 }
 
 /// Where a restore's swap stood (see [`restore::Journal`]).
@@ -353,6 +361,7 @@ impl Jobs {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
+        let mut restores_cut_short = false;
         for e in entries.flatten() {
             let path = e.path();
             // credentials and half-written markers
@@ -384,6 +393,7 @@ impl Jobs {
                 _ => {
                     let (detail, done) = match &m.swap {
                         Some(swap) => self.recover_swap(&m.id, swap).await,
+                        None if m.rebuild => (CUT_SHORT_REBUILD.to_string(), true),
                         None if m.kind == "restore" => (CUT_SHORT_BEFORE_SWAP.to_string(), true),
                         None => (
                             "the agent stopped during the job; its partial files were removed"
@@ -392,6 +402,7 @@ impl Jobs {
                         ),
                     };
                     keep_marker = !done;
+                    restores_cut_short |= m.kind == "restore" || m.rebuild;
                     for p in std::iter::once(&m.partial).chain(&m.also) {
                         scratch::kill_left_running(p);
                         let _ = std::fs::remove_dir_all(p);
@@ -425,6 +436,15 @@ impl Jobs {
             });
             if !keep_marker {
                 let _ = std::fs::remove_file(&path);
+            }
+        }
+        // A MySQL replay or clone lifts super_read_only while it runs: a
+        // restore cut short sets it again (best effort; mysqld may be
+        // down, and then starts from the persisted setting).
+        if restores_cut_short {
+            let fenced = rebuild::fence_again(&self.target).await;
+            if !fenced.is_empty() {
+                warn!(problem = fenced, "after a restore cut short");
             }
         }
     }
@@ -611,6 +631,7 @@ impl Jobs {
             also: vec![],
             backup: None,
             swap: None,
+            rebuild: kind == REBUILD,
         };
         if let Err(e) = self.write_marker(&marker) {
             self.finish(job_id, Err(e.to_string()));
@@ -852,7 +873,7 @@ impl Jobs {
     ) -> Result<String, ControlError> {
         valid_id(job_id)?;
         let donor = dbfleet_proto::model::MysqlAddress::parse(donor).map_err(|e| {
-            ControlError::NotConfigured(format!("the donor {donor:?} is not host:port: {e}"))
+            ControlError::NotConfigured(format!("the donor '{donor}' is not host:port: {e}"))
         })?;
         let start_command = self.start_command.clone().ok_or_else(|| {
             ControlError::NotConfigured(
@@ -863,7 +884,7 @@ impl Jobs {
         })?;
         let work = self.scratch.join(job_id);
         let uses = format!("a CLONE of {donor}");
-        let (_, phase, _) = match self.begin(job_id, "restore", &uses, &work)? {
+        let (_, phase, _) = match self.begin(job_id, REBUILD, &uses, &work)? {
             Ok(p) => p,
             Err(known) => return Ok(known),
         };
@@ -931,6 +952,7 @@ mod tests {
             also: vec![],
             backup: None,
             swap: None,
+            rebuild: false,
         };
         marker.record(restore::Journal::Staging(&swap));
         let files = crate::mysql::process::ServerFiles {

@@ -78,6 +78,20 @@ impl GtidState {
         }
     }
 
+    /// What both hold: the nearer per domain (MariaDB; a domain one lacks
+    /// is left out), the intersection (MySQL). `None` for two non-empty
+    /// states of different flavors, which have nothing in common. What
+    /// every kept backup holds is where retention may prune the archive
+    /// up to.
+    pub fn common(&self, other: &GtidState) -> Option<GtidState> {
+        match (self, other) {
+            (GtidState::MariaDb(a), GtidState::MariaDb(b)) => Some(GtidState::MariaDb(a.min(b))),
+            (GtidState::MySql(a), GtidState::MySql(b)) => Some(GtidState::MySql(a.intersection(b))),
+            (a, b) if a.is_empty() || b.is_empty() => Some(GtidState::default()),
+            _ => None,
+        }
+    }
+
     /// What the two hold together: the further per domain (MariaDB), the
     /// union (MySQL). An empty state takes the other's flavor; of two
     /// non-empty states of different flavors, `self` is kept.
@@ -232,6 +246,20 @@ mod tests {
         }
         assert!(GtidState::empty_like(&g("U:1")).is_mysql());
         assert!(!GtidState::empty_like(&g("0-1-1")).is_mysql());
+    }
+
+    #[test]
+    fn what_both_hold_is_the_nearer_or_the_intersection() {
+        let cases = [
+            ("0-1-5,1-1-9", "0-2-7", Some("0-1-5")),
+            ("U:1-10", "U:5-20", Some("U:5-10")),
+            ("U:1-3:7", "U:2-8", Some("U:2-3:7")),
+            ("", "U:5", Some("")),
+            ("0-1-1", "U:5", None),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(g(a).common(&g(b)), want.map(g), "{a} and {b}");
+        }
     }
 
     #[test]

@@ -22,6 +22,13 @@ fn backup(fleet: &TestFleet, host: &str) -> String {
 async fn assert_read_only(fleet: &TestFleet, host: &str) {
     let ro = fleet.query_one(host, "SELECT @@read_only").await;
     assert_eq!(ro.as_deref(), Some("1"), "{host} must be read-only");
+    // MySQL's replay lifts super_read_only: it must be back (MariaDB has
+    // no such variable)
+    let version = fleet.query_one(host, "SELECT @@version").await;
+    if !version.unwrap_or_default().contains("MariaDB") {
+        let sro = fleet.query_one(host, "SELECT @@super_read_only").await;
+        assert_eq!(sro.as_deref(), Some("1"), "{host} must be super_read_only");
+    }
 }
 
 async fn unix_now_on(fleet: &TestFleet, host: &str) -> i64 {
@@ -251,6 +258,7 @@ async fn a_point_in_time_restore_onto_a_replica_keeps_exactly_the_rows_before_th
     let (ok, r) = fleet.cli_json(&["backup", "restore", &id, "--host", "db3", "--to-gtid", &gtid_after_first]);
     assert!(ok, "{r}");
     assert_eq!(rows(&fleet, "db3", table).await, expected, "to the GTID of the first write");
+    assert_read_only(&fleet, "db3").await;
     let replica_status = match flavor {
         Flavor::MariaDb => "SHOW SLAVE STATUS",
         Flavor::MySql => "SHOW REPLICA STATUS",

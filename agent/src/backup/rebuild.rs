@@ -113,35 +113,45 @@ pub async fn clone_from(c: CloneRebuild) -> Result<String, String> {
             "REQUIRE NO SSL"
         }
     );
+    let clone_started = dbfleet_common::clock::unix_ms();
     let outcome = tokio::time::timeout(CLONE_TIMEOUT, conn.query_drop(clone)).await;
-    let supervised = match outcome {
-        Err(_) => {
-            return Err(format!(
-                "the clone from {donor} did not end within {CLONE_TIMEOUT:?}; see mysqld's error log and performance_schema.clone_status"
-            ));
-        }
-        Ok(Ok(())) => true,
-        // cloned, and shutting down for want of a supervisor
-        Ok(Err(mysql_async::Error::Server(e))) if e.code == RESTART_NOT_SUPERVISED => false,
-        Ok(Err(mysql_async::Error::Server(e))) => {
-            let fenced = match conn.query_drop("SET GLOBAL super_read_only = ON").await {
-                Ok(()) => String::new(),
-                Err(f) => format!("; super_read_only could not be set again ({f})"),
-            };
-            return Err(format!(
-                "the clone from {donor} failed (server error {}): {}{fenced}",
-                e.code, e.message
-            ));
-        }
-        // the server restarted under its supervisor, dropping us
-        Ok(Err(_)) => true,
-    };
     drop(conn);
+    // Only error 3707 says the clone completed: anything else is proven
+    // after the restart, or the job fails with super_read_only set again.
+    let proven = match outcome {
+        Err(_) => {
+            let fenced = fence_again(&c.target).await;
+            return Err(format!(
+                "the clone from {donor} did not end within 6 hours; see mysqld's error log and performance_schema.clone_status{fenced}"
+            ));
+        }
+        // cloned, and shutting down for want of a supervisor
+        Ok(Err(mysql_async::Error::Server(e))) if e.code == RESTART_NOT_SUPERVISED => true,
+        Ok(Err(mysql_async::Error::Server(e))) => {
+            let fenced = fence_again(&c.target).await;
+            // a server's message may quote the statement
+            let message = e.message.replace(password.expose(), "<password>");
+            return Err(format!(
+                "the clone from {donor} failed (server error {}): {message}{fenced}",
+                e.code
+            ));
+        }
+        // finished, or the server restarted under its supervisor and
+        // dropped us: proven below by the server's clone status
+        Ok(_) => false,
+    };
+    let supervised = !proven;
     c.phase.set("waiting for mysqld after the clone");
     let mut conn = match restarted(&c, &f, supervised).await {
         Ok(conn) => conn,
         Err(e) => return Err(format!("cloned from {donor}, but {e}")),
     };
+    if !proven && let Err(why) = clone_completed(&mut conn, &donor, clone_started).await {
+        let fenced = fence_again(&c.target).await;
+        return Err(format!(
+            "the connection to mysqld was lost during the clone from {donor} and {why}: check its error log and run the rebuild again{fenced}"
+        ));
+    }
     // Read-only across restarts, replicating from nobody until the
     // coordinator repoints it (a clone of a replica carries the donor's
     // replication settings).
@@ -161,12 +171,63 @@ pub async fn clone_from(c: CloneRebuild) -> Result<String, String> {
         .unwrap_or_default();
     let _ = conn.disconnect().await;
     let summary = format!(
-        "cloned from {donor} at GTID set {:?}; read-only ({:.1}s)",
+        "cloned from {donor} at GTID set {}; read-only ({:.1}s)",
         gtids.replace('\n', ""),
         started.elapsed().as_secs_f64()
     );
     info!(summary, "rebuild completed");
     Ok(summary)
+}
+
+/// `SET GLOBAL super_read_only = ON` (MySQL) on a fresh connection after
+/// a clone or a replay lifted it; what went wrong, for the job's error,
+/// else nothing.
+pub(super) async fn fence_again(target: &MysqlTarget) -> String {
+    let again = async {
+        let (mut conn, flavor) = observer::connect(target).await?;
+        if flavor != Flavor::MySql {
+            // MariaDB's restores never lift anything
+            return Ok(());
+        }
+        conn.query_drop("SET GLOBAL super_read_only = ON")
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(target.connect_timeout + target.query_timeout, again).await {
+        Ok(Ok(())) => String::new(),
+        Ok(Err(e)) => format!("; super_read_only could not be set again ({e}): set it by hand"),
+        Err(_) => {
+            "; super_read_only could not be set again (mysqld did not answer): set it by hand"
+                .into()
+        }
+    }
+}
+
+/// Positive evidence that the clone from `donor` begun at `since` (Unix
+/// ms) completed: the server's `performance_schema.clone_status`.
+async fn clone_completed(conn: &mut Conn, donor: &str, since: i64) -> Result<(), String> {
+    let row: Option<(String, String, i64)> = conn
+        .query_first(
+            "SELECT STATE, SOURCE, CAST(UNIX_TIMESTAMP(BEGIN_TIME) * 1000 AS SIGNED) \
+             FROM performance_schema.clone_status",
+        )
+        .await
+        .map_err(|e| {
+            format!("its clone status cannot be read ({e}), so the clone is not proven")
+        })?;
+    match row {
+        Some((state, source, begun))
+            if state == "Completed" && source == donor && begun + 1000 >= since =>
+        {
+            Ok(())
+        }
+        Some((state, source, _)) => Err(format!(
+            "its last clone (from {source}) is {state}, not a completed clone from it"
+        )),
+        None => {
+            Err("it reports no clone (performance_schema off?), so the clone is not proven".into())
+        }
+    }
 }
 
 /// After the clone, a connection to the server on the cloned data: the
@@ -201,9 +262,7 @@ async fn restarted(c: &CloneRebuild, f: &Facts, supervised: bool) -> Result<Conn
                 .await;
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "mysqld neither restarted nor stopped within {CLONE_TIMEOUT:?}"
-            ));
+            return Err("mysqld neither restarted nor stopped within 6 hours".into());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -454,22 +454,24 @@ fn stop_position(
             for f in files {
                 let file = std::fs::File::open(f)
                     .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+                // Read to the end: a transaction the backup holds may come
+                // after the stop (a replica logs in its own order), and if
+                // it committed at or after the time the backup is too new.
                 events::each_transaction(BufReader::new(file), flavor, |x| {
                     let new = !start.holds(&x.gtid);
-                    if i64::from(x.ts) >= t {
-                        if !new {
-                            past = Some(x.gtid.to_string());
-                        }
-                        done = new;
-                        return !done;
+                    let late = i64::from(x.ts) >= t;
+                    if late && !new {
+                        past = Some(x.gtid.to_string());
+                        return false;
                     }
-                    if new {
+                    done |= late;
+                    if new && !done {
                         stop.record(&x.gtid);
                     }
                     true
                 })
                 .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-                if done || past.is_some() {
+                if past.is_some() {
                     break;
                 }
             }
@@ -508,12 +510,24 @@ impl Replay {
     /// MySQL: `mysqlbinlog` printing exactly the transactions the backup
     /// lacks up to the stop, with their GTIDs (so the restored server's
     /// set ends at the stop); the server's own tools, from its basedir.
-    fn mysql(basedir: &Path, start: &GtidSet, stop: &GtidSet) -> Result<Replay, String> {
-        let mut decode = Command::new(tools::find_beside(basedir, "mysqlbinlog")?);
+    fn mysql(
+        basedir: &Path,
+        version: &str,
+        start: &GtidSet,
+        stop: &GtidSet,
+    ) -> Result<Replay, String> {
+        // of the server's version: another (MariaDB's mysqlbinlog in
+        // PATH, say) may misread the events
+        let tool = |name: &str| {
+            let path = tools::find_beside(basedir, name)?;
+            tools::check_matches(&tools::version(&path)?, version)?;
+            Ok::<_, String>(path)
+        };
+        let mut decode = Command::new(tool("mysqlbinlog")?);
         decode.arg(format!("--include-gtids={}", stop.subtract(start)));
         Ok(Replay {
             decode,
-            client: tools::find_beside(basedir, "mysql")?,
+            client: tool("mysql")?,
         })
     }
 }
@@ -751,22 +765,25 @@ pub async fn restore(
             warn!(error = e, "the previous data could not be removed");
         }
         let mut summary = format!(
-            "restored backup {} at GTID set {:?}",
-            manifest.id, manifest.end_gtid
+            "restored backup {} at GTID set {}",
+            manifest.id,
+            one_line(&manifest.end_gtid)
         );
-        if let Some((plan, files, stop)) = binlogs {
-            let replayed_at = Instant::now();
-            r.phase.set("replaying binlogs");
-            if let Some(GtidState::MySql(stop)) = stop {
+        match binlogs {
+            Some((plan, files, Some(GtidState::MySql(stop)))) => {
+                let replayed_at = Instant::now();
+                r.phase.set("replaying binlogs");
                 replay_into_mysql(&r, &mut conn, files.clone(), &start, stop).await?;
+                summary.push_str(&format!(
+                    "; replayed {} binlog file(s) of stream {} in {:.1}s to GTID set {}",
+                    files.len(),
+                    plan.stream,
+                    replayed_at.elapsed().as_secs_f64(),
+                    one_line(&gtid_executed(&mut conn).await?)
+                ));
             }
-            summary.push_str(&format!(
-                "; replayed {} binlog file(s) of stream {} in {:.1}s to GTID set {:?}",
-                files.len(),
-                plan.stream,
-                replayed_at.elapsed().as_secs_f64(),
-                gtid_executed(&mut conn).await?
-            ));
+            Some(_) => summary.push_str("; no archived transaction to replay after it"),
+            None => {}
         }
         let _ = conn.disconnect().await;
         return Ok(completed(summary, started_writable, started));
@@ -799,14 +816,15 @@ pub async fn restore(
         warn!(error = e, "the previous data could not be removed");
     }
     let mut summary = format!(
-        "restored backup {} at GTID {:?}",
-        manifest.id, manifest.end_gtid
+        "restored backup {} at GTID {}",
+        manifest.id,
+        one_line(&manifest.end_gtid)
     );
     // 5. the point in time
-    if let Some((plan, files, stop)) = binlogs {
+    if let Some((plan, files, Some(stop))) = binlogs {
         let replayed_at = Instant::now();
         r.phase.set("replaying binlogs");
-        if let Some(stop) = stop {
+        {
             let programs = Replay::mariadb(&start, &stop)?;
             let r = Arc::new(r);
             let (rr, files2) = (r.clone(), files.clone());
@@ -825,11 +843,13 @@ pub async fn restore(
             .await
             .map_err(|e| format!("restored server: setting gtid_slave_pos: {e}"))?;
         summary.push_str(&format!(
-            "; replayed {} binlog file(s) of stream {} in {:.1}s to GTID {now:?}",
+            "; replayed {} binlog file(s) of stream {} in {:.1}s to GTID {now}",
             files.len(),
             plan.stream,
             replayed_at.elapsed().as_secs_f64()
         ));
+    } else if r.to.is_some() {
+        summary.push_str("; no archived transaction to replay after it");
     }
     let _ = conn.disconnect().await;
     Ok(completed(summary, started_writable, started))
@@ -859,12 +879,12 @@ async fn replay_into_mysql(
     let GtidState::MySql(start) = start else {
         return Err("a MySQL restore from a backup with a MariaDB position".into());
     };
-    let basedir: String = conn
-        .query_first("SELECT @@basedir")
+    let (basedir, version): (String, String) = conn
+        .query_first("SELECT @@basedir, @@version")
         .await
         .map_err(|e| format!("restored server: asking for its basedir: {e}"))?
         .unwrap_or_default();
-    let programs = Replay::mysql(Path::new(&basedir), start, &stop)?;
+    let programs = Replay::mysql(Path::new(&basedir), &version, start, &stop)?;
     conn.query_drop("SET GLOBAL super_read_only = OFF")
         .await
         .map_err(|e| format!("restored server: lifting super_read_only for the replay: {e}"))?;
@@ -874,22 +894,32 @@ async fn replay_into_mysql(
             .await
             .map_err(|e| format!("replay task: {e}"))
             .and_then(|r| r);
-    let fenced = conn
-        .query_drop("SET GLOBAL super_read_only = ON")
-        .await
-        .map_err(|e| {
-            format!("restored server: SET GLOBAL super_read_only = ON after the replay: {e}")
-        });
+    // on a fresh connection: this one sat idle through the replay
+    let fenced = super::rebuild::fence_again(&r.target).await;
+    if !fenced.is_empty() {
+        return Err(format!(
+            "after the replay{}{fenced}",
+            replayed
+                .err()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ));
+    }
     replayed?;
-    fenced?;
     let found = gtid_executed(conn).await?;
     match GtidSet::parse(&found) {
         Ok(set) if set == stop => Ok(()),
         _ => Err(format!(
-            "after the replay the server holds GTID set {found:?}, not {stop}, where the replay was to stop; see {}",
+            "after the replay the server holds GTID set {}, not {stop}, where the replay was to stop; see {}",
+            one_line(&found),
             r.work.join("replay.log").display()
         )),
     }
+}
+
+/// A GTID state on one line (MySQL breaks multi-source sets).
+fn one_line(gtids: &str) -> String {
+    gtids.replace('\n', "")
 }
 
 /// Writes `super_read_only = ON` into a MySQL copy's `mysqld-auto.cnf`
@@ -1012,6 +1042,15 @@ mod tests {
             set("U:1-3:5")
         );
         assert_eq!(stop(Target::Gtid(set("U:1:3"))).unwrap(), None);
+        // the backup's U:1, logged after the stop at 301: too new a backup,
+        // however late in the file it comes
+        bytes.extend(event(301, MYSQL_GTID_EVENT, 1, &mysql_gtid(U, 1)));
+        std::fs::write(&files[0], &bytes).unwrap();
+        let e = stop(Target::Time(150)).unwrap_err();
+        assert!(
+            e.contains(&format!("already holds transaction {U}:1")),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -135,6 +135,7 @@ impl Jobs {
             also: vec![],
             backup: Some(id.to_string()),
             swap: None,
+            rebuild: false,
         })
         .map_err(|e| e.to_string())?;
         let result = self.backup(job).await;

@@ -243,6 +243,11 @@ pub fn each_transaction(
                 rest -= MYSQL_GTID_BYTES as u64;
                 Some(mysql_gtid(&gtid))
             }
+            (Flavor::MariaDb, GTID_EVENT) | (Flavor::MySql, MYSQL_GTID_EVENT) => {
+                return Err(invalid(format!(
+                    "the GTID event at {at} is too short ({size} bytes) to name its transaction"
+                )));
+            }
             (Flavor::MySql, MYSQL_TAGGED_GTID_EVENT) => {
                 return Err(invalid(format!(
                     "the transaction at {at} has a tagged GTID, which dbfleet cannot read yet; replay this part with mysqlbinlog by hand"
@@ -450,6 +455,18 @@ mod tests {
         // read as the other flavor, no GTID is found: the chunk holds none
         let other = summarize(&file, file.len(), true, Flavor::MariaDb);
         assert!(other.gtids.is_empty() && other.gtid_list.is_none());
+    }
+
+    #[test]
+    fn a_gtid_event_too_short_to_name_its_transaction_stops_the_walk() {
+        for (flavor, mut file, kind) in [
+            (Flavor::MySql, sample_mysql_binlog(), MYSQL_GTID_EVENT),
+            (Flavor::MariaDb, sample_binlog(), GTID_EVENT),
+        ] {
+            file.extend(event(103, kind, 1, &[0; 5]));
+            let e = each_transaction(file.as_slice(), flavor, |_| true).unwrap_err();
+            assert!(e.to_string().contains("too short"), "{e}");
+        }
     }
 
     #[test]

@@ -122,6 +122,21 @@ impl Backups {
             return self.start(&cluster, m, epoch, r, None).await;
         }
         let d = donor(&rec, &members, &m.host, &req.from).map_err(ServiceError::Refused)?;
+        // MySQL clones one instance at a time, and only between servers of
+        // one version
+        if let Some(job) = super::running_job(d) {
+            return Err(ServiceError::Refused(format!(
+                "{} is busy with {job}; retry when it ends, or name another donor with --from",
+                d.host
+            )));
+        }
+        let donor_version = d.server().map(|s| s.version.clone()).unwrap_or_default();
+        if donor_version != server.version {
+            return Err(ServiceError::Refused(format!(
+                "{} runs MySQL {donor_version} and {} runs {}: CLONE copies only between servers of one version; upgrade one of them or name another donor with --from",
+                d.host, m.host, server.version
+            )));
+        }
         let r = RestoreRecord {
             donor: d.host.clone(),
             rebuild: true,

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dbfleet_common::gtid::Position;
+use dbfleet_common::gtid_state::GtidState;
 use dbfleet_proto::pb;
 use serde::{Deserialize, Serialize};
 
@@ -335,19 +335,23 @@ pub fn expired(
     gone
 }
 
-/// The GTID position archived binlogs are kept from: in every domain the
-/// lowest end of any completed backup (any method, on any host, however
-/// far its replica lagged; none being deleted), so every point-in-time
-/// restore a kept backup allows keeps its binlogs. `None`: no completed
-/// backup, or one whose end is unknown: nothing may be pruned.
+/// The GTID state archived binlogs are kept from: what every completed
+/// backup holds (any method, on any host, however far its replica lagged;
+/// none being deleted): in every domain the lowest end (MariaDB), the
+/// intersection of their sets (MySQL). Every point-in-time restore a kept
+/// backup allows then keeps its binlogs. `None`: no completed backup, or
+/// one whose end is unknown or of another flavor: nothing may be pruned.
 pub fn archive_keep_from(backups: &BTreeMap<String, BackupRecord>) -> Option<String> {
-    let mut keep: Option<Position> = None;
+    let mut keep: Option<GtidState> = None;
     for b in backups.values().filter(|b| b.status == "completed") {
         let m: serde_json::Value = serde_json::from_str(&b.manifest_json).ok()?;
-        let end = Position::parse(m["end_gtid"].as_str()?).ok()?;
-        keep = Some(keep.map_or(end.clone(), |k| k.min(&end)));
+        let end = GtidState::parse(m["end_gtid"].as_str()?).ok()?;
+        keep = Some(match keep {
+            None => end,
+            Some(k) => k.common(&end)?,
+        });
     }
-    keep.map(|k| k.to_string())
+    keep.map(|k| k.to_string().replace('\n', ""))
 }
 
 /// What an operator must be told about a cluster's backups: the newest of

@@ -849,19 +849,31 @@ impl Failovers {
     }
 }
 
-/// The old primary's executed set and server_uuid from the best of what
-/// is known: frozen by the operation, its report in memory, the report
-/// journaled at the barrier.
+/// The old primary's executed set and server_uuid from what is known:
+/// frozen by the operation, else its report in memory and the one
+/// journaled at the barrier together (a coordinator that took over may
+/// hold an older report than the journal's; the old primary held both).
 fn seen(
     frozen: Option<&super::journal::Frozen>,
     in_memory: Option<dbfleet_proto::model::ServerState>,
     journaled: Option<&super::journal::LastSeen>,
 ) -> (String, String) {
-    match (frozen, in_memory, journaled) {
-        (Some(f), _, _) => (f.executed.clone(), f.server_uuid.clone()),
-        (None, Some(s), _) => (s.gtid.executed, s.server_uuid),
-        (None, None, Some(l)) => (l.executed.clone(), l.server_uuid.clone()),
-        (None, None, None) => Default::default(),
+    use dbfleet_common::gtid_state::GtidState;
+    if let Some(f) = frozen {
+        return (f.executed.clone(), f.server_uuid.clone());
+    }
+    let memory = in_memory.map(|s| (s.gtid.executed, s.server_uuid));
+    let journal = journaled.map(|l| (l.executed.clone(), l.server_uuid.clone()));
+    match (memory, journal) {
+        (Some((a, uuid)), Some((b, other))) => {
+            let both = GtidState::parse(&a)
+                .and_then(|x| Ok(x.merge(&GtidState::parse(&b)?)))
+                .map(|m| m.to_string())
+                .unwrap_or(a);
+            (both, if uuid.is_empty() { other } else { uuid })
+        }
+        (Some(m), None) | (None, Some(m)) => m,
+        (None, None) => Default::default(),
     }
 }
 
@@ -911,9 +923,15 @@ mod tests {
             seen(Some(&frozen), Some(server("memory")), Some(&journaled)),
             pair("frozen", "f")
         );
+        // a newer journal and an older memory: what both say
+        let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let newer = LastSeen {
+            executed: format!("{u}:1-9"),
+            server_uuid: u.into(),
+        };
         assert_eq!(
-            seen(None, Some(server("memory")), Some(&journaled)),
-            pair("memory", "now")
+            seen(None, Some(server(&format!("{u}:1-5"))), Some(&newer)),
+            pair(&format!("{u}:1-9"), "now")
         );
         // restarted: no report of the dead primary in memory
         assert_eq!(seen(None, None, Some(&journaled)), pair("journaled", "j"));

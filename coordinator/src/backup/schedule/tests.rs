@@ -251,4 +251,20 @@ fn the_archive_is_kept_from_the_lowest_end_of_any_completed_backup() {
     assert_eq!(archive_keep_from(&c).as_deref(), Some("0-1-90,1-1-7"));
     let unknown = catalog(vec![b("no-manifest", "physical", None, "completed", 0)]);
     assert_eq!(archive_keep_from(&unknown), None, "never prune on a guess");
+    // MySQL: what every backup holds, a set (multi-source sets span lines)
+    let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+    let v = "7c6f8a9e-0b1d-11ee-8c4b-0242ac120002";
+    let mysql = catalog(vec![
+        with_end("a", "completed", 10, &format!("{u}:1-100,\\n{v}:1-5")),
+        with_end("b", "completed", 20, &format!("{u}:1-90:95-120")),
+    ]);
+    assert_eq!(
+        archive_keep_from(&mysql).as_deref(),
+        Some(format!("{u}:1-90:95-100").as_str())
+    );
+    let mixed = catalog(vec![
+        with_end("a", "completed", 10, "0-1-100"),
+        with_end("b", "completed", 20, &format!("{u}:1-90")),
+    ]);
+    assert_eq!(archive_keep_from(&mixed), None, "flavors never mix");
 }
