@@ -152,23 +152,8 @@ pub async fn clone_from(c: CloneRebuild) -> Result<String, String> {
             "the connection to mysqld was lost during the clone from {donor} and {why}: check its error log and run the rebuild again{fenced}"
         ));
     }
-    // Read-only across restarts, replicating from nobody until the
-    // coordinator repoints it (a clone of a replica carries the donor's
-    // replication settings).
-    for sql in [
-        "SET PERSIST super_read_only = ON",
-        "STOP REPLICA",
-        "RESET REPLICA ALL",
-    ] {
-        conn.query_drop(sql)
-            .await
-            .map_err(|e| format!("rebuilt server: {sql}: {e}"))?;
-    }
-    let gtids: String = conn
-        .query_first("SELECT @@GLOBAL.gtid_executed")
-        .await
-        .map_err(|e| format!("rebuilt server: reading its GTID set: {e}"))?
-        .unwrap_or_default();
+    restore::keep_apart(&mut conn, "rebuilt server").await?;
+    let gtids = restore::gtid_executed(&mut conn).await?;
     let _ = conn.disconnect().await;
     let summary = format!(
         "cloned from {donor} at GTID set {}; read-only ({:.1}s)",

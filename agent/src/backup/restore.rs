@@ -750,15 +750,7 @@ pub async fn restore(
         // 4. MySQL: the copy holds its GTID set (mysql.gtid_executed) and
         // no binlog; it stays read-only across restarts and replicates
         // from nobody until the coordinator repoints it.
-        for sql in [
-            "SET PERSIST super_read_only = ON",
-            "STOP REPLICA",
-            "RESET REPLICA ALL",
-        ] {
-            conn.query_drop(sql)
-                .await
-                .map_err(|e| format!("restored server: {sql}: {e}"))?;
-        }
+        keep_apart(&mut conn, "restored server").await?;
         let found = gtid_executed(&mut conn).await?;
         super::clone::same_gtids(&found, &manifest.end_gtid)?;
         if let Err(e) = swap.discard_previous() {
@@ -855,11 +847,28 @@ pub async fn restore(
     Ok(completed(summary, started_writable, started))
 }
 
-/// The restored MySQL server's `gtid_executed`.
-async fn gtid_executed(conn: &mut Conn) -> Result<String, String> {
+/// Keeps a MySQL server whose data was replaced (`what`, for errors)
+/// read-only across restarts and replicating from nobody until the
+/// coordinator repoints it (a copy of a replica carries its replication
+/// settings).
+pub(super) async fn keep_apart(conn: &mut Conn, what: &str) -> Result<(), String> {
+    for sql in [
+        "SET PERSIST super_read_only = ON",
+        "STOP REPLICA",
+        "RESET REPLICA ALL",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .map_err(|e| format!("{what}: {sql}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A MySQL server's `gtid_executed`, after its data was replaced.
+pub(super) async fn gtid_executed(conn: &mut Conn) -> Result<String, String> {
     conn.query_first::<String, _>("SELECT @@GLOBAL.gtid_executed")
         .await
-        .map_err(|e| format!("restored server: reading its GTID set: {e}"))
+        .map_err(|e| format!("reading the server's GTID set after its data was replaced: {e}"))
         .map(Option::unwrap_or_default)
 }
 

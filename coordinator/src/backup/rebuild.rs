@@ -91,12 +91,6 @@ impl Backups {
         if let Some(why) = refuse(&rec, m) {
             return Err(ServiceError::Refused(why));
         }
-        if let Some(job) = super::running_job(m) {
-            return Err(ServiceError::Refused(format!(
-                "{} is busy with {job}; retry when it ends",
-                m.host
-            )));
-        }
         let Some(server) = m.server() else {
             return Err(ServiceError::Refused(format!(
                 "{}'s mysqld is not reachable",

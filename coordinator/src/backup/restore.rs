@@ -162,6 +162,9 @@ pub(super) fn refuse(rec: &ClusterRecord, m: &MemberState) -> Option<String> {
     if !m.reporting {
         return Some(format!("{host}'s agent is not reporting"));
     }
+    if let Some(job) = super::running_job(m) {
+        return Some(format!("{host} is busy with {job}; retry when it ends"));
+    }
     if m.server().is_none() {
         return Some(format!(
             "{host}'s mysqld is not reachable; the agent needs it running to find its data directory"
@@ -206,12 +209,6 @@ impl Backups {
         let rec = self.fleet.cluster_record(&cluster);
         if let Some(why) = refuse(&rec, m) {
             return Err(ServiceError::Refused(why));
-        }
-        if let Some(job) = super::running_job(m) {
-            return Err(ServiceError::Refused(format!(
-                "{} is busy with {job}; retry when it ends",
-                m.host
-            )));
         }
         let r = RestoreRecord {
             to_time_unix: req.to_time_unix,
