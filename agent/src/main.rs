@@ -120,7 +120,8 @@ fn real_main(cli: Cli, log: telemetry::LogControl) -> anyhow::Result<()> {
         tracing::error_span!("agent", cluster = %config.cluster, host = %config.host),
     )
     .context("start the async runtime")?;
-    rt.block_on(async {
+    let shutdown_timeout = config.shutdown_timeout;
+    let ran = rt.block_on(async {
         let shutdown = CancellationToken::new();
         log.reload_on_sighup(path.clone(), shutdown.clone());
         let listener = bind(config.listen).await?;
@@ -131,5 +132,9 @@ fn real_main(cli: Cli, log: telemetry::LogControl) -> anyhow::Result<()> {
         dbfleet_common::shutdown::cancel_on_signals(shutdown.clone());
         dbfleet_agent::run(config, listener, metrics, shutdown).await?;
         Ok(())
-    })
+    });
+    // A blocking task still running (a job's thread stuck in a read the
+    // stop could not end) must not keep the process alive past its bound.
+    rt.shutdown_timeout(shutdown_timeout);
+    ran
 }

@@ -347,8 +347,14 @@ pub fn keep_log(dir: &BackupDir, log_path: &Path) -> Result<(), String> {
 }
 
 /// Stores a tool's standard output (compressed and hashed, see
-/// [`StreamTo`]); the tool is killed when storing fails, and waited for
-/// either way. Returns its exit status.
+/// [`StreamTo`]); the tool is killed when storing fails or the agent stops,
+/// and waited for either way. Returns its exit status.
+///
+/// The stop cannot wait for the next piece of output: a tool that writes
+/// nothing (held by a lock, stopped, hung on its disk) would keep the
+/// read, and so the agent, waiting for ever. A watcher kills the tool as
+/// soon as `cancel` is set; it ends before the tool is reaped, so the pid
+/// it signals is always this child's.
 pub fn store_output(
     child: &mut std::process::Child,
     to: StreamTo<'_>,
@@ -358,7 +364,29 @@ pub fn store_output(
         .stdout
         .take()
         .ok_or("the tool's output is not piped")?;
-    let stored = store_stream(&mut stdout, to, observe);
+    let cancel = to.cancel;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let done = AtomicBool::new(false);
+    let stored = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if cancel.load(Ordering::Relaxed) {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        let stored = store_stream(&mut stdout, to, observe);
+        done.store(true, Ordering::Relaxed);
+        stored
+    });
+    let stored = match stored {
+        Ok(_) if cancel.load(Ordering::Relaxed) => {
+            Err("stopped: the agent is shutting down".to_string())
+        }
+        other => other,
+    };
     if stored.is_err() {
         let _ = child.kill();
     }
