@@ -83,6 +83,9 @@ pub struct MemberJson {
     pub fenced: bool,
     /// Has transactions the primary never had: rebuild it.
     pub needs_rebuild: bool,
+    /// Left behind by the last failover or switchover, not replicating
+    /// from the primary yet.
+    pub rejoining: bool,
     /// "lossless", "source", "replica" or "off"; null when unreachable.
     pub semi_sync: Option<String>,
     /// Binlog archiving; null when its agent does not archive.
@@ -155,6 +158,7 @@ pub fn to_json(resp: &pb::ListClustersResponse) -> StatusJson {
                         last_report_age_ms: m.last_report_age_ms,
                         fenced: m.fenced,
                         needs_rebuild: m.needs_rebuild,
+                        rejoining: m.rejoining,
                         semi_sync: non_empty(&m.semi_sync),
                         binlog_archive: m.binlog_archive.as_ref().map(|a| ArchiveJson {
                             stream: a.stream.clone(),

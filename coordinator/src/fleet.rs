@@ -287,6 +287,13 @@ impl MemberState {
         }
     }
 
+    /// Whether its fresh report shows it replicating from `source`.
+    pub fn follows(&self, source: &dbfleet_proto::model::MysqlAddress) -> bool {
+        self.server()
+            .and_then(|s| s.replication.as_ref())
+            .is_some_and(|r| r.source.same_endpoint(source))
+    }
+
     /// Why the agent cannot reach mysqld (fresh reports only).
     pub fn mysql_error(&self) -> Option<&str> {
         match (&self.report, self.reporting) {

@@ -472,6 +472,7 @@ fn member_view(m: &Member<'_>, primary: Option<&str>) -> pb::MemberView {
         fenced: m.input.last.is_some_and(|r| r.agent.fenced),
         promotion_rule: String::new(),
         needs_rebuild: false,
+        rejoining: false,
         semi_sync: s.map(|s| semi_sync_word(&s.semi_sync)).unwrap_or_default(),
         binlog_archive: m.input.last.and_then(|r| r.agent.binlog_archive.clone()),
         // Only a reachable server's counters: a down one has no load.

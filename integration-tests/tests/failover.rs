@@ -589,7 +589,15 @@ async fn an_unmanaged_semi_sync_replica_voids_the_semi_sync_fence_proof() {
         })
         .await;
     assert_eq!(blocked.primary, "db1", "nobody was promoted");
-    assert!(blocked.members.iter().all(|m| !m.writable));
+    // (db1's last report may still be within the agent timeout: the host
+    // path decides before it runs out)
+    assert!(
+        blocked
+            .members
+            .iter()
+            .all(|m| m.host == "db1" || !m.writable),
+        "nobody was promoted"
+    );
     let why = evidence_of(&fleet, "failover-blocked");
     assert!(
         why.contains("unmanaged replica may still acknowledge"),

@@ -1,5 +1,8 @@
 //! The holistic rule that declares a primary dead (brief §5), free of I/O:
-//! the caller feeds what each member's agent last said and keeps the clock.
+//! the caller feeds what each member's agent last said and how long ago,
+//! and keeps the clock.
+
+use std::time::Duration;
 
 use dbfleet_proto::model::{IoThread, MysqlAddress, ServerState};
 
@@ -18,6 +21,32 @@ pub struct MemberSeen<'a> {
     /// for a rebuild): it replicates from nobody on purpose, so it neither
     /// confirms nor counts.
     pub in_service: bool,
+    /// Left behind by the last operation and not yet seen replicating
+    /// from the primary it promoted: unless it is seen replicating from
+    /// this primary now, it neither confirms nor counts (it never received
+    /// from this primary, so it knows nothing of its death).
+    pub rejoining: bool,
+    /// How long ago its latest report arrived (`None`: never).
+    pub silent_for: Option<Duration>,
+    /// The interval its agent reports at.
+    pub report_interval: Duration,
+}
+
+impl MemberSeen<'_> {
+    /// Its agent missed two reports in a row (it may still be within the
+    /// agent timeout): a live agent misses one at most, to a slow
+    /// collection.
+    fn late(&self) -> bool {
+        self.silent_for
+            .is_none_or(|s| s > 2 * self.report_interval.max(Duration::from_millis(100)))
+    }
+
+    /// Whether it is seen replicating from `address`.
+    fn follows(&self, address: &MysqlAddress) -> bool {
+        self.server
+            .and_then(|s| s.replication.as_ref())
+            .is_some_and(|r| r.source.same_endpoint(address))
+    }
 }
 
 /// Which path a dead primary takes.
@@ -25,19 +54,38 @@ pub struct MemberSeen<'a> {
 pub enum DownPath {
     /// Its agent is alive and says mysqld is down: the agent is the fence.
     Fast,
-    /// Its agent is silent too: a longer window and a fence from elsewhere.
+    /// Its agent fell silent (two reports missed), and every other member
+    /// in service answers and has confirmed since the primary's last
+    /// report that it lost the primary: the whole host looks dead, and the
+    /// evidence is complete without waiting for the agent timeout. The
+    /// fence comes from elsewhere, as on the slow path.
+    Host,
+    /// Its agent is silent beyond the agent timeout and a majority of the
+    /// others confirm: a longer window and a fence from elsewhere.
     Slow,
+}
+
+impl DownPath {
+    /// The path in words, for the operation's reason.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DownPath::Fast => "fast path: its agent reports mysqld down",
+            DownPath::Host => "host path: its agent fell silent and every other member lost it",
+            DownPath::Slow => "slow path: its agent is silent",
+        }
+    }
 }
 
 /// The verdict on a cluster's primary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
-    /// The primary's agent reaches it.
+    /// The primary's agent reaches it (or is merely late, without complete
+    /// evidence of the host's death).
     Up,
     /// Down from our side and confirmed by a majority of the other members
     /// (replicas that lost it), with no reachable replica still receiving.
     Down {
-        /// Fast or slow.
+        /// Fast, host or slow.
         path: DownPath,
         /// What was seen.
         evidence: Vec<String>,
@@ -62,24 +110,41 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
             why: format!("primary {primary} is not a registered member"),
         };
     };
-    if p.server.is_some() {
+    let late = p.late();
+    if p.server.is_some() && !late {
         return Health::Up;
     }
-    let (path, mut evidence) = match (p.reporting, p.mysql_error) {
+    let (path, mut evidence) = match (p.reporting && !late, p.mysql_error) {
         (true, Some(e)) => (
             DownPath::Fast,
             vec![format!("{primary}: agent reports mysqld unreachable: {e}")],
         ),
         _ => (
             DownPath::Slow,
-            vec![format!("{primary}: agent not reporting")],
+            vec![match p.silent_for {
+                Some(s) => format!(
+                    "{primary}: agent not reporting (silent for {})",
+                    humantime::format_duration(Duration::from_millis(s.as_millis() as u64))
+                ),
+                None => format!("{primary}: agent not reporting"),
+            }],
         ),
     };
-    let replicas: Vec<&MemberSeen<'_>> = members
-        .iter()
-        .filter(|m| m.host != primary && m.in_service)
-        .collect();
+    let mut replicas: Vec<&MemberSeen<'_>> = Vec::new();
+    for m in members.iter().filter(|m| m.host != primary && m.in_service) {
+        if m.rejoining && !m.follows(address) {
+            evidence.push(format!(
+                "{}: left behind by the last operation and not rejoined; it never replicated from {primary}, so it neither confirms nor counts",
+                m.host
+            ));
+        } else {
+            replicas.push(m);
+        }
+    }
     if replicas.is_empty() {
+        if late && p.reporting {
+            return Health::Up;
+        }
         return Health::Unconfirmed {
             why: "no replica can confirm the primary is down".into(),
         };
@@ -87,6 +152,9 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
     let reachable: Vec<&&MemberSeen<'_>> = replicas.iter().filter(|m| m.server.is_some()).collect();
     let mut still_receiving = Vec::new();
     let mut confirming = 0;
+    // Confirmations made after the primary's last report: on the host
+    // path they are what shows the whole host went away.
+    let mut confirmed_since = 0;
     for m in &reachable {
         let s = m.server.expect("filtered on server");
         match &s.replication {
@@ -99,6 +167,11 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
                     ));
                 } else {
                     confirming += 1;
+                    if let (Some(mine), Some(its)) = (m.silent_for, p.silent_for)
+                        && mine < its
+                    {
+                        confirmed_since += 1;
+                    }
                     evidence.push(format!(
                         "{}: lost {primary} (IO thread {:?}{})",
                         m.host,
@@ -115,7 +188,22 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
         }
     }
     if !still_receiving.is_empty() {
+        // A late agent whose server still feeds a replica is just late.
+        if late && p.reporting {
+            return Health::Up;
+        }
         return Health::UnreachablePrimary { evidence };
+    }
+    if path == DownPath::Slow && confirmed_since == replicas.len() {
+        return Health::Down {
+            path: DownPath::Host,
+            evidence,
+        };
+    }
+    if late && p.reporting {
+        // Late, but not yet silent for the agent timeout, and the others
+        // do not all confirm: wait for the slow path.
+        return Health::Up;
     }
     // Only a replica of this primary can confirm it lost it: one reachable
     // but replicating from elsewhere (or not at all) neither confirms nor
@@ -136,6 +224,8 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
 mod tests {
     use super::*;
     use dbfleet_proto::model::{Binlog, Flavor, GtidState, Replication, SemiSync};
+
+    const SEC: Duration = Duration::from_secs(1);
 
     fn server(source: Option<(&str, IoThread)>) -> ServerState {
         ServerState {
@@ -179,6 +269,9 @@ mod tests {
             server: None,
             mysql_error: Some("Connection refused"),
             in_service: true,
+            rejoining: false,
+            silent_for: Some(SEC / 2),
+            report_interval: SEC,
         };
         let r = |host, s| MemberSeen {
             host,
@@ -186,6 +279,9 @@ mod tests {
             server: Some(s),
             mysql_error: None,
             in_service: true,
+            rejoining: false,
+            silent_for: Some(SEC / 2),
+            report_interval: SEC,
         };
         let silent = |host| MemberSeen {
             host,
@@ -193,6 +289,9 @@ mod tests {
             server: None,
             mysql_error: None,
             in_service: true,
+            rejoining: false,
+            silent_for: Some(10 * SEC),
+            report_interval: SEC,
         };
         // healthy primary
         let m = [r("db1", &up), r("db2", &lost)];
@@ -212,8 +311,22 @@ mod tests {
             assess("db1", &addr, &m),
             Health::UnreachablePrimary { .. }
         ));
-        // agent silent too: slow path
+        // agent silent too, every replica lost it since: the host path
         let m = [silent("db1"), r("db2", &lost), r("db3", &lost)];
+        assert!(matches!(
+            assess("db1", &addr, &m),
+            Health::Down {
+                path: DownPath::Host,
+                ..
+            }
+        ));
+        // a majority, not all: the slow path
+        let m = [
+            silent("db1"),
+            r("db2", &lost),
+            r("db3", &lost),
+            silent("db4"),
+        ];
         assert!(matches!(
             assess("db1", &addr, &m),
             Health::Down {
@@ -253,6 +366,168 @@ mod tests {
         let m = [silent("db1")];
         assert!(matches!(
             assess("db1", &addr, &m),
+            Health::Unconfirmed { .. }
+        ));
+    }
+    #[test]
+    fn a_host_death_is_decided_once_the_agent_missed_two_reports_and_every_replica_lost_it_since() {
+        let addr = MysqlAddress::parse("127.0.0.11:3306").unwrap();
+        let lost = server(Some(("127.0.0.11:3306", IoThread::Connecting)));
+        let receiving = server(Some(("127.0.0.11:3306", IoThread::Running)));
+        let up = server(None);
+        let seen = |host, server, silent_for: Duration| MemberSeen {
+            host,
+            reporting: silent_for <= 5 * SEC,
+            server,
+            mysql_error: None,
+            in_service: true,
+            rejoining: false,
+            silent_for: Some(silent_for),
+            report_interval: SEC,
+        };
+        let primary = |silent_for| seen("db1", Some(&up), silent_for);
+        let replica = |host, s, silent_for| seen(host, Some(s), silent_for);
+        let host_path = |m: &[MemberSeen<'_>]| {
+            matches!(
+                assess("db1", &addr, m),
+                Health::Down {
+                    path: DownPath::Host,
+                    ..
+                }
+            )
+        };
+        // one report missed: not late yet, whatever the replicas say
+        let m = [
+            primary(SEC * 3 / 2),
+            replica("db2", &lost, SEC / 2),
+            replica("db3", &lost, SEC / 2),
+        ];
+        assert_eq!(assess("db1", &addr, &m), Health::Up);
+        // two missed and both replicas lost it since its last report
+        let m = [
+            primary(SEC * 5 / 2),
+            replica("db2", &lost, SEC / 2),
+            replica("db3", &lost, SEC / 2),
+        ];
+        assert!(host_path(&m));
+        // a replica still receiving: the agent is merely late
+        let m = [
+            primary(SEC * 5 / 2),
+            replica("db2", &lost, SEC / 2),
+            replica("db3", &receiving, SEC / 2),
+        ];
+        assert_eq!(assess("db1", &addr, &m), Health::Up);
+        // a confirmation older than the primary's last report proves
+        // nothing about the host: wait for the agent timeout
+        let m = [
+            primary(SEC * 5 / 2),
+            replica("db2", &lost, SEC / 2),
+            replica("db3", &lost, 3 * SEC),
+        ];
+        assert_eq!(assess("db1", &addr, &m), Health::Up);
+        // a replica that does not answer: not complete either
+        let m = [
+            primary(SEC * 5 / 2),
+            replica("db2", &lost, SEC / 2),
+            seen("db3", None, SEC / 2),
+        ];
+        assert_eq!(assess("db1", &addr, &m), Health::Up);
+        // a slower agent is late only after two of its own intervals
+        let slow_agent = MemberSeen {
+            report_interval: 2 * SEC,
+            ..primary(SEC * 5 / 2)
+        };
+        let m = [
+            slow_agent,
+            replica("db2", &lost, SEC / 2),
+            replica("db3", &lost, SEC / 2),
+        ];
+        assert_eq!(assess("db1", &addr, &m), Health::Up);
+    }
+
+    #[test]
+    fn a_member_left_behind_by_the_last_operation_neither_confirms_nor_counts() {
+        // db2 was promoted when db1 died; db1 came back fenced and has not
+        // rejoined when db2 dies too
+        let addr = MysqlAddress::parse("127.0.0.12:3306").unwrap();
+        let lost = server(Some(("127.0.0.12:3306", IoThread::Connecting)));
+        let receiving = server(Some(("127.0.0.12:3306", IoThread::Running)));
+        let fenced = server(None);
+        let primary_down = MemberSeen {
+            host: "db2",
+            reporting: true,
+            server: None,
+            mysql_error: Some("Connection refused"),
+            in_service: true,
+            rejoining: false,
+            silent_for: Some(SEC / 2),
+            report_interval: SEC,
+        };
+        let m = |host, server, rejoining| MemberSeen {
+            host,
+            reporting: true,
+            server,
+            mysql_error: None,
+            in_service: true,
+            rejoining,
+            silent_for: Some(SEC / 2),
+            report_interval: SEC,
+        };
+        // without the mark, the fenced old primary outvotes db3
+        let v = [
+            primary_down,
+            m("db1", Some(&fenced), false),
+            m("db3", Some(&lost), false),
+        ];
+        assert!(matches!(
+            assess("db2", &addr, &v),
+            Health::Unconfirmed { .. }
+        ));
+        // marked: db3 alone confirms, and the evidence says why db1 is left out
+        let v = [
+            primary_down,
+            m("db1", Some(&fenced), true),
+            m("db3", Some(&lost), false),
+        ];
+        let Health::Down { path, evidence } = assess("db2", &addr, &v) else {
+            panic!("{:?}", assess("db2", &addr, &v));
+        };
+        assert_eq!(path, DownPath::Fast);
+        assert!(
+            evidence
+                .iter()
+                .any(|e| e.contains("db1: left behind by the last operation")),
+            "{evidence:?}"
+        );
+        // its mysqld still down, or its agent silent: left out all the same
+        let v = [
+            primary_down,
+            m("db1", None, true),
+            m("db3", Some(&lost), false),
+        ];
+        assert!(matches!(assess("db2", &addr, &v), Health::Down { .. }));
+        let gone = MemberSeen {
+            reporting: false,
+            silent_for: Some(60 * SEC),
+            ..m("db1", None, true)
+        };
+        let v = [primary_down, gone, m("db3", Some(&lost), false)];
+        assert!(matches!(assess("db2", &addr, &v), Health::Down { .. }));
+        // once seen replicating from the primary it counts again: still
+        // receiving, it vetoes
+        let v = [
+            primary_down,
+            m("db1", Some(&receiving), true),
+            m("db3", Some(&lost), false),
+        ];
+        assert!(matches!(
+            assess("db2", &addr, &v),
+            Health::UnreachablePrimary { .. }
+        ));
+        // nobody else left: nobody confirms
+        let v = [primary_down, m("db1", Some(&fenced), true)];
+        assert!(matches!(
+            assess("db2", &addr, &v),
             Health::Unconfirmed { .. }
         ));
     }

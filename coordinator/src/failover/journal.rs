@@ -85,6 +85,18 @@ pub struct ClusterControl {
     /// (a host restored to a point in time must keep exactly that data).
     #[serde(default)]
     pub detached: BTreeMap<String, String>,
+    /// Members an operation left behind, not yet seen replicating from
+    /// the primary it promoted: the failed primary, and replicas the
+    /// Repoint step could not reach. They never replicated from that
+    /// primary, so they can neither confirm nor deny its death, nor hold
+    /// its acknowledged writes: detection does not count them, a failover
+    /// neither waits for them nor promotes them (their divergence check
+    /// has not run), and only the repair loop rejoins them. Without this a
+    /// fenced old primary that had not rejoined yet outvoted the replicas
+    /// that saw the new primary die, and the cluster stayed without a
+    /// writable member.
+    #[serde(default)]
+    pub rejoining: BTreeSet<String>,
     /// The GTID position of the last promoted primary when it was
     /// promoted: members beyond it from another server diverged.
     #[serde(default)]
@@ -114,6 +126,7 @@ impl Default for ClusterControl {
             needs_rebuild: BTreeSet::new(),
             frozen: BTreeSet::new(),
             detached: BTreeMap::new(),
+            rejoining: BTreeSet::new(),
             promoted_at: None,
             operation: None,
             events: VecDeque::new(),
@@ -134,6 +147,12 @@ impl ClusterControl {
     /// it out of service.
     pub fn out_of_service(&self, host: &str) -> bool {
         self.needs_rebuild.contains(host) || self.detached.contains_key(host)
+    }
+
+    /// Whether `host` is still left behind by the last operation: marked
+    /// rejoining and not seen replicating from the primary (`follows`).
+    pub fn left_behind(&self, host: &str, follows: bool) -> bool {
+        self.rejoining.contains(host) && !follows
     }
 
     /// Appends an event, dropping the oldest beyond [`EVENTS_KEPT`].
@@ -253,6 +272,11 @@ pub struct Operation {
     /// candidate with the old primary's last writes would look errant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_primary_last_seen: Option<LastSeen>,
+    /// Members the Repoint step could not repoint (their agent did not
+    /// answer): they join [`ClusterControl::rejoining`] when the
+    /// operation completes.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub not_repointed: BTreeSet<String>,
 }
 
 /// What a server was last seen to hold.
@@ -294,6 +318,7 @@ impl Operation {
             promoted_at: None,
             promoted_unix_ms: None,
             old_primary_last_seen: None,
+            not_repointed: BTreeSet::new(),
         }
     }
 }

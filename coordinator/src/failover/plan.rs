@@ -22,6 +22,11 @@ pub struct Member<'a> {
     /// Its agent reports that `[mysql] address` does not reach its server:
     /// replicas pointed there would replicate from the wrong place.
     pub address_mismatch: bool,
+    /// Left behind by the last operation and not rejoined (see
+    /// `ClusterControl::rejoining`): it never replicated from the old
+    /// primary, so it holds none of its writes, and its divergence check
+    /// has not run. Neither waited for nor promoted.
+    pub rejoining: bool,
 }
 
 /// What to do.
@@ -86,6 +91,16 @@ fn elsewhere(members: &[Member<'_>], host: &str, c: &Constraints<'_>) -> Result<
 /// the least behind, then by name.
 pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Blocked> {
     let mut evidence = Vec::new();
+    let (left_behind, kept): (Vec<&Member<'_>>, Vec<&Member<'_>>) =
+        members.iter().partition(|m| m.rejoining);
+    for m in left_behind {
+        evidence.push(format!(
+            "{}: left behind by the last operation and not rejoined; it holds none of the old primary's writes and is neither waited for nor promoted",
+            m.host
+        ));
+    }
+    let members: Vec<Member<'_>> = kept.into_iter().cloned().collect();
+    let members = members.as_slice();
     let unreachable: Vec<&str> = members
         .iter()
         .filter(|m| m.frozen.is_none() && !m.needs_rebuild)
@@ -255,7 +270,42 @@ mod tests {
             semi_sync_replica: true,
             needs_rebuild: false,
             address_mismatch: false,
+            rejoining: false,
         }
+    }
+
+    #[test]
+    fn a_member_left_behind_by_the_last_failover_is_neither_waited_for_nor_promoted() {
+        // db1 failed earlier and came back fenced; db2 took over and died:
+        // db1 is unreachable (its mysqld still starting), or reachable and
+        // marked prefer, with the old writes of its time as primary
+        let db1f = frozen("0-1-30", "", "0-1-30", "", 1);
+        let db3f = frozen("0-2-12", "0-2-12", "0-2-12", "0-2-12", 3);
+        let left_behind = |f| Member {
+            rejoining: true,
+            ..member("db1", PromotionRule::Prefer, f)
+        };
+        for db1 in [left_behind(None), left_behind(Some(&db1f))] {
+            let members = [db1, member("db3", PromotionRule::Neutral, Some(&db3f))];
+            let c = choose(&members, FREE).unwrap();
+            assert_eq!(c.candidate, "db3");
+            assert_eq!(c.catch_up_from, None);
+            assert!(
+                c.evidence.iter().any(|e| e.contains("db1: left behind")),
+                "{:?}",
+                c.evidence
+            );
+        }
+        // asked for by name, it is refused as not promotable
+        let members = [
+            left_behind(Some(&db1f)),
+            member("db3", PromotionRule::Neutral, Some(&db3f)),
+        ];
+        let asked = Constraints {
+            requested_to: Some("db1"),
+            ..FREE
+        };
+        assert!(choose(&members, asked).is_err());
     }
 
     const FREE: Constraints<'static> = Constraints {

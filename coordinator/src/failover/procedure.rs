@@ -179,7 +179,7 @@ impl Failovers {
                 Step::Fence => self.fence(&mut op).await,
                 Step::Choose => self.choose(&mut op).await,
                 Step::Promote => self.promote(&mut op).await,
-                Step::Repoint => self.repoint(&op).await,
+                Step::Repoint => self.repoint(&mut op).await,
                 Step::Hooks => {
                     self.post_hooks(&op).await;
                     Ok(())
@@ -349,10 +349,17 @@ impl Failovers {
                     .await),
             };
         }
+        let old_address = members
+            .iter()
+            .find(|m| m.host == op.old_primary)
+            .and_then(|m| MysqlAddress::parse(&m.mysql_address).ok());
         let inputs: Vec<plan::Member<'_>> = members
             .iter()
             .filter(|m| m.host != op.old_primary)
             .map(|m| plan::Member {
+                rejoining: rec
+                    .control
+                    .left_behind(&m.host, old_address.as_ref().is_some_and(|a| m.follows(a))),
                 host: &m.host,
                 rule: rec.control.rule(&m.host),
                 frozen: op.frozen.get(&m.host),
@@ -475,7 +482,7 @@ impl Failovers {
         Ok(())
     }
 
-    async fn repoint(&self, op: &Operation) -> Result<(), StepError> {
+    async fn repoint(&self, op: &mut Operation) -> Result<(), StepError> {
         let candidate = op.candidate.clone().unwrap_or_default();
         let members = self.fleet.members(&self.cluster_of(op));
         let Some(new) = members.iter().find(|m| m.host == candidate) else {
@@ -542,26 +549,39 @@ impl Failovers {
                 .map_err(|e| StepError::Aborted(format!("cannot record the rebuild marks: {e}")))?;
         }
         let rec = self.fleet.cluster_record(&cluster);
+        let old_address = members
+            .iter()
+            .find(|m| m.host == op.old_primary)
+            .and_then(|m| MysqlAddress::parse(&m.mysql_address).ok());
         let others = members.iter().filter(|m| {
             m.host != candidate
                 && !rec.control.out_of_service(&m.host)
                 // A failed primary rejoins when it returns (after its
                 // divergence check); a switched-over one follows now.
                 && (m.host != op.old_primary || op.kind == OperationKind::Switchover)
+                // So does a member an earlier operation left behind.
+                && !rec
+                    .control
+                    .left_behind(&m.host, old_address.as_ref().is_some_and(|a| m.follows(a)))
         });
         let cluster = self.cluster_of(op);
+        let running: &Operation = op;
         let calls = others.map(|m| {
             let cmd = self.repoint_to(&cluster, &addr);
             async move {
-                let r = self.command(op, m, cmd, Duration::from_secs(20)).await;
+                let r = self.command(running, m, cmd, Duration::from_secs(20)).await;
                 (m.host.clone(), r)
             }
         });
-        for (host, r) in join_all(calls).await {
+        let replies = join_all(calls).await;
+        for (host, r) in replies {
             match r {
                 Ok(reply) => info!(operation = op.id, host, detail = reply.detail, "repointed"),
                 // The repair loop repoints it when it is back.
-                Err(e) => warn!(operation = op.id, host, error = e, "cannot repoint now"),
+                Err(e) => {
+                    warn!(operation = op.id, host, error = e, "cannot repoint now");
+                    op.not_repointed.insert(host);
+                }
             }
         }
         self.still_ours(op)
@@ -707,6 +727,12 @@ impl Failovers {
         let (candidate, promoted_at, automatic) =
             (op.candidate.clone(), op.promoted_at.clone(), op.automatic);
         let hold = message.clone();
+        // Left behind: the failed primary and whoever could not be
+        // repointed, until the repair loop sees them follow the new one.
+        let mut left_behind = op.not_repointed.clone();
+        if op.kind == OperationKind::Failover {
+            left_behind.insert(op.old_primary.clone());
+        }
         let frozen: Vec<String> = match op.kind {
             OperationKind::Failover => op
                 .frozen
@@ -723,6 +749,10 @@ impl Failovers {
                 rec.control.record(event);
                 if done {
                     rec.control.frozen.clear();
+                    if let Some(c) = &candidate {
+                        rec.control.rejoining.remove(c);
+                    }
+                    rec.control.rejoining.extend(left_behind);
                     rec.last_primary = candidate;
                     rec.control.promoted_at = promoted_at;
                     if automatic {

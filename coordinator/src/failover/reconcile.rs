@@ -178,6 +178,7 @@ impl Failovers {
     ) -> Option<(String, Health)> {
         let address =
             MysqlAddress::parse(&members.iter().find(|m| m.host == primary)?.mysql_address).ok()?;
+        let now = Instant::now();
         let seen: Vec<MemberSeen<'_>> = members
             .iter()
             .map(|m| MemberSeen {
@@ -186,6 +187,11 @@ impl Failovers {
                 server: m.server(),
                 mysql_error: m.mysql_error(),
                 in_service: !control.out_of_service(&m.host),
+                rejoining: control.rejoining.contains(&m.host),
+                silent_for: m.received_at.map(|at| now.saturating_duration_since(at)),
+                report_interval: m.report.as_ref().map_or(Duration::from_secs(1), |r| {
+                    Duration::from_millis(r.agent.report_interval_ms)
+                }),
             })
             .collect();
         Some((primary.clone(), detect::assess(&primary, &address, &seen)))
@@ -366,9 +372,19 @@ impl Failovers {
                 return Detected::Unconfirmed;
             }
         };
-        let since = *down.entry(cluster.to_string()).or_insert_with(Instant::now);
+        let first_seen = *down.entry(cluster.to_string()).or_insert_with(Instant::now);
+        // The host path's window runs from the primary's last report: the
+        // two reports its agent missed are already part of the wait.
+        let since = match path {
+            DownPath::Host => members
+                .iter()
+                .find(|m| m.host == primary)
+                .and_then(|m| m.received_at)
+                .map_or(first_seen, |at| at.min(first_seen)),
+            DownPath::Fast | DownPath::Slow => first_seen,
+        };
         let window = match path {
-            DownPath::Fast => self.cfg.fast_window,
+            DownPath::Fast | DownPath::Host => self.cfg.fast_window,
             DownPath::Slow => self.cfg.slow_window,
         };
         // Fresh observation: every member reported since we took over, or
@@ -479,13 +495,7 @@ impl Failovers {
                 OperationKind::Failover,
                 epoch.clone(),
                 primary.to_string(),
-                format!(
-                    "{primary} detected dead ({})",
-                    match path {
-                        DownPath::Fast => "fast path: its agent reports mysqld down",
-                        DownPath::Slow => "slow path: its agent is silent",
-                    }
-                ),
+                format!("{primary} detected dead ({})", path.describe()),
                 now_unix_ms(),
             )
         };
@@ -693,6 +703,26 @@ impl Failovers {
         }
     }
 
+    /// `host`, left behind by an operation, is seen replicating from the
+    /// primary: it counts for detection and failover again.
+    async fn rejoined(&self, cluster: &str, epoch: &Epoch, host: &str) {
+        let h = host.to_string();
+        match self
+            .fleet
+            .update_cluster(cluster, epoch.clone(), move |r| {
+                r.control.rejoining.remove(&h);
+                Ok(())
+            })
+            .await
+        {
+            Ok(()) => info!(
+                cluster,
+                host, "member follows the primary again; it counts for detection"
+            ),
+            Err(e) => warn!(cluster, host, error = %e, "cannot record that the member rejoined"),
+        }
+    }
+
     /// Repoints a replica of the primary whose heartbeat or net timeout
     /// differs from the cluster's policy (set up by hand, say): with
     /// MariaDB's defaults a replica notices a dead primary only after a
@@ -893,6 +923,9 @@ impl Failovers {
                 .as_ref()
                 .filter(|r| r.source.same_endpoint(&p_addr))
             {
+                if rec.control.rejoining.contains(&m.host) {
+                    self.rejoined(cluster, epoch, &m.host).await;
+                }
                 self.tune(cluster, epoch, m, r, &p_addr).await;
                 continue;
             }

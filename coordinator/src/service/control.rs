@@ -281,9 +281,17 @@ pub(crate) fn full_views(fleet: &Fleet, only: Option<&Name>) -> Vec<pb::ClusterV
 /// fence and rebuild mark, and the problems an operator must act on.
 pub(crate) fn decorate(view: &mut pb::ClusterView, rec: &ClusterRecord) {
     let c = &rec.control;
+    let primary_address = view
+        .members
+        .iter()
+        .find(|m| m.host == view.primary)
+        .map(|m| m.mysql_address.clone())
+        .unwrap_or_default();
     for m in &mut view.members {
         m.promotion_rule = c.rule(&m.host).as_str().to_string();
         m.needs_rebuild = c.needs_rebuild.contains(&m.host);
+        let follows = !m.source.is_empty() && m.source == primary_address;
+        m.rejoining = !m.needs_rebuild && c.left_behind(&m.host, follows);
     }
     let problem = |kind: &str, host: &str, message: String| pb::Problem {
         kind: kind.to_string(),
@@ -295,6 +303,16 @@ pub(crate) fn decorate(view: &mut pb::ClusterView, rec: &ClusterRecord) {
             "needs-rebuild",
             h,
             format!("{h} has transactions the primary never had; rebuild it from a backup"),
+        ));
+    }
+    for m in view.members.iter().filter(|m| m.rejoining) {
+        view.problems.push(problem(
+            "not-rejoined",
+            &m.host,
+            format!(
+                "{} was left behind by the last failover or switchover and does not replicate from the primary yet; it rejoins once its mysqld answers and its GTIDs show no divergence (or is marked needs-rebuild), and until then it is never promoted",
+                m.host
+            ),
         ));
     }
     for m in &view.members {
