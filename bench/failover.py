@@ -2,9 +2,9 @@
 """Failover and switchover write unavailability, measured from outside.
 
 Starts a sandbox fleet (3 MariaDB servers with lossless semi-sync, 3
-agents, 2 coordinators, default [failover] settings: fast window 1 s, slow
-window 5 s on top of the sandbox agent timeout of 5 s) and then, ROUNDS
-times each:
+agents, 2 coordinators, default [failover] settings: fast window 1 s, also
+the host path's, counted from the primary agent's last report; agents
+report every 1 s) and then, ROUNDS times each:
 
 - mysqld: kill -9 of the primary's mysqld; time until an INSERT through
   the application account succeeds on another member.

@@ -44,6 +44,30 @@ pub struct ClusterJson {
     /// hold, the operation running), as `dbfleet failover-policy` prints
     /// them; null from a coordinator that does not send them.
     pub control: Option<serde_json::Value>,
+    /// What would happen if the primary died now; null when there is no
+    /// writable primary to judge.
+    pub readiness: Option<ReadinessJson>,
+}
+
+/// What a failover of the primary would find now.
+#[derive(Debug, Serialize)]
+pub struct ReadinessJson {
+    /// No reason in `not_ready`.
+    pub ready: bool,
+    /// Who would be promoted; null when nobody could be.
+    pub candidate: Option<String>,
+    /// The fence proof if mysqld died and its agent lived; null: none.
+    pub mysqld_death_proof: Option<String>,
+    /// About how long until writable after that; null: unknown.
+    pub mysqld_death_expected_ms: Option<u64>,
+    /// The fence proof if the whole host died; null: none.
+    pub host_death_proof: Option<String>,
+    /// About how long until writable after a host death.
+    pub host_death_expected_ms: Option<u64>,
+    /// Why an acknowledged write could be lost; null: it could not.
+    pub data_loss: Option<String>,
+    /// Why an automatic failover would not happen or would block.
+    pub not_ready: Vec<String>,
 }
 
 /// One member.
@@ -184,6 +208,16 @@ pub fn to_json(resp: &pb::ListClustersResponse) -> StatusJson {
                 semi_sync_policy: c.policy.as_ref().and_then(|p| non_empty(&p.semi_sync)),
                 mysql_tls_policy: c.policy.as_ref().and_then(|p| non_empty(&p.mysql_tls)),
                 control: c.control.as_ref().map(crate::failover::control_json),
+                readiness: c.readiness.as_ref().map(|r| ReadinessJson {
+                    ready: r.ready,
+                    candidate: non_empty(&r.candidate),
+                    mysqld_death_proof: non_empty(&r.mysqld_death_proof),
+                    mysqld_death_expected_ms: Some(r.mysqld_death_expected_ms).filter(|ms| *ms > 0),
+                    host_death_proof: non_empty(&r.host_death_proof),
+                    host_death_expected_ms: Some(r.host_death_expected_ms).filter(|ms| *ms > 0),
+                    data_loss: non_empty(&r.data_loss),
+                    not_ready: r.not_ready.clone(),
+                }),
             })
             .collect(),
     }
@@ -277,6 +311,9 @@ pub fn to_table(s: &StatusJson) -> String {
             let cells = [&*r[0], &*r[1], &*r[2], &*r[3], &*r[4], &*r[5], &*r[6]];
             let _ = writeln!(out, "{branch} {}", line(cells));
         }
+        if let Some(line) = c.readiness.as_ref().and_then(|r| readiness_line(c, r)) {
+            let _ = writeln!(out, "   {line}");
+        }
         for p in &c.problems {
             let _ = writeln!(
                 out,
@@ -290,6 +327,30 @@ pub fn to_table(s: &StatusJson) -> String {
     out
 }
 
+/// "if db1 died now: db2 takes over in about 2 s (...)", for the table;
+/// `None` when nobody could take over (the problem says why).
+fn readiness_line(c: &ClusterJson, r: &ReadinessJson) -> Option<String> {
+    let primary = c.primary.as_deref()?;
+    let candidate = r.candidate.as_deref()?;
+    let secs = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
+    let mut parts = Vec::new();
+    if let Some(ms) = r.mysqld_death_expected_ms {
+        parts.push(format!("mysqld death about {}", secs(ms)));
+    }
+    match r.host_death_expected_ms {
+        Some(ms) => parts.push(format!("host death about {}", secs(ms))),
+        None => parts.push("host death blocks (no fence proof)".into()),
+    }
+    let loss = match &r.data_loss {
+        Some(_) => "acknowledged writes could be lost (semi-sync not lossless)",
+        None => "no acknowledged write lost",
+    };
+    Some(format!(
+        "if {primary} died now: {candidate} takes over ({}); {loss}",
+        parts.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +361,7 @@ mod tests {
             coordinator_id: "c1".into(),
             clusters: vec![pb::ClusterView {
                 control: None,
+                readiness: None,
                 name: "main".into(),
                 primary: String::new(),
                 members: vec![pb::MemberView {

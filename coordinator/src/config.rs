@@ -64,7 +64,9 @@ pub struct CoordinatorConfig {
 #[serde(deny_unknown_fields)]
 pub struct FailoverConfig {
     /// Fast path: the primary's agent says mysqld is down and the replicas
-    /// agree, for this long.
+    /// agree, for this long. Also the host path's window (the agent missed
+    /// two reports and every other member lost the primary since), counted
+    /// from the primary's last report.
     #[serde(default = "default_fast_window", with = "humantime_serde")]
     pub fast_window: Duration,
     /// Slow path: the primary's agent is silent (beyond the agent timeout)

@@ -16,6 +16,7 @@ pub mod journal;
 pub mod plan;
 pub mod positions;
 pub(crate) mod procedure;
+pub mod readiness;
 pub(crate) mod reconcile;
 
 use std::collections::HashMap;

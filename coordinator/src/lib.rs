@@ -156,10 +156,6 @@ pub async fn run(
         config.lease.rpc_timeout * 3,
         shutdown.clone(),
     ));
-    if let Some(l) = metrics_listener {
-        let tls = config.metrics_tls.then(|| tls.clone());
-        tokio::spawn(metrics::serve(l, fleet.clone(), tls, shutdown.clone()));
-    }
 
     let report = ReportApi {
         fleet: fleet.clone(),
@@ -173,6 +169,16 @@ pub async fn run(
         heartbeat: config.lease.renew_interval,
     };
     let failovers = Failovers::new(fleet.clone(), clients.clone(), config.failover.clone());
+    if let Some(l) = metrics_listener {
+        let tls = config.metrics_tls.then(|| tls.clone());
+        tokio::spawn(metrics::serve(
+            l,
+            fleet.clone(),
+            failovers.clone(),
+            tls,
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(failover::reconcile::run(
         failovers.clone(),
         shutdown.clone(),

@@ -26,6 +26,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::failover::Failovers;
 use crate::fleet::Fleet;
 use crate::ha::Ha;
 
@@ -83,10 +84,10 @@ fn register_ha(registry: &mut Registry, ha: &Ha) {
 
 /// One scrape's text: every family built from the state at this instant
 /// (the counters keep their values across scrapes).
-fn render(fleet: &Fleet) -> String {
+fn render(fleet: &Fleet, failovers: &Failovers) -> String {
     let mut registry = Registry::with_prefix("dbfleet_coordinator");
     register_ha(&mut registry, fleet.ha());
-    let views = crate::service::control::full_views(fleet, None);
+    let views = crate::service::control::full_views(fleet, failovers, None);
     fleet::register(&mut registry, &views, &fleet.agent_views());
     fleet.counters().register(&mut registry);
     let mut out = String::new();
@@ -96,13 +97,15 @@ fn render(fleet: &Fleet) -> String {
     out
 }
 
-async fn scrape(State(fleet): State<Arc<Fleet>>) -> impl IntoResponse {
+async fn scrape(
+    State((fleet, failovers)): State<(Arc<Fleet>, Arc<Failovers>)>,
+) -> impl IntoResponse {
     (
         [(
             CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        render(&fleet),
+        render(&fleet, &failovers),
     )
 }
 
@@ -112,11 +115,12 @@ async fn scrape(State(fleet): State<Arc<Fleet>>) -> impl IntoResponse {
 pub async fn serve(
     listener: TcpListener,
     fleet: Arc<Fleet>,
+    failovers: Arc<Failovers>,
     tls: Option<Arc<TlsContext>>,
     cancel: CancellationToken,
 ) {
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(fleet);
+        .with_state((fleet, failovers));
     dbfleet_common::metrics_http::serve(listener, app, tls, cancel).await;
 }

@@ -208,6 +208,7 @@ pub fn derive(input: &ClusterInput<'_>) -> pb::ClusterView {
 
     pb::ClusterView {
         control: None,
+        readiness: None,
         name: input.name.to_string(),
         primary: primary.unwrap_or_default().to_string(),
         members: views,

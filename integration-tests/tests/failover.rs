@@ -54,6 +54,17 @@ fn pid(fleet: &TestFleet, name: &str) -> nix::unistd::Pid {
 on_both_flavors! {
 async fn kill_9_of_the_primary_mysqld_fails_over_fast_and_the_old_primary_rejoins(flavor: Flavor) {
     let (mut fleet, writer, sampler) = loaded_fleet_on(flavor, 2, "").await;
+    // status says beforehand what a failover would find
+    let status = fleet.status_json();
+    let ready = &status["clusters"][0]["readiness"];
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert!(ready["candidate"] == "db2" || ready["candidate"] == "db3", "{ready}");
+    assert!(
+        ready["mysqld_death_proof"].as_str().unwrap().contains("agent of db1")
+            && ready["host_death_proof"].as_str().unwrap().contains("lossless semi-sync")
+            && ready["data_loss"].is_null(),
+        "{ready}"
+    );
     fleet.kill_mysqld("db1");
     let view = new_primary(&fleet, "db1", &["db2", "db3"]).await;
     let primary = view.primary.clone();

@@ -227,6 +227,22 @@ async fn with_automatic_failover_off_a_dead_primary_is_reported_and_only_an_oper
         status["clusters"][0]["control"]["auto_failover"], false,
         "status shows the controls: {status}"
     );
+    // and that a dead primary would not be failed over
+    let ready = &status["clusters"][0]["readiness"];
+    assert_eq!(ready["ready"], false, "{ready}");
+    assert_eq!(
+        ready["not_ready"][0], "automatic failover is off",
+        "{ready}"
+    );
+    let problems = status["clusters"][0]["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["kind"] == "failover-not-ready"
+            && p["message"]
+                .as_str()
+                .unwrap()
+                .contains("automatic failover is off")),
+        "{problems:?}"
+    );
     fleet.kill("mariadbd-db1");
     let skipped = wait_event(&fleet, "failover-skipped", |e| e["host"] == "db1").await;
     assert!(

@@ -215,7 +215,11 @@ impl AdminService for AdminApi {
         request: Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
         let only = model::cluster_filter(request.get_ref()).map_err(ServiceError::from)?;
-        let mut clusters = crate::service::control::full_views(&self.fleet, only.as_ref());
+        let mut clusters = crate::service::control::full_views(
+            &self.fleet,
+            &self.controls.failovers,
+            only.as_ref(),
+        );
         for c in &mut clusters {
             let rec = self.fleet.cluster_record(&c.name);
             c.control = Some(control_view(

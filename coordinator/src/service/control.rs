@@ -269,10 +269,28 @@ const ARCHIVE_LAG_PROBLEM_MS: u64 = 60_000;
 
 /// Every cluster's view (or `only`'s) with what desired state adds: what
 /// `dbfleet status` and the metrics endpoint both show.
-pub(crate) fn full_views(fleet: &Fleet, only: Option<&Name>) -> Vec<pb::ClusterView> {
+pub(crate) fn full_views(
+    fleet: &Fleet,
+    failovers: &Failovers,
+    only: Option<&Name>,
+) -> Vec<pb::ClusterView> {
     let mut views = fleet.cluster_views(only);
     for v in &mut views {
         decorate(v, &fleet.cluster_record(&v.name));
+        if let Some(r) = crate::failover::readiness::of(failovers, &v.name) {
+            if !r.not_ready.is_empty() {
+                v.problems.push(pb::Problem {
+                    kind: "failover-not-ready".into(),
+                    host: String::new(),
+                    message: format!(
+                        "if the primary {} died now, automatic failover would not complete: {}",
+                        v.primary,
+                        r.not_ready.join("; ")
+                    ),
+                });
+            }
+            v.readiness = Some(r.view());
+        }
     }
     views
 }
