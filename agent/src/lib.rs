@@ -8,13 +8,13 @@ pub mod backup;
 pub mod binlog_archive;
 pub mod collector;
 pub mod config;
-pub mod fence;
 pub mod guard;
 pub mod metrics;
 pub mod mysql;
 pub mod reporter;
 pub mod repository;
 pub mod service;
+pub mod voter;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,12 +36,12 @@ use tracing::{info, warn};
 
 use crate::collector::ReportIdentity;
 use crate::config::AgentConfig;
-use crate::fence::Fence;
 use crate::guard::{AckClock, Guard};
 use crate::mysql::control::Controller;
 use crate::mysql::observer::{LiveReplicas, MysqlTarget, Observer};
 use crate::mysql::process::KnownServer;
 use crate::service::{AgentApi, VoterApi};
+use crate::voter::LeaseVoter;
 
 /// Why the agent cannot start or run.
 #[derive(Debug, thiserror::Error)]
@@ -65,9 +65,9 @@ pub enum AgentError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(String),
-    /// The fence record cannot be loaded.
+    /// The lease voter's record cannot be loaded.
     #[error(transparent)]
-    Fence(#[from] crate::fence::FenceError),
+    Voter(#[from] crate::voter::VoterError),
     /// The read-only guard cannot be loaded.
     #[error(transparent)]
     Guard(#[from] crate::guard::GuardError),
@@ -162,11 +162,11 @@ pub async fn run(
     if let Some(path) = &config.source {
         reload_coordinator_names(path.clone(), names.clone(), shutdown.clone());
     }
-    Fence::move_legacy_record(
+    LeaseVoter::move_legacy_record(
         &config.legacy_fence_record_path(),
         &config.fence_record_path(),
     )?;
-    let fence = Arc::new(Fence::open(
+    let lease_voter = Arc::new(LeaseVoter::open(
         &config.fence_record_path(),
         config.amnesia_quarantine,
     )?);
@@ -177,7 +177,7 @@ pub async fn run(
     let voter = VoterServiceServer::new(VoterApi {
         name: config.host.clone(),
         witness: config.witness,
-        fence: fence.clone(),
+        voter: lease_voter.clone(),
     });
     let server = match target {
         Some(Checked {
@@ -293,7 +293,7 @@ pub async fn run(
                         .collect(),
                     collections: collected,
                     guard: guard.clone(),
-                    fence: fence.clone(),
+                    voter: lease_voter.clone(),
                     jobs: jobs.clone(),
                     archive: archive.clone(),
                     acks: accepted.clone(),
@@ -344,7 +344,7 @@ pub async fn run(
                 .layer(AuthorizeLayer::new(service::policy).with_names(names.clone()))
                 .add_service(AgentServiceServer::new(AgentApi {
                     reports: rx,
-                    fence,
+                    voter: lease_voter,
                     control,
                     jobs,
                 }))

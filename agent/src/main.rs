@@ -120,7 +120,6 @@ fn real_main(cli: Cli, log: telemetry::LogControl) -> anyhow::Result<()> {
         tracing::error_span!("agent", cluster = %config.cluster, host = %config.host),
     )
     .context("start the async runtime")?;
-    let shutdown_timeout = config.shutdown_timeout;
     let ran = rt.block_on(async {
         let shutdown = CancellationToken::new();
         log.reload_on_sighup(path.clone(), shutdown.clone());
@@ -134,7 +133,8 @@ fn real_main(cli: Cli, log: telemetry::LogControl) -> anyhow::Result<()> {
         Ok(())
     });
     // A blocking task still running (a job's thread stuck in a read the
-    // stop could not end) must not keep the process alive past its bound.
-    rt.shutdown_timeout(shutdown_timeout);
+    // stop could not end) must not keep the process alive: `run` has
+    // already spent the shutdown timeout waiting for the jobs.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     ran
 }

@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backup::Jobs;
 use crate::binlog_archive::ArchiveStatus;
-use crate::fence::Fence;
 use crate::guard::Guard;
 use crate::mysql::observer::Collection;
+use crate::voter::LeaseVoter;
 use family::Family;
 
 /// When each coordinator last accepted a report, kept by the reporters.
@@ -117,7 +117,7 @@ pub struct Sources {
     /// The read-only guard.
     pub guard: Arc<Guard>,
     /// The voter's fence record.
-    pub fence: Arc<Fence>,
+    pub voter: Arc<LeaseVoter>,
     /// Backup jobs.
     pub jobs: Arc<Jobs>,
     /// The binlog archive.
@@ -170,7 +170,7 @@ impl Sources {
             state,
             status: sample.map(|s| &s.status),
             fenced: self.guard.current().fenced,
-            epoch_term: self.fence.promised_term(),
+            epoch_term: self.voter.promised_term(),
             coordinators: &coordinators,
             jobs: &jobs,
             archive: archive.as_ref(),

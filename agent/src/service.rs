@@ -20,8 +20,8 @@ use tracing::{info, warn};
 
 use crate::backup::Jobs;
 use crate::binlog_archive::store::Target;
-use crate::fence::{CommandRefused, Fence, FenceError};
 use crate::mysql::control::{ControlError, Controller, Fenced, Outcome};
+use crate::voter::{CommandRefused, LeaseVoter, VoterError};
 use dbfleet_common::gtid_state::GtidState;
 
 /// Per-RPC authorization of the agent: only coordinators, deny by default.
@@ -55,7 +55,7 @@ fn own_holder(caller: &Identity, holder: &HolderId) -> Result<(), Status> {
     Ok(())
 }
 
-fn fence_status(e: FenceError) -> Status {
+fn voter_status(e: VoterError) -> Status {
     Status::unavailable(format!("this agent cannot persist its promise: {e}"))
 }
 
@@ -199,7 +199,7 @@ async fn run_command(
 #[derive(Clone)]
 pub(crate) struct AgentApi {
     pub(crate) reports: watch::Receiver<Option<pb::AgentReport>>,
-    pub(crate) fence: Arc<Fence>,
+    pub(crate) voter: Arc<LeaseVoter>,
     pub(crate) control: Arc<Controller>,
     pub(crate) jobs: Arc<Jobs>,
 }
@@ -229,7 +229,7 @@ impl AgentService for AgentApi {
         let command = m
             .command
             .ok_or(dbfleet_proto::model::ProtocolError::Missing("command"))?;
-        let permit = match self.fence.admit(&epoch, &holder).await {
+        let permit = match self.voter.admit(&epoch, &holder).await {
             Ok(p) => p,
             Err(CommandRefused::Stale(stale)) => {
                 warn!(sent = %stale.sent, promised = %stale.promised, from = %caller, "refused a command of a stale epoch");
@@ -244,7 +244,7 @@ impl AgentService for AgentApi {
                 warn!(sent = %epoch, from = %caller, "refused a command of an implausible epoch");
                 return Err(Status::permission_denied(why));
             }
-            Err(CommandRefused::Persist(e)) => return Err(fence_status(e)),
+            Err(CommandRefused::Persist(e)) => return Err(voter_status(e)),
         };
         let name = command_name(&command);
         let promised = permit.promised.clone();
@@ -312,7 +312,7 @@ fn command_name(c: &pb::command_request::Command) -> &'static str {
 pub(crate) struct VoterApi {
     pub(crate) name: String,
     pub(crate) witness: bool,
-    pub(crate) fence: Arc<Fence>,
+    pub(crate) voter: Arc<LeaseVoter>,
 }
 
 #[tonic::async_trait]
@@ -329,7 +329,7 @@ impl VoterService for VoterApi {
             | VoterRequest::Release { holder, .. } => holder,
         };
         own_holder(&caller, holder)?;
-        let reply = self.fence.vote(req).await.map_err(fence_status)?;
+        let reply = self.voter.vote(req).await.map_err(voter_status)?;
         Ok(Response::new(reply.into()))
     }
 
@@ -337,7 +337,7 @@ impl VoterService for VoterApi {
         &self,
         _request: Request<pb::GetVoterStateRequest>,
     ) -> Result<Response<pb::VoterState>, Status> {
-        let s = self.fence.snapshot().await;
+        let s = self.voter.snapshot().await;
         Ok(Response::new(pb::VoterState {
             name: self.name.clone(),
             voter_config_version: s.record.voter_config_version,

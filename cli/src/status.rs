@@ -327,10 +327,15 @@ pub fn to_table(s: &StatusJson) -> String {
     out
 }
 
-/// "if db1 died now: db2 takes over in about 2 s (...)", for the table;
-/// `None` when nobody could take over (the problem says why).
+/// "if db1 died now: db2 takes over (...)", for the table, or that no
+/// automatic failover would complete (the problem says why).
 fn readiness_line(c: &ClusterJson, r: &ReadinessJson) -> Option<String> {
     let primary = c.primary.as_deref()?;
+    if !r.ready {
+        return Some(format!(
+            "if {primary} died now: no automatic failover would complete (see failover-not-ready)"
+        ));
+    }
     let candidate = r.candidate.as_deref()?;
     let secs = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
     let mut parts = Vec::new();

@@ -27,7 +27,7 @@ pub mod schedule;
 
 use crate::error::ServiceError;
 use crate::fleet::{Fleet, MemberState};
-use crate::ha::voters::VoterClients;
+use crate::ha::voters::AgentClients;
 use crate::store::ClusterRecord;
 
 /// "running", "completed", "failed", and "deleting" while retention
@@ -233,7 +233,7 @@ pub(crate) fn choose_host(members: &[MemberState]) -> Result<String, String> {
 #[derive(Debug)]
 pub struct Backups {
     fleet: Arc<Fleet>,
-    clients: Arc<VoterClients>,
+    clients: Arc<AgentClients>,
     /// When an automatic start was last refused, by cluster and kind.
     tried: std::sync::Mutex<BTreeMap<String, i64>>,
     /// The position each cluster's binlog archive was last pruned to.
@@ -242,7 +242,7 @@ pub struct Backups {
 
 impl Backups {
     /// The backup machinery of one coordinator.
-    pub fn new(fleet: Arc<Fleet>, clients: Arc<VoterClients>) -> Arc<Backups> {
+    pub fn new(fleet: Arc<Fleet>, clients: Arc<AgentClients>) -> Arc<Backups> {
         Arc::new(Backups {
             fleet,
             clients,

@@ -10,12 +10,16 @@
 
 pub mod detect;
 pub(crate) mod fence;
+#[cfg(test)]
+mod fixtures;
 pub use dbfleet_common::gtid;
 pub mod hooks;
 pub mod journal;
 pub mod plan;
 pub mod positions;
 pub(crate) mod procedure;
+#[cfg(test)]
+mod procedure_tests;
 pub mod readiness;
 pub(crate) mod reconcile;
 
@@ -28,17 +32,18 @@ use dbfleet_proto::model::ServerState;
 use dbfleet_proto::pb;
 use tokio::sync::watch;
 
+use crate::agent_commands::AgentCommands;
 use crate::config::FailoverConfig;
 use crate::error::ServiceError;
 use crate::fleet::Fleet;
-use crate::ha::voters::VoterClients;
 use journal::{Operation, OperationKind};
 
 /// Runs and tracks failovers and switchovers of every cluster.
 #[derive(Debug)]
 pub struct Failovers {
     fleet: Arc<Fleet>,
-    clients: Arc<VoterClients>,
+    /// Where commands go: the agents, or a test's script.
+    agents: Arc<dyn AgentCommands>,
     cfg: FailoverConfig,
     /// Outcome of the operation running here, per cluster.
     running: Mutex<HashMap<String, watch::Receiver<Option<pb::OperationResult>>>>,
@@ -66,10 +71,14 @@ type LastReports = HashMap<String, (String, u64)>;
 
 impl Failovers {
     /// The failover machinery of one coordinator.
-    pub fn new(fleet: Arc<Fleet>, clients: Arc<VoterClients>, cfg: FailoverConfig) -> Arc<Self> {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        agents: Arc<dyn AgentCommands>,
+        cfg: FailoverConfig,
+    ) -> Arc<Self> {
         Arc::new(Failovers {
             fleet,
-            clients,
+            agents,
             cfg,
             running: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),

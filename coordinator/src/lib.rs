@@ -5,6 +5,7 @@
 //! `main.rs` only parses arguments, sets up logging and binds the listener;
 //! [`run`] is the whole server, so tests and embedders start it the same way.
 
+pub mod agent_commands;
 pub(crate) mod audit;
 pub mod backup;
 pub mod config;
@@ -16,6 +17,8 @@ pub mod membership;
 pub mod metrics;
 pub mod service;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod topology;
 
 use std::sync::Arc;
@@ -41,7 +44,7 @@ use crate::error::StartError;
 use crate::failover::Failovers;
 use crate::fleet::{Fleet, FleetRules, ReplicaTuning};
 use crate::ha::replication::PeerApi;
-use crate::ha::voters::VoterClients;
+use crate::ha::voters::AgentClients;
 use crate::ha::{Ha, KnownActive};
 use crate::service::admin::AdminApi;
 use crate::service::report::ReportApi;
@@ -138,7 +141,7 @@ pub async fn run(
     tls.send_from(config.listen.ip());
     tls.spawn_reloader(config.cert_reload_interval, shutdown.clone());
     spawn_primary_observer(fleet.clone(), shutdown.clone());
-    let clients = Arc::new(VoterClients::new(tls.clone(), config.lease.rpc_timeout));
+    let clients = Arc::new(AgentClients::new(tls.clone(), config.lease.rpc_timeout));
     // The lease stops after the server (so in-flight writes finish under a
     // valid lease) and releases the lease on the way out.
     let lease_cancel = CancellationToken::new();

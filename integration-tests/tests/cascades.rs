@@ -135,22 +135,34 @@ async fn the_new_primary_dying_while_the_old_one_is_still_down_is_replaced_and_t
 }
 
 #[tokio::test]
-async fn a_coordinator_killed_during_the_repairs_after_a_failover_leaves_them_to_the_other() {
+async fn a_coordinator_killed_before_the_repairs_after_a_failover_leaves_them_to_the_other() {
     let (mut fleet, writer, sampler) = loaded_fleet_on(Flavor::MariaDb, 3, TWO_FAILOVERS).await;
     fleet.kill_mysqld("db1");
     let first = new_primary(&fleet, "db1", &["db2", "db3", "db4"]).await;
-    // The repairs start when db1 is back: the active dies right then.
+    // The active dies with db1's repairs still ahead (its mysqld is down:
+    // nothing can rejoin it yet); they fall to the other coordinator.
     let active = sole_active(&fleet.coordinators())
         .map(|c| c["id"].as_str().unwrap().to_string())
         .expect("an active coordinator");
-    fleet.start_mysqld("db1").unwrap();
     fleet.kill(&format!("coordinator-{active}"));
     fleet
         .wait_coordinators("the other coordinator active", |c| {
             sole_active(c).is_some_and(|a| a["id"] != active.as_str())
         })
         .await;
+    fleet.start_mysqld("db1").unwrap();
     rejoined_or_marked(&fleet, "db1").await;
+    let rejoin = events(&fleet)
+        .into_iter()
+        .rev()
+        .find(|e| (e["kind"] == "rejoined" || e["kind"] == "needs-rebuild") && e["host"] == "db1")
+        .expect("db1's repair recorded");
+    assert!(
+        !rejoin
+            .to_string()
+            .contains(&format!("\"coordinator\":\"{active}\"")),
+        "repaired by the new active: {rejoin}"
+    );
     // and the next failure is still handled, by the new active
     let p = first.primary.clone();
     fleet.kill_mysqld(&p);

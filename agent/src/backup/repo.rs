@@ -377,9 +377,9 @@ pub fn store_output(
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         });
-        let stored = store_stream(&mut stdout, to, observe);
-        done.store(true, Ordering::Relaxed);
-        stored
+        // Set however the read ends (a panic too), so the watcher stops.
+        let _done = SetOnDrop(&done);
+        store_stream(&mut stdout, to, observe)
     });
     let stored = match stored {
         Ok(_) if cancel.load(Ordering::Relaxed) => {
@@ -394,6 +394,15 @@ pub fn store_output(
         .wait()
         .map_err(|e| format!("waiting for the backup tool: {e}"))?;
     Ok((stored?, status))
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Why a stored file could not be read back.

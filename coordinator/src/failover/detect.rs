@@ -21,11 +21,10 @@ pub struct MemberSeen<'a> {
     /// for a rebuild): it replicates from nobody on purpose, so it neither
     /// confirms nor counts.
     pub in_service: bool,
-    /// Left behind by the last operation and not yet seen replicating
-    /// from the primary it promoted: unless it is seen replicating from
-    /// this primary now, it neither confirms nor counts (it never received
-    /// from this primary, so it knows nothing of its death).
-    pub rejoining: bool,
+    /// Left behind by the last operation and provably apart from this
+    /// primary (`ClusterControl::apart`): it never received from it, so it
+    /// neither confirms nor counts.
+    pub apart: bool,
     /// How long ago its latest report arrived (`None`: never).
     pub silent_for: Option<Duration>,
     /// The interval its agent reports at.
@@ -34,18 +33,13 @@ pub struct MemberSeen<'a> {
 
 impl MemberSeen<'_> {
     /// Its agent missed two reports in a row (it may still be within the
-    /// agent timeout): a live agent misses one at most, to a slow
-    /// collection.
+    /// agent timeout). A live agent whose server answers misses one at
+    /// most; one whose collections run into their deadlines (a hung
+    /// server) may miss more, which is why a late agent alone decides
+    /// nothing.
     fn late(&self) -> bool {
         self.silent_for
             .is_none_or(|s| s > 2 * self.report_interval.max(Duration::from_millis(100)))
-    }
-
-    /// Whether it is seen replicating from `address`.
-    fn follows(&self, address: &MysqlAddress) -> bool {
-        self.server
-            .and_then(|s| s.replication.as_ref())
-            .is_some_and(|r| r.source.same_endpoint(address))
     }
 }
 
@@ -114,7 +108,10 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
     if p.server.is_some() && !late {
         return Health::Up;
     }
-    let (path, mut evidence) = match (p.reporting && !late, p.mysql_error) {
+    // An agent whose last report within the agent timeout said mysqld is
+    // down keeps the fast path however late its next report is: a hung
+    // server makes every collection run into its deadline.
+    let (path, mut evidence) = match (p.reporting, p.mysql_error) {
         (true, Some(e)) => (
             DownPath::Fast,
             vec![format!("{primary}: agent reports mysqld unreachable: {e}")],
@@ -132,7 +129,7 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
     };
     let mut replicas: Vec<&MemberSeen<'_>> = Vec::new();
     for m in members.iter().filter(|m| m.host != primary && m.in_service) {
-        if m.rejoining && !m.follows(address) {
+        if m.apart {
             evidence.push(format!(
                 "{}: left behind by the last operation and not rejoined; it never replicated from {primary}, so it neither confirms nor counts",
                 m.host
@@ -141,10 +138,9 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
             replicas.push(m);
         }
     }
+    // Late without the fast path's word, but within the agent timeout.
+    let only_late = path == DownPath::Slow && p.reporting;
     if replicas.is_empty() {
-        if late && p.reporting {
-            return Health::Up;
-        }
         return Health::Unconfirmed {
             why: "no replica can confirm the primary is down".into(),
         };
@@ -189,7 +185,7 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
     }
     if !still_receiving.is_empty() {
         // A late agent whose server still feeds a replica is just late.
-        if late && p.reporting {
+        if only_late {
             return Health::Up;
         }
         return Health::UnreachablePrimary { evidence };
@@ -200,10 +196,15 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
             evidence,
         };
     }
-    if late && p.reporting {
-        // Late, but not yet silent for the agent timeout, and the others
-        // do not all confirm: wait for the slow path.
-        return Health::Up;
+    if only_late {
+        // Not yet silent for the agent timeout, and the others do not all
+        // confirm: no failover yet, but it looks dead (the breaker counts
+        // it, so primaries that die together are counted together).
+        return Health::Unconfirmed {
+            why: format!(
+                "{primary}'s agent missed two reports and not every other member has confirmed since that it lost {primary}; waiting for the agent timeout"
+            ),
+        };
     }
     // Only a replica of this primary can confirm it lost it: one reachable
     // but replicating from elsewhere (or not at all) neither confirms nor
@@ -269,7 +270,7 @@ mod tests {
             server: None,
             mysql_error: Some("Connection refused"),
             in_service: true,
-            rejoining: false,
+            apart: false,
             silent_for: Some(SEC / 2),
             report_interval: SEC,
         };
@@ -279,7 +280,7 @@ mod tests {
             server: Some(s),
             mysql_error: None,
             in_service: true,
-            rejoining: false,
+            apart: false,
             silent_for: Some(SEC / 2),
             report_interval: SEC,
         };
@@ -289,7 +290,7 @@ mod tests {
             server: None,
             mysql_error: None,
             in_service: true,
-            rejoining: false,
+            apart: false,
             silent_for: Some(10 * SEC),
             report_interval: SEC,
         };
@@ -381,7 +382,7 @@ mod tests {
             server,
             mysql_error: None,
             in_service: true,
-            rejoining: false,
+            apart: false,
             silent_for: Some(silent_for),
             report_interval: SEC,
         };
@@ -418,20 +419,47 @@ mod tests {
         ];
         assert_eq!(assess("db1", &addr, &m), Health::Up);
         // a confirmation older than the primary's last report proves
-        // nothing about the host: wait for the agent timeout
+        // nothing about the host: wait for the agent timeout (it looks
+        // dead meanwhile, for the breaker)
         let m = [
             primary(SEC * 5 / 2),
             replica("db2", &lost, SEC / 2),
             replica("db3", &lost, 3 * SEC),
         ];
-        assert_eq!(assess("db1", &addr, &m), Health::Up);
+        assert!(matches!(
+            assess("db1", &addr, &m),
+            Health::Unconfirmed { .. }
+        ));
         // a replica that does not answer: not complete either
         let m = [
             primary(SEC * 5 / 2),
             replica("db2", &lost, SEC / 2),
             seen("db3", None, SEC / 2),
         ];
-        assert_eq!(assess("db1", &addr, &m), Health::Up);
+        assert!(matches!(
+            assess("db1", &addr, &m),
+            Health::Unconfirmed { .. }
+        ));
+        // an agent that said mysqld is down keeps the fast path however
+        // late its next report (a hung server's collections run into
+        // their deadlines)
+        let said_down = MemberSeen {
+            server: None,
+            mysql_error: Some("timed out"),
+            ..primary(SEC * 7 / 2)
+        };
+        let m = [
+            said_down,
+            replica("db2", &lost, SEC / 2),
+            replica("db3", &lost, 3 * SEC),
+        ];
+        assert!(matches!(
+            assess("db1", &addr, &m),
+            Health::Down {
+                path: DownPath::Fast,
+                ..
+            }
+        ));
         // a slower agent is late only after two of its own intervals
         let slow_agent = MemberSeen {
             report_interval: 2 * SEC,
@@ -459,17 +487,17 @@ mod tests {
             server: None,
             mysql_error: Some("Connection refused"),
             in_service: true,
-            rejoining: false,
+            apart: false,
             silent_for: Some(SEC / 2),
             report_interval: SEC,
         };
-        let m = |host, server, rejoining| MemberSeen {
+        let m = |host, server, apart| MemberSeen {
             host,
             reporting: true,
             server,
             mysql_error: None,
             in_service: true,
-            rejoining,
+            apart,
             silent_for: Some(SEC / 2),
             report_interval: SEC,
         };
@@ -499,7 +527,8 @@ mod tests {
                 .any(|e| e.contains("db1: left behind by the last operation")),
             "{evidence:?}"
         );
-        // its mysqld still down, or its agent silent: left out all the same
+        // its mysqld still down, or its agent silent, and proven apart by
+        // the primary's registered replicas: left out all the same
         let v = [
             primary_down,
             m("db1", None, true),
@@ -513,11 +542,11 @@ mod tests {
         };
         let v = [primary_down, gone, m("db3", Some(&lost), false)];
         assert!(matches!(assess("db2", &addr, &v), Health::Down { .. }));
-        // once seen replicating from the primary it counts again: still
-        // receiving, it vetoes
+        // not apart (seen replicating from the primary): it counts, and
+        // still receiving, it vetoes
         let v = [
             primary_down,
-            m("db1", Some(&receiving), true),
+            m("db1", Some(&receiving), false),
             m("db3", Some(&lost), false),
         ];
         assert!(matches!(

@@ -330,13 +330,29 @@ impl Failovers {
         op: &Operation,
         old: Option<&MemberState>,
     ) -> Option<SelfFenceFacts> {
-        let report = old?.report.as_ref()?;
-        let others: Vec<String> = self
-            .fleet
-            .members(&self.cluster_of(op))
-            .into_iter()
-            .map(|m| m.host)
-            .filter(|h| *h != op.old_primary)
+        let old = old?;
+        let report = old.report.as_ref()?;
+        let address = MysqlAddress::parse(&old.mysql_address).ok();
+        let members = self.fleet.members(&self.cluster_of(op));
+        let control = self.fleet.cluster_record(&self.cluster_of(op)).control;
+        let others: Vec<&MemberState> = members
+            .iter()
+            .filter(|m| m.host != op.old_primary)
+            .collect();
+        // Not frozen, and not shown apart from the old primary (a fresh
+        // report replicating from elsewhere or nobody, or left behind by
+        // the last operation and proven apart): it may hold a live
+        // replica connection that keeps the old primary from fencing.
+        let unfrozen = others
+            .iter()
+            .filter(|m| !op.frozen.contains_key(&m.host))
+            .filter(|m| {
+                let shown_apart =
+                    m.server().is_some() && !address.as_ref().is_some_and(|a| m.follows(a));
+                !shown_apart
+                    && !self.apart(&control, &members, m, &op.old_primary, address.as_ref())
+            })
+            .map(|m| m.host.clone())
             .collect();
         Some(SelfFenceFacts {
             timeout_ms: report.agent.self_fence_timeout_ms,
@@ -345,12 +361,8 @@ impl Failovers {
                 MysqlObservation::Reachable(s) => Some(s.replicas_connected),
                 MysqlObservation::Unreachable { .. } => None,
             },
-            unfrozen: others
-                .iter()
-                .filter(|h| !op.frozen.contains_key(*h))
-                .cloned()
-                .collect(),
-            others,
+            unfrozen,
+            others: others.iter().map(|m| m.host.clone()).collect(),
         })
     }
 

@@ -85,18 +85,20 @@ pub struct ClusterControl {
     /// (a host restored to a point in time must keep exactly that data).
     #[serde(default)]
     pub detached: BTreeMap<String, String>,
-    /// Members an operation left behind, not yet seen replicating from
-    /// the primary it promoted: the failed primary, and replicas the
-    /// Repoint step could not reach. They never replicated from that
-    /// primary, so they can neither confirm nor deny its death, nor hold
-    /// its acknowledged writes: detection does not count them, a failover
-    /// neither waits for them nor promotes them (their divergence check
-    /// has not run), and only the repair loop rejoins them. Without this a
-    /// fenced old primary that had not rejoined yet outvoted the replicas
-    /// that saw the new primary die, and the cluster stayed without a
-    /// writable member.
+    /// Members an operation left behind (the failed primary), not yet seen
+    /// replicating from the primary it promoted, each with the position
+    /// that primary was promoted at (its fork point, for the member's
+    /// divergence check; empty when unknown). A member so marked that is
+    /// provably apart from the primary (see [`ClusterControl::apart`])
+    /// never replicated from it, so it can neither confirm nor deny its
+    /// death, nor hold its acknowledged writes: detection does not count
+    /// it, and a failover neither waits for it nor promotes it (its
+    /// divergence check has not run); only the repair loop rejoins it.
+    /// Without this a fenced old primary that had not rejoined yet
+    /// outvoted the replicas that saw the new primary die, and the cluster
+    /// stayed without a writable member.
     #[serde(default)]
-    pub rejoining: BTreeSet<String>,
+    pub rejoining: BTreeMap<String, String>,
     /// The GTID position of the last promoted primary when it was
     /// promoted: members beyond it from another server diverged.
     #[serde(default)]
@@ -126,7 +128,7 @@ impl Default for ClusterControl {
             needs_rebuild: BTreeSet::new(),
             frozen: BTreeSet::new(),
             detached: BTreeMap::new(),
-            rejoining: BTreeSet::new(),
+            rejoining: BTreeMap::new(),
             promoted_at: None,
             operation: None,
             events: VecDeque::new(),
@@ -151,8 +153,29 @@ impl ClusterControl {
 
     /// Whether `host` is still left behind by the last operation: marked
     /// rejoining and not seen replicating from the primary (`follows`).
+    /// For what status shows; decisions need [`ClusterControl::apart`].
     pub fn left_behind(&self, host: &str, follows: bool) -> bool {
-        self.rejoining.contains(host) && !follows
+        self.rejoining.contains_key(host) && !follows
+    }
+
+    /// Whether `host` is left behind and provably apart from the primary:
+    /// its fresh report shows it replicating from elsewhere or from nobody
+    /// (`fresh_follows`: `None` without a fresh report), or, without one,
+    /// the primary's last observation did not list its server id among the
+    /// replicas registered with it. Anything less proves nothing, and the
+    /// member counts as any other.
+    pub fn apart(
+        &self,
+        host: &str,
+        fresh_follows: Option<bool>,
+        server_id: Option<u32>,
+        registered: Option<&[u32]>,
+    ) -> bool {
+        self.rejoining.contains_key(host)
+            && match fresh_follows {
+                Some(follows) => !follows,
+                None => matches!((server_id, registered), (Some(id), Some(r)) if !r.contains(&id)),
+            }
     }
 
     /// Appends an event, dropping the oldest beyond [`EVENTS_KEPT`].
@@ -272,11 +295,6 @@ pub struct Operation {
     /// candidate with the old primary's last writes would look errant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_primary_last_seen: Option<LastSeen>,
-    /// Members the Repoint step could not repoint (their agent did not
-    /// answer): they join [`ClusterControl::rejoining`] when the
-    /// operation completes.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub not_repointed: BTreeSet<String>,
 }
 
 /// What a server was last seen to hold.
@@ -318,7 +336,6 @@ impl Operation {
             promoted_at: None,
             promoted_unix_ms: None,
             old_primary_last_seen: None,
-            not_repointed: BTreeSet::new(),
         }
     }
 }
@@ -360,5 +377,27 @@ impl Event {
             epoch: Some(epoch.clone()),
             evidence,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_is_apart_from_the_primary_only_on_positive_evidence() {
+        let mut c = ClusterControl::default();
+        let registered: &[u32] = &[2, 3];
+        // not marked: never apart
+        assert!(!c.apart("db1", Some(false), Some(1), Some(registered)));
+        c.rejoining.insert("db1".into(), "0-2-20".into());
+        // a fresh report decides
+        assert!(c.apart("db1", Some(false), Some(1), Some(registered)));
+        assert!(!c.apart("db1", Some(true), Some(1), None));
+        // without one: only the primary's registered replicas can tell
+        assert!(c.apart("db1", None, Some(1), Some(registered)));
+        assert!(!c.apart("db1", None, Some(2), Some(registered)));
+        assert!(!c.apart("db1", None, None, Some(registered)));
+        assert!(!c.apart("db1", None, Some(1), None));
     }
 }

@@ -26,6 +26,7 @@ use super::hooks::{self, Payload};
 use super::journal::{Event, Frozen, Operation, OperationKind, Step};
 use super::plan::{self, Constraints};
 use super::positions::Positions;
+use crate::agent_commands::Sending;
 use crate::error::ServiceError;
 use crate::fleet::MemberState;
 
@@ -133,17 +134,13 @@ impl Failovers {
         self.still_ours(op).map_err(|e| match e {
             StepError::Aborted(m) | StepError::Blocked(m) | StepError::RolledBack(m) => m,
         })?;
-        self.clients
-            .command_member(
-                self.fleet.ha(),
-                m,
-                &op.epoch,
-                &op.id,
-                step_number(op.step),
-                command,
-                timeout,
-            )
-            .await
+        let sending = Sending {
+            epoch: &op.epoch,
+            operation_id: &op.id,
+            step: step_number(op.step),
+            timeout,
+        };
+        self.agents.send(self.fleet.ha(), m, sending, command).await
     }
 
     async fn journal(&self, op: &Operation) -> Result<(), StepError> {
@@ -357,9 +354,13 @@ impl Failovers {
             .iter()
             .filter(|m| m.host != op.old_primary)
             .map(|m| plan::Member {
-                rejoining: rec
-                    .control
-                    .left_behind(&m.host, old_address.as_ref().is_some_and(|a| m.follows(a))),
+                rejoining: self.apart(
+                    &rec.control,
+                    &members,
+                    m,
+                    &op.old_primary,
+                    old_address.as_ref(),
+                ),
                 host: &m.host,
                 rule: rec.control.rule(&m.host),
                 frozen: op.frozen.get(&m.host),
@@ -560,9 +561,7 @@ impl Failovers {
                 // divergence check); a switched-over one follows now.
                 && (m.host != op.old_primary || op.kind == OperationKind::Switchover)
                 // So does a member an earlier operation left behind.
-                && !rec
-                    .control
-                    .left_behind(&m.host, old_address.as_ref().is_some_and(|a| m.follows(a)))
+                && !self.apart(&rec.control, &members, m, &op.old_primary, old_address.as_ref())
         });
         let cluster = self.cluster_of(op);
         let running: &Operation = op;
@@ -578,10 +577,7 @@ impl Failovers {
             match r {
                 Ok(reply) => info!(operation = op.id, host, detail = reply.detail, "repointed"),
                 // The repair loop repoints it when it is back.
-                Err(e) => {
-                    warn!(operation = op.id, host, error = e, "cannot repoint now");
-                    op.not_repointed.insert(host);
-                }
+                Err(e) => warn!(operation = op.id, host, error = e, "cannot repoint now"),
             }
         }
         self.still_ours(op)
@@ -727,12 +723,17 @@ impl Failovers {
         let (candidate, promoted_at, automatic) =
             (op.candidate.clone(), op.promoted_at.clone(), op.automatic);
         let hold = message.clone();
-        // Left behind: the failed primary and whoever could not be
-        // repointed, until the repair loop sees them follow the new one.
-        let mut left_behind = op.not_repointed.clone();
-        if op.kind == OperationKind::Failover {
-            left_behind.insert(op.old_primary.clone());
-        }
+        // Left behind: the failed primary, until the repair loop sees it
+        // follow the new one; it forked where the new one was promoted. (A
+        // replica the Repoint step could not reach is not marked: it may
+        // have obeyed before the answer was lost, and follow the new
+        // primary unseen.)
+        let left_behind = (op.kind == OperationKind::Failover).then(|| {
+            (
+                op.old_primary.clone(),
+                op.promoted_at.clone().unwrap_or_default(),
+            )
+        });
         let frozen: Vec<String> = match op.kind {
             OperationKind::Failover => op
                 .frozen

@@ -12,7 +12,7 @@ use dbfleet_proto::model::{ConfigProblemKind, MysqlAddress};
 use dbfleet_proto::pb;
 
 use super::Failovers;
-use super::fence::unmanaged_ackers;
+use super::fence::{SelfFenceFacts, registered_replicas_frozen, self_fence_wait, unmanaged_ackers};
 use super::journal::ClusterControl;
 use super::plan::{self, Constraints};
 use super::positions::Positions;
@@ -26,6 +26,10 @@ pub struct Setting {
     pub stonith: bool,
     /// The fast window (also the host path's).
     pub fast_window: Duration,
+    /// The slow window.
+    pub slow_window: Duration,
+    /// The coordinator's agent timeout.
+    pub agent_timeout: Duration,
     /// The replicas' net timeout (how long until they notice a primary
     /// that went silent without closing its connections).
     pub net_timeout: Duration,
@@ -53,32 +57,25 @@ pub struct Readiness {
     pub not_ready: Vec<String>,
 }
 
-/// Judges `cluster` with primary `primary` and its `members`.
+/// Judges `cluster` with primary `primary` and its `members`; `None` when
+/// there is nothing to judge: no writable primary (`no-writable` and the
+/// detector say the rest), or no member besides it.
 pub fn assess(
     primary: &str,
     members: &[MemberState],
     control: &ClusterControl,
     setting: &Setting,
-) -> Readiness {
-    let mut r = Readiness::default();
-    let Some(p) = members.iter().find(|m| m.host == primary) else {
-        r.not_ready
-            .push(format!("the primary {primary} is not a member"));
-        return r;
-    };
-    let Some(ps) = p.server().filter(|s| s.writable()) else {
-        // No writable primary: `no-writable` and the detector say the rest.
-        return r;
-    };
-    if members.len() == 1 {
-        // A server alone (kept for its backups, say) has no failover to
-        // judge.
-        return r;
+) -> Option<Readiness> {
+    let p = members.iter().find(|m| m.host == primary)?;
+    let ps = p.server().filter(|s| s.writable())?;
+    if members.len() < 2 {
+        return None;
     }
+    let mut r = Readiness::default();
     let Ok(address) = MysqlAddress::parse(&p.mysql_address) else {
         r.not_ready
             .push(format!("the primary {primary} has no valid address"));
-        return r;
+        return Some(r);
     };
     if control.maintenance {
         r.not_ready.push("maintenance mode is on".into());
@@ -94,11 +91,20 @@ pub fn assess(
         r.not_ready
             .push("the anti-flap budget is spent: run `dbfleet ack`".into());
     }
-    // Who could confirm the death: in service, not left behind.
-    let counted: Vec<&MemberState> = members
+    let others: Vec<&MemberState> = members.iter().filter(|m| m.host != primary).collect();
+    // Left behind and provably apart, as detection and the plan judge it.
+    let apart = |m: &MemberState| {
+        control.apart(
+            &m.host,
+            m.server().map(|_| m.follows(&address)),
+            m.server().map(|s| s.server_id),
+            Some(&ps.replica_server_ids),
+        )
+    };
+    // Who could confirm the death: in service, not apart.
+    let counted: Vec<&&MemberState> = others
         .iter()
-        .filter(|m| m.host != primary && !control.out_of_service(&m.host))
-        .filter(|m| !control.left_behind(&m.host, m.follows(&address)))
+        .filter(|m| !control.out_of_service(&m.host) && !apart(m))
         .collect();
     let following = counted.iter().filter(|m| m.follows(&address)).count();
     if counted.is_empty() || following * 2 <= counted.len() {
@@ -107,31 +113,29 @@ pub fn assess(
             counted.len()
         ));
     }
-    // The candidate, as if the replicas were frozen now: the Freeze step
-    // waits for each to apply what it received, so a replica that lags in
-    // applying counts as having applied it.
-    let positions: Vec<(String, Option<super::journal::Frozen>)> = members
+    // The candidate, as if the replicas were frozen now. The Freeze step
+    // keeps only reachable replicas, and waits for each to apply what it
+    // received, so a replica that lags in applying counts as having
+    // applied it (a backlog longer than `apply_timeout` is not seen here).
+    let positions: Vec<Option<super::journal::Frozen>> = others
         .iter()
-        .filter(|m| m.host != primary)
         .map(|m| {
-            (
-                m.host.clone(),
-                m.server().map(|s| applied(frozen_from(s), ps.flavor)),
-            )
+            m.server()
+                .filter(|s| s.replication.is_some())
+                .map(|s| applied(frozen_from(s), ps.flavor))
         })
         .collect();
-    let inputs: Vec<plan::Member<'_>> = members
+    let inputs: Vec<plan::Member<'_>> = others
         .iter()
-        .filter(|m| m.host != primary)
         .zip(&positions)
-        .map(|(m, (_, f))| plan::Member {
+        .map(|(m, f)| plan::Member {
             host: &m.host,
             rule: control.rule(&m.host),
             frozen: f.as_ref(),
             semi_sync_replica: m.server().is_none_or(|s| s.semi_sync.replica_enabled),
             needs_rebuild: control.out_of_service(&m.host),
             address_mismatch: m.has_config_problem(&ConfigProblemKind::MysqlAddressMismatch),
-            rejoining: control.left_behind(&m.host, m.follows(&address)),
+            rejoining: apart(m),
         })
         .collect();
     let lossless = ps.semi_sync.lossless();
@@ -161,38 +165,67 @@ pub fn assess(
         r.mysqld_death_proof = Some(format!("the agent of {primary} proves mysqld stopped"));
         r.mysqld_death_expected = Some(setting.fast_window + interval);
     }
-    // The whole host dies: a proof from elsewhere.
-    let ackers = members
+    // The whole host dies: a proof from elsewhere, as the Fence step
+    // would judge it with the replicas frozen.
+    let would_freeze = |m: &MemberState| m.server().is_some_and(|s| s.replication.is_some());
+    let ackers = others
         .iter()
-        .filter(|m| m.host != primary)
         .filter(|m| {
             m.server()
                 .is_none_or(|s| s.semi_sync.replica_enabled && m.follows(&address))
         })
         .count();
+    let ids: Vec<(String, Option<u32>)> = others
+        .iter()
+        .map(|m| (m.host.clone(), m.server().map(|s| s.server_id)))
+        .collect();
+    let semi_sync_proof = lossless
+        && unmanaged_ackers(primary, ps.semi_sync.clients, ackers).is_ok()
+        && registered_replicas_frozen(primary, &ps.replica_server_ids, &ids, |h| {
+            others.iter().any(|m| m.host == h && would_freeze(m))
+        })
+        .is_ok()
+        && others.iter().all(|m| {
+            would_freeze(m)
+                || !m
+                    .server()
+                    .is_none_or(|s| s.semi_sync.replica_enabled && m.follows(&address))
+        });
     let self_fence_ms = p
         .report
         .as_ref()
         .map_or(0, |rep| rep.agent.self_fence_timeout_ms);
-    // The host path: two missed reports, or the replicas' net timeout
-    // (a power loss closes no connection), then the fast window.
-    let noticed = (2 * interval).max(setting.net_timeout + interval);
+    let self_fence = self_fence_wait(&SelfFenceFacts {
+        timeout_ms: self_fence_ms,
+        report_interval_ms: interval.as_millis() as u64,
+        live_replicas: Some(ps.replicas_connected),
+        others: others.iter().map(|m| m.host.clone()).collect(),
+        unfrozen: others
+            .iter()
+            .filter(|m| !would_freeze(m) && !apart(m) && m.server().is_none())
+            .map(|m| m.host.clone())
+            .collect(),
+    });
+    // The host path: every counted member answers and follows, so the
+    // evidence is complete after two missed reports, or the replicas' net
+    // timeout (a power loss closes no connection); the fast window runs
+    // from the primary's last report. Otherwise the slow path's wait.
+    let complete = counted.iter().all(|m| m.follows(&address));
+    let noticed = if complete {
+        (2 * interval)
+            .max(setting.net_timeout + interval)
+            .max(setting.fast_window)
+    } else {
+        setting.agent_timeout + setting.slow_window
+    };
     let host_proof = if setting.stonith {
         Some(("the STONITH hook".to_string(), Duration::ZERO))
-    } else if lossless && unmanaged_ackers(primary, ps.semi_sync.clients, ackers).is_ok() {
+    } else if semi_sync_proof {
         Some((
             "lossless semi-sync with every acknowledging replica managed".to_string(),
             Duration::ZERO,
         ))
-    } else if self_fence_ms > 0 {
-        let wait = super::fence::self_fence_wait(&super::fence::SelfFenceFacts {
-            timeout_ms: self_fence_ms,
-            report_interval_ms: interval.as_millis() as u64,
-            live_replicas: None,
-            others: Vec::new(),
-            unfrozen: Vec::new(),
-        })
-        .unwrap_or_default();
+    } else if let Ok(wait) = self_fence {
         Some((
             format!(
                 "the self-fence of {primary}'s agent (after {})",
@@ -206,10 +239,10 @@ pub fn assess(
     match host_proof {
         Some((proof, extra)) => {
             r.host_death_proof = Some(proof);
-            r.host_death_expected = Some(noticed + setting.fast_window + extra);
+            r.host_death_expected = Some(noticed + extra);
         }
         None => r.not_ready.push(format!(
-            "a death of {primary}'s host could not be proven fenced (semi-sync is not lossless, no self_fence_timeout on its agent, no [failover] stonith_hook): such a failover would block until `dbfleet failover --confirm-fenced`"
+            "a death of {primary}'s host could not be proven fenced (semi-sync is not lossless with every acknowledging replica managed, no usable self_fence_timeout on its agent, no [failover] stonith_hook): such a failover would block until `dbfleet failover --confirm-fenced`"
         )),
     }
     if !lossless {
@@ -217,7 +250,7 @@ pub fn assess(
             "semi-sync is not lossless on {primary}: a write acknowledged just before a crash may be on no replica"
         ));
     }
-    r
+    Some(r)
 }
 
 /// `f` as it will be once frozen: what it received applied too (left as
@@ -240,9 +273,6 @@ fn applied(
 pub(crate) fn of(f: &Failovers, cluster: &str) -> Option<Readiness> {
     let primary = f.primary_of(cluster)?;
     let members = f.fleet.members(cluster);
-    if members.len() < 2 {
-        return None;
-    }
     let rec = f.fleet.cluster_record(cluster);
     let (budget, window) = f.budget(&rec);
     let cutoff = now_unix_ms() - window.as_millis() as i64;
@@ -255,10 +285,12 @@ pub(crate) fn of(f: &Failovers, cluster: &str) -> Option<Readiness> {
     let setting = Setting {
         stonith: !f.cfg.stonith_hook.is_empty(),
         fast_window: f.cfg.fast_window,
+        slow_window: f.cfg.slow_window,
+        agent_timeout: f.fleet.rules().agent_timeout,
         net_timeout: f.fleet.replica_tuning(cluster).net_timeout,
         budget_spent: recent >= budget as usize,
     };
-    Some(assess(&primary, &members, &rec.control, &setting))
+    assess(&primary, &members, &rec.control, &setting)
 }
 
 impl Readiness {
@@ -367,6 +399,8 @@ mod tests {
         Setting {
             stonith: false,
             fast_window: SEC,
+            slow_window: 5 * SEC,
+            agent_timeout: 5 * SEC,
             net_timeout: 4 * SEC,
             budget_spent: false,
         }
@@ -382,15 +416,16 @@ mod tests {
 
     #[test]
     fn a_lossless_trio_is_ready_with_its_candidate_proofs_and_times() {
-        let r = assess("db1", &trio(true), &ClusterControl::default(), &setting());
+        let r = assess("db1", &trio(true), &ClusterControl::default(), &setting()).unwrap();
         assert_eq!(r.not_ready, Vec::<String>::new());
         assert_eq!(r.candidate.as_deref(), Some("db2"), "the most advanced");
         assert!(r.mysqld_death_proof.unwrap().contains("agent of db1"));
         // the agent's next report and the fast window
         assert_eq!(r.mysqld_death_expected, Some(2 * SEC));
         assert!(r.host_death_proof.unwrap().contains("lossless semi-sync"));
-        // the replicas' net timeout and a report, then the fast window
-        assert_eq!(r.host_death_expected, Some(6 * SEC));
+        // the replicas' net timeout and a report (the fast window runs
+        // from the primary's last report, within that)
+        assert_eq!(r.host_death_expected, Some(5 * SEC));
         assert_eq!(r.data_loss, None);
     }
 
@@ -405,7 +440,7 @@ mod tests {
                 s.gtid.slave_pos = "0-1-8".into();
             }
         }
-        let r = assess("db1", &members, &ClusterControl::default(), &setting());
+        let r = assess("db1", &members, &ClusterControl::default(), &setting()).unwrap();
         assert_eq!(r.not_ready, Vec::<String>::new());
         assert_eq!(r.candidate.as_deref(), Some("db2"));
     }
@@ -414,7 +449,7 @@ mod tests {
     fn what_keeps_a_failover_from_completing_is_named() {
         // asynchronous, no self-fence, no STONITH: a host death blocks,
         // and acknowledged writes may be lost
-        let r = assess("db1", &trio(false), &ClusterControl::default(), &setting());
+        let r = assess("db1", &trio(false), &ClusterControl::default(), &setting()).unwrap();
         assert!(r.data_loss.as_deref().unwrap().contains("not lossless"));
         assert_eq!(r.host_death_proof, None);
         assert!(
@@ -429,13 +464,13 @@ mod tests {
             stonith: true,
             ..setting()
         };
-        let r = assess("db1", &trio(false), &ClusterControl::default(), &stonith);
+        let r = assess("db1", &trio(false), &ClusterControl::default(), &stonith).unwrap();
         assert_eq!(r.not_ready, Vec::<String>::new());
         let mut members = trio(false);
         if let Some(rep) = members[0].report.as_mut() {
             rep.agent.self_fence_timeout_ms = 10_000;
         }
-        let r = assess("db1", &members, &ClusterControl::default(), &setting());
+        let r = assess("db1", &members, &ClusterControl::default(), &setting()).unwrap();
         assert!(r.host_death_proof.unwrap().contains("self-fence"));
         assert!(r.host_death_expected.unwrap() > 10 * SEC);
         // controls
@@ -449,7 +484,7 @@ mod tests {
             budget_spent: true,
             ..setting()
         };
-        let r = assess("db1", &trio(true), &control, &spent);
+        let r = assess("db1", &trio(true), &control, &spent).unwrap();
         for why in [
             "maintenance",
             "automatic failover is off",
@@ -470,7 +505,7 @@ mod tests {
                 message: "no pid file".into(),
             });
         }
-        let r = assess("db1", &members, &ClusterControl::default(), &setting());
+        let r = assess("db1", &members, &ClusterControl::default(), &setting()).unwrap();
         assert_eq!(r.mysqld_death_proof, None);
         assert!(
             r.not_ready
@@ -487,7 +522,7 @@ mod tests {
             member("db2", Some("db9"), 10, true),
             member("db3", Some("db1"), 10, true),
         ];
-        let r = assess("db1", &members, &ClusterControl::default(), &setting());
+        let r = assess("db1", &members, &ClusterControl::default(), &setting()).unwrap();
         assert!(
             r.not_ready
                 .iter()
@@ -502,12 +537,12 @@ mod tests {
                 .promotion
                 .insert(h.into(), super::super::journal::PromotionRule::Never);
         }
-        let r = assess("db1", &trio(true), &control, &setting());
+        let r = assess("db1", &trio(true), &control, &setting()).unwrap();
         assert_eq!(r.candidate, None);
         assert!(r.not_ready.iter().any(|w| w.starts_with("no candidate")));
         // a member left behind neither counts nor is the candidate
         let mut control = ClusterControl::default();
-        control.rejoining.insert("db2".into());
+        control.rejoining.insert("db2".into(), "0-1-10".into());
         let members = vec![
             member("db1", None, 10, true),
             member("db2", None, 12, false),
@@ -519,8 +554,15 @@ mod tests {
         {
             s.read_only = true;
         }
-        let r = assess("db1", &members, &control, &setting());
+        let r = assess("db1", &members, &control, &setting()).unwrap();
         assert_eq!(r.candidate.as_deref(), Some("db3"));
+        assert!(
+            !r.not_ready
+                .iter()
+                .any(|w| w.contains("confirmed by a majority")),
+            "db2 does not count against db3: {:?}",
+            r.not_ready
+        );
         // a server alone has no failover to judge
         assert_eq!(
             assess(
@@ -529,7 +571,7 @@ mod tests {
                 &ClusterControl::default(),
                 &setting()
             ),
-            Readiness::default()
+            None
         );
         // no writable primary: nothing to judge
         let mut members = trio(true);
@@ -540,7 +582,7 @@ mod tests {
         }
         assert_eq!(
             assess("db1", &members, &ClusterControl::default(), &setting()),
-            Readiness::default()
+            None
         );
     }
 }

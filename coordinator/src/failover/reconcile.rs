@@ -154,7 +154,7 @@ enum Detected {
 }
 
 impl Failovers {
-    fn remember_semi_sync(&self, members: &[MemberState]) {
+    pub(super) fn remember_semi_sync(&self, members: &[MemberState]) {
         let mut seen = crate::ha::relock(&self.last_seen);
         for m in members {
             if let Some(s) = m.server() {
@@ -163,15 +163,44 @@ impl Failovers {
         }
     }
 
+    /// Whether `m`, left behind by an operation, is provably apart from
+    /// `primary` (at `address`, among `members`): [`ClusterControl::apart`] on `m`'s fresh
+    /// report, or its server id and the replicas registered with the
+    /// primary as last seen.
+    pub(super) fn apart(
+        &self,
+        control: &ClusterControl,
+        members: &[MemberState],
+        m: &MemberState,
+        primary: &str,
+        address: Option<&MysqlAddress>,
+    ) -> bool {
+        if !control.rejoining.contains_key(&m.host) {
+            return false;
+        }
+        let fresh_follows = m.server().map(|_| address.is_some_and(|a| m.follows(a)));
+        let server_id = m
+            .server()
+            .map(|s| s.server_id)
+            .or_else(|| self.last_server(&m.host).map(|s| s.server_id));
+        let registered = members
+            .iter()
+            .find(|p| p.host == primary)
+            .and_then(|p| p.server().map(|s| s.replica_server_ids.clone()))
+            .or_else(|| self.last_server(primary).map(|s| s.replica_server_ids));
+        control.apart(&m.host, fresh_follows, server_id, registered.as_deref())
+    }
+
     /// The holistic rule on one cluster now.
     pub(crate) fn assess(&self, cluster: &str) -> Option<(String, Health)> {
         let primary = self.primary_of(cluster)?;
         let control = self.fleet.cluster_record(cluster).control;
-        Self::assess_members(primary, &self.fleet.members(cluster), &control)
+        self.assess_members(primary, &self.fleet.members(cluster), &control)
     }
 
     /// The holistic rule on `members` with `primary`.
     fn assess_members(
+        &self,
         primary: String,
         members: &[MemberState],
         control: &ClusterControl,
@@ -187,7 +216,7 @@ impl Failovers {
                 server: m.server(),
                 mysql_error: m.mysql_error(),
                 in_service: !control.out_of_service(&m.host),
-                rejoining: control.rejoining.contains(&m.host),
+                apart: self.apart(control, members, m, &primary, Some(&address)),
                 silent_for: m.received_at.map(|at| now.saturating_duration_since(at)),
                 report_interval: m.report.as_ref().map_or(Duration::from_secs(1), |r| {
                     Duration::from_millis(r.agent.report_interval_ms)
@@ -356,7 +385,7 @@ impl Failovers {
         active_since: Instant,
     ) -> Detected {
         let Some((primary, health)) =
-            primary.and_then(|p| Self::assess_members(p.to_string(), members, control))
+            primary.and_then(|p| self.assess_members(p.to_string(), members, control))
         else {
             return Detected::Alive;
         };
@@ -393,7 +422,13 @@ impl Failovers {
             m.received_at.is_some_and(|at| at > active_since)
                 || active_since.elapsed() > self.fleet.rules().agent_timeout
         });
-        Detected::Down((fresh && since.elapsed() >= window).then_some((primary, path, evidence)))
+        // Seen dead on two ticks at least: every cluster whose primary died
+        // at the same moment looks dead (late) by then and is counted by
+        // the breaker before any is failed over.
+        let counted = first_seen.elapsed() >= 2 * INTERVAL;
+        Detected::Down(
+            (fresh && counted && since.elapsed() >= window).then_some((primary, path, evidence)),
+        )
     }
 
     /// Records `e`, a decision about a dead primary, as [`Self::note_once`]
@@ -703,22 +738,29 @@ impl Failovers {
         }
     }
 
-    /// `host`, left behind by an operation, is seen replicating from the
-    /// primary: it counts for detection and failover again.
-    async fn rejoined(&self, cluster: &str, epoch: &Epoch, host: &str) {
-        let h = host.to_string();
+    /// `host`, left behind by an operation, replicates from `primary` (or
+    /// is about to be repointed to it): it counts for detection and
+    /// failover again. Decided again inside the change: an operation that
+    /// started since this tick's snapshot marks afresh, and is not undone.
+    async fn rejoined(&self, cluster: &str, epoch: &Epoch, host: &str, primary: &str) {
+        let (h, p) = (host.to_string(), primary.to_string());
         match self
             .fleet
             .update_cluster(cluster, epoch.clone(), move |r| {
-                r.control.rejoining.remove(&h);
-                Ok(())
+                let same = r.control.operation.is_none()
+                    && r.last_primary.as_deref().is_none_or(|l| l == p);
+                if same {
+                    r.control.rejoining.remove(&h);
+                }
+                Ok(same)
             })
             .await
         {
-            Ok(()) => info!(
+            Ok(true) => info!(
                 cluster,
                 host, "member follows the primary again; it counts for detection"
             ),
+            Ok(false) => {}
             Err(e) => warn!(cluster, host, error = %e, "cannot record that the member rejoined"),
         }
     }
@@ -923,8 +965,13 @@ impl Failovers {
                 .as_ref()
                 .filter(|r| r.source.same_endpoint(&p_addr))
             {
-                if rec.control.rejoining.contains(&m.host) {
-                    self.rejoined(cluster, epoch, &m.host).await;
+                // Rejoined once both threads run: an IO thread that stops
+                // on a diverged history has not.
+                let registered = ps.replica_server_ids.contains(&s.server_id);
+                if rec.control.rejoining.contains_key(&m.host)
+                    && ((r.io_thread == IoThread::Running && r.sql_running) || registered)
+                {
+                    self.rejoined(cluster, epoch, &m.host, &primary).await;
                 }
                 self.tune(cluster, epoch, m, r, &p_addr).await;
                 continue;
@@ -938,10 +985,18 @@ impl Failovers {
                 Flavor::MariaDb => &s.gtid.binlog_pos,
                 Flavor::MySql => &s.gtid.executed,
             };
+            // A member left behind by an earlier operation forked there,
+            // not at the last promotion.
+            let fork = rec
+                .control
+                .rejoining
+                .get(&m.host)
+                .filter(|f| !f.is_empty())
+                .or(rec.control.promoted_at.as_ref());
             let diverged = match positions::diverged(
                 flavor,
                 member_gtids,
-                rec.control.promoted_at.as_deref(),
+                fork.map(String::as_str),
                 &ps.gtid.executed,
                 (ps.server_id, &ps.server_uuid),
             ) {
@@ -968,10 +1023,7 @@ impl Failovers {
                         diverged.join(",")
                     ),
                     epoch,
-                    vec![format!(
-                        "promoted at {}",
-                        rec.control.promoted_at.clone().unwrap_or_default()
-                    )],
+                    vec![format!("forked at {}", fork.cloned().unwrap_or_default())],
                 );
                 warn!(cluster, host, "member diverged; marked needs-rebuild");
                 let _ = self
@@ -986,6 +1038,11 @@ impl Failovers {
             }
             if !self.may_try(&m.host) {
                 continue;
+            }
+            // Counted again before it may start acknowledging the primary's
+            // commits: a member that may hold them is never left out.
+            if rec.control.rejoining.contains_key(&m.host) {
+                self.rejoined(cluster, epoch, &m.host, &primary).await;
             }
             let cmd = self.repoint_to(cluster, &p_addr);
             match self.repair_command(cluster, epoch, m, cmd).await {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::Ha;
-use super::voters::{VoterCallError, VoterClients};
+use super::voters::{AgentClients, VoterCallError};
 use crate::store::Store;
 
 /// How often the holder is ticked: a small fraction of the lease, so a
@@ -31,7 +31,7 @@ struct Reply {
 /// Runs the lease until `cancel`, then releases it if held.
 pub async fn run(
     ha: Arc<Ha>,
-    clients: Arc<VoterClients>,
+    clients: Arc<AgentClients>,
     store: Arc<dyn Store>,
     cancel: CancellationToken,
 ) {
@@ -71,7 +71,7 @@ pub async fn run(
     release(&ha, &clients).await;
 }
 
-fn act(ha: &Arc<Ha>, clients: &Arc<VoterClients>, tx: &mpsc::Sender<Reply>, action: HolderAction) {
+fn act(ha: &Arc<Ha>, clients: &Arc<AgentClients>, tx: &mpsc::Sender<Reply>, action: HolderAction) {
     match action {
         HolderAction::Broadcast { round, request, to } => {
             let addresses = ha.voters().addresses;
@@ -120,7 +120,7 @@ fn act(ha: &Arc<Ha>, clients: &Arc<VoterClients>, tx: &mpsc::Sender<Reply>, acti
 
 /// The epoch barrier of a new active: every voter's agent persists the new
 /// epoch, so a paused or cut-off old active can no longer drive it.
-async fn barrier(ha: Arc<Ha>, clients: Arc<VoterClients>, epoch: Epoch) {
+async fn barrier(ha: Arc<Ha>, clients: Arc<AgentClients>, epoch: Epoch) {
     let holder = ha.holder().id().clone();
     let addresses = ha.voters().addresses;
     let calls = addresses.iter().map(|(name, address)| {
@@ -163,7 +163,7 @@ async fn barrier(ha: Arc<Ha>, clients: Arc<VoterClients>, epoch: Epoch) {
     info!(%epoch, fenced, of = addresses.len(), "epoch barrier done");
 }
 
-async fn release(ha: &Arc<Ha>, clients: &Arc<VoterClients>) {
+async fn release(ha: &Arc<Ha>, clients: &Arc<AgentClients>) {
     let actions = ha.holder().release(boottime());
     let addresses = ha.voters().addresses;
     let mut calls = Vec::new();

@@ -57,18 +57,19 @@ fn stale_or(s: tonic::Status) -> VoterCallError {
     VoterCallError::Rpc(s)
 }
 
-/// Cached channels to voters and agents.
+/// Cached channels to the agents: their voter service (the lease) and
+/// their agent service (commands).
 #[derive(Debug)]
-pub struct VoterClients {
+pub struct AgentClients {
     tls: Arc<TlsContext>,
     channels: Mutex<HashMap<(String, String), Channel>>,
     timeout: Duration,
 }
 
-impl VoterClients {
+impl AgentClients {
     /// Clients whose every call ends within `timeout`.
-    pub fn new(tls: Arc<TlsContext>, timeout: Duration) -> VoterClients {
-        VoterClients {
+    pub fn new(tls: Arc<TlsContext>, timeout: Duration) -> AgentClients {
+        AgentClients {
             tls,
             channels: Mutex::new(HashMap::new()),
             timeout,
@@ -232,7 +233,7 @@ impl VoterClients {
 
 /// Every voter's state as this coordinator sees it (old and new lists
 /// while a change is in progress).
-pub async fn list(ha: &Ha, clients: &VoterClients) -> pb::ListVotersResponse {
+pub async fn list(ha: &Ha, clients: &AgentClients) -> pb::ListVotersResponse {
     let list = ha.voters();
     let names = list.set.members();
     let calls = names.iter().map(|name| {
@@ -284,7 +285,7 @@ pub async fn list(ha: &Ha, clients: &VoterClients) -> pb::ListVotersResponse {
 pub async fn change(
     ha: &Arc<Ha>,
     fleet: &Arc<Fleet>,
-    clients: &VoterClients,
+    clients: &AgentClients,
     next: Vec<(String, String, u32)>,
 ) -> Result<pb::ListVotersResponse, ServiceError> {
     let _one_at_a_time = ha.voter_change.lock().await;

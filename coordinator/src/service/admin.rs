@@ -13,7 +13,7 @@ use tracing::warn;
 use crate::error::ServiceError;
 use crate::fleet::Fleet;
 use crate::ha::Ha;
-use crate::ha::voters::{self, VoterClients};
+use crate::ha::voters::{self, AgentClients};
 use crate::service::control::{Controls, control_view};
 
 /// The admin API.
@@ -21,7 +21,7 @@ use crate::service::control::{Controls, control_view};
 pub(crate) struct AdminApi {
     pub(crate) fleet: Arc<Fleet>,
     pub(crate) ha: Arc<Ha>,
-    pub(crate) clients: Arc<VoterClients>,
+    pub(crate) clients: Arc<AgentClients>,
     pub(crate) coordinator_id: String,
     pub(crate) controls: Controls,
     pub(crate) backups: Arc<crate::backup::Backups>,

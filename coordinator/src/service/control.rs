@@ -308,7 +308,13 @@ pub(crate) fn decorate(view: &mut pb::ClusterView, rec: &ClusterRecord) {
     for m in &mut view.members {
         m.promotion_rule = c.rule(&m.host).as_str().to_string();
         m.needs_rebuild = c.needs_rebuild.contains(&m.host);
-        let follows = !m.source.is_empty() && m.source == primary_address;
+        let follows = match (
+            dbfleet_proto::model::MysqlAddress::parse(&m.source),
+            dbfleet_proto::model::MysqlAddress::parse(&primary_address),
+        ) {
+            (Ok(source), Ok(primary)) => source.same_endpoint(&primary),
+            _ => false,
+        };
         m.rejoining = !m.needs_rebuild && c.left_behind(&m.host, follows);
     }
     let problem = |kind: &str, host: &str, message: String| pb::Problem {
@@ -328,7 +334,7 @@ pub(crate) fn decorate(view: &mut pb::ClusterView, rec: &ClusterRecord) {
             "not-rejoined",
             &m.host,
             format!(
-                "{} was left behind by the last failover or switchover and does not replicate from the primary yet; it rejoins once its mysqld answers and its GTIDs show no divergence (or is marked needs-rebuild), and until then it is never promoted",
+                "{} was the primary a failover replaced and does not replicate from the new one yet; it rejoins once its mysqld answers and its GTIDs show no divergence (or is marked needs-rebuild), and until then it is never promoted",
                 m.host
             ),
         ));

@@ -20,7 +20,7 @@ use tracing::{error, info};
 
 /// Why the fence record cannot be read or written.
 #[derive(Debug, thiserror::Error)]
-pub enum FenceError {
+pub enum VoterError {
     /// Reading, writing or fsyncing failed.
     #[error("fence record {path}: {source}")]
     Io {
@@ -53,7 +53,7 @@ pub enum CommandRefused {
     Implausible(String),
     /// The raised promise could not be made durable, so the command did not run.
     #[error(transparent)]
-    Persist(#[from] FenceError),
+    Persist(#[from] VoterError),
 }
 
 /// What operators see of the voter.
@@ -73,7 +73,7 @@ struct Inner {
 }
 
 /// The voter and its record, shared by the vote and command handlers.
-pub struct Fence {
+pub struct LeaseVoter {
     path: PathBuf,
     clock: Monotonic,
     inner: Mutex<Inner>,
@@ -90,17 +90,17 @@ pub struct CommandPermit<'a> {
     pub promised: Epoch,
 }
 
-impl Fence {
+impl LeaseVoter {
     /// Moves a record kept at `legacy` (where earlier agents kept it) to
     /// `path` when `path`'s directory does not exist yet, so an upgraded
     /// agent keeps its promises instead of starting as if for the first
     /// time.
-    pub fn move_legacy_record(legacy: &Path, path: &Path) -> Result<(), FenceError> {
+    pub fn move_legacy_record(legacy: &Path, path: &Path) -> Result<(), VoterError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         if dir.exists() || !legacy.exists() {
             return Ok(());
         }
-        let io_err = |source| FenceError::Io {
+        let io_err = |source| VoterError::Io {
             path: legacy.to_path_buf(),
             source,
         };
@@ -123,8 +123,8 @@ impl Fence {
     /// start (no directory yet) boots clean; a missing file in an existing
     /// directory means the record was lost, so the voter starts amnesiac
     /// and grants nothing for `amnesia_quarantine`.
-    pub fn open(path: &Path, amnesia_quarantine: Duration) -> Result<Fence, FenceError> {
-        let io_err = |source| FenceError::Io {
+    pub fn open(path: &Path, amnesia_quarantine: Duration) -> Result<LeaseVoter, VoterError> {
+        let io_err = |source| VoterError::Io {
             path: path.to_path_buf(),
             source,
         };
@@ -142,7 +142,7 @@ impl Fence {
         let (voter, durable) = match std::fs::read(path) {
             Ok(bytes) => {
                 let rec: FenceRecord =
-                    serde_json::from_slice(&bytes).map_err(|e| FenceError::Corrupt {
+                    serde_json::from_slice(&bytes).map_err(|e| VoterError::Corrupt {
                         path: path.to_path_buf(),
                         reason: e.to_string(),
                     })?;
@@ -172,7 +172,7 @@ impl Fence {
             }
             Err(e) => return Err(io_err(e)),
         };
-        Ok(Fence {
+        Ok(LeaseVoter {
             path: path.to_path_buf(),
             clock,
             promised_term: durable.promised.term.into(),
@@ -180,7 +180,7 @@ impl Fence {
         })
     }
 
-    async fn persist(&self, inner: &mut Inner, rec: FenceRecord) -> Result<(), FenceError> {
+    async fn persist(&self, inner: &mut Inner, rec: FenceRecord) -> Result<(), VoterError> {
         let path = self.path.clone();
         let bytes = serde_json::to_vec_pretty(&rec).expect("a fence record always encodes");
         let written = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes, 0o600))
@@ -197,7 +197,7 @@ impl Fence {
                 let durable = inner.durable.clone();
                 inner.voter.restore(durable);
                 error!(path = %self.path.display(), error = %source, "cannot persist the fence record; refusing the request");
-                Err(FenceError::Io {
+                Err(VoterError::Io {
                     path: self.path.clone(),
                     source,
                 })
@@ -206,7 +206,7 @@ impl Fence {
     }
 
     /// Answers one lease request; the record is durable before the reply.
-    pub async fn vote(&self, req: VoterRequest) -> Result<VoterReply, FenceError> {
+    pub async fn vote(&self, req: VoterRequest) -> Result<VoterReply, VoterError> {
         let mut inner = self.inner.lock().await;
         let handled = inner.voter.handle(req, self.clock.now());
         if let Some(rec) = handled.persist {
@@ -292,13 +292,13 @@ mod tests {
     async fn the_promise_survives_a_restart_and_fences_older_commands() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("state/fence-record.json");
-        let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
+        let f = LeaseVoter::open(&path, Duration::from_secs(30)).unwrap();
         assert!(matches!(
             f.vote(prepare(5)).await.unwrap(),
             VoterReply::Promised { .. }
         ));
         drop(f);
-        let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
+        let f = LeaseVoter::open(&path, Duration::from_secs(30)).unwrap();
         assert_eq!(f.snapshot().await.record.promised.term, 5);
         let old = Epoch {
             term: 4,
@@ -318,7 +318,7 @@ mod tests {
         };
         assert_eq!(f.admit(&newer, &holder).await.unwrap().promised, newer);
         drop(f);
-        let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
+        let f = LeaseVoter::open(&path, Duration::from_secs(30)).unwrap();
         assert_eq!(f.snapshot().await.record.promised, newer);
     }
 
@@ -331,12 +331,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("voter/fence-record.json");
         let legacy = d.path().join("fence-record.json");
-        Fence::move_legacy_record(&legacy, &path).unwrap();
-        let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
+        LeaseVoter::move_legacy_record(&legacy, &path).unwrap();
+        let f = LeaseVoter::open(&path, Duration::from_secs(30)).unwrap();
         assert!(f.snapshot().await.quarantine.is_none(), "a first start");
         drop(f);
         // restarted before any promise: its record is there, no quarantine
-        let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
+        let f = LeaseVoter::open(&path, Duration::from_secs(30)).unwrap();
         assert!(
             f.snapshot().await.quarantine.is_none(),
             "a restart before the first vote"
@@ -355,9 +355,9 @@ mod tests {
             ..FenceRecord::default()
         };
         std::fs::write(&legacy, serde_json::to_vec(&rec).unwrap()).unwrap();
-        Fence::move_legacy_record(&legacy, &path).unwrap();
+        LeaseVoter::move_legacy_record(&legacy, &path).unwrap();
         assert!(!legacy.exists());
-        let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
+        let f = LeaseVoter::open(&path, Duration::from_secs(30)).unwrap();
         assert!(f.snapshot().await.quarantine.is_none());
         assert_eq!(f.snapshot().await.record.promised, promised);
     }
@@ -366,7 +366,7 @@ mod tests {
     async fn a_lost_record_quarantines_and_a_corrupt_one_refuses_to_start() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("fence-record.json");
-        let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
+        let f = LeaseVoter::open(&path, Duration::from_secs(30)).unwrap();
         assert!(
             f.snapshot().await.quarantine.is_some(),
             "existing dir, no record: amnesia"
@@ -376,7 +376,7 @@ mod tests {
             VoterReply::Rejected { .. }
         ));
         std::fs::write(&path, b"{not json").unwrap();
-        let e = Fence::open(&path, Duration::from_secs(30))
+        let e = LeaseVoter::open(&path, Duration::from_secs(30))
             .err()
             .unwrap()
             .to_string();
@@ -387,13 +387,13 @@ mod tests {
     async fn a_failed_write_refuses_the_vote_and_keeps_the_old_promise() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("state/fence-record.json");
-        let f = Fence::open(&path, Duration::from_secs(30)).unwrap();
+        let f = LeaseVoter::open(&path, Duration::from_secs(30)).unwrap();
         f.vote(prepare(1)).await.unwrap();
         // The record's directory becomes unwritable (as on a full or failed disk).
         std::fs::remove_dir_all(d.path().join("state")).unwrap();
         assert!(matches!(
             f.vote(prepare(2)).await,
-            Err(FenceError::Io { .. })
+            Err(VoterError::Io { .. })
         ));
         assert_eq!(f.snapshot().await.record.promised.term, 1);
     }
