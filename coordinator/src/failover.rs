@@ -337,4 +337,18 @@ impl Failovers {
                 .map_or(self.cfg.window, Duration::from_secs),
         )
     }
+
+    /// How many automatic failovers of `rec` fall within its anti-flap
+    /// window, with its budget and that window.
+    fn spent(&self, rec: &crate::store::ClusterRecord) -> (usize, u32, Duration) {
+        let (budget, window) = self.budget(rec);
+        let cutoff = procedure::now_unix_ms() - window.as_millis() as i64;
+        let recent = rec
+            .control
+            .recent_failovers
+            .iter()
+            .filter(|t| **t > cutoff)
+            .count();
+        (recent, budget, window)
+    }
 }

@@ -1244,23 +1244,7 @@ mod tests {
     }
 
     fn fleet_admitting(store: Arc<dyn Store>, admission: Admission) -> Arc<Fleet> {
-        Arc::new(
-            Fleet::load(
-                store,
-                active_ha(),
-                FleetRules {
-                    agent_timeout: Duration::from_secs(5),
-                    default_max_lag_seconds: 60,
-                    default_tuning: ReplicaTuning {
-                        mysql_tls: dbfleet_proto::mysql_tls::MysqlTlsMode::Off,
-                        heartbeat: Duration::from_secs(1),
-                        net_timeout: Duration::from_secs(4),
-                    },
-                    admission,
-                },
-            )
-            .unwrap(),
-        )
+        crate::testing::active_fleet(store, admission)
     }
 
     fn standing(f: &Fleet, host: &str) -> String {

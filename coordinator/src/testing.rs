@@ -1,5 +1,5 @@
 //! What the coordinator's unit tests share: a coordinator that holds the
-//! lease, without any network.
+//! lease, and its fleet on a given store, without any network.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,8 +7,10 @@ use std::time::Duration;
 use dbfleet_common::clock::boottime;
 use dbfleet_lease::{Epoch, FenceRecord, Holder, HolderAction, HolderId, Timing, Voter, VoterSet};
 
+use crate::fleet::{Fleet, FleetRules, ReplicaTuning};
 use crate::ha::{Ha, KnownActive};
-use crate::store::VoterList;
+use crate::membership::Admission;
+use crate::store::{Store, VoterList};
 
 /// HA state of a coordinator that holds the lease of a one-voter list,
 /// with a standby that has acknowledged everything.
@@ -56,4 +58,26 @@ pub(crate) fn active_ha() -> Arc<Ha> {
     // the fleet, not replication.
     ha.standby().send_modify(|l| l.acked = u64::MAX);
     ha
+}
+
+/// The fleet of a coordinator that holds the lease ([`active_ha`]), on
+/// `store`, admitting agents by `admission`, with the defaults' timings.
+pub(crate) fn active_fleet(store: Arc<dyn Store>, admission: Admission) -> Arc<Fleet> {
+    Arc::new(
+        Fleet::load(
+            store,
+            active_ha(),
+            FleetRules {
+                agent_timeout: Duration::from_secs(5),
+                default_max_lag_seconds: 60,
+                default_tuning: ReplicaTuning {
+                    mysql_tls: dbfleet_proto::mysql_tls::MysqlTlsMode::Off,
+                    heartbeat: Duration::from_secs(1),
+                    net_timeout: Duration::from_secs(4),
+                },
+                admission,
+            },
+        )
+        .expect("a fleet on a fresh store"),
+    )
 }

@@ -5,7 +5,6 @@
 //! in milliseconds.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use dbfleet_lease::Epoch;
 use dbfleet_proto::model::{
@@ -17,7 +16,7 @@ use dbfleet_proto::pb;
 use super::Failovers;
 use crate::agent_commands::Scripted;
 use crate::config::FailoverConfig;
-use crate::fleet::{Fleet, FleetRules, ReplicaTuning};
+use crate::fleet::Fleet;
 use crate::membership::Admission;
 use crate::store::{SledStore, Store};
 
@@ -114,23 +113,7 @@ impl Scene {
     /// `members` reporting as seen, with `cfg`.
     pub(super) async fn new(members: &[(&str, Seen)], cfg: FailoverConfig) -> Scene {
         let store: Arc<dyn Store> = Arc::new(SledStore::temporary().expect("in-memory sled"));
-        let fleet = Arc::new(
-            Fleet::load(
-                store,
-                crate::testing::active_ha(),
-                FleetRules {
-                    agent_timeout: Duration::from_secs(5),
-                    default_max_lag_seconds: 60,
-                    default_tuning: ReplicaTuning {
-                        mysql_tls: dbfleet_proto::mysql_tls::MysqlTlsMode::Off,
-                        heartbeat: Duration::from_secs(1),
-                        net_timeout: Duration::from_secs(4),
-                    },
-                    admission: Admission::FirstReport,
-                },
-            )
-            .expect("fleet"),
-        );
+        let fleet = crate::testing::active_fleet(store, Admission::FirstReport);
         let agents = Arc::new(Scripted::default());
         let failovers = Failovers::new(fleet.clone(), agents.clone(), cfg);
         let epoch = fleet.ha().write_epoch().expect("the lease is held");

@@ -16,7 +16,7 @@ use super::fence::{SelfFenceFacts, registered_replicas_frozen, self_fence_wait, 
 use super::journal::ClusterControl;
 use super::plan::{self, Constraints};
 use super::positions::Positions;
-use super::procedure::{frozen_from, now_unix_ms};
+use super::procedure::frozen_from;
 use crate::fleet::MemberState;
 
 /// What readiness is judged on, besides the members.
@@ -274,14 +274,7 @@ pub(crate) fn of(f: &Failovers, cluster: &str) -> Option<Readiness> {
     let primary = f.primary_of(cluster)?;
     let members = f.fleet.members(cluster);
     let rec = f.fleet.cluster_record(cluster);
-    let (budget, window) = f.budget(&rec);
-    let cutoff = now_unix_ms() - window.as_millis() as i64;
-    let recent = rec
-        .control
-        .recent_failovers
-        .iter()
-        .filter(|t| **t > cutoff)
-        .count();
+    let (recent, budget, _) = f.spent(&rec);
     let setting = Setting {
         stonith: !f.cfg.stonith_hook.is_empty(),
         fast_window: f.cfg.fast_window,

@@ -494,14 +494,7 @@ impl Failovers {
             .await;
             return;
         }
-        let (budget, window) = self.budget(&rec);
-        let cutoff = now_unix_ms() - window.as_millis() as i64;
-        let recent = rec
-            .control
-            .recent_failovers
-            .iter()
-            .filter(|t| **t > cutoff)
-            .count();
+        let (recent, budget, window) = self.spent(&rec);
         if recent >= budget as usize {
             let why = format!(
                 "anti-flap budget spent: {recent} automatic failover(s) within {}; run `dbfleet ack --cluster {cluster}` to re-arm",
