@@ -103,15 +103,21 @@ pub fn events(fleet: &TestFleet) -> Vec<Value> {
     v["events"].as_array().cloned().unwrap_or_default()
 }
 
-/// The evidence of the last event of `kind`, joined.
+/// The evidence of the last event of `kind`, joined; waits for one (an
+/// operation's end is recorded just after the new primary shows).
 pub fn evidence_of(fleet: &TestFleet, kind: &str) -> String {
-    let e = events(fleet);
-    let last = e
-        .iter()
-        .rev()
-        .find(|e| e["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} event in {e:#?}"));
-    format!("{last}")
+    let give_up = std::time::Instant::now() + PATIENCE;
+    loop {
+        let e = events(fleet);
+        if let Some(last) = e.iter().rev().find(|e| e["kind"] == kind) {
+            return format!("{last}");
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no {kind} event in {e:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Cuts db1's host off from every other member, the coordinators, and

@@ -14,6 +14,7 @@ use dbfleet_integration_tests::failover::{
     check_witnesses, cut_off_db1, evidence_of, loaded_fleet, loaded_fleet_of, new_primary,
     semi_sync_may_fall_back, wait_acked,
 };
+use dbfleet_integration_tests::workload::{Writer, ids_on};
 use dbfleet_integration_tests::{PATIENCE, TestFleet, bin, member, sole_active};
 use dbfleet_proto::pb;
 use serde_json::Value;
@@ -143,8 +144,12 @@ fn running(pid: u32) -> bool {
 async fn a_spent_anti_flap_budget_holds_the_next_failover_until_ack() {
     let (mut fleet, writer, sampler) =
         loaded_fleet("[failover]\nbudget = 1\nwindow = \"2h\"\n").await;
+    // db1 dies between writes: it holds no unacknowledged transaction
+    // (which would have it marked for rebuild), so it can rejoin
+    let first_acked = writer.stop().await;
     fleet.kill("mariadbd-db1");
     let second = new_primary(&fleet, "db1", &["db2", "db3"]).await.primary;
+    let writer = Writer::start(&fleet, &second).await;
     // the old primary comes back and rejoins under the second primary
     fleet.start_mysqld("db1").unwrap();
     let view = new_primary(&fleet, "db1", &["db1", "db2", "db3"]).await;
@@ -184,6 +189,12 @@ async fn a_spent_anti_flap_budget_holds_the_next_failover_until_ack() {
         .collect();
     let third = new_primary(&fleet, &second, &others).await;
     check_witnesses(&fleet, writer, sampler, &third.primary).await;
+    let present = ids_on(&fleet, &third.primary).await;
+    assert!(
+        first_acked.iter().all(|id| present.contains(id)),
+        "the first writer's acknowledged writes are on {}",
+        third.primary
+    );
 
     let events = all_events(&fleet).await;
     assert_eq!(

@@ -131,7 +131,7 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
     for m in members.iter().filter(|m| m.host != primary && m.in_service) {
         if m.apart {
             evidence.push(format!(
-                "{}: left behind by the last operation and not rejoined; it never replicated from {primary}, so it neither confirms nor counts",
+                "{}: left behind by the last operation and not rejoined; not replicating from {primary} (its report, and {primary}'s registered replicas), so it neither confirms nor counts",
                 m.host
             ));
         } else {
@@ -184,9 +184,16 @@ pub fn assess(primary: &str, address: &MysqlAddress, members: &[MemberSeen<'_>])
         }
     }
     if !still_receiving.is_empty() {
-        // A late agent whose server still feeds a replica is just late.
+        // A late agent whose server still feeds a replica is likely just
+        // late; it still counts for the breaker (a power loss shows on the
+        // replicas only after their net timeout).
         if only_late {
-            return Health::Up;
+            return Health::Unconfirmed {
+                why: format!(
+                    "{primary}'s agent missed two reports, but {} still receive from it",
+                    still_receiving.join(", ")
+                ),
+            };
         }
         return Health::UnreachablePrimary { evidence };
     }
@@ -411,13 +418,17 @@ mod tests {
             replica("db3", &lost, SEC / 2),
         ];
         assert!(host_path(&m));
-        // a replica still receiving: the agent is merely late
+        // a replica still receiving: likely merely late, never failed
+        // over, but counted by the breaker
         let m = [
             primary(SEC * 5 / 2),
             replica("db2", &lost, SEC / 2),
             replica("db3", &receiving, SEC / 2),
         ];
-        assert_eq!(assess("db1", &addr, &m), Health::Up);
+        let Health::Unconfirmed { why } = assess("db1", &addr, &m) else {
+            panic!("{:?}", assess("db1", &addr, &m));
+        };
+        assert!(why.contains("db3 still receive"), "{why}");
         // a confirmation older than the primary's last report proves
         // nothing about the host: wait for the agent timeout (it looks
         // dead meanwhile, for the breaker)
@@ -527,8 +538,8 @@ mod tests {
                 .any(|e| e.contains("db1: left behind by the last operation")),
             "{evidence:?}"
         );
-        // its mysqld still down, or its agent silent, and proven apart by
-        // the primary's registered replicas: left out all the same
+        // its mysqld still down, or its agent silent (the caller proved it
+        // apart by the primary's registered replicas): left out all the same
         let v = [
             primary_down,
             m("db1", None, true),

@@ -10,7 +10,9 @@
 //! (`agent/src/guard.rs`). Only the lease holder's acks count, so the
 //! holder knows every ack that could have counted since it took the lease:
 //! the ones for the reports it received itself. With every replica frozen
-//! (no live replica connection) and no report from the old primary since
+//! (no live replica connection; the member the last failover left behind
+//! need not be, once proven apart from the old primary) and no report
+//! from the old primary since
 //! this coordinator started waiting, the agent has fenced once the timeout,
 //! two of its report intervals (it checks on every report) and a clock-rate
 //! margin have passed. The proof assumes the agent process runs: it is the
@@ -339,19 +341,14 @@ impl Failovers {
             .iter()
             .filter(|m| m.host != op.old_primary)
             .collect();
-        // Not frozen, and not shown apart from the old primary (a fresh
-        // report replicating from elsewhere or nobody, or left behind by
-        // the last operation and proven apart): it may hold a live
-        // replica connection that keeps the old primary from fencing.
+        // Not frozen, and not the member the last failover left behind
+        // and proven apart (unlisted by the old primary, and not shown
+        // following it): it may hold a live replica connection that keeps
+        // the old primary from fencing.
         let unfrozen = others
             .iter()
             .filter(|m| !op.frozen.contains_key(&m.host))
-            .filter(|m| {
-                let shown_apart =
-                    m.server().is_some() && !address.as_ref().is_some_and(|a| m.follows(a));
-                !shown_apart
-                    && !self.apart(&control, &members, m, &op.old_primary, address.as_ref())
-            })
+            .filter(|m| !self.apart(&control, &members, m, &op.old_primary, address.as_ref()))
             .map(|m| m.host.clone())
             .collect();
         Some(SelfFenceFacts {
@@ -407,11 +404,12 @@ impl Failovers {
             if since.elapsed() >= wait {
                 return Ok(SelfFence::Elapsed(format!(
                     "self-fence of {} provably elapsed: no report for {:.1}s (timeout {} ms, report interval {} ms) \
-                     and all {} replicas stopped",
+                     and every other member stopped or proven apart from it ({} of {} stopped)",
                     op.old_primary,
                     since.elapsed().as_secs_f64(),
                     facts.timeout_ms,
                     facts.report_interval_ms,
+                    op.frozen.len(),
                     facts.others.len()
                 )));
             }

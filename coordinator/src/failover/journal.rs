@@ -97,7 +97,7 @@ pub struct ClusterControl {
     /// Without this a fenced old primary that had not rejoined yet
     /// outvoted the replicas that saw the new primary die, and the cluster
     /// stayed without a writable member.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "hosts_with_forks")]
     pub rejoining: BTreeMap<String, String>,
     /// The GTID position of the last promoted primary when it was
     /// promoted: members beyond it from another server diverged.
@@ -113,6 +113,24 @@ pub struct ClusterControl {
 
 fn yes() -> bool {
     true
+}
+
+/// `rejoining` as stored now (host → fork point) or by the first build
+/// that had it (a list of hosts, fork points unknown).
+fn hosts_with_forks<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Forks(BTreeMap<String, String>),
+        Hosts(Vec<String>),
+    }
+    Ok(match Stored::deserialize(d)? {
+        Stored::Forks(m) => m,
+        Stored::Hosts(h) => h.into_iter().map(|h| (h, String::new())).collect(),
+    })
 }
 
 impl Default for ClusterControl {
@@ -159,11 +177,13 @@ impl ClusterControl {
     }
 
     /// Whether `host` is left behind and provably apart from the primary:
-    /// its fresh report shows it replicating from elsewhere or from nobody
-    /// (`fresh_follows`: `None` without a fresh report), or, without one,
-    /// the primary's last observation did not list its server id among the
-    /// replicas registered with it. Anything less proves nothing, and the
-    /// member counts as any other.
+    /// the primary's last observation (`registered`) does not list its
+    /// server id among the replicas registered with it, and either its
+    /// fresh report shows it replicating from elsewhere or from nobody
+    /// (`fresh_follows`: `None` without a fresh report) or it has none.
+    /// A member the primary lists is never apart, whatever its own report
+    /// says (it may reach the primary through another name); anything
+    /// less than this proves nothing, and the member counts as any other.
     pub fn apart(
         &self,
         host: &str,
@@ -171,11 +191,8 @@ impl ClusterControl {
         server_id: Option<u32>,
         registered: Option<&[u32]>,
     ) -> bool {
-        self.rejoining.contains_key(host)
-            && match fresh_follows {
-                Some(follows) => !follows,
-                None => matches!((server_id, registered), (Some(id), Some(r)) if !r.contains(&id)),
-            }
+        let unlisted = matches!((server_id, registered), (Some(id), Some(r)) if !r.contains(&id));
+        self.rejoining.contains_key(host) && unlisted && fresh_follows != Some(true)
     }
 
     /// Appends an event, dropping the oldest beyond [`EVENTS_KEPT`].
@@ -391,13 +408,28 @@ mod tests {
         // not marked: never apart
         assert!(!c.apart("db1", Some(false), Some(1), Some(registered)));
         c.rejoining.insert("db1".into(), "0-2-20".into());
-        // a fresh report decides
+        // unlisted by the primary, and its own report agrees or is absent
         assert!(c.apart("db1", Some(false), Some(1), Some(registered)));
-        assert!(!c.apart("db1", Some(true), Some(1), None));
-        // without one: only the primary's registered replicas can tell
         assert!(c.apart("db1", None, Some(1), Some(registered)));
-        assert!(!c.apart("db1", None, Some(2), Some(registered)));
+        // its own report shows it following: not apart
+        assert!(!c.apart("db1", Some(true), Some(1), Some(registered)));
+        // listed by the primary, whatever its report says (another name
+        // for the same primary)
+        assert!(!c.apart("db2", Some(false), Some(2), Some(registered)));
+        c.rejoining.insert("db2".into(), String::new());
+        assert!(!c.apart("db2", Some(false), Some(2), Some(registered)));
+        // nothing known of the primary's replicas, or of its id: unproven
+        assert!(!c.apart("db1", Some(false), Some(1), None));
         assert!(!c.apart("db1", None, None, Some(registered)));
-        assert!(!c.apart("db1", None, Some(1), None));
+    }
+
+    #[test]
+    fn members_left_behind_are_read_as_stored_before_their_fork_points_were() {
+        let c: ClusterControl = serde_json::from_str(r#"{"rejoining":["db1"]}"#).unwrap();
+        assert_eq!(c.rejoining.get("db1").map(String::as_str), Some(""));
+        let c: ClusterControl = serde_json::from_str(r#"{"rejoining":{"db1":"0-2-50"}}"#).unwrap();
+        assert_eq!(c.rejoining["db1"], "0-2-50");
+        let c: ClusterControl = serde_json::from_str("{}").unwrap();
+        assert!(c.rejoining.is_empty());
     }
 }

@@ -22,11 +22,14 @@ pub struct Member<'a> {
     /// Its agent reports that `[mysql] address` does not reach its server:
     /// replicas pointed there would replicate from the wrong place.
     pub address_mismatch: bool,
-    /// Left behind by the last operation and not rejoined (see
-    /// `ClusterControl::rejoining`): it never replicated from the old
-    /// primary, so it holds none of its writes, and its divergence check
-    /// has not run. Neither waited for nor promoted.
-    pub rejoining: bool,
+    /// Left behind by the last failover and not rejoined (see
+    /// `ClusterControl::rejoining`): its divergence check has not run, so
+    /// it is never a candidate (what it received still counts).
+    pub left_behind: bool,
+    /// Left behind and provably apart from the old primary
+    /// (`ClusterControl::apart`): it holds none of its writes, so it is
+    /// not waited for either.
+    pub apart: bool,
 }
 
 /// What to do.
@@ -91,11 +94,10 @@ fn elsewhere(members: &[Member<'_>], host: &str, c: &Constraints<'_>) -> Result<
 /// the least behind, then by name.
 pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Blocked> {
     let mut evidence = Vec::new();
-    let (left_behind, kept): (Vec<&Member<'_>>, Vec<&Member<'_>>) =
-        members.iter().partition(|m| m.rejoining);
-    for m in left_behind {
+    let (apart, kept): (Vec<&Member<'_>>, Vec<&Member<'_>>) = members.iter().partition(|m| m.apart);
+    for m in apart {
         evidence.push(format!(
-            "{}: left behind by the last operation and not rejoined; it holds none of the old primary's writes and is neither waited for nor promoted",
+            "{}: left behind by the last operation and not rejoined, and apart from the old primary (unlisted by it, not shown following it): it holds none of its writes and is neither waited for nor promoted",
             m.host
         ));
     }
@@ -146,6 +148,13 @@ pub fn choose(members: &[Member<'_>], c: Constraints<'_>) -> Result<Choice, Bloc
     let eligible: Vec<&(&Member<'_>, Positions, Positions)> = usable
         .iter()
         .filter(|(m, _, _)| {
+            if m.left_behind {
+                evidence.push(format!(
+                    "{}: excluded (left behind by the last failover; not a candidate until its divergence check has run)",
+                    m.host
+                ));
+                return false;
+            }
             if m.address_mismatch {
                 evidence.push(format!(
                     "{}: excluded (its [mysql] address does not reach its server: mysql-address-mismatch)",
@@ -270,7 +279,8 @@ mod tests {
             semi_sync_replica: true,
             needs_rebuild: false,
             address_mismatch: false,
-            rejoining: false,
+            left_behind: false,
+            apart: false,
         }
     }
 
@@ -282,7 +292,8 @@ mod tests {
         let db1f = frozen("0-1-30", "", "0-1-30", "", 1);
         let db3f = frozen("0-2-12", "0-2-12", "0-2-12", "0-2-12", 3);
         let left_behind = |f| Member {
-            rejoining: true,
+            left_behind: true,
+            apart: true,
             ..member("db1", PromotionRule::Prefer, f)
         };
         for db1 in [left_behind(None), left_behind(Some(&db1f))] {
@@ -306,6 +317,33 @@ mod tests {
             ..FREE
         };
         assert!(choose(&members, asked).is_err());
+        // marked but not proven apart: waited for when unreachable, never
+        // the candidate when reachable, though what it received counts
+        let marked = |f| Member {
+            left_behind: true,
+            ..member("db1", PromotionRule::Prefer, f)
+        };
+        let members = [
+            marked(None),
+            member("db3", PromotionRule::Neutral, Some(&db3f)),
+        ];
+        let e = choose(&members, FREE).unwrap_err();
+        assert!(e.contains("unreachable replica(s) db1"), "{e}");
+        let ahead = frozen("0-2-13", "0-2-13", "0-2-13", "0-2-13", 1);
+        let members = [
+            marked(Some(&ahead)),
+            member("db3", PromotionRule::Neutral, Some(&db3f)),
+        ];
+        let c = choose(&members, FREE).unwrap();
+        assert_eq!(c.candidate, "db3");
+        assert_eq!(c.catch_up_from.as_deref(), Some("db1"));
+        assert!(
+            c.evidence
+                .iter()
+                .any(|e| e.contains("db1: excluded (left behind")),
+            "{:?}",
+            c.evidence
+        );
     }
 
     const FREE: Constraints<'static> = Constraints {

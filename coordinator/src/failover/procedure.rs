@@ -354,7 +354,8 @@ impl Failovers {
             .iter()
             .filter(|m| m.host != op.old_primary)
             .map(|m| plan::Member {
-                rejoining: self.apart(
+                left_behind: rec.control.rejoining.contains_key(&m.host),
+                apart: self.apart(
                     &rec.control,
                     &members,
                     m,
@@ -550,18 +551,15 @@ impl Failovers {
                 .map_err(|e| StepError::Aborted(format!("cannot record the rebuild marks: {e}")))?;
         }
         let rec = self.fleet.cluster_record(&cluster);
-        let old_address = members
-            .iter()
-            .find(|m| m.host == op.old_primary)
-            .and_then(|m| MysqlAddress::parse(&m.mysql_address).ok());
         let others = members.iter().filter(|m| {
             m.host != candidate
                 && !rec.control.out_of_service(&m.host)
                 // A failed primary rejoins when it returns (after its
-                // divergence check); a switched-over one follows now.
+                // divergence check against its own fork point); a
+                // switched-over one follows now.
                 && (m.host != op.old_primary || op.kind == OperationKind::Switchover)
-                // So does a member an earlier operation left behind.
-                && !self.apart(&rec.control, &members, m, &op.old_primary, old_address.as_ref())
+                // So does a member an earlier failover left behind.
+                && !rec.control.rejoining.contains_key(&m.host)
         });
         let cluster = self.cluster_of(op);
         let running: &Operation = op;

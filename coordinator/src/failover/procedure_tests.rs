@@ -180,7 +180,7 @@ async fn the_operators_confirmation_is_a_fence_proof() {
 }
 
 #[tokio::test]
-async fn a_replica_that_cannot_be_repointed_is_not_left_out_later() {
+async fn a_replica_whose_repoint_answer_was_lost_is_not_marked_left_behind() {
     // its agent may have obeyed before the answer was lost: it may follow
     // the new primary unseen, so only the failed primary is left behind
     let scene = db1_down().await;
@@ -231,8 +231,7 @@ async fn db3_left_behind_earlier(registered: Vec<u32>) -> Scene {
 }
 
 #[tokio::test]
-async fn a_member_left_behind_earlier_and_proven_apart_is_neither_waited_for_promoted_nor_repointed()
- {
+async fn a_member_left_behind_earlier_and_proven_apart_is_neither_waited_for_nor_repointed() {
     // db1's registered replicas did not include db3: it never replicated
     // from db1, so it holds none of its acknowledged writes
     let scene = db3_left_behind_earlier(vec![2]).await;
@@ -270,4 +269,70 @@ async fn a_member_left_behind_but_registered_with_the_dead_primary_is_waited_for
         r.message
     );
     assert!(scene.agents.sent_of("promote").is_empty());
+}
+
+/// db2 the writable primary at `0-2-50` (promoted there), db1 back from
+/// an earlier failover, read-only and replicating from nobody, with its
+/// binlog at `0-1-{db1_at}`, left behind at fork `0-1-10`.
+async fn db1_back(db1_at: u64) -> Scene {
+    let scene = Scene::new(&[("db2", Seen::LostReplica(0))], FailoverConfig::default()).await;
+    let mut db2 = server("db2", Seen::Primary(50)).unwrap();
+    for p in [
+        &mut db2.gtid.executed,
+        &mut db2.gtid.current_pos,
+        &mut db2.gtid.binlog_pos,
+    ] {
+        *p = "0-2-50".into();
+    }
+    scene.report_state("db2", Some(db2)).await;
+    let mut db1 = server("db1", Seen::Primary(db1_at)).unwrap();
+    db1.read_only = true;
+    db1.semi_sync.source_enabled = false;
+    scene.report_state("db1", Some(db1)).await;
+    scene
+        .fleet
+        .update_cluster("main", scene.epoch.clone(), |r| {
+            r.last_primary = Some("db2".into());
+            r.control.promoted_at = Some("0-2-50".into());
+            r.control.rejoining.insert("db1".into(), "0-1-10".into());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    scene
+}
+
+#[tokio::test]
+async fn a_member_left_behind_is_checked_against_its_own_fork_point() {
+    // db1 holds 0-1-11 and 0-1-12, never acknowledged: beyond its fork at
+    // 0-1-10, though below the last promotion (0-2-50) in sequence
+    let scene = db1_back(12).await;
+    scene.failovers.tick().await;
+    let rec = scene.fleet.cluster_record("main");
+    assert!(
+        rec.control.needs_rebuild.contains("db1"),
+        "diverged past its own fork point: {:?}",
+        rec.control.events.back()
+    );
+    assert!(scene.agents.sent_of("repoint").is_empty(), "not repointed");
+}
+
+#[tokio::test]
+async fn a_member_left_behind_is_counted_again_before_its_repoint_and_marked_again_when_it_fails() {
+    let scene = db1_back(10).await;
+    scene
+        .agents
+        .answer("db1", "repoint", Err("db1: no answer within 20s".into()));
+    scene.failovers.tick().await;
+    assert_eq!(scene.agents.sent_of("repoint"), ["db1"], "repointed");
+    let rec = scene.fleet.cluster_record("main");
+    assert!(
+        !rec.control.needs_rebuild.contains("db1"),
+        "at its fork point"
+    );
+    assert_eq!(
+        rec.control.rejoining.get("db1").map(String::as_str),
+        Some("0-1-10"),
+        "the repoint failed: left behind again, at the same fork"
+    );
 }

@@ -135,7 +135,8 @@ pub fn assess(
             semi_sync_replica: m.server().is_none_or(|s| s.semi_sync.replica_enabled),
             needs_rebuild: control.out_of_service(&m.host),
             address_mismatch: m.has_config_problem(&ConfigProblemKind::MysqlAddressMismatch),
-            rejoining: apart(m),
+            left_behind: control.rejoining.contains_key(&m.host),
+            apart: apart(m),
         })
         .collect();
     let lossless = ps.semi_sync.lossless();

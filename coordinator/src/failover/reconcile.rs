@@ -226,7 +226,7 @@ impl Failovers {
         Some((primary.clone(), detect::assess(&primary, &address, &seen)))
     }
 
-    async fn tick(self: &Arc<Self>) {
+    pub(super) async fn tick(self: &Arc<Self>) {
         // One read of each cluster's members and primary per tick.
         let clusters: Vec<(String, Vec<MemberState>, Option<String>)> = self
             .fleet
@@ -277,7 +277,13 @@ impl Failovers {
             }
             match self.detect(c, &rec.control, primary.as_deref(), members, since) {
                 Detected::Alive => {}
-                Detected::Unconfirmed | Detected::Down(None) => looks_dead += 1,
+                // No repairs either: they act on the primary's last report,
+                // which a late agent's may still count as fresh (a thaw on
+                // it would restart replicas a blocked failover froze).
+                Detected::Unconfirmed | Detected::Down(None) => {
+                    looks_dead += 1;
+                    continue;
+                }
                 Detected::Down(Some((primary, path, evidence))) => {
                     looks_dead += 1;
                     dead.push((c.clone(), primary, path, evidence));
@@ -735,7 +741,8 @@ impl Failovers {
     /// is about to be repointed to it): it counts for detection and
     /// failover again. Decided again inside the change: an operation that
     /// started since this tick's snapshot marks afresh, and is not undone.
-    async fn rejoined(&self, cluster: &str, epoch: &Epoch, host: &str, primary: &str) {
+    /// Says whether it was unmarked.
+    async fn rejoined(&self, cluster: &str, epoch: &Epoch, host: &str, primary: &str) -> bool {
         let (h, p) = (host.to_string(), primary.to_string());
         match self
             .fleet
@@ -749,12 +756,36 @@ impl Failovers {
             })
             .await
         {
-            Ok(true) => info!(
-                cluster,
-                host, "member follows the primary again; it counts for detection"
-            ),
-            Ok(false) => {}
-            Err(e) => warn!(cluster, host, error = %e, "cannot record that the member rejoined"),
+            Ok(true) => {
+                info!(
+                    cluster,
+                    host, "member follows the primary again; it counts for detection"
+                );
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                warn!(cluster, host, error = %e, "cannot record that the member rejoined");
+                false
+            }
+        }
+    }
+
+    /// Marks `host` left behind again at `fork` (its repoint failed, so it
+    /// follows nobody still), unless an operation started meanwhile.
+    async fn left_behind_again(&self, cluster: &str, epoch: &Epoch, host: &str, fork: String) {
+        let h = host.to_string();
+        let again = self
+            .fleet
+            .update_cluster(cluster, epoch.clone(), move |r| {
+                if r.control.operation.is_none() {
+                    r.control.rejoining.insert(h, fork);
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = again {
+            warn!(cluster, host, error = %e, "cannot mark the member left behind again");
         }
     }
 
@@ -964,7 +995,7 @@ impl Failovers {
                 if rec.control.rejoining.contains_key(&m.host)
                     && ((r.io_thread == IoThread::Running && r.sql_running) || registered)
                 {
-                    self.rejoined(cluster, epoch, &m.host, &primary).await;
+                    let _ = self.rejoined(cluster, epoch, &m.host, &primary).await;
                 }
                 self.tune(cluster, epoch, m, r, &p_addr).await;
                 continue;
@@ -1033,12 +1064,19 @@ impl Failovers {
                 continue;
             }
             // Counted again before it may start acknowledging the primary's
-            // commits: a member that may hold them is never left out.
-            if rec.control.rejoining.contains_key(&m.host) {
-                self.rejoined(cluster, epoch, &m.host, &primary).await;
+            // commits: a member that may hold them is never left out. Not
+            // repointed at all when that cannot be recorded (an operation
+            // started since this tick's snapshot).
+            let marked = rec.control.rejoining.get(&m.host).cloned();
+            if marked.is_some() && !self.rejoined(cluster, epoch, &m.host, &primary).await {
+                continue;
             }
             let cmd = self.repoint_to(cluster, &p_addr);
-            match self.repair_command(cluster, epoch, m, cmd).await {
+            let repointed = self.repair_command(cluster, epoch, m, cmd).await;
+            if let (Err(_), Some(fork)) = (&repointed, marked) {
+                self.left_behind_again(cluster, epoch, &m.host, fork).await;
+            }
+            match repointed {
                 Ok(_) => {
                     let host = m.host.clone();
                     let e = Event::new(
