@@ -246,7 +246,7 @@ impl AgentService for AgentApi {
             }
             Err(CommandRefused::Persist(e)) => return Err(voter_status(e)),
         };
-        let name = command_name(&command);
+        let name = command.name();
         let promised = permit.promised.clone();
         // Repository housekeeping is admitted under the epoch lock but runs
         // outside it: lease votes wait for that lock, and a bucket or a
@@ -285,25 +285,6 @@ impl AgentService for AgentApi {
             reply.detail = o.detail;
         }
         Ok(Response::new(reply))
-    }
-}
-
-fn command_name(c: &pb::command_request::Command) -> &'static str {
-    use pb::command_request::Command;
-    match c {
-        Command::Barrier(_) => "barrier",
-        Command::Fence(_) => "fence",
-        Command::Freeze(_) => "freeze",
-        Command::Promote(_) => "promote",
-        Command::Repoint(_) => "repoint",
-        Command::WaitGtid(_) => "wait-gtid",
-        Command::Thaw(_) => "thaw",
-        Command::StartBackup(_) => "start-backup",
-        Command::StartVerify(_) => "start-verify",
-        Command::StartRestore(_) => "start-restore",
-        Command::DeleteBackup(_) => "delete-backup",
-        Command::PruneArchive(_) => "prune-archive",
-        Command::SetSemiSync(_) => "set-semi-sync",
     }
 }
 

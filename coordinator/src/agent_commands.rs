@@ -63,25 +63,6 @@ impl AgentCommands for AgentClients {
     }
 }
 
-/// The kind of `command`, in one word (as the agent's logs name it).
-pub fn kind(command: &Command) -> &'static str {
-    match command {
-        Command::Barrier(_) => "barrier",
-        Command::Fence(_) => "fence",
-        Command::Freeze(_) => "freeze",
-        Command::Promote(_) => "promote",
-        Command::Repoint(_) => "repoint",
-        Command::WaitGtid(_) => "wait-gtid",
-        Command::Thaw(_) => "thaw",
-        Command::SetSemiSync(_) => "set-semi-sync",
-        Command::StartBackup(_) => "start-backup",
-        Command::StartVerify(_) => "start-verify",
-        Command::StartRestore(_) => "start-restore",
-        Command::DeleteBackup(_) => "delete-backup",
-        Command::PruneArchive(_) => "prune-archive",
-    }
-}
-
 /// A scripted reply, by member and command kind.
 #[cfg(test)]
 type Script = std::collections::HashMap<(String, &'static str), Result<pb::CommandReply, String>>;
@@ -130,7 +111,7 @@ impl AgentCommands for Scripted {
         _sending: Sending<'a>,
         command: Command,
     ) -> BoxFuture<'a, Result<pb::CommandReply, String>> {
-        let k = kind(&command);
+        let k = command.name();
         self.sent.lock().unwrap().push((m.host.clone(), k));
         let reply = self
             .replies

@@ -910,6 +910,29 @@ pub fn member_role_name(role: i32) -> &'static str {
     }
 }
 
+impl pb::command_request::Command {
+    /// The command in one word, as the agent's logs and the coordinator's
+    /// tests name it.
+    pub fn name(&self) -> &'static str {
+        use pb::command_request::Command;
+        match self {
+            Command::Barrier(_) => "barrier",
+            Command::Fence(_) => "fence",
+            Command::Freeze(_) => "freeze",
+            Command::Promote(_) => "promote",
+            Command::Repoint(_) => "repoint",
+            Command::WaitGtid(_) => "wait-gtid",
+            Command::Thaw(_) => "thaw",
+            Command::StartBackup(_) => "start-backup",
+            Command::StartVerify(_) => "start-verify",
+            Command::StartRestore(_) => "start-restore",
+            Command::DeleteBackup(_) => "delete-backup",
+            Command::PruneArchive(_) => "prune-archive",
+            Command::SetSemiSync(_) => "set-semi-sync",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
